@@ -1,0 +1,540 @@
+"""Fan-out benchmark: server CPU per forwarded packet, Stoa against an aiortc MediaRelay reference.
+
+  .venv/bin/python bench/fanout.py                      # Stoa at 1,5,10,20,30 viewers; MediaRelay at 1,5,10
+  .venv/bin/python bench/fanout.py --counts 1,5 --ref-counts 1 --window 5     # quick look
+  .venv/bin/python bench/fanout.py --no-ref             # Stoa only
+  .venv/bin/python bench/fanout.py --record             # with recording, once `stoa serve` has --record
+
+Several processes, all on 127.0.0.1: the server under test (`stoa serve --dev ...` or
+bench/mediarelay_ref.py), one WHIP publisher (640x480 30 fps VP8 at ~1.5 Mbps plus Opus; its encoder
+CPU is not counted) and N WHEP viewers spread over --viewer-procs processes (they count RTP, never decode: see
+bench/peers.py). Viewers are added step by step; after each step and a warm-up, the server's own
+CPU (utime+stime of every thread, /proc/<pid>/stat) is read over a steady window, together with the
+viewers' packet and complete-frame counters.
+
+  µs per forwarded packet = server CPU over the window / RTP packets the viewers received in it
+                            (video + audio, retransmissions included)
+
+Everything started here is stopped at the end, on error and on Ctrl-C; the run is bounded by
+--max-seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+STOA = str(Path(PY).parent / "stoa")
+TICK = os.sysconf("SC_CLK_TCK")
+ROOM = "bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the whole process (all threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores spent not idle since boot (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / TICK  # minus idle and iowait
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclass
+class Row:
+    system: str
+    n: int
+    cpu_per_s: float
+    us_per_packet: float
+    packets_per_s: float
+    fps_median: float
+    fps_min: float
+    fps_any_median: float
+    fps_sum: float
+    video_kbps: float
+    viewers_cpu_per_s: float
+    publisher_cpu_per_s: float
+    publisher_fps: float
+    publisher_keyframes: int
+    kernel_share: float
+    other_cpu_per_s: float
+
+
+class Child:
+    """A process of ours, in its own session so Ctrl-C reaches only the orchestrator."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Path | None = None):
+        self.name, self.proc, self.log = name, proc, log
+
+    @classmethod
+    async def start(cls, name: str, argv: list[str], *, log: Path | None = None, pipes: bool = False,
+                    env: dict | None = None) -> "Child":
+        out = open(log, "wb") if log else None
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=ROOT, env={**os.environ, **(env or {})}, start_new_session=True,
+            stdin=asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if pipes else out,
+            stderr=out if out else None,
+        )
+        if out:
+            out.close()
+        return cls(name, proc, log)
+
+    async def line(self, timeout: float) -> dict:
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not raw:
+            raise RuntimeError(f"{self.name} exited (code {await self.proc.wait()})")
+        return json.loads(raw)
+
+    async def ask(self, cmd: dict, timeout: float) -> dict:
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        await self.proc.stdin.drain()
+        return await self.line(timeout)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.proc.returncode is not None:
+            return
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(self.proc.wait(), grace)
+        except (asyncio.TimeoutError, ProcessLookupError):
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+            await self.proc.wait()
+
+    def tail(self, n: int = 15) -> str:
+        if not self.log or not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+class ViewerPool:
+    """N viewers spread over a few processes (one asyncio loop saturates at ~20 aiortc receivers here)."""
+
+    def __init__(self, procs: list[Child]):
+        self.procs = procs
+        self.counts = [0] * len(procs)
+
+    @classmethod
+    async def start(cls, k: int, base: str, env: dict) -> "ViewerPool":
+        procs = []
+        for i in range(k):
+            procs.append(await Child.start(f"viewers-{i}", [PY, str(ROOT / "bench" / "peers.py"), "subscribers",
+                                                            "--base", base, "--room", ROOM, "--prefix", f"v{i}"],
+                                           pipes=True, env=env))
+        return cls(procs)
+
+    async def add(self, n: int) -> dict:
+        share = [0] * len(self.procs)
+        for _ in range(n):
+            i = min(range(len(self.procs)), key=lambda j: self.counts[j] + share[j])
+            share[i] += 1
+        replies = await asyncio.gather(*(p.ask({"cmd": "add", "n": k}, 60 + 3 * k)
+                                         for p, k in zip(self.procs, share) if k))
+        self.counts = [c + k for c, k in zip(self.counts, share)]
+        bad = [r["error"] for r in replies if not r["ok"]]
+        return {"ok": not bad, "error": "; ".join(bad), "viewers": sum(self.counts)}
+
+    async def snap(self) -> dict:
+        replies = await asyncio.gather(*(p.ask({"cmd": "snap"}, 10) for p in self.procs))
+        return {"t": statistics.mean(r["t"] for r in replies), "viewers": [v for r in replies for v in r["viewers"]],
+                "lag_max": max(r["lag_max"] for r in replies), "lag_over50": sum(r["lag_over50"] for r in replies)}
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p.proc.pid) for p in self.procs)
+
+
+async def wait_http(base: str, server: Child, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            if server.proc.returncode is not None:
+                raise RuntimeError(f"{server.name} exited at start-up:\n{server.tail()}")
+            try:
+                async with http.get(base + "/", timeout=aiohttp.ClientTimeout(total=1)):
+                    return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{server.name} did not answer HTTP in {timeout:.0f} s") from None
+                await asyncio.sleep(0.2)
+
+
+def record_flag(wanted: bool) -> list[str]:
+    """`--record` is passed through once `stoa serve` knows it (recording is being added)."""
+    if not wanted:
+        return []
+    helptext = subprocess.run([STOA, "serve", "--help"], capture_output=True, text=True).stdout
+    if "--record" in helptext:
+        return ["--record"]
+    say("NOTE: `stoa serve` has no --record option yet; measuring without recording")
+    return []
+    # TODO(recording): if recording ends up enabled per room over the API instead of a serve flag,
+    # start it here after the publisher is up.
+
+
+async def measure_system(system: str, counts: list[int], args, tmp: Path, children: list[Child]) -> list[Row]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"PYTHONUNBUFFERED": "1"}
+    if system == "stoa":
+        from signaling.auth import mint_token
+        from stoa.config import DEV_API_KEY, DEV_API_SECRET
+
+        argv = [STOA, "serve", "--dev", "--port", str(port), "--ice-address", "127.0.0.1",
+                "--data-dir", str(tmp / "data"), "--log-level", args.server_log_level, *record_flag(args.record)]
+        if args.probe:
+            argv = [PY, str(ROOT / "bench" / "server_probe.py"), "--port", str(port), "--data-dir", str(tmp / "data")]
+        token = mint_token(DEV_API_KEY, DEV_API_SECRET, room=ROOM, identity="bench-publisher",
+                           role="instructor")
+    else:
+        argv = [PY, str(ROOT / "bench" / "mediarelay_ref.py"), "--port", str(port)]
+        token = "none"
+    server_env = dict(env)
+    if system == "stoa" and args.stoa_src:
+        # A/B a patch: the server imports stoa/, sfu/, signaling/ ... from this tree instead.
+        server_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(args.stoa_src).resolve()),
+                                                                 os.environ.get("PYTHONPATH")]))
+        say(f"{system}: server code from {args.stoa_src}")
+    say(f"{system}: starting server on port {port}")
+    server = await Child.start(f"{system} server", argv, log=tmp / f"{system}-server.log", env=server_env)
+    children.append(server)
+    await wait_http(base, server)
+    say(f"{system}: server pid {server.proc.pid} is up; starting the WHIP publisher")
+    publisher = await Child.start("publisher", [PY, str(ROOT / "bench" / "peers.py"), "publisher",
+                                                "--base", base, "--room", ROOM, "--token", token],
+                                  pipes=True, env=env)
+    children.append(publisher)
+    ready = await publisher.line(30)
+    say(f"{system}: publisher connected ({ready['location']}); starting the viewer process")
+    await asyncio.sleep(1.0)
+    viewers = await ViewerPool.start(args.viewer_procs, base, env)
+    children.extend(viewers.procs)
+
+    rows: list[Row] = []
+    have = 0
+    for n in counts:
+        say(f"{system}: adding {n - have} viewer(s) -> {n}")
+        added = await viewers.add(n - have)
+        have = added["viewers"]
+        if not added["ok"]:
+            say(f"{system}: WARNING not every viewer started: {added['error']}")
+        await asyncio.sleep(args.warmup)
+        pub0 = await publisher.ask({"cmd": "snap"}, 10)
+        snap0 = await viewers.snap()
+        busy0 = machine_busy()
+        user0, sys0 = cpu_split(server.proc.pid)
+        cpu0 = user0 + sys0
+        viewers0, pub_cpu0 = viewers.cpu(), cpu_seconds(publisher.proc.pid)
+        t0 = time.monotonic()
+        say(f"{system}: {n} viewer(s): measuring for {args.window:.0f} s")
+        await asyncio.sleep(args.window)
+        pub1 = await publisher.ask({"cmd": "snap"}, 10)
+        snap1 = await viewers.snap()
+        busy1 = machine_busy()
+        user1, sys1 = cpu_split(server.proc.pid)
+        cpu1 = user1 + sys1
+        viewers1, pub_cpu1 = viewers.cpu(), cpu_seconds(publisher.proc.pid)
+        elapsed = time.monotonic() - t0
+        span = snap1["t"] - snap0["t"]
+        before = snap0["viewers"]
+        after = snap1["viewers"]
+        packets = sum(a["vp"] + a["ap"] - b["vp"] - b["ap"] for a, b in zip(after, before))
+        fps = [(a["vf"] - b["vf"]) / span for a, b in zip(after, before)]
+        fps_any = [(a["vt"] - b["vt"]) / span for a, b in zip(after, before)]
+        kbps = statistics.median((a["vo"] - b["vo"]) * 8 / span / 1000 for a, b in zip(after, before))
+        cpu = cpu1 - cpu0
+        pub_fps = (pub1["frames"] - pub0["frames"]) / (pub1["t"] - pub0["t"])
+        pub_kf = pub1["keyframes"] - pub0["keyframes"]
+        row = Row(system, len(after), cpu / elapsed, cpu / packets * 1e6 if packets else float("inf"),
+                  packets / span, statistics.median(fps), min(fps), statistics.median(fps_any), sum(fps), kbps, (viewers1 - viewers0) / elapsed, (pub_cpu1 - pub_cpu0) / elapsed, pub_fps, pub_kf,
+                  (sys1 - sys0) / cpu if cpu else 0.0,
+                  max(0.0, (busy1 - busy0) - cpu - (viewers1 - viewers0) - (pub_cpu1 - pub_cpu0)) / elapsed)
+        rows.append(row)
+        say(f"{system}: N={row.n}: server {row.cpu_per_s:.3f} CPU s/s ({100 * row.kernel_share:.0f}% kernel), {row.us_per_packet:.1f} µs/packet, "
+            f"{row.packets_per_s:.0f} packets/s forwarded, fps median {row.fps_median:.1f} "
+            f"min {row.fps_min:.1f} (any-packet frames {row.fps_any_median:.1f}/s), video {row.video_kbps:.0f} kbps/viewer, "
+            f"viewers {row.viewers_cpu_per_s:.2f} CPU s/s, publisher {row.publisher_cpu_per_s:.2f} CPU s/s "
+            f"at {row.publisher_fps:.1f} fps "
+            f"with {row.publisher_keyframes} forced keyframes; rest of the machine {row.other_cpu_per_s:.2f} CPU s/s")
+        if args.verbose:
+            say(f"  viewer loops: max lag {snap1['lag_max'] * 1000:.0f} ms, "
+                f"{snap1['lag_over50'] - snap0['lag_over50']} stalls > 50 ms in the window")
+        if server.proc.returncode is not None:
+            raise RuntimeError(f"{system} server died:\n{server.tail()}")
+    if args.py_spy and system == "stoa":
+        await profile(server, viewers, args)
+    say(f"{system}: stopping viewers, publisher and server")
+    if args.keep_logs:
+        Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+    for cmd_child in (*viewers.procs, publisher):
+        try:
+            cmd_child.proc.stdin.write(b'{"cmd": "quit"}\n')
+        except Exception:
+            pass
+    for child in (*viewers.procs, publisher, server):
+        await child.stop()
+    if args.keep_logs:
+        import shutil
+        shutil.copy(server.log, Path(args.keep_logs) / server.log.name)
+    return rows
+
+
+async def profile(server: Child, viewers: ViewerPool, args) -> None:
+    """py-spy the server at the last viewer count (after the measured window, so sampling cannot
+    skew the figures) and print where the CPU goes, in µs per forwarded packet."""
+    spy = str(Path(PY).parent / "py-spy")
+    out = Path(args.py_spy)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    say(f"profiling server pid {server.proc.pid} with py-spy for {args.window:.0f} s -> {out}")
+    snap0 = await viewers.snap()
+    cpu0 = cpu_seconds(server.proc.pid)
+    proc = await asyncio.create_subprocess_exec(
+        spy, "record", "--pid", str(server.proc.pid), "--duration", str(int(args.window)), "--rate", "250",
+        "--nonblocking", "--format", "raw", "--output", str(out),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), args.window + 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    cpu = cpu_seconds(server.proc.pid) - cpu0
+    snap1 = await viewers.snap()
+    packets = sum(a["vp"] + a["ap"] - b["vp"] - b["ap"] for a, b in zip(snap1["viewers"], snap0["viewers"]))
+    if proc.returncode != 0 or not out.exists():
+        say(f"py-spy failed: {err.decode(errors='replace').strip()}")
+        return
+    print(summarize_profile(out, cpu, packets, top=args.py_spy_top), flush=True)
+
+
+def summarize_profile(path: Path, cpu_seconds_total: float, packets: int, top: int = 30) -> str:
+    """Inclusive and self time per function from py-spy's collapsed stacks, as µs per packet."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    own_lines: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        lines_ = stack.split(";")
+        own_lines[lines_[-1]] = own_lines.get(lines_[-1], 0) + n
+        # "func (file.py:123)" -> "func (file.py)": py-spy names frames by line
+        frames = [f.rsplit(":", 1)[0] + ")" if f.endswith(")") and ":" in f else f for f in lines_]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total or not packets:
+        return "profile: no samples"
+    per_sample_us = cpu_seconds_total / total / packets * 1e6
+    lines = [f"profile: {total} samples, {cpu_seconds_total:.2f} CPU s, {packets} packets forwarded "
+             f"-> {cpu_seconds_total / packets * 1e6:.1f} µs/packet (py-spy adds some overhead)",
+             "", f"top {top} by inclusive time (µs per forwarded packet, share):"]
+    for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {n * per_sample_us:7.2f} µs {100 * n / total:5.1f}%  {frame}")
+    lines += ["", f"top {top} functions by self time:"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {n * per_sample_us:7.2f} µs {100 * n / total:5.1f}%  {frame}")
+    lines += ["", f"top {top} lines by self time (a C call's time lands on the calling line):"]
+    for frame, n in sorted(own_lines.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {n * per_sample_us:7.2f} µs {100 * n / total:5.1f}%  {frame}")
+    return "\n".join(lines)
+
+
+def report(rows: list[Row], args, floor: dict | None = None) -> str:
+    out = []
+    out.append(f"machine: {platform.node()}, {os.cpu_count()} CPUs, {_cpu_model()}, Python "
+               f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    out.append(f"window {args.window:.0f} s after {args.warmup:.0f} s warm-up per step; 'other load' is CPU used on "
+               f"the machine by anything but the server, viewers and publisher (this orchestrator included)")
+    out.append("")
+    out.append("| server | viewers | server CPU s/s | µs CPU / forwarded packet | packets/s forwarded "
+               "| fps median | fps min | video kbps/viewer | viewers CPU s/s | publisher fps | server kernel share "
+               "| other load CPU s/s |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        out.append(f"| {r.system} | {r.n} | {r.cpu_per_s:.3f} | {r.us_per_packet:.1f} | {r.packets_per_s:.0f} "
+                   f"| {r.fps_median:.1f} | {r.fps_min:.1f} | {r.video_kbps:.0f} | {r.viewers_cpu_per_s:.2f} "
+                   f"| {r.publisher_fps:.1f} | {100 * r.kernel_share:.0f}% | {r.other_cpu_per_s:.2f} |")
+    stoa = {r.n: r for r in rows if r.system == "stoa"}
+    ref = {r.n: r for r in rows if r.system == "mediarelay"}
+    common = sorted(set(stoa) & set(ref))
+    if common:
+        out.append("")
+        out.append("CPU per viewer = server CPU / N; per 30-fps viewer = server CPU / (sum of viewers' fps / 30),")
+        out.append("which charges a saturated server for the frames it failed to deliver.")
+        out.append("")
+        out.append("| viewers | Stoa CPU per viewer | MediaRelay CPU per viewer | ratio | Stoa per 30-fps viewer "
+                   "| MediaRelay per 30-fps viewer | ratio | µs/packet ratio |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for n in common:
+            s, m = stoa[n], ref[n]
+            s30, m30 = s.cpu_per_s / (s.fps_sum / 30), m.cpu_per_s / (m.fps_sum / 30)
+            out.append(f"| {n} | {s.cpu_per_s / n * 1000:.1f} ms/s | {m.cpu_per_s / n * 1000:.1f} ms/s "
+                       f"| {m.cpu_per_s / s.cpu_per_s:.1f}x | {s30 * 1000:.1f} ms/s | {m30 * 1000:.1f} ms/s "
+                       f"| {m30 / s30:.1f}x | {m.us_per_packet / s.us_per_packet:.1f}x |")
+        top_s = stoa[max(stoa)]
+        s30 = top_s.cpu_per_s / (top_s.fps_sum / 30)
+        best_m = min((ref[n] for n in ref), key=lambda m: m.cpu_per_s / (m.fps_sum / 30))
+        m30 = best_m.cpu_per_s / (best_m.fps_sum / 30)
+        out.append("")
+        out.append(f"at scale: Stoa at {top_s.n} viewers costs {s30 * 1000:.1f} ms/s per 30-fps viewer; MediaRelay at "
+                   f"its cheapest ({best_m.n} viewer(s)) {m30 * 1000:.1f} ms/s -> {m30 / s30:.1f}x less CPU per viewer "
+                   f"(target >= 25x)")
+    if floor and stoa:
+        top_s = stoa[max(stoa)]
+        enc = floor["ms_per_frame"] * 30
+        s_per = top_s.cpu_per_s / (top_s.fps_sum / 30) * 1000
+        out.append(f"encode floor: a re-encoding relay pays at least one VP8 encode per viewer and frame: "
+                   f"{floor['ms_per_frame']:.2f} ms -> {enc:.0f} ms/s per 30-fps viewer (measured alone, no "
+                   f"decode, audio, packetizing or GIL contention); Stoa at {top_s.n}: {s_per:.1f} ms/s -> "
+                   f"{enc / s_per:.1f}x")
+    if len(common) > 1:
+        lo = common[0]
+        out.append("")
+        out.append(f"marginal CPU per added viewer (slope from {lo} viewer(s); fixed ingest/decode cost removed):")
+        for n in common[1:]:
+            ds = (stoa[n].cpu_per_s - stoa[lo].cpu_per_s) / (n - lo)
+            dm = (ref[n].cpu_per_s - ref[lo].cpu_per_s) / (n - lo)
+            ratio = f"{dm / ds:.1f}x" if ds > 0 else "n/a"
+            out.append(f"  {lo}->{n}: Stoa {ds * 1000:.1f} ms/s, MediaRelay {dm * 1000:.1f} ms/s, ratio {ratio}")
+    top = max(stoa) if stoa else None
+    if top is not None:
+        r = stoa[top]
+        out.append("")
+        out.append(f"target: <= 40 µs per forwarded packet at 30 viewers -> Stoa at {top}: "
+                   f"{r.us_per_packet:.1f} µs ({'met' if r.us_per_packet <= 40 else 'MISSED'})")
+    return "\n".join(out)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+async def run(args) -> int:
+    children: list[Child] = []
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="stoa-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        try:
+            systems = []
+            if not args.no_stoa:
+                systems.append(("stoa", args.counts))
+            if not args.no_ref:
+                systems.append(("mediarelay", args.ref_counts))
+            for system, counts in systems:
+                rows += await measure_system(system, counts, args, tmp, children)
+        except Exception as exc:
+            say(f"benchmark failed: {exc}")
+            for c in children:
+                if c.log:
+                    say(f"--- {c.name} log tail ---\n{c.tail()}")
+            return 1
+        finally:
+            await asyncio.gather(*(c.stop() for c in children), return_exceptions=True)
+    floor = None
+    if not args.no_ref:
+        proc = await asyncio.create_subprocess_exec(PY, str(ROOT / "bench" / "peers.py"), "encode-cost",
+                                                    stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        floor = json.loads(out)
+        say(f"one VP8 640x480 encode at 1.5 Mbps costs {floor['ms_per_frame']:.2f} ms CPU in isolation")
+    text = report(rows, args, floor)
+    print()
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--counts", default="1,5,10,20,30", help="viewer counts for Stoa")
+    parser.add_argument("--ref-counts", default="1,5,10", help="viewer counts for the MediaRelay reference")
+    parser.add_argument("--no-ref", action="store_true", help="skip the MediaRelay reference")
+    parser.add_argument("--no-stoa", action="store_true", help="measure only the MediaRelay reference")
+    parser.add_argument("--window", type=float, default=10.0, help="seconds measured per step")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds after adding viewers")
+    parser.add_argument("--record", action="store_true",
+                        help="pass --record to `stoa serve` (when supported) to measure with recording on")
+    parser.add_argument("--py-spy", metavar="FILE",
+                        help="after the last Stoa step, profile the server with py-spy (collapsed stacks to FILE) "
+                             "and print where the time goes per forwarded packet")
+    parser.add_argument("--py-spy-top", type=int, default=30, help="functions listed in the profile summary")
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the servers' logs here")
+    parser.add_argument("--server-log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--probe", action="store_true",
+                        help="diagnostics: run Stoa through bench/server_probe.py (counters in the server log)")
+    parser.add_argument("--viewer-procs", type=int, default=3, help="processes the viewers are spread over")
+    parser.add_argument("--verbose", action="store_true", help="print client-side diagnostics")
+    parser.add_argument("--stoa-src", metavar="DIR",
+                        help="run the Stoa server from another source tree (e.g. a patched copy) to A/B a change")
+    parser.add_argument("--max-seconds", type=float, default=900, help="hard bound on the whole run")
+    parser.add_argument("--output", help="also write the report (markdown tables) here")
+    args = parser.parse_args()
+    args.counts = sorted(int(x) for x in args.counts.split(","))
+    args.ref_counts = sorted(int(x) for x in args.ref_counts.split(","))
+    sys.path.insert(0, str(ROOT))
+
+    async def bounded() -> int:
+        task = asyncio.ensure_future(run(args))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await asyncio.wait_for(task, args.max_seconds)
+        except asyncio.TimeoutError:
+            say(f"stopped: the run exceeded --max-seconds {args.max_seconds:.0f}")
+            return 1
+        except asyncio.CancelledError:
+            say("interrupted; everything started was stopped")
+            return 130
+
+    return asyncio.run(bounded())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""Recording of forwarded RTP tracks: depacketize, mux without re-encoding, manifest, recovery,
+composite export. See docs/recording.md."""

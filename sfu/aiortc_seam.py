@@ -1,0 +1,372 @@
+"""The one place where Stoa touches aiortc and aioice internals.
+
+aiortc has no public API for forwarding encoded RTP, so the SFU hooks in here:
+- receive: the publisher's RTCRtpReceiver keeps its RTCP, RTX unwrap and NACK generation, but its
+  jitter buffer is replaced by a sink and its decoder thread is stopped, so nothing is ever decoded;
+- send: raw RTP goes into the subscriber's RTCDtlsTransport (SRTP + ICE) and the stock sender's
+  counters are fed so its sender reports stay coherent; its NACK and PLI handling is redirected;
+- ICE: gathering can be limited to configured local addresses (aioice skips loopback otherwise).
+
+Everything here is checked by `check_compatibility()` at start-up and covered by
+tests/test_sfu_seam.py, so an aiortc upgrade breaks this file, loudly, and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import types
+from dataclasses import dataclass, field
+from importlib.metadata import version as _dist_version
+from typing import Awaitable, Callable
+
+import aioice.ice
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State as _DtlsState
+from aiortc.rtcicetransport import RTCIceTransport
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpByePacket,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    is_rtcp,
+    unpack_remb_fci,
+)
+
+logger = logging.getLogger(__name__)
+
+_DTLS_CONNECTED = _DtlsState.CONNECTED
+REMB_INTERVAL = 0.25
+SUPPORTED_AIORTC = "1.16.0"
+SUPPORTED_AIOICE = "0.13.0"
+
+
+class SeamError(RuntimeError):
+    """aiortc no longer looks the way this module expects."""
+
+
+def check_compatibility() -> None:
+    """Fail at start-up, not mid-class, if the installed aiortc differs from the one the seam knows."""
+    problems = []
+    for dist, wanted in (("aiortc", SUPPORTED_AIORTC), ("aioice", SUPPORTED_AIOICE)):
+        have = _dist_version(dist)
+        if have != wanted:
+            problems.append(f"{dist} {have} is installed but sfu/aiortc_seam.py was written for {wanted}")
+    expected = {
+        RTCRtpReceiver.__init__: ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_thread"),
+        RTCDtlsTransport.__init__: ("_state", "_tx_srtp"),
+        aioice.ice.Connection.__init__: ("_nominated",),
+        aioice.ice.CandidatePair.__init__: ("protocol",),
+        RTCRtpSender.__init__: (
+            "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
+            "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count", "_ssrc", "_rtx_ssrc",
+        ),
+    }
+    for func, names in expected.items():
+        missing = [n for n in names if n not in func.__code__.co_names]
+        if missing:
+            problems.append(f"{func.__qualname__} no longer sets {', '.join(missing)}")
+    for cls, names in (
+        (RTCRtpReceiver, ("_handle_rtp_packet", "_handle_rtcp_packet", "_send_rtcp_pli", "_send_rtcp",
+                          "_RTCRtpReceiver__stop_decoder")),
+        (RTCRtpSender, ("_handle_rtcp_packet", "send")),
+        (RTCDtlsTransport, ("_send_rtp",)),
+        (aioice.ice.CandidatePair, ("remote_addr",)),
+        (aioice.ice.Connection, ("gather_candidates", "get_component_candidates")),
+    ):
+        missing = [n for n in names if not hasattr(cls, n)]
+        if missing:
+            problems.append(f"{cls.__name__} lacks {', '.join(missing)}")
+    if problems:
+        raise SeamError(
+            "aiortc internals changed; the SFU cannot forward safely: " + "; ".join(problems)
+            + ". Install the pinned versions (pip install -e .) or port sfu/aiortc_seam.py."
+        )
+
+
+def prefer_aes128_gcm() -> None:
+    """Offer AES-128-GCM before AES-256-GCM for SRTP: ~2 µs less per protected packet here, and
+    what browsers use by default. Idempotent; applies to transports created afterwards."""
+    from aiortc import rtcdtlstransport as dtls_module
+
+    profiles = dtls_module.SRTP_PROFILES
+    profiles.sort(key=lambda p: 0 if p is dtls_module.SRTP_AEAD_AES_128_GCM else 1)
+
+
+# --- receive side ---------------------------------------------------------------------------
+
+class _PacketSink:
+    """Stands in for the receiver's jitter buffer: keeps the last packet, never yields a frame."""
+
+    __slots__ = ("packet",)
+
+    def __init__(self) -> None:
+        self.packet: RtpPacket | None = None
+
+    def add(self, packet: RtpPacket):
+        self.packet = packet
+        return False, None
+
+    def remove(self, count: int) -> None:  # JitterBuffer API used on some paths
+        pass
+
+
+OnRtp = Callable[[RtpPacket, float], Awaitable[None]]
+OnSenderReport = Callable[[int, int, int], None]  # (ssrc, ntp, rtp_timestamp)
+
+
+def tap_receiver(receiver: RTCRtpReceiver, on_rtp: OnRtp, on_sender_report: OnSenderReport,
+                 on_bye: Callable[[], None] | None = None) -> None:
+    """Route every RTX-unwrapped RTP packet of `receiver` to `on_rtp`, with no decoding."""
+    sink = _PacketSink()
+    receiver._RTCRtpReceiver__jitter_buffer = sink
+    stock_rtp = receiver._handle_rtp_packet
+    stock_rtcp = receiver._handle_rtcp_packet
+    state = {"decoder_stopped": False}
+
+    async def handle_rtp(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not state["decoder_stopped"]:
+            # The thread was started by receive(); it has nothing to do on a forwarding path.
+            receiver._RTCRtpReceiver__stop_decoder()
+            state["decoder_stopped"] = True
+        await stock_rtp(packet, arrival_time_ms=arrival_time_ms)
+        forwarded, sink.packet = sink.packet, None
+        if forwarded is not None:
+            # aiortc's arrival clock counts from 1900; the SFU works in unix time.
+            await on_rtp(forwarded, time.time())
+
+    async def handle_rtcp(packet) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            info = packet.sender_info
+            on_sender_report(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp)
+        elif isinstance(packet, RtcpByePacket) and on_bye is not None:
+            on_bye()
+        await stock_rtcp(packet)
+
+    stock_send_rtcp = receiver._send_rtcp
+    remb = {"at": 0.0, "bitrate": 0}
+
+    async def send_rtcp(packet) -> None:
+        # aiortc sends a REMB on every packet while its estimator says "overusing"; at most 4/s
+        # is plenty, sooner only when the estimate drops by more than 10%.
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            now = time.monotonic()
+            try:
+                bitrate = unpack_remb_fci(packet.fci)[0]
+            except ValueError:
+                bitrate = 0
+            if now - remb["at"] < REMB_INTERVAL and bitrate >= remb["bitrate"] * 0.9:
+                return
+            remb["at"], remb["bitrate"] = now, bitrate
+        await stock_send_rtcp(packet)
+
+    receiver._handle_rtp_packet = handle_rtp
+    receiver._handle_rtcp_packet = handle_rtcp
+    receiver._send_rtcp = send_rtcp
+
+
+def decoder_running(receiver: RTCRtpReceiver) -> bool:
+    return receiver._RTCRtpReceiver__decoder_thread is not None
+
+
+async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+# --- send side ------------------------------------------------------------------------------
+
+@dataclass
+class SendParameters:
+    """What was negotiated for one sending transceiver."""
+
+    mime_type: str
+    clock_rate: int
+    payload_type: int
+    rtx_payload_type: int | None
+    mid: str
+    header_extensions: list[tuple[str, int]] = field(default_factory=list)
+    # Every codec the leg negotiated, by lower-case MIME type: (clock rate, payload type, RTX type).
+    codecs: dict[str, tuple[int, int, int | None]] = field(default_factory=dict)
+
+    def select(self, mime_type: str) -> bool:
+        """Send with another negotiated codec (a WHEP leg set up before its publisher existed)."""
+        found = self.codecs.get(mime_type.lower())
+        if found is None:
+            return False
+        self.mime_type = mime_type
+        self.clock_rate, self.payload_type, self.rtx_payload_type = found
+        return True
+
+
+class SenderSeam:
+    """Raw RTP injection into a stock RTCRtpSender's transport, with its RTCP redirected."""
+
+    __slots__ = ("sender", "ssrc", "rtx_ssrc", "params", "ready", "_dtls", "_on_nack",
+                 "_on_keyframe_request", "_fast")
+
+    def __init__(self, sender: RTCRtpSender, on_nack: Callable[[list[int]], Awaitable[None]],
+                 on_keyframe_request: Callable[[], None]):
+        self.sender = sender
+        self.ssrc: int = sender._ssrc
+        self.rtx_ssrc: int = sender._rtx_ssrc
+        self.params: SendParameters | None = None
+        self.ready = asyncio.Event()
+        self._dtls: RTCDtlsTransport | None = None
+        self._on_nack = on_nack
+        self._on_keyframe_request = on_keyframe_request
+        self._fast: tuple | None = None
+        stock_send = sender.send
+        stock_rtcp = sender._handle_rtcp_packet
+
+        async def send(parameters) -> None:
+            rtx = {c.parameters.get("apt"): c.payloadType for c in parameters.codecs
+                   if c.mimeType.lower().endswith("/rtx")}
+            codecs: dict[str, tuple[int, int, int | None]] = {}
+            for c in parameters.codecs:
+                if not c.mimeType.lower().endswith("/rtx"):
+                    codecs.setdefault(c.mimeType.lower(), (c.clockRate, c.payloadType, rtx.get(c.payloadType)))
+            first = parameters.codecs[0]
+            self.params = SendParameters(
+                mime_type=first.mimeType, clock_rate=first.clockRate, payload_type=first.payloadType,
+                rtx_payload_type=rtx.get(first.payloadType), mid=parameters.muxId or "",
+                header_extensions=[(e.uri, e.id) for e in parameters.headerExtensions], codecs=codecs,
+            )
+            self._dtls = sender.transport
+            await stock_send(parameters)
+            self.ready.set()
+
+        async def handle_rtcp(packet) -> None:
+            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                await self._on_nack(list(packet.lost))
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                self._on_keyframe_request()
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                return  # REMB: there is no encoder to steer on a forwarded leg
+            else:
+                await stock_rtcp(packet)
+
+        sender.send = send
+        sender._handle_rtcp_packet = handle_rtcp
+
+    async def send_rtp(self, data: bytes) -> bool:
+        """Send through aiortc's own path (SRTP, ICE); used for the rare packets (retransmits)."""
+        dtls = self._dtls
+        if dtls is None:
+            return False
+        try:
+            await dtls._send_rtp(data)
+        except ConnectionError:
+            return False
+        return True
+
+    def send_rtp_now(self, data: bytes) -> bool:
+        """The per-packet fast path: SRTP-protect and sendto on the nominated ICE pair, without the
+        four coroutine layers of aiortc's path. Same effect as `send_rtp`, minus transport stats."""
+        fast = self._fast
+        if fast is None or fast[0]._state is not _DTLS_CONNECTED:
+            fast = self._fast = self._resolve()
+            if fast is None:
+                return False
+        fast[1](fast[2](data), fast[3])
+        return True
+
+    def _resolve(self) -> tuple | None:
+        """(dtls, sendto, protect, remote address) once DTLS is up and ICE has nominated a pair."""
+        dtls = self._dtls
+        if dtls is None or dtls._state is not _DTLS_CONNECTED:
+            return None
+        pair = dtls.transport._connection._nominated.get(1)
+        transport = pair.protocol.transport if pair is not None else None
+        if transport is None:
+            return None
+        return dtls, transport.sendto, dtls._tx_srtp.protect, pair.remote_addr
+
+    def record_sent(self, ntp_time: int, rtp_timestamp: int, packets: int, octets: int) -> None:
+        """Feed the stock sender's SR state: counters, and the NTP time that goes with an outgoing
+        RTP timestamp. Callers batch it (once per frame), which keeps the SR coherent."""
+        s = self.sender
+        s._RTCRtpSender__ntp_timestamp = ntp_time
+        s._RTCRtpSender__rtp_timestamp = rtp_timestamp
+        s._RTCRtpSender__packet_count += packets
+        s._RTCRtpSender__octet_count += octets
+
+    def counters(self) -> tuple[int, int]:
+        s = self.sender
+        return s._RTCRtpSender__packet_count, s._RTCRtpSender__octet_count
+
+
+# --- ICE ------------------------------------------------------------------------------------
+
+def _ice_connections(pc: RTCPeerConnection) -> list[aioice.ice.Connection]:
+    transports: list[RTCIceTransport] = []
+    for t in pc.getTransceivers():
+        if t.sender.transport is not None:
+            transports.append(t.sender.transport.transport)
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport.transport)
+    seen, out = set(), []
+    for ice in transports:
+        conn = ice.iceGatherer._connection
+        if id(conn) not in seen:
+            seen.add(id(conn))
+            out.append(conn)
+    return out
+
+
+def restrict_ice_gathering(pc: RTCPeerConnection, addresses: list[str]) -> None:
+    """Gather host candidates only on `addresses` (loopback allowed). Call before setLocalDescription."""
+    if not addresses:
+        return
+    wanted = list(addresses)
+    for conn in _ice_connections(pc):
+        if getattr(conn, "_stoa_restricted", False):
+            continue
+
+        async def gather_candidates(self) -> None:
+            if not self._local_candidates_start:
+                self._local_candidates_start = True
+                results = await asyncio.gather(*(
+                    self.get_component_candidates(component=c, addresses=wanted)
+                    for c in self._components
+                ))
+                for candidates in results:
+                    self._local_candidates += candidates
+                self._local_candidates_end = True
+
+        conn.gather_candidates = types.MethodType(gather_candidates, conn)
+        conn._stoa_restricted = True
+
+
+def simulate_receive_loss(pc: RTCPeerConnection, rate: float, *, seed: int = 1,
+                          spare_payload_types: frozenset[int] = frozenset()) -> dict:
+    """Drop a fraction of incoming SRTP media datagrams on `pc` (a network impairment for tests and
+    benches). Payload types in `spare_payload_types` (RTX) pass, so repairs can arrive."""
+    rng = random.Random(seed)
+    stats = {"dropped": 0, "passed": 0}
+    for t in pc.getTransceivers():
+        dtls = t.receiver.transport
+        if dtls is None or getattr(dtls.transport, "_stoa_lossy", False):
+            continue
+        ice = dtls.transport
+        stock_recv = ice._recv
+
+        async def recv(stock_recv=stock_recv) -> bytes:
+            while True:
+                data = await stock_recv()
+                if (len(data) > 12 and 127 < data[0] < 192 and not is_rtcp(data)
+                        and (data[1] & 0x7F) not in spare_payload_types and rng.random() < rate):
+                    stats["dropped"] += 1
+                    continue
+                stats["passed"] += 1
+                return data
+
+        ice._recv = recv
+        ice._stoa_lossy = True
+    return stats

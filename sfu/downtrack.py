@@ -1,0 +1,159 @@
+"""One subscriber's send side of one track: munges, sends, answers NACKs, relays keyframe requests."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiortc import RTCRtpSender
+
+from sfu.aiortc_seam import SenderSeam
+from sfu.buffer import CachedPacket
+from sfu.forwarder import Forwarder
+from sfu.rtp import ExtensionIds, build_extensions, build_header, rtx_payload
+
+logger = logging.getLogger(__name__)
+
+# A packet is retransmitted to one subscriber at most once per this interval (NACKs repeat).
+RETRANSMIT_INTERVAL = 0.08
+
+
+class DownTrack:
+    __slots__ = ("subscriber_id", "kind", "uptrack", "seam", "forwarder", "_ext_ids", "_mid", "_key",
+                 "_rtx_seq", "_retransmitted", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
+                 "packets_sent", "retransmits", "nack_misses", "keyframe_requests")
+
+    def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str):
+        self.subscriber_id = subscriber_id
+        self.kind = kind
+        self.uptrack = None
+        self.seam = SenderSeam(sender, self._on_nack, self._on_keyframe_request)
+        self.forwarder: Forwarder | None = None
+        self._ext_ids: ExtensionIds | None = None
+        self._mid = b""
+        self._key = None
+        self._rtx_seq = 0
+        self._retransmitted: dict[int, float] = {}
+        self.paused = False
+        self._codec_ok = False
+        self._sr_packets = 0
+        self._sr_octets = 0
+        # counters
+        self.packets_sent = 0
+        self.retransmits = 0
+        self.nack_misses = 0
+        self.keyframe_requests = 0
+
+    @property
+    def track_id(self) -> str | None:
+        return self.uptrack.track_id if self.uptrack is not None else None
+
+    def attach(self, uptrack) -> None:
+        """Forward `uptrack` on this leg; a leg that carried another source continues seamlessly."""
+        if self.uptrack is uptrack:
+            return
+        if self.uptrack is not None:
+            self.uptrack.remove_downtrack(self)
+        self.uptrack = uptrack
+        self._codec_ok = False
+        if self.forwarder is not None:
+            self.forwarder.switch_source()
+            self.forwarder.needs_keyframe = uptrack.kind == "video"
+        uptrack.add_downtrack(self)
+
+    def detach(self, uptrack=None) -> None:
+        if uptrack is None or uptrack is self.uptrack:
+            if self.uptrack is not None:
+                self.uptrack.remove_downtrack(self)
+            self.uptrack = None
+            if self.forwarder is not None:
+                self.forwarder.switch_source()
+
+    def _configure(self) -> bool:
+        params = self.seam.params
+        if params is None:
+            return False
+        up = self.uptrack
+        if params.mime_type.lower() != up.mime_type.lower() and not params.select(up.mime_type):
+            logger.warning("leg of %s negotiated %s but track %s is %s: not forwarding",
+                           self.subscriber_id, params.mime_type, up.track_id, up.mime_type)
+            return False
+        if self.forwarder is None:
+            self.forwarder = Forwarder(params.clock_rate, video=self.kind == "video")
+            self._rtx_seq = self.forwarder.last_out_seq ^ 0x5A5A
+            self._ext_ids = ExtensionIds.from_uris(params.header_extensions)
+            self._mid = params.mid.encode()
+            self._key = hash((self._ext_ids, self._mid))  # legs with equal extensions share bytes
+        self._codec_ok = True
+        return True
+
+    def forward(self, packet: CachedPacket, ntp: int, send_time: bytes, tails: dict) -> None:
+        """The hot path: runs once per packet and leg, synchronously."""
+        if self.paused or (not self._codec_ok and not self._configure()):
+            return
+        munged = self.forwarder.munge(packet.seq, packet.timestamp, packet.keyframe, packet.arrival)
+        if munged is None:
+            if not self.forwarder.started:
+                self.uptrack.request_keyframe()
+            return
+        seq, ts = munged
+        tail = tails.get(self._key)
+        if tail is None:
+            ext = build_extensions(self._ext_ids, self._mid, send_time, packet.audio_level)
+            tail = tails[self._key] = (bool(ext), ext + packet.payload)
+        seam = self.seam
+        if not seam.send_rtp_now(
+                build_header(tail[0], packet.marker, seam.params.payload_type, seq, ts, seam.ssrc) + tail[1]):
+            return
+        self.packets_sent += 1
+        self._sr_packets += 1
+        self._sr_octets += len(packet.payload)
+        # The stock sender's SR state is fed once per frame (or every 16 packets), not per packet.
+        if packet.marker or self._sr_packets >= 16:
+            seam.record_sent(ntp, ts, self._sr_packets, self._sr_octets)
+            self._sr_packets = self._sr_octets = 0
+
+    async def _on_nack(self, lost: list[int]) -> None:
+        up, fwd, params = self.uptrack, self.forwarder, self.seam.params
+        if up is None or fwd is None or params is None:
+            return
+        now = time.monotonic()
+        if len(self._retransmitted) > 512:
+            self._retransmitted = {s: t for s, t in self._retransmitted.items() if now - t < 1.0}
+        for out_seq in lost:
+            src = fwd.source_seq(out_seq)
+            packet = up.cache.get(src) if src is not None else None
+            if packet is None:
+                self.nack_misses += 1
+                continue
+            if now - self._retransmitted.get(out_seq, -1.0) < RETRANSMIT_INTERVAL:
+                continue
+            self._retransmitted[out_seq] = now
+            out_ts = (packet.timestamp + fwd.ts_offset) & 0xFFFFFFFF
+            ext = build_extensions(self._ext_ids, self._mid, b"\x00\x00\x00", packet.audio_level)
+            if params.rtx_payload_type is not None:
+                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+                header = build_header(bool(ext), packet.marker, params.rtx_payload_type,
+                                      self._rtx_seq, out_ts, self.seam.rtx_ssrc)
+                data = header + ext + rtx_payload(out_seq, packet.payload)
+            else:
+                header = build_header(bool(ext), packet.marker, params.payload_type, out_seq, out_ts,
+                                      self.seam.ssrc)
+                data = header + ext + packet.payload
+            if await self.seam.send_rtp(data):
+                self.retransmits += 1
+
+    def _on_keyframe_request(self) -> None:
+        self.keyframe_requests += 1
+        if self.uptrack is not None:
+            self.uptrack.request_keyframe()
+
+    def stats(self) -> dict:
+        return {
+            "track_id": self.track_id,
+            "subscriber": self.subscriber_id,
+            "packets_sent": self.packets_sent,
+            "retransmits": self.retransmits,
+            "nack_misses": self.nack_misses,
+            "keyframe_requests": self.keyframe_requests,
+        }

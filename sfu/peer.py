@@ -1,0 +1,172 @@
+"""Creating and negotiating peer connections the way the SFU needs them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+from sfu.aiortc_seam import restrict_ice_gathering
+
+logger = logging.getLogger(__name__)
+
+MAX_SDP_BYTES = 64 * 1024
+
+
+class SdpError(ValueError):
+    """The remote description cannot be used; the message says why."""
+
+
+class IdleTrack(MediaStreamTrack):
+    """Occupies a sender so its RTP loop waits instead of polling; forwarded RTP goes around it."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self._never: asyncio.Future = asyncio.get_event_loop().create_future()
+
+    async def recv(self):
+        await self._never
+        raise MediaStreamError
+
+    def stop(self) -> None:
+        super().stop()
+        if not self._never.done():
+            self._never.set_exception(MediaStreamError())
+            self._never.exception()  # mark retrieved
+
+
+@dataclass
+class IceSettings:
+    servers: list[str] = field(default_factory=list)
+    username: str = ""
+    credential: str = ""
+    addresses: list[str] = field(default_factory=list)
+
+    def rtc_servers(self) -> list[RTCIceServer]:
+        return [RTCIceServer(urls=url, username=self.username or None,
+                             credential=self.credential or None) for url in self.servers]
+
+
+@dataclass(frozen=True)
+class NegotiatedCodec:
+    mid: str
+    kind: str
+    direction: str
+    mime_type: str
+    clock_rate: int
+    payload_type: int
+    parameters: dict
+
+
+class PeerFactory:
+    def __init__(self, ice: IceSettings):
+        self.ice = ice
+        self.live: set[RTCPeerConnection] = set()
+
+    def create(self) -> RTCPeerConnection:
+        # An explicit list, even empty: aiortc falls back to Google's STUN when given None.
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=self.ice.rtc_servers()))
+        self.live.add(pc)
+        return pc
+
+    async def close(self, pc: RTCPeerConnection) -> None:
+        self.live.discard(pc)
+        try:
+            await pc.close()
+        except Exception:
+            logger.exception("closing a peer connection failed")
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.close(pc) for pc in list(self.live)))
+
+    async def set_remote(self, pc: RTCPeerConnection, sdp: str, kind: str) -> None:
+        if not isinstance(sdp, str) or not sdp.strip():
+            raise SdpError("the SDP is empty")
+        if len(sdp) > MAX_SDP_BYTES:
+            raise SdpError(f"the SDP is larger than {MAX_SDP_BYTES} bytes")
+        if not sdp.lstrip().startswith("v=0"):
+            raise SdpError("the SDP must start with 'v=0'")
+        try:
+            parsed = SessionDescription.parse(sdp)
+        except Exception as exc:
+            raise SdpError(f"the SDP cannot be parsed: {exc}") from None
+        if not parsed.media:
+            raise SdpError("the SDP has no media sections")
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        except Exception as exc:
+            raise SdpError(f"the SDP was refused: {exc}") from None
+
+    async def set_local(self, pc: RTCPeerConnection, description: RTCSessionDescription) -> str:
+        restrict_ice_gathering(pc, self.ice.addresses)
+        await pc.setLocalDescription(description)
+        return pc.localDescription.sdp
+
+    async def answer(self, pc: RTCPeerConnection, offer_sdp: str) -> str:
+        await self.set_remote(pc, offer_sdp, "offer")
+        return await self.set_local(pc, await pc.createAnswer())
+
+    async def offer(self, pc: RTCPeerConnection) -> str:
+        return await self.set_local(pc, await pc.createOffer())
+
+
+async def add_remote_candidate(pc: RTCPeerConnection, candidate: dict) -> None:
+    """Trickle ICE: `candidate` is the browser's RTCIceCandidateInit."""
+    line = candidate.get("candidate") or ""
+    if not line:
+        return  # end of candidates
+    if line.startswith("candidate:"):
+        line = line[len("candidate:"):]
+    try:
+        parsed = candidate_from_sdp(line)
+    except Exception as exc:
+        raise SdpError(f"the ICE candidate cannot be parsed: {exc}") from None
+    parsed.sdpMid = candidate.get("sdpMid")
+    parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+    if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+        parsed.sdpMLineIndex = 0
+    await pc.addIceCandidate(parsed)
+
+
+def negotiated_codecs(sdp: str) -> dict[str, NegotiatedCodec]:
+    """The first (sending) codec of every audio/video section of a description, by mid."""
+    out: dict[str, NegotiatedCodec] = {}
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind not in ("audio", "video"):
+            continue
+        codecs = [c for c in media.rtp.codecs if not c.mimeType.lower().endswith("/rtx")]
+        if not codecs:
+            continue
+        c = codecs[0]
+        out[media.rtp.muxId] = NegotiatedCodec(
+            mid=media.rtp.muxId, kind=media.kind, direction=media.direction or "sendrecv",
+            mime_type=c.mimeType, clock_rate=c.clockRate, payload_type=c.payloadType,
+            parameters=dict(c.parameters),
+        )
+    return out
+
+
+def codec_preferences(kind: str, mime_type: str, parameters: dict | None = None):
+    """Restrict a leg to the publisher's codec (plus its RTX), so nothing has to be transcoded."""
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    chosen = [c for c in caps if c.mimeType.lower() == mime_type.lower()]
+    if parameters and len(chosen) > 1:
+        profile = parameters.get("profile-level-id")
+        exact = [c for c in chosen if c.parameters.get("profile-level-id") == profile]
+        chosen = exact or chosen
+    if not chosen:
+        raise SdpError(f"codec {mime_type} is not supported")
+    rtx = [c for c in caps if c.mimeType.lower().endswith("/rtx")]
+    return chosen + rtx

@@ -1,0 +1,101 @@
+"""A participant's publishing peer connection: its tracks terminate here and become UpTracks."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Callable
+
+from aiortc import RTCPeerConnection
+
+from sfu.aiortc_seam import send_pli, tap_receiver
+from sfu.peer import PeerFactory, SdpError, negotiated_codecs
+from sfu.uptrack import PublisherClock, UpTrack
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("camera", "microphone", "screen", "screen_audio")
+
+
+class Publisher:
+    def __init__(self, participant_id: str, peers: PeerFactory, *,
+                 on_published: Callable[[UpTrack], None],
+                 on_unpublished: Callable[[UpTrack], None],
+                 on_failed: Callable[[], None] | None = None):
+        self.participant_id = participant_id
+        self.peers = peers
+        self.pc: RTCPeerConnection = peers.create()
+        self.tracks: dict[str, UpTrack] = {}  # by mid
+        self.clock = PublisherClock()
+        self._on_published = on_published
+        self._on_unpublished = on_unpublished
+        self._on_failed = on_failed
+        self.closed = False
+
+        @self.pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if self.pc.connectionState == "failed" and self._on_failed is not None:
+                self._on_failed()
+
+    async def negotiate(self, offer_sdp: str, sources: dict[str, str] | None = None) -> str:
+        """Answer the publisher's offer; new send sections become tracks, stopped ones are removed."""
+        if self.closed:
+            raise SdpError("the publisher is closed")
+        answer = await self.peers.answer(self.pc, offer_sdp)
+        offered = negotiated_codecs(self.pc.remoteDescription.sdp)
+        codecs = negotiated_codecs(answer)
+        sources = sources or {}
+        for transceiver in self.pc.getTransceivers():
+            mid = transceiver.mid
+            remote = offered.get(mid)
+            sending = remote is not None and remote.direction in ("sendonly", "sendrecv")
+            if mid in self.tracks and not sending:
+                self._unpublish(mid)
+            elif sending and mid not in self.tracks and mid in codecs:
+                self._publish(transceiver, codecs[mid], sources.get(mid))
+        return answer
+
+    def _publish(self, transceiver, codec, source: str | None) -> None:
+        kind = codec.kind
+        if source not in SOURCES:
+            source = "camera" if kind == "video" else "microphone"
+        receiver = transceiver.receiver
+        uptrack = UpTrack(
+            track_id="TR_" + uuid.uuid4().hex[:12],
+            kind=kind, mime_type=codec.mime_type, clock_rate=codec.clock_rate,
+            payload_type=codec.payload_type, publisher_id=self.participant_id, source=source,
+            clock=self.clock, send_pli=lambda ssrc: send_pli(receiver, ssrc),
+        )
+        uptrack.mid = transceiver.mid
+        uptrack.receiver = receiver
+        tap_receiver(receiver, uptrack.on_rtp, uptrack.on_sender_report)
+        self.tracks[transceiver.mid] = uptrack
+        logger.info("%s published %s %s (%s)", self.participant_id, kind, uptrack.track_id, codec.mime_type)
+        self._on_published(uptrack)
+
+    def _unpublish(self, mid: str) -> None:
+        uptrack = self.tracks.pop(mid)
+        uptrack.close()
+        logger.info("%s unpublished %s", self.participant_id, uptrack.track_id)
+        self._on_unpublished(uptrack)
+
+    def unpublish_all(self) -> None:
+        for mid in list(self.tracks):
+            self._unpublish(mid)
+
+    def unpublish(self, track_id: str) -> bool:
+        for mid, uptrack in list(self.tracks.items()):
+            if uptrack.track_id == track_id:
+                self._unpublish(mid)
+                return True
+        return False
+
+    def track(self, track_id: str) -> UpTrack | None:
+        return next((t for t in self.tracks.values() if t.track_id == track_id), None)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.unpublish_all()
+        await self.peers.close(self.pc)

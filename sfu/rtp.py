@@ -1,0 +1,170 @@
+"""Pure RTP helpers for forwarding: header building, extensions, keyframe detection, RTX.
+
+Everything here works on bytes and ints and is tested byte for byte (tests/test_sfu_rtp.py).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+RTP_VERSION_BITS = 0x80
+NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
+
+URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+
+_HEADER = struct.Struct("!BBHII")
+
+
+def seq_add(a: int, b: int) -> int:
+    return (a + b) & 0xFFFF
+
+
+def seq_diff(a: int, b: int) -> int:
+    """Signed distance a - b on the 16-bit circle."""
+    d = (a - b) & 0xFFFF
+    return d - 0x10000 if d >= 0x8000 else d
+
+
+def ts_diff(a: int, b: int) -> int:
+    """Signed distance a - b on the 32-bit circle."""
+    d = (a - b) & 0xFFFFFFFF
+    return d - 0x100000000 if d >= 0x80000000 else d
+
+
+def unix_to_ntp(t: float) -> int:
+    """Unix seconds to a 64-bit NTP timestamp."""
+    seconds = int(t)
+    fraction = int((t - seconds) * (1 << 32)) & 0xFFFFFFFF
+    return ((seconds + NTP_EPOCH_OFFSET) << 32) | fraction
+
+
+def ntp_to_unix(ntp: int) -> float:
+    return (ntp >> 32) - NTP_EPOCH_OFFSET + (ntp & 0xFFFFFFFF) / (1 << 32)
+
+
+def abs_send_time(now: float | None = None) -> bytes:
+    """The 24-bit abs-send-time extension value: 6.18 fixed-point seconds."""
+    t = time.time() if now is None else now
+    return (int(t * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")
+
+
+@dataclass(frozen=True)
+class ExtensionIds:
+    """Negotiated one-byte header extension ids of one leg (0: not negotiated)."""
+
+    mid: int = 0
+    abs_send_time: int = 0
+    audio_level: int = 0
+
+    @classmethod
+    def from_uris(cls, pairs) -> "ExtensionIds":
+        ids = {uri: ext_id for uri, ext_id in pairs}
+        return cls(
+            mid=ids.get(URI_MID, 0),
+            abs_send_time=ids.get(URI_ABS_SEND_TIME, 0),
+            audio_level=ids.get(URI_AUDIO_LEVEL, 0),
+        )
+
+
+def build_extensions(ids: ExtensionIds, mid: bytes, send_time: bytes, audio_level: int | None) -> bytes:
+    """An RFC 8285 one-byte-header extension block (profile 0xBEDE), padded to 32 bits."""
+    body = b""
+    if ids.mid and mid:
+        body += bytes(((ids.mid << 4) | (len(mid) - 1),)) + mid
+    if ids.abs_send_time:
+        body += bytes(((ids.abs_send_time << 4) | 2,)) + send_time
+    if ids.audio_level and audio_level is not None:
+        body += bytes(((ids.audio_level << 4), audio_level & 0xFF))
+    if not body:
+        return b""
+    body += b"\x00" * (-len(body) % 4)
+    return b"\xbe\xde" + (len(body) // 4).to_bytes(2, "big") + body
+
+
+def build_header(has_ext: bool, marker: int, payload_type: int, seq: int, ts: int, ssrc: int) -> bytes:
+    return _HEADER.pack(
+        RTP_VERSION_BITS | (0x10 if has_ext else 0),
+        (marker << 7) | payload_type,
+        seq,
+        ts,
+        ssrc,
+    )
+
+
+def parse_header(data: bytes) -> tuple[int, int, int, int, int]:
+    """(marker, payload_type, sequence, timestamp, ssrc) of an RTP packet."""
+    if len(data) < 12 or data[0] >> 6 != 2:
+        raise ValueError("not an RTP version 2 packet")
+    b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data)
+    return b1 >> 7, b1 & 0x7F, seq, ts, ssrc
+
+
+def vp8_is_keyframe(payload: bytes) -> bool:
+    """True on the first packet of a VP8 keyframe (RFC 7741 descriptor, then the VP8 frame tag)."""
+    n = len(payload)
+    if n < 2:
+        return False
+    b0 = payload[0]
+    # S bit set and partition index 0: the packet starts a frame.
+    if not (b0 & 0x10) or (b0 & 0x07):
+        return False
+    i = 1
+    if b0 & 0x80:  # X: extension byte follows
+        if n < 2:
+            return False
+        x = payload[1]
+        i = 2
+        if x & 0x80:  # I: picture id
+            if i >= n:
+                return False
+            i += 2 if payload[i] & 0x80 else 1
+        if x & 0x40:  # L: TL0PICIDX
+            i += 1
+        if x & 0x30:  # T or K: TID/KEYIDX byte
+            i += 1
+    if i >= n:
+        return False
+    # VP8 frame tag: bit 0 of the first byte is 0 on a keyframe.
+    return payload[i] & 0x01 == 0
+
+
+def h264_is_keyframe(payload: bytes) -> bool:
+    """True when the packet carries an IDR slice or an SPS (RFC 6184 single NAL, STAP-A or FU-A start)."""
+    if not payload:
+        return False
+    nal_type = payload[0] & 0x1F
+    if nal_type in (5, 7):
+        return True
+    if nal_type == 24:  # STAP-A: 16-bit size, then a NAL unit, repeated
+        i = 1
+        while i + 2 < len(payload):
+            size = (payload[i] << 8) | payload[i + 1]
+            i += 2
+            if size == 0 or i >= len(payload):
+                break
+            if payload[i] & 0x1F in (5, 7):
+                return True
+            i += size
+        return False
+    if nal_type == 28 and len(payload) > 1:  # FU-A: start bit and the original NAL type
+        fu = payload[1]
+        return bool(fu & 0x80) and (fu & 0x1F) in (5, 7)
+    return False
+
+
+def is_keyframe(mime_type: str, payload: bytes) -> bool:
+    mime = mime_type.lower()
+    if mime == "video/vp8":
+        return vp8_is_keyframe(payload)
+    if mime == "video/h264":
+        return h264_is_keyframe(payload)
+    return True  # audio: every packet is a starting point
+
+
+def rtx_payload(original_seq: int, payload: bytes) -> bytes:
+    """RFC 4588: the RTX payload is the original sequence number, then the original payload."""
+    return original_seq.to_bytes(2, "big") + payload

@@ -1,0 +1,164 @@
+"""A participant's subscribing peer connection. The server always makes the offer on it, one at a
+time, so renegotiation never glares (the publisher connection is offered by the client)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from aiortc import RTCPeerConnection
+
+from sfu.downtrack import DownTrack
+from sfu.peer import IdleTrack, PeerFactory, SdpError, codec_preferences
+from sfu.uptrack import UpTrack
+
+logger = logging.getLogger(__name__)
+
+SendOffer = Callable[[str, list[dict]], Awaitable[None]]
+
+
+class Subscriber:
+    def __init__(self, participant_id: str, peers: PeerFactory, send_offer: SendOffer, *,
+                 data_channel_label: str | None = "stoa"):
+        self.participant_id = participant_id
+        self.peers = peers
+        self.pc: RTCPeerConnection = peers.create()
+        self.legs: list[tuple[object, DownTrack]] = []  # (transceiver, downtrack)
+        self._send_offer = send_offer
+        self._lock = asyncio.Lock()
+        self._awaiting_answer = False
+        self._dirty = False
+        self.closed = False
+        self._offers_sent = 0
+        self.data_channel = None
+        if data_channel_label:
+            self.data_channel = self.pc.createDataChannel(data_channel_label, ordered=True)
+
+    # -- tracks -----------------------------------------------------------------------------
+
+    def downtrack(self, track_id: str) -> DownTrack | None:
+        return next((d for _, d in self.legs if d.track_id == track_id), None)
+
+    def add_track(self, uptrack: UpTrack) -> DownTrack:
+        existing = self.downtrack(uptrack.track_id)
+        if existing is not None:
+            return existing
+        # Reuse an idle section of the same kind and codec before growing the SDP.
+        for transceiver, downtrack in self.legs:
+            params = downtrack.seam.params
+            if (downtrack.uptrack is None and downtrack.kind == uptrack.kind and params is not None
+                    and params.mime_type.lower() == uptrack.mime_type.lower()):
+                transceiver.direction = "sendonly"
+                downtrack.attach(uptrack)
+                return downtrack
+        transceiver = self.pc.addTransceiver(IdleTrack(uptrack.kind), direction="sendonly")
+        transceiver.setCodecPreferences(codec_preferences(uptrack.kind, uptrack.mime_type))
+        downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=uptrack.kind)
+        downtrack.attach(uptrack)
+        self.legs.append((transceiver, downtrack))
+        return downtrack
+
+    def remove_track(self, track_id: str) -> bool:
+        for transceiver, downtrack in self.legs:
+            if downtrack.track_id == track_id:
+                downtrack.detach()
+                transceiver.direction = "inactive"
+                return True
+        return False
+
+    def track_map(self) -> list[dict]:
+        """What each section carries, sent with every offer so the client can label its tracks."""
+        out = []
+        for transceiver, downtrack in self.legs:
+            if downtrack.uptrack is not None and transceiver.mid is not None:
+                out.append({"mid": transceiver.mid, **downtrack.uptrack.describe()})
+        return out
+
+    # -- negotiation ------------------------------------------------------------------------
+
+    async def negotiate(self) -> None:
+        """Send an offer now, or after the answer to the one in flight."""
+        if self._offers_sent:
+            # aiortc starts senders only if the (bundled) DTLS transport is already up when a
+            # renegotiation completes, so a second offer waits for the first one to connect.
+            await self._wait_transport_settled(15.0)
+        async with self._lock:
+            if self.closed:
+                return
+            if self._awaiting_answer:
+                self._dirty = True
+                return
+            self._dirty = False
+            self._awaiting_answer = True
+            self._offers_sent += 1
+            sdp = await self.peers.offer(self.pc)
+        await self._send_offer(sdp, self.track_map())
+
+    async def _wait_transport_settled(self, timeout: float) -> None:
+        if self.pc.sctp is not None:
+            dtls = self.pc.sctp.transport
+        elif self.legs:
+            dtls = self.legs[0][0].sender.transport
+        else:
+            return
+        deadline = asyncio.get_event_loop().time() + timeout
+        while dtls.state not in ("connected", "failed", "closed"):
+            if asyncio.get_event_loop().time() > deadline:
+                logger.warning("%s: subscriber transport did not connect; offering anyway",
+                               self.participant_id)
+                return
+            await asyncio.sleep(0.05)
+
+    async def on_answer(self, sdp: str) -> None:
+        async with self._lock:
+            if not self._awaiting_answer:
+                raise SdpError("no offer is waiting for an answer")
+            await self.peers.set_remote(self.pc, sdp, "answer")
+            self._awaiting_answer = False
+            again = self._dirty
+        if again:
+            await self.negotiate()
+
+    # -- client-offered mode (WHEP) ---------------------------------------------------------
+
+    async def answer(self, offer_sdp: str, tracks: dict[str, UpTrack]) -> str:
+        """Answer a recvonly offer: one send section per offered audio/video section, each
+        restricted to the codec of the track it will carry (`tracks` by kind), then bound."""
+        from sfu.peer import negotiated_codecs  # local: only this path parses the offer first
+
+        try:
+            offered = negotiated_codecs(offer_sdp)
+        except Exception as exc:
+            raise SdpError(f"the SDP cannot be parsed: {exc}") from None
+        if not offered:
+            raise SdpError("the offer has no audio or video section")
+        for section in offered.values():
+            if section.direction not in ("recvonly", "sendrecv"):
+                raise SdpError(f"section {section.mid} must be recvonly to receive the broadcast")
+            transceiver = self.pc.addTransceiver(IdleTrack(section.kind), direction="sendonly")
+            track = tracks.get(section.kind)
+            if track is not None:
+                transceiver.setCodecPreferences(codec_preferences(section.kind, track.mime_type))
+            downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=section.kind)
+            self.legs.append((transceiver, downtrack))
+        answer = await self.peers.answer(self.pc, offer_sdp)
+        self.bind(tracks)
+        return answer
+
+    def bind(self, tracks: dict[str, UpTrack]) -> None:
+        """Point each section at the track of its kind (a switch continues the same RTP stream)."""
+        for _, downtrack in self.legs:
+            track = tracks.get(downtrack.kind)
+            if track is None:
+                downtrack.detach()
+            elif downtrack.uptrack is not track:
+                downtrack.attach(track)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for _, downtrack in self.legs:
+            downtrack.detach()
+        await self.peers.close(self.pc)

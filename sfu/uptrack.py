@@ -1,0 +1,182 @@
+"""One published track at the server: receives the publisher's RTP and fans it out, undecoded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable, Protocol
+
+from aiortc.rtp import RtpPacket
+
+from sfu.buffer import CachedPacket, PacketCache
+from sfu.rtp import abs_send_time, is_keyframe, ntp_to_unix, ts_diff, unix_to_ntp
+
+logger = logging.getLogger(__name__)
+
+# A publisher is asked for a keyframe at most this often, however many subscribers ask.
+KEYFRAME_REQUEST_INTERVAL = 0.5
+
+
+class PublisherClock:
+    """Maps one publisher's NTP clock (from its sender reports) onto ours.
+
+    Audio and video of one publisher share the offset, so the lip-sync the publisher put in its
+    sender reports survives into the reports each subscriber leg sends.
+    """
+
+    __slots__ = ("offset",)
+
+    def __init__(self) -> None:
+        self.offset: float | None = None
+
+    def to_local(self, remote_unix: float, arrival: float) -> float:
+        if self.offset is None:
+            self.offset = arrival - remote_unix
+        return remote_unix + self.offset
+
+
+class PacketSink(Protocol):
+    """Anything besides subscriber legs that wants the source packets (the recorder)."""
+
+    def feed(self, packet: RtpPacket, arrival_time: float) -> None: ...
+
+
+class UpTrack:
+    def __init__(
+        self,
+        *,
+        track_id: str,
+        kind: str,
+        mime_type: str,
+        clock_rate: int,
+        payload_type: int,
+        publisher_id: str,
+        source: str,
+        clock: PublisherClock,
+        send_pli: Callable[[int], Awaitable[None]],
+    ):
+        self.track_id = track_id
+        self.kind = kind
+        self.mime_type = mime_type
+        self.clock_rate = clock_rate
+        self.payload_type = payload_type
+        self.publisher_id = publisher_id
+        self.source = source
+        self.muted = False
+        self.cache = PacketCache()
+        self.downtracks: list = []
+        self.sinks: list[PacketSink] = []
+        self.media_ssrc: int | None = None
+        self._clock = clock
+        self._send_pli = send_pli
+        self._sr: tuple[float, int] | None = None  # (local unix time, rtp timestamp) of the last SR
+        self._video = kind == "video"
+        self._last_pli = 0.0
+        self._pli_task: asyncio.Task | None = None
+        self.closed = False
+        # counters
+        self.packets_received = 0
+        self.keyframes_received = 0
+        self.keyframe_requests = 0
+        self.plis_sent = 0
+        self.payload_mismatches = 0
+
+    def describe(self) -> dict:
+        return {
+            "track_id": self.track_id,
+            "kind": self.kind,
+            "source": self.source,
+            "codec": self.mime_type,
+            "participant": self.publisher_id,
+            "muted": self.muted,
+        }
+
+    # -- from the publisher ---------------------------------------------------------------
+
+    def on_sender_report(self, ssrc: int, ntp: int, rtp_timestamp: int, arrival: float | None = None) -> None:
+        arrival = time.time() if arrival is None else arrival
+        self._sr = (self._clock.to_local(ntp_to_unix(ntp), arrival), rtp_timestamp)
+        for sink in self.sinks:
+            report = getattr(sink, "sender_report", None)
+            if report is not None:
+                try:
+                    report(ntp_to_unix(ntp) + (self._clock.offset or 0.0), rtp_timestamp)
+                except Exception:  # a sink never breaks forwarding
+                    logger.exception("sink failed on a sender report")
+
+    def capture_time(self, timestamp: int, arrival: float) -> float:
+        """Local unix time at which the frame with this RTP timestamp was captured."""
+        sr = self._sr
+        if sr is None:
+            return arrival
+        return sr[0] + ts_diff(timestamp, sr[1]) / self.clock_rate
+
+    async def on_rtp(self, packet: RtpPacket, arrival: float) -> None:
+        if self.closed:
+            return
+        if packet.payload_type != self.payload_type:
+            # A codec switch mid-stream would break every leg restricted to our codec.
+            self.payload_mismatches += 1
+            return
+        self.packets_received += 1
+        self.media_ssrc = packet.ssrc
+        payload = packet.payload
+        keyframe = is_keyframe(self.mime_type, payload) if self._video else True
+        if keyframe and self._video:
+            self.keyframes_received += 1
+        level = packet.extensions.audio_level
+        cached = CachedPacket(
+            packet.sequence_number, packet.timestamp, packet.marker, payload,
+            (level[1] | (0x80 if level[0] else 0)) if level is not None else None,
+            arrival, keyframe,
+        )
+        self.cache.add(cached)
+        if self.muted:
+            return
+        ntp = unix_to_ntp(self.capture_time(packet.timestamp, arrival))
+        send_time = abs_send_time()
+        tails: dict = {}
+        for downtrack in self.downtracks:
+            downtrack.forward(cached, ntp, send_time, tails)
+        for sink in self.sinks:
+            try:
+                sink.feed(packet, arrival)
+            except Exception:
+                logger.exception("sink failed; removing it from track %s", self.track_id)
+                self.sinks.remove(sink)
+
+    # -- keyframes --------------------------------------------------------------------------
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe, at most once per KEYFRAME_REQUEST_INTERVAL."""
+        if not self._video or self.closed:
+            return
+        self.keyframe_requests += 1
+        now = time.monotonic()
+        if now - self._last_pli < KEYFRAME_REQUEST_INTERVAL or self.media_ssrc is None:
+            return
+        if self._pli_task is not None and not self._pli_task.done():
+            return
+        self._last_pli = now
+        self.plis_sent += 1
+        self._pli_task = asyncio.ensure_future(self._send_pli(self.media_ssrc))
+
+    # -- subscribers ------------------------------------------------------------------------
+
+    def add_downtrack(self, downtrack) -> None:
+        self.downtracks.append(downtrack)
+        self.request_keyframe()
+
+    def remove_downtrack(self, downtrack) -> None:
+        if downtrack in self.downtracks:
+            self.downtracks.remove(downtrack)
+
+    def close(self) -> None:
+        self.closed = True
+        for downtrack in list(self.downtracks):
+            downtrack.detach(self)
+        self.downtracks.clear()
+        self.sinks.clear()
+        if self._pli_task is not None:
+            self._pli_task.cancel()

@@ -1,0 +1,1 @@
+"""Control plane: room protocol over WebSocket, WHIP/WHEP, and access tokens."""

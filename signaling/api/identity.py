@@ -1,0 +1,156 @@
+"""Who is calling: a JWT (`Authorization: Bearer <token>`, the media core's token) or an API key and secret
+(`Authorization: Basic base64(key:secret)`, server to server, which is admin).
+
+`KeyRing` merges the API keys from the settings with the `api_keys` table; a revoked key (revoked in the
+table, also for a key that came from the config file) neither authenticates nor verifies tokens.
+`authenticate(request)` returns a `Principal` or raises `Problem(401)`. Shared by every /api/ handler.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from classroom.errors import Conflict, NotFound
+from classroom.sessions import Actor
+from signaling.api.problems import Problem
+from signaling.auth import Grants, TokenError, verify_token
+
+ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    identity: str
+    role: str                  # admin | instructor | moderator | student | viewer (| operator)
+    name: str = ""
+    room: str | None = None    # the token's room claim ("*" = any); None for API keys
+    key: str | None = None     # the API key (admins)
+    grants: Grants | None = None
+
+    @property
+    def admin(self) -> bool:
+        return self.role == ADMIN
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(identity=self.identity, name=self.name, instructor=self.role == "instructor",
+                     admin=self.admin)
+
+    def scoped_to(self, room: str) -> bool:
+        """The token may be used for `room` (admins: every room)."""
+        return self.admin or self.room in ("*", room)
+
+
+class KeyRing:
+    """API keys: settings (`api_key`/`api_secret`, `api_keys`) plus the `api_keys` table, minus revoked."""
+
+    def __init__(self, settings, store, *, clock=time.time):
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+
+    async def active(self) -> dict[str, str]:
+        keys = dict(self.settings.all_api_keys())
+        for row in await self.store.api_keys.list():
+            if row["revoked_at"] is not None:
+                keys.pop(row["key"], None)
+        keys.update(await self.store.api_keys.active())
+        return keys
+
+    async def list(self) -> list[dict]:
+        rows = {r["key"]: {**r, "source": "database"} for r in await self.store.api_keys.list()}
+        for key in self.settings.all_api_keys():
+            if key in rows:
+                rows[key]["source"] = "config"
+            else:
+                rows[key] = {"key": key, "created_at": None, "revoked_at": None, "source": "config"}
+        return sorted(rows.values(), key=lambda r: (r["created_at"] or 0, r["key"]))
+
+    async def create(self, key: str | None = None) -> tuple[str, str]:
+        import sqlalchemy as sa
+
+        if key is not None and key in self.settings.all_api_keys():
+            raise Conflict(f"API key {key!r} exists in the configuration")
+        try:
+            return await self.store.api_keys.create(now=self.clock(), key=key)
+        except sa.exc.IntegrityError:
+            raise Conflict(f"API key {key!r} exists already") from None
+
+    async def revoke(self, key: str) -> None:
+        import sqlalchemy as sa
+
+        if key == self.settings.api_key:
+            raise Conflict(f"API key {key!r} signs the tokens this server mints; replace it in the "
+                           "configuration instead of revoking it")
+        if await self.store.api_keys.revoke(key, now=self.clock()):
+            return
+        config = self.settings.all_api_keys()
+        known = {r["key"]: r for r in await self.store.api_keys.list()}
+        if key in known:
+            raise Conflict(f"API key {key!r} is already revoked")
+        if key not in config:
+            raise NotFound(f"API key {key!r} does not exist")
+        # A config-file key: a revoked row in the table masks it.
+        try:
+            await self.store.api_keys.create(now=self.clock(), key=key, secret=config[key])
+        except sa.exc.IntegrityError:
+            pass
+        await self.store.api_keys.revoke(key, now=self.clock())
+
+    async def check_secret(self, key: str, secret: str) -> bool:
+        expected = (await self.active()).get(key)
+        return expected is not None and hmac.compare_digest(expected.encode(), secret.encode())
+
+    async def verify(self, token: str, *, room: str | None = None) -> Grants:
+        return verify_token(token, await self.active(), room=room)
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, "unauthorized", detail,
+                   headers={"WWW-Authenticate": 'Bearer realm="stoa", Basic realm="stoa"'})
+
+
+async def authenticate(request: web.Request, keyring: KeyRing, *, allow_query_token: bool = False) -> Principal:
+    """The caller, from the Authorization header (or ?token= when allowed); Problem(401) otherwise."""
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "basic" and value:
+        try:
+            key, sep, secret = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise _unauthorized("Basic credentials are not base64 of key:secret") from None
+        if not sep or not await keyring.check_secret(key, secret):
+            raise _unauthorized("unknown or revoked API key, or wrong secret")
+        return Principal(identity=f"apikey:{key}", role=ADMIN, name=key, key=key)
+    token = value if scheme.lower() == "bearer" else ""
+    if not token and allow_query_token:
+        token = request.query.get("token", "")
+    if not token:
+        raise _unauthorized("send 'Authorization: Bearer <token>' or 'Authorization: Basic "
+                            "base64(key:secret)'")
+    try:
+        grants = await keyring.verify(token)
+    except TokenError as exc:
+        raise _unauthorized(exc.reason) from None
+    return Principal(identity=grants.identity, role=grants.role, name=grants.name, room=grants.room,
+                     grants=grants)
+
+
+def join_link(settings, room: str, identity: str, role: str, *, name: str = "", ttl: int = 6 * 3600,
+              can_publish: bool | None = None) -> dict:
+    """A token for `room` and the room page URL that uses it: {"room", "identity", "role", "token", "url"}."""
+    from urllib.parse import quote
+
+    from signaling.auth import mint_token
+
+    token = mint_token(settings.api_key, settings.api_secret, room=room, identity=identity, role=role,
+                       name=name, ttl=ttl, can_publish=can_publish)
+    return {"room": room, "identity": identity, "role": role, "token": token,
+            "url": f"/rooms/{quote(room)}?token={token}"}

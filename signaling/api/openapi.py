@@ -1,0 +1,148 @@
+"""The OpenAPI 3.1 document, generated from the route table (signaling.api.routes.OPS) and the same JSON
+Schemas the handlers validate with. /api/ routes that other modules add (e.g. recordings) are listed too,
+with a pointer to their docs, so the document never omits an endpoint the server answers."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+from aiohttp import web
+
+from classroom.tutoring import REQUEST_SCHEMA
+from stoa import __version__
+
+PROBLEM = {
+    "type": "object",
+    "description": "RFC 9457 problem details",
+    "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                   "detail": {"type": "string"}, "code": {"type": "string"}},
+    "required": ["type", "title", "status", "detail"],
+}
+SESSION = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"}, "room": {"type": "string"}, "title": {"type": "string"},
+        "description": {"type": "string"},
+        "type": {"enum": ["class", "workshop", "webinar", "office_hours", "tutoring"]},
+        "instructor": {"type": "string"},
+        "scheduled_start": {"type": ["number", "null"]}, "scheduled_end": {"type": ["number", "null"]},
+        "capacity": {"type": ["integer", "null"]}, "has_password": {"type": "boolean"},
+        "features": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "status": {"enum": ["scheduled", "live", "ended", "cancelled"]},
+        "actual_start": {"type": ["number", "null"]}, "actual_end": {"type": ["number", "null"]},
+        "created_at": {"type": "number"},
+    },
+}
+TUTORING = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"}, "student": {"type": "string"}, "student_name": {"type": "string"},
+        **{k: v for k, v in REQUEST_SCHEMA["properties"].items()},
+        "status": {"enum": ["pending", "accepted", "rejected", "expired", "cancelled", "ended"]},
+        "instructor": {"type": ["string", "null"]}, "reason": {"type": ["string", "null"]},
+        "session_id": {"type": ["string", "null"]}, "created_at": {"type": "number"},
+        "expires_at": {"type": "number"}, "accepted_at": {"type": ["number", "null"]},
+        "ended_at": {"type": ["number", "null"]}, "ended_by": {"type": ["string", "null"]},
+        "duration_s": {"type": ["number", "null"]},
+    },
+}
+JOIN_LINK = {
+    "type": "object",
+    "properties": {"room": {"type": "string"}, "identity": {"type": "string"}, "role": {"type": "string"},
+                   "token": {"type": "string", "description": "JWT for the room protocol"},
+                   "url": {"type": "string", "description": "the room page, /rooms/{room}?token=..."}},
+}
+
+
+def _response_schema(response) -> dict:
+    if isinstance(response, str):
+        if response == "object":
+            return {"type": "object"}
+        return {"$ref": f"#/components/schemas/{response}"}
+    return response
+
+
+def _operation(op) -> dict:
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+              for name in re.findall(r"{(\w+)}", op.path)]
+    params += [{"in": "query", **q} for q in op.query]
+    out: dict = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "description": f"Who may call it: {op.auth}.",
+        "tags": [op.tag],
+        "responses": {},
+    }
+    if params:
+        out["parameters"] = params
+    if op.public:
+        out["security"] = []
+    if op.body is not None:
+        out["requestBody"] = {"required": op.body_required,
+                              "content": {"application/json": {"schema": copy.deepcopy(op.body)}}}
+    if op.status == 204:
+        out["responses"]["204"] = {"description": "done"}
+    else:
+        content = {"application/json": {"schema": _response_schema(op.response)}}
+        if op.csv:
+            content["text/csv"] = {"schema": {"type": "string"}}
+        out["responses"][str(op.status)] = {"description": "success", "content": content}
+    for status in op.errors:
+        out["responses"][str(status)] = {"$ref": f"#/components/responses/E{status}"}
+    return out
+
+
+_ERRORS = {400: "invalid input", 401: "no or bad credentials", 403: "not allowed for this caller",
+           404: "no such resource", 409: "conflicts with the current state (e.g. invalid transition, full)"}
+
+
+def document(app: web.Application) -> dict:
+    from signaling.api.routes import OPS
+
+    paths: dict[str, dict] = {}
+    for op in OPS:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter")
+        if not path or not path.startswith("/api/") or route.method in ("HEAD", "OPTIONS", "*"):
+            continue
+        if route.method.lower() not in paths.get(path, {}):
+            doc = (route.handler.__doc__ or route.handler.__name__).strip()
+            operation = {
+                "summary": doc.splitlines()[0],
+                "description": doc + "\n\nServed by another module; see docs/recording.md (recordings) or "
+                                     "docs/interactive.md (classroom).",
+                "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                               for n in re.findall(r"{(\w+)}", path)],
+                "responses": {"default": {"description": "see the module's documentation"}},
+            }
+            # A handler may describe itself further: `handler.openapi = {"parameters": [...], ...}`.
+            extra = getattr(route.handler, "openapi", None) or {}
+            operation["parameters"] += extra.get("parameters", [])
+            operation.update({k: v for k, v in extra.items() if k != "parameters"})
+            paths.setdefault(path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {"title": "Stoa API", "version": __version__,
+                 "description": "Sessions, join tokens, participants, attendance, moderation, 1:1 tutoring, "
+                                "webhooks and API keys. Errors are application/problem+json. See docs/api.md."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}, {"apiKey": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                           "description": "a Stoa access token (role instructor, moderator, student or viewer)"},
+                "apiKey": {"type": "http", "scheme": "basic",
+                           "description": "an API key and its secret: the caller is an admin"},
+            },
+            "schemas": {"Problem": PROBLEM, "Session": SESSION, "TutoringRequest": TUTORING,
+                        "JoinLink": JOIN_LINK},
+            "responses": {f"E{code}": {"description": text, "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+                for code, text in _ERRORS.items()},
+        },
+    }

@@ -1,0 +1,215 @@
+"""Where the classroom model meets live rooms: admission and presence on join/leave, staff checks, and
+moderation (mute, remove, ban) shared by the REST API and the room protocol.
+
+A room whose name belongs to a session row is governed by that session; any other room stays ad hoc.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from classroom.errors import (Banned, BadPassword, ClassroomError, InvalidInput, NotFound, PermissionDenied,
+                              SessionClosed, SessionFull)
+from classroom.sessions import PARTICIPANT_ROLES, STAFF_ROLES
+from signaling.api.identity import Principal
+from signaling.schemas import ProtocolError
+from stoa.appkeys import RECORDINGS, ROOMS, SESSIONS, STORE
+
+log = logging.getLogger(__name__)
+
+# Join errors for a session room; the client sees {"type": "error", "code": ...} and is not in the room.
+ADMISSION_CODES = {SessionFull: "session_full", SessionClosed: "session_not_live", Banned: "banned",
+                   BadPassword: "bad_password", PermissionDenied: "forbidden", NotFound: "not_found",
+                   InvalidInput: "invalid"}
+
+
+def principal_of(grants) -> Principal:
+    return Principal(identity=grants.identity, role=grants.role, name=grants.name, room=grants.room,
+                     grants=grants)
+
+
+async def staff_role(app: web.Application, principal: Principal, session) -> str | None:
+    """'admin', 'instructor' or 'moderator' when `principal` may moderate `session`, else None.
+
+    The session's instructor and named moderators are staff. A token minted for the session's own room with
+    role moderator (or instructor, for a co-teacher) names its holder moderator on first use: such tokens are
+    signed by the backend, which holds an API key."""
+    if principal.admin:
+        return "admin"
+    if principal.identity == session.instructor:
+        return "instructor"
+    store = app[STORE]
+    role = await store.sessions.role_of(session.id, principal.identity)
+    if role in STAFF_ROLES:
+        return role
+    if principal.role in STAFF_ROLES and principal.room == session.room:
+        # A moderator the instructor removed stays removed, whatever token they still hold.
+        removed = await store.events.list(session.id, types=["moderator.removed"])
+        if any((e.payload or {}).get("identity") == principal.identity for e in removed):
+            return None
+        await store.sessions.set_role(session.id, principal.identity, "moderator",
+                                      now=app[SESSIONS].clock())
+        return "moderator"
+    return None
+
+
+# -- join / leave -------------------------------------------------------------------------------------------
+
+async def admit(app: web.Application, room_name: str, grants, password: str | None):
+    """Check a WebSocket join against the room's session; returns the session (None: ad hoc room) or raises
+    ProtocolError with a clear code. Nothing about the room has changed when it raises."""
+    sessions = app.get(SESSIONS)
+    if sessions is None:
+        return None
+    session = await app[STORE].sessions.get_by_room(room_name)
+    if session is None:
+        return None
+    staff = await staff_role(app, principal_of(grants), session)
+    if session.status == "scheduled" and not staff:
+        raise ProtocolError("session_not_live", f"session {session.title!r} has not started yet")
+    if session.status in ("ended", "cancelled"):
+        raise ProtocolError("session_not_live", f"session {session.title!r} is {session.status}")
+    role = grants.role if grants.role in PARTICIPANT_ROLES else "viewer"
+    if staff == "instructor":
+        role = "instructor"
+    elif staff == "moderator":
+        role = "moderator"
+    elif role in STAFF_ROLES:
+        role = "student"
+    try:
+        await sessions.admit(session.id, grants.identity, role, password, name=grants.name)
+    except ClassroomError as exc:
+        raise ProtocolError(ADMISSION_CODES.get(type(exc), exc.code), exc.message) from None
+    return session
+
+
+async def joined(app: web.Application, session, participant) -> None:
+    if session is None:
+        return
+    try:
+        await app[SESSIONS].joined(session.id, participant.identity, name=participant.name,
+                                   role=participant.role)
+    except Exception:
+        log.exception("presence: recording %s joining %s failed", participant.identity, session.room)
+    await auto_record(app, session)
+
+
+async def auto_record(app: web.Application, session) -> None:
+    """A live session whose `recording` flag is on records from its first participant to its end."""
+    manager = app.get(RECORDINGS)
+    if (manager is None or session.status != "live" or not (session.features or {}).get("recording")
+            or manager.status(session.room) is not None):
+        return
+    try:
+        await manager.start(session.room, by="auto (session flag)")
+    except Exception as exc:  # a recording problem never keeps anyone out of class
+        log.warning("automatic recording of %s did not start: %s", session.room, exc)
+
+
+async def left(app: web.Application, session, participant) -> None:
+    if session is None or app.get(SESSIONS) is None:
+        return
+    try:
+        await app[SESSIONS].left(session.id, participant.identity)
+    except Exception:
+        log.exception("presence: recording %s leaving %s failed", participant.identity, session.room)
+
+
+# -- moderation ---------------------------------------------------------------------------------------------
+
+def live_participant(app: web.Application, room_name: str, identity: str):
+    room = app[ROOMS].rooms.get(room_name)
+    return room, (room.participants.get(identity) if room is not None else None)
+
+
+async def mute(app: web.Application, room_name: str, identity: str, track_id: str | None, *, by: str) -> list[str]:
+    """Stop forwarding `identity`'s track (or all their tracks) and tell everyone (`track_muted` with `by`)."""
+    room, target = live_participant(app, room_name, identity)
+    if target is None:
+        raise NotFound(f"{identity} is not in room {room_name}")
+    tracks = list(target.publisher.tracks.values()) if target.publisher else []
+    if track_id is not None:
+        tracks = [t for t in tracks if t.track_id == track_id]
+        if not tracks:
+            raise NotFound(f"{identity} publishes no track {track_id!r}")
+    if not tracks:
+        raise NotFound(f"{identity} publishes no tracks")
+    for track in tracks:
+        track.muted = True
+        await room.broadcast({"type": "track_muted", "track_id": track.track_id, "muted": True,
+                              "participant": identity, "by": by})
+    return [t.track_id for t in tracks]
+
+
+async def disconnect(app: web.Application, room_name: str, identity: str, reason: str) -> bool:
+    """Close `identity`'s connection to the room; they get {"type": "left", "reason": ...}."""
+    room, target = live_participant(app, room_name, identity)
+    if target is None:
+        return False
+    if target.transport == "ws":
+        await target.disconnect(reason)  # the socket closes; its handler leaves the room
+    else:  # WHIP/WHEP: no signaling socket to tell
+        await room.leave(identity, session_id=target.session_id)
+    return True
+
+
+async def remove(app: web.Application, room_name: str, identity: str, *, by: str, reason: str = "") -> None:
+    if not await disconnect(app, room_name, identity, reason or f"removed by {by}"):
+        raise NotFound(f"{identity} is not in room {room_name}")
+
+
+async def moderate(app: web.Application, room, participant, message: dict) -> dict:
+    """The room protocol's `moderate` message: {action: mute|remove|ban, identity, track_id?, reason?}."""
+    principal = principal_of(participant.grants)
+    target = message["identity"]
+    session = await app[STORE].sessions.get_by_room(room.name) if app.get(SESSIONS) else None
+    if session is not None:
+        allowed = await staff_role(app, principal, session) is not None
+    else:
+        allowed = participant.grants.is_moderator
+    if not allowed:
+        raise ProtocolError("forbidden", "only the instructor or a moderator may moderate this room")
+    if target == participant.identity:
+        raise ProtocolError("invalid", "you cannot moderate yourself")
+    action = message["action"]
+    try:
+        if session is not None and action in ("mute", "remove") and target == session.instructor:
+            raise PermissionDenied("the session's instructor cannot be muted or removed")
+        if action == "mute":
+            muted = await mute(app, room.name, target, message.get("track_id"), by=participant.identity)
+            return {"type": "moderated", "action": action, "identity": target, "track_ids": muted}
+        if action == "remove":
+            await remove(app, room.name, target, by=participant.identity, reason=message.get("reason", ""))
+        else:
+            if session is None:
+                raise ProtocolError("no_session", "bans need a session; this room is ad hoc")
+            # SessionService.ban tells observers, and the transport observer disconnects the target.
+            await app[SESSIONS].ban(principal.actor, session.id, target, message.get("reason", ""))
+    except ClassroomError as exc:
+        raise ProtocolError(exc.code if exc.code != "permission_denied" else "forbidden", exc.message) from None
+    return {"type": "moderated", "action": action, "identity": target}
+
+
+def transport_observer(app: web.Application):
+    """A SessionService observer: a banned participant is disconnected; an ended session empties its room."""
+
+    async def observe(event: str, data: dict) -> None:
+        if event == "participant.banned":
+            session = await app[STORE].sessions.get(data["session_id"])
+            if session is not None:
+                await disconnect(app, session.room, data["identity"], f"banned by {data['by']}")
+        elif event == "session.ended":
+            manager = app.get(RECORDINGS)
+            if manager is not None and manager.status(data["room"]) is not None:
+                try:
+                    await manager.stop(data["room"], reason="the session ended")
+                except Exception as exc:
+                    log.warning("stopping the recording of %s failed: %s", data["room"], exc)
+            room = app[ROOMS].rooms.get(data["room"])
+            if room is not None:
+                for identity in list(room.participants):
+                    await disconnect(app, room.name, identity, "the session has ended")
+
+    return observe

@@ -1,0 +1,130 @@
+"""Access tokens: JWTs (HS256) signed with an API secret, carrying room grants."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, asdict
+from typing import Mapping
+
+import jwt
+
+# "operator": reviews recordings of every room (room claim "*"); never publishes.
+ROLES = ("instructor", "moderator", "student", "viewer", "operator")
+ALGORITHM = "HS256"
+
+
+class TokenError(Exception):
+    """The token cannot be used; `reason` is safe to show to the client."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Grants:
+    identity: str
+    room: str
+    role: str
+    name: str = ""
+    can_publish: bool = False
+    can_subscribe: bool = True
+    can_publish_data: bool = True
+    exp: int = 0
+
+    @property
+    def is_moderator(self) -> bool:
+        return self.role in ("instructor", "moderator")
+
+
+def default_grants(role: str, *, students_may_publish: bool = False) -> dict[str, bool]:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    return {
+        "can_publish": role in ("instructor", "moderator") or (role == "student" and students_may_publish),
+        "can_subscribe": True,
+        "can_publish_data": role not in ("viewer", "operator"),
+    }
+
+
+def mint_token(
+    api_key: str,
+    api_secret: str,
+    *,
+    room: str,
+    identity: str,
+    role: str,
+    name: str = "",
+    ttl: int = 6 * 3600,
+    can_publish: bool | None = None,
+    can_subscribe: bool | None = None,
+    can_publish_data: bool | None = None,
+    now: float | None = None,
+) -> str:
+    grants = default_grants(role)
+    for key, value in (("can_publish", can_publish), ("can_subscribe", can_subscribe),
+                       ("can_publish_data", can_publish_data)):
+        if value is not None:
+            grants[key] = value
+    if role in ("viewer", "operator") and grants["can_publish"]:
+        raise ValueError(f"a {role} token cannot carry can_publish")
+    if not room or not identity:
+        raise ValueError("room and identity are required")
+    issued = int(now if now is not None else time.time())
+    claims = {
+        "iss": api_key,
+        "sub": identity,
+        "name": name or identity,
+        "iat": issued,
+        "nbf": issued - 5,
+        "exp": issued + int(ttl),
+        "room": room,
+        "role": role,
+        **grants,
+    }
+    return jwt.encode(claims, api_secret, algorithm=ALGORITHM)
+
+
+def verify_token(token: str, api_keys: Mapping[str, str], *, room: str | None = None) -> Grants:
+    """Check signature, expiry and (when given) the room; raise TokenError naming the problem."""
+    if not token:
+        raise TokenError("missing token")
+    try:
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.DecodeError:
+        raise TokenError("token is not a valid JWT") from None
+    key = unverified.get("iss")
+    secret = api_keys.get(key) if isinstance(key, str) else None
+    if secret is None:
+        raise TokenError("token was issued by an unknown or revoked API key")
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM],
+            options={"require": ["exp", "sub", "room", "role"]}, leeway=5,
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("token has expired") from None
+    except jwt.InvalidSignatureError:
+        raise TokenError("token signature is invalid") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise TokenError(f"token lacks the {exc.claim!r} claim") from None
+    except jwt.InvalidTokenError as exc:
+        raise TokenError(f"token is invalid: {exc}") from None
+    if claims["role"] not in ROLES:
+        raise TokenError(f"token role {claims['role']!r} is unknown")
+    if room is not None and claims["room"] != room:
+        raise TokenError(f"token is for room {claims['room']!r}, not {room!r}")
+    return Grants(
+        identity=str(claims["sub"]),
+        room=str(claims["room"]),
+        role=claims["role"],
+        name=str(claims.get("name") or claims["sub"]),
+        can_publish=bool(claims.get("can_publish", False)) and claims["role"] not in ("viewer", "operator"),
+        can_subscribe=bool(claims.get("can_subscribe", True)),
+        can_publish_data=bool(claims.get("can_publish_data", False)),
+        exp=int(claims["exp"]),
+    )
+
+
+def grants_dict(grants: Grants) -> dict:
+    return asdict(grants)

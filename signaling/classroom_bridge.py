@@ -1,0 +1,99 @@
+"""Carries classroom messages between participants and their InteractiveRoom.
+
+Each participant is one room member with two transports: the subscriber connection's data channel
+(label "stoa") when it is open, else the room WebSocket (`{"type":"data","payload":...}`). Messages from
+either transport go through one ordered inbound queue, so a member's messages are handled in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from aiohttp import web
+
+from classroom.interactive import RoomRegistry
+from classroom.interactive.channel import MAX_BUFFERED_BYTES, ChannelMember
+from signaling.room import Participant, Room
+from stoa.appkeys import DATA_HANDLER, STORE
+
+logger = logging.getLogger(__name__)
+
+
+def session_key(room_name: str, session) -> str:
+    """Where a room's classroom history is kept: its session, or for an ad-hoc room a key derived from
+    its name (32 characters, the width of the session_id columns)."""
+    if session is not None:
+        return str(session.id)
+    return "adhoc" + hashlib.sha256(room_name.encode()).hexdigest()[:27]
+
+
+class RoomMember(ChannelMember):
+    """The member the interactive layer sees for one participant: the data channel when it is open,
+    else the room WebSocket."""
+
+    def __init__(self, participant: Participant, room):
+        super().__init__(room, None, identity=participant.identity, name=participant.name,
+                         role=participant.role, can_publish_data=participant.grants.can_publish_data)
+        self.participant = participant
+        self.grants = participant.grants
+
+    async def send(self, message: dict) -> None:
+        channel = self.channel
+        if channel is not None and channel.readyState == "open" and channel.bufferedAmount < MAX_BUFFERED_BYTES:
+            await super().send(message)
+        else:
+            await self.participant.send({"type": "data", "payload": message})
+
+
+class ClassroomBridge:
+    """app[DATA_HANDLER]: joins participants to their session's InteractiveRoom."""
+
+    def __init__(self, registry: RoomRegistry):
+        self.registry = registry
+
+    @staticmethod
+    def _session_key(room: Room, participant: Participant) -> tuple[str, dict]:
+        session = getattr(participant, "classroom_session", None)
+        return session_key(room.name, session), dict(session.features or {}) if session is not None else {}
+
+    async def on_join(self, room: Room, participant: Participant) -> None:
+        session_id, features = self._session_key(room, participant)
+        iroom = await self.registry.get(session_id, room.name, features)
+        member = RoomMember(participant, iroom)
+        participant.classroom_member = member
+        if participant.subscriber is not None and participant.subscriber.data_channel is not None:
+            member.use_channel(participant.subscriber.data_channel)
+        await member.start()
+        if participant.role != "viewer":
+            await iroom.system_message(f"{participant.name} joined")
+
+    async def on_message(self, room: Room, participant: Participant, payload: dict) -> None:
+        member = getattr(participant, "classroom_member", None)
+        if member is None:
+            await participant.send({"type": "error", "code": "not_joined",
+                                    "message": "classroom messages need a joined participant"})
+            return
+        member.feed(payload)
+
+    async def on_leave(self, room: Room, participant: Participant) -> None:
+        member = getattr(participant, "classroom_member", None)
+        if member is None:
+            return
+        await member.stop()
+        if participant.role != "viewer" and not member.room.closed:
+            await member.room.system_message(f"{participant.name} left")
+        if not room.participants and not member.room.members:
+            session_id, _ = self._session_key(room, participant)
+            await self.registry.close_room(session_id)
+
+
+async def _bridge_ctx(app: web.Application):
+    registry = RoomRegistry(app[STORE])
+    app[DATA_HANDLER] = ClassroomBridge(registry)
+    yield
+    await registry.close()
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(_bridge_ctx)

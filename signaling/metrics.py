@@ -1,0 +1,70 @@
+"""Prometheus metrics at /metrics, read from live state at scrape time (nothing on the hot path)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from stoa.appkeys import ROOMS
+
+METRICS_REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("metrics_registry")
+
+
+class RoomCollector:
+    def __init__(self, app: web.Application):
+        self.app = app
+
+    def collect(self):
+        manager = self.app.get(ROOMS)
+        rooms = list(manager.rooms.values()) if manager else []
+        participants = GaugeMetricFamily("stoa_participants", "Participants joined", labels=["transport"])
+        by_transport: dict[str, int] = {}
+        tracks = GaugeMetricFamily("stoa_published_tracks", "Published tracks", labels=["kind"])
+        by_kind: dict[str, int] = {}
+        legs = 0
+        received = sent = retransmits = plis = nack_misses = 0
+        for room in rooms:
+            for p in room.participants.values():
+                by_transport[p.transport] = by_transport.get(p.transport, 0) + 1
+            for t in room.tracks():
+                by_kind[t.kind] = by_kind.get(t.kind, 0) + 1
+                received += t.packets_received
+                plis += t.plis_sent
+                for d in t.downtracks:
+                    legs += 1
+                    sent += d.packets_sent
+                    retransmits += d.retransmits
+                    nack_misses += d.nack_misses
+        for k, v in by_transport.items():
+            participants.add_metric([k], v)
+        for k, v in by_kind.items():
+            tracks.add_metric([k], v)
+        yield GaugeMetricFamily("stoa_rooms", "Rooms with participants on this node", value=len(rooms))
+        yield participants
+        yield tracks
+        yield GaugeMetricFamily("stoa_subscriber_legs", "Forwarding legs (track x subscriber)", value=legs)
+        yield GaugeMetricFamily("stoa_peer_connections", "Open peer connections",
+                                value=len(manager.peers.live) if manager else 0)
+        # Counters of live tracks only: they restart when a track is republished.
+        yield CounterMetricFamily("stoa_rtp_received_packets", "RTP packets received from publishers",
+                                  value=received)
+        yield CounterMetricFamily("stoa_rtp_forwarded_packets", "RTP packets forwarded to subscribers",
+                                  value=sent)
+        yield CounterMetricFamily("stoa_rtp_retransmitted_packets", "Packets resent for subscriber NACKs",
+                                  value=retransmits)
+        yield CounterMetricFamily("stoa_nack_misses", "NACKed packets no longer in the cache",
+                                  value=nack_misses)
+        yield CounterMetricFamily("stoa_keyframe_requests_sent", "PLIs sent to publishers", value=plis)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS_REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def setup(app: web.Application) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RoomCollector(app))
+    app[METRICS_REGISTRY] = registry
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,267 @@
+"""Rooms and participants: who is in a room, what they publish, and who gets offered what."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Awaitable, Callable
+
+from sfu.peer import PeerFactory
+from sfu.publisher import Publisher
+from sfu.subscriber import Subscriber
+from sfu.uptrack import UpTrack
+from signaling.auth import Grants
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict], Awaitable[None]]
+
+
+class RoomFull(Exception):
+    pass
+
+
+class Participant:
+    """One joined client: a WebSocket user, a WHIP publisher or a WHEP viewer."""
+
+    def __init__(self, grants: Grants, *, transport: str, send: Send | None = None,
+                 disconnect: Callable[[str], Awaitable[None]] | None = None):
+        self.grants = grants
+        self.identity = grants.identity
+        self.name = grants.name
+        self.role = grants.role
+        self.transport = transport  # "ws" | "whip" | "whep"
+        self.session_id = uuid.uuid4().hex
+        self._send = send
+        self._disconnect = disconnect
+        self.publisher: Publisher | None = None
+        self.subscriber: Subscriber | None = None
+        self.joined_at = time.time()
+        self.on_data_channel_message: Callable[[str], None] | None = None
+
+    async def send(self, message: dict) -> None:
+        if self._send is None:
+            return
+        try:
+            await self._send(message)
+        except Exception as exc:  # a dead socket must not break the room
+            logger.debug("send to %s failed: %s", self.identity, exc)
+
+    async def disconnect(self, reason: str) -> None:
+        """Tell the client why, then close its signaling connection (server shutdown, removal)."""
+        if self._disconnect is None:
+            await self.send({"type": "left", "reason": reason})
+            return
+        try:
+            await self._disconnect(reason)
+        except Exception as exc:
+            logger.debug("closing %s failed: %s", self.identity, exc)
+
+    def describe(self) -> dict:
+        tracks = list(self.publisher.tracks.values()) if self.publisher else []
+        return {
+            "identity": self.identity,
+            "name": self.name,
+            "role": self.role,
+            "transport": self.transport,
+            "tracks": [t.describe() for t in tracks],
+        }
+
+    async def close(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.close()
+        if self.subscriber is not None:
+            await self.subscriber.close()
+
+
+class Room:
+    def __init__(self, name: str, peers: PeerFactory, *, max_participants: int = 500,
+                 on_empty: Callable[["Room"], None] | None = None):
+        self.name = name
+        self.peers = peers
+        self.max_participants = max_participants
+        self.participants: dict[str, Participant] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self._on_empty = on_empty
+        self.created_at = time.time()
+        self.track_listeners: list[Callable[[str, UpTrack], None]] = []
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("room %s task failed", self.name, exc_info=task.exception())
+
+    async def broadcast(self, message: dict, *, exclude: str | None = None) -> None:
+        await asyncio.gather(*(p.send(message) for i, p in list(self.participants.items())
+                               if i != exclude and p.transport == "ws"))
+
+    def tracks(self) -> list[UpTrack]:
+        return [t for p in self.participants.values() if p.publisher for t in p.publisher.tracks.values()]
+
+    def state(self) -> dict:
+        return {
+            "name": self.name,
+            "participants": [p.describe() for p in self.participants.values()],
+            "tracks": [t.describe() for t in self.tracks()],
+        }
+
+    # -- membership -------------------------------------------------------------------------
+
+    async def join(self, participant: Participant) -> None:
+        previous = self.participants.get(participant.identity)
+        if previous is None and len(self.participants) >= self.max_participants:
+            raise RoomFull(f"room {self.name} is full ({self.max_participants} participants)")
+        if previous is not None:
+            # Same identity again: a reconnect replaces the old session.
+            await previous.send({"type": "left", "reason": "replaced by a newer connection"})
+            await self.leave(previous.identity, session_id=previous.session_id, notify=False)
+        self.participants[participant.identity] = participant
+        if participant.transport == "ws":
+            await self.broadcast({"type": "participant_joined", "participant": participant.describe()},
+                                 exclude=participant.identity)
+        logger.info("%s (%s) joined room %s over %s", participant.identity, participant.role,
+                    self.name, participant.transport)
+
+    async def start_subscriber(self, participant: Participant) -> None:
+        """Open the server-offered connection: a data channel and every track already published."""
+        async def send_offer(sdp: str, tracks: list[dict]) -> None:
+            await participant.send({"type": "offer", "sdp": sdp, "tracks": tracks})
+
+        sub = Subscriber(participant.identity, self.peers, send_offer)
+        participant.subscriber = sub
+        if participant.grants.can_subscribe:
+            for track in self.tracks():
+                if track.publisher_id != participant.identity:
+                    sub.add_track(track)
+        await sub.negotiate()
+
+    async def leave(self, identity: str, *, session_id: str | None = None, notify: bool = True) -> None:
+        participant = self.participants.get(identity)
+        if participant is None or (session_id is not None and participant.session_id != session_id):
+            return
+        del self.participants[identity]
+        if participant.publisher is not None:
+            participant.publisher.unpublish_all()
+        if notify and participant.transport == "ws":
+            await self.broadcast({"type": "participant_left", "identity": identity})
+        await participant.close()
+        logger.info("%s left room %s", identity, self.name)
+        if not self.participants and self._on_empty is not None:
+            self._on_empty(self)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publisher_for(self, participant: Participant) -> Publisher:
+        if participant.publisher is None:
+            participant.publisher = Publisher(
+                participant.identity, self.peers,
+                on_published=self._on_published, on_unpublished=self._on_unpublished,
+            )
+        return participant.publisher
+
+    def _on_published(self, track: UpTrack) -> None:
+        for p in self.participants.values():
+            if (p.transport == "ws" and p.identity != track.publisher_id and p.subscriber is not None
+                    and p.grants.can_subscribe):
+                p.subscriber.add_track(track)
+                self.spawn(p.subscriber.negotiate())
+        self.spawn(self.broadcast({"type": "track_published", "track": track.describe()}))
+        self.rebind_broadcast_viewers()
+        for listener in self.track_listeners:
+            listener("published", track)
+
+    def _on_unpublished(self, track: UpTrack) -> None:
+        for p in self.participants.values():
+            if p.subscriber is not None and p.subscriber.remove_track(track.track_id):
+                self.spawn(p.subscriber.negotiate())
+        self.spawn(self.broadcast({"type": "track_unpublished", "track_id": track.track_id,
+                                   "participant": track.publisher_id}))
+        self.rebind_broadcast_viewers(exclude=track)
+        for listener in self.track_listeners:
+            listener("unpublished", track)
+
+    async def set_muted(self, participant: Participant, track_id: str, muted: bool) -> bool:
+        track = participant.publisher.track(track_id) if participant.publisher else None
+        if track is None:
+            return False
+        track.muted = muted
+        if not muted:
+            track.request_keyframe()
+        await self.broadcast({"type": "track_muted", "track_id": track_id, "muted": muted,
+                              "participant": participant.identity})
+        return True
+
+    def rebind_broadcast_viewers(self, exclude: UpTrack | None = None) -> None:
+        chosen = self.broadcast_tracks(exclude=exclude)
+        for p in self.participants.values():
+            if p.transport == "whep" and p.subscriber is not None:
+                p.subscriber.bind(chosen)
+
+    def broadcast_tracks(self, exclude: UpTrack | None = None) -> dict[str, UpTrack]:
+        """What WHEP viewers get: the instructor's video (screen before camera) and audio."""
+        chosen: dict[str, UpTrack] = {}
+        ranked = sorted(self.tracks(), key=lambda t: (
+            self.participants[t.publisher_id].role != "instructor" if t.publisher_id in self.participants else True,
+            t.source != "screen", t.source != "camera",
+        ))
+        for track in ranked:
+            if track is exclude:
+                continue
+            chosen.setdefault(track.kind, track)
+        return chosen
+
+    async def close(self, reason: str = "the room was closed") -> None:
+        for participant in list(self.participants.values()):
+            await participant.disconnect(reason)
+        for identity in list(self.participants):
+            await self.leave(identity, notify=False)
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class RoomManager:
+    """All rooms on this node."""
+
+    def __init__(self, peers: PeerFactory, *, max_participants: int = 500):
+        self.peers = peers
+        self.max_participants = max_participants
+        self.rooms: dict[str, Room] = {}
+        self.room_listeners: list[Callable[[Room], None]] = []  # told of every new room
+
+    def get_or_create(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name, self.peers, max_participants=self.max_participants,
+                                           on_empty=self._drop)
+            for listener in self.room_listeners:
+                listener(room)
+        return room
+
+    def _drop(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room and not room.participants and not room.tasks:
+            del self.rooms[room.name]
+        elif self.rooms.get(room.name) is room and not room.participants:
+            # Let pending broadcasts finish, then drop.
+            asyncio.get_event_loop().call_later(1.0, self._drop_if_empty, room)
+
+    def _drop_if_empty(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room and not room.participants:
+            del self.rooms[room.name]
+
+    async def close(self) -> None:
+        for room in list(self.rooms.values()):
+            await room.close("the server is shutting down")
+        self.rooms.clear()
+        await self.peers.close_all()

@@ -1,0 +1,111 @@
+"""JSON Schemas of the room protocol's client messages, and the validator that names what is wrong."""
+
+from __future__ import annotations
+
+import json
+
+from jsonschema import Draft202012Validator
+
+MAX_MESSAGE_BYTES = 128 * 1024
+MAX_SDP = 64 * 1024
+
+_ID = {"type": "string", "minLength": 1, "maxLength": 64}
+_SDP = {"type": "string", "minLength": 1, "maxLength": MAX_SDP}
+
+CLIENT_MESSAGES: dict[str, dict] = {
+    "join": {
+        "properties": {"token": {"type": "string", "minLength": 1, "maxLength": 4096},
+                       "password": {"type": "string", "maxLength": 200}},
+        "required": ["token"],
+    },
+    "publish": {
+        "properties": {
+            "sdp": _SDP,
+            "tracks": {
+                "type": "array", "maxItems": 16,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "mid": {"type": "string", "maxLength": 32},
+                        "source": {"enum": ["camera", "microphone", "screen", "screen_audio"]},
+                    },
+                    "required": ["mid", "source"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "required": ["sdp"],
+    },
+    "answer": {"properties": {"sdp": _SDP}, "required": ["sdp"]},
+    "ice": {
+        "properties": {
+            "target": {"enum": ["publisher", "subscriber"]},
+            "candidate": {
+                "type": "object",
+                "properties": {
+                    "candidate": {"type": "string", "maxLength": 1024},
+                    "sdpMid": {"type": ["string", "null"], "maxLength": 32},
+                    "sdpMLineIndex": {"type": ["integer", "null"], "minimum": 0, "maximum": 64},
+                    "usernameFragment": {"type": ["string", "null"], "maxLength": 256},
+                },
+                "required": ["candidate"],
+            },
+        },
+        "required": ["target", "candidate"],
+    },
+    "mute": {"properties": {"track_id": _ID, "muted": {"type": "boolean"}}, "required": ["track_id", "muted"]},
+    "unpublish": {"properties": {"track_id": _ID}, "required": ["track_id"]},
+    "leave": {"properties": {}},
+    # Staff only: mute stops forwarding a track, remove disconnects, ban also records the ban (session rooms).
+    "moderate": {
+        "properties": {"action": {"enum": ["mute", "remove", "ban"]}, "identity": _ID,
+                       "track_id": _ID, "reason": {"type": "string", "maxLength": 500}},
+        "required": ["action", "identity"],
+    },
+    "ping": {"properties": {"t": {"type": "number"}}},
+    # Instructors and moderators start/stop recording the room (recorder/service.py).
+    "recording": {"properties": {"action": {"enum": ["start", "stop"]}}, "required": ["action"]},
+    # Classroom messages ride in "data"; their own schemas are checked by the classroom layer.
+    "data": {"properties": {"payload": {"type": "object"}}, "required": ["payload"]},
+}
+
+_VALIDATORS = {
+    name: Draft202012Validator({
+        "type": "object",
+        "properties": {"type": {"const": name}, "id": {"type": ["string", "integer"]}, **schema["properties"]},
+        "required": ["type", *schema.get("required", [])],
+        "additionalProperties": False,
+    })
+    for name, schema in CLIENT_MESSAGES.items()
+}
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_client_message(raw: str | bytes) -> dict:
+    """Decode and validate one client message; raise ProtocolError naming the problem."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    try:
+        msg = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_json", f"message is not valid JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("invalid", "message must be a JSON object")
+    kind = msg.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("invalid", "message lacks a string 'type'")
+    validator = _VALIDATORS.get(kind)
+    if validator is None:
+        raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}; expected one of "
+                            + ", ".join(sorted(CLIENT_MESSAGES)))
+    error = next(iter(sorted(validator.iter_errors(msg), key=lambda e: e.path)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(message)"
+        raise ProtocolError("invalid", f"{kind}: {where}: {error.message[:200]}")
+    return msg

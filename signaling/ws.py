@@ -1,0 +1,222 @@
+"""The room protocol over WebSocket (/ws/rooms/{room}); see docs/protocol.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from aiohttp import WSMsgType, web
+
+from sfu.peer import SdpError, add_remote_candidate
+from signaling.api import roomhooks
+from signaling.auth import TokenError, verify_token
+from signaling.room import Participant, RoomFull
+from signaling.schemas import MAX_MESSAGE_BYTES, ProtocolError, parse_client_message
+from stoa.appkeys import DATA_HANDLER, KEYRING, ROOMS, SETTINGS
+
+logger = logging.getLogger(__name__)
+
+JOIN_TIMEOUT = 10.0
+
+
+class TokenBucket:
+    """Rate limit: `rate` messages per second with bursts up to `burst`."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float):
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def error(code: str, message: str, ref=None) -> dict:
+    out = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        out["ref"] = ref
+    return out
+
+
+async def room_socket(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    room_name = request.match_info["room"]
+    settings = app[SETTINGS]
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_BYTES * 2)
+    await ws.prepare(request)
+    send_lock = asyncio.Lock()
+
+    async def send(message: dict) -> None:
+        if ws.closed:
+            return
+        async with send_lock:
+            await ws.send_str(json.dumps(message))
+
+    async def disconnect(reason: str) -> None:
+        await send({"type": "left", "reason": reason})
+        await ws.close()
+
+    participant: Participant | None = None
+    room = None
+    bucket = TokenBucket(rate=50, burst=200)
+    token = request.query.get("token")
+    try:
+        if token:
+            participant, room = await _join(app, room_name, token, send, disconnect=disconnect)
+        while True:
+            try:
+                msg = await asyncio.wait_for(ws.receive(), None if participant else JOIN_TIMEOUT)
+            except asyncio.TimeoutError:
+                await send(error("join_timeout", f"send a join message within {JOIN_TIMEOUT:.0f} s"))
+                break
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                break
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            if not bucket.take():
+                await send(error("rate_limited", "too many messages; slow down (50/s)"))
+                continue
+            try:
+                message = parse_client_message(msg.data)
+                if message["type"] == "join":
+                    if participant is not None:
+                        raise ProtocolError("already_joined", "this connection has already joined")
+                    participant, room = await _join(app, room_name, message["token"], send,
+                                                    password=message.get("password"), disconnect=disconnect)
+                    continue
+                if participant is None:
+                    raise ProtocolError("not_joined", "send a join message with a token first")
+                if message["type"] == "leave":
+                    break
+                await _handle(app, room, participant, message, send)
+            except ProtocolError as exc:
+                await send(error(exc.code, exc.message, ref=_ref(msg.data)))
+                if participant is None and exc.code in ("unauthorized", "room_full", "session_full", "banned",
+                                                        "session_not_live", "forbidden"):
+                    break
+            except SdpError as exc:
+                await send(error("bad_sdp", str(exc), ref=_ref(msg.data)))
+            except Exception:
+                logger.exception("room %s: handling a message from %s failed", room_name,
+                                 participant.identity if participant else "?")
+                await send(error("internal", "the server failed to handle that message; it was logged"))
+    finally:
+        if participant is not None and room is not None:
+            # Shielded: aiohttp may cancel this handler when the peer vanishes mid-cleanup.
+            async def leave(participant=participant, room=room) -> None:
+                await room.leave(participant.identity, session_id=participant.session_id)
+                await roomhooks.left(app, participant.classroom_session, participant)
+                handler = app.get(DATA_HANDLER)
+                if handler is not None:
+                    await handler.on_leave(room, participant)
+
+            await asyncio.shield(room.spawn(leave()))
+        await ws.close()
+    return ws
+
+
+def _ref(raw) -> str | None:
+    try:
+        msg = json.loads(raw)
+        return msg.get("type") if isinstance(msg, dict) and isinstance(msg.get("type"), str) else None
+    except Exception:
+        return None
+
+
+async def _join(app: web.Application, room_name: str, token: str, send, password: str | None = None,
+                disconnect=None):
+    settings = app[SETTINGS]
+    keys = await app[KEYRING].active() if KEYRING in app else settings.all_api_keys()
+    try:
+        grants = verify_token(token, keys, room=room_name)
+    except TokenError as exc:
+        raise ProtocolError("unauthorized", exc.reason) from None
+    # A session's room: status, bans, password and capacity are checked before anything joins.
+    session = await roomhooks.admit(app, room_name, grants, password)
+    room = app[ROOMS].get_or_create(room_name)
+    participant = Participant(grants, transport="ws", send=send, disconnect=disconnect)
+    participant.classroom_session = session
+    try:
+        await room.join(participant)
+    except RoomFull as exc:
+        raise ProtocolError("room_full", str(exc)) from None
+    await roomhooks.joined(app, session, participant)  # recorded before it is acknowledged
+    await send({
+        "type": "joined",
+        "participant": participant.describe(),
+        "grants": {"can_publish": grants.can_publish, "can_subscribe": grants.can_subscribe,
+                   "can_publish_data": grants.can_publish_data},
+        "room": room.state(),
+        "ice_servers": [{"urls": url} for url in settings.ice_servers],
+        **({"session": {"id": session.id, "title": session.title, "type": session.type,
+                        "status": session.status}} if session is not None else {}),
+    })
+    await room.start_subscriber(participant)  # creates the data channel the classroom uses
+    handler = app.get(DATA_HANDLER)
+    if handler is not None:
+        await handler.on_join(room, participant)
+    return participant, room
+
+
+async def _handle(app, room, participant: Participant, message: dict, send) -> None:
+    kind = message["type"]
+    if kind == "ping":
+        await send({"type": "pong", "t": message.get("t")})
+    elif kind == "publish":
+        if not participant.grants.can_publish:
+            raise ProtocolError("forbidden", "this token is not allowed to publish")
+        sources = {t["mid"]: t["source"] for t in message.get("tracks", [])}
+        answer = await room.publisher_for(participant).negotiate(message["sdp"], sources)
+        await send({"type": "answer", "sdp": answer})
+    elif kind == "answer":
+        if participant.subscriber is None:
+            raise ProtocolError("invalid", "there is no subscriber connection to answer for")
+        await participant.subscriber.on_answer(message["sdp"])
+    elif kind == "ice":
+        target = participant.publisher if message["target"] == "publisher" else participant.subscriber
+        if target is None:
+            raise ProtocolError("invalid", f"there is no {message['target']} connection yet")
+        await add_remote_candidate(target.pc, message["candidate"])
+    elif kind == "mute":
+        if not await room.set_muted(participant, message["track_id"], message["muted"]):
+            raise ProtocolError("not_found", f"you publish no track {message['track_id']!r}")
+    elif kind == "unpublish":
+        if participant.publisher is None or not participant.publisher.unpublish(message["track_id"]):
+            raise ProtocolError("not_found", f"you publish no track {message['track_id']!r}")
+    elif kind == "recording":
+        await _recording(app, room, participant, message, send)
+    elif kind == "moderate":
+        await send({**await roomhooks.moderate(app, room, participant, message), "ref": message.get("id")})
+    elif kind == "data":
+        handler = app.get(DATA_HANDLER)
+        if handler is None:
+            raise ProtocolError("unavailable", "classroom messages are not enabled on this server")
+        await handler.on_message(room, participant, message["payload"])
+
+
+async def _recording(app, room, participant: Participant, message: dict, send) -> None:
+    from recorder.service import RecordingError
+    from stoa.appkeys import RECORDINGS
+
+    if not participant.grants.is_moderator:
+        raise ProtocolError("forbidden", "only instructors and moderators start and stop recordings")
+    manager = app.get(RECORDINGS)
+    if manager is None:
+        raise ProtocolError("unavailable", "recording is not enabled on this server")
+    try:
+        if message["action"] == "start":
+            row = await manager.start(room.name, by=participant.identity)
+        else:
+            row = await manager.stop(room.name, reason=f"stopped by {participant.identity}")
+    except RecordingError as exc:
+        raise ProtocolError("recording_failed", exc.message) from None
+    await send({"type": "recording_ok", "action": message["action"], "recording_id": row.id,
+                "status": row.status})

@@ -1,0 +1,77 @@
+"""Builds the aiohttp Application: routes, and a startup/cleanup hook for every resource."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from sfu.aiortc_seam import check_compatibility, prefer_aes128_gcm
+from sfu.peer import IceSettings, PeerFactory
+from signaling import api, classroom_api, classroom_bridge, metrics, whip, ws
+from signaling.room import RoomManager
+from stoa.appkeys import ROOMS, SETTINGS, STORE
+from stoa.config import Settings
+from web import pages, review
+
+logger = logging.getLogger(__name__)
+WEB_DIR = Path(pages.__file__).parent
+
+
+def build_app(settings: Settings) -> web.Application:
+    check_compatibility()
+    prefer_aes128_gcm()
+    app = web.Application(client_max_size=1024 * 1024)
+    app[SETTINGS] = settings
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(WEB_DIR / "templates")),
+                         autoescape=jinja2.select_autoescape(["html"]))
+    app[aiohttp_jinja2.static_root_key] = "/static"
+    app.cleanup_ctx.append(_rooms_ctx)
+    app.on_shutdown.append(_disconnect_everyone)
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(api.services_ctx)  # sessions, tutoring, webhooks, notifications (needs the store)
+
+    r = app.router
+    r.add_get("/ws/rooms/{room}", ws.room_socket)
+    for kind, post in (("whip", whip.whip_post), ("whep", whip.whep_post)):
+        r.add_route("OPTIONS", f"/{kind}/{{room}}", whip.options)
+        r.add_post(f"/{kind}/{{room}}", post)
+        r.add_route("OPTIONS", f"/{kind}/{{room}}/{{session}}", whip.options)
+        r.add_delete(f"/{kind}/{{room}}/{{session}}", whip.session_delete)
+        r.add_patch(f"/{kind}/{{room}}/{{session}}", whip.session_patch)
+    pages.setup_routes(app)
+    metrics.setup(app)
+    classroom_bridge.setup(app)  # chat, Q&A, polls, ... over data channels and the WebSocket
+    api.setup(app)  # REST API under /api/, /ws/notify, dashboards
+    classroom_api.setup(app)  # chat history, whiteboard PNG, quiz bank import
+    review.setup(app)  # recording API, review pages, and the recording manager (cleanup_ctx)
+    return app
+
+
+async def _disconnect_everyone(app: web.Application) -> None:
+    # Before cleanup: close WebSockets so shutdown does not wait out aiohttp's 60 s grace period.
+    await app[ROOMS].close()
+
+
+async def _rooms_ctx(app: web.Application):
+    settings = app[SETTINGS]
+    ice = IceSettings(servers=settings.ice_servers, username=settings.ice_username,
+                      credential=settings.ice_credential, addresses=settings.ice_addresses)
+    app[ROOMS] = RoomManager(PeerFactory(ice), max_participants=settings.max_participants)
+    yield
+    await app[ROOMS].close()
+
+
+async def _store_ctx(app: web.Application):
+    from storage import open_store
+
+    settings = app[SETTINGS]
+    if not settings.database:
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    store = await open_store(settings.database_url, auto_upgrade=not settings.database)
+    app[STORE] = store
+    yield
+    await store.close()

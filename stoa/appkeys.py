@@ -1,0 +1,27 @@
+"""Typed application keys: every shared resource of a running server hangs off the Application."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from recorder.service import RecordingManager
+    from signaling.room import RoomManager
+    from stoa.config import Settings
+
+SETTINGS: web.AppKey["Settings"] = web.AppKey("settings")
+ROOMS: web.AppKey["RoomManager"] = web.AppKey("rooms")
+STORE: web.AppKey[Any] = web.AppKey("store")
+# The classroom layer plugs in here: an object with on_join(room, participant) and
+# on_message(room, participant, payload). Absent: "data" messages are refused.
+DATA_HANDLER: web.AppKey[Any] = web.AppKey("data_handler")
+# The recording manager (recorder/service.py), created by web.review.recordings_ctx.
+RECORDINGS: web.AppKey["RecordingManager"] = web.AppKey("recordings")
+# Classroom services and their transports (created by signaling.api.services_ctx).
+SESSIONS: web.AppKey[Any] = web.AppKey("sessions")          # classroom.sessions.SessionService
+TUTORING: web.AppKey[Any] = web.AppKey("tutoring")          # classroom.tutoring.TutoringService
+WEBHOOKS: web.AppKey[Any] = web.AppKey("webhooks")          # classroom.webhooks.WebhookDispatcher
+KEYRING: web.AppKey[Any] = web.AppKey("keyring")            # signaling.api.identity.KeyRing
+NOTIFY: web.AppKey[Any] = web.AppKey("notify")              # signaling.notify.NotifyHub

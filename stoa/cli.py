@@ -1,0 +1,314 @@
+"""The `stoa` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from stoa import __version__
+from stoa.config import ConfigError, Settings, load_settings
+
+EPILOG = """\
+Settings come from (later wins): defaults, a TOML file (--config or STOA_CONFIG), STOA_* environment
+variables (STOA_PORT, STOA_API_SECRET, STOA_ICE_ADDRESSES=a,b, STOA_DATABASE, STOA_REDIS, ...), flags.
+Examples:
+  stoa serve --dev                                   try it on http://127.0.0.1:8080/
+  stoa serve --host 0.0.0.0 --ice-address 192.0.2.10 --ice-server stun:stun.example.org:3478
+  stoa token --room physics --identity ada --role instructor
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (keys as in stoa.config.Settings)")
+    p.add_argument("--dev", action="store_true", default=None,
+                   help="use a fixed development API key/secret (printed at start-up); not for production")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stoa", description="Stoa live-classroom media server",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"stoa {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the server", epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8080)")
+    serve.add_argument("--ice-address", action="append", dest="ice_addresses", default=[], metavar="ADDR",
+                       help="local address ICE gathers candidates on (repeatable); loopback only when named")
+    serve.add_argument("--ice-server", action="append", dest="ice_servers", default=[], metavar="URL",
+                       help="STUN/TURN server URL (repeatable); none by default")
+    serve.add_argument("--data-dir", help="where the embedded database and recordings live (default ./data)")
+    serve.add_argument("--database", help="postgresql://... (default: embedded SQLite in --data-dir)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--record", action="store_true", dest="record_all", default=None,
+                       help="record every room from its first published track (see docs/recording.md)")
+
+    token = sub.add_parser("token", help="print an access token (JWT) for a room")
+    _common(token)
+    token.add_argument("--room", required=True)
+    token.add_argument("--identity", required=True, help="unique user id, e.g. the LMS user id")
+    token.add_argument("--name", default="", help="display name")
+    token.add_argument("--role", required=True, choices=["instructor", "moderator", "student", "viewer", "operator"],
+                       help="operator: reviews every recording (use --room '*')")
+    token.add_argument("--ttl", type=int, default=6 * 3600, help="lifetime in seconds (default 6 h)")
+    token.add_argument("--can-publish", action="store_true", default=None,
+                       help="let a student publish (instructors and moderators always may)")
+
+    db = sub.add_parser("db", help="database maintenance")
+    _common(db)
+    db.add_argument("action", choices=["upgrade", "status"])
+    db.add_argument("--database", help="postgresql://... (default: embedded SQLite)")
+    db.add_argument("--data-dir")
+    _recording_parser(sub)
+    _apikey_parser(sub)
+    _quiz_parser(sub)
+    return parser
+
+
+def _quiz_parser(sub) -> None:
+    quiz = sub.add_parser("quiz", help="quiz question banks: import FILE")
+    actions = quiz.add_subparsers(dest="action", metavar="ACTION", required=True)
+    imp = actions.add_parser("import", help="import a JSON bank (see docs/interactive.md)")
+    imp.add_argument("file")
+    _common(imp)
+    imp.add_argument("--database", help="postgresql://... (default: embedded SQLite in --data-dir)")
+    imp.add_argument("--data-dir")
+
+
+def _apikey_parser(sub) -> None:
+    keys = sub.add_parser("apikey", help="API keys for server-to-server calls (admin): create, revoke, list")
+    _common(keys)
+    keys.add_argument("--database", help="postgresql://... (default: embedded SQLite in --data-dir)")
+    keys.add_argument("--data-dir")
+    actions = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="create a key; its secret is printed once")
+    create.add_argument("key", nargs="?", help="the key's name (default: generated)")
+    revoke = actions.add_parser("revoke", help="revoke a key (also one from the config file)")
+    revoke.add_argument("key")
+    actions.add_parser("list", help="keys with their dates, without secrets")
+
+
+def _recording_parser(sub) -> None:
+    rec = sub.add_parser("recording", help="list recordings, export a composite MP4")
+    _common(rec)
+    rec.add_argument("--database", help="postgresql://... (default: embedded SQLite in --data-dir)")
+    rec.add_argument("--data-dir")
+    actions = rec.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = actions.add_parser("list", help="recordings, newest first")
+    ls.add_argument("--room")
+    ls.add_argument("--date", help="UTC day, YYYY-MM-DD")
+    ls.add_argument("--instructor")
+    ex = actions.add_parser("export", help="compose one MP4 (H.264 + AAC) from a recording's tracks")
+    ex.add_argument("id", help="recording id (see `stoa recording list`)")
+    ex.add_argument("--layout", choices=["grid", "speaker"], default="grid")
+
+
+def _settings(args, **overrides) -> Settings:
+    return load_settings(args.config, overrides={"dev": args.dev, **overrides})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "token":
+            return _token(args)
+        if args.command == "db":
+            return _db(args)
+        if args.command == "recording":
+            return _recording(args)
+        if args.command == "apikey":
+            return _apikey(args)
+        if args.command == "quiz":
+            return _quiz(args)
+    except ConfigError as exc:
+        print(f"stoa: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _serve(args) -> int:
+    from aiohttp import web
+
+    from stoa.app import build_app
+
+    settings = _settings(args, host=args.host, port=args.port, ice_addresses=args.ice_addresses,
+                         ice_servers=args.ice_servers, data_dir=args.data_dir, database=args.database,
+                         log_level=args.log_level, record_all=args.record_all)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aioice", "aiortc", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        import uvloop  # cheaper datagram receive (see docs/forwarding.md)
+        uvloop.install()
+    except ImportError:
+        pass
+    app = build_app(settings)
+
+    async def freeze_startup_objects(app) -> None:
+        # Everything built at start-up lives until shutdown: keep the collector from rescanning it,
+        # which takes tens of ms in big rooms and shows up as latency spikes.
+        import gc
+        gc.freeze()
+
+    app.on_startup.append(freeze_startup_objects)
+    url = f"http://{settings.host}:{settings.port}/"
+    print(f"Stoa listening on {url}", flush=True)
+    if settings.dev:
+        print(f"  development mode: API key {settings.api_key!r}, secret {settings.api_secret!r}")
+        print(f"  open {url} to create a room and join it in two tabs")
+    if not settings.ice_servers:
+        print("  ICE: no STUN/TURN servers configured (host candidates only)")
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    return 0
+
+
+def _token(args) -> int:
+    from signaling.auth import mint_token
+
+    settings = _settings(args)
+    try:
+        token = mint_token(settings.api_key, settings.api_secret, room=args.room, identity=args.identity,
+                           role=args.role, name=args.name, ttl=args.ttl, can_publish=args.can_publish)
+    except ValueError as exc:
+        print(f"stoa token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _with_store(args, command: str, work, *, check: bool = True, upgrade_sqlite: bool = False) -> int:
+    """Open the configured database, run `await work(store, settings)`, close it; errors say what to do."""
+    from pathlib import Path
+
+    from storage import SchemaError, StorageError, open_store
+
+    settings = load_settings(args.config, overrides={"dev": True, "database": args.database,
+                                                     "data_dir": args.data_dir})
+
+    async def run() -> int:
+        if not settings.database:
+            Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            store = await open_store(settings.database_url, check=check,
+                                     auto_upgrade=upgrade_sqlite and not settings.database)
+        except (SchemaError, StorageError) as exc:
+            print(f"stoa {command}: {exc}", file=sys.stderr)
+            return 2
+        try:
+            return await work(store, settings)
+        except OSError as exc:  # the server went away, or was never there (check=False skips the probe)
+            print(f"stoa {command}: cannot reach the database: {exc}; is it running, and is "
+                  "--database (or STOA_DATABASE) right?", file=sys.stderr)
+            return 2
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _db(args) -> int:
+    async def work(store, settings) -> int:
+        if args.action == "upgrade":
+            print(f"database is at revision {await store.upgrade()}")
+        else:
+            print(await store.schema_status())
+        return 0
+
+    return _with_store(args, "db", work, check=False)
+
+
+def _recording(args) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    from recorder.service import RecordingError, export_offline
+    from storage.recordings import RecordingRepo
+
+    def progress(fraction: float) -> None:
+        bar = "#" * int(fraction * 30)
+        print(f"\r[{bar:<30}] {fraction * 100:5.1f}%", end="", file=sys.stderr, flush=True)
+
+    async def work(store, settings) -> int:
+        if args.action == "export":
+            try:
+                result = await export_offline(store, args.id, args.layout, progress)
+            except RecordingError as exc:
+                print(f"stoa recording export: {exc.message}", file=sys.stderr)
+                return 1
+            print(file=sys.stderr)
+            print(f"{result['path']} ({result['duration']:.1f} s, {result['video_frames']} frames, "
+                  f"layout {result['layout']})")
+            return 0
+        day = None
+        if args.date:
+            try:
+                start = datetime.strptime(args.date, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            except ValueError:
+                print(f"stoa recording list: --date must look like 2026-01-31, got {args.date!r}",
+                      file=sys.stderr)
+                return 2
+            day = (start.timestamp(), (start + timedelta(days=1)).timestamp())
+        rows = await RecordingRepo(store).list(room=args.room, day=day, instructor=args.instructor)
+        for r in rows:
+            when = datetime.fromtimestamp(r.started_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+            print(f"{r.id}  {r.room:<20} {when}  {r.duration_s or 0:8.1f} s  {r.status:<10} "
+                  f"{len(r.files or [])} files  {r.instructor or ''}")
+        if not rows:
+            print("no recordings", file=sys.stderr)
+        return 0
+
+    return _with_store(args, "recording", work)
+
+
+def _apikey(args) -> int:
+    from classroom.errors import ClassroomError
+    from signaling.api.identity import KeyRing
+
+    async def work(store, settings) -> int:
+        ring = KeyRing(settings, store)
+        try:
+            if args.action == "create":
+                key, secret = await ring.create(args.key)
+                print(f"key    {key}\nsecret {secret}\n(the secret is not shown again)")
+            elif args.action == "revoke":
+                await ring.revoke(args.key)
+                print(f"revoked {args.key}")
+            else:
+                for row in await ring.list():
+                    state = "revoked" if row["revoked_at"] else "active"
+                    print(f"{row['key']}\t{state}\t{row['source']}")
+        except ClassroomError as exc:
+            print(f"stoa apikey: {exc.message}", file=sys.stderr)
+            return 1
+        return 0
+
+    return _with_store(args, "apikey", work, upgrade_sqlite=True)
+
+
+def _quiz(args) -> int:
+    from classroom.interactive import QuizBankError, import_bank
+
+    async def work(store, settings) -> int:
+        try:
+            result = await import_bank(store, args.file)
+        except QuizBankError as exc:
+            print(f"stoa quiz import: {exc}", file=sys.stderr)
+            return 1
+        print(f"imported {result['count']} questions into bank {result['bank']!r}")
+        return 0
+
+    return _with_store(args, "quiz import", work, upgrade_sqlite=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Settings: defaults, then a TOML config file, then STOA_* environment variables, then CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEV_API_KEY = "devkey"
+DEV_API_SECRET = "devsecret-not-for-production-use-0123456789"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and what to do."""
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    dev: bool = False
+    # Tokens are signed with api_secret; api_key names the key (JWT "iss").
+    api_key: str = ""
+    api_secret: str = ""
+    # Extra API key/secret pairs for server-to-server calls: {"key": "secret"}.
+    api_keys: dict[str, str] = field(default_factory=dict)
+    # Local addresses ICE gathers on. Empty: every non-loopback interface (aioice's default).
+    ice_addresses: list[str] = field(default_factory=list)
+    # STUN/TURN URLs. Empty by default: Stoa never contacts an outside server unless told to.
+    ice_servers: list[str] = field(default_factory=list)
+    ice_username: str = ""
+    ice_credential: str = ""
+    data_dir: str = "./data"
+    # None: embedded SQLite in data_dir. Else postgresql://...
+    database: str | None = None
+    # None: one node with an in-process bus. Else redis://...
+    redis: str | None = None
+    node_id: str = ""
+    max_participants: int = 500
+    # Record every room from its first published track (a server-wide recording flag).
+    record_all: bool = False
+    log_level: str = "info"
+    # Outgoing webhooks kept in step with the database at start-up: [{url, secret, events}] (TOML tables).
+    webhooks: list[dict] = field(default_factory=list)
+    # A tutoring request nobody accepts expires after this many seconds; expiry is checked this often.
+    tutoring_ttl: int = 900
+    tutoring_expire_interval: int = 15
+
+    @property
+    def database_url(self) -> str:
+        if self.database:
+            return self.database
+        return "sqlite:///" + str(Path(self.data_dir) / "stoa.sqlite3")
+
+    def all_api_keys(self) -> dict[str, str]:
+        keys = dict(self.api_keys)
+        if self.api_key and self.api_secret:
+            keys[self.api_key] = self.api_secret
+        return keys
+
+    def validate(self) -> "Settings":
+        if self.dev and not self.api_secret:
+            self.api_key, self.api_secret = DEV_API_KEY, DEV_API_SECRET
+        if not self.api_secret:
+            raise ConfigError(
+                "no API secret: set STOA_API_SECRET (and STOA_API_KEY), put api_secret in the "
+                "config file, or run with --dev for a fixed development key"
+            )
+        if not self.api_key:
+            self.api_key = "stoa"
+        if len(self.api_secret) < 32:
+            raise ConfigError("api_secret is too short: use at least 32 characters (HS256)")
+        if not (0 < self.port < 65536):
+            raise ConfigError(f"port {self.port} is out of range 1-65535")
+        for url in self.ice_servers:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ConfigError(f"ice server {url!r} must start with stun:, turn: or turns:")
+        if self.database and not self.database.startswith(("postgresql://", "postgres://", "sqlite:///")):
+            raise ConfigError("database must be a postgresql:// or sqlite:/// URL")
+        for i, hook in enumerate(self.webhooks):
+            if not isinstance(hook, dict) or not isinstance(hook.get("url"), str):
+                raise ConfigError(f"webhooks[{i}] must be a table with a url (and optional secret, events)")
+            unknown = set(hook) - {"url", "secret", "events"}
+            if unknown:
+                raise ConfigError(f"webhooks[{i}] has unknown keys {', '.join(sorted(unknown))}")
+        if self.tutoring_ttl <= 0 or self.tutoring_expire_interval <= 0:
+            raise ConfigError("tutoring_ttl and tutoring_expire_interval must be positive")
+        if not self.node_id:
+            self.node_id = f"{os.uname().nodename}-{self.port}"
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = str(_FIELDS[name].type)
+    if isinstance(value, str):
+        if kind.startswith("bool"):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        if kind.startswith("int"):
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+        if kind.startswith("list"):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if kind.startswith("dict"):
+            pairs = [p.split(":", 1) for p in value.split(",") if p.strip()]
+            return {k.strip(): v.strip() for k, v in pairs}
+    return value
+
+
+def load_settings(
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    values: dict[str, Any] = {}
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get("STOA_CONFIG")
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config_file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+        for key, value in data.items():
+            key = key.replace("-", "_")
+            if key not in _FIELDS:
+                raise ConfigError(f"unknown setting {key!r} in {config_file}")
+            values[key] = _coerce(key, value)
+    for name in _FIELDS:
+        env = environ.get("STOA_" + name.upper())
+        if env is not None:
+            values[name] = _coerce(name, env)
+    for key, value in (overrides or {}).items():
+        if value is not None and value != []:
+            values[key] = value
+    return Settings(**values).validate()

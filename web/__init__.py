@@ -1,0 +1,1 @@
+"""Pages: aiohttp-jinja2 templates and plain ES-module JavaScript."""

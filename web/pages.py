@@ -1,0 +1,62 @@
+"""Page handlers: the room page, and in --dev mode a form that mints a token and opens a room."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from signaling.auth import TokenError, mint_token, verify_token
+from stoa.appkeys import SETTINGS
+
+STATIC = Path(__file__).parent / "static"
+ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_post("/dev/join", dev_join)
+    app.router.add_get("/rooms/{room}", room_page)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_static("/static/", STATIC, append_version=True)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@aiohttp_jinja2.template("index.html")
+async def index(request: web.Request):
+    return {"dev": request.app[SETTINGS].dev}
+
+
+async def dev_join(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    if not settings.dev:
+        raise web.HTTPNotFound(text="the token form exists only in --dev mode")
+    form = await request.post()
+    room = str(form.get("room", "")).strip()
+    name = str(form.get("name", "")).strip()[:64]
+    role = str(form.get("role", "student"))
+    if not ROOM_NAME.match(room):
+        raise web.HTTPBadRequest(text="room names use letters, digits, '.', '_' and '-' (1-64)")
+    if role not in ("instructor", "student", "viewer") or not name:
+        raise web.HTTPBadRequest(text="give a name and pick a role")
+    identity = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    token = mint_token(settings.api_key, settings.api_secret, room=room, identity=identity,
+                       role=role, name=name)
+    raise web.HTTPFound(f"/rooms/{room}?token={token}")
+
+
+async def room_page(request: web.Request) -> web.Response:
+    room = request.match_info["room"]
+    token = request.query.get("token", "")
+    try:
+        grants = verify_token(token, request.app[SETTINGS].all_api_keys(), room=room)
+    except TokenError as exc:
+        return aiohttp_jinja2.render_template("error.html", request, {"message": exc.reason}, status=401)
+    return aiohttp_jinja2.render_template("room.html", request, {
+        "room": room, "token": token, "grants": grants,
+    })

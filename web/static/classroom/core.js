@@ -1,0 +1,124 @@
+// Classroom transport for the panels: one router for server messages arriving over the data channel
+// ("stoa") or over the room WebSocket as {"type":"data","payload":...}, and send() that prefers the
+// channel. Envelopes and types: docs/interactive.md.
+
+const stoa = window.stoa;
+export const cfg = stoa.cfg;
+export const me = { identity: cfg.identity, role: cfg.role };
+export const isMod = () => me.role === "instructor" || me.role === "moderator";
+export const readOnly = () => me.role === "viewer";
+
+const SERVER_TYPES = [
+  "state", "ack", "error",
+  "chat.message", "chat.edited", "chat.deleted", "chat.pinned", "chat.typing",
+  "qa.question",
+  "poll.created", "poll.opened", "poll.closed", "poll.results",
+  "whiteboard.stroke", "whiteboard.undone", "whiteboard.cleared", "whiteboard.permissions",
+  "quiz.question", "quiz.result", "quiz.progress", "quiz.ended",
+  "hand.queue", "hand.state", "reaction",
+];
+const ACK_TIMEOUT_MS = 15000;
+
+const handlers = new Map();
+const pending = new Map();   // envelope id -> {resolve, reject, timer}
+let seq = 0;
+let clockOffset = 0;         // server_time - local time, seconds
+
+export function on(type, fn) {
+  if (!handlers.has(type)) handlers.set(type, []);
+  handlers.get(type).push(fn);
+}
+
+// Seconds on the server's clock (deadlines like ends_at / closes_at are server times).
+export const serverNow = () => Date.now() / 1000 + clockOffset;
+
+function route(msg) {
+  // Room-protocol messages share some type names ("error"); classroom envelopes carry v: 1.
+  if (!msg || typeof msg !== "object" || msg.v !== 1) return;
+  if (msg.type === "state" && msg.data && typeof msg.data.server_time === "number") {
+    clockOffset = msg.data.server_time - Date.now() / 1000;
+  }
+  if ((msg.type === "ack" || msg.type === "error") && msg.id && pending.has(msg.id)) {
+    const p = pending.get(msg.id);
+    pending.delete(msg.id);
+    clearTimeout(p.timer);
+    if (msg.type === "ack") p.resolve(msg.data || {});
+    else p.reject(Object.assign(new Error(msg.message || msg.code), { code: msg.code }));
+    return;
+  }
+  if (msg.type === "error") notify(`${msg.code}: ${msg.message}`, "bad");
+  for (const fn of handlers.get(msg.type) || []) {
+    try { fn(msg.data || {}, msg); } catch (err) { console.error(err); }
+  }
+}
+
+// Data-channel messages reach stoa.on(<their type>); WebSocket ones reach stoa.on("data"). classroom/early.js
+// registered for both before room.js connected and buffered what came before start().
+const deliver = (m) => route(m && m.type === "data" ? m.payload : m);
+
+export function start() {
+  if (typeof window.stoaClassroomTap === "function") window.stoaClassroomTap(deliver);
+  else for (const t of ["data", ...SERVER_TYPES]) stoa.on(t, deliver);
+}
+
+function transmit(env) {
+  const dc = stoa.state.dataChannel;
+  if (dc && dc.readyState === "open") dc.send(JSON.stringify(env));
+  else stoa.send({ type: "data", payload: env });
+}
+
+// Send an envelope; resolves with the ack's data, rejects with the server's error (err.code).
+export function send(type, data = {}) {
+  const id = `c${++seq}`;
+  if (type === "chat.typing") {    // never acknowledged
+    transmit({ v: 1, type, id, data });
+    return Promise.resolve({});
+  }
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      pending.delete(id);
+      reject(Object.assign(new Error("no answer from the server"), { code: "timeout" }));
+    }, ACK_TIMEOUT_MS);
+    pending.set(id, { resolve, reject, timer });
+    transmit({ v: 1, type, id, data });
+  });
+}
+
+// send() that reports a refusal to the user instead of throwing.
+export async function act(type, data = {}) {
+  try {
+    return await send(type, data);
+  } catch (err) {
+    notify(`${type}: ${err.message}`, "bad");
+    return null;
+  }
+}
+
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else if (v === true) { el.setAttribute(k, ""); if (k in el) el[k] = true; }  // also the default (form.reset)
+    else if (k in el && typeof v !== "string") el[k] = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+export function notify(text, kind = "info") {
+  const box = document.getElementById("cr-toasts");
+  if (!box) return;
+  const el = h("div", { class: `cr-toast ${kind}`, role: "status" }, text);
+  box.append(el);
+  setTimeout(() => el.remove(), 5000);
+}
+
+export const fmtTime = (t) => new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+export const $ = (id) => document.getElementById(id);
