@@ -55,6 +55,9 @@ def token(room, identity, role):
     return mint_token(DEV_API_KEY, DEV_API_SECRET, room=room, identity=identity, role=role)
 
 
+IN_FLIGHT_FRAMES = 10
+
+
 async def test_kill_9_mid_recording_then_restart(tmp_path):
     data_dir = str(tmp_path / "data")
     port = free_port()
@@ -67,10 +70,13 @@ async def test_kill_9_mid_recording_then_restart(tmp_path):
         await teacher.publish(video, ToneAudioTrack(), sources=["camera", "microphone"])
         while video.count < 15:
             await asyncio.sleep(0.05)
+        # Frames already encoded but still in flight (network, jitter buffer) may
+        # legitimately be the first recorded ones, so bound from before the request.
+        before_start = video.count
         reply = await teacher.request({"type": "recording", "action": "start"}, "recording_ok", "error")
         assert reply["type"] == "recording_ok", reply
         rec_id = reply["recording_id"]
-        started, first_frame = time.time(), video.count
+        started = time.time()
         await asyncio.sleep(5.0)
         recorded_for = time.time() - started
         proc.send_signal(signal.SIGKILL)
@@ -107,7 +113,7 @@ async def test_kill_9_mid_recording_then_restart(tmp_path):
     files = {f["kind"]: f for f in row["files"]}
     v = read_video(os.path.join(directory, files["video"]["name"]))
     a = read_audio(os.path.join(directory, files["audio"]["name"]))
-    assert v["counters"] == sorted(v["counters"]) and v["counters"][0] >= first_frame
+    assert v["counters"] == sorted(v["counters"]) and v["counters"][0] >= before_start - IN_FLIGHT_FRAMES
     assert recorded_for - 2.0 <= v["duration"] <= recorded_for + 0.2, (v["duration"], recorded_for)
     assert recorded_for - 2.0 <= a["duration"] <= recorded_for + 0.2, (a["duration"], recorded_for)
     assert abs(row["duration_s"] - v["duration"]) < 0.5
