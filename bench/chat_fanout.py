@@ -224,7 +224,7 @@ async def main(args) -> int:
     port = free_port()
     data = tempfile.mkdtemp(prefix="stoa-chat-bench-")
     server = subprocess.Popen(
-        [sys.executable, "-m", "stoa.cli", "serve", "--dev", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, *(["-m", "cProfile", "-o", args.profile] if args.profile else []), "-m", "stoa.cli", "serve", "--dev", "--host", "127.0.0.1", "--port", str(port),
          "--ice-address", "127.0.0.1", "--data-dir", data, "--log-level", "warning"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(os.path.join(data, "server.log"), "w"))
     rows = []
@@ -259,4 +259,5 @@ if __name__ == "__main__":
                     choices=["websocket", "datachannel"])
     ap.add_argument("--messages", type=int, default=20)
     ap.add_argument("--procs", type=int, default=3, help="client worker processes")
+    ap.add_argument("--profile", metavar="FILE", help="run the server under cProfile and write its stats to FILE")
     sys.exit(asyncio.run(main(ap.parse_args())))

@@ -5,6 +5,8 @@ aiortc has no public API for forwarding encoded RTP, so the SFU hooks in here:
   jitter buffer is replaced by a sink and its decoder thread is stopped, so nothing is ever decoded;
 - send: raw RTP goes into the subscriber's RTCDtlsTransport (SRTP + ICE) and the stock sender's
   counters are fed so its sender reports stay coherent; its NACK and PLI handling is redirected;
+- data channels: a text message on an idle, reliable channel becomes one SCTP DATA chunk handed to DTLS
+  and the nominated ICE pair in one synchronous call (aiortc schedules a task per message);
 - ICE: gathering can be limited to configured local addresses (aioice skips loopback otherwise).
 
 Everything here is checked by `check_compatibility()` at start-up and covered by
@@ -26,6 +28,10 @@ import aioice.ice
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State as _DtlsState
 from aiortc.rtcicetransport import RTCIceTransport
+from aiortc import rtcsctptransport as _sctp
+from aiortc.rtcdatachannel import RTCDataChannel
+from aiortc.rtcsctptransport import RTCSctpTransport
+from aiortc.utils import uint16_add
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
@@ -61,7 +67,13 @@ def check_compatibility() -> None:
             problems.append(f"{dist} {have} is installed but sfu/aiortc_seam.py was written for {wanted}")
     expected = {
         RTCRtpReceiver.__init__: ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_thread"),
-        RTCDtlsTransport.__init__: ("_state", "_tx_srtp"),
+        RTCDtlsTransport.__init__: ("_state", "_tx_srtp", "_ssl", "_RTCDtlsTransport__tx_bytes",
+                                    "_RTCDtlsTransport__tx_packets"),
+        RTCSctpTransport.__init__: (
+            "_association_state", "_data_channel_queue", "_outbound_queue", "_sent_queue", "_forward_tsn_chunk",
+            "_flight_size", "_cwnd", "_local_tsn", "_outbound_stream_seq", "_local_port", "_remote_port",
+            "_remote_verification_tag", "_t3_handle", "_remote_max_message_size",
+        ),
         aioice.ice.Connection.__init__: ("_nominated",),
         aioice.ice.CandidatePair.__init__: ("protocol",),
         RTCRtpSender.__init__: (
@@ -78,6 +90,9 @@ def check_compatibility() -> None:
                           "_RTCRtpReceiver__stop_decoder")),
         (RTCRtpSender, ("_handle_rtcp_packet", "send")),
         (RTCDtlsTransport, ("_send_rtp",)),
+        (RTCSctpTransport, ("_flight_size_increase", "_t3_start", "_send")),
+        (_sctp, ("DataChunk", "serialize_packet", "tsn_plus_one", "USERDATA_MAX_LENGTH", "WEBRTC_STRING",
+                 "SCTP_DATA_FIRST_FRAG", "SCTP_DATA_LAST_FRAG")),
         (aioice.ice.CandidatePair, ("remote_addr",)),
         (aioice.ice.Connection, ("gather_candidates", "get_component_candidates")),
     ):
@@ -280,13 +295,10 @@ class SenderSeam:
     def _resolve(self) -> tuple | None:
         """(dtls, sendto, protect, remote address) once DTLS is up and ICE has nominated a pair."""
         dtls = self._dtls
-        if dtls is None or dtls._state is not _DTLS_CONNECTED:
+        route = _dtls_route(dtls)
+        if route is None:
             return None
-        pair = dtls.transport._connection._nominated.get(1)
-        transport = pair.protocol.transport if pair is not None else None
-        if transport is None:
-            return None
-        return dtls, transport.sendto, dtls._tx_srtp.protect, pair.remote_addr
+        return dtls, route[0], dtls._tx_srtp.protect, route[1]
 
     def record_sent(self, ntp_time: int, rtp_timestamp: int, packets: int, octets: int) -> None:
         """Feed the stock sender's SR state: counters, and the NTP time that goes with an outgoing
@@ -300,6 +312,102 @@ class SenderSeam:
     def counters(self) -> tuple[int, int]:
         s = self.sender
         return s._RTCRtpSender__packet_count, s._RTCRtpSender__octet_count
+
+
+def _dtls_route(dtls: RTCDtlsTransport | None) -> tuple | None:
+    """(sendto, remote address) of a connected DTLS transport's nominated ICE pair, else None."""
+    if dtls is None or dtls._state is not _DTLS_CONNECTED:
+        return None
+    pair = dtls.transport._connection._nominated.get(1)
+    transport = pair.protocol.transport if pair is not None else None
+    if transport is None:
+        return None
+    return transport.sendto, pair.remote_addr
+
+
+# --- data channels --------------------------------------------------------------------------
+
+_SCTP_ESTABLISHED = RTCSctpTransport.State.ESTABLISHED
+_SINGLE_FRAGMENT = _sctp.SCTP_DATA_FIRST_FRAG | _sctp.SCTP_DATA_LAST_FRAG
+
+
+class DataChannelSender:
+    """Sends text on one data channel. aiortc's `send` schedules a task per message and runs it through
+    five coroutine layers; fanning one chat line out to 300 members that way costs more than the
+    room's own work. When the association is idle (nothing queued, congestion window open) and the
+    message fits one chunk, this does what `RTCSctpTransport._send` + `_transmit` would do for it,
+    synchronously: same TSN, stream sequence, sent-queue entry and T3 timer, so SACKs, retransmits
+    and congestion control stay aiortc's. Anything else goes through `channel.send`, which keeps order
+    because a queued message makes every later one take the stock path too."""
+
+    __slots__ = ("channel", "_eligible", "_route", "fast_sends")
+
+    def __init__(self, channel: RTCDataChannel):
+        self.channel = channel
+        # Only reliable, ordered channels: partial reliability needs aiortc's expiry bookkeeping.
+        self._eligible = channel.ordered and channel.maxRetransmits is None and channel.maxPacketLifeTime is None
+        self._route: tuple | None = None
+        self.fast_sends = 0
+
+    def send(self, text: str) -> None:
+        """Like RTCDataChannel.send(text): raises InvalidStateError unless the channel is open."""
+        if not self._send_now(text):
+            self.channel.send(text)
+
+    def _send_now(self, text: str) -> bool:
+        channel = self.channel
+        sctp = channel.transport
+        stream_id = channel.id
+        if (not self._eligible or stream_id is None or channel.readyState != "open"
+                or sctp._association_state is not _SCTP_ESTABLISHED
+                or sctp._data_channel_queue or sctp._outbound_queue or sctp._forward_tsn_chunk is not None
+                or sctp._flight_size >= sctp._cwnd):
+            return False
+        user_data = text.encode("utf8")
+        size = len(user_data)
+        if size == 0 or size > _sctp.USERDATA_MAX_LENGTH or (
+                sctp._remote_max_message_size and size > sctp._remote_max_message_size):
+            return False
+        dtls = sctp.transport
+        route = self._route
+        if route is None or route[0] is not dtls or dtls._state is not _DTLS_CONNECTED:
+            found = _dtls_route(dtls)
+            if found is None:
+                return False
+            route = self._route = (dtls, *found)
+
+        chunk = _sctp.DataChunk()
+        chunk.flags = _SINGLE_FRAGMENT
+        chunk.tsn = sctp._local_tsn
+        chunk.stream_id = stream_id
+        chunk.stream_seq = sctp._outbound_stream_seq.get(stream_id, 0)
+        chunk.protocol = _sctp.WEBRTC_STRING
+        chunk.user_data = user_data
+        chunk._abandoned = False
+        chunk._acked = False
+        chunk._book_size = size
+        chunk._expiry = None
+        chunk._in_flight = False
+        chunk._max_retransmits = None
+        chunk._misses = 0
+        chunk._retransmit = False
+        chunk._sent_count = 1
+        chunk._sent_time = time.time()
+        sctp._local_tsn = _sctp.tsn_plus_one(chunk.tsn)
+        sctp._outbound_stream_seq[stream_id] = uint16_add(chunk.stream_seq, 1)
+        sctp._sent_queue.append(chunk)
+        sctp._flight_size_increase(chunk)
+
+        if not sctp._t3_handle:  # first: should the write below fail, T3 still retransmits the chunk
+            sctp._t3_start()
+        ssl = dtls._ssl
+        ssl.send(_sctp.serialize_packet(sctp._local_port, sctp._remote_port, sctp._remote_verification_tag, chunk))
+        record = ssl.bio_read(1500)
+        route[1](record, route[2])
+        dtls._RTCDtlsTransport__tx_bytes += len(record)
+        dtls._RTCDtlsTransport__tx_packets += 1
+        self.fast_sends += 1
+        return True
 
 
 # --- ICE ------------------------------------------------------------------------------------
@@ -369,4 +477,28 @@ def simulate_receive_loss(pc: RTCPeerConnection, rate: float, *, seed: int = 1,
 
         ice._recv = recv
         ice._stoa_lossy = True
+    return stats
+
+
+def simulate_data_loss(pc: RTCPeerConnection, rate: float, *, seed: int = 1) -> dict:
+    """Drop a fraction of incoming DTLS application records (SCTP: data channels) on `pc`, so tests can
+    watch SCTP retransmit. Handshake records pass."""
+    rng = random.Random(seed)
+    stats = {"dropped": 0, "passed": 0}
+    ice = pc.sctp.transport.transport
+    if getattr(ice, "_stoa_data_lossy", False):
+        return stats
+    stock_recv = ice._recv
+
+    async def recv() -> bytes:
+        while True:
+            data = await stock_recv()
+            if data and data[0] == 23 and rng.random() < rate:  # 23: TLS/DTLS application_data
+                stats["dropped"] += 1
+                continue
+            stats["passed"] += 1
+            return data
+
+    ice._recv = recv
+    ice._stoa_data_lossy = True
     return stats

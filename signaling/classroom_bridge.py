@@ -14,6 +14,7 @@ from aiohttp import web
 
 from classroom.interactive import RoomRegistry
 from classroom.interactive.channel import MAX_BUFFERED_BYTES, ChannelMember
+from sfu.aiortc_seam import DataChannelSender
 from signaling.room import Participant, Room
 from stoa.appkeys import DATA_HANDLER, STORE
 
@@ -37,6 +38,13 @@ class RoomMember(ChannelMember):
                          role=participant.role, can_publish_data=participant.grants.can_publish_data)
         self.participant = participant
         self.grants = participant.grants
+        self._channel_sender: DataChannelSender | None = None
+
+    def write(self, text: str) -> None:
+        sender = self._channel_sender
+        if sender is None or sender.channel is not self.channel:
+            sender = self._channel_sender = DataChannelSender(self.channel)
+        sender.send(text)
 
     async def send(self, message: dict) -> None:
         channel = self.channel

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 import sfu.aiortc_seam as seam
 from sfu.aiortc_seam import SeamError, check_compatibility, restrict_ice_gathering
-from tests.peers import client_pc
+from tests.peers import answer_offer, apply_answer, client_pc, make_offer
 
 
 def test_installed_aiortc_is_the_one_the_seam_knows():
@@ -44,3 +46,88 @@ def test_no_ice_servers_by_default():
     assert IceSettings().rtc_servers() == []
     servers = IceSettings(servers=["turn:turn.example.org"], username="u", credential="c").rtc_servers()
     assert servers[0].urls == "turn:turn.example.org" and servers[0].username == "u"
+
+
+# --- DataChannelSender: the synchronous data-channel path -------------------------------------------
+
+async def _channel_pair(**options):
+    """A real aiortc pair on loopback with one data channel; returns (a, b, channel, received list)."""
+    a, b = client_pc(), client_pc()
+    channel = a.createDataChannel("stoa", **options)
+    received: list = []
+    b.on("datachannel", lambda ch: ch.on("message", received.append))
+    await apply_answer(a, await answer_offer(b, await make_offer(a)))
+    for _ in range(200):
+        if channel.readyState == "open":
+            break
+        await asyncio.sleep(0.05)
+    assert channel.readyState == "open"
+    return a, b, channel, received
+
+
+async def _wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_data_channel_fast_path_delivers_in_order():
+    a, b, channel, received = await _channel_pair()
+    try:
+        sender = seam.DataChannelSender(channel)
+        expected = []
+        for i in range(300):
+            # Every 50th message is over one SCTP chunk, so it takes aiortc's own path (fragmented).
+            text = f"{i}:" + ("x" * 3000 if i % 50 == 0 else "é")
+            expected.append(text)
+            sender.send(text)
+            if i % 10 == 0:
+                await asyncio.sleep(0.005)  # let SACKs in and the congestion window reopen, as in a live room
+        await _wait_for(lambda: len(received) == len(expected))
+        assert received == expected
+        assert sender.fast_sends > 150  # the rest waited behind a full window or a fragmented message
+        assert channel.bufferedAmount == 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_data_channel_fast_path_survives_loss():
+    a, b, channel, received = await _channel_pair()
+    try:
+        stats = seam.simulate_data_loss(b, 0.2, seed=7)
+        sender = seam.DataChannelSender(channel)
+        expected = [f"m{i}" for i in range(150)]
+        for text in expected:
+            sender.send(text)
+            await asyncio.sleep(0.002)
+        await _wait_for(lambda: len(received) == len(expected), timeout=60)
+        assert received == expected
+        assert stats["dropped"] > 0 and sender.fast_sends > 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_partially_reliable_channels_take_the_stock_path():
+    a, b, channel, received = await _channel_pair(maxRetransmits=0)
+    try:
+        sender = seam.DataChannelSender(channel)
+        for i in range(20):
+            sender.send(f"u{i}")
+        await _wait_for(lambda: len(received) == 20)
+        assert sender.fast_sends == 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_closed_channel_refuses_like_aiortc():
+    from aiortc.exceptions import InvalidStateError
+    a, b, channel, _ = await _channel_pair()
+    sender = seam.DataChannelSender(channel)
+    await a.close()
+    await b.close()
+    with pytest.raises(InvalidStateError):
+        sender.send("late")

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 from typing import Any
 
-from classroom.interactive.envelope import PROTOCOL_VERSION, error_message
+from classroom.interactive.envelope import PROTOCOL_VERSION, encode, error_message
 
 log = logging.getLogger("stoa.interactive")
 
@@ -37,7 +36,20 @@ class ChannelMember:
             raise ConnectionError(f"channel to {self.identity} is {self.channel.readyState}")
         if getattr(self.channel, "bufferedAmount", 0) > MAX_BUFFERED_BYTES:
             raise ConnectionError(f"channel to {self.identity} is {self.channel.bufferedAmount} bytes behind")
-        self.channel.send(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+        self.write(encode(message))
+
+    def send_now(self, message: dict) -> bool:
+        """Send synchronously if the channel can take it now; False leaves the message to `send`."""
+        channel = self.channel
+        if (channel is None or getattr(channel, "readyState", "open") != "open"
+                or getattr(channel, "bufferedAmount", 0) > MAX_BUFFERED_BYTES):
+            return False
+        self.write(encode(message))
+        return True
+
+    def write(self, text: str) -> None:
+        """Put one message's text on the channel (a transport may substitute a faster writer)."""
+        self.channel.send(text)
 
     async def start(self) -> dict:
         """Join the room (the state goes out first) and start reading the channel."""

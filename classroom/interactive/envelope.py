@@ -22,6 +22,27 @@ ERROR_CODES = ("forbidden", "rate_limited", "too_large", "invalid", "not_found",
                "internal")
 
 
+class Outgoing(dict):
+    """A message rendered once and fanned out to many members: its JSON text is built once, on first use.
+    Not to be mutated after delivery starts."""
+
+    __slots__ = ("_text",)
+
+    def json(self) -> str:
+        try:
+            return self._text
+        except AttributeError:
+            self._text = text = json.dumps(self, ensure_ascii=False, separators=(",", ":"))
+            return text
+
+
+def encode(message: dict) -> str:
+    """A message's wire text (compact JSON, UTF-8 kept as is)."""
+    if type(message) is Outgoing:
+        return message.json()
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
 class ProtocolError(Exception):
     """A refused message; `code` is one of ERROR_CODES and `message` is safe to send to the client."""
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from classroom.interactive.base import Context, Feature, Spec, is_moderator, may_publish_data
-from classroom.interactive.envelope import PROTOCOL_VERSION, Envelope, ProtocolError, error_message, parse_message
+from classroom.interactive.envelope import (PROTOCOL_VERSION, Envelope, Outgoing, ProtocolError, error_message,
+                                           parse_message)
 from classroom.interactive.limits import DEFAULT_RATES, Rate, RateLimiter
 
 log = logging.getLogger("stoa.interactive")
@@ -32,6 +33,7 @@ class _Conn:
     task: asyncio.Task | None = None
     dropped: int = 0
     failures: int = 0
+    busy: bool = False  # the writer holds a message it has not finished sending
     attached_at: float = 0.0
 
 
@@ -231,10 +233,22 @@ class InteractiveRoom:
                 if message is not None:
                     entry = shared.get(id(message))
                     if entry is None:
-                        entry = shared[id(message)] = (message, {"v": PROTOCOL_VERSION, **message})
+                        entry = shared[id(message)] = (message, Outgoing({"v": PROTOCOL_VERSION, **message}))
                     self._enqueue(conn, entry[1])
 
     def _enqueue(self, conn: _Conn, message: dict) -> None:
+        # The fan-out hot path: a member whose outbox is idle and whose transport can take the message
+        # synchronously (an open data channel) gets it now, without waking its writer task.
+        if not conn.busy and conn.queue.empty():
+            send_now = getattr(conn.member, "send_now", None)
+            if send_now is not None:
+                try:
+                    if send_now(message):
+                        return
+                except Exception:
+                    conn.failures += 1
+                    log.debug("send to %s failed", conn.member.identity, exc_info=True)
+                    return
         try:
             conn.queue.put_nowait(message)
         except asyncio.QueueFull:
@@ -245,6 +259,7 @@ class InteractiveRoom:
     async def _writer(self, conn: _Conn) -> None:
         while True:
             message = await conn.queue.get()
+            conn.busy = True
             try:
                 # asyncio.timeout, not wait_for: no extra task per message (this is the fan-out hot path)
                 async with asyncio.timeout(self.options.send_timeout_s):
@@ -257,6 +272,7 @@ class InteractiveRoom:
                 conn.failures += 1
                 log.debug("send to %s failed", conn.member.identity, exc_info=True)
             finally:
+                conn.busy = False
                 conn.queue.task_done()
 
     def outbox_stats(self, member: Any) -> dict | None:
