@@ -105,3 +105,42 @@ async def test_mic_button_mutes_the_track_on_the_server(stoa_server, chromium):
             break
         await asyncio.sleep(0.05)
     assert mic_muted(), "the server stopped forwarding the muted microphone"
+
+
+async def test_camera_and_screen_started_together_publish_every_track(stoa_server, chromium):
+    # Two publishes back to back: the second must wait for the first answer, not race it with a new offer.
+    from stoa.appkeys import ROOMS
+
+    teacher = await chromium.page(
+        f"{stoa_server.base}/rooms/{ROOM}?token={stoa_server.token(ROOM, 'teach', 'instructor')}", label="t")
+    await wait_js(teacher, "window.stoa && window.stoa.state.ws && window.stoa.state.ws.readyState === 1")
+    await teacher.evaluate("""async () => {
+        window.failures = [];
+        window.addEventListener("unhandledrejection", (e) => window.failures.push(String(e.reason)));
+        const s = window.stoa.state;
+        const camera = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+        const screen = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+        s.camera = camera;
+        const first = window.stoa.publish();
+        s.screen = screen;
+        await Promise.all([first, window.stoa.publish()]);
+    }""")
+    await wait_js(teacher, "window.stoa.state.ownTracks.size === 3", timeout=20)
+    room = stoa_server.app[ROOMS].rooms.get(ROOM)
+    assert sorted(t.source for t in room.tracks()) == ["camera", "microphone", "screen"]
+    assert await teacher.evaluate("window.stoa.state.pub.signalingState") == "stable"
+    assert await teacher.evaluate("window.failures") == []
+
+
+async def test_stopping_the_screen_share_unpublishes_it(stoa_server, chromium):
+    from stoa.appkeys import ROOMS
+
+    teacher, student = await teacher_and_student(stoa_server, chromium)
+    await teacher.click("#btn-screen")
+    await wait_js(teacher, "window.stoa.state.ownTracks.size === 1", timeout=20)
+    await wait_js(student, "[...document.querySelectorAll('#stage figcaption')].some(c => c.textContent.includes('screen'))")
+    await teacher.click("#btn-screen")  # stop: the re-offer carries a stopped (port 0) section
+    await wait_js(teacher, "window.stoa.state.ownTracks.size === 0", timeout=20)
+    await wait_js(student, "![...document.querySelectorAll('#stage figcaption')].some(c => c.textContent.includes('screen'))")
+    room = stoa_server.app[ROOMS].rooms.get(ROOM)
+    assert [t for t in room.tracks() if t.source == "screen"] == []

@@ -114,6 +114,8 @@ async def test_kill_9_mid_recording_then_restart(tmp_path):
     v = read_video(os.path.join(directory, files["video"]["name"]))
     a = read_audio(os.path.join(directory, files["audio"]["name"]))
     assert v["counters"] == sorted(v["counters"]) and v["counters"][0] >= before_start - IN_FLIGHT_FRAMES
-    assert recorded_for - 2.0 <= v["duration"] <= recorded_for + 0.2, (v["duration"], recorded_for)
-    assert recorded_for - 2.0 <= a["duration"] <= recorded_for + 0.2, (a["duration"], recorded_for)
+    # Up to 2 s lost at the kill (unflushed writes); at most the in-flight frames gained at the start.
+    late = IN_FLIGHT_FRAMES / 30
+    assert recorded_for - 2.0 <= v["duration"] <= recorded_for + late, (v["duration"], recorded_for)
+    assert recorded_for - 2.0 <= a["duration"] <= recorded_for + late, (a["duration"], recorded_for)
     assert abs(row["duration_s"] - v["duration"]) < 0.5

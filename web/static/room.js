@@ -17,8 +17,10 @@ const state = {
   screen: null,
   retry: 0,
   leaving: false,
-  handlers: new Map(),
-  ownTracks: new Map(),   // track_id -> description, for this participant's published tracks    // message type -> [fn], for the classroom panels
+  handlers: new Map(),     // message type -> [fn], for the classroom panels
+  ownTracks: new Map(),    // track_id -> description, for this participant's published tracks
+  offering: false,         // a publish offer awaits its answer
+  republish: false,        // tracks were added meanwhile: offer again after that answer
 };
 
 export function on(type, fn) {
@@ -28,7 +30,7 @@ export function on(type, fn) {
 export function send(msg) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(msg));
 }
-window.stoa = { state, on, send, cfg };
+window.stoa = { state, on, send, cfg, publish };
 
 function setBanner(kind, text) {
   banner.className = `banner ${kind}`;
@@ -121,7 +123,31 @@ async function onOffer(msg) {
 
 // ---- publishing --------------------------------------------------------------------------------
 
+// One offer at a time: a second publish (camera, then screen share at once) waits for the answer to the
+// first, then offers everything still unpublished.
 async function publish() {
+  if (state.offering) {
+    state.republish = true;
+    return;
+  }
+  state.offering = true;
+  try {
+    await offerTracks();
+  } catch (err) {
+    state.offering = false;
+    setBanner("bad", `Publishing failed: ${err.message}`);
+  }
+}
+
+async function published() {
+  state.offering = false;
+  if (state.republish) {
+    state.republish = false;
+    await publish();
+  }
+}
+
+async function offerTracks() {
   if (!state.pub) {
     state.pub = new RTCPeerConnection({ iceServers: state.iceServers });
     state.pub.onicecandidate = (e) => {
@@ -220,6 +246,7 @@ async function handle(msg) {
       break;
     case "answer":
       await state.pub.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+      await published();
       break;
     case "participant_joined":
       state.participants.set(msg.participant.identity, msg.participant);
@@ -241,6 +268,11 @@ async function handle(msg) {
       break;
     case "error":
       console.warn("server error", msg);
+      if (msg.ref === "publish" && state.pub && state.pub.signalingState === "have-local-offer") {
+        await state.pub.setLocalDescription({ type: "rollback" });
+        setBanner("bad", `Publishing was refused: ${msg.message}`);
+        await published();
+      }
       if (msg.code === "unauthorized") {
         state.leaving = true;
         setBanner("bad", `Not allowed in: ${msg.message}`);
@@ -256,6 +288,8 @@ async function handle(msg) {
 
 function resetPeers() {
   state.ownTracks.clear();
+  state.offering = false;
+  state.republish = false;
   for (const key of ["pub", "sub"]) {
     if (state[key]) state[key].close();
     state[key] = null;
