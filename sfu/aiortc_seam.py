@@ -452,31 +452,40 @@ def restrict_ice_gathering(pc: RTCPeerConnection, addresses: list[str]) -> None:
         conn._stoa_restricted = True
 
 
+def _drop_incoming(ice: RTCIceTransport, flag: str, drop: Callable[[bytes], bool], stats: dict) -> None:
+    """Wrap an ICE transport's receive so datagrams for which `drop` is true vanish (once per flag)."""
+    if getattr(ice, flag, False):
+        return
+    stock_recv = ice._recv
+
+    async def recv() -> bytes:
+        while True:
+            data = await stock_recv()
+            if drop(data):
+                stats["dropped"] += 1
+                continue
+            stats["passed"] += 1
+            return data
+
+    ice._recv = recv
+    setattr(ice, flag, True)
+
+
 def simulate_receive_loss(pc: RTCPeerConnection, rate: float, *, seed: int = 1,
                           spare_payload_types: frozenset[int] = frozenset()) -> dict:
     """Drop a fraction of incoming SRTP media datagrams on `pc` (a network impairment for tests and
     benches). Payload types in `spare_payload_types` (RTX) pass, so repairs can arrive."""
     rng = random.Random(seed)
     stats = {"dropped": 0, "passed": 0}
+
+    def drop(data: bytes) -> bool:
+        return (len(data) > 12 and 127 < data[0] < 192 and not is_rtcp(data)
+                and (data[1] & 0x7F) not in spare_payload_types and rng.random() < rate)
+
     for t in pc.getTransceivers():
         dtls = t.receiver.transport
-        if dtls is None or getattr(dtls.transport, "_stoa_lossy", False):
-            continue
-        ice = dtls.transport
-        stock_recv = ice._recv
-
-        async def recv(stock_recv=stock_recv) -> bytes:
-            while True:
-                data = await stock_recv()
-                if (len(data) > 12 and 127 < data[0] < 192 and not is_rtcp(data)
-                        and (data[1] & 0x7F) not in spare_payload_types and rng.random() < rate):
-                    stats["dropped"] += 1
-                    continue
-                stats["passed"] += 1
-                return data
-
-        ice._recv = recv
-        ice._stoa_lossy = True
+        if dtls is not None:
+            _drop_incoming(dtls.transport, "_stoa_lossy", drop, stats)
     return stats
 
 
@@ -485,20 +494,7 @@ def simulate_data_loss(pc: RTCPeerConnection, rate: float, *, seed: int = 1) -> 
     watch SCTP retransmit. Handshake records pass."""
     rng = random.Random(seed)
     stats = {"dropped": 0, "passed": 0}
-    ice = pc.sctp.transport.transport
-    if getattr(ice, "_stoa_data_lossy", False):
-        return stats
-    stock_recv = ice._recv
-
-    async def recv() -> bytes:
-        while True:
-            data = await stock_recv()
-            if data and data[0] == 23 and rng.random() < rate:  # 23: TLS/DTLS application_data
-                stats["dropped"] += 1
-                continue
-            stats["passed"] += 1
-            return data
-
-    ice._recv = recv
-    ice._stoa_data_lossy = True
+    # 23: TLS/DTLS application_data
+    _drop_incoming(pc.sctp.transport.transport, "_stoa_data_lossy",
+                   lambda data: bool(data) and data[0] == 23 and rng.random() < rate, stats)
     return stats

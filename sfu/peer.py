@@ -70,6 +70,16 @@ class NegotiatedCodec:
     parameters: dict
 
 
+def check_sdp_text(sdp: str) -> None:
+    """The cheap checks before parsing: present, bounded, and an SDP at all."""
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise SdpError("the SDP is empty")
+    if len(sdp) > MAX_SDP_BYTES:
+        raise SdpError(f"the SDP is larger than {MAX_SDP_BYTES} bytes")
+    if not sdp.lstrip().startswith("v=0"):
+        raise SdpError("the SDP must start with 'v=0'")
+
+
 class PeerFactory:
     def __init__(self, ice: IceSettings):
         self.ice = ice
@@ -92,12 +102,7 @@ class PeerFactory:
         await asyncio.gather(*(self.close(pc) for pc in list(self.live)))
 
     async def set_remote(self, pc: RTCPeerConnection, sdp: str, kind: str) -> None:
-        if not isinstance(sdp, str) or not sdp.strip():
-            raise SdpError("the SDP is empty")
-        if len(sdp) > MAX_SDP_BYTES:
-            raise SdpError(f"the SDP is larger than {MAX_SDP_BYTES} bytes")
-        if not sdp.lstrip().startswith("v=0"):
-            raise SdpError("the SDP must start with 'v=0'")
+        check_sdp_text(sdp)
         try:
             parsed = SessionDescription.parse(sdp)
         except Exception as exc:

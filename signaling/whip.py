@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from sfu.peer import MAX_SDP_BYTES, SdpError, add_remote_candidate, negotiated_codecs
+from sfu.peer import SdpError, add_remote_candidate, check_sdp_text, negotiated_codecs
 from sfu.subscriber import Subscriber
 from signaling.api import roomhooks
 from signaling.auth import Grants, TokenError, verify_token
@@ -115,12 +115,7 @@ async def _create(request: web.Request, kind: str) -> web.Response:
 
 
 def _check_offer(sdp: str) -> None:
-    if not sdp.strip():
-        raise SdpError("the SDP is empty")
-    if len(sdp) > MAX_SDP_BYTES:
-        raise SdpError(f"the SDP is larger than {MAX_SDP_BYTES} bytes")
-    if not sdp.lstrip().startswith("v=0"):
-        raise SdpError("the SDP must start with 'v=0'")
+    check_sdp_text(sdp)
     try:
         sections = negotiated_codecs(sdp)
     except Exception as exc:
