@@ -1,0 +1,43 @@
+"""docs/protocol.md lists every classroom message type with an example, and the examples are valid."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+
+from classroom.interactive import schemas
+from classroom.interactive.envelope import parse_message
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SERVER_ONLY = {"ack", "error", "state", "reaction"}  # built without a dotted literal in the sources
+
+
+def _examples(heading: str) -> list[dict]:
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    section = doc.split(heading, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    blocks = re.findall(r"```json\n(.*?)```", section, re.S)
+    return [json.loads(line) for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def _server_types_in_code() -> set[str]:
+    found = set()
+    for path in (ROOT / "classroom" / "interactive").glob("*.py"):
+        text = path.read_text()
+        found |= set(re.findall(r'"type":\s*"([a-z]+\.[a-z_]+)"', text))
+        found |= set(re.findall(r'_publish\([^)]*"([a-z]+\.[a-z_]+)"\)', text))
+    return found | SERVER_ONLY
+
+
+def test_every_client_type_is_documented_and_its_example_passes_the_schema():
+    examples = _examples("### Client → server (one example per type)")
+    assert {e["type"] for e in examples} == set(schemas.DATA)
+    for example in examples:
+        envelope = parse_message(json.dumps(example))  # raises, naming the problem, if the doc is wrong
+        assert envelope.type == example["type"]
+
+
+def test_every_server_type_is_documented():
+    examples = _examples("### Server → client (one example per type)")
+    assert {e["type"] for e in examples} == _server_types_in_code()
+    assert all(e["v"] == 1 for e in examples)
