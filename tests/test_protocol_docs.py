@@ -41,3 +41,19 @@ def test_every_server_type_is_documented():
     examples = _examples("### Server → client (one example per type)")
     assert {e["type"] for e in examples} == _server_types_in_code()
     assert all(e["v"] == 1 for e in examples)
+
+
+def test_every_room_protocol_message_is_documented_and_its_example_parses():
+    from signaling.schemas import CLIENT_MESSAGES, parse_client_message
+
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    client = doc.split("## Client → server", 1)[1].split("\n## ", 1)[0]
+    headings = {h.strip() for line in re.findall(r"^### (.+)$", client, re.M) for h in line.split(",")}
+    assert set(CLIENT_MESSAGES) <= headings
+    decoder = json.JSONDecoder()
+    for block in re.findall(r"```json\n(.*?)```", client, re.S):
+        pos, block = 0, block.strip()
+        while pos < len(block):  # one or more JSON values, each on one line or several
+            value, end = decoder.raw_decode(block, pos)
+            parse_client_message(json.dumps(value))  # raises ProtocolError naming the problem
+            pos = len(block) - len(block[end:].lstrip())
