@@ -1,9 +1,10 @@
-"""Fan-out benchmark: server CPU per forwarded packet, Stoa against an aiortc MediaRelay reference.
+"""Fan-out benchmark: server CPU per forwarded packet, Stoa against an aiortc MediaRelay reference;
+with --record, the CPU that recording adds to forwarding.
 
   .venv/bin/python bench/fanout.py                      # Stoa at 1,5,10,20,30 viewers; MediaRelay at 1,5,10
   .venv/bin/python bench/fanout.py --counts 1,5 --ref-counts 1 --window 5     # quick look
   .venv/bin/python bench/fanout.py --no-ref             # Stoa only
-  .venv/bin/python bench/fanout.py --record             # with recording, once `stoa serve` has --record
+  .venv/bin/python bench/fanout.py --record --counts 30 --repeats 3           # recording overhead at 30 viewers
 
 Several processes, all on 127.0.0.1: the server under test (`stoa serve --dev ...` or
 bench/mediarelay_ref.py), one WHIP publisher (640x480 30 fps VP8 at ~1.5 Mbps plus Opus; its encoder
@@ -14,6 +15,14 @@ viewers' packet and complete-frame counters.
 
   µs per forwarded packet = server CPU over the window / RTP packets the viewers received in it
                             (video + audio, retransmissions included)
+
+--record measures recording as a paired comparison: Stoa forwarding alone (`stoa serve`) and Stoa
+recording every room (`stoa serve --record`), each with a fresh server and data dir, at the same viewer
+counts, --repeats times, the order alternating (A B, B A, A B, ...) so that a drift in the machine's
+load hits both alike. It prints, per viewer count, the server CPU s/s of both, the overhead in percent
+and the target line (<= 5% at 30 viewers). It checks that recording wrote media: the files under
+<data-dir>/recordings/<id>/ and their sizes are printed, and the run fails (exit 1) if no media file grew
+during the measured windows. The MediaRelay reference is not run in this mode.
 
 Everything started here is stopped at the end, on error and on Ctrl-C; the run is bounded by
 --max-seconds.
@@ -29,7 +38,6 @@ import platform
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -91,6 +99,8 @@ class Row:
     publisher_keyframes: int
     kernel_share: float
     other_cpu_per_s: float
+    repeat: int = 0           # --record: which repeat of the paired comparison
+    rec_bytes: int = 0        # --record: media bytes the recorder wrote during the window
 
 
 class Child:
@@ -194,44 +204,69 @@ async def wait_http(base: str, server: Child, timeout: float = 30.0) -> None:
                 await asyncio.sleep(0.2)
 
 
-def record_flag(wanted: bool) -> list[str]:
-    """`--record` is passed through once `stoa serve` knows it (recording is being added)."""
-    if not wanted:
-        return []
-    helptext = subprocess.run([STOA, "serve", "--help"], capture_output=True, text=True).stdout
-    if "--record" in helptext:
-        return ["--record"]
-    say("NOTE: `stoa serve` has no --record option yet; measuring without recording")
-    return []
-    # TODO(recording): if recording ends up enabled per room over the API instead of a serve flag,
-    # start it here after the publisher is up.
+MEDIA_SUFFIXES = {".webm", ".mkv", ".mp4", ".ogg", ".opus"}
 
 
-async def measure_system(system: str, counts: list[int], args, tmp: Path, children: list[Child]) -> list[Row]:
+def recording_files(data_dir: Path) -> dict[str, int]:
+    """Every file under <data-dir>/recordings/ (one directory per recording), relative path -> size."""
+    root = data_dir / "recordings"
+    files: dict[str, int] = {}
+    if root.is_dir():
+        for path in sorted(root.rglob("*")):
+            try:
+                if path.is_file():
+                    files[str(path.relative_to(root))] = path.stat().st_size
+            except OSError:  # a file renamed or removed while we look
+                pass
+    return files
+
+
+def media_bytes(files: dict[str, int]) -> int:
+    return sum(size for name, size in files.items() if Path(name).suffix in MEDIA_SUFFIXES)
+
+
+def grown_media(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    """Media files that are new (and not empty) or larger in `after` than in `before`."""
+    return [name for name, size in after.items()
+            if Path(name).suffix in MEDIA_SUFFIXES and size > before.get(name, 0)]
+
+
+def list_files(files: dict[str, int], data_dir: Path) -> str:
+    if not files:
+        return f"  (nothing under {data_dir / 'recordings'})"
+    return "\n".join(f"  {size:>12,d} B  recordings/{name}" for name, size in files.items())
+
+
+async def measure_system(system: str, counts: list[int], args, tmp: Path, children: list[Child], *,
+                         record: bool = False, repeat: int = 0) -> list[Row]:
+    """One server, one publisher, viewers added step by step over `counts`. With `record`, the server is
+    `stoa serve --record` and `system` is the label ("stoa+record"); the recording is checked to grow."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"PYTHONUNBUFFERED": "1"}
-    if system == "stoa":
+    data_dir = tmp / (f"data-{system}-{repeat + 1}" if args.record else "data")
+    if system != "mediarelay":
         from signaling.auth import mint_token
         from stoa.config import DEV_API_KEY, DEV_API_SECRET
 
         argv = [STOA, "serve", "--dev", "--port", str(port), "--ice-address", "127.0.0.1",
-                "--data-dir", str(tmp / "data"), "--log-level", args.server_log_level, *record_flag(args.record)]
+                "--data-dir", str(data_dir), "--log-level", args.server_log_level, *(["--record"] if record else [])]
         if args.probe:
-            argv = [PY, str(ROOT / "bench" / "server_probe.py"), "--port", str(port), "--data-dir", str(tmp / "data")]
+            argv = [PY, str(ROOT / "bench" / "server_probe.py"), "--port", str(port), "--data-dir", str(data_dir)]
         token = mint_token(DEV_API_KEY, DEV_API_SECRET, room=ROOM, identity="bench-publisher",
                            role="instructor")
     else:
         argv = [PY, str(ROOT / "bench" / "mediarelay_ref.py"), "--port", str(port)]
         token = "none"
     server_env = dict(env)
-    if system == "stoa" and args.stoa_src:
+    if system != "mediarelay" and args.stoa_src:
         # A/B a patch: the server imports stoa/, sfu/, signaling/ ... from this tree instead.
         server_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(args.stoa_src).resolve()),
                                                                  os.environ.get("PYTHONPATH")]))
         say(f"{system}: server code from {args.stoa_src}")
-    say(f"{system}: starting server on port {port}")
-    server = await Child.start(f"{system} server", argv, log=tmp / f"{system}-server.log", env=server_env)
+    say(f"{system}: starting server on port {port}" + (f", data dir {data_dir}" if args.record else ""))
+    log_name = f"{system}-{repeat + 1}-server.log" if args.record else f"{system}-server.log"
+    server = await Child.start(f"{system} server", argv, log=tmp / log_name, env=server_env)
     children.append(server)
     await wait_http(base, server)
     say(f"{system}: server pid {server.proc.pid} is up; starting the WHIP publisher")
@@ -247,6 +282,7 @@ async def measure_system(system: str, counts: list[int], args, tmp: Path, childr
 
     rows: list[Row] = []
     have = 0
+    files_first: dict[str, int] | None = None   # recording files when the first window started
     for n in counts:
         say(f"{system}: adding {n - have} viewer(s) -> {n}")
         added = await viewers.add(n - have)
@@ -260,6 +296,9 @@ async def measure_system(system: str, counts: list[int], args, tmp: Path, childr
         user0, sys0 = cpu_split(server.proc.pid)
         cpu0 = user0 + sys0
         viewers0, pub_cpu0 = viewers.cpu(), cpu_seconds(publisher.proc.pid)
+        files0 = recording_files(data_dir) if args.record else {}
+        if files_first is None:
+            files_first = files0
         t0 = time.monotonic()
         say(f"{system}: {n} viewer(s): measuring for {args.window:.0f} s")
         await asyncio.sleep(args.window)
@@ -270,6 +309,7 @@ async def measure_system(system: str, counts: list[int], args, tmp: Path, childr
         cpu1 = user1 + sys1
         viewers1, pub_cpu1 = viewers.cpu(), cpu_seconds(publisher.proc.pid)
         elapsed = time.monotonic() - t0
+        files1 = recording_files(data_dir) if args.record else {}
         span = snap1["t"] - snap0["t"]
         before = snap0["viewers"]
         after = snap1["viewers"]
@@ -283,7 +323,8 @@ async def measure_system(system: str, counts: list[int], args, tmp: Path, childr
         row = Row(system, len(after), cpu / elapsed, cpu / packets * 1e6 if packets else float("inf"),
                   packets / span, statistics.median(fps), min(fps), statistics.median(fps_any), sum(fps), kbps, (viewers1 - viewers0) / elapsed, (pub_cpu1 - pub_cpu0) / elapsed, pub_fps, pub_kf,
                   (sys1 - sys0) / cpu if cpu else 0.0,
-                  max(0.0, (busy1 - busy0) - cpu - (viewers1 - viewers0) - (pub_cpu1 - pub_cpu0)) / elapsed)
+                  max(0.0, (busy1 - busy0) - cpu - (viewers1 - viewers0) - (pub_cpu1 - pub_cpu0)) / elapsed,
+                  repeat, media_bytes(files1) - media_bytes(files0))
         rows.append(row)
         say(f"{system}: N={row.n}: server {row.cpu_per_s:.3f} CPU s/s ({100 * row.kernel_share:.0f}% kernel), {row.us_per_packet:.1f} µs/packet, "
             f"{row.packets_per_s:.0f} packets/s forwarded, fps median {row.fps_median:.1f} "
@@ -291,12 +332,28 @@ async def measure_system(system: str, counts: list[int], args, tmp: Path, childr
             f"viewers {row.viewers_cpu_per_s:.2f} CPU s/s, publisher {row.publisher_cpu_per_s:.2f} CPU s/s "
             f"at {row.publisher_fps:.1f} fps "
             f"with {row.publisher_keyframes} forced keyframes; rest of the machine {row.other_cpu_per_s:.2f} CPU s/s")
+        if args.record:
+            say(f"{system}: N={row.n}: recordings: {sum(1 for f in files1 if Path(f).suffix in MEDIA_SUFFIXES)} "
+                f"media file(s), {media_bytes(files1):,d} B in all, +{row.rec_bytes:,d} B during the window")
         if args.verbose:
             say(f"  viewer loops: max lag {snap1['lag_max'] * 1000:.0f} ms, "
                 f"{snap1['lag_over50'] - snap0['lag_over50']} stalls > 50 ms in the window")
         if server.proc.returncode is not None:
             raise RuntimeError(f"{system} server died:\n{server.tail()}")
-    if args.py_spy and system == "stoa":
+    files_last = recording_files(data_dir) if args.record else {}
+    if record:
+        grown = grown_media(files_first or {}, files_last)
+        if not grown:
+            raise RuntimeError(
+                f"RECORDING CHECK FAILED: `stoa serve --record` was measured, but no media file "
+                f"({', '.join(sorted(MEDIA_SUFFIXES))}) under {data_dir / 'recordings'} grew during the measured "
+                f"windows, so the overhead figure would be meaningless. Files there:\n"
+                f"{list_files(files_last, data_dir)}")
+        say(f"{system}: recording check passed: {len(grown)} media file(s) grew by "
+            f"{media_bytes(files_last) - media_bytes(files_first or {}):,d} B over the measured windows")
+    elif args.record and media_bytes(files_last):
+        say(f"{system}: WARNING the forwarding-only server wrote media under {data_dir / 'recordings'}")
+    if args.py_spy and system != "mediarelay" and (not args.record or (record and repeat == args.repeats - 1)):
         await profile(server, viewers, args)
     say(f"{system}: stopping viewers, publisher and server")
     if args.keep_logs:
@@ -308,6 +365,9 @@ async def measure_system(system: str, counts: list[int], args, tmp: Path, childr
             pass
     for child in (*viewers.procs, publisher, server):
         await child.stop()
+    if record:
+        say(f"{system}: recording files after the server stopped (it finalizes them on SIGTERM):\n"
+            f"{list_files(recording_files(data_dir), data_dir)}")
     if args.keep_logs:
         import shutil
         shutil.copy(server.log, Path(args.keep_logs) / server.log.name)
@@ -390,7 +450,8 @@ def report(rows: list[Row], args, floor: dict | None = None) -> str:
                "| other load CPU s/s |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        out.append(f"| {r.system} | {r.n} | {r.cpu_per_s:.3f} | {r.us_per_packet:.1f} | {r.packets_per_s:.0f} "
+        label = f"{r.system} (run {r.repeat + 1})" if args.record else r.system
+        out.append(f"| {label} | {r.n} | {r.cpu_per_s:.3f} | {r.us_per_packet:.1f} | {r.packets_per_s:.0f} "
                    f"| {r.fps_median:.1f} | {r.fps_min:.1f} | {r.video_kbps:.0f} | {r.viewers_cpu_per_s:.2f} "
                    f"| {r.publisher_fps:.1f} | {100 * r.kernel_share:.0f}% | {r.other_cpu_per_s:.2f} |")
     stoa = {r.n: r for r in rows if r.system == "stoa"}
@@ -435,12 +496,58 @@ def report(rows: list[Row], args, floor: dict | None = None) -> str:
             dm = (ref[n].cpu_per_s - ref[lo].cpu_per_s) / (n - lo)
             ratio = f"{dm / ds:.1f}x" if ds > 0 else "n/a"
             out.append(f"  {lo}->{n}: Stoa {ds * 1000:.1f} ms/s, MediaRelay {dm * 1000:.1f} ms/s, ratio {ratio}")
+    if args.record:
+        out.append("")
+        out.append(record_report(rows, args))
+        return "\n".join(out)
     top = max(stoa) if stoa else None
     if top is not None:
         r = stoa[top]
         out.append("")
         out.append(f"target: <= 40 µs per forwarded packet at 30 viewers -> Stoa at {top}: "
                    f"{r.us_per_packet:.1f} µs ({'met' if r.us_per_packet <= 40 else 'MISSED'})")
+    return "\n".join(out)
+
+
+def record_report(rows: list[Row], args) -> str:
+    """The paired comparison: forwarding alone against forwarding with --record, per viewer count."""
+    def pct(a: float, b: float) -> float:
+        return (b - a) / a * 100 if a else float("inf")
+
+    out = [f"recording overhead: server CPU of `stoa serve --record` against `stoa serve` (forwarding alone), "
+           f"{args.repeats} run(s) each, order alternated; overhead = (median with recording - median alone) "
+           f"/ median alone; 'per pair' compares the two runs of the same repeat",
+           "",
+           "| viewers | alone CPU s/s (runs) | alone median | recording CPU s/s (runs) | recording median "
+           "| overhead | overhead per pair | µs/packet alone -> recording | media written kB/s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    overhead: dict[int, float] = {}
+    for n in sorted({r.n for r in rows}):
+        alone = {r.repeat: r for r in rows if r.n == n and r.system == "stoa"}
+        rec = {r.repeat: r for r in rows if r.n == n and r.system == "stoa+record"}
+        if not alone or not rec:
+            continue
+        a = statistics.median(r.cpu_per_s for r in alone.values())
+        b = statistics.median(r.cpu_per_s for r in rec.values())
+        overhead[n] = pct(a, b)
+        pairs = ", ".join(f"{pct(alone[k].cpu_per_s, rec[k].cpu_per_s):+.1f}%" for k in sorted(alone) if k in rec)
+        ua = statistics.median(r.us_per_packet for r in alone.values())
+        ub = statistics.median(r.us_per_packet for r in rec.values())
+        kbs = statistics.median(r.rec_bytes / args.window / 1000 for r in rec.values())
+        out.append(f"| {n} | {', '.join(f'{alone[k].cpu_per_s:.3f}' for k in sorted(alone))} | {a:.3f} "
+                   f"| {', '.join(f'{rec[k].cpu_per_s:.3f}' for k in sorted(rec))} | {b:.3f} | {overhead[n]:+.1f}% "
+                   f"| {pairs} | {ua:.1f} -> {ub:.1f} | {kbs:.0f} |")
+    out.append("")
+    if 30 in overhead:
+        x = overhead[30]
+        out.append(f"target: recording overhead <= 5% at 30 viewers -> {x:+.1f}% ({'met' if x <= 5 else 'not met'})")
+    elif overhead:
+        top = max(overhead)
+        x = overhead[top]
+        out.append(f"target: recording overhead <= 5% at 30 viewers -> not measured (30 not in --counts); at {top} "
+                   f"viewer(s): {x:+.1f}% ({'met' if x <= 5 else 'not met'}, indicative only)")
+    else:
+        out.append("target: recording overhead <= 5% at 30 viewers -> not measured")
     return "\n".join(out)
 
 
@@ -460,13 +567,23 @@ async def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="stoa-bench-") as tmpdir:
         tmp = Path(tmpdir)
         try:
-            systems = []
-            if not args.no_stoa:
-                systems.append(("stoa", args.counts))
-            if not args.no_ref:
-                systems.append(("mediarelay", args.ref_counts))
-            for system, counts in systems:
-                rows += await measure_system(system, counts, args, tmp, children)
+            if args.record:
+                pair = [("stoa", False), ("stoa+record", True)]
+                runs = [(rep, *variant) for rep in range(args.repeats)
+                        for variant in (pair if rep % 2 == 0 else pair[::-1])]
+                say(f"recording overhead: {len(runs)} runs at {','.join(map(str, args.counts))} viewers, order "
+                    f"{' '.join('B' if rec else 'A' for _, _, rec in runs)} (A = forwarding alone, B = --record)")
+                for i, (rep, system, rec) in enumerate(runs, 1):
+                    say(f"run {i}/{len(runs)}: {system} (repeat {rep + 1}/{args.repeats})")
+                    rows += await measure_system(system, args.counts, args, tmp, children, record=rec, repeat=rep)
+            else:
+                systems = []
+                if not args.no_stoa:
+                    systems.append(("stoa", args.counts))
+                if not args.no_ref:
+                    systems.append(("mediarelay", args.ref_counts))
+                for system, counts in systems:
+                    rows += await measure_system(system, counts, args, tmp, children)
         except Exception as exc:
             say(f"benchmark failed: {exc}")
             for c in children:
@@ -476,7 +593,7 @@ async def run(args) -> int:
         finally:
             await asyncio.gather(*(c.stop() for c in children), return_exceptions=True)
     floor = None
-    if not args.no_ref:
+    if not args.no_ref and not args.record:
         proc = await asyncio.create_subprocess_exec(PY, str(ROOT / "bench" / "peers.py"), "encode-cost",
                                                     stdout=asyncio.subprocess.PIPE, cwd=ROOT)
         out, _ = await asyncio.wait_for(proc.communicate(), 120)
@@ -499,7 +616,11 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=10.0, help="seconds measured per step")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds after adding viewers")
     parser.add_argument("--record", action="store_true",
-                        help="pass --record to `stoa serve` (when supported) to measure with recording on")
+                        help="recording overhead: alternate runs of `stoa serve` (forwarding alone) and "
+                             "`stoa serve --record` at --counts, print both CPU figures and the overhead, and fail "
+                             "if no recording media file grew (no MediaRelay reference in this mode)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="--record: runs of each variant, order alternated (A B, B A, ...)")
     parser.add_argument("--py-spy", metavar="FILE",
                         help="after the last Stoa step, profile the server with py-spy (collapsed stacks to FILE) "
                              "and print where the time goes per forwarded packet")
@@ -515,6 +636,14 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=900, help="hard bound on the whole run")
     parser.add_argument("--output", help="also write the report (markdown tables) here")
     args = parser.parse_args()
+    if args.record:
+        if args.no_stoa:
+            parser.error("--record measures Stoa; it cannot go with --no-stoa")
+        if args.probe:
+            parser.error("--probe runs bench/server_probe.py, which cannot record; leave it out with --record")
+        if args.repeats < 1:
+            parser.error("--repeats must be at least 1")
+        args.no_ref = True
     args.counts = sorted(int(x) for x in args.counts.split(","))
     args.ref_counts = sorted(int(x) for x in args.ref_counts.split(","))
     sys.path.insert(0, str(ROOT))
