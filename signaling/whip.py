@@ -84,16 +84,17 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         return problem(400, f"bad SDP: {exc}")
     # A session's room checks status, bans and capacity here as on the WebSocket.
     try:
-        session = await roomhooks.admit(request.app, room_name, grants, request.query.get("password"))
+        admission = await roomhooks.admit(request.app, room_name, grants, request.query.get("password"))
     except ProtocolError as exc:
         if exc.code == "session_full":
             return problem(503, f"{exc.code}: {exc.message}", **{"Retry-After": "30"})
         return problem(403, f"{exc.code}: {exc.message}")
+    session = admission.session if admission is not None else None
     room = request.app[ROOMS].get_or_create(room_name)
     participant = Participant(grants, transport=kind)
     participant.classroom_session = session
     try:
-        await room.join(participant)
+        await roomhooks.enter(request.app, room, participant, admission)  # a refusal gives the seat back
     except RoomFull as exc:
         return problem(503, f"room full: {exc}", **{"Retry-After": "30"})
     await roomhooks.joined(request.app, session, participant)

@@ -140,12 +140,13 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
     except TokenError as exc:
         raise ProtocolError("unauthorized", exc.reason) from None
     # A session's room: status, bans, password and capacity are checked before anything joins.
-    session = await roomhooks.admit(app, room_name, grants, password)
+    admission = await roomhooks.admit(app, room_name, grants, password)
+    session = admission.session if admission is not None else None
     room = app[ROOMS].get_or_create(room_name)
     participant = Participant(grants, transport="ws", send=send, disconnect=disconnect)
     participant.classroom_session = session
     try:
-        await room.join(participant)
+        await roomhooks.enter(app, room, participant, admission)  # a refusal gives the seat back
     except RoomFull as exc:
         raise ProtocolError("room_full", str(exc)) from None
     await roomhooks.joined(app, session, participant)  # recorded before it is acknowledged

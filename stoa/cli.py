@@ -111,6 +111,29 @@ def _settings(args, **overrides) -> Settings:
     return load_settings(args.config, overrides={"dev": args.dev, **overrides})
 
 
+DATABASE_HINT = "is it running, and is --database (or STOA_DATABASE) right?"
+
+
+def _database_problem(exc: Exception, url: str = "") -> str:
+    """One line for a database Stoa cannot use (a storage.StorageError or the OSError of an unreachable
+    server at `url`): what is wrong and what to do."""
+    from storage import ConfigError as DatabaseUrlError
+    from storage import SchemaError
+    from storage.store import safe_url
+
+    if isinstance(exc, SchemaError):
+        # "behind"/"empty" already end in "run `stoa db upgrade`"; "ahead" in "upgrade Stoa".
+        if exc.status is not None and exc.status.state == "ahead":
+            return f"{exc}, or point --database (or STOA_DATABASE) at another database"
+        return str(exc)
+    if isinstance(exc, DatabaseUrlError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" {safe_url(url)}" if url else ""
+        return f"cannot reach the database{where}: {exc}; {DATABASE_HINT}"
+    return f"{exc}; {DATABASE_HINT}"  # "cannot open database postgresql://...: ..."
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -139,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args) -> int:
     from aiohttp import web
 
+    from storage import StorageError
     from stoa.app import build_app
 
     settings = _settings(args, host=args.host, port=args.port, ice_addresses=args.ice_addresses,
@@ -161,15 +185,23 @@ def _serve(args) -> int:
         import gc
         gc.freeze()
 
+    async def announce(app) -> None:
+        # After the database and the services opened: a database Stoa cannot use stops us before this.
+        url = f"http://{settings.host}:{settings.port}/"
+        print(f"Stoa listening on {url}", flush=True)
+        if settings.dev:
+            print(f"  development mode: API key {settings.api_key!r}, secret {settings.api_secret!r}")
+            print(f"  open {url} to create a room and join it in two tabs")
+        if not settings.ice_servers:
+            print("  ICE: no STUN/TURN servers configured (host candidates only)")
+
     app.on_startup.append(freeze_startup_objects)
-    url = f"http://{settings.host}:{settings.port}/"
-    print(f"Stoa listening on {url}", flush=True)
-    if settings.dev:
-        print(f"  development mode: API key {settings.api_key!r}, secret {settings.api_secret!r}")
-        print(f"  open {url} to create a room and join it in two tabs")
-    if not settings.ice_servers:
-        print("  ICE: no STUN/TURN servers configured (host candidates only)")
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    app.on_startup.append(announce)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    except StorageError as exc:  # raised by the store's start-up hook: schema mismatch, unreachable server
+        print(f"stoa serve: {_database_problem(exc)}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -191,7 +223,7 @@ def _with_store(args, command: str, work, *, check: bool = True, upgrade_sqlite:
     """Open the configured database, run `await work(store, settings)`, close it; errors say what to do."""
     from pathlib import Path
 
-    from storage import SchemaError, StorageError, open_store
+    from storage import StorageError, open_store
 
     settings = load_settings(args.config, overrides={"dev": True, "database": args.database,
                                                      "data_dir": args.data_dir})
@@ -202,14 +234,14 @@ def _with_store(args, command: str, work, *, check: bool = True, upgrade_sqlite:
         try:
             store = await open_store(settings.database_url, check=check,
                                      auto_upgrade=upgrade_sqlite and not settings.database)
-        except (SchemaError, StorageError) as exc:
-            print(f"stoa {command}: {exc}", file=sys.stderr)
+        except StorageError as exc:
+            print(f"stoa {command}: {_database_problem(exc)}", file=sys.stderr)
             return 2
         try:
             return await work(store, settings)
-        except OSError as exc:  # the server went away, or was never there (check=False skips the probe)
-            print(f"stoa {command}: cannot reach the database: {exc}; is it running, and is "
-                  "--database (or STOA_DATABASE) right?", file=sys.stderr)
+        except (OSError, StorageError) as exc:
+            # The server went away, or was never there (check=False skips open_store's probe).
+            print(f"stoa {command}: {_database_problem(exc, settings.database_url)}", file=sys.stderr)
             return 2
         finally:
             await store.close()
@@ -218,14 +250,22 @@ def _with_store(args, command: str, work, *, check: bool = True, upgrade_sqlite:
 
 
 def _db(args) -> int:
-    async def work(store, settings) -> int:
-        if args.action == "upgrade":
-            print(f"database is at revision {await store.upgrade()}")
-        else:
-            print(await store.schema_status())
-        return 0
+    """`db status` prints the schema's state (exit 0 when at this Stoa's revision, else 1); `db upgrade` applies
+    pending migrations and prints the new state, and refuses (exit 2) a database newer than this Stoa."""
+    from storage import SchemaError
 
-    return _with_store(args, "db", work, check=False)
+    async def work(store, settings) -> int:
+        status = await store.schema_status()
+        if args.action == "upgrade":
+            if status.state == "ahead":
+                print(f"stoa db upgrade: {_database_problem(SchemaError(status.message, status))}",
+                      file=sys.stderr)
+                return 2
+            status = await store.upgrade()
+        print(status.message)
+        return 0 if status.ok else 1
+
+    return _with_store(args, f"db {args.action}", work, check=False)
 
 
 def _recording(args) -> int:

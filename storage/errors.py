@@ -8,7 +8,12 @@ class StorageError(Exception):
 
 
 class SchemaError(StorageError):
-    """The database schema does not match this Stoa; the message says what to run."""
+    """The database schema does not match this Stoa; the message says what to run. `status` is the
+    SchemaStatus that failed the check (its `state` is "behind", "ahead" or "empty") when known."""
+
+    def __init__(self, message: str, status=None):
+        super().__init__(message)
+        self.status = status
 
 
 class ConfigError(StorageError, ValueError):

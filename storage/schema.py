@@ -1,5 +1,6 @@
 """Table definitions (SQLAlchemy Core). The migrations in storage/migrations are the source of truth for the
-database; these objects must match them (tests/test_storage_migrations.py compares the two).
+database; these objects must match them (tests/test_storage.py::test_migrations_match_schema_module compares
+the two).
 
 Portable types only: text ids (uuid4 hex) or integer autoincrement, float epoch seconds, JSON stored as TEXT.
 """

@@ -202,7 +202,7 @@ class Store:
     async def check(self) -> None:
         status = await self.schema_status()
         if not status.ok:
-            raise SchemaError(status.message)
+            raise SchemaError(status.message, status)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -263,7 +263,7 @@ async def open_store(url: str, *, check: bool = True, auto_upgrade: bool = False
             if auto_upgrade and backend == "sqlite" and status.state in ("empty", "behind"):
                 status = await store.upgrade()
             if check and not status.ok:
-                raise SchemaError(status.message)
+                raise SchemaError(status.message, status)
     except BaseException:
         await store.close()
         raise

@@ -12,8 +12,9 @@ from aiohttp import web
 
 from classroom.errors import (Banned, BadPassword, ClassroomError, InvalidInput, NotFound, PermissionDenied,
                               SessionClosed, SessionFull)
-from classroom.sessions import PARTICIPANT_ROLES, STAFF_ROLES
+from classroom.sessions import PARTICIPANT_ROLES, STAFF_ROLES, Admission
 from signaling.api.identity import Principal
+from signaling.room import RoomFull
 from signaling.schemas import ProtocolError
 from stoa.appkeys import RECORDINGS, ROOMS, SESSIONS, STORE
 
@@ -57,9 +58,12 @@ async def staff_role(app: web.Application, principal: Principal, session) -> str
 
 # -- join / leave -------------------------------------------------------------------------------------------
 
-async def admit(app: web.Application, room_name: str, grants, password: str | None):
-    """Check a WebSocket join against the room's session; returns the session (None: ad hoc room) or raises
-    ProtocolError with a clear code. Nothing about the room has changed when it raises."""
+async def admit(app: web.Application, room_name: str, grants, password: str | None) -> Admission | None:
+    """Check a join (WebSocket, WHIP or WHEP) against the room's session; returns the Admission (its
+    `.session` is the session; None: ad hoc room) or raises ProtocolError with a clear code. Nothing about the
+    room has changed when it raises. Admission records the identity (taking a seat unless staff) but opens no
+    presence interval: `joined` does, once the room has taken the participant. Join the room through `enter`
+    so that a refusal there gives the seat back."""
     sessions = app.get(SESSIONS)
     if sessions is None:
         return None
@@ -79,10 +83,33 @@ async def admit(app: web.Application, room_name: str, grants, password: str | No
     elif role in STAFF_ROLES:
         role = "student"
     try:
-        await sessions.admit(session.id, grants.identity, role, password, name=grants.name)
+        return await sessions.admit(session.id, grants.identity, role, password, name=grants.name)
     except ClassroomError as exc:
         raise ProtocolError(ADMISSION_CODES.get(type(exc), exc.code), exc.message) from None
-    return session
+
+
+async def enter(app: web.Application, room, participant, admission: Admission | None) -> None:
+    """`room.join(participant)` after `admit`. When the room refuses (RoomFull: the server's
+    `max_participants` is lower than the session's capacity), what admission took is given back before RoomFull
+    propagates, so the refusal leaves no seat taken and no admission recorded."""
+    try:
+        await room.join(participant)
+    except RoomFull:
+        await unadmit(app, admission, room)
+        raise
+
+
+async def unadmit(app: web.Application, admission: Admission | None, room=None) -> None:
+    """Undo an `admit` whose join did not happen. A reconnect (`admission.already`) keeps the seat it held
+    before; so does an identity that is in the room on another connection."""
+    if admission is None or admission.already:
+        return
+    if room is not None and admission.identity in room.participants:
+        return
+    try:
+        await app[STORE].sessions.release(admission.session.id, admission.identity)
+    except Exception:
+        log.exception("admission: giving back %s's seat in %s failed", admission.identity, admission.session.room)
 
 
 async def joined(app: web.Application, session, participant) -> None:
