@@ -100,6 +100,61 @@ async def test_chat_text_limit_history_and_system_messages(make_room):
     assert [m["text"] for m in page] == [f"m{i}" for i in range(5, -1, -1)] + ["é" * 2048]
 
 
+async def test_author_deletes_own_message_and_everyone_sees_it(make_room):
+    room = make_room()
+    alice, bob = await joined(room, Client("alice"), Client("bob"))
+    keep = ok(await request(room, alice, "chat.send", {"text": "keep"}))["message_id"]
+    gone = ok(await request(room, alice, "chat.send", {"text": "oops"}))["message_id"]
+    assert ok(await request(room, alice, "chat.delete", {"message_id": gone})) == {"message_id": gone}
+    for who in (alice, bob):
+        assert who.last("chat.deleted")["data"] == {"message_id": gone, "by": "alice"}
+    assert [m["id"] for m in (await room.state_for(Client("late")))["chat"]] == [keep]
+    refused(await request(room, alice, "chat.delete", {"message_id": gone}), "not_found")
+
+
+async def test_moderator_unpins_and_everyone_sees_it(make_room):
+    room = make_room()
+    teacher, mod, alice = await joined(room, Client("teacher", "instructor"), Client("mod", "moderator"),
+                                       Client("alice"))
+    mid = ok(await request(room, alice, "chat.send", {"text": "important"}))["message_id"]
+    ok(await request(room, teacher, "chat.pin", {"message_id": mid}))
+    assert [m["id"] for m in (await room.state_for(alice))["pinned"]] == [mid]
+    assert ok(await request(room, mod, "chat.pin", {"message_id": mid, "pinned": False})) == \
+        {"message_id": mid, "pinned": False}
+    for who in (teacher, mod, alice):
+        unpinned = who.last("chat.pinned")["data"]
+        assert unpinned["message_id"] == mid and unpinned["pinned"] is False
+        assert unpinned["message"]["pinned"] is False
+    state = await room.state_for(Client("late"))
+    assert state["pinned"] == []
+    assert [(m["id"], m["pinned"]) for m in state["chat"]] == [(mid, False)]
+    refused(await request(room, alice, "chat.pin", {"message_id": mid, "pinned": False}), "forbidden")
+
+
+async def test_deleting_a_recent_message_backfills_history_from_storage(make_room):
+    clock = FakeClock()
+    room = make_room(clock=clock)
+    teacher, alice = await joined(room, Client("teacher", "instructor"), Client("alice"))
+    ids = []
+    for i in range(102):
+        clock.advance(1)
+        ids.append(ok(await request(room, alice, "chat.send", {"text": f"m{i}"}))["message_id"])
+
+    async def texts(r):
+        return [m["text"] for m in (await r.state_for(Client("late")))["chat"]]
+
+    assert await texts(room) == [f"m{i}" for i in range(2, 102)]
+    ok(await request(room, alice, "chat.delete", {"message_id": ids[50]}))  # own, inside the window
+    assert await texts(room) == [f"m{i}" for i in range(1, 102) if i != 50]
+    ok(await request(room, teacher, "chat.delete", {"message_id": ids[1]}))  # the oldest in the window
+    assert await texts(room) == [f"m{i}" for i in range(0, 102) if i not in (1, 50)]
+    ok(await request(room, teacher, "chat.delete", {"message_id": ids[0]}))  # storage runs out: 99 left
+    live = await texts(room)
+    assert live == [f"m{i}" for i in range(2, 102) if i != 50] and len(live) == 99
+    # what a restarted room loads from storage is what the running one holds
+    assert await texts(make_room(session_id=room.session_id)) == live
+
+
 async def test_typing_is_throttled_not_acked_not_stored(make_room):
     clock = FakeClock()
     room = make_room(clock=clock)
@@ -254,6 +309,16 @@ async def test_single_choice_poll_refuses_two_choices(make_room):
     assert "single choice" in msg
 
 
+async def test_poll_needs_2_to_10_options(make_room):
+    room = make_room()
+    (teacher,) = await joined(room, Client("teacher", "instructor"))
+    for options in (["only"], [f"o{i}" for i in range(11)]):
+        msg = refused(await request(room, teacher, "poll.create", {"question": "?", "options": options}),
+                      "invalid")
+        assert "/options" in msg, msg
+    assert await room.repo.list_polls(room.session_id) == []
+
+
 async def test_poll_duration_closes_itself_and_close_cancels_timers(make_room):
     room = make_room()
     teacher, a = await joined(room, Client("teacher", "instructor"), Client("a"))
@@ -349,6 +414,22 @@ async def test_quiz_timer_ends_round_and_late_answers_are_refused(make_room, int
     assert (await room.state_for(a))["quiz"] is None
 
 
+async def test_quiz_round_without_duration_lasts_30_seconds(make_room, interactive_store):
+    store, _ = interactive_store
+    name = f"bank-{uuid.uuid4().hex[:8]}"
+    await import_bank(store, bank(name, 2))
+    clock = FakeClock()
+    room = make_room(clock=clock)
+    teacher, a = await joined(room, Client("teacher", "instructor"), Client("a"))
+    started = ok(await request(room, teacher, "quiz.start", {"bank": name}))
+    assert started["ends_at"] == clock.now + 30
+    question = a.last("quiz.question")["data"]
+    assert question["duration_s"] == 30 and question["ends_at"] == clock.now + 30
+    progress = teacher.last("quiz.progress")["data"]
+    assert progress["duration_s"] == 30 and progress["ends_at"] - progress["started_at"] == 30
+    assert (await room.repo.quiz_round(started["round_id"]))["duration_s"] == 30
+
+
 async def test_quiz_with_empty_bank_or_no_students(make_room):
     room = make_room()
     (teacher,) = await joined(room, Client("teacher", "instructor"))
@@ -388,6 +469,23 @@ async def test_whiteboard_permissions_undo_clear_and_late_joiner(make_room):
     s4 = ok(await request(room, b, "whiteboard.stroke", {"tool": "eraser", "points": [[0.5, 0.5]]}))["stroke_id"]
     assert [s["id"] for s in (await room.state_for(late))["whiteboard"]["strokes"]] == [s4]
     assert [s["id"] for s in await room.repo.board(room.session_id)] == [s4]
+
+
+async def test_whiteboard_stroke_rate_limit_keeps_earlier_strokes(make_room):
+    clock = FakeClock()
+    room = make_room(clock=clock)
+    teacher, a = await joined(room, Client("teacher", "instructor"), Client("a"))
+    burst = int(room.options.rates["whiteboard"].burst)
+    dot = {"tool": "pen", "points": [[0.5, 0.5]]}
+    accepted = [ok(await request(room, teacher, "whiteboard.stroke", dot))["stroke_id"] for _ in range(burst)]
+    msg = refused(await request(room, teacher, "whiteboard.stroke", dot), "rate_limited")
+    assert "whiteboard" in msg
+    assert [s["id"] for s in (await room.state_for(a))["whiteboard"]["strokes"]] == accepted
+    assert [s["id"] for s in await room.repo.board(room.session_id)] == accepted
+    assert len(a.of_type("whiteboard.stroke")) == burst
+    clock.advance(1)
+    later = ok(await request(room, teacher, "whiteboard.stroke", dot))["stroke_id"]
+    assert [s["id"] for s in (await room.state_for(a))["whiteboard"]["strokes"]] == accepted + [later]
 
 
 # ---- hands and reactions -----------------------------------------------------------------------------------
@@ -520,6 +618,23 @@ async def test_engagement_counters_and_session_events(make_room, interactive_sto
     types = [e.type for e in await store.events.list(room.session_id)]
     assert types == ["chat", "chat", "question", "question_vote", "poll_create", "poll_open", "vote", "hand",
                      "reaction", "poll_close"]
+
+
+async def test_engagement_counts_strokes_and_quiz_answers(make_room, interactive_store):
+    store, _ = interactive_store
+    name = f"bank-{uuid.uuid4().hex[:8]}"
+    await import_bank(store, bank(name, 2))
+    room = make_room()
+    teacher, a, b = await joined(room, Client("teacher", "instructor"), Client("a"), Client("b"))
+    ok(await request(room, teacher, "whiteboard.permit", {"identities": ["a"]}))
+    ok(await request(room, a, "whiteboard.stroke", {"tool": "pen", "points": [[0.1, 0.1], [0.2, 0.2]]}))
+    ok(await request(room, a, "whiteboard.stroke", {"tool": "pen", "points": [[0.3, 0.3]]}))
+    rid = ok(await request(room, teacher, "quiz.start", {"bank": name, "duration_s": 600}))["round_id"]
+    ok(await request(room, a, "quiz.answer", {"round_id": rid, "choice": 1}))
+    counters = await room.repo.engagement(room.session_id)
+    assert counters["a"] == {"chat_messages": 0, "questions": 0, "votes": 0, "hand_raises": 0, "reactions": 0,
+                             "strokes": 2, "quiz_answers": 1}
+    assert counters.get("b", {}).get("quiz_answers", 0) == 0  # assigned a question, did not answer
 
 
 async def test_acknowledged_writes_survive_a_restart(interactive_store):

@@ -46,6 +46,16 @@ class Chat(Feature):
         while len(self.recent) > self.room.options.chat_history:
             self.recent.popitem(last=False)
 
+    async def _forget(self, message_id: int) -> None:
+        """Drop a deleted message from `recent` and backfill it with older non-deleted ones from storage, so
+        joiners still get the newest `chat_history` messages that exist."""
+        oldest = next(iter(self.recent))  # <= message_id: the page below it cannot hold the deleted message
+        del self.recent[message_id]
+        missing = self.room.options.chat_history - len(self.recent)
+        if missing > 0:
+            older = await self.repo.chat_page(self.session_id, before_id=oldest, limit=missing)  # newest first
+            self.recent = OrderedDict([*((r["id"], r) for r in reversed(older)), *self.recent.items()])
+
     async def _get(self, message_id: int) -> dict:
         row = self.recent.get(message_id) or self.pinned.get(message_id)
         if row is None:
@@ -98,7 +108,8 @@ class Chat(Feature):
         if not own and not is_moderator(ctx.member):
             raise ProtocolError("forbidden", f"chat message {row['id']} is not yours; only moderators delete others'")
         await self.repo.delete_chat(row["id"], ctx.identity, ctx.now)
-        self.recent.pop(row["id"], None)
+        if row["id"] in self.recent:
+            await self._forget(row["id"])
         self.pinned.pop(row["id"], None)
         await self.room.record(ctx, "chat_delete", {"message_id": row["id"], "own": own})
         ctx.fanout({"type": "chat.deleted", "data": {"message_id": row["id"], "by": ctx.identity}})
