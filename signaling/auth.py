@@ -114,6 +114,8 @@ def verify_token(token: str, api_keys: Mapping[str, str], *, room: str | None = 
         raise TokenError(f"token role {claims['role']!r} is unknown")
     if room is not None and claims["room"] != room:
         raise TokenError(f"token is for room {claims['room']!r}, not {room!r}")
+    if room == "*":  # "*" tokens (dashboards, /ws/notify, operators) are for no room, not for a room named "*"
+        raise TokenError("'*' is not a room: a token with room '*' joins no room")
     return Grants(
         identity=str(claims["sub"]),
         room=str(claims["room"]),

@@ -21,16 +21,15 @@ MAX_BANK_BYTES = 1024 * 1024
 MAX_PNG_SIDE = 4096
 
 
-async def session_key(app: web.Application, room: str) -> str:
-    return bridge_session_key(room, await app[STORE].sessions.get_by_room(room))
-
-
-async def _reader(request: web.Request) -> tuple[Principal, str]:
+async def _reader(request: web.Request) -> tuple[Principal, str, str]:
+    """The caller, the room and its classroom-data key; Problem(403) unless the caller may read the room
+    (Principal.may_read_room: room "*" is no pass to every room)."""
     principal = await authenticate(request, request.app[KEYRING], allow_query_token=True)
     room = request.match_info["room"]
-    if not principal.scoped_to(room):
-        raise Problem(403, "forbidden", f"this token is not for room {room!r}")
-    return principal, room
+    session = await request.app[STORE].sessions.get_by_room(room)
+    if not principal.may_read_room(room, session):
+        raise Problem(403, "forbidden", f"this token may not read room {room!r}")
+    return principal, room, bridge_session_key(room, session)
 
 
 def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -48,11 +47,10 @@ def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi
 
 async def get_chat(request: web.Request) -> web.Response:
     """Chat history of a room's classroom, newest first; page with ?before=<id>&limit=<1..500>"""
-    _, room = await _reader(request)
+    _, room, key = await _reader(request)
     before = _int_param(request, "before", None, 1, 2**63 - 1)
     limit = _int_param(request, "limit", 100, 1, 500)
-    messages = await chat_history(request.app[STORE], await session_key(request.app, room),
-                                  before_id=before, limit=limit)
+    messages = await chat_history(request.app[STORE], key, before_id=before, limit=limit)
     body = {"room": room, "messages": messages,
             "next_before": messages[-1]["id"] if len(messages) == limit else None}
     return web.json_response(body)
@@ -60,10 +58,10 @@ async def get_chat(request: web.Request) -> web.Response:
 
 async def get_whiteboard_png(request: web.Request) -> web.Response:
     """The room's current whiteboard rasterized as a PNG (?width=&height=, default 1280x720)"""
-    _, room = await _reader(request)
+    _, _room, key = await _reader(request)
     width = _int_param(request, "width", 1280, 16, MAX_PNG_SIDE)
     height = _int_param(request, "height", 720, 16, MAX_PNG_SIDE)
-    png = await board_png(request.app[STORE], await session_key(request.app, room), width, height)
+    png = await board_png(request.app[STORE], key, width, height)
     return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "no-store"})
 
 

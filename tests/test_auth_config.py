@@ -40,6 +40,10 @@ def test_token_failures_name_the_problem():
         verify_token(old, {KEY: SECRET})
     with pytest.raises(TokenError, match="not a valid JWT"):
         verify_token("x.y", {KEY: SECRET})
+    star = mint_token(KEY, SECRET, room="*", identity="a", role="student")
+    assert verify_token(star, {KEY: SECRET}).room == "*"  # fine where no room is asked for (dashboards)
+    with pytest.raises(TokenError, match="'\\*' is not a room"):
+        verify_token(star, {KEY: SECRET}, room="*")  # but it joins no room, not even one named "*"
     with pytest.raises(ValueError):
         mint_token(KEY, SECRET, room="r", identity="a", role="viewer", can_publish=True)
 

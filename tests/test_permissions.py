@@ -1,6 +1,9 @@
 """Permission matrix: every REST and room-protocol action, tried by every kind of caller against a real
 server. Only the callers listed as allowed may succeed; the others get 401 (no or revoked credentials) or
-403 (authenticated but not allowed).
+403 (authenticated but not allowed), or an action's own `refused` status (e.g. 404: "not your track").
+
+A '*' token is no pass to every room: the room's chat and whiteboard are for admins, the room's own tokens,
+operators and (instructor '*' tokens) the instructor of the room's session only.
 
 Callers:
   admin             API key and secret (Basic)
@@ -9,7 +12,9 @@ Callers:
   moderator         "ta", a moderator token for the session's room
   student           a student token for the session's room (the requesting student for tutoring)
   student_elsewhere a student token for another room
+  student_star      "stu-star", a student token with room '*' (as for the dashboard and /ws/notify)
   viewer            a viewer token for the session's room
+  operator          "olga", an operator token (room '*'): reviews recordings of every room
   none              no credentials (protocol: a garbage token)
   revoked_key       a revoked API key's Basic credentials
   revoked_token     a token (instructor "prof", room '*' / the room) signed by a revoked API key
@@ -27,11 +32,12 @@ from signaling.auth import mint_token
 from tests.client import RoomClient
 from tests.media import CounterVideoTrack
 
-CALLERS = ["admin", "instructor", "other_instructor", "moderator", "student", "student_elsewhere", "viewer",
-           "none", "revoked_key", "revoked_token"]
+CALLERS = ["admin", "instructor", "other_instructor", "moderator", "student", "student_elsewhere",
+           "student_star", "viewer", "operator", "none", "revoked_key", "revoked_token"]
 UNAUTHENTICATED = {"none", "revoked_key", "revoked_token"}
 AUTHENTICATED = set(CALLERS) - UNAUTHENTICATED
-WRONG_ROOM = {"other_instructor", "student_elsewhere"}
+WRONG_ROOM = {"other_instructor", "student_elsewhere", "student_star", "operator"}  # no token for the room
+ROOM_READERS = {"admin", "instructor", "moderator", "student", "viewer", "operator"}  # chat, whiteboard
 STAFF = {"admin", "instructor", "moderator"}
 OWNER = {"admin", "instructor"}
 
@@ -47,9 +53,10 @@ class Env:
     def uid(self, prefix: str) -> str:
         return f"{prefix}{next(self.ids)}"
 
-    async def session(self, *, live: bool = False) -> dict:
+    async def session(self, *, live: bool = False, features: dict | None = None) -> dict:
         s = await self.api.ok("POST", "/api/sessions", auth=self.api.admin,
-                              json={"title": "Matrix", "instructor": "prof", "room": self.uid("room-")})
+                              json={"title": "Matrix", "instructor": "prof", "room": self.uid("room-"),
+                                    **({"features": features} if features else {})})
         if live:
             s = await self.api.ok("POST", f"/api/sessions/{s['id']}/start", auth=self.api.admin)
         return s
@@ -70,7 +77,9 @@ class Env:
             "moderator": api.bearer(room, "ta", "moderator"),
             "student": api.bearer(ctx.get("student_room", room), ctx.get("student", "stu"), "student"),
             "student_elsewhere": api.bearer("elsewhere", "stu-x", "student"),
+            "student_star": api.bearer("*", "stu-star", "student"),
             "viewer": api.bearer(room, "vi", "viewer"),
+            "operator": api.bearer("*", "olga", "operator"),
             "none": {},
             "revoked_key": api.basic(key, secret),
             "revoked_token": {"Authorization": "Bearer " + mint_token(key, secret, room="*", identity="prof",
@@ -86,13 +95,16 @@ class Env:
             "moderator": t(room, "ta", "moderator"),
             "student": t(room, "stu", "student"),
             "student_elsewhere": t("elsewhere", "stu-x", "student"),
+            "student_star": t("*", "stu-star", "student"),
             "viewer": t(room, "vi", "viewer"),
+            "operator": t("*", "olga", "operator"),
             "none": "not-a-token",
             "revoked_token": mint_token(key, secret, room=room, identity="prof", role="instructor"),
         }.get(caller)
 
 
 Prep = Callable[[Env], Awaitable[dict]]
+Run = Callable[[RoomClient, dict], Awaitable[dict]]  # a protocol exchange after joining; returns the reply
 
 
 @dataclass
@@ -103,8 +115,10 @@ class Action:
     method: str = ""
     path: str = ""                 # formatted with the prep's dict
     body: dict | None = None
-    protocol: dict | None = None   # a room-protocol message (formatted), sent after joining
+    protocol: dict | None = None   # a room-protocol message, sent after joining
     callers: list[str] = field(default_factory=lambda: list(CALLERS))
+    run: Run | None = None         # instead of `protocol`: a protocol exchange (publish, then mute, ...)
+    refused: int = 403             # what an authenticated caller who is not allowed gets
 
 
 async def scheduled(env: Env) -> dict:
@@ -183,10 +197,79 @@ async def nothing(env: Env) -> dict:
     return {}
 
 
+async def adhoc_room(env: Env) -> dict:
+    return {"room": env.uid("adhoc-")}  # no session row: nobody's session
+
+
+async def star_room(env: Env) -> dict:
+    return {"room": "*"}  # every room-scoped caller then holds a '*' token
+
+
+async def a_recording(env: Env) -> dict:
+    """A finished recording of a session that shares it: "ta" is a named moderator, "stu" took part."""
+    import time
+
+    from stoa.appkeys import RECORDINGS, STORE
+    from storage import schema as t
+
+    s = await env.session(features={"recording": True})
+    await env.api.ok("POST", f"/api/sessions/{s['id']}/moderators", auth=env.api.admin, json={"identity": "ta"})
+    store, repo, now = env.server.app[STORE], env.server.app[RECORDINGS].repo, time.time()
+    await store.sessions.presence_join(s["id"], "stu", name="Stu", role="student", now=now, grace_s=0)
+    rid = t.new_id()
+    directory = f"{env.server.settings.data_dir}/recordings/{rid}"
+    await repo.create(id=rid, room=s["room"], started_at=now, directory=directory,
+                      manifest_path=directory + "/manifest.json", session_id=s["id"])
+    await repo.update(rid, status="ready", ended_at=now + 3, duration_s=3.0)
+    return {"sid": s["id"], "room": s["room"], "rec": rid}
+
+
 S = "/api/sessions/{sid}"
 T = "/api/tutoring/{rid}"
 PROTOCOL_CALLERS = [c for c in CALLERS if c not in ("admin", "revoked_key")]  # API keys don't join rooms
 TUTORING_READERS = {"admin", "instructor", "other_instructor", "student"}
+DASHBOARD = {"admin", "instructor", "other_instructor", "student", "student_elsewhere", "student_star"}
+# A recording of a session that shares it: admins, operators, and room tokens (not viewers) of its staff and
+# of those who took part. Room '*' tokens other than operators' see none (docs/recording.md).
+RECORDING_READERS = {"admin", "moderator", "student", "operator"}
+BANK = {"bank": "matrix", "questions": [{"prompt": "2 + 2?", "choices": ["3", "4"], "answer": 1}]}
+
+
+async def publish(c: RoomClient, ctx: dict) -> dict:
+    return await c.publish(CounterVideoTrack(), sources=["camera"])
+
+
+async def mute_own(c: RoomClient, ctx: dict) -> dict:
+    reply = await publish(c, ctx)
+    if reply["type"] == "error":
+        return reply
+    track_id = (await c.expect("track_published"))["track"]["track_id"]
+    return await c.request({"type": "mute", "track_id": track_id, "muted": True}, "track_muted", "error")
+
+
+async def unpublish_own(c: RoomClient, ctx: dict) -> dict:
+    reply = await publish(c, ctx)
+    if reply["type"] == "error":
+        return reply
+    track_id = (await c.expect("track_published"))["track"]["track_id"]
+    return await c.request({"type": "unpublish", "track_id": track_id}, "track_unpublished", "error")
+
+
+async def mute_victims(c: RoomClient, ctx: dict) -> dict:
+    return await c.request({"type": "mute", "track_id": ctx["track_id"], "muted": True}, "track_muted", "error")
+
+
+async def unpublish_victims(c: RoomClient, ctx: dict) -> dict:
+    return await c.request({"type": "unpublish", "track_id": ctx["track_id"]}, "track_unpublished", "error")
+
+
+async def record(c: RoomClient, ctx: dict) -> dict:
+    reply = await c.request({"type": "recording", "action": "start"}, "recording_ok", "error", timeout=20)
+    if reply["type"] == "recording_ok":  # stop at once: the matrix only asks who may start
+        stopped = await c.request({"type": "recording", "action": "stop"}, "recording_ok", "error", timeout=30)
+        assert stopped["type"] == "recording_ok", stopped
+    return reply
+
 
 ACTIONS = [
     Action("create session", {"admin", "instructor", "other_instructor"}, nothing, "POST", "/api/sessions",
@@ -208,10 +291,10 @@ ACTIONS = [
     Action("lift ban", STAFF, with_ban, "DELETE", S + "/bans/kid"),
     Action("remove participant", STAFF, with_victim, "DELETE", S + "/participants/victim"),
     Action("mute participant", STAFF, with_publishing_victim, "POST", S + "/participants/victim/mute", {}),
-    Action("request tutoring", {"student", "student_elsewhere"}, fresh_student, "POST", "/api/tutoring",
-           {"note": "please"}),
-    Action("tutoring dashboard", {"admin", "instructor", "other_instructor", "student", "student_elsewhere"},
-           nothing, "GET", "/api/tutoring"),
+    Action("request tutoring", {"student", "student_elsewhere", "student_star"}, fresh_student, "POST",
+           "/api/tutoring", {"note": "please"}),
+    Action("tutoring dashboard", DASHBOARD, nothing, "GET", "/api/tutoring"),
+    Action("dashboard json", DASHBOARD, nothing, "GET", "/api/dashboard"),
     Action("get tutoring request", TUTORING_READERS, pending_request, "GET", T),
     Action("accept tutoring", {"admin", "instructor", "other_instructor"}, pending_request, "POST",
            T + "/accept"),
@@ -222,13 +305,43 @@ ACTIONS = [
     Action("tutoring join link", {"instructor", "student"}, accepted_request, "GET", T + "/join"),
     Action("list webhooks", {"admin"}, nothing, "GET", "/api/webhooks"),
     Action("add webhook", {"admin"}, nothing, "POST", "/api/webhooks", {"url": "http://127.0.0.1:9/hook"}),
+    Action("get webhook", {"admin"}, a_webhook, "GET", "/api/webhooks/{wid}"),
     Action("remove webhook", {"admin"}, a_webhook, "DELETE", "/api/webhooks/{wid}"),
     Action("list api keys", {"admin"}, nothing, "GET", "/api/keys"),
     Action("create api key", {"admin"}, nothing, "POST", "/api/keys", {}),
     Action("revoke api key", {"admin"}, a_key, "DELETE", "/api/keys/{key}"),
+    # Room data: a '*' token is not a token for every room.
+    Action("chat history", ROOM_READERS, scheduled, "GET", "/api/rooms/{room}/chat"),
+    Action("whiteboard png", ROOM_READERS, scheduled, "GET", "/api/rooms/{room}/whiteboard.png"),
+    Action("chat history, ad hoc room", ROOM_READERS - {"instructor"}, adhoc_room, "GET",
+           "/api/rooms/{room}/chat"),
+    Action("chat history of a room named '*'", {"admin", "operator"}, star_room, "GET",
+           "/api/rooms/{room}/chat"),
+    Action("import quiz bank", {"admin", "instructor", "other_instructor"}, nothing, "POST", "/api/quiz/banks",
+           BANK),
+    # Recordings (docs/recording.md).
+    Action("list recordings", AUTHENTICATED, a_recording, "GET", "/api/recordings"),
+    Action("get recording", RECORDING_READERS, a_recording, "GET", "/api/recordings/{rec}"),
+    Action("recording progress", RECORDING_READERS, a_recording, "POST", "/api/recordings/{rec}/progress",
+           {"position": 1.0, "watched_seconds": 1.0}),
+    Action("room recording status", {"admin", "moderator", "student", "viewer", "operator"}, scheduled, "GET",
+           "/api/rooms/{room}/recording"),
     # The room protocol.
     Action("join session room", {"instructor", "moderator", "student", "viewer"}, live,
            protocol={"type": "ping"}, callers=PROTOCOL_CALLERS),
+    Action("join a room named '*'", set(), star_room, protocol={"type": "ping"}, refused=401,
+           callers=PROTOCOL_CALLERS),  # a '*' token is for no room, not for one named '*'
+    Action("publish", {"instructor", "moderator"}, live, run=publish, callers=PROTOCOL_CALLERS),
+    Action("mute own track", {"instructor", "moderator"}, live, run=mute_own, callers=PROTOCOL_CALLERS),
+    Action("unpublish own track", {"instructor", "moderator"}, live, run=unpublish_own,
+           callers=PROTOCOL_CALLERS),
+    # Only `moderate` touches someone else's track; plain mute/unpublish answer "not your track" to everyone.
+    Action("mute someone else's track", set(), with_publishing_victim, run=mute_victims, refused=404,
+           callers=PROTOCOL_CALLERS),
+    Action("unpublish someone else's track", set(), with_publishing_victim, run=unpublish_victims, refused=404,
+           callers=PROTOCOL_CALLERS),
+    Action("start recording", {"instructor", "moderator"}, with_publishing_victim, run=record,
+           callers=PROTOCOL_CALLERS),
     Action("moderate: mute", {"instructor", "moderator"}, with_publishing_victim,
            protocol={"type": "moderate", "action": "mute", "identity": "victim"}, callers=PROTOCOL_CALLERS),
     Action("moderate: remove", {"instructor", "moderator"}, with_victim,
@@ -240,8 +353,15 @@ ACTIONS = [
 
 async def attempt_rest(env: Env, action: Action, caller: str, ctx: dict) -> tuple[int, Any]:
     path = action.path.format(**ctx)
-    body = action.body
-    return await env.api.call(action.method, path, auth=env.rest_auth(caller, ctx), json=body)
+    status, headers, raw = await env.api.raw(action.method, path, auth=env.rest_auth(caller, ctx),
+                                             json=action.body)
+    ctype = headers.get("Content-Type", "")
+    if status >= 400:
+        assert ctype.startswith("application/problem+json"), (status, raw[:300])
+    return status, (raw.decode() if "json" in ctype or ctype.startswith("text/") else ctype)
+
+
+PROTOCOL_STATUS = {"unauthorized": 401, "forbidden": 403, "not_found": 404}
 
 
 async def attempt_protocol(env: Env, action: Action, caller: str, ctx: dict) -> tuple[int, Any]:
@@ -250,10 +370,13 @@ async def attempt_protocol(env: Env, action: Action, caller: str, ctx: dict) -> 
     env.clients.append(c)
     if c.joined["type"] == "error":
         return (401 if c.joined["code"] == "unauthorized" else 403), c.joined
-    msg = dict(action.protocol)
-    reply = await c.request(msg, "pong" if msg["type"] == "ping" else "moderated", "error")
+    if action.run is not None:
+        reply = await action.run(c, ctx)
+    else:
+        msg = dict(action.protocol)
+        reply = await c.request(msg, "pong" if msg["type"] == "ping" else "moderated", "error")
     if reply["type"] == "error":
-        return (401 if reply["code"] == "unauthorized" else 403 if reply["code"] == "forbidden" else 400), reply
+        return PROTOCOL_STATUS.get(reply["code"], 400), reply
     return 200, reply
 
 
@@ -266,16 +389,17 @@ async def test_permission_matrix(stoa_server, api, action: Action):
     try:
         for caller in action.callers:
             ctx = await action.prep(env)
-            if action.protocol is not None:
+            protocol = action.protocol is not None or action.run is not None
+            if protocol:
                 status, body = await attempt_protocol(env, action, caller, ctx)
             else:
                 status, body = await attempt_rest(env, action, caller, ctx)
             # Over the protocol a token for another room does not authenticate for this one.
-            unauthenticated = UNAUTHENTICATED | (WRONG_ROOM if action.protocol is not None else set())
+            unauthenticated = UNAUTHENTICATED | (WRONG_ROOM if protocol else set())
             if caller in action.allowed:
                 ok = 200 <= status < 300
             else:
-                ok = status == (401 if caller in unauthenticated else 403)
+                ok = status == (401 if caller in unauthenticated else action.refused)
             if not ok:
                 wrong.append(f"{caller}: {status} {body}")
             for c in env.clients:

@@ -42,9 +42,23 @@ class Principal:
         return Actor(identity=self.identity, name=self.name, instructor=self.role == "instructor",
                      admin=self.admin)
 
-    def scoped_to(self, room: str) -> bool:
-        """The token may be used for `room` (admins: every room)."""
-        return self.admin or self.room in ("*", room)
+    def may_read_room(self, room: str, session=None) -> bool:
+        """May read `room`'s data over REST (chat history, whiteboard). `session`: the room's session row, if any.
+
+        Room "*" is not a pass to every room: students and instructors get "*" tokens for their dashboard and
+        /ws/notify. So: admins; a token for exactly this room; an operator "*" token (operators review every
+        room's recordings, chat included); an instructor "*" token for the rooms of its own sessions. Nobody
+        else, whatever the room claim."""
+        if self.admin:
+            return True
+        if room != "*" and self.room == room:
+            return True
+        if self.room != "*":
+            return False
+        if self.role == "operator":
+            return True
+        return (self.role == "instructor" and session is not None and session.room == room
+                and session.instructor == self.identity)
 
 
 class KeyRing:
