@@ -75,11 +75,13 @@ class _Active:
         self.watcher: asyncio.Task | None = None
         self.pending: set[asyncio.Task] = set()
         self.stopping: asyncio.Task | None = None
+        self.problems: dict[str, str] = {}   # file name (or manifest.json) -> what went wrong, as reported live
 
 
-def summarize(directory: str) -> dict:
-    """Files, duration and size of a finished (or recovered) recording directory, from its manifest."""
-    manifest = read_manifest(directory)
+def summarize(directory: str, manifest: dict | None = None) -> dict:
+    """Files, duration and size of a finished (or recovered) recording directory, from its manifest
+    (`manifest`, when the one on disk is stale because it could not be written)."""
+    manifest = manifest if manifest is not None else read_manifest(directory)
     tracks = [t for t in manifest["tracks"] if os.path.exists(os.path.join(directory, t["file"]))]
     starts = [t["start_time"] for t in tracks if t.get("start_time") is not None and t.get("frames", 0) > 0]
     t0 = min(starts) if starts else None
@@ -137,23 +139,30 @@ class RecordingManager:
             settled.append(await self._settle(row, crashed=True))
         return settled
 
-    async def _settle(self, row: RecordingRow, *, crashed: bool = False) -> RecordingRow:
-        """processing → ready (something playable) or failed (error says why)."""
+    async def _settle(self, row: RecordingRow, *, crashed: bool = False, problems: dict[str, str] | None = None,
+                      manifest: dict | None = None) -> RecordingRow:
+        """processing → ready (something playable) or failed (error says why).
+
+        `problems`: what was reported live (file -> text), kept in `error` in that wording. `manifest`: the
+        recording's own manifest when the final manifest.json could not be written; the row then ends
+        failed (exports and crash recovery read manifest.json), its files still listed."""
         directory = row.directory or os.path.join(self.root, row.id)
+        problems = problems or {}
+        stale = manifest is not None
         try:
-            info = await asyncio.to_thread(summarize, directory)
+            info = await asyncio.to_thread(summarize, directory, manifest)
         except (ManifestError, OSError) as exc:
             done = await self.repo.transition(row.id, ("recording", "processing"), "failed",
                                               ended_at=row.ended_at or time.time(),
                                               error=f"cannot read the recording: {exc}")
             return done or row
-        manifest = info["manifest"]
-        ended = manifest.get("stopped_at") or row.ended_at or time.time()
+        ended = info["manifest"].get("stopped_at") or row.ended_at or time.time()
         values = dict(ended_at=ended, duration_s=info["duration"], size_bytes=info["size"], files=info["files"])
-        note = "; ".join(info["errors"]) or None
+        notes = list(problems.values()) + [e for e in info["errors"] if e.split(": ", 1)[0] not in problems]
+        note = "; ".join(notes) or None
         if crashed:
             note = "server stopped unexpectedly; recovered up to the crash" + (f" ({note})" if note else "")
-        if info["usable"]:
+        if info["usable"] and not stale:
             done = await self.repo.transition(row.id, ("recording", "processing"), "ready", error=note, **values)
         else:
             done = await self.repo.transition(row.id, ("recording", "processing"), "failed",
@@ -182,7 +191,7 @@ class RecordingManager:
         if active is None:
             return None
         return {"recording_id": active.row.id, "room": room, "started_at": active.row.started_at,
-                "tracks": len(active.tracks)}
+                "tracks": len(active.tracks), "error": "; ".join(active.problems.values()) or None}
 
     async def start(self, room_name: str, *, by: str | None = None) -> RecordingRow:
         if self._closed:
@@ -206,6 +215,15 @@ class RecordingManager:
                                          manifest_path=os.path.join(directory, MANIFEST_NAME),
                                          session_id=session.id if session else None)
             active = self.active[room_name] = _Active(room, recording, row)
+            loop = asyncio.get_running_loop()
+
+            def on_problem(problem: dict, active=active) -> None:  # on a recorder or the manifest thread
+                try:
+                    loop.call_soon_threadsafe(self._on_problem, active, problem)
+                except RuntimeError:
+                    pass  # the loop is closed: the server is gone
+
+            recording.on_problem = on_problem
             for track in room.tracks():
                 self._attach(active, track)
 
@@ -251,6 +269,31 @@ class RecordingManager:
         active.pending.add(task)
         task.add_done_callback(active.pending.discard)
 
+    def _on_problem(self, active: _Active, problem: dict) -> None:
+        """A track (or the manifest) failed while recording: say so at once, in the row and to the room.
+        The failed track's file stops growing; the other tracks go on, and forwarding is not touched."""
+        if self.active.get(active.room.name) is not active or problem["file"] in active.problems:
+            return  # stopping: _settle puts it in the row from the manifest
+        active.problems[problem["file"]] = problem["error"]
+        log.error("recording %s of room %s: %s", active.row.id, active.room.name, problem["error"])
+        entry = active.tracks.get(problem["track_id"]) if problem["track_id"] else None
+        if entry is not None and entry[1] in entry[0].sinks:
+            entry[0].sinks.remove(entry[1])  # it drops every packet now anyway
+        task = asyncio.ensure_future(self._report_problem(active, problem))
+        active.pending.add(task)
+        task.add_done_callback(active.pending.discard)
+
+    async def _report_problem(self, active: _Active, problem: dict) -> None:
+        row = await self.repo.transition(active.row.id, ("recording",), "recording",
+                                         error="; ".join(active.problems.values()))
+        if row is not None:
+            active.row = row
+        await active.room.broadcast({"type": "recording", "state": "error", "recording_id": active.row.id,
+                                     "error": problem["error"], "track_id": problem["track_id"]})
+        recorders = [recorder for _, recorder in active.tracks.values()]
+        if recorders and all(r.status == "failed" for r in recorders):
+            self._stop_soon(active.room.name, "every recorded track failed")
+
     async def _watch(self, active: _Active) -> None:
         """Stop when the room empties (or is dropped)."""
         while True:
@@ -292,17 +335,23 @@ class RecordingManager:
             if active.pending:
                 await asyncio.gather(*active.pending, return_exceptions=True)
             try:
-                await active.recording.stop()
+                manifest = await active.recording.stop()
             except Exception as exc:  # files stay; recovery at the next start-up can still repair them
                 log.exception("recording %s: stop failed", active.row.id)
                 row = await self.repo.transition(active.row.id, ("processing",), "failed",
                                                  error=f"stopping failed: {type(exc).__name__}: {exc}")
                 return row or active.row
-            row = await self._settle(await self.repo.get(active.row.id) or active.row)
+            stale = active.recording.manifest_problem  # the final manifest.json was not written
+            if stale:
+                active.problems.setdefault(MANIFEST_NAME, stale)
+            row = await self._settle(await self.repo.get(active.row.id) or active.row, problems=active.problems,
+                                     manifest=manifest if stale else None)
             log.info("recording %s of room %s stopped (%s): %s", row.id, room_name, reason, row.status)
         if active.room.participants:
-            await active.room.broadcast({"type": "recording", "state": "stopped", "recording_id": row.id,
-                                         "reason": reason})
+            note = {"type": "recording", "state": "stopped", "recording_id": row.id, "reason": reason}
+            if row.error:
+                note["error"] = row.error
+            await active.room.broadcast(note)
         return row
 
     # -- composite export jobs --------------------------------------------------------------

@@ -12,8 +12,8 @@ import time
 from typing import Callable, Optional
 
 from .depacketizer import codec_from_mime
-from .manifest import FORMAT, VERSION, write_manifest
-from .track_recorder import CONTAINER_FORMAT, FILE_EXTENSION, TrackRecorder
+from .manifest import FORMAT, MANIFEST_NAME, VERSION, write_manifest
+from .track_recorder import CONTAINER_FORMAT, FAILED, FILE_EXTENSION, TrackRecorder, short_error
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,12 @@ class Recording:
     ``add_track`` and the properties are for the event loop thread; ``await stop_track()`` and
     ``await stop()`` close files in threads. Manifest writes run on a private single-thread
     executor, so they never block the caller and always land in order.
+
+    ``on_problem(problem)`` is called (on a worker or the manifest thread) once when a track fails
+    and when a manifest write fails after one that worked: ``{"track_id", "participant", "kind",
+    "file", "error"}``, ``error`` like "video track of ada: No space left on device" or
+    "manifest.json could not be written: No space left on device" (then ``track_id``,
+    ``participant`` and ``kind`` are None). The other tracks keep recording.
     """
 
     def __init__(
@@ -42,6 +48,7 @@ class Recording:
         *,
         clock: Callable[[], float] = time.time,
         recorder_options: Optional[dict] = None,
+        on_problem: Optional[Callable[[dict], None]] = None,
     ) -> None:
         if not isinstance(recording_id, str) or not recording_id:
             raise ValueError("recording_id must be a non-empty string")
@@ -61,7 +68,11 @@ class Recording:
         self._writer = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"manifest:{recording_id}"
         )
+        self.on_problem = on_problem
+        self._reported: set[int] = set()  # id() of failed recorders already reported
+        # Set while the manifest on disk is stale (the last write failed): "OSError: ...".
         self.last_manifest_error: Optional[str] = None
+        self.manifest_problem: Optional[str] = None  # the same for people, as on_problem says it
         os.makedirs(self.directory, exist_ok=True)
         write_manifest(self.directory, self.manifest())  # fail early (permissions, bad path)
 
@@ -210,10 +221,22 @@ class Recording:
     def _write_now(self) -> None:
         try:
             write_manifest(self.directory, self.manifest())
-            self.last_manifest_error = None
+            self.last_manifest_error = self.manifest_problem = None
         except Exception as exc:  # keep recording media even if the manifest cannot be written
+            first = self.last_manifest_error is None
             self.last_manifest_error = f"{type(exc).__name__}: {exc}"
+            self.manifest_problem = f"{MANIFEST_NAME} could not be written: {short_error(exc)}"
             log.error("manifest write failed for %s: %s", self.directory, self.last_manifest_error)
+            if first:
+                self._report({"track_id": None, "participant": None, "kind": None, "file": MANIFEST_NAME,
+                              "error": self.manifest_problem})
+
+    def _report(self, problem: dict) -> None:
+        if self.on_problem is not None:
+            try:
+                self.on_problem(problem)
+            except Exception:
+                log.exception("recording %s: on_problem failed", self.recording_id)
 
     def _schedule_write(self) -> None:
         try:
@@ -222,4 +245,13 @@ class Recording:
             pass  # executor shut down: stop() already wrote the final manifest
 
     def _on_recorder_update(self, recorder: TrackRecorder) -> None:
+        if recorder.status == FAILED and id(recorder) not in self._reported:
+            with self._lock:
+                entry = next((e for e in self._entries if e["recorder"] is recorder), None)
+                self._reported.add(id(recorder))
+            if entry is not None:
+                self._report({"track_id": entry["track_id"], "participant": entry["participant"],
+                              "kind": entry["kind"], "file": entry["file"],
+                              "error": f"{entry['kind']} track of {entry['participant']}: "
+                                       f"{recorder.error_reason or recorder.error}"})
         self._schedule_write()

@@ -39,6 +39,14 @@ FINISHED = "finished"
 EMPTY = "empty"  # closed before anything was written
 FAILED = "failed"
 
+
+def short_error(exc: BaseException) -> str:
+    """What went wrong, for people: the OS error text alone ("No space left on device") when there is one."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 class _SyncHandle:
     """A descriptor on the file FFmpeg writes natively; fsync through it makes what was written durable."""
 
@@ -150,6 +158,7 @@ class TrackRecorder:
 
         self.status = WAITING
         self.error: Optional[str] = None
+        self.error_reason: Optional[str] = None  # short form of error: "No space left on device"
         self.frames_written = 0
         self.first_timestamp: Optional[int] = None  # unwrapped RTP timestamp of the first frame
         self.last_timestamp: Optional[int] = None
@@ -221,7 +230,7 @@ class TrackRecorder:
         self._thread.join(timeout)
         if self._thread.is_alive() and self.status not in (FAILED, FINISHED, EMPTY):
             self.status = FAILED
-            self.error = f"close timed out after {timeout} s (storage stalled?)"
+            self.error = self.error_reason = f"close timed out after {timeout} s (storage stalled?)"
 
     @property
     def closed(self) -> bool:
@@ -441,6 +450,7 @@ class TrackRecorder:
         self._accepting = False
         self.status = FAILED
         self.error = f"{type(exc).__name__}: {exc}"
+        self.error_reason = short_error(exc)
         log.error("recording %s failed: %s", self.path, self.error)
         # Best effort: leave a file that recovery can repair; keep the marker.
         for closer in (getattr(self._container, "close", None), getattr(self._file, "close", None)):

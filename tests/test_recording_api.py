@@ -242,7 +242,7 @@ async def test_start_and_stop_over_http(stoa_server):
         manager = stoa_server.app[RECORDINGS]
         for _ in range(100):
             row = await manager.repo.get(rec["id"])
-            if row.status != "recording" and "lab" not in manager.active:
+            if row.status not in ("recording", "processing") and "lab" not in manager.active:
                 break
             await asyncio.sleep(0.1)
         assert row.status in ("ready", "failed") and "lab" not in manager.active
@@ -285,3 +285,33 @@ async def test_cli_list_and_export(stoa_server, short_recording):
     fresh = await stoa_server.app[RECORDINGS].repo.get(row.id)
     assert fresh.composite_path.endswith("composite-grid.mp4") and os.path.getsize(fresh.composite_path) > 0
     assert [f["name"] for f in fresh.files if f["kind"] == "composite"] == ["composite-grid.mp4"]
+
+
+async def test_review_pages_ask_a_browser_for_the_admin_login(stoa_server):
+    """Without a token or credentials the pages answer 401 with a Basic challenge, so a browser asks for the API
+    key and secret; with them (HTTP Basic) they open. Token links are answered as before, with no challenge."""
+    repo = stoa_server.app[RECORDINGS].repo
+    directory = os.path.join(stoa_server.settings.data_dir, "recordings", "rec-basic")
+    row = await repo.create(id="rec-basic", room="review", started_at=time.time(), directory=directory,
+                            manifest_path=os.path.join(directory, "manifest.json"))
+    await repo.transition(row.id, ("recording",), "ready", ended_at=time.time(), duration_s=0.0, files=[])
+    base = stoa_server.base
+    s = stoa_server.settings
+    async with aiohttp.ClientSession() as http:
+        for url in ("/recordings", f"/recordings/{row.id}"):
+            async with http.get(base + url) as resp:
+                assert resp.status == 401
+                assert resp.headers["WWW-Authenticate"] == 'Basic realm="Stoa"'
+            async with http.get(base + url, auth=aiohttp.BasicAuth(s.api_key, s.api_secret)) as resp:
+                assert resp.status == 200, await resp.text()
+                assert row.id in await resp.text()
+            async with http.get(base + url, auth=aiohttp.BasicAuth(s.api_key, "wrong")) as resp:
+                assert resp.status == 401 and resp.headers["WWW-Authenticate"] == 'Basic realm="Stoa"'
+            for bad in ("?token=abc.def.ghi", ""):
+                headers = {} if bad else {"Authorization": "Bearer abc.def.ghi"}
+                async with http.get(base + url + bad, headers=headers) as resp:
+                    assert resp.status == 401 and "WWW-Authenticate" not in resp.headers
+        async with http.get(f"{base}/recordings?token={operator_token(stoa_server)}") as resp:
+            assert resp.status == 200 and row.id in await resp.text()
+        async with http.get(f"{base}/api/recordings") as resp:  # the JSON API is unchanged
+            await _problem(resp, 401)

@@ -218,14 +218,22 @@ def _handler(fn):
     return wrapped
 
 
+BASIC_CHALLENGE = 'Basic realm="Stoa"'
+
+
 def _page(fn):
-    """Pages show problems as HTML."""
+    """Pages show problems as HTML. A 401 to a request without a token asks the browser for the admin's
+    API key and secret (HTTP Basic); token links (?token=, Bearer) get no challenge, as before."""
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await fn(request)
         except Problem as exc:
-            return aiohttp_jinja2.render_template("error.html", request, {"message": exc.detail},
-                                                  status=exc.status)
+            response = aiohttp_jinja2.render_template("error.html", request, {"message": exc.detail},
+                                                      status=exc.status)
+            bearer = request.headers.get("Authorization", "")[:7].lower() == "bearer "
+            if exc.status == 401 and not request.query.get("token") and not bearer:
+                response.headers["WWW-Authenticate"] = BASIC_CHALLENGE
+            return response
     wrapped.__name__ = fn.__name__
     return wrapped
 
