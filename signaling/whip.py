@@ -9,10 +9,11 @@ from aiohttp import web
 from sfu.peer import SdpError, add_remote_candidate, check_sdp_text, negotiated_codecs
 from sfu.subscriber import Subscriber
 from signaling.api import roomhooks
+from signaling.api.identity import active_api_keys
 from signaling.auth import Grants, TokenError, verify_token
 from signaling.room import Participant, RoomFull
 from signaling.schemas import ProtocolError
-from stoa.appkeys import KEYRING, ROOMS, SETTINGS
+from stoa.appkeys import ROOMS
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +35,7 @@ async def _grants(request: web.Request, room: str) -> Grants:
     auth = request.headers.get("Authorization", "")
     if not auth.lower().startswith("bearer "):
         raise TokenError("missing 'Authorization: Bearer <token>' header")
-    app = request.app
-    keys = await app[KEYRING].active() if KEYRING in app else app[SETTINGS].all_api_keys()
-    return verify_token(auth[7:].strip(), keys, room=room)
+    return verify_token(auth[7:].strip(), await active_api_keys(request.app), room=room)
 
 
 async def _sdp_body(request: web.Request) -> str:

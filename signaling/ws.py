@@ -11,10 +11,11 @@ from aiohttp import WSMsgType, web
 
 from sfu.peer import SdpError, add_remote_candidate
 from signaling.api import roomhooks
+from signaling.api.identity import active_api_keys
 from signaling.auth import TokenError, verify_token
 from signaling.room import Participant, RoomFull
 from signaling.schemas import MAX_MESSAGE_BYTES, ProtocolError, parse_client_message
-from stoa.appkeys import DATA_HANDLER, KEYRING, ROOMS, SETTINGS
+from stoa.appkeys import DATA_HANDLER, ROOMS, SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +135,8 @@ def _ref(raw) -> str | None:
 async def _join(app: web.Application, room_name: str, token: str, send, password: str | None = None,
                 disconnect=None):
     settings = app[SETTINGS]
-    keys = await app[KEYRING].active() if KEYRING in app else settings.all_api_keys()
     try:
-        grants = verify_token(token, keys, room=room_name)
+        grants = verify_token(token, await active_api_keys(app), room=room_name)
     except TokenError as exc:
         raise ProtocolError("unauthorized", exc.reason) from None
     # A session's room: status, bans, password and capacity are checked before anything joins.

@@ -246,10 +246,19 @@ async def test_api_keys_create_use_revoke(stoa_server, api):
     keys = await api.ok("GET", "/api/keys", auth=api.admin)
     assert {k["key"] for k in keys} >= {"lms-1", stoa_server.settings.api_key}
     assert all("secret" not in k for k in keys)
+    operator = {"Authorization": "Bearer " + mint_token(created["key"], created["secret"], room="*",
+                                                        identity="op", role="operator")}
+    room_token = mint_token(created["key"], created["secret"], room="bio", identity="s", role="student")
+    assert await api.ok("GET", "/api/recordings", auth=auth) == await api.ok("GET", "/api/recordings",
+                                                                              auth=operator)
     await api.ok("DELETE", "/api/keys/lms-1", auth=api.admin)
-    for a in (auth, bearer):
-        status, body = await api.call("GET", "/api/sessions", auth=a)
-        assert status == 401, body
+    # Refused everywhere: the REST API, the recordings API and the pages.
+    for path, a in (("/api/sessions", auth), ("/api/sessions", bearer), ("/api/recordings", auth),
+                    ("/api/recordings", operator)):
+        status, body = await api.call("GET", path, auth=a)
+        assert status == 401, (path, body)
+    status, _, _ = await api.raw("GET", f"/rooms/bio?token={room_token}")
+    assert status == 401
     status, body = await api.call("DELETE", f"/api/keys/{stoa_server.settings.api_key}", auth=api.admin)
     assert status == 409
     status, body = await api.call("DELETE", "/api/keys/nope", auth=api.admin)

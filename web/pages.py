@@ -8,6 +8,7 @@ from pathlib import Path
 import aiohttp_jinja2
 from aiohttp import web
 
+from signaling.api.identity import active_api_keys
 from signaling.auth import TokenError, mint_token, verify_token
 from stoa.appkeys import SETTINGS
 
@@ -54,7 +55,7 @@ async def room_page(request: web.Request) -> web.Response:
     room = request.match_info["room"]
     token = request.query.get("token", "")
     try:
-        grants = verify_token(token, request.app[SETTINGS].all_api_keys(), room=room)
+        grants = verify_token(token, await active_api_keys(request.app), room=room)
     except TokenError as exc:
         return aiohttp_jinja2.render_template("error.html", request, {"message": exc.reason}, status=401)
     return aiohttp_jinja2.render_template("room.html", request, {

@@ -1,7 +1,7 @@
 """Recording API and the operator review pages. See docs/recording.md ("Operator review").
 
 Who is asking (`identify`):
-- admin: `Authorization: Basic base64(key:secret)` with a pair from settings.all_api_keys();
+- admin: `Authorization: Basic base64(key:secret)` with an active API key (revoked keys refused);
 - a JWT (`?token=` or `Authorization: Bearer`): role "operator" sees everything; any other role is a room token.
 Who may see a recording (`may_view`): admins and operators; otherwise a token of the recording's room, not a
 viewer, whose identity took part in the session, when the session has its "recording" feature on.
@@ -23,6 +23,7 @@ from aiohttp import web
 from jsonschema import Draft202012Validator
 
 from recorder.service import RecordingError, RecordingManager
+from signaling.api.identity import active_api_keys
 from signaling.auth import Grants, TokenError, verify_token
 from stoa.appkeys import RECORDINGS, ROOMS, SETTINGS, STORE
 from storage.recordings import RecordingRow
@@ -120,30 +121,30 @@ class Caller:
         return self.kind in ("admin", "operator")
 
 
-def _admin(request: web.Request, header: str) -> Caller:
+def _admin(keys: dict[str, str], header: str) -> Caller:
     raw = header[6:].strip()
     try:
         decoded = base64.b64decode(raw, validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
         decoded = raw  # also accept the unencoded "key:secret"
     key, sep, secret = decoded.partition(":")
-    expected = request.app[SETTINGS].all_api_keys().get(key) if sep else None
+    expected = keys.get(key) if sep else None
     if expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
         raise Problem(401, "the API key or secret is wrong")
     return Caller("admin", f"admin:{key}")
 
 
-def identify(request: web.Request, *, room: str | None = None) -> Caller:
+async def identify(request: web.Request, *, room: str | None = None) -> Caller:
     """The caller, or Problem(401) naming what is missing or wrong."""
     header = request.headers.get("Authorization", "")
     if header[:6].lower() == "basic ":
-        return _admin(request, header)
+        return _admin(await active_api_keys(request.app), header)
     token = request.query.get("token") or (header[7:].strip() if header[:7].lower() == "bearer " else "")
     if not token:
         raise Problem(401, "no credentials: pass ?token=, Authorization: Bearer <token>, "
                            "or Authorization: Basic with an API key and secret")
     try:
-        grants = verify_token(token, request.app[SETTINGS].all_api_keys())
+        grants = verify_token(token, await active_api_keys(request.app))
     except TokenError as exc:
         raise Problem(401, exc.reason) from None
     if grants.role == "operator":
@@ -180,7 +181,7 @@ async def may_view(app: web.Application, caller: Caller, row: RecordingRow) -> s
 
 
 async def _row_for(request: web.Request) -> tuple[Caller, RecordingRow]:
-    caller = identify(request)
+    caller = await identify(request)
     row = await request.app[RECORDINGS].repo.get(request.match_info["id"])
     if row is None:
         raise Problem(404, f"there is no recording {request.match_info['id']!r}")
@@ -252,7 +253,7 @@ def public(row: RecordingRow) -> dict:
 async def api_room_recording(request: web.Request) -> web.Response:
     """POST /api/rooms/{room}/recording {"action": "start"|"stop"}: instructor/moderator of the room, or admin."""
     room = request.match_info["room"]
-    caller = identify(request, room=room)
+    caller = await identify(request, room=room)
     if caller.kind != "admin" and not (caller.grants and caller.grants.is_moderator):
         raise Problem(403, "only the room's instructors and moderators (or an admin) start and stop recordings")
     body = await _json(request, _START_STOP)
@@ -268,7 +269,7 @@ async def api_room_recording(request: web.Request) -> web.Response:
 async def api_room_recording_status(request: web.Request) -> web.Response:
     """GET /api/rooms/{room}/recording: whether the room is being recorded."""
     room = request.match_info["room"]
-    identify(request, room=room)
+    await identify(request, room=room)
     return web.json_response({"room": room, "recording": request.app[RECORDINGS].status(room)})
 
 
@@ -281,7 +282,7 @@ def _day(value: str) -> tuple[float, float]:
 
 
 async def _visible(request: web.Request) -> tuple[Caller, list[RecordingRow], dict]:
-    caller = identify(request)
+    caller = await identify(request)
     q = request.query
     filters = {k: q.get(k, "").strip() for k in ("room", "date", "instructor")}
     rows = await request.app[RECORDINGS].repo.list(
@@ -313,7 +314,7 @@ async def api_get(request: web.Request) -> web.Response:
 @_handler
 async def api_export(request: web.Request) -> web.Response:
     """POST /api/recordings/{id}/export {"layout": "grid"|"speaker"} → 202 {"job": {...}}; operators/admins."""
-    caller = identify(request)
+    caller = await identify(request)
     if not caller.sees_all:
         raise Problem(403, "only operators and admins export recordings")
     body = await _json(request, _EXPORT, empty_ok=True)
@@ -325,7 +326,7 @@ async def api_export(request: web.Request) -> web.Response:
 @_handler
 async def api_job(request: web.Request) -> web.Response:
     """GET /api/jobs/{id}: an export job's status and progress."""
-    caller = identify(request)
+    caller = await identify(request)
     if not caller.sees_all:
         raise Problem(403, "only operators and admins see export jobs")
     job = request.app[RECORDINGS].jobs.get(request.match_info["id"])
