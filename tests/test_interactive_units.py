@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
-import struct
-import zlib
 from collections import Counter
 
 import numpy as np
 import pytest
+from PIL import Image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,24 +20,10 @@ from tests.fixtures.interactive import FakeClock
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """Just enough of a PNG reader for what encode_png writes (8-bit RGB, filter 0)."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, size = 8, b"", None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(tag + body) & 0xFFFFFFFF
-        if tag == b"IHDR":
-            size = struct.unpack(">II", body[:8])
-            assert body[8:10] == b"\x08\x02"
-        elif tag == b"IDAT":
-            idat += body
-        pos += 12 + length
-    w, h = size
-    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(h, 1 + w * 3)
-    assert not raw[:, 0].any()
-    return raw[:, 1:].reshape(h, w, 3)
+    with Image.open(io.BytesIO(data)) as png:
+        assert png.mode == "RGB"
+        return np.asarray(png)
 
 
 def test_render_png_draws_strokes_where_they_are():
@@ -46,7 +32,6 @@ def test_render_png_draws_strokes_where_they_are():
         {"tool": "rectangle", "points": [[0.2, 0.2], [0.4, 0.8]], "color": "#0000ff", "width": 6},
         {"tool": "pen", "points": [[0.7, 0.1], [0.7, 0.3], [0.8, 0.3]], "color": "#00aa00", "width": 8},
         {"tool": "eraser", "points": [[0.5, 0.5]], "width": 40},
-        {"tool": "text", "points": [[0.05, 0.95]], "text": "hello", "color": "#123456", "width": 4},
     ]
     img = decode_png(render_png(strokes, 200, 100))
     assert img.shape == (100, 200, 3)
@@ -55,9 +40,22 @@ def test_render_png_draws_strokes_where_they_are():
     assert tuple(img[20, 40]) == (0, 0, 255)  # top edge of the rectangle
     assert tuple(img[30, 60]) == (255, 255, 255)  # inside the rectangle: outline only
     assert tuple(img[20, 140]) == (0, 170, 0)  # pen
-    assert tuple(img[95, 15]) == (0x12, 0x34, 0x56)  # text baseline bar
     assert tuple(img[5, 5]) == (255, 255, 255)
     assert (img == rasterize(strokes, 200, 100)).all()
+
+
+def test_text_strokes_are_drawn_as_glyphs():
+    strokes = [{"tool": "text", "points": [[0.1, 0.1]], "text": "Hello IIII", "color": "#123456", "width": 10}]
+    img = decode_png(render_png(strokes, 400, 200))
+    ink = (img != 255).any(axis=2)
+    ys, xs = np.nonzero(ink)
+    assert len(xs) > 50
+    assert xs.min() >= 38 and ys.min() >= 18  # the text starts at its point (0.1, 0.1)
+    dark = img[ink]
+    assert (np.abs(dark.astype(int) - (0x12, 0x34, 0x56)).sum(axis=1) < 30).any()  # solid glyph pixels in its color
+    columns = ink[:, xs.min():xs.max() + 1].any(axis=0)
+    assert not columns.all(), "glyphs have gaps between letters; a bar would not"
+    assert (decode_png(render_png([{**strokes[0], "text": "   "}], 400, 200)) == 255).all()
 
 
 def test_render_png_handles_empty_and_degenerate_boards():
@@ -65,7 +63,7 @@ def test_render_png_handles_empty_and_degenerate_boards():
     img = decode_png(render_png([{"tool": "pen", "points": [[1, 1]], "width": 200}], 10, 10))
     assert tuple(img[9, 9]) == (0, 0, 0)
     assert decode_png(render_png([], 0, 99999)).shape == (4096, 1, 3)
-    assert encode_png(np.zeros((1, 1, 3), np.uint8)).startswith(b"\x89PNG")
+    assert (decode_png(encode_png(np.zeros((1, 1, 3), np.uint8))) == 0).all()
 
 
 @settings(max_examples=200, deadline=None)

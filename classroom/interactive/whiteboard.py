@@ -6,11 +6,12 @@ and scales with the rendered size.
 
 from __future__ import annotations
 
-import struct
-import zlib
+import functools
+import io
 from typing import Any, Iterable
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from classroom.interactive.base import Context, Feature, handles, is_moderator
 from classroom.interactive.envelope import ProtocolError
@@ -162,27 +163,37 @@ def rasterize(strokes: Iterable[dict], width: int, height: int) -> np.ndarray:
             corners = np.array([[ax, ay], [bx, ay], [bx, by], [ax, by], [ax, ay]])
             _polyline(img, corners, radius, rgb)
         elif tool == "text":
-            # No font rasterizer on the server: text is drawn as a baseline bar as long as the text would be;
-            # clients render the glyphs.
-            size = max(radius * 4, 8.0)
-            length = len(s.get("text") or "") * size * 0.6
-            x, y = pts[0]
-            _polyline(img, np.array([[x, y], [x + length, y]]), max(1.0, size / 8), rgb)
+            _text(img, s.get("text") or "", pts[0], float(s.get("width") or DEFAULT_WIDTH) * width / REFERENCE_WIDTH,
+                  rgb)
     return img
 
 
+@functools.lru_cache(maxsize=32)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's bundled scalable font
+    except (TypeError, OSError, ImportError):  # Pillow built without FreeType: its fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text(img: np.ndarray, text: str, at: np.ndarray, scaled_width: float, rgb: tuple[int, int, int]) -> None:
+    """Text with its top-left corner at `at`, sized like the room page's canvas (4x the stroke width,
+    at least 12 px on a 1000-pixel board)."""
+    if not text.strip():
+        return
+    size = max(6, int(round(max(12.0 * img.shape[1] / REFERENCE_WIDTH, scaled_width * 4))))
+    mask = Image.new("L", (img.shape[1], img.shape[0]), 0)
+    ImageDraw.Draw(mask).text((float(at[0]), float(at[1])), text, fill=255, font=_font(size))
+    alpha = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+    if alpha.any():
+        img[:] = (img * (1.0 - alpha) + np.asarray(rgb, dtype=np.float32) * alpha + 0.5).astype(np.uint8)
+
+
 def encode_png(img: np.ndarray) -> bytes:
-    """Encode an (h, w, 3) uint8 array as an 8-bit RGB PNG."""
-    h, w = img.shape[:2]
-    raw = np.zeros((h, 1 + w * 3), dtype=np.uint8)  # filter byte 0 (None) per scanline
-    raw[:, 1:] = img.reshape(h, w * 3)
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-            + chunk(b"IEND", b""))
+    """Encode an (h, w, 3) uint8 array as a PNG."""
+    out = io.BytesIO()
+    Image.fromarray(img, "RGB").save(out, format="PNG")
+    return out.getvalue()
 
 
 def render_png(strokes: Iterable[dict], width: int = 1280, height: int = 720) -> bytes:
