@@ -22,11 +22,17 @@ def server_settings(server_settings, request):
     return server_settings if limit is None else dataclasses.replace(server_settings, max_participants=limit)
 
 
+async def live_session(api, title: str, capacity: int) -> dict:
+    """A started session taught by "prof" with `capacity` seats."""
+    s = await api.ok("POST", "/api/sessions", auth=api.admin,
+                     json={"title": title, "instructor": "prof", "capacity": capacity})
+    await api.ok("POST", f"/api/sessions/{s['id']}/start", auth=api.admin)
+    return s
+
+
 async def test_concurrent_ws_joins_admit_exactly_capacity(stoa_server, api):
     capacity, tries = 8, 24
-    s = await api.ok("POST", "/api/sessions", auth=api.admin,
-                     json={"title": "Small room", "instructor": "prof", "capacity": capacity})
-    await api.ok("POST", f"/api/sessions/{s['id']}/start", auth=api.admin)
+    s = await live_session(api, "Small room", capacity)
     room = s["room"]
     gate = asyncio.Event()
 
@@ -85,9 +91,7 @@ async def _admitted(server, session_id: str) -> set[str]:
 @pytest.mark.parametrize("server_settings", [2], indirect=True)
 async def test_ws_join_refused_by_a_full_server_gives_the_seat_back(stoa_server, api):
     store = stoa_server.app[STORE]
-    s = await api.ok("POST", "/api/sessions", auth=api.admin,
-                     json={"title": "Bigger than the server", "instructor": "prof", "capacity": 3})
-    await api.ok("POST", f"/api/sessions/{s['id']}/start", auth=api.admin)
+    s = await live_session(api, "Bigger than the server", 3)
     room = s["room"]
     async with aiohttp.ClientSession() as http:
         ws0, r0 = await _ws_join(http, stoa_server, room, "s0")
@@ -116,9 +120,7 @@ async def test_ws_join_refused_by_a_full_server_gives_the_seat_back(stoa_server,
 @pytest.mark.parametrize("server_settings", [1], indirect=True)
 async def test_whep_join_refused_by_a_full_server_gives_the_seat_back(stoa_server, api):
     store = stoa_server.app[STORE]
-    s = await api.ok("POST", "/api/sessions", auth=api.admin,
-                     json={"title": "Lecture hall", "instructor": "prof", "capacity": 2})
-    await api.ok("POST", f"/api/sessions/{s['id']}/start", auth=api.admin)
+    s = await live_session(api, "Lecture hall", 2)
     room = s["room"]
 
     async def whep(http, identity: str):

@@ -354,6 +354,13 @@ def bank(name, n):
         for i in range(n)]})
 
 
+async def new_bank(store, size: int) -> str:
+    """Import a bank of `size` questions under a fresh name; returns the name."""
+    name = f"bank-{uuid.uuid4().hex[:8]}"
+    await import_bank(store, bank(name, size))
+    return name
+
+
 @pytest.mark.parametrize("bank_size,max_per_question", [(10, 1), (4, 3)])
 async def test_quiz_round_spreads_questions(make_room, interactive_store, bank_size, max_per_question):
     store, _ = interactive_store
@@ -396,8 +403,7 @@ async def test_quiz_round_spreads_questions(make_room, interactive_store, bank_s
 
 async def test_quiz_timer_ends_round_and_late_answers_are_refused(make_room, interactive_store):
     store, _ = interactive_store
-    name = f"bank-{uuid.uuid4().hex[:8]}"
-    await import_bank(store, bank(name, 3))
+    name = await new_bank(store, 3)
     room = make_room()
     teacher, a = await joined(room, Client("teacher", "instructor"), Client("a"))
     refused(await request(room, a, "quiz.start", {"bank": name}), "forbidden")
@@ -416,8 +422,7 @@ async def test_quiz_timer_ends_round_and_late_answers_are_refused(make_room, int
 
 async def test_quiz_round_without_duration_lasts_30_seconds(make_room, interactive_store):
     store, _ = interactive_store
-    name = f"bank-{uuid.uuid4().hex[:8]}"
-    await import_bank(store, bank(name, 2))
+    name = await new_bank(store, 2)
     clock = FakeClock()
     room = make_room(clock=clock)
     teacher, a = await joined(room, Client("teacher", "instructor"), Client("a"))
@@ -622,8 +627,7 @@ async def test_engagement_counters_and_session_events(make_room, interactive_sto
 
 async def test_engagement_counts_strokes_and_quiz_answers(make_room, interactive_store):
     store, _ = interactive_store
-    name = f"bank-{uuid.uuid4().hex[:8]}"
-    await import_bank(store, bank(name, 2))
+    name = await new_bank(store, 2)
     room = make_room()
     teacher, a, b = await joined(room, Client("teacher", "instructor"), Client("a"), Client("b"))
     ok(await request(room, teacher, "whiteboard.permit", {"identities": ["a"]}))
@@ -640,8 +644,7 @@ async def test_engagement_counts_strokes_and_quiz_answers(make_room, interactive
 async def test_acknowledged_writes_survive_a_restart(interactive_store):
     store, url = interactive_store
     session = uuid.uuid4().hex
-    name = f"bank-{uuid.uuid4().hex[:8]}"
-    await import_bank(store, bank(name, 2))
+    name = await new_bank(store, 2)
     room = InteractiveRoom(store, session, "persist", {})
     teacher, a, b = await joined(room, Client("teacher", "instructor"), Client("a"), Client("b"))
     chat = ok(await request(room, a, "chat.send", {"text": "remember me"}))
@@ -739,8 +742,7 @@ async def test_members_with_grants_like_the_signaling_participant(make_room):
 
 async def test_time_is_up_by_the_room_clock(make_room, interactive_store):
     store, _ = interactive_store
-    name = f"bank-{uuid.uuid4().hex[:8]}"
-    await import_bank(store, bank(name, 2))
+    name = await new_bank(store, 2)
     clock = FakeClock()
     room = make_room(clock=clock)
     teacher, a = await joined(room, Client("teacher", "instructor"), Client("a"))
