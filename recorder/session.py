@@ -70,9 +70,8 @@ class Recording:
         )
         self.on_problem = on_problem
         self._reported: set[int] = set()  # id() of failed recorders already reported
-        # Set while the manifest on disk is stale (the last write failed): "OSError: ...".
-        self.last_manifest_error: Optional[str] = None
-        self.manifest_problem: Optional[str] = None  # the same for people, as on_problem says it
+        # Set while the manifest on disk is stale (the last write failed), worded as on_problem says it.
+        self.manifest_problem: Optional[str] = None
         os.makedirs(self.directory, exist_ok=True)
         write_manifest(self.directory, self.manifest())  # fail early (permissions, bad path)
 
@@ -221,12 +220,11 @@ class Recording:
     def _write_now(self) -> None:
         try:
             write_manifest(self.directory, self.manifest())
-            self.last_manifest_error = self.manifest_problem = None
+            self.manifest_problem = None
         except Exception as exc:  # keep recording media even if the manifest cannot be written
-            first = self.last_manifest_error is None
-            self.last_manifest_error = f"{type(exc).__name__}: {exc}"
+            first = self.manifest_problem is None
             self.manifest_problem = f"{MANIFEST_NAME} could not be written: {short_error(exc)}"
-            log.error("manifest write failed for %s: %s", self.directory, self.last_manifest_error)
+            log.error("manifest write failed for %s: %s: %s", self.directory, type(exc).__name__, exc)
             if first:
                 self._report({"track_id": None, "participant": None, "kind": None, "file": MANIFEST_NAME,
                               "error": self.manifest_problem})

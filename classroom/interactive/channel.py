@@ -32,11 +32,10 @@ class ChannelMember:
         self._reader: asyncio.Task | None = None
 
     async def send(self, message: dict) -> None:
-        if getattr(self.channel, "readyState", "open") != "open":
-            raise ConnectionError(f"channel to {self.identity} is {self.channel.readyState}")
-        if getattr(self.channel, "bufferedAmount", 0) > MAX_BUFFERED_BYTES:
-            raise ConnectionError(f"channel to {self.identity} is {self.channel.bufferedAmount} bytes behind")
-        self.write(encode(message))
+        if not self.send_now(message):
+            state = getattr(self.channel, "readyState", "missing")
+            raise ConnectionError(f"channel to {self.identity} is {state}" if state != "open" else
+                                  f"channel to {self.identity} is {self.channel.bufferedAmount} bytes behind")
 
     def send_now(self, message: dict) -> bool:
         """Send synchronously if the channel can take it now; False leaves the message to `send`."""
