@@ -111,6 +111,8 @@ class WorkerLink:
         self.packets_relayed = 0
         self.packets_dropped = 0
         self._dropping = False
+        self._loss = None  # (random.Random, rate) while impaired by `impair`
+        self.impaired_drops = 0
 
     # -- media out ----------------------------------------------------------------------------
 
@@ -131,7 +133,17 @@ class WorkerLink:
         if data is not None and self.alive:
             self._send(data)
 
+    def impair(self, rate: float, *, seed: int = 1) -> None:
+        """Drop a fraction of the relay datagrams to this worker: a network impairment for tests and
+        benches (the relay between machines will lose packets), so the NACK-miss path is exercised."""
+        import random
+
+        self._loss = (random.Random(seed), rate) if rate > 0 else None
+
     def _send(self, data: bytes) -> None:
+        if self._loss is not None and self._loss[0].random() < self._loss[1]:
+            self.impaired_drops += data[1]
+            return
         try:
             self._media.send(data)
         except (BlockingIOError, InterruptedError):
@@ -180,6 +192,9 @@ class WorkerLink:
                     return
                 for message in decoder.feed(data):
                     self._on_message(message)
+                for problem in decoder.rejected:
+                    logger.warning("media worker %d: ignored a control message: %s", self.index, problem)
+                decoder.rejected.clear()
         except (RelayError, ConnectionError) as exc:
             logger.error("media worker %d: control stream broken: %s", self.index, exc)
 
@@ -196,7 +211,7 @@ class WorkerLink:
         elif kind == "nack":
             stream = self.pool.streams.get(message.get("stream"))
             if stream is not None and self in stream.refs:
-                stream.repair(self, [int(s) & 0xFFFF for s in message.get("seqs", [])])
+                stream.repair(self, message["seqs"])
         elif kind == "stats":
             self.stats = message
         elif kind == "ready":

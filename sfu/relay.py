@@ -27,6 +27,8 @@ import json
 import struct
 from dataclasses import dataclass
 
+from jsonschema import Draft202012Validator
+
 from sfu.rtp import build_header, parse_header
 
 VERSION = 1
@@ -142,10 +144,13 @@ def encode_control(message: dict) -> bytes:
 
 
 class ControlDecoder:
-    """Turns a byte stream into control messages; keeps a partial frame between calls."""
+    """Turns a byte stream into control messages; keeps a partial frame between calls. A frame that is
+    not JSON breaks the stream (RelayError); a well-framed message that fails its schema is skipped and
+    its problem kept in `rejected`, so one bad message never stops the ones after it."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self.rejected: list[str] = []
 
     def feed(self, data: bytes) -> list[dict]:
         self._buffer += data
@@ -158,7 +163,13 @@ class ControlDecoder:
                 break
             body = bytes(self._buffer[_FRAME.size:_FRAME.size + length])
             del self._buffer[:_FRAME.size + length]
-            out.append(decode_control_body(body))
+            message = decode_control_body(body)
+            try:
+                check_control(message)
+            except RelayError as exc:
+                self.rejected.append(str(exc))
+                continue
+            out.append(message)
         return out
 
 
@@ -170,3 +181,62 @@ def decode_control_body(body: bytes) -> dict:
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise RelayError("control frame must be a JSON object with a string 'type'")
     return message
+
+
+# --- control message schemas ------------------------------------------------------------------
+
+_STREAM = {"type": "integer", "minimum": 1, "maximum": 0xFFFF}
+_REQUEST_ID = {"type": "integer", "minimum": 1}
+_SESSION = {"type": "string", "minLength": 1, "maxLength": 64}
+_TEXT = {"type": "string", "maxLength": 256}
+_TRACKS = {"type": "object", "propertyNames": {"enum": ["audio", "video"]}, "additionalProperties": _STREAM}
+_STRINGS = {"type": "array", "maxItems": 32, "items": _TEXT}
+
+# Main process (the relay's sending side) to worker, then worker to main. Documented in docs/scaling.md.
+CONTROL_MESSAGES: dict[str, dict] = {
+    "configure": {"properties": {"ice": {"type": "object", "properties": {
+        "servers": _STRINGS, "addresses": _STRINGS, "username": _TEXT, "credential": _TEXT},
+        "additionalProperties": False}}, "required": ["ice"]},
+    "track": {"properties": {
+        "stream": _STREAM, "track_id": _TEXT, "kind": {"enum": ["audio", "video"]}, "mime_type": _TEXT,
+        "clock_rate": {"type": "integer", "minimum": 1}, "payload_type": {"type": "integer", "minimum": 0,
+                                                                          "maximum": 127},
+        "publisher": _TEXT, "source": _TEXT},
+        "required": ["stream", "track_id", "kind", "mime_type", "clock_rate", "payload_type"]},
+    "untrack": {"properties": {"stream": _STREAM}, "required": ["stream"]},
+    "sr": {"properties": {"stream": _STREAM, "time": {"type": "number"},
+                          "rtp": {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF}},
+           "required": ["stream", "time", "rtp"]},
+    "whep": {"properties": {"id": _REQUEST_ID, "session": _SESSION, "identity": _TEXT,
+                            "offer": {"type": "string", "maxLength": 64 * 1024}, "tracks": _TRACKS},
+             "required": ["id", "session", "offer", "tracks"]},
+    "bind": {"properties": {"session": _SESSION, "tracks": _TRACKS}, "required": ["session", "tracks"]},
+    "trickle": {"properties": {"id": _REQUEST_ID, "session": _SESSION, "candidates": {
+        "type": "array", "maxItems": 64, "items": {"type": "object", "properties": {
+            "candidate": {"type": "string", "maxLength": 1024}, "sdpMid": {"type": ["string", "null"]}},
+            "required": ["candidate"]}}},
+        "required": ["id", "session", "candidates"]},
+    "close": {"properties": {"session": _SESSION}, "required": ["session"]},
+    "ready": {"properties": {"index": {"type": "integer"}, "pid": {"type": "integer"}}, "required": ["pid"]},
+    "reply": {"properties": {"id": _REQUEST_ID, "ok": {"type": "boolean"}, "sdp": {"type": "string"},
+                             "error": {"type": ["string", "null"]}}, "required": ["id", "ok"]},
+    "pli": {"properties": {"stream": _STREAM}, "required": ["stream"]},
+    "nack": {"properties": {"stream": _STREAM, "seqs": {
+        "type": "array", "minItems": 1, "maxItems": 1024,
+        "items": {"type": "integer", "minimum": 0, "maximum": 0xFFFF}}}, "required": ["stream", "seqs"]},
+    "stats": {"properties": {"cpu": {"type": "number"}, "relay": {"type": "object"},
+                             "sessions": {"type": "object"}}},
+}
+_VALIDATORS = {kind: Draft202012Validator({"type": "object", **schema})
+               for kind, schema in CONTROL_MESSAGES.items()}
+
+
+def check_control(message: dict) -> None:
+    """Validate a control message against its type's schema; the error names the field."""
+    validator = _VALIDATORS.get(message["type"])
+    if validator is None:
+        raise RelayError(f"unknown control message type {message['type']!r}")
+    error = next(iter(validator.iter_errors(message)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "message"
+        raise RelayError(f"control message {message['type']!r}: {where}: {error.message}")

@@ -152,6 +152,9 @@ class Worker:
                     break  # the main process is gone: nobody to serve
                 for message in decoder.feed(data):
                     await self._handle(message)
+                for problem in decoder.rejected:
+                    logger.warning("worker %d: ignored a control message: %s", self.index, problem)
+                decoder.rejected.clear()
         except asyncio.CancelledError:
             pass  # SIGTERM: close the viewers' connections, then exit
         finally:

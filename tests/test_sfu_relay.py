@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sfu.relay import (
@@ -91,3 +93,17 @@ def test_control_frames_byte_for_byte_and_split_anywhere():
 def test_malformed_control_frames_are_named(data, problem):
     with pytest.raises(RelayError, match=problem):
         ControlDecoder().feed(data)
+
+
+@pytest.mark.parametrize("data, problem", [
+    (encode_control({"type": "teleport"}), "unknown control message type 'teleport'"),
+    (encode_control({"type": "pli", "stream": 0}), "'pli': stream: 0 is less than the minimum of 1"),
+    (encode_control({"type": "nack", "stream": 1, "seqs": [70000]}), "'nack': seqs/0: 70000 is greater"),
+    (encode_control({"type": "whep", "id": 1, "session": "s", "offer": "v=0", "tracks": {"data": 1}}),
+     "'whep': tracks"),
+])
+def test_a_message_failing_its_schema_is_skipped_and_named(data, problem):
+    decoder = ControlDecoder()
+    good = encode_control({"type": "pli", "stream": 5})
+    assert decoder.feed(data + good) == [{"type": "pli", "stream": 5}]
+    assert len(decoder.rejected) == 1 and re.search(problem, decoder.rejected[0])
