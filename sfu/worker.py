@@ -124,6 +124,7 @@ class Worker:
         self.peers = PeerFactory(IceSettings())
         self.streams: dict[int, MirrorTrack] = {}
         self.sessions: dict[str, Subscriber] = {}
+        self.bindings: dict[str, dict] = {}  # session -> {kind: stream} it should carry
         self.datagrams = 0
         self.packets = 0
         self.unknown_stream = 0
@@ -187,15 +188,21 @@ class Worker:
                 if track is not None:
                     track.set_sender_clock(message["time"], message["rtp"])
             elif kind == "whep":
-                asyncio.ensure_future(self._whep(message))
+                # Registered now, answered in a task: a "bind" that follows must find the session.
+                sub = Subscriber(message.get("identity", message["session"]), self.peers, _no_offer,
+                                 data_channel_label=None)
+                self.sessions[message["session"]] = sub
+                self.bindings[message["session"]] = message["tracks"]
+                asyncio.ensure_future(self._whep(message, sub))
             elif kind == "bind":
                 sub = self.sessions.get(message["session"])
                 if sub is not None:
+                    self.bindings[message["session"]] = message["tracks"]
                     sub.bind(self._tracks(message["tracks"]))
             elif kind == "trickle":
                 asyncio.ensure_future(self._trickle(message))
             elif kind == "close":
-                sub = self.sessions.pop(message["session"], None)
+                sub = self._forget(message["session"])
                 if sub is not None:
                     await sub.close()
             else:
@@ -203,23 +210,27 @@ class Worker:
         except (KeyError, TypeError, ValueError) as exc:
             logger.warning("worker %d: bad %s message: %s", self.index, kind, exc)
 
+    def _forget(self, sid: str) -> Subscriber | None:
+        self.bindings.pop(sid, None)
+        return self.sessions.pop(sid, None)
+
     def _tracks(self, streams: dict) -> dict[str, MirrorTrack]:
         return {kind: self.streams[s] for kind, s in streams.items() if s in self.streams}
 
-    async def _whep(self, message: dict) -> None:
+    async def _whep(self, message: dict, sub: Subscriber) -> None:
         sid = message["session"]
-        sub = Subscriber(message.get("identity", sid), self.peers, _no_offer, data_channel_label=None)
-        self.sessions[sid] = sub
         try:
             sdp = await sub.answer(message["offer"], self._tracks(message["tracks"]))
+            # A "bind" may have come while the answer was being made: the latest binding wins.
+            sub.bind(self._tracks(self.bindings.get(sid, message["tracks"])))
         except SdpError as exc:
-            self.sessions.pop(sid, None)
+            self._forget(sid)
             await sub.close()
             self.send({"type": "reply", "id": message["id"], "ok": False, "error": str(exc)})
             return
         except Exception as exc:  # one viewer's failure never takes the worker down
             logger.exception("worker %d: WHEP answer failed", self.index)
-            self.sessions.pop(sid, None)
+            self._forget(sid)
             await sub.close()
             self.send({"type": "reply", "id": message["id"], "ok": False, "error": f"internal error: {exc}"})
             return

@@ -22,7 +22,8 @@ from stoa.appkeys import ROOMS, WORKERS
 from tests.fixtures.recording import read_audio, read_video, record_room
 from tests.fixtures.server import RunningServer
 from tests.media import CounterVideoTrack, ToneAudioTrack
-from tests.test_whip_whep import WhepViewer, WhipPublisher, assert_counters_healthy, wait_until
+from tests.test_whip_whep import (OffsetCounterTrack, WhepViewer, WhipPublisher, assert_counters_healthy,
+                                  wait_until)
 
 ROOM = "lecture"
 
@@ -106,6 +107,37 @@ async def test_viewers_on_two_workers_decode_and_a_late_viewer_starts_fast(worke
         assert await v.stop() == 200
     assert await pub.stop() == 200
     await wait_until(lambda: all(not link.sessions for link in pool.running()), 10, "sessions to close")
+    await wait_until(lambda: not pool.streams, 10, "relay streams to be released")
+
+
+async def test_a_viewer_on_a_worker_follows_the_broadcast_from_before_publish_to_a_new_source(workers_server, http):
+    pool = workers_server.app[WORKERS]
+    early = await viewer(workers_server, http, "early")
+    await early.wait_connected(15)
+    first = OffsetCounterTrack(0)
+    token = workers_server.token(ROOM, "obs", "instructor")
+    pub = await WhipPublisher(http, workers_server.base, ROOM, token).publish(first, ToneAudioTrack())
+    await wait_until(lambda: "video" in early.collectors, 10, "the video track")
+    await early.video.wait_frames(30, timeout=15)
+    await early.audio.wait_frames(25, timeout=10)
+    old_streams = set(pool.streams)
+
+    # OBS restarts: a new WHIP session of the same identity replaces the old one; the worker's leg follows.
+    pub2 = await WhipPublisher(http, workers_server.base, ROOM, token).publish(OffsetCounterTrack(10_000),
+                                                                              ToneAudioTrack())
+    await wait_until(lambda: any(c >= 10_000 for c in early.video.counters), 15, "frames of the new source")
+    n_before = sum(1 for c in early.video.counters if c >= 10_000)
+    audio_before = early.audio.frames
+    await asyncio.sleep(1.5)
+    after = [c for c in early.video.counters if c >= 10_000]
+    assert len(after) >= n_before + 30, "the same viewer leg keeps decoding after the switch"
+    assert_counters_healthy(after)
+    assert early.video.counters == [c for c in early.video.counters if c < 10_000] + after
+    assert early.audio.frames > audio_before + 40
+    assert not old_streams & set(pool.streams), "the old tracks' relay streams were released"
+    assert await early.stop() == 200
+    assert await pub2.stop() == 200
+    await pub.pc.close()
     await wait_until(lambda: not pool.streams, 10, "relay streams to be released")
 
 
