@@ -59,6 +59,10 @@ class WorkerCollector:
         dropped = CounterMetricFamily("stoa_relay_dropped_packets", "Relayed packets dropped (worker behind)",
                                       labels=["worker"])
         cpu = CounterMetricFamily("stoa_media_worker_cpu_seconds", "CPU time of each worker", labels=["worker"])
+        sent = CounterMetricFamily("stoa_media_worker_forwarded_packets",
+                                   "RTP packets a worker forwarded to its viewers (live sessions)", labels=["worker"])
+        resent = CounterMetricFamily("stoa_media_worker_retransmitted_packets",
+                                     "Packets a worker resent for its viewers' NACKs (live sessions)", labels=["worker"])
         for w in self.pool.describe():
             if not w["running"]:
                 continue
@@ -67,4 +71,7 @@ class WorkerCollector:
             relayed.add_metric(label, w["packets_relayed"])
             dropped.add_metric(label, w["packets_dropped"])
             cpu.add_metric(label, w["cpu_seconds"] or 0.0)
-        yield from (viewers, relayed, dropped, cpu)
+            legs = [leg for s in w["sessions"].values() for leg in s.get("legs", [])]
+            sent.add_metric(label, sum(leg.get("packets_sent", 0) for leg in legs))
+            resent.add_metric(label, sum(leg.get("retransmits", 0) for leg in legs))
+        yield from (viewers, relayed, dropped, cpu, sent, resent)

@@ -103,6 +103,16 @@ async def test_viewers_on_two_workers_decode_and_a_late_viewer_starts_fast(worke
     await late.video.wait_frames(30, timeout=10)
     assert_counters_healthy(late.video.counters)
 
+    # The workers' figures come back in their stats and show in /metrics.
+    await wait_until(lambda: all(len(pool.links[i].stats.get("sessions", {})) == 2 for i in (0, 1)), 10,
+                     "stats of both workers with their viewers")
+    async with http.get(workers_server.base + "/metrics") as resp:
+        metrics = await resp.text()
+    assert "stoa_media_workers_running 2.0" in metrics
+    for i in (0, 1):
+        forwarded = re.search(rf'stoa_media_worker_forwarded_packets_total{{worker="{i}"}} (\S+)', metrics)
+        assert forwarded and float(forwarded.group(1)) > 100, f"worker {i} forwarded packets, by /metrics"
+
     for v in [*viewers, late]:
         assert await v.stop() == 200
     assert await pub.stop() == 200
