@@ -62,7 +62,8 @@ class WorkerCollector:
         sent = CounterMetricFamily("stoa_media_worker_forwarded_packets",
                                    "RTP packets a worker forwarded to its viewers (live sessions)", labels=["worker"])
         resent = CounterMetricFamily("stoa_media_worker_retransmitted_packets",
-                                     "Packets a worker resent for its viewers' NACKs (live sessions)", labels=["worker"])
+                                     "Packets a worker resent for its viewers' NACKs (live sessions)",
+                                     labels=["worker"])
         for w in self.pool.describe():
             if not w["running"]:
                 continue

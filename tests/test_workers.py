@@ -278,3 +278,30 @@ async def test_a_killed_worker_ends_its_sessions_and_is_replaced(workers_server,
     for v in (survivor, again):
         assert await v.stop() == 200
     await pub.stop()
+
+
+def test_the_workers_setting_and_flag():
+    from stoa.cli import build_parser
+    from stoa.config import ConfigError, load_settings
+
+    assert load_settings(environ={}, overrides={"dev": True}).workers is None  # stoa serve: one per core
+    assert load_settings(environ={"STOA_WORKERS": "3"}, overrides={"dev": True}).workers == 3
+    with pytest.raises(ConfigError, match="workers must be between 0 and 64, got -1"):
+        load_settings(environ={"STOA_WORKERS": "-1"}, overrides={"dev": True})
+    assert build_parser().parse_args(["serve", "--workers", "0"]).workers == 0
+    assert build_parser().parse_args(["serve"]).workers is None
+
+
+async def test_one_worker_means_in_process_and_no_running_worker_keeps_viewers_in_process(server_settings):
+    from sfu.peer import IceSettings
+    from sfu.pool import WorkerPool
+
+    server_settings.workers = 1
+    server = TestServer(build_app(server_settings), host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        assert server.app.get(WORKERS) is None
+    finally:
+        await server.close()
+    # A pool whose workers are all down (restarting) places nobody: whip.py keeps the viewer in-process.
+    assert WorkerPool(2, IceSettings()).subscriber("v", room=ROOM, session_id="s") is None
