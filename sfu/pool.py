@@ -265,8 +265,8 @@ class RemoteSubscriber:
         return reply["sdp"]
 
     def bind(self, tracks: dict[str, UpTrack]) -> None:
-        if self.closed:
-            return
+        if self.closed or self.lost:
+            return  # a lost session is about to be ended by on_session_lost
         if self._bind_streams(tracks):
             self.link.notify({"type": "bind", "session": self.session_id, "tracks": self._stream_map()})
 

@@ -49,7 +49,7 @@ class RelayError(ValueError):
     """Bytes that are not the relay format; the message says what is wrong."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~1 µs more per packet
 class RelayedPacket:
     stream: int
     seq: int

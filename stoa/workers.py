@@ -56,6 +56,8 @@ class WorkerCollector:
                                   value=self.pool.restarts)
         viewers = GaugeMetricFamily("stoa_media_worker_viewers", "Viewer sessions per worker", labels=["worker"])
         relayed = CounterMetricFamily("stoa_relay_packets", "RTP packets relayed to each worker", labels=["worker"])
+        datagrams = CounterMetricFamily("stoa_relay_datagrams", "Relay datagrams sent to each worker (a batch each)",
+                                        labels=["worker"])
         dropped = CounterMetricFamily("stoa_relay_dropped_packets", "Relayed packets dropped (worker behind)",
                                       labels=["worker"])
         cpu = CounterMetricFamily("stoa_media_worker_cpu_seconds", "CPU time of each worker", labels=["worker"])
@@ -70,9 +72,10 @@ class WorkerCollector:
             label = [str(w["index"])]
             viewers.add_metric(label, w["viewers"])
             relayed.add_metric(label, w["packets_relayed"])
+            datagrams.add_metric(label, w["datagrams_sent"])
             dropped.add_metric(label, w["packets_dropped"])
             cpu.add_metric(label, w["cpu_seconds"] or 0.0)
             legs = [leg for s in w["sessions"].values() for leg in s.get("legs", [])]
             sent.add_metric(label, sum(leg.get("packets_sent", 0) for leg in legs))
             resent.add_metric(label, sum(leg.get("retransmits", 0) for leg in legs))
-        yield from (viewers, relayed, dropped, cpu, sent, resent)
+        yield from (viewers, relayed, datagrams, dropped, cpu, sent, resent)
