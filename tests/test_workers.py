@@ -305,3 +305,31 @@ async def test_one_worker_means_in_process_and_no_running_worker_keeps_viewers_i
         await server.close()
     # A pool whose workers are all down (restarting) places nobody: whip.py keeps the viewer in-process.
     assert WorkerPool(2, IceSettings()).subscriber("v", room=ROOM, session_id="s") is None
+
+
+async def test_a_worker_dying_before_it_answers_gets_a_503_and_nothing_is_half_joined(workers_server, http):
+    pool = workers_server.app[WORKERS]
+    first = await viewer(workers_server, http, "first")  # on worker 0: the next one goes to worker 1
+    target = pool.links[1]
+    os.kill(target.pid, signal.SIGSTOP)  # it takes the offer and never answers
+    try:
+        pc_viewer = WhepViewer(http, workers_server.base, ROOM, workers_server.token(ROOM, "second", "viewer"))
+        posting = asyncio.ensure_future(pc_viewer.start())
+        await wait_until(lambda: "second" in workers_server.app[ROOMS].rooms[ROOM].participants, 10,
+                         "the POST to reach the worker")
+        assert participant(workers_server, "second").subscriber.worker == 1
+        os.kill(target.pid, signal.SIGKILL)
+        with pytest.raises(AssertionError, match="WHEP POST answered 503: media worker unavailable"):
+            await asyncio.wait_for(posting, 20)
+    finally:
+        try:
+            os.kill(target.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert "second" not in workers_server.app[ROOMS].rooms[ROOM].participants, "nothing is half-joined"
+    await pc_viewer.pc.close()
+    await wait_until(lambda: pool.links[1] is not None and pool.links[1].alive, 60, "a new worker")
+    again = await viewer(workers_server, http, "second")
+    await again.wait_connected(15)
+    assert await again.stop() == 200
+    assert await first.stop() == 200
