@@ -34,6 +34,9 @@ REQUEST_TIMEOUT = 20.0
 # A worker that dies this soon after starting is restarted after a growing pause (up to RESTART_MAX).
 RESTART_MIN, RESTART_MAX = 0.2, 10.0
 SOCKET_BUFFER = 4 * 1024 * 1024
+# A worker that sends nothing (its stats come every second) for this long is hung: it is killed and
+# replaced. Its viewers' ICE consent would have expired by then anyway.
+HUNG_AFTER = 30.0
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 
 
@@ -106,6 +109,7 @@ class WorkerLink:
         self._pending: dict[int, asyncio.Future] = {}
         self._next_id = 0
         self.started_at = time.monotonic()
+        self.last_heard = self.started_at
         # counters
         self.datagrams_sent = 0
         self.packets_relayed = 0
@@ -199,6 +203,7 @@ class WorkerLink:
             logger.error("media worker %d: control stream broken: %s", self.index, exc)
 
     def _on_message(self, message: dict) -> None:
+        self.last_heard = time.monotonic()
         kind = message["type"]
         if kind == "reply":
             future = self._pending.get(message.get("id"))
@@ -325,6 +330,7 @@ class WorkerPool:
         self._closing = False
         self._delays: dict[int, float] = {}
         self.restarts = 0
+        self.hung_after = HUNG_AFTER
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -382,7 +388,16 @@ class WorkerPool:
 
     async def _watch(self, link: WorkerLink) -> None:
         reading = asyncio.ensure_future(link.read_control())
-        code = await link.proc.wait()
+        exited = asyncio.ensure_future(link.proc.wait())
+        while not exited.done():
+            await asyncio.wait([exited], timeout=1.0)
+            silent = time.monotonic() - link.last_heard
+            if not exited.done() and silent > self.hung_after:
+                logger.warning("media worker %d (pid %d) sent nothing for %.0f s: killing it as hung",
+                               link.index, link.pid, silent)
+                link.proc.kill()
+                link.last_heard = time.monotonic()
+        code = exited.result()
         await asyncio.wait([reading], timeout=1.0)
         reading.cancel()
         self._lost(link, code)

@@ -333,3 +333,20 @@ async def test_a_worker_dying_before_it_answers_gets_a_503_and_nothing_is_half_j
     await again.wait_connected(15)
     assert await again.stop() == 200
     assert await first.stop() == 200
+
+
+async def test_a_hung_worker_is_killed_and_replaced(workers_server, http, caplog):
+    caplog.set_level(logging.WARNING, logger="sfu.pool")
+    pool = workers_server.app[WORKERS]
+    pool.hung_after = 2.0  # 30 s in production
+    v = await viewer(workers_server, http, "v")
+    index = participant(workers_server, "v").subscriber.worker
+    old_pid = pool.links[index].pid
+    os.kill(old_pid, signal.SIGSTOP)
+    await wait_until(lambda: pool.links[index] is not None and pool.links[index].pid != old_pid
+                     and pool.links[index].alive, 60, "the hung worker to be replaced")
+    assert any("killing it as hung" in r.getMessage() for r in caplog.records)
+    rooms = workers_server.app[ROOMS].rooms
+    await wait_until(lambda: ROOM not in rooms or "v" not in rooms[ROOM].participants, 10,
+                     "the hung worker's viewer to be removed")
+    await v.pc.close()
