@@ -26,6 +26,7 @@ from tests.test_whip_whep import (OffsetCounterTrack, WhepViewer, WhipPublisher,
                                   wait_until)
 
 ROOM = "lecture"
+pytestmark = pytest.mark.slow  # real worker processes: seconds each
 
 
 @pytest.fixture
