@@ -249,7 +249,8 @@ async def measure_system(system: str, counts: list[int], args, tmp: Path, childr
         from signaling.auth import mint_token
         from stoa.config import DEV_API_KEY, DEV_API_SECRET
 
-        argv = [STOA, "serve", "--dev", "--port", str(port), "--ice-address", "127.0.0.1",
+        # --workers 0: viewers in the server process, the one whose CPU is read (bench/workers.py: workers)
+        argv = [STOA, "serve", "--dev", "--port", str(port), "--ice-address", "127.0.0.1", "--workers", "0",
                 "--data-dir", str(data_dir), "--log-level", args.server_log_level, *(["--record"] if record else [])]
         if args.probe:
             argv = [PY, str(ROOT / "bench" / "server_probe.py"), "--port", str(port), "--data-dir", str(data_dir)]

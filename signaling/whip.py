@@ -7,13 +7,14 @@ import logging
 from aiohttp import web
 
 from sfu.peer import SdpError, add_remote_candidate, check_sdp_text, negotiated_codecs
+from sfu.pool import RemoteSubscriber, WorkerUnavailable
 from sfu.subscriber import Subscriber
 from signaling.api import roomhooks
 from signaling.api.identity import active_api_keys
 from signaling.auth import Grants, TokenError, verify_token
 from signaling.room import Participant, RoomFull
 from signaling.schemas import ProtocolError
-from stoa.appkeys import ROOMS
+from stoa.appkeys import ROOMS, WORKERS
 
 logger = logging.getLogger(__name__)
 
@@ -101,17 +102,42 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         if kind == "whip":
             answer = await room.publisher_for(participant).negotiate(offer)
         else:
-            participant.subscriber = Subscriber(participant.identity, room.peers, _no_offer,
-                                                data_channel_label=None)
+            participant.subscriber = _viewer_subscriber(request.app, room, participant)
             answer = await participant.subscriber.answer(offer, room.broadcast_tracks())
     except SdpError as exc:
         await room.leave(participant.identity, session_id=participant.session_id)
         await roomhooks.left(request.app, session, participant)
         return problem(400, f"bad SDP: {exc}")
+    except WorkerUnavailable as exc:
+        await room.leave(participant.identity, session_id=participant.session_id)
+        await roomhooks.left(request.app, session, participant)
+        return problem(503, f"media worker unavailable: {exc}; try again", **{"Retry-After": "1"})
     location = f"/{kind}/{room_name}/{participant.session_id}"
     logger.info("%s session %s for %s in %s", kind.upper(), participant.session_id, grants.identity, room_name)
     return web.Response(status=201, text=answer, content_type="application/sdp",
                         headers={**CORS, "Location": location, "ETag": f'"{participant.session_id}"'})
+
+
+def _viewer_subscriber(app: web.Application, room, participant: Participant):
+    """A WHEP viewer's connection: on a media worker when the server runs them (docs/scaling.md)."""
+    pool = app.get(WORKERS)
+    remote = None
+    if pool is not None:
+        remote = pool.subscriber(participant.identity, room=room.name, session_id=participant.session_id)
+    return remote or Subscriber(participant.identity, room.peers, _no_offer, data_channel_label=None)
+
+
+async def end_session(app: web.Application, room_name: str, session_id: str, *, reason: str) -> None:
+    """End a session from the server side (its media worker died): its URL answers 404 from now on."""
+    room = app[ROOMS].rooms.get(room_name)
+    participant = next((p for p in room.participants.values() if p.session_id == session_id), None) \
+        if room is not None else None
+    if participant is None:
+        return
+    logger.info("%s session %s of %s in %s ended: %s", participant.transport.upper(), session_id,
+                participant.identity, room_name, reason)
+    await room.leave(participant.identity, session_id=session_id)
+    await roomhooks.left(app, getattr(participant, "classroom_session", None), participant)
 
 
 def _check_offer(sdp: str) -> None:
@@ -157,6 +183,8 @@ async def session_patch(request: web.Request) -> web.Response:
     if request.content_type != "application/trickle-ice-sdpfrag":
         return problem(415, "the body must be application/trickle-ice-sdpfrag")
     _, participant = found
+    if participant.publisher is None and isinstance(participant.subscriber, RemoteSubscriber):
+        return await _trickle_remote(request, participant.subscriber)
     pc = participant.publisher.pc if participant.publisher else participant.subscriber.pc
     body = (await request.content.read(MAX_BODY)).decode("utf-8", "replace")
     mid = None
@@ -169,4 +197,24 @@ async def session_patch(request: web.Request) -> web.Response:
                 await add_remote_candidate(pc, {"candidate": line[2:], "sdpMid": mid})
     except SdpError as exc:
         return problem(400, f"bad candidate: {exc}")
+    return web.Response(status=204, headers=CORS)
+
+
+async def _trickle_remote(request: web.Request, subscriber: RemoteSubscriber) -> web.Response:
+    """Trickle ICE for a viewer whose connection lives in a media worker: the candidates go there."""
+    body = (await request.content.read(MAX_BODY)).decode("utf-8", "replace")
+    mid = None
+    candidates = []
+    for line in body.splitlines():
+        line = line.strip()
+        if line.startswith("a=mid:"):
+            mid = line[6:]
+        elif line.startswith("a=candidate:"):
+            candidates.append({"candidate": line[2:], "sdpMid": mid})
+    try:
+        await subscriber.trickle(candidates)
+    except SdpError as exc:
+        return problem(400, f"bad candidate: {exc}")
+    except WorkerUnavailable:
+        return problem(404, "no such session (its media worker stopped)")
     return web.Response(status=204, headers=CORS)

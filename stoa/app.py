@@ -15,6 +15,7 @@ from signaling import api, classroom_api, classroom_bridge, metrics, whip, ws
 from signaling.room import RoomManager
 from stoa.appkeys import ROOMS, SETTINGS, STORE
 from stoa.config import Settings
+from stoa.workers import workers_ctx
 from web import pages, review
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def build_app(settings: Settings) -> web.Application:
                          autoescape=jinja2.select_autoescape(["html"]))
     app[aiohttp_jinja2.static_root_key] = "/static"
     app.cleanup_ctx.append(_rooms_ctx)
+    app.cleanup_ctx.append(workers_ctx)  # media worker processes for viewers (docs/scaling.md)
     app.on_shutdown.append(_disconnect_everyone)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(api.services_ctx)  # sessions, tutoring, webhooks, notifications (needs the store)

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="where the embedded database and recordings live (default ./data)")
     serve.add_argument("--database", help="postgresql://... (default: embedded SQLite in --data-dir)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="media worker processes for viewers (default: one per core; 0 or 1: all in one "
+                            "process; see docs/scaling.md)")
     serve.add_argument("--record", action="store_true", dest="record_all", default=None,
                        help="record every room from its first published track (see docs/recording.md)")
 
@@ -167,7 +170,10 @@ def _serve(args) -> int:
 
     settings = _settings(args, host=args.host, port=args.port, ice_addresses=args.ice_addresses,
                          ice_servers=args.ice_servers, data_dir=args.data_dir, database=args.database,
-                         log_level=args.log_level, record_all=args.record_all)
+                         log_level=args.log_level, record_all=args.record_all, workers=args.workers)
+    if settings.workers is None:
+        import os
+        settings.workers = os.cpu_count() or 1
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("aioice", "aiortc", "alembic"):
@@ -194,6 +200,9 @@ def _serve(args) -> int:
             print(f"  open {url} to create a room and join it in two tabs")
         if not settings.ice_servers:
             print("  ICE: no STUN/TURN servers configured (host candidates only)")
+        workers = settings.workers if settings.workers >= 2 else 0
+        print(f"  media: {workers} worker process(es) for viewers" if workers else
+              "  media: viewers in the main process (--workers 0/1)")
 
     app.on_startup.append(freeze_startup_objects)
     app.on_startup.append(announce)

@@ -40,6 +40,9 @@ class Settings:
     redis: str | None = None
     node_id: str = ""
     max_participants: int = 500
+    # Media worker processes for viewers (docs/scaling.md). 0 or 1: everything in this process. None (unset):
+    # `stoa serve` starts one per core; an app built by hand (tests) stays in-process.
+    workers: int | None = None
     # Record every room from its first published track (a server-wide recording flag).
     record_all: bool = False
     log_level: str = "info"
@@ -86,6 +89,8 @@ class Settings:
             unknown = set(hook) - {"url", "secret", "events"}
             if unknown:
                 raise ConfigError(f"webhooks[{i}] has unknown keys {', '.join(sorted(unknown))}")
+        if self.workers is not None and not 0 <= self.workers <= 64:
+            raise ConfigError(f"workers must be between 0 and 64, got {self.workers}")
         if self.tutoring_ttl <= 0 or self.tutoring_expire_interval <= 0:
             raise ConfigError("tutoring_ttl and tutoring_expire_interval must be positive")
         if not self.node_id:

@@ -1,0 +1,557 @@
+"""Media worker processes, as the main process sees them: the supervisor, the relay out, and the
+proxies for viewers whose peer connections run in a worker.
+
+The main process keeps the publishers (their UpTracks, the recorder's sinks) and the control plane.
+For each published track that has viewers on a worker, a RelayStream (a PacketSink on the UpTrack)
+encodes every packet once and queues it for each such worker, so a worker gets each packet once
+whatever the number of its viewers. Queued packets leave in one datagram per worker per event-loop
+turn (sfu/relay.py). Workers send back keyframe requests, NACKs their cache could not answer (the
+packets are resent from the UpTrack's cache), and stats. A worker that dies is started again; the
+viewers it carried are reported through `on_session_lost` so the signaling layer can end their
+sessions (see docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from sfu.peer import IceSettings, SdpError
+from sfu.relay import Batcher, ControlDecoder, RelayError, encode_control, encode_entry
+from sfu.uptrack import UpTrack
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT = 60.0
+REQUEST_TIMEOUT = 20.0
+# A worker that dies this soon after starting is restarted after a growing pause (up to RESTART_MAX).
+RESTART_MIN, RESTART_MAX = 0.2, 10.0
+SOCKET_BUFFER = 4 * 1024 * 1024
+# A worker that sends nothing (its stats come every second) for this long is hung: it is killed and
+# replaced. Its viewers' ICE consent would have expired by then anyway.
+HUNG_AFTER = 30.0
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+class WorkerUnavailable(Exception):
+    """The worker a request went to died before it answered (or no worker is running)."""
+
+
+class RelayStream:
+    """Fans one UpTrack's packets out to the workers that have viewers of it: once per worker."""
+
+    __slots__ = ("index", "uptrack", "refs", "links", "repairs")
+
+    def __init__(self, index: int, uptrack: UpTrack) -> None:
+        self.index = index
+        self.uptrack = uptrack
+        self.refs: dict["WorkerLink", int] = {}  # viewers of this track per worker
+        self.links: list["WorkerLink"] = []
+        self.repairs = 0
+
+    def feed(self, packet, arrival_time: float) -> None:
+        links = self.links
+        if not links:
+            return
+        level = packet.extensions.audio_level
+        entry = encode_entry(self.index, packet.sequence_number, packet.timestamp, packet.marker,
+                             packet.payload_type, packet.ssrc, packet.payload,
+                             (level[1] | (0x80 if level[0] else 0)) if level is not None else None)
+        for link in links:
+            link.push(entry)
+
+    def sender_report(self, local_time: float, rtp_timestamp: int) -> None:
+        message = {"type": "sr", "stream": self.index, "time": local_time, "rtp": rtp_timestamp}
+        for link in self.links:
+            link.notify(message)
+
+    def describe(self) -> dict:
+        up = self.uptrack
+        return {"type": "track", "stream": self.index, "track_id": up.track_id, "kind": up.kind,
+                "mime_type": up.mime_type, "clock_rate": up.clock_rate, "payload_type": up.payload_type,
+                "publisher": up.publisher_id, "source": up.source}
+
+    def repair(self, link: "WorkerLink", seqs: list[int]) -> None:
+        """Resend packets a worker's legs NACKed and its cache no longer (or never) had."""
+        up = self.uptrack
+        for seq in seqs:
+            packet = up.cache.get(seq)
+            if packet is None:
+                continue
+            self.repairs += 1
+            link.push(encode_entry(self.index, packet.seq, packet.timestamp, packet.marker, up.payload_type,
+                                   up.media_ssrc or 0, packet.payload, packet.audio_level, repair=True))
+
+
+class WorkerLink:
+    """One running worker process: its control stream, its media socket, what it carries."""
+
+    def __init__(self, pool: "WorkerPool", index: int, proc, reader, writer, media: socket.socket):
+        self.pool = pool
+        self.index = index
+        self.proc = proc
+        self.pid = proc.pid
+        self._reader = reader
+        self._writer = writer
+        self._media = media
+        self.alive = True
+        self.sessions: dict[str, "RemoteSubscriber"] = {}
+        self.stats: dict = {}
+        self._batcher = Batcher()
+        self._flush_scheduled = False
+        self._pending: dict[int, asyncio.Future] = {}
+        self._next_id = 0
+        self.started_at = time.monotonic()
+        self.last_heard = self.started_at
+        # counters
+        self.datagrams_sent = 0
+        self.packets_relayed = 0
+        self.packets_dropped = 0
+        self._dropping = False
+        self._loss = None  # (random.Random, rate) while impaired by `impair`
+        self.impaired_drops = 0
+
+    # -- media out ----------------------------------------------------------------------------
+
+    def push(self, entry: bytes) -> None:
+        if not self.alive:
+            return
+        self.packets_relayed += 1
+        full = self._batcher.add(entry)
+        if full is not None:
+            self._send(full)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_event_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        data = self._batcher.take()
+        if data is not None and self.alive:
+            self._send(data)
+
+    def impair(self, rate: float, *, seed: int = 1) -> None:
+        """Drop a fraction of the relay datagrams to this worker: a network impairment for tests and
+        benches (the relay between machines will lose packets), so the NACK-miss path is exercised."""
+        import random
+
+        self._loss = (random.Random(seed), rate) if rate > 0 else None
+
+    def _send(self, data: bytes) -> None:
+        if self._loss is not None and self._loss[0].random() < self._loss[1]:
+            self.impaired_drops += data[1]
+            return
+        try:
+            self._media.send(data)
+        except (BlockingIOError, InterruptedError):
+            # The worker is not keeping up: drop this batch (its legs NACK, PLI), log once per episode.
+            self.packets_dropped += data[1]
+            if not self._dropping:
+                self._dropping = True
+                logger.warning("media worker %d is not reading the relay fast enough: dropping packets "
+                               "(%d dropped so far)", self.index, self.packets_dropped)
+            return
+        except OSError:
+            return  # the worker died; the supervisor deals with it
+        if self._dropping:
+            self._dropping = False
+            logger.warning("media worker %d reads the relay again (%d packets dropped in all)",
+                           self.index, self.packets_dropped)
+        self.datagrams_sent += 1
+
+    # -- control ------------------------------------------------------------------------------
+
+    def notify(self, message: dict) -> None:
+        if self.alive and not self._writer.is_closing():
+            self._writer.write(encode_control(message))
+
+    async def request(self, message: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
+        if not self.alive:
+            raise WorkerUnavailable(f"media worker {self.index} is not running")
+        self._next_id += 1
+        message = {**message, "id": self._next_id}
+        future = asyncio.get_event_loop().create_future()
+        self._pending[self._next_id] = future
+        self.notify(message)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise WorkerUnavailable(f"media worker {self.index} did not answer within {timeout:.0f} s") from None
+        finally:
+            self._pending.pop(message["id"], None)
+
+    async def read_control(self) -> None:
+        decoder = ControlDecoder()
+        try:
+            while True:
+                data = await self._reader.read(65536)
+                if not data:
+                    return
+                for message in decoder.feed(data):
+                    self._on_message(message)
+                for problem in decoder.rejected:
+                    logger.warning("media worker %d: ignored a control message: %s", self.index, problem)
+                decoder.rejected.clear()
+        except (RelayError, ConnectionError) as exc:
+            logger.error("media worker %d: control stream broken: %s", self.index, exc)
+
+    def _on_message(self, message: dict) -> None:
+        self.last_heard = time.monotonic()
+        kind = message["type"]
+        if kind == "reply":
+            future = self._pending.get(message.get("id"))
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif kind == "pli":
+            stream = self.pool.streams.get(message.get("stream"))
+            if stream is not None:
+                stream.uptrack.request_keyframe()
+        elif kind == "nack":
+            stream = self.pool.streams.get(message.get("stream"))
+            if stream is not None and self in stream.refs:
+                stream.repair(self, message["seqs"])
+        elif kind == "stats":
+            self.stats = message
+        elif kind == "ready":
+            pass
+        else:
+            logger.warning("media worker %d sent an unknown control message %r", self.index, kind)
+
+    def gone(self) -> None:
+        self.alive = False
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(WorkerUnavailable(f"media worker {self.index} died"))
+        self._writer.close()
+        self._media.close()
+
+
+class RemoteSubscriber:
+    """Stands in for a Subscriber (WHEP, client-offered) whose peer connection runs in a worker."""
+
+    data_channel = None
+    legs = ()  # the legs live in the worker; their figures come back in its stats
+
+    def __init__(self, pool: "WorkerPool", link: WorkerLink, participant_id: str, *, room: str, session_id: str):
+        self.pool = pool
+        self.link = link
+        self.participant_id = participant_id
+        self.room = room
+        self.session_id = session_id
+        self.streams: dict[str, RelayStream] = {}  # by kind
+        self.closed = False
+        self.lost = False
+        self.answered = False  # until then a dead worker fails answer() instead of reporting a loss
+        link.sessions[session_id] = self
+
+    @property
+    def worker(self) -> int:
+        return self.link.index
+
+    async def answer(self, offer_sdp: str, tracks: dict[str, UpTrack]) -> str:
+        self._bind_streams(tracks)
+        try:
+            reply = await self.link.request({"type": "whep", "session": self.session_id,
+                                             "identity": self.participant_id, "offer": offer_sdp,
+                                             "tracks": self._stream_map()})
+        except WorkerUnavailable:
+            self.lost = True
+            raise
+        if not reply.get("ok"):
+            raise SdpError(reply.get("error") or "the media worker refused the offer")
+        self.answered = True
+        return reply["sdp"]
+
+    def bind(self, tracks: dict[str, UpTrack]) -> None:
+        if self.closed or self.lost:
+            return  # a lost session is about to be ended by on_session_lost
+        if self._bind_streams(tracks):
+            self.link.notify({"type": "bind", "session": self.session_id, "tracks": self._stream_map()})
+
+    def remove_track(self, track_id: str) -> bool:
+        return False  # a WHEP leg follows the room's broadcast tracks through bind()
+
+    async def trickle(self, candidates: list[dict]) -> None:
+        reply = await self.link.request({"type": "trickle", "session": self.session_id, "candidates": candidates})
+        if not reply.get("ok"):
+            raise SdpError(reply.get("error") or "the candidate was refused")
+
+    def _bind_streams(self, tracks: dict[str, UpTrack]) -> bool:
+        wanted = {kind: self.pool.stream_for(track) for kind, track in tracks.items()}
+        if {k: s.index for k, s in wanted.items()} == {k: s.index for k, s in self.streams.items()}:
+            return False
+        for stream in wanted.values():
+            self.pool.ref(stream, self.link)
+        for stream in self.streams.values():
+            self.pool.unref(stream, self.link)
+        self.streams = wanted
+        return True
+
+    def _stream_map(self) -> dict[str, int]:
+        return {kind: s.index for kind, s in self.streams.items()}
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for stream in self.streams.values():
+            self.pool.unref(stream, self.link)
+        self.streams = {}
+        self.link.sessions.pop(self.session_id, None)
+        if not self.lost:
+            self.link.notify({"type": "close", "session": self.session_id})
+
+
+SessionLost = Callable[[RemoteSubscriber], Awaitable[None]]
+
+
+class WorkerPool:
+    """Starts `count` worker processes, places viewers on them, and restarts any that dies."""
+
+    def __init__(self, count: int, ice: IceSettings, *, log_level: str = "info",
+                 on_session_lost: SessionLost | None = None):
+        self.count = count
+        self.ice = ice
+        self.log_level = log_level
+        self.on_session_lost = on_session_lost
+        self.links: list[WorkerLink | None] = [None] * count
+        self.streams: dict[int, RelayStream] = {}
+        self._by_track: dict[int, RelayStream] = {}  # id(uptrack) -> stream
+        self._next_stream = 0
+        self._next_worker = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._closing = False
+        self._delays: dict[int, float] = {}
+        self.restarts = 0
+        self.hung_after = HUNG_AFTER
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self._start_worker(i) for i in range(self.count)))
+
+    async def _start_worker(self, index: int, delay: float = 0.0) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        if self._closing:
+            return
+        ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        media_parent, media_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for sock, option in ((media_parent, socket.SO_SNDBUF), (media_child, socket.SO_RCVBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError:
+                pass
+        media_parent.setblocking(False)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (_PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sfu.worker", "--control-fd", str(ctl_child.fileno()),
+                "--media-fd", str(media_child.fileno()), "--index", str(index), "--log-level", self.log_level,
+                pass_fds=(ctl_child.fileno(), media_child.fileno()), env=env, start_new_session=True)
+        finally:
+            ctl_child.close()
+            media_child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ctl_parent)
+        link = WorkerLink(self, index, proc, reader, writer, media_parent)
+        try:
+            ready = await asyncio.wait_for(self._first_message(reader), READY_TIMEOUT)
+        except (asyncio.TimeoutError, RelayError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            logger.error("media worker %d (pid %d) did not start: %s", index, proc.pid, exc or "timed out")
+            proc.kill()
+            await proc.wait()
+            link.gone()
+            self._schedule_restart(index, link)
+            return
+        if ready.get("type") != "ready":
+            logger.error("media worker %d said %r before ready", index, ready.get("type"))
+        link.notify({"type": "configure", "ice": {"servers": self.ice.servers, "username": self.ice.username,
+                                                  "credential": self.ice.credential,
+                                                  "addresses": self.ice.addresses}})
+        self.links[index] = link
+        self._spawn(self._watch(link))
+        logger.info("media worker %d running (pid %d)", index, proc.pid)
+
+    @staticmethod
+    async def _first_message(reader) -> dict:
+        header = await reader.readexactly(4)
+        body = await reader.readexactly(int.from_bytes(header, "big"))
+        return ControlDecoder().feed(header + body)[0]
+
+    async def _watch(self, link: WorkerLink) -> None:
+        reading = asyncio.ensure_future(link.read_control())
+        exited = asyncio.ensure_future(link.proc.wait())
+        while not exited.done():
+            await asyncio.wait([exited], timeout=1.0)
+            silent = time.monotonic() - link.last_heard
+            if not exited.done() and silent > self.hung_after:
+                logger.warning("media worker %d (pid %d) sent nothing for %.0f s: killing it as hung",
+                               link.index, link.pid, silent)
+                link.proc.kill()
+                link.last_heard = time.monotonic()
+        code = exited.result()
+        await asyncio.wait([reading], timeout=1.0)
+        reading.cancel()
+        self._lost(link, code)
+
+    def _lost(self, link: WorkerLink, code: int) -> None:
+        if not link.alive:
+            return
+        link.gone()
+        if self.links[link.index] is link:
+            self.links[link.index] = None
+        for stream in list(self.streams.values()):
+            if link in stream.refs:
+                del stream.refs[link]
+                stream.links = [x for x in stream.links if x is not link]
+                self._drop_if_unused(stream)
+        lost = list(link.sessions.values())
+        if self._closing:
+            return
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        logger.warning("media worker %d (pid %d) %s after %.0f s; its %d viewer session(s) end; "
+                       "starting a new worker", link.index, link.pid, how,
+                       time.monotonic() - link.started_at, len(lost))
+        for sub in lost:
+            sub.lost = True
+            if sub.answered and self.on_session_lost is not None:
+                self._spawn(self.on_session_lost(sub))
+        self._schedule_restart(link.index, link)
+
+    def _schedule_restart(self, index: int, link: WorkerLink) -> None:
+        if self._closing:
+            return
+        self.restarts += 1
+        lived = time.monotonic() - link.started_at
+        previous = self._delays.get(index, 0.0)
+        delay = 0.0 if lived > RESTART_MAX else min(RESTART_MAX, max(RESTART_MIN, previous * 2))
+        self._delays[index] = delay
+        self._spawn(self._start_worker(index, delay))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("worker pool task failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        self._closing = True
+        links = [link for link in self.links if link is not None]
+        for link in links:
+            if link.proc.returncode is None:
+                link.proc.terminate()
+        for link in links:
+            try:
+                await asyncio.wait_for(link.proc.wait(), 5.0)
+            except asyncio.TimeoutError:
+                logger.warning("media worker %d ignored SIGTERM; killing it", link.index)
+                link.proc.kill()
+                await link.proc.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in links:
+            if link.alive:
+                link.gone()
+
+    # -- placement ----------------------------------------------------------------------------
+
+    def running(self) -> list[WorkerLink]:
+        return [link for link in self.links if link is not None and link.alive]
+
+    def place(self) -> WorkerLink | None:
+        """The running worker with the fewest viewers; ties go round-robin."""
+        alive = self.running()
+        if not alive:
+            return None
+        n = self.count
+        link = min(alive, key=lambda l: (len(l.sessions), (l.index - self._next_worker) % n))
+        self._next_worker = (link.index + 1) % n
+        return link
+
+    def subscriber(self, participant_id: str, *, room: str, session_id: str) -> RemoteSubscriber | None:
+        """A viewer on a worker, or None when no worker runs (the caller keeps it in-process)."""
+        link = self.place()
+        if link is None:
+            return None
+        return RemoteSubscriber(self, link, participant_id, room=room, session_id=session_id)
+
+    # -- relay streams ------------------------------------------------------------------------
+
+    def stream_for(self, uptrack: UpTrack) -> RelayStream:
+        stream = self._by_track.get(id(uptrack))
+        if stream is None or stream.uptrack is not uptrack:
+            index = self._free_index()
+            stream = RelayStream(index, uptrack)
+            self.streams[index] = stream
+            self._by_track[id(uptrack)] = stream
+        return stream
+
+    def _free_index(self) -> int:
+        for _ in range(0x10000):
+            self._next_stream = (self._next_stream + 1) & 0xFFFF
+            if self._next_stream and self._next_stream not in self.streams:
+                return self._next_stream
+        raise RuntimeError("every relay stream index is in use")
+
+    def ref(self, stream: RelayStream, link: WorkerLink) -> None:
+        count = stream.refs.get(link, 0)
+        stream.refs[link] = count + 1
+        if count:
+            return
+        up = stream.uptrack
+        if stream not in up.sinks:
+            up.sinks.append(stream)
+        link.notify(stream.describe())
+        sr = getattr(up, "_sr", None)  # the last sender report, mapped onto our clock
+        if sr is not None:
+            link.notify({"type": "sr", "stream": stream.index, "time": sr[0], "rtp": sr[1]})
+        stream.links = [x for x in stream.refs if x.alive]
+
+    def unref(self, stream: RelayStream, link: WorkerLink) -> None:
+        count = stream.refs.get(link, 0)
+        if count > 1:
+            stream.refs[link] = count - 1
+            return
+        if count == 1:
+            del stream.refs[link]
+            stream.links = [x for x in stream.links if x is not link]
+            link.notify({"type": "untrack", "stream": stream.index})
+        self._drop_if_unused(stream)
+
+    def _drop_if_unused(self, stream: RelayStream) -> None:
+        if stream.refs:
+            return
+        if stream in stream.uptrack.sinks:
+            stream.uptrack.sinks.remove(stream)
+        if self.streams.get(stream.index) is stream:
+            del self.streams[stream.index]
+        if self._by_track.get(id(stream.uptrack)) is stream:
+            del self._by_track[id(stream.uptrack)]
+
+    # -- figures ------------------------------------------------------------------------------
+
+    def describe(self) -> list[dict]:
+        out = []
+        for index, link in enumerate(self.links):
+            if link is None:
+                out.append({"index": index, "running": False})
+                continue
+            out.append({"index": index, "running": link.alive, "pid": link.pid, "viewers": len(link.sessions),
+                        "packets_relayed": link.packets_relayed, "datagrams_sent": link.datagrams_sent,
+                        "packets_dropped": link.packets_dropped, "cpu_seconds": link.stats.get("cpu"),
+                        "relay": link.stats.get("relay", {}), "sessions": link.stats.get("sessions", {})})
+        return out

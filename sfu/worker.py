@@ -1,0 +1,343 @@
+"""A media worker process: runs subscriber peer connections (ICE, DTLS, SRTP) for viewers placed on it,
+fed by the relay from the process that receives the published tracks.
+
+Started by sfu/pool.py as `python -m sfu.worker --control-fd C --media-fd M --index I`: C is a UNIX
+stream socket carrying control frames both ways, M a UNIX datagram socket carrying relayed RTP in
+(format: sfu/relay.py). Each relayed stream becomes a MirrorTrack, an UpTrack whose packets come from
+the relay instead of a publisher, so the DownTracks, the Forwarder and the NACK cache are the ones the
+main process uses. Keyframe requests and NACKs the local cache cannot answer go back as control
+messages; sender-report clocks come in as control messages. The worker exits when its control socket
+closes (the main process went away).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+
+from sfu.buffer import CachedPacket, PacketCache
+from sfu.peer import IceSettings, PeerFactory, SdpError, add_remote_candidate
+from sfu.relay import ControlDecoder, RelayError, decode_datagram, encode_control
+from sfu.rtp import abs_send_time, is_keyframe, unix_to_ntp
+from sfu.subscriber import Subscriber
+from sfu.uptrack import PublisherClock, UpTrack
+
+logger = logging.getLogger("sfu.worker")
+
+STATS_INTERVAL = 1.0
+# A source packet missing from the worker's cache is asked for again at most this often.
+NACK_MISS_INTERVAL = 0.1
+
+
+class RelayCache(PacketCache):
+    """A PacketCache that reports the source packets a leg asked for and it did not have."""
+
+    __slots__ = ("on_miss",)
+
+    def __init__(self, on_miss) -> None:
+        super().__init__()
+        self.on_miss = on_miss
+
+    def get(self, seq: int) -> CachedPacket | None:
+        packet = super().get(seq)
+        if packet is None:
+            self.on_miss(seq)
+        return packet
+
+
+class MirrorTrack(UpTrack):
+    """The worker's copy of one published track: same fan-out, packets from the relay."""
+
+    def __init__(self, stream: int, desc: dict, send) -> None:
+        super().__init__(track_id=desc["track_id"], kind=desc["kind"], mime_type=desc["mime_type"],
+                         clock_rate=desc["clock_rate"], payload_type=desc["payload_type"],
+                         publisher_id=desc.get("publisher", ""), source=desc.get("source", ""),
+                         clock=PublisherClock(), send_pli=self._ask_keyframe)
+        self.stream = stream
+        self._send = send
+        self.cache = RelayCache(self._missed)
+        self._asked: dict[int, float] = {}
+        self._pending: list[int] = []
+        self.repairs = 0
+        self.misses_asked = 0
+
+    async def _ask_keyframe(self, ssrc: int) -> None:
+        self._send({"type": "pli", "stream": self.stream})
+
+    def set_sender_clock(self, local_time: float, rtp_timestamp: int) -> None:
+        """The main process mapped the publisher's sender report onto the shared clock already."""
+        self._sr = (local_time, rtp_timestamp)
+
+    def _missed(self, seq: int) -> None:
+        now = time.monotonic()
+        if now - self._asked.get(seq, -1.0) < NACK_MISS_INTERVAL:
+            return
+        if len(self._asked) > 1024:
+            self._asked = {s: t for s, t in self._asked.items() if now - t < 1.0}
+        self._asked[seq] = now
+        if not self._pending:
+            asyncio.get_event_loop().call_soon(self._flush_misses)
+        self._pending.append(seq)
+
+    def _flush_misses(self) -> None:
+        seqs, self._pending = self._pending, []
+        self.misses_asked += len(seqs)
+        self._send({"type": "nack", "stream": self.stream, "seqs": seqs})
+
+    def on_relayed(self, packet, arrival: float) -> None:
+        """A relayed packet: cache it and forward it to every leg (a repair goes out as a late packet,
+        which is what the legs that NACKed it are waiting for)."""
+        if self.closed:
+            return
+        payload = packet.payload
+        keyframe = is_keyframe(self.mime_type, payload) if self._video else True
+        cached = CachedPacket(packet.seq, packet.timestamp, packet.marker, payload, packet.audio_level,
+                              arrival, keyframe)
+        self.cache.add(cached)
+        self.media_ssrc = packet.ssrc
+        if packet.repair:
+            self.repairs += 1
+        else:
+            self.packets_received += 1
+            if keyframe and self._video:
+                self.keyframes_received += 1
+        ntp = unix_to_ntp(self.capture_time(packet.timestamp, arrival))
+        send_time = abs_send_time()
+        tails: dict = {}
+        for downtrack in self.downtracks:
+            downtrack.forward(cached, ntp, send_time, tails)
+
+
+class Worker:
+    def __init__(self, index: int, control: socket.socket, media: socket.socket) -> None:
+        self.index = index
+        self._control_sock = control
+        self._media = media
+        self._writer: asyncio.StreamWriter | None = None
+        self.peers = PeerFactory(IceSettings())
+        self.streams: dict[int, MirrorTrack] = {}
+        self.sessions: dict[str, Subscriber] = {}
+        self.bindings: dict[str, dict] = {}  # session -> {kind: stream} it should carry
+        self.datagrams = 0
+        self.packets = 0
+        self.unknown_stream = 0
+        self.bad_datagrams = 0
+        self._task: asyncio.Task | None = None
+
+    # -- control ------------------------------------------------------------------------------
+
+    def send(self, message: dict) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(encode_control(message))
+
+    async def run(self) -> None:
+        loop = asyncio.get_event_loop()
+        self._task = asyncio.current_task()
+        reader, self._writer = await asyncio.open_unix_connection(sock=self._control_sock)
+        self._media.setblocking(False)
+        loop.add_reader(self._media.fileno(), self._on_media)
+        self.send({"type": "ready", "index": self.index, "pid": os.getpid()})
+        stats = asyncio.ensure_future(self._stats_loop())
+        decoder = ControlDecoder()
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break  # the main process is gone: nobody to serve
+                for message in decoder.feed(data):
+                    await self._handle(message)
+                for problem in decoder.rejected:
+                    logger.warning("worker %d: ignored a control message: %s", self.index, problem)
+                decoder.rejected.clear()
+        except asyncio.CancelledError:
+            pass  # SIGTERM: close the viewers' connections, then exit
+        finally:
+            stats.cancel()
+            loop.remove_reader(self._media.fileno())
+            for sub in list(self.sessions.values()):
+                await sub.close()
+            await self.peers.close_all()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _handle(self, message: dict) -> None:
+        kind = message["type"]
+        try:
+            if kind == "configure":
+                self.peers.ice = IceSettings(**message["ice"])
+            elif kind == "track":
+                old = self.streams.pop(message["stream"], None)
+                if old is not None:
+                    old.close()
+                self.streams[message["stream"]] = MirrorTrack(message["stream"], message, self.send)
+            elif kind == "untrack":
+                track = self.streams.pop(message["stream"], None)
+                if track is not None:
+                    track.close()
+            elif kind == "sr":
+                track = self.streams.get(message["stream"])
+                if track is not None:
+                    track.set_sender_clock(message["time"], message["rtp"])
+            elif kind == "whep":
+                # Registered now, answered in a task: a "bind" that follows must find the session.
+                sub = Subscriber(message.get("identity", message["session"]), self.peers, _no_offer,
+                                 data_channel_label=None)
+                self.sessions[message["session"]] = sub
+                self.bindings[message["session"]] = message["tracks"]
+                asyncio.ensure_future(self._whep(message, sub))
+            elif kind == "bind":
+                sub = self.sessions.get(message["session"])
+                if sub is not None:
+                    self.bindings[message["session"]] = message["tracks"]
+                    sub.bind(self._tracks(message["tracks"]))
+            elif kind == "trickle":
+                asyncio.ensure_future(self._trickle(message))
+            elif kind == "close":
+                sub = self._forget(message["session"])
+                if sub is not None:
+                    await sub.close()
+            else:
+                logger.warning("worker %d: unknown control message %r", self.index, kind)
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("worker %d: bad %s message: %s", self.index, kind, exc)
+
+    def _forget(self, sid: str) -> Subscriber | None:
+        self.bindings.pop(sid, None)
+        return self.sessions.pop(sid, None)
+
+    def _tracks(self, streams: dict) -> dict[str, MirrorTrack]:
+        return {kind: self.streams[s] for kind, s in streams.items() if s in self.streams}
+
+    async def _whep(self, message: dict, sub: Subscriber) -> None:
+        sid = message["session"]
+        try:
+            sdp = await sub.answer(message["offer"], self._tracks(message["tracks"]))
+            # A "bind" may have come while the answer was being made: the latest binding wins.
+            sub.bind(self._tracks(self.bindings.get(sid, message["tracks"])))
+        except SdpError as exc:
+            self._forget(sid)
+            await sub.close()
+            self.send({"type": "reply", "id": message["id"], "ok": False, "error": str(exc)})
+            return
+        except Exception as exc:  # one viewer's failure never takes the worker down
+            logger.exception("worker %d: WHEP answer failed", self.index)
+            self._forget(sid)
+            await sub.close()
+            self.send({"type": "reply", "id": message["id"], "ok": False, "error": f"internal error: {exc}"})
+            return
+        self.send({"type": "reply", "id": message["id"], "ok": True, "sdp": sdp})
+
+    async def _trickle(self, message: dict) -> None:
+        sub = self.sessions.get(message["session"])
+        error = None
+        if sub is None:
+            error = "no such session"
+        else:
+            try:
+                for candidate in message["candidates"]:
+                    await add_remote_candidate(sub.pc, candidate)
+            except SdpError as exc:
+                error = str(exc)
+        self.send({"type": "reply", "id": message["id"], "ok": error is None, "error": error})
+
+    # -- media --------------------------------------------------------------------------------
+
+    def _on_media(self) -> None:
+        # Drain everything queued: one wake-up per batch of datagrams, not per packet.
+        recv = self._media.recv
+        streams = self.streams
+        arrival = time.time()
+        while True:
+            try:
+                data = recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            self.datagrams += 1
+            try:
+                packets = decode_datagram(data)
+            except RelayError as exc:
+                self.bad_datagrams += 1
+                if self.bad_datagrams == 1:
+                    logger.warning("worker %d: dropping a malformed relay datagram: %s", self.index, exc)
+                continue
+            for packet in packets:
+                track = streams.get(packet.stream)
+                if track is None:
+                    self.unknown_stream += 1
+                    continue
+                self.packets += 1
+                track.on_relayed(packet, arrival)
+
+    # -- stats --------------------------------------------------------------------------------
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            self.send(self.stats())
+
+    def stats(self) -> dict:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "type": "stats",
+            "cpu": usage.ru_utime + usage.ru_stime,
+            "rss_kb": usage.ru_maxrss,
+            "relay": {"datagrams": self.datagrams, "packets": self.packets,
+                      "unknown_stream": self.unknown_stream, "bad_datagrams": self.bad_datagrams,
+                      "repairs": sum(t.repairs for t in self.streams.values()),
+                      "misses_asked": sum(t.misses_asked for t in self.streams.values())},
+            "sessions": {sid: {"state": sub.pc.connectionState,
+                               "legs": [d.stats() for _, d in sub.legs]}
+                         for sid, sub in self.sessions.items()},
+        }
+
+
+async def _no_offer(sdp: str, tracks: list[dict]) -> None:
+    raise SdpError("a WHEP session cannot be renegotiated by the server")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sfu.worker")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--media-fd", type=int, required=True)
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s worker{args.index}[%(process)d] %(name)s: %(message)s")
+    for noisy in ("aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    from sfu.aiortc_seam import check_compatibility, prefer_aes128_gcm
+
+    check_compatibility()
+    prefer_aes128_gcm()
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    control = socket.socket(fileno=args.control_fd)
+    media = socket.socket(fileno=args.media_fd)
+    worker = Worker(args.index, control, media)
+
+    async def run() -> None:
+        loop = asyncio.get_event_loop()
+        loop.add_signal_handler(signal.SIGTERM, worker.stop)
+        # Ctrl-C in a terminal reaches the whole process group: the main process decides when we stop.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        await worker.run()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
