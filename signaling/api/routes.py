@@ -20,6 +20,7 @@ from signaling.api.problems import Problem
 from stoa.appkeys import KEYRING, ROOMS, SESSIONS, SETTINGS, STORE, TUTORING, WEBHOOKS
 
 MAX_BODY = 64 * 1024
+MAX_OFFSET = 2**31 - 1  # the databases' integer range bounds paging
 _IDENT = {"type": "string", "minLength": 1, "maxLength": 255}
 
 
@@ -113,7 +114,7 @@ async def list_sessions(ctx: Ctx):
         filters["type"] = q["type"]
     try:
         filters["limit"] = max(1, min(500, int(q.get("limit", 200))))
-        filters["offset"] = max(0, int(q.get("offset", 0)))
+        filters["offset"] = max(0, min(MAX_OFFSET, int(q.get("offset", 0))))
     except ValueError:
         raise InvalidInput("limit and offset must be whole numbers") from None
     p = ctx.principal
@@ -436,7 +437,7 @@ LIST_QUERY = [{"name": "status", "schema": {"enum": ["scheduled", "live", "ended
               {"name": "type", "schema": {"type": "string"}},
               {"name": "instructor", "schema": {"type": "string"}, "description": "admins only"},
               {"name": "limit", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-              {"name": "offset", "schema": {"type": "integer", "minimum": 0}}]
+              {"name": "offset", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}}]
 
 OPS: list[Op] = [
     Op("GET", "/api/openapi.json", openapi_document, "This OpenAPI document", "meta", "anyone", public=True,
@@ -527,14 +528,16 @@ def make_handler(op: Op):
         principal = None if op.public else await authenticate(request, request.app[_KR])
         body = None
         if validator is not None:
-            body = await _read_body(request, required=op.body_required)
-            if body is not None:
-                errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
+            raw = await _read_body(request, required=op.body_required)
+            if raw is not ABSENT:
+                # The whole body, `null` and arrays included: a handler only ever sees a valid one.
+                errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
                 if errors:
                     err = errors[0]
                     where = "/".join(str(p) for p in err.absolute_path)
                     raise Problem(400, "invalid_input", f"request body: {where + ': ' if where else ''}"
                                   f"{err.message[:300]}")
+                body = raw
         result = await op.handler(Ctx(request, principal, body))
         if isinstance(result, web.StreamResponse):
             return result
@@ -544,11 +547,15 @@ def make_handler(op: Op):
     return handle
 
 
+ABSENT = object()  # no body at all, as opposed to the JSON value null
+
+
 async def _read_body(request: web.Request, *, required: bool) -> Any:
+    """The parsed JSON body (any JSON value, null included), or ABSENT when there is none."""
     if not request.can_read_body:
         if required:
             raise Problem(400, "invalid_input", "this request needs a JSON body")
-        return None
+        return ABSENT
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
     raw = await request.content.read(MAX_BODY + 1)
@@ -557,7 +564,7 @@ async def _read_body(request: web.Request, *, required: bool) -> Any:
     if not raw.strip():
         if required:
             raise Problem(400, "invalid_input", "this request needs a JSON body")
-        return None
+        return ABSENT
     if request.content_type not in ("application/json", "application/merge-patch+json"):
         raise Problem(415, "unsupported_media_type", "send the body as application/json")
     try:
