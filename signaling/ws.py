@@ -134,7 +134,6 @@ def _ref(raw) -> str | None:
 
 async def _join(app: web.Application, room_name: str, token: str, send, password: str | None = None,
                 disconnect=None):
-    settings = app[SETTINGS]
     try:
         grants = verify_token(token, await active_api_keys(app), room=room_name)
     except TokenError as exc:
@@ -156,7 +155,7 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
         "grants": {"can_publish": grants.can_publish, "can_subscribe": grants.can_subscribe,
                    "can_publish_data": grants.can_publish_data},
         "room": room.state(),
-        "ice_servers": [{"urls": url} for url in settings.ice_servers],
+        "ice_servers": [s.to_json() for s in app[ROOMS].peers.ice.for_identity(grants.identity)],
         **({"session": {"id": session.id, "title": session.title, "type": session.type,
                         "status": session.status}} if session is not None else {}),
     })
