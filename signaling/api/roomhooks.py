@@ -16,7 +16,7 @@ from classroom.sessions import PARTICIPANT_ROLES, STAFF_ROLES, Admission
 from signaling.api.identity import Principal
 from signaling.room import RoomFull
 from signaling.schemas import ProtocolError
-from stoa.appkeys import RECORDINGS, ROOMS, SESSIONS, STORE
+from stoa.appkeys import DATA_HANDLER, RECORDINGS, ROOMS, SESSIONS, STORE
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,20 @@ async def admit(app: web.Application, room_name: str, grants, password: str | No
 
 
 async def enter(app: web.Application, room, participant, admission: Admission | None) -> None:
-    """`room.join(participant)` after `admit`. When the room refuses (RoomFull: the server's
+    """`room.join(participant)` after `admit` (a participant it replaces leaves the classroom too). When the
+    room refuses (RoomFull: the server's
     `max_participants` is lower than the session's capacity), what admission took is given back before RoomFull
     propagates, so the refusal leaves no seat taken and no admission recorded."""
     try:
-        await room.join(participant)
+        replaced = await room.join(participant)
     except RoomFull:
         await unadmit(app, admission, room)
         raise
+    if replaced is not None:
+        # A reconnect: the old connection's classroom member stops now, so it hears and says nothing more.
+        handler = app.get(DATA_HANDLER)
+        if handler is not None:
+            await handler.on_replaced(room, replaced)
 
 
 async def unadmit(app: web.Application, admission: Admission | None, room=None) -> None:
