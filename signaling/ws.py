@@ -78,7 +78,8 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
 
     async def disconnect(reason: str, code: int = WSCloseCode.OK) -> None:
         await send({"type": "left", "reason": reason})
-        await ws.close(code=code, message=reason.encode()[:120])
+        # A close reason is at most 123 bytes of UTF-8: cut on a character boundary.
+        await ws.close(code=code, message=reason.encode()[:120].decode("utf-8", "ignore").encode())
 
     participant: Participant | None = None
     room = None
