@@ -113,9 +113,10 @@ async def options(request: web.Request) -> web.Response:
             try:
                 grants = await _grants(request, request.match_info["room"])
             except TokenError:
-                grants = None
-            for link in _ice_links(request, grants.identity) if grants is not None else []:
-                headers.add("Link", link)
+                grants = None  # no credentials for a bad token; OPTIONS itself still succeeds
+            if grants is not None:
+                for link in _ice_links(request, grants.identity):
+                    headers.add("Link", link)
     return web.Response(status=200, headers=headers)
 
 
@@ -253,6 +254,7 @@ async def session_patch(request: web.Request) -> web.Response:
         return problem(413, f"the fragment is larger than {MAX_BODY} bytes")
     try:
         frag = sdpfrag.parse(raw.decode("utf-8"))
+        # Parsed before anything is applied: one bad candidate line refuses the whole fragment.
         candidates = [_candidate(mid, value) for mid, value in frag.candidates]
     except UnicodeDecodeError:
         return problem(400, "malformed sdpfrag: the body is not UTF-8")
