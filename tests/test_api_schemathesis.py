@@ -1,5 +1,6 @@
 """schemathesis against /api/openapi.json on a real server: with an instructor token and with an admin key,
-no request gets a 5xx and every status the server answers is one the document lists for that operation.
+no request gets a 5xx, every status the server answers is one the document lists for that operation, and
+the answers have the documented content type and schema.
 
 Bounded: a few examples per operation and mode, no shrinking, deadline off (the 2 cores are shared)."""
 
@@ -13,11 +14,14 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import status_code_conformance
+from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
+                                                 status_code_conformance)
 
 from tests.fixtures.api import ApiClient
 
 EXAMPLES = 15
+# No 5xx, only documented statuses, and (beyond the brief) the documented content types and body schemas.
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 def _fuzz(base: str, headers: dict, session_id: str) -> list[str]:
@@ -42,7 +46,7 @@ def _fuzz(base: str, headers: dict, session_id: str) -> list[str]:
             def run(case) -> None:
                 try:
                     case.call_and_validate(base_url=base, session=http, headers=headers, timeout=30,
-                                           checks=[not_a_server_error, status_code_conformance])
+                                           checks=CHECKS)
                 except (AssertionError, BaseExceptionGroup) as exc:  # schemathesis' FailureGroup
                     failures.append(f"{case.method} {operation.path}: {str(exc)[:600]}")
 

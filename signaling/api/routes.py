@@ -407,6 +407,7 @@ T = "/api/tutoring/{request_id}"
 OWNER = "admin, or the session's instructor"
 STAFF = "admin, the session's instructor or a moderator"
 ROLES_MINTABLE = ["instructor", "moderator", "student", "viewer"]
+LIST = {"type": "array", "items": {"type": "object"}}
 
 TOKEN_BODY = {
     "type": "object",
@@ -473,9 +474,9 @@ OPS: list[Op] = [
        status=201),
     Op("DELETE", S + "/moderators/{identity}", remove_moderator, "Remove a moderator", "moderation", OWNER,
        status=204),
-    Op("GET", S + "/bans", list_bans, "List bans", "moderation", STAFF),
+    Op("GET", S + "/bans", list_bans, "List bans", "moderation", STAFF, response=LIST),
     Op("POST", S + "/bans", add_ban, "Ban a participant (disconnects them; they cannot come back)",
-       "moderation", STAFF + " (a moderator cannot ban a moderator)", body=BAN_BODY, status=201),
+       "moderation", STAFF + " (a moderator cannot ban a moderator)", body=BAN_BODY, status=201, response=LIST),
     Op("DELETE", S + "/bans/{identity}", remove_ban, "Lift a ban", "moderation", STAFF, status=204),
     Op("POST", "/api/tutoring", request_tutoring, "Ask for 1:1 tutoring", "tutoring", "a student",
        body=tutoring_mod.REQUEST_SCHEMA, body_required=False, status=201, response="TutoringRequest"),
@@ -496,14 +497,14 @@ OPS: list[Op] = [
        response="TutoringRequest"),
     Op("GET", T + "/join", join_tutoring, "A join link for an accepted request's room", "tutoring",
        "its student or its instructor", response="JoinLink"),
-    Op("GET", "/api/webhooks", list_webhooks, "List webhooks", "webhooks", "admin"),
+    Op("GET", "/api/webhooks", list_webhooks, "List webhooks", "webhooks", "admin", response=LIST),
     Op("POST", "/api/webhooks", create_webhook, "Add a webhook (the secret is shown once)", "webhooks",
        "admin", body=WEBHOOK_BODY, status=201),
     Op("GET", "/api/webhooks/{webhook_id}", get_webhook, "A webhook and its latest deliveries", "webhooks",
        "admin"),
     Op("DELETE", "/api/webhooks/{webhook_id}", delete_webhook, "Remove a webhook", "webhooks", "admin",
        status=204),
-    Op("GET", "/api/keys", list_keys, "List API keys (without secrets)", "keys", "admin"),
+    Op("GET", "/api/keys", list_keys, "List API keys (without secrets)", "keys", "admin", response=LIST),
     Op("POST", "/api/keys", create_key, "Create an API key (the secret is shown once)", "keys", "admin",
        body=KEY_BODY, body_required=False, status=201),
     Op("DELETE", "/api/keys/{key}", revoke_key, "Revoke an API key", "keys", "admin", status=204),
