@@ -28,7 +28,7 @@ from typing import Awaitable, Callable
 import aioice.ice
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State as _DtlsState
-from aiortc.rtcicetransport import RTCIceTransport
+from aiortc.rtcicetransport import RTCIceTransport, candidate_to_aioice
 from aiortc import rtcsctptransport as _sctp
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.rtcsctptransport import RTCSctpTransport
@@ -488,6 +488,10 @@ def begin_ice_restart(pc: RTCPeerConnection) -> tuple[str, str]:
         raise SeamError("this peer connection has no ICE transport to restart")
     ufrag, pwd = aioice.ice.random_string(4), aioice.ice.random_string(22)
     for conn in conns:
+        running = getattr(conn, "_stoa_restart", None)
+        if running is not None:  # a restart of a restart: the newer one wins
+            running.cancel()
+            conn._stoa_restart = None
         consent = conn._query_consent_task
         if consent is not None:
             consent.cancel()
@@ -514,8 +518,6 @@ async def finish_ice_restart(pc: RTCPeerConnection, remote_ufrag: str, remote_pw
     """Give a restarted ICE session the other side's new credentials and candidates (aiortc
     RTCIceCandidate) and run its connectivity checks in the background. If they do not complete
     within ICE_RESTART_TIMEOUT, the connection closes (consent lost, RFC 7675)."""
-    from aiortc.rtcicetransport import candidate_to_aioice
-
     for ice in _ice_transports(pc):
         conn = ice._connection
         conn.remote_username, conn.remote_password = remote_ufrag, remote_pwd
@@ -524,8 +526,6 @@ async def finish_ice_restart(pc: RTCPeerConnection, remote_ufrag: str, remote_pw
         if end_of_candidates:
             await conn.add_remote_candidate(None)
         ice.iceGatherer._remote_candidates_end = end_of_candidates  # later trickle goes through aiortc
-        if getattr(conn, "_stoa_restart", None) is not None:
-            conn._stoa_restart.cancel()
         conn._stoa_restart = asyncio.ensure_future(_run_restart(conn))
 
 
@@ -539,7 +539,8 @@ async def _run_restart(conn: aioice.ice.Connection) -> None:
             logger.warning("ICE restart of %s failed (%s); closing the connection", conn, exc or "timeout")
             await conn.close()
     finally:
-        conn._stoa_restart = None
+        if getattr(conn, "_stoa_restart", None) is asyncio.current_task():
+            conn._stoa_restart = None
 
 
 def _drop_incoming(ice: RTCIceTransport, flag: str, drop: Callable[[bytes], bool], stats: dict) -> None:

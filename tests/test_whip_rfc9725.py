@@ -224,13 +224,17 @@ async def test_ice_restart_through_patch_restarts_ice_and_media_continues(stoa_s
     await viewer.video.wait_frames(20, timeout=15)
     room = stoa_server.app[ROOMS].rooms[ROOM]
 
-    for client_pc, location, token, etag, server_pc in (
-            (pub.pc, pub.location, pub.token, pub.etag, lambda: room.participants["obs"].publisher.pc),
-            (viewer.pc, viewer.location, viewer.token, viewer.etag, lambda: room.participants["v"].subscriber.pc)):
+    etags = {pub.location: pub.etag, viewer.location: viewer.etag}
+    publisher_side = (pub.pc, pub.location, pub.token, lambda: room.participants["obs"].publisher.pc)
+    viewer_side = (viewer.pc, viewer.location, viewer.token, lambda: room.participants["v"].subscriber.pc)
+    # The publisher twice (a restart of a restarted session), then the viewer.
+    for client_pc, location, token, server_pc in (publisher_side, publisher_side, viewer_side):
+        etag = etags[location]
         async with http.options(base + location) as r:
             assert r.headers["Accept-Patch"] == FRAG
         before_server, before_client = ice_credentials(server_pc()), ice_credentials(client_pc)
         new_etag, creds = await _restart(http, base, location, token, etag, client_pc)
+        etags[location] = new_etag
 
         after = ice_credentials(server_pc())
         assert after["local_ufrag"] == creds["server_ufrag"] != before_server["local_ufrag"]
