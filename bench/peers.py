@@ -164,7 +164,8 @@ async def run_publisher(args) -> None:
             print(json.dumps({"t": time.monotonic(), "frames": video.count, "keyframes": video.keyframes}),
                   flush=True)
         try:
-            async with http.delete(args.base + location, timeout=aiohttp.ClientTimeout(total=3)):
+            async with http.delete(args.base + location, timeout=aiohttp.ClientTimeout(total=3),
+                                   headers={"Authorization": f"Bearer {args.token}"}):
                 pass
         except Exception:
             pass
@@ -234,7 +235,8 @@ class Viewer:
     async def stop(self) -> None:
         if self.location:
             try:
-                async with self.http.delete(self.base + self.location, timeout=aiohttp.ClientTimeout(total=3)):
+                async with self.http.delete(self.base + self.location, timeout=aiohttp.ClientTimeout(total=3),
+                                            headers={"Authorization": f"Bearer {self.token}"}):
                     pass
             except Exception:
                 pass

@@ -7,7 +7,8 @@ aiortc has no public API for forwarding encoded RTP, so the SFU hooks in here:
   counters are fed so its sender reports stay coherent; its NACK and PLI handling is redirected;
 - data channels: a text message on an idle, reliable channel becomes one SCTP DATA chunk handed to DTLS
   and the nominated ICE pair in one synchronous call (aiortc schedules a task per message);
-- ICE: gathering can be limited to configured local addresses (aioice skips loopback otherwise).
+- ICE: gathering can be limited to configured local addresses (aioice skips loopback otherwise), and an
+  ICE session can be restarted in place (new credentials, fresh checks; aioice has no restart of its own).
 
 Everything here is checked by `check_compatibility()` at start-up and covered by
 tests/test_sfu_seam.py, so an aiortc upgrade breaks this file, loudly, and nothing else.
@@ -27,7 +28,7 @@ from typing import Awaitable, Callable
 import aioice.ice
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State as _DtlsState
-from aiortc.rtcicetransport import RTCIceTransport
+from aiortc.rtcicetransport import RTCIceTransport, candidate_to_aioice
 from aiortc import rtcsctptransport as _sctp
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.rtcsctptransport import RTCSctpTransport
@@ -74,7 +75,10 @@ def check_compatibility() -> None:
             "_flight_size", "_cwnd", "_local_tsn", "_outbound_stream_seq", "_local_port", "_remote_port",
             "_remote_verification_tag", "_t3_handle", "_remote_max_message_size",
         ),
-        aioice.ice.Connection.__init__: ("_nominated",),
+        aioice.ice.Connection.__init__: ("_nominated", "_check_list", "_check_list_done", "_check_list_state",
+                                         "_nominating", "_remote_candidates", "_remote_candidates_end",
+                                         "_early_checks", "_early_checks_done", "_local_username",
+                                         "_local_password", "_query_consent_task", "_closing"),
         aioice.ice.CandidatePair.__init__: ("protocol",),
         RTCRtpSender.__init__: (
             "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
@@ -94,7 +98,9 @@ def check_compatibility() -> None:
         (_sctp, ("DataChunk", "serialize_packet", "tsn_plus_one", "USERDATA_MAX_LENGTH", "WEBRTC_STRING",
                  "SCTP_DATA_FIRST_FRAG", "SCTP_DATA_LAST_FRAG")),
         (aioice.ice.CandidatePair, ("remote_addr",)),
-        (aioice.ice.Connection, ("gather_candidates", "get_component_candidates")),
+        (aioice.ice.Connection, ("gather_candidates", "get_component_candidates", "connect",
+                                 "add_remote_candidate")),
+        (aioice.ice, ("random_string",)),
     ):
         missing = [n for n in names if not hasattr(cls, n)]
         if missing:
@@ -285,7 +291,7 @@ class SenderSeam:
         """The per-packet fast path: SRTP-protect and sendto on the nominated ICE pair, without the
         four coroutine layers of aiortc's path. Same effect as `send_rtp`, minus transport stats."""
         fast = self._fast
-        if fast is None or fast[0]._state is not _DTLS_CONNECTED:
+        if fast is None or fast[0]._state is not _DTLS_CONNECTED or fast[4].get(1) is not fast[5]:
             fast = self._fast = self._resolve()
             if fast is None:
                 return False
@@ -293,12 +299,13 @@ class SenderSeam:
         return True
 
     def _resolve(self) -> tuple | None:
-        """(dtls, sendto, protect, remote address) once DTLS is up and ICE has nominated a pair."""
+        """(dtls, sendto, protect, remote address, nominated pairs, pair) once DTLS is up and ICE has
+        nominated a pair; resolved again when ICE nominates another pair (an ICE restart)."""
         dtls = self._dtls
         route = _dtls_route(dtls)
         if route is None:
             return None
-        return dtls, route[0], dtls._tx_srtp.protect, route[1]
+        return dtls, route[0], dtls._tx_srtp.protect, route[1], route[2], route[3]
 
     def record_sent(self, ntp_time: int, rtp_timestamp: int, packets: int, octets: int) -> None:
         """Feed the stock sender's SR state: counters, and the NTP time that goes with an outgoing
@@ -315,14 +322,16 @@ class SenderSeam:
 
 
 def _dtls_route(dtls: RTCDtlsTransport | None) -> tuple | None:
-    """(sendto, remote address) of a connected DTLS transport's nominated ICE pair, else None."""
+    """(sendto, remote address, the connection's nominated pairs, the pair) of a connected DTLS
+    transport's nominated ICE pair, else None. Callers keep it while `nominated.get(1) is pair`."""
     if dtls is None or dtls._state is not _DTLS_CONNECTED:
         return None
-    pair = dtls.transport._connection._nominated.get(1)
+    nominated = dtls.transport._connection._nominated
+    pair = nominated.get(1)
     transport = pair.protocol.transport if pair is not None else None
     if transport is None:
         return None
-    return transport.sendto, pair.remote_addr
+    return transport.sendto, pair.remote_addr, nominated, pair
 
 
 # --- data channels --------------------------------------------------------------------------
@@ -370,7 +379,8 @@ class DataChannelSender:
             return False
         dtls = sctp.transport
         route = self._route
-        if route is None or route[0] is not dtls or dtls._state is not _DTLS_CONNECTED:
+        if (route is None or route[0] is not dtls or dtls._state is not _DTLS_CONNECTED
+                or route[3].get(1) is not route[4]):
             found = _dtls_route(dtls)
             if found is None:
                 return False
@@ -413,18 +423,19 @@ class DataChannelSender:
 # --- ICE ------------------------------------------------------------------------------------
 
 def _ice_connections(pc: RTCPeerConnection) -> list[aioice.ice.Connection]:
-    transports: list[RTCIceTransport] = []
-    for t in pc.getTransceivers():
-        if t.sender.transport is not None:
-            transports.append(t.sender.transport.transport)
+    return [ice._connection for ice in _ice_transports(pc)]
+
+
+def _ice_transports(pc: RTCPeerConnection) -> list[RTCIceTransport]:
+    """One RTCIceTransport per aioice Connection of `pc` (one when bundled)."""
+    transports = [t.sender.transport.transport for t in pc.getTransceivers() if t.sender.transport is not None]
     if pc.sctp is not None:
         transports.append(pc.sctp.transport.transport)
     seen, out = set(), []
     for ice in transports:
-        conn = ice.iceGatherer._connection
-        if id(conn) not in seen:
-            seen.add(id(conn))
-            out.append(conn)
+        if id(ice._connection) not in seen:
+            seen.add(id(ice._connection))
+            out.append(ice)
     return out
 
 
@@ -450,6 +461,86 @@ def restrict_ice_gathering(pc: RTCPeerConnection, addresses: list[str]) -> None:
 
         conn.gather_candidates = types.MethodType(gather_candidates, conn)
         conn._stoa_restricted = True
+
+
+def ice_credentials(pc: RTCPeerConnection) -> dict:
+    """The current ICE session of `pc` (its first connection: Stoa bundles everything on one):
+    local and remote ufrag/pwd, and the nominated pair (an object to compare, or None)."""
+    conns = _ice_connections(pc)
+    if not conns:
+        return {}
+    conn = conns[0]
+    return {"local_ufrag": conn.local_username, "local_pwd": conn.local_password,
+            "remote_ufrag": conn.remote_username, "remote_pwd": conn.remote_password,
+            "pair": conn._nominated.get(1)}
+
+
+ICE_RESTART_TIMEOUT = 30.0
+
+
+def begin_ice_restart(pc: RTCPeerConnection) -> tuple[str, str]:
+    """Start an ICE restart (RFC 8445 9): new local ufrag/pwd, a fresh check list, no consent checks
+    until the other side's new credentials arrive (`finish_ice_restart`). The nominated pair keeps
+    carrying media, and DTLS/SRTP go on untouched, until checks nominate a pair of the new session.
+    aioice has no restart of its own; its Connection keeps its sockets and local candidates."""
+    conns = _ice_connections(pc)
+    if not conns:
+        raise SeamError("this peer connection has no ICE transport to restart")
+    ufrag, pwd = aioice.ice.random_string(4), aioice.ice.random_string(22)
+    for conn in conns:
+        running = getattr(conn, "_stoa_restart", None)
+        if running is not None:  # a restart of a restart: the newer one wins
+            running.cancel()
+            conn._stoa_restart = None
+        consent = conn._query_consent_task
+        if consent is not None:
+            consent.cancel()
+            conn._query_consent_task = None
+        for pair in conn._check_list:
+            if pair.task is not None:
+                pair.task.cancel()
+        conn._check_list = []
+        conn._check_list_done = False
+        conn._check_list_state = asyncio.Queue()
+        conn._nominating = set()
+        conn._remote_candidates = []
+        conn._remote_candidates_end = False
+        # Checks arriving before the new remote password is known wait for connect(), as at the start.
+        conn._early_checks.clear()
+        conn._early_checks_done = False
+        conn.remote_username = conn.remote_password = None
+        conn._local_username, conn._local_password = ufrag, pwd
+    return ufrag, pwd
+
+
+async def finish_ice_restart(pc: RTCPeerConnection, remote_ufrag: str, remote_pwd: str,
+                             candidates: list, end_of_candidates: bool) -> None:
+    """Give a restarted ICE session the other side's new credentials and candidates (aiortc
+    RTCIceCandidate) and run its connectivity checks in the background. If they do not complete
+    within ICE_RESTART_TIMEOUT, the connection closes (consent lost, RFC 7675)."""
+    for ice in _ice_transports(pc):
+        conn = ice._connection
+        conn.remote_username, conn.remote_password = remote_ufrag, remote_pwd
+        for candidate in candidates:
+            await conn.add_remote_candidate(candidate_to_aioice(candidate))
+        if end_of_candidates:
+            await conn.add_remote_candidate(None)
+        ice.iceGatherer._remote_candidates_end = end_of_candidates  # later trickle goes through aiortc
+        conn._stoa_restart = asyncio.ensure_future(_run_restart(conn))
+
+
+async def _run_restart(conn: aioice.ice.Connection) -> None:
+    try:
+        await asyncio.wait_for(conn.connect(), ICE_RESTART_TIMEOUT)
+    except asyncio.CancelledError:
+        raise
+    except (ConnectionError, asyncio.TimeoutError) as exc:
+        if not conn._closing:  # else the peer connection was closed meanwhile
+            logger.warning("ICE restart of %s failed (%s); closing the connection", conn, exc or "timeout")
+            await conn.close()
+    finally:
+        if getattr(conn, "_stoa_restart", None) is asyncio.current_task():
+            conn._stoa_restart = None
 
 
 def _drop_incoming(ice: RTCIceTransport, flag: str, drop: Callable[[bytes], bool], stats: dict) -> None:

@@ -18,6 +18,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from sfu.aiortc_seam import restrict_ice_gathering
+from sfu.iceserver import IceServer, ice_servers
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,19 @@ class IceSettings:
     username: str = ""
     credential: str = ""
     addresses: list[str] = field(default_factory=list)
+    # TURN REST API shared secret (coturn static-auth-secret); when set it replaces username/credential.
+    turn_secret: str = ""
+    turn_ttl: int = 86400
+    server_identity: str = "stoa"
+
+    def for_identity(self, identity: str) -> list[IceServer]:
+        """The ICE servers a client (`identity`) is told about, with its own time-limited TURN credentials."""
+        return ice_servers(self.servers, identity=identity, username=self.username, credential=self.credential,
+                           turn_secret=self.turn_secret, ttl=self.turn_ttl)
 
     def rtc_servers(self) -> list[RTCIceServer]:
-        return [RTCIceServer(urls=url, username=self.username or None,
-                             credential=self.credential or None) for url in self.servers]
+        return [RTCIceServer(urls=s.url, username=s.username, credential=s.credential)
+                for s in self.for_identity(self.server_identity)]
 
 
 @dataclass(frozen=True)
@@ -175,3 +185,13 @@ def codec_preferences(kind: str, mime_type: str, parameters: dict | None = None)
         raise SdpError(f"codec {mime_type} is not supported")
     rtx = [c for c in caps if c.mimeType.lower().endswith("/rtx")]
     return chosen + rtx
+
+
+def local_candidates(pc: RTCPeerConnection):
+    """The local ICE candidates of `pc`'s first transport (everything is bundled on it)."""
+    for t in pc.getTransceivers():
+        if t.sender.transport is not None:
+            return t.sender.transport.transport.iceGatherer.getLocalCandidates()
+    if pc.sctp is not None:
+        return pc.sctp.transport.transport.iceGatherer.getLocalCandidates()
+    return []

@@ -84,6 +84,13 @@ class ClassroomBridge:
             return
         member.feed(payload)
 
+    async def on_replaced(self, room: Room, participant: Participant) -> None:
+        """A newer connection of the same identity took over: detach the old member without "X left"."""
+        member = getattr(participant, "classroom_member", None)
+        participant.classroom_member = None
+        if member is not None:
+            await member.stop()
+
     async def on_leave(self, room: Room, participant: Participant) -> None:
         member = getattr(participant, "classroom_member", None)
         if member is None:

@@ -23,11 +23,15 @@ class RoomFull(Exception):
     pass
 
 
+REPLACED = "replaced by a newer connection"
+CLOSE_REPLACED = 4001  # WebSocket close code for a session replaced by a reconnect (4000-4999: private use)
+
+
 class Participant:
     """One joined client: a WebSocket user, a WHIP publisher or a WHEP viewer."""
 
     def __init__(self, grants: Grants, *, transport: str, send: Send | None = None,
-                 disconnect: Callable[[str], Awaitable[None]] | None = None):
+                 disconnect: Callable[[str, int], Awaitable[None]] | None = None):
         self.grants = grants
         self.identity = grants.identity
         self.name = grants.name
@@ -40,6 +44,8 @@ class Participant:
         self.subscriber: Subscriber | None = None
         self.joined_at = time.time()
         self.on_data_channel_message: Callable[[str], None] | None = None
+        # Set when a newer connection of the same identity took this one's place in the room.
+        self.replaced = False
 
     async def send(self, message: dict) -> None:
         if self._send is None:
@@ -49,13 +55,14 @@ class Participant:
         except Exception as exc:  # a dead socket must not break the room
             logger.debug("send to %s failed: %s", self.identity, exc)
 
-    async def disconnect(self, reason: str) -> None:
-        """Tell the client why, then close its signaling connection (server shutdown, removal)."""
+    async def disconnect(self, reason: str, code: int = 1000) -> None:
+        """Tell the client why, then close its signaling connection (server shutdown, removal, replaced);
+        `code` is the WebSocket close code, `reason` also its close reason."""
         if self._disconnect is None:
             await self.send({"type": "left", "reason": reason})
             return
         try:
-            await self._disconnect(reason)
+            await self._disconnect(reason, code)
         except Exception as exc:
             logger.debug("closing %s failed: %s", self.identity, exc)
 
@@ -117,20 +124,26 @@ class Room:
 
     # -- membership -------------------------------------------------------------------------
 
-    async def join(self, participant: Participant) -> None:
+    async def join(self, participant: Participant) -> Participant | None:
+        """Add `participant`; returns the participant of the same identity it replaced, if any."""
         previous = self.participants.get(participant.identity)
         if previous is None and len(self.participants) >= self.max_participants:
             raise RoomFull(f"room {self.name} is full ({self.max_participants} participants)")
-        if previous is not None:
-            # Same identity again: a reconnect replaces the old session.
-            await previous.send({"type": "left", "reason": "replaced by a newer connection"})
-            await self.leave(previous.identity, session_id=previous.session_id, notify=False)
+        # Taking the seat first: the room is never empty in between (which would drop it).
         self.participants[participant.identity] = participant
+        if previous is not None:
+            # Same identity again: a reconnect replaces the old session. It is out of the room at once, so
+            # it gets no more room events; its end is not announced (the identity is still here); its
+            # connection is told why and closed.
+            previous.replaced = True
+            await self._retire(previous, notify=False)
+            self.spawn(previous.disconnect(REPLACED, CLOSE_REPLACED))
         if participant.transport == "ws":
             await self.broadcast({"type": "participant_joined", "participant": participant.describe()},
                                  exclude=participant.identity)
         logger.info("%s (%s) joined room %s over %s", participant.identity, participant.role,
                     self.name, participant.transport)
+        return previous
 
     async def start_subscriber(self, participant: Participant) -> None:
         """Open the server-offered connection: a data channel and every track already published."""
@@ -150,12 +163,17 @@ class Room:
         if participant is None or (session_id is not None and participant.session_id != session_id):
             return
         del self.participants[identity]
+        await self._retire(participant, notify=notify)
+
+    async def _retire(self, participant: Participant, *, notify: bool) -> None:
+        """What leaving does once `participant` is out of `participants`."""
+        identity = participant.identity
         if participant.publisher is not None:
             participant.publisher.unpublish_all()
         if notify and participant.transport == "ws":
             await self.broadcast({"type": "participant_left", "identity": identity})
         await participant.close()
-        logger.info("%s left room %s", identity, self.name)
+        logger.info("%s left room %s%s", identity, self.name, " (replaced)" if participant.replaced else "")
         if not self.participants and self._on_empty is not None:
             self._on_empty(self)
 

@@ -6,7 +6,8 @@ import json
 
 from jsonschema import Draft202012Validator
 
-MAX_MESSAGE_BYTES = 128 * 1024
+MAX_MESSAGE_BYTES = 128 * 1024  # larger messages get `too_large`; the connection stays up
+MAX_FRAME_BYTES = 2 * MAX_MESSAGE_BYTES  # larger ones get `too_large`, then the socket closes (1009)
 MAX_SDP = 64 * 1024
 
 _ID = {"type": "string", "minLength": 1, "maxLength": 64}

@@ -1,14 +1,25 @@
-"""WHIP ingest (RFC 9725) and WHEP egress over HTTP."""
+"""WHIP ingest (RFC 9725) and WHEP egress over HTTP.
+
+A session is `/{whip|whep}/{room}/{session}`. PATCH (trickle ICE, ICE restart) and DELETE on it need the
+Bearer token of the identity that created it. Every response under /whip/ and /whep/, errors included,
+carries the CORS headers (`cors_middleware`).
+"""
 
 from __future__ import annotations
 
 import logging
+import secrets
 
 from aiohttp import web
+from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
+from multidict import CIMultiDict
 
-from sfu.peer import SdpError, add_remote_candidate, check_sdp_text, negotiated_codecs
+from sfu.aiortc_seam import begin_ice_restart, finish_ice_restart, ice_credentials
+from sfu.iceserver import IceServer
+from sfu.peer import SdpError, add_remote_candidate, check_sdp_text, local_candidates, negotiated_codecs
 from sfu.pool import RemoteSubscriber, WorkerUnavailable
 from sfu.subscriber import Subscriber
+from signaling import sdpfrag
 from signaling.api import roomhooks
 from signaling.api.identity import active_api_keys
 from signaling.auth import Grants, TokenError, verify_token
@@ -20,16 +31,53 @@ logger = logging.getLogger(__name__)
 
 CORS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-    "Access-Control-Expose-Headers": "Location, ETag, Link",
+    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Post, Accept-Patch",
 }
+ENDPOINT_METHODS = "POST, OPTIONS"
+SESSION_METHODS = "PATCH, DELETE, OPTIONS"
 MAX_BODY = 64 * 1024
 
 
+def _methods(request: web.Request) -> str:
+    return SESSION_METHODS if "session" in request.match_info else ENDPOINT_METHODS
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler):
+    """CORS on every WHIP/WHEP response, errors too, so browser clients can read what went wrong."""
+    if not request.path.startswith(("/whip/", "/whep/")):
+        return await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers.update(CORS)
+        exc.headers.setdefault("Access-Control-Allow-Methods", _methods(request))
+        raise
+    response.headers.update(CORS)
+    response.headers.setdefault("Access-Control-Allow-Methods", _methods(request))
+    return response
+
+
 def problem(status: int, message: str, **headers) -> web.Response:
-    return web.Response(status=status, text=message + "\n", content_type="text/plain",
-                        headers={**CORS, **headers})
+    return web.Response(status=status, text=message + "\n", content_type="text/plain", headers=headers)
+
+
+def link_header(server: IceServer) -> str:
+    """RFC 9725 4.6: `<url>; rel="ice-server"`, with username and credential for TURN."""
+    value = f'<{server.url}>; rel="ice-server"'
+    if server.username is not None and server.credential is not None:
+        value += (f'; username="{_quoted(server.username)}"; credential="{_quoted(server.credential)}"'
+                  '; credential-type="password"')
+    return value
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _ice_links(request: web.Request, identity: str) -> list[str]:
+    return [link_header(s) for s in request.app[ROOMS].peers.ice.for_identity(identity)]
 
 
 async def _grants(request: web.Request, room: str) -> Grants:
@@ -41,21 +89,36 @@ async def _grants(request: web.Request, room: str) -> Grants:
 
 async def _sdp_body(request: web.Request) -> str:
     if request.content_type != "application/sdp":
-        raise web.HTTPUnsupportedMediaType(text="the body must be application/sdp\n", headers=CORS)
+        raise web.HTTPUnsupportedMediaType(text="the body must be application/sdp\n")
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length,
-                                            headers=CORS)
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
     body = await request.content.read(MAX_BODY + 1)
     if len(body) > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(body), headers=CORS)
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(body))
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
-        raise web.HTTPBadRequest(text="the SDP is not UTF-8\n", headers=CORS) from None
+        raise web.HTTPBadRequest(text="the SDP is not UTF-8\n") from None
 
 
 async def options(request: web.Request) -> web.Response:
-    return web.Response(status=204, headers={**CORS, "Accept-Post": "application/sdp"})
+    """200 (RFC 9725 4.1, 4.3): endpoints accept POST of application/sdp, sessions PATCH of
+    trickle-ice-sdpfrag. A non-preflight OPTIONS to an endpoint with a valid Bearer token also gets the
+    ICE servers (Link rel="ice-server"); preflights never do (RFC 9725 4.6: they carry no credentials)."""
+    headers = CIMultiDict({"Access-Control-Allow-Methods": _methods(request), "Allow": _methods(request)})
+    if "session" in request.match_info:
+        headers["Accept-Patch"] = sdpfrag.CONTENT_TYPE
+    else:
+        headers["Accept-Post"] = "application/sdp"
+        if "Access-Control-Request-Method" not in request.headers and "Authorization" in request.headers:
+            try:
+                grants = await _grants(request, request.match_info["room"])
+            except TokenError:
+                grants = None  # no credentials for a bad token; OPTIONS itself still succeeds
+            if grants is not None:
+                for link in _ice_links(request, grants.identity):
+                    headers.add("Link", link)
+    return web.Response(status=200, headers=headers)
 
 
 async def whip_post(request: web.Request) -> web.Response:
@@ -113,9 +176,22 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         await roomhooks.left(request.app, session, participant)
         return problem(503, f"media worker unavailable: {exc}; try again", **{"Retry-After": "1"})
     location = f"/{kind}/{room_name}/{participant.session_id}"
+    participant.ice_etag = _new_etag()
     logger.info("%s session %s for %s in %s", kind.upper(), participant.session_id, grants.identity, room_name)
-    return web.Response(status=201, text=answer, content_type="application/sdp",
-                        headers={**CORS, "Location": location, "ETag": f'"{participant.session_id}"'})
+    headers = CIMultiDict({"Location": location, "ETag": participant.ice_etag})
+    for link in _ice_links(request, grants.identity):
+        headers.add("Link", link)
+    return web.Response(status=201, text=answer, content_type="application/sdp", headers=headers)
+
+
+def _new_etag() -> str:
+    """A strong entity-tag for one ICE session (RFC 9725 4.3.1); replaced by each ICE restart."""
+    return f'"{secrets.token_hex(12)}"'
+
+
+def _if_match(header: str, etag: str) -> bool:
+    """RFC 9110 13.1.1: strong comparison against a list of entity-tags (a weak tag never matches)."""
+    return any(tag.strip() == etag for tag in header.split(","))
 
 
 def _viewer_subscriber(app: web.Application, room, participant: Participant):
@@ -159,62 +235,118 @@ def _session(request: web.Request) -> tuple[object, Participant] | None:
     if room is None:
         return None
     sid = request.match_info["session"]
+    kind = request.path.split("/", 2)[1]
     for participant in room.participants.values():
-        if participant.session_id == sid:
+        if participant.session_id == sid and participant.transport == kind:
             return room, participant
     return None
 
 
-async def session_delete(request: web.Request) -> web.Response:
+async def _owned_session(request: web.Request) -> tuple[object, Participant] | web.Response:
+    """The session, when the request carries a valid Bearer token of the identity that created it."""
+    try:
+        grants = await _grants(request, request.match_info["room"])
+    except TokenError as exc:
+        return problem(401, f"unauthorized: {exc.reason}", **{"WWW-Authenticate": "Bearer"})
     found = _session(request)
     if found is None:
         return problem(404, "no such session")
+    if found[1].identity != grants.identity:
+        return problem(403, "forbidden: this token is not for the identity that created this session")
+    return found
+
+
+async def session_delete(request: web.Request) -> web.Response:
+    found = await _owned_session(request)
+    if isinstance(found, web.Response):
+        return found
     room, participant = found
     await room.leave(participant.identity, session_id=participant.session_id)
     await roomhooks.left(request.app, getattr(participant, "classroom_session", None), participant)
-    return web.Response(status=200, headers=CORS)
+    return web.Response(status=200)
 
 
 async def session_patch(request: web.Request) -> web.Response:
-    """Trickle ICE: an application/trickle-ice-sdpfrag body with a=candidate lines."""
-    found = _session(request)
-    if found is None:
-        return problem(404, "no such session")
-    if request.content_type != "application/trickle-ice-sdpfrag":
-        return problem(415, "the body must be application/trickle-ice-sdpfrag")
+    """RFC 9725 4.3: trickle ICE (If-Match: the session's ETag, or none; 204) or an ICE restart
+    (If-Match: *, new ice-ufrag/ice-pwd; 200 with the server's new fragment and a new ETag)."""
+    found = await _owned_session(request)
+    if isinstance(found, web.Response):
+        return found
     _, participant = found
-    if participant.publisher is None and isinstance(participant.subscriber, RemoteSubscriber):
-        return await _trickle_remote(request, participant.subscriber)
-    pc = participant.publisher.pc if participant.publisher else participant.subscriber.pc
-    body = (await request.content.read(MAX_BODY)).decode("utf-8", "replace")
-    mid = None
+    if request.content_type != sdpfrag.CONTENT_TYPE:
+        return problem(415, f"the body must be {sdpfrag.CONTENT_TYPE}")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        return problem(413, f"the fragment is larger than {MAX_BODY} bytes")
     try:
-        for line in body.splitlines():
-            line = line.strip()
-            if line.startswith("a=mid:"):
-                mid = line[6:]
-            elif line.startswith("a=candidate:"):
-                await add_remote_candidate(pc, {"candidate": line[2:], "sdpMid": mid})
+        frag = sdpfrag.parse(raw.decode("utf-8"))
+        # Parsed before anything is applied: one bad candidate line refuses the whole fragment.
+        candidates = [_candidate(mid, value) for mid, value in frag.candidates]
+    except UnicodeDecodeError:
+        return problem(400, "malformed sdpfrag: the body is not UTF-8")
+    except (sdpfrag.SdpFragError, SdpError) as exc:
+        return problem(400, f"malformed sdpfrag: {exc}")
+    if_match = request.headers.get("If-Match")
+    if participant.publisher is None and isinstance(participant.subscriber, RemoteSubscriber):
+        return await _trickle_remote(request, participant,
+                                     [{"candidate": value, "sdpMid": mid} for mid, value in frag.candidates],
+                                     if_match)
+    pc = participant.publisher.pc if participant.publisher else participant.subscriber.pc
+    current = ice_credentials(pc)
+    if if_match is not None and if_match.strip() == "*":
+        return await _ice_restart(participant, pc, frag, candidates, current)
+    if if_match is not None and not _if_match(if_match, participant.ice_etag):
+        return problem(412, f"precondition failed: If-Match {if_match[:80]} is not this ICE session's "
+                            f"entity-tag {participant.ice_etag}")
+    if frag.ice_ufrag is not None and frag.ice_ufrag != current.get("remote_ufrag"):
+        return problem(422, "these candidates are for another ICE session (ice-ufrag differs); "
+                            "an ICE restart needs If-Match: *")
+    try:
+        for mid, value in frag.candidates:
+            await add_remote_candidate(pc, {"candidate": value, "sdpMid": mid})
     except SdpError as exc:
         return problem(400, f"bad candidate: {exc}")
-    return web.Response(status=204, headers=CORS)
+    return web.Response(status=204)
 
 
-async def _trickle_remote(request: web.Request, subscriber: RemoteSubscriber) -> web.Response:
-    """Trickle ICE for a viewer whose connection lives in a media worker: the candidates go there."""
-    body = (await request.content.read(MAX_BODY)).decode("utf-8", "replace")
-    mid = None
-    candidates = []
-    for line in body.splitlines():
-        line = line.strip()
-        if line.startswith("a=mid:"):
-            mid = line[6:]
-        elif line.startswith("a=candidate:"):
-            candidates.append({"candidate": line[2:], "sdpMid": mid})
+async def _trickle_remote(request: web.Request, participant: Participant, candidates: list[dict],
+                          if_match: str | None) -> web.Response:
+    """A viewer whose connection lives in a media worker: trickle goes there; no ICE restart yet."""
+    if if_match is not None and if_match.strip() == "*":
+        return problem(422, "ICE restart is not available for a viewer on a media worker; "
+                            "end the session and POST again")
+    if if_match is not None and not _if_match(if_match, participant.ice_etag):
+        return problem(412, f"precondition failed: If-Match {if_match[:80]} is not this ICE session's "
+                            f"entity-tag {participant.ice_etag}")
     try:
-        await subscriber.trickle(candidates)
+        await participant.subscriber.trickle(candidates)
     except SdpError as exc:
         return problem(400, f"bad candidate: {exc}")
     except WorkerUnavailable:
         return problem(404, "no such session (its media worker stopped)")
-    return web.Response(status=204, headers=CORS)
+    return web.Response(status=204)
+
+
+def _candidate(mid: str | None, value: str):
+    try:
+        candidate = candidate_from_sdp(value[len("candidate:"):])
+    except Exception as exc:
+        raise SdpError(f"the ICE candidate cannot be parsed: {exc}") from None
+    candidate.sdpMid = mid
+    return candidate
+
+
+async def _ice_restart(participant: Participant, pc, frag: sdpfrag.SdpFrag, candidates: list,
+                       current: dict) -> web.Response:
+    if frag.ice_ufrag is None:
+        return problem(400, "an ICE restart (If-Match: *) needs the client's new a=ice-ufrag and a=ice-pwd")
+    if frag.ice_ufrag == current.get("remote_ufrag") and frag.ice_pwd == current.get("remote_pwd"):
+        return problem(400, "an ICE restart needs a new ice-ufrag and ice-pwd; these are the current ones")
+    ufrag, pwd = begin_ice_restart(pc)
+    await finish_ice_restart(pc, frag.ice_ufrag, frag.ice_pwd, candidates, frag.end_of_candidates)
+    participant.ice_etag = _new_etag()
+    local = [f"candidate:{candidate_to_sdp(c)}" for c in local_candidates(pc)]
+    logger.info("%s session %s of %s: ICE restart", participant.transport.upper(), participant.session_id,
+                participant.identity)
+    return web.Response(status=200, text=sdpfrag.build(ufrag, pwd, local), content_type=sdpfrag.CONTENT_TYPE,
+                        headers={"ETag": participant.ice_etag})

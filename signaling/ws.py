@@ -7,14 +7,14 @@ import json
 import logging
 import time
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from sfu.peer import SdpError, add_remote_candidate
 from signaling.api import roomhooks
 from signaling.api.identity import active_api_keys
 from signaling.auth import TokenError, verify_token
 from signaling.room import Participant, RoomFull
-from signaling.schemas import MAX_MESSAGE_BYTES, ProtocolError, parse_client_message
+from signaling.schemas import MAX_FRAME_BYTES, ProtocolError, parse_client_message
 from stoa.appkeys import DATA_HANDLER, ROOMS, SETTINGS
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,21 @@ class TokenBucket:
         return False
 
 
+class RoomWebSocket(web.WebSocketResponse):
+    """aiohttp closes a socket whose message exceeds max_msg_size (1009) before the handler sees it; this
+    says why first, in the room protocol's own words."""
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
+            text = f"a message over {MAX_FRAME_BYTES // 1024} KiB closes the connection"
+            try:
+                await self.send_str(json.dumps(error("too_large", text)))
+            except Exception:  # the peer may be gone already
+                pass
+            message = message or text.encode()
+        return await super().close(code=code, message=message, drain=drain)
+
+
 def error(code: str, message: str, ref=None) -> dict:
     out = {"type": "error", "code": code, "message": message}
     if ref is not None:
@@ -51,7 +66,7 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
     app = request.app
     room_name = request.match_info["room"]
     settings = app[SETTINGS]
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_BYTES * 2)
+    ws = RoomWebSocket(heartbeat=20.0, max_msg_size=MAX_FRAME_BYTES)
     await ws.prepare(request)
     send_lock = asyncio.Lock()
 
@@ -61,9 +76,10 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
         async with send_lock:
             await ws.send_str(json.dumps(message))
 
-    async def disconnect(reason: str) -> None:
+    async def disconnect(reason: str, code: int = WSCloseCode.OK) -> None:
         await send({"type": "left", "reason": reason})
-        await ws.close()
+        # A close reason is at most 123 bytes of UTF-8: cut on a character boundary.
+        await ws.close(code=code, message=reason.encode()[:120].decode("utf-8", "ignore").encode())
 
     participant: Participant | None = None
     room = None
@@ -82,6 +98,8 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
                 break
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
+            if participant is not None and participant.replaced:
+                break  # a newer connection is this identity now; this one is being closed
             if not bucket.take():
                 await send(error("rate_limited", "too many messages; slow down (50/s)"))
                 continue
@@ -134,7 +152,6 @@ def _ref(raw) -> str | None:
 
 async def _join(app: web.Application, room_name: str, token: str, send, password: str | None = None,
                 disconnect=None):
-    settings = app[SETTINGS]
     try:
         grants = verify_token(token, await active_api_keys(app), room=room_name)
     except TokenError as exc:
@@ -156,7 +173,7 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
         "grants": {"can_publish": grants.can_publish, "can_subscribe": grants.can_subscribe,
                    "can_publish_data": grants.can_publish_data},
         "room": room.state(),
-        "ice_servers": [{"urls": url} for url in settings.ice_servers],
+        "ice_servers": [s.to_json() for s in app[ROOMS].peers.ice.for_identity(grants.identity)],
         **({"session": {"id": session.id, "title": session.title, "type": session.type,
                         "status": session.status}} if session is not None else {}),
     })

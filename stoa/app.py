@@ -25,7 +25,7 @@ WEB_DIR = Path(pages.__file__).parent
 def build_app(settings: Settings) -> web.Application:
     check_compatibility()
     prefer_aes128_gcm()
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[whip.cors_middleware])
     app[SETTINGS] = settings
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(WEB_DIR / "templates")),
                          autoescape=jinja2.select_autoescape(["html"]))
@@ -61,7 +61,9 @@ async def _disconnect_everyone(app: web.Application) -> None:
 async def _rooms_ctx(app: web.Application):
     settings = app[SETTINGS]
     ice = IceSettings(servers=settings.ice_servers, username=settings.ice_username,
-                      credential=settings.ice_credential, addresses=settings.ice_addresses)
+                      credential=settings.ice_credential, addresses=settings.ice_addresses,
+                      turn_secret=settings.turn_secret, turn_ttl=settings.turn_ttl,
+                      server_identity=settings.node_id or "stoa")
     app[ROOMS] = RoomManager(PeerFactory(ice), max_participants=settings.max_participants)
     yield
     await app[ROOMS].close()

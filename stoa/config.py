@@ -33,6 +33,10 @@ class Settings:
     ice_servers: list[str] = field(default_factory=list)
     ice_username: str = ""
     ice_credential: str = ""
+    # TURN REST API (coturn use-auth-secret): the shared secret, and how long minted credentials last (s).
+    # Set, it replaces ice_username/ice_credential for turn: URLs; each client gets "<expiry>:<identity>".
+    turn_secret: str = ""
+    turn_ttl: int = 86400
     data_dir: str = "./data"
     # None: embedded SQLite in data_dir. Else postgresql://...
     database: str | None = None
@@ -81,6 +85,10 @@ class Settings:
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ConfigError(f"ice server {url!r} must start with stun:, turn: or turns:")
+        if self.turn_ttl <= 0:
+            raise ConfigError("turn_ttl must be a positive number of seconds")
+        if self.turn_secret and not any(u.startswith(("turn:", "turns:")) for u in self.ice_servers):
+            raise ConfigError("turn_secret is set but ice_servers has no turn: or turns: URL to use it with")
         if self.database and not self.database.startswith(("postgresql://", "postgres://", "sqlite:///")):
             raise ConfigError("database must be a postgresql:// or sqlite:/// URL")
         for i, hook in enumerate(self.webhooks):

@@ -147,7 +147,8 @@ async def test_whep_join_refused_by_a_full_server_gives_the_seat_back(stoa_serve
             assert status == 201, (status, body)
             assert await store.sessions.seats_taken(s["id"]) == 2
             assert await _admitted(stoa_server, s["id"]) == {"s0", "s2"}
-            async with http.delete(stoa_server.base + location) as resp:
+            async with http.delete(stoa_server.base + location, headers={
+                    "Authorization": f"Bearer {stoa_server.token(room, 's2', 'student')}"}) as resp:
                 assert resp.status == 200
         finally:
             await pc2.close()

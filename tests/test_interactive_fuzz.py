@@ -42,15 +42,15 @@ def test_parse_message_never_raises_anything_but_protocol_error(raw):
 
 def test_parse_message_names_the_problem():
     cases = {
-        b"\xff\xfe": ("invalid", "UTF-8"),
-        "{": ("invalid", "not valid JSON"),
+        b"\xff\xfe": ("bad_json", "UTF-8"),
+        "{": ("bad_json", "not valid JSON"),
         "[]": ("invalid", "envelope"),
         '{"v": 2, "type": "chat.send"}': ("invalid", "/v"),
-        '{"v": 1, "type": "nope"}': ("invalid", "unknown message type 'nope'"),
+        '{"v": 1, "type": "nope"}': ("unknown_type", "unknown message type 'nope'"),
         '{"v": 1, "type": "chat.send", "data": {"txt": "x"}}': ("invalid", "text"),
         '{"v": 1, "type": "poll.vote", "data": {"poll_id": "' + "a" * 32 + '", "choices": ["1"]}}':
             ("invalid", "/choices/0"),
-        '{"v": 1, "type": "chat.send", "data": {"text": NaN}}': ("invalid", "NaN"),
+        '{"v": 1, "type": "chat.send", "data": {"text": NaN}}': ("bad_json", "NaN"),
         json.dumps({"v": 1, "type": "chat.send", "data": {"text": "x" * 5000}}): ("too_large", "4096"),
         json.dumps({"v": 1, "type": "chat.send", "data": {"text": "x" * 17000}}): ("too_large", "16384"),
     }

@@ -57,3 +57,39 @@ def test_every_room_protocol_message_is_documented_and_its_example_parses():
             value, end = decoder.raw_decode(block, pos)
             parse_client_message(json.dumps(value))  # raises ProtocolError naming the problem
             pos = len(block) - len(block[end:].lstrip())
+
+
+def _documented_error_codes() -> set[str]:
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    table = doc.split("### Error codes", 1)[1].split("\n## ", 1)[0]
+    return {code for row in re.findall(r"^\| (`.*?) \|", table, re.M) for code in re.findall(r"`([a-z_]+)`", row)}
+
+
+def _error_codes_in_code() -> set[str]:
+    """Every code a `{"type": "error"}` can carry: literal codes where the room protocol, the classroom
+    layer and /ws/notify raise or build errors, plus the mapping of classroom service errors."""
+    from signaling.api.roomhooks import ADMISSION_CODES
+
+    patterns = [r'ProtocolError\(\s*"([a-z_]+)"', r'\berror\(\s*"([a-z_]+)"', r'error_message\(\s*"([a-z_]+)"',
+                r'"type": "error", "code": "([a-z_]+)"']
+    found = set(ADMISSION_CODES.values()) | {"invalid"}  # room_code()'s fallback
+    files = [*(ROOT / "signaling").glob("*.py"), ROOT / "signaling" / "api" / "roomhooks.py",
+             *(ROOT / "classroom" / "interactive").glob("*.py")]
+    for path in files:
+        text = path.read_text()
+        for pattern in patterns:
+            found |= set(re.findall(pattern, text))
+    return found
+
+
+def test_every_error_code_the_server_sends_is_in_the_one_documented_list():
+    sent, documented = _error_codes_in_code(), _documented_error_codes()
+    assert {"bad_json", "unknown_type", "invalid", "too_large", "conflict", "feature_disabled"} <= sent
+    assert sent - documented == set(), "codes the server sends but docs/protocol.md does not list"
+    assert documented - sent == set(), "codes docs/protocol.md lists but the server never sends"
+
+
+def test_the_classroom_error_codes_are_part_of_the_list():
+    from classroom.interactive.envelope import ERROR_CODES
+
+    assert set(ERROR_CODES) <= _documented_error_codes()

@@ -131,3 +131,55 @@ async def test_a_closed_channel_refuses_like_aiortc():
     await b.close()
     with pytest.raises(InvalidStateError):
         sender.send("late")
+
+
+# --- ICE restart ---------------------------------------------------------------------------------------------
+
+async def test_ice_restart_in_place_nominates_a_new_pair_and_the_fast_path_follows():
+    from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
+
+    from sfu.peer import local_candidates
+
+    a, b, channel, received = await _channel_pair()
+    try:
+        sender = seam.DataChannelSender(channel)
+        sender.send("before")
+        await _wait_for(lambda: received == ["before"])
+        old_a, old_b = seam.ice_credentials(a), seam.ice_credentials(b)
+
+        def candidates(pc):  # what the other side would read from a trickle-ice-sdpfrag
+            return [candidate_from_sdp(candidate_to_sdp(c)) for c in local_candidates(pc)]
+
+        ufrag_a, pwd_a = seam.begin_ice_restart(a)  # a's offer fragment
+        ufrag_b, pwd_b = seam.begin_ice_restart(b)  # b's answer to it
+        await seam.finish_ice_restart(b, ufrag_a, pwd_a, candidates(a), True)
+        await seam.finish_ice_restart(a, ufrag_b, pwd_b, candidates(b), True)
+        new_a, new_b = seam.ice_credentials(a), seam.ice_credentials(b)
+        assert (new_a["local_ufrag"], new_a["remote_ufrag"]) == (ufrag_a, ufrag_b)
+        assert (new_b["local_ufrag"], new_b["remote_ufrag"]) == (ufrag_b, ufrag_a)
+        assert ufrag_a != old_a["local_ufrag"] and ufrag_b != old_b["local_ufrag"]
+        await _wait_for(lambda: seam.ice_credentials(a)["pair"] not in (None, old_a["pair"])
+                        and seam.ice_credentials(b)["pair"] not in (None, old_b["pair"]))
+        fast = sender.fast_sends
+        for i in range(20):
+            sender.send(f"after {i}")
+        await _wait_for(lambda: len(received) == 21)
+        assert received[1:] == [f"after {i}" for i in range(20)]
+        assert sender.fast_sends > fast, "the synchronous path resolved the new pair"
+        assert a.connectionState == b.connectionState == "connected"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_an_ice_restart_the_other_side_never_completes_closes_the_connection(monkeypatch):
+    monkeypatch.setattr(seam, "ICE_RESTART_TIMEOUT", 1.0)
+    a, b, channel, received = await _channel_pair()
+    try:
+        # b restarts with credentials a never learns: no check can succeed, consent is gone.
+        seam.begin_ice_restart(b)
+        await seam.finish_ice_restart(b, "abcd", "abcdefghijklmnopqrstuv", [], False)
+        await _wait_for(lambda: b.iceConnectionState in ("failed", "closed"), timeout=15)
+    finally:
+        await a.close()
+        await b.close()

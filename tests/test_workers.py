@@ -252,10 +252,11 @@ async def test_a_killed_worker_ends_its_sessions_and_is_replaced(workers_server,
     os.kill(old_pid, signal.SIGKILL)
     await wait_until(lambda: "victim" not in workers_server.app[ROOMS].rooms[ROOM].participants, 15,
                      "the killed worker's viewer to be removed")
-    async with http.delete(workers_server.base + victim.location) as resp:
+    auth = {"Authorization": f"Bearer {victim.token}"}
+    async with http.delete(workers_server.base + victim.location, headers=auth) as resp:
         assert resp.status == 404, "the session URL of a viewer on a dead worker is gone"
     async with http.patch(workers_server.base + victim.location, data="a=mid:0\r\n",
-                          headers={"Content-Type": "application/trickle-ice-sdpfrag"}) as resp:
+                          headers={"Content-Type": "application/trickle-ice-sdpfrag", **auth}) as resp:
         assert resp.status == 404
 
     # The room and the other worker's viewer go on.

@@ -18,8 +18,9 @@ from classroom.interactive import schemas
 PROTOCOL_VERSION = 1
 MAX_ENVELOPE_BYTES = 16 * 1024
 MAX_CHAT_TEXT_BYTES = 4096
-ERROR_CODES = ("forbidden", "rate_limited", "too_large", "invalid", "not_found", "feature_disabled", "conflict",
-               "internal")
+# The classroom's part of the one list in docs/protocol.md ("Error codes"), shared with the room protocol.
+ERROR_CODES = ("bad_json", "unknown_type", "forbidden", "rate_limited", "too_large", "invalid", "not_found",
+               "feature_disabled", "conflict", "internal")
 
 
 class Outgoing(dict):
@@ -116,13 +117,13 @@ def parse_message(raw: str | bytes | bytearray | memoryview | dict) -> Envelope:
             try:
                 raw = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise ProtocolError("invalid", f"message is not valid UTF-8 (byte {exc.start})") from None
+                raise ProtocolError("bad_json", f"message is not valid UTF-8 (byte {exc.start})") from None
         try:
             obj = json.loads(raw, parse_constant=_reject_constant)
         except ProtocolError:
             raise
         except (ValueError, RecursionError) as exc:
-            raise ProtocolError("invalid", f"message is not valid JSON: {exc}"[:300]) from None
+            raise ProtocolError("bad_json", f"message is not valid JSON: {exc}"[:300]) from None
     msg_id = _recover_id(obj)
     error = _best_error(schemas.ENVELOPE_VALIDATOR, obj)
     if error is not None:
@@ -130,7 +131,7 @@ def parse_message(raw: str | bytes | bytearray | memoryview | dict) -> Envelope:
     msg_type = obj["type"]
     validator = schemas.DATA_VALIDATORS.get(msg_type)
     if validator is None:
-        raise ProtocolError("invalid", f"unknown message type {msg_type!r}", msg_id)
+        raise ProtocolError("unknown_type", f"unknown message type {msg_type!r}", msg_id)
     data = obj.get("data", {})
     error = _best_error(validator, data)
     if error is not None:
@@ -145,7 +146,7 @@ def parse_message(raw: str | bytes | bytearray | memoryview | dict) -> Envelope:
 
 
 def _reject_constant(name: str) -> Any:
-    raise ProtocolError("invalid", f"message is not valid JSON: {name} is not allowed")
+    raise ProtocolError("bad_json", f"message is not valid JSON: {name} is not allowed")
 
 
 def _check_text_encodable(value: Any, msg_id: str | None) -> None:

@@ -165,7 +165,7 @@ class InteractiveRoom:
             msg_id = envelope.id
             entry = self._handlers.get(envelope.type)
             if entry is None:
-                raise ProtocolError("invalid", f"unknown message type {envelope.type!r}")
+                raise ProtocolError("unknown_type", f"unknown message type {envelope.type!r}")
             spec, handler = entry
             self._authorize(member, spec)
             if spec.bucket and not self.limiter.allow(member.identity, spec.bucket):

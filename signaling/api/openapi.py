@@ -88,13 +88,15 @@ def _operation(op) -> dict:
         if op.csv:
             content["text/csv"] = {"schema": {"type": "string"}}
         out["responses"][str(op.status)] = {"description": "success", "content": content}
-    for status in op.errors:
+    errors = op.errors + ((413, 415) if op.body is not None else ())
+    for status in errors:
         out["responses"][str(status)] = {"$ref": f"#/components/responses/E{status}"}
     return out
 
 
 _ERRORS = {400: "invalid input", 401: "no or bad credentials", 403: "not allowed for this caller",
-           404: "no such resource", 409: "conflicts with the current state (e.g. invalid transition, full)"}
+           404: "no such resource", 409: "conflicts with the current state (e.g. invalid transition, full)",
+           413: "the body is larger than 64 KiB", 415: "the body is not application/json"}
 
 
 def document(app: web.Application) -> dict:

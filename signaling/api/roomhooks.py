@@ -10,20 +10,25 @@ import logging
 
 from aiohttp import web
 
-from classroom.errors import (Banned, BadPassword, ClassroomError, InvalidInput, NotFound, PermissionDenied,
-                              SessionClosed, SessionFull)
+from classroom.errors import (Banned, BadPassword, ClassroomError, Conflict, InvalidInput, InvalidTransition,
+                              NotFound, PermissionDenied, SessionClosed, SessionFull)
 from classroom.sessions import PARTICIPANT_ROLES, STAFF_ROLES, Admission
 from signaling.api.identity import Principal
 from signaling.room import RoomFull
 from signaling.schemas import ProtocolError
-from stoa.appkeys import RECORDINGS, ROOMS, SESSIONS, STORE
+from stoa.appkeys import DATA_HANDLER, RECORDINGS, ROOMS, SESSIONS, STORE
 
 log = logging.getLogger(__name__)
 
-# Join errors for a session room; the client sees {"type": "error", "code": ...} and is not in the room.
+# Classroom errors in the room protocol's one vocabulary (docs/protocol.md, "Error codes"): a refused join
+# (the client is not in the room) or a refused `moderate` gets {"type": "error", "code": ...}.
 ADMISSION_CODES = {SessionFull: "session_full", SessionClosed: "session_not_live", Banned: "banned",
                    BadPassword: "bad_password", PermissionDenied: "forbidden", NotFound: "not_found",
-                   InvalidInput: "invalid"}
+                   InvalidInput: "invalid", InvalidTransition: "conflict", Conflict: "conflict"}
+
+
+def room_code(exc: ClassroomError) -> str:
+    return ADMISSION_CODES.get(type(exc), "invalid")
 
 
 def principal_of(grants) -> Principal:
@@ -85,18 +90,24 @@ async def admit(app: web.Application, room_name: str, grants, password: str | No
     try:
         return await sessions.admit(session.id, grants.identity, role, password, name=grants.name)
     except ClassroomError as exc:
-        raise ProtocolError(ADMISSION_CODES.get(type(exc), exc.code), exc.message) from None
+        raise ProtocolError(room_code(exc), exc.message) from None
 
 
 async def enter(app: web.Application, room, participant, admission: Admission | None) -> None:
-    """`room.join(participant)` after `admit`. When the room refuses (RoomFull: the server's
+    """`room.join(participant)` after `admit` (a participant it replaces leaves the classroom too). When the
+    room refuses (RoomFull: the server's
     `max_participants` is lower than the session's capacity), what admission took is given back before RoomFull
     propagates, so the refusal leaves no seat taken and no admission recorded."""
     try:
-        await room.join(participant)
+        replaced = await room.join(participant)
     except RoomFull:
         await unadmit(app, admission, room)
         raise
+    if replaced is not None:
+        # A reconnect: the old connection's classroom member stops now, so it hears and says nothing more.
+        handler = app.get(DATA_HANDLER)
+        if handler is not None:
+            await handler.on_replaced(room, replaced)
 
 
 async def unadmit(app: web.Application, admission: Admission | None, room=None) -> None:
@@ -215,7 +226,7 @@ async def moderate(app: web.Application, room, participant, message: dict) -> di
             # SessionService.ban tells observers, and the transport observer disconnects the target.
             await app[SESSIONS].ban(principal.actor, session.id, target, message.get("reason", ""))
     except ClassroomError as exc:
-        raise ProtocolError(exc.code if exc.code != "permission_denied" else "forbidden", exc.message) from None
+        raise ProtocolError(room_code(exc), exc.message) from None
     return {"type": "moderated", "action": action, "identity": target}
 
 

@@ -20,6 +20,7 @@ from signaling.api.problems import Problem
 from stoa.appkeys import KEYRING, ROOMS, SESSIONS, SETTINGS, STORE, TUTORING, WEBHOOKS
 
 MAX_BODY = 64 * 1024
+MAX_OFFSET = 2**31 - 1  # the databases' integer range bounds paging
 _IDENT = {"type": "string", "minLength": 1, "maxLength": 255}
 
 
@@ -113,7 +114,7 @@ async def list_sessions(ctx: Ctx):
         filters["type"] = q["type"]
     try:
         filters["limit"] = max(1, min(500, int(q.get("limit", 200))))
-        filters["offset"] = max(0, int(q.get("offset", 0)))
+        filters["offset"] = max(0, min(MAX_OFFSET, int(q.get("offset", 0))))
     except ValueError:
         raise InvalidInput("limit and offset must be whole numbers") from None
     p = ctx.principal
@@ -406,6 +407,7 @@ T = "/api/tutoring/{request_id}"
 OWNER = "admin, or the session's instructor"
 STAFF = "admin, the session's instructor or a moderator"
 ROLES_MINTABLE = ["instructor", "moderator", "student", "viewer"]
+LIST = {"type": "array", "items": {"type": "object"}}
 
 TOKEN_BODY = {
     "type": "object",
@@ -436,7 +438,7 @@ LIST_QUERY = [{"name": "status", "schema": {"enum": ["scheduled", "live", "ended
               {"name": "type", "schema": {"type": "string"}},
               {"name": "instructor", "schema": {"type": "string"}, "description": "admins only"},
               {"name": "limit", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-              {"name": "offset", "schema": {"type": "integer", "minimum": 0}}]
+              {"name": "offset", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}}]
 
 OPS: list[Op] = [
     Op("GET", "/api/openapi.json", openapi_document, "This OpenAPI document", "meta", "anyone", public=True,
@@ -472,9 +474,9 @@ OPS: list[Op] = [
        status=201),
     Op("DELETE", S + "/moderators/{identity}", remove_moderator, "Remove a moderator", "moderation", OWNER,
        status=204),
-    Op("GET", S + "/bans", list_bans, "List bans", "moderation", STAFF),
+    Op("GET", S + "/bans", list_bans, "List bans", "moderation", STAFF, response=LIST),
     Op("POST", S + "/bans", add_ban, "Ban a participant (disconnects them; they cannot come back)",
-       "moderation", STAFF + " (a moderator cannot ban a moderator)", body=BAN_BODY, status=201),
+       "moderation", STAFF + " (a moderator cannot ban a moderator)", body=BAN_BODY, status=201, response=LIST),
     Op("DELETE", S + "/bans/{identity}", remove_ban, "Lift a ban", "moderation", STAFF, status=204),
     Op("POST", "/api/tutoring", request_tutoring, "Ask for 1:1 tutoring", "tutoring", "a student",
        body=tutoring_mod.REQUEST_SCHEMA, body_required=False, status=201, response="TutoringRequest"),
@@ -495,14 +497,14 @@ OPS: list[Op] = [
        response="TutoringRequest"),
     Op("GET", T + "/join", join_tutoring, "A join link for an accepted request's room", "tutoring",
        "its student or its instructor", response="JoinLink"),
-    Op("GET", "/api/webhooks", list_webhooks, "List webhooks", "webhooks", "admin"),
+    Op("GET", "/api/webhooks", list_webhooks, "List webhooks", "webhooks", "admin", response=LIST),
     Op("POST", "/api/webhooks", create_webhook, "Add a webhook (the secret is shown once)", "webhooks",
        "admin", body=WEBHOOK_BODY, status=201),
     Op("GET", "/api/webhooks/{webhook_id}", get_webhook, "A webhook and its latest deliveries", "webhooks",
        "admin"),
     Op("DELETE", "/api/webhooks/{webhook_id}", delete_webhook, "Remove a webhook", "webhooks", "admin",
        status=204),
-    Op("GET", "/api/keys", list_keys, "List API keys (without secrets)", "keys", "admin"),
+    Op("GET", "/api/keys", list_keys, "List API keys (without secrets)", "keys", "admin", response=LIST),
     Op("POST", "/api/keys", create_key, "Create an API key (the secret is shown once)", "keys", "admin",
        body=KEY_BODY, body_required=False, status=201),
     Op("DELETE", "/api/keys/{key}", revoke_key, "Revoke an API key", "keys", "admin", status=204),
@@ -527,14 +529,16 @@ def make_handler(op: Op):
         principal = None if op.public else await authenticate(request, request.app[_KR])
         body = None
         if validator is not None:
-            body = await _read_body(request, required=op.body_required)
-            if body is not None:
-                errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
+            raw = await _read_body(request, required=op.body_required)
+            if raw is not ABSENT:
+                # The whole body, `null` and arrays included: a handler only ever sees a valid one.
+                errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
                 if errors:
                     err = errors[0]
                     where = "/".join(str(p) for p in err.absolute_path)
                     raise Problem(400, "invalid_input", f"request body: {where + ': ' if where else ''}"
                                   f"{err.message[:300]}")
+                body = raw
         result = await op.handler(Ctx(request, principal, body))
         if isinstance(result, web.StreamResponse):
             return result
@@ -544,11 +548,15 @@ def make_handler(op: Op):
     return handle
 
 
+ABSENT = object()  # no body at all, as opposed to the JSON value null
+
+
 async def _read_body(request: web.Request, *, required: bool) -> Any:
+    """The parsed JSON body (any JSON value, null included), or ABSENT when there is none."""
     if not request.can_read_body:
         if required:
             raise Problem(400, "invalid_input", "this request needs a JSON body")
-        return None
+        return ABSENT
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
     raw = await request.content.read(MAX_BODY + 1)
@@ -557,7 +565,7 @@ async def _read_body(request: web.Request, *, required: bool) -> Any:
     if not raw.strip():
         if required:
             raise Problem(400, "invalid_input", "this request needs a JSON body")
-        return None
+        return ABSENT
     if request.content_type not in ("application/json", "application/merge-patch+json"):
         raise Problem(415, "unsupported_media_type", "send the body as application/json")
     try:
