@@ -22,8 +22,9 @@ MAX_INTERVAL = 0.1
 AGE_MARGIN = 0.3           # on top of one RTT
 MAX_AGE = 1.0
 BUDGET_SHARE = 0.15        # of the viewer's media bitrate
-BUDGET_DEPTH = 0.5         # seconds of budget that may go in one burst
-MIN_BUDGET_RATE = 4000.0   # bytes/s: audio or a still screen can still be repaired
+BUDGET_DEPTH = 0.5         # seconds of budget that may go in one burst,
+MIN_BUDGET_DEPTH = 12_000  # but at least ten full packets: losses come in bursts
+MIN_BUDGET_RATE = 8000.0   # bytes/s (64 kbit/s): a low-rate stream can still be repaired
 RATE_WINDOW = 1.0          # the media rate is measured over at least this
 _PRUNE_ABOVE = 512
 
@@ -69,7 +70,7 @@ class RetransmitPolicy:
     def __init__(self, now: float):
         self.rtt: float | None = None
         self.suspended = False  # the viewer cannot keep up: repairing its gaps only adds to them
-        self.bucket = TokenBucket(MIN_BUDGET_RATE, MIN_BUDGET_RATE * BUDGET_DEPTH, now)
+        self.bucket = TokenBucket(MIN_BUDGET_RATE, MIN_BUDGET_DEPTH, now)
         self.media_rate = 0.0  # bytes/s forwarded to the viewer, last window
         self._mark = (now, 0)
         self._tries: dict[int, tuple[int, float]] = {}  # out_seq -> (sends so far, last send)
@@ -92,7 +93,7 @@ class RetransmitPolicy:
         self.media_rate = max(0, octets_total - octets) / (now - at)
         self._mark = (now, octets_total)
         budget = max(MIN_BUDGET_RATE, BUDGET_SHARE * self.media_rate)
-        self.bucket.set_rate(budget, budget * BUDGET_DEPTH, now)
+        self.bucket.set_rate(budget, max(MIN_BUDGET_DEPTH, budget * BUDGET_DEPTH), now)
 
     def decide(self, out_seq: int, size: int, sent_at: float, now: float) -> str:
         """SEND (and count it) or the reason not to. `sent_at` is when the packet first went out."""

@@ -102,7 +102,8 @@ async def _create(request: web.Request, kind: str) -> web.Response:
             answer = await room.publisher_for(participant).negotiate(offer)
         else:
             participant.subscriber = Subscriber(participant.identity, room.peers, _no_offer,
-                                                data_channel_label=None)
+                                                data_channel_label=None,
+                                                on_quality=room.quality_listener(participant))
             answer = await participant.subscriber.answer(offer, room.broadcast_tracks())
     except SdpError as exc:
         await room.leave(participant.identity, session_id=participant.session_id)
