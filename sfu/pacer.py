@@ -21,7 +21,7 @@ PACING_FACTOR = 2.5
 BURST = 0.02
 MIN_BURST = 12_000          # bytes: ten full packets, one ordinary video frame
 DEFAULT_RATE = 1_250_000.0  # bytes/s (10 Mbps) until the leg's media rate is known
-MIN_RATE = 20_000.0
+MIN_RATE = 125_000.0          # bytes/s: pacing a leg below 1 Mbit/s would only add delay
 STEP = 0.005
 MAX_DELAY = 0.2
 
