@@ -2,7 +2,8 @@
 
 libwebrtc paces everything at 2.5x the target rate in 5 ms steps; Stoa forwards in the receive
 callback, so a queue on every packet would cost more than the forwarding itself. Instead each leg has
-a bucket filled at PACING_FACTOR x its media rate, BURST seconds deep (at least MIN_BURST bytes): a
+a bucket filled at PACING_FACTOR x its media rate, BURST seconds deep (at least MIN_BURST bytes, so
+ordinary frames pass and keyframes and batches of retransmissions are what gets paced): a
 packet that finds enough tokens and an empty queue is sent at once (the hot path pays one comparison
 and a few additions); otherwise it waits in the queue, which a timer drains in steps of at least STEP
 seconds. Retransmissions go ahead of queued media. Nothing is dropped: a long queue drains faster than
@@ -18,8 +19,8 @@ from collections import deque
 from typing import Callable
 
 PACING_FACTOR = 2.5
-BURST = 0.02
-MIN_BURST = 12_000          # bytes: ten full packets, one ordinary video frame
+BURST = 0.04
+MIN_BURST = 24_000          # bytes: twenty full packets, a large ordinary video frame
 DEFAULT_RATE = 1_250_000.0  # bytes/s (10 Mbps) until the leg's media rate is known
 MIN_RATE = 125_000.0          # bytes/s: pacing a leg below 1 Mbit/s would only add delay
 STEP = 0.005

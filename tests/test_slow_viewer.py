@@ -183,7 +183,8 @@ async def test_slow_viewer_is_not_flooded_and_others_keep_full_rate(stoa_server,
         print(f"publisher {published_fps:.1f} fps; fast viewers decoded "
               f"{[(b - a) / WINDOW for a, b in zip(first['fast_frames'], last['fast_frames'])]} fps, NACKed "
               f"{[b - a for a, b in zip(first['fast_nacked'], last['fast_nacked'])]} of "
-              f"{[b - a for a, b in zip(first['fast_sent'], last['fast_sent'])]} packets; "
+              f"{[b - a for a, b in zip(first['fast_sent'], last['fast_sent'])]} packets, paced "
+              f"{[d.pacer.paced for d in fast_video]}; "
               f"PLIs to the publisher {sum(t.plis_sent for t in tracks) - plis_before}")
 
         # The slow viewer is not flooded.
