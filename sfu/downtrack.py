@@ -12,7 +12,7 @@ from sfu.aiortc_seam import SenderSeam
 from sfu.buffer import CachedPacket
 from sfu.forwarder import Forwarder
 from sfu.pacer import Pacer
-from sfu.quality import BAD, QualityChange, ViewerQuality
+from sfu.quality import BAD, GOOD, QualityChange, ViewerQuality
 from sfu.retransmit import SEND, RetransmitPolicy
 from sfu.rtp import ExtensionIds, build_extensions, build_header, rtx_payload
 
@@ -114,7 +114,7 @@ class DownTrack:
         seam = self.seam
         data = build_header(tail[0], packet.marker, seam.params.payload_type, seq, ts, seam.ssrc) + tail[1]
         pacer = self.pacer
-        if pacer.backlog or not pacer.admit(len(data), packet.arrival):
+        if pacer.backlog or (pacer.pacing_media and not pacer.admit(len(data), packet.arrival)):
             pacer.enqueue(data)  # a burst beyond the bucket: paced out by the pacer's timer
         elif not seam.send_rtp_now(data):
             return
@@ -173,6 +173,7 @@ class DownTrack:
         if change is None:
             return
         policy.suspended = change.quality == BAD
+        self.pacer.pacing_media = change.quality != GOOD  # its link drops bursts: smooth them
         log = logger.warning if change.quality == BAD else logger.info
         log("viewer %s on track %s: quality %s -> %s (loss %.0f%%, rtt %s, %d retransmitted, %s refused)%s",
             self.subscriber_id, self.track_id, change.previous, change.quality, change.loss * 100,

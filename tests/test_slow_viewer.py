@@ -198,6 +198,7 @@ async def test_slow_viewer_is_not_flooded_and_others_keep_full_rate(stoa_server,
         assert event["track_id"] == slow_video.track_id and event["quality"] in ("poor", BAD)
         assert any(e["type"] == "connection_quality" and e["quality"] == BAD for e in slow.events)
         assert slow_video.keyframes_for_viewer <= WINDOW / BAD_KEYFRAME_INTERVAL + 3
+        assert slow_video.pacer.pacing_media and slow_video.pacer.paced > 0, "its bursts are paced"
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{stoa_server.base}/metrics") as resp:
                 metrics = await resp.text()
