@@ -100,6 +100,7 @@ async def test_nack_repairs_loss_on_a_subscriber_leg(stoa_server):
     assert leg.keyframe_requests == plis_before, "no decode errors: the viewer never asked for a keyframe"
     # 5% loss is repairable: the viewer is not judged unable to keep up, so retransmission goes on.
     assert leg.quality.level != "bad" and not leg.retransmit.suspended, leg.stats()
+    assert leg.retransmit.rtt is not None, "the seam hands the leg its receiver reports (RTT from LSR/DLSR)"
     await lossy.close()
     await teacher.close()
 
