@@ -181,7 +181,10 @@ class DownTrack:
             sum(policy.refused.values()),
             "; retransmission stopped, keyframes instead" if policy.suspended else "")
         if self.on_quality is not None:
-            self.on_quality(self, change)
+            try:
+                self.on_quality(self, change)
+            except Exception:  # a listener never breaks the leg's RTCP handling
+                logger.exception("quality listener failed for %s", self.subscriber_id)
 
     def _keyframe_for_bad_viewer(self, now: float) -> None:
         if self.uptrack is not None and self.quality.keyframe_due(now):
