@@ -176,7 +176,8 @@ async def test_slow_viewer_is_not_flooded_and_others_keep_full_rate(stoa_server,
             per_second.append((offered, b["media_packets"] - a["media_packets"]))
         print(f"\nslow viewer over {WINDOW} s: forwarded {forwarded}, retransmitted {retransmits} "
               f"({retransmits / max(forwarded, 1):.1%}), refused {slow_video.retransmit.refused}, "
-              f"quality {slow_video.quality.level} (loss {slow_video.quality.loss:.0%}, rtt {slow_video.retransmit.rtt}), "
+              f"quality {slow_video.quality.level} (loss {slow_video.quality.loss:.0%}, "
+              f"rtt {slow_video.retransmit.rtt}), "
               f"keyframes asked for it {slow_video.keyframes_for_viewer}, paced {slow_video.pacer.paced}, "
               f"decoded {slow_stats['video_frames']} frames; link {last['link']}")
         print("offered/media packets per second:", per_second)
