@@ -47,7 +47,9 @@ def main() -> None:
                               f"pli {up.plis_sent} kf_req {up.keyframe_requests} mismatch {up.payload_mismatches} "
                               f"| legs {len(legs)} out {sum(d.packets_sent for d in legs)} "
                               f"rtx {sum(d.retransmits for d in legs)} miss {sum(d.nack_misses for d in legs)} "
-                              f"leg_kf_req {sum(d.keyframe_requests for d in legs)}", file=sys.stderr, flush=True)
+                              f"leg_kf_req {sum(d.keyframe_requests for d in legs)} "
+                              f"paced {sum(d.pacer.paced for d in legs)} bursts {sum(d.pacer.bursts for d in legs)} "
+                              f"bad {sum(d.quality.level == 'bad' for d in legs)}", file=sys.stderr, flush=True)
         task = asyncio.ensure_future(loop())
         yield
         task.cancel()

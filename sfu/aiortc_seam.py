@@ -40,6 +40,7 @@ from aiortc.rtp import (
     RTCP_RTPFB_NACK,
     RtcpByePacket,
     RtcpPsfbPacket,
+    RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSrPacket,
     RtpPacket,
@@ -83,6 +84,7 @@ def check_compatibility() -> None:
         RTCRtpSender.__init__: (
             "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
             "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count", "_ssrc", "_rtx_ssrc",
+            "_RTCRtpSender__rtt",
         ),
     }
     for func, names in expected.items():
@@ -226,6 +228,10 @@ class SendParameters:
         return True
 
 
+# A receiver report block about a leg: (fraction lost 0..1, aiortc's smoothed RTT from LSR/DLSR in s).
+OnReceiverReport = Callable[[float, "float | None"], None]
+
+
 class SenderSeam:
     """Raw RTP injection into a stock RTCRtpSender's transport, with its RTCP redirected."""
 
@@ -233,7 +239,7 @@ class SenderSeam:
                  "_on_keyframe_request", "_fast")
 
     def __init__(self, sender: RTCRtpSender, on_nack: Callable[[list[int]], Awaitable[None]],
-                 on_keyframe_request: Callable[[], None]):
+                 on_keyframe_request: Callable[[], None], on_report: OnReceiverReport | None = None):
         self.sender = sender
         self.ssrc: int = sender._ssrc
         self.rtx_ssrc: int = sender._rtx_ssrc
@@ -271,7 +277,11 @@ class SenderSeam:
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
                 return  # REMB: there is no encoder to steer on a forwarded leg
             else:
-                await stock_rtcp(packet)
+                await stock_rtcp(packet)  # receiver reports: aiortc updates its RTT estimate
+                if on_report is not None and isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+                    for report in packet.reports:
+                        if report.ssrc == self.ssrc:
+                            on_report(report.fraction_lost / 256, sender._RTCRtpSender__rtt)
 
         sender.send = send
         sender._handle_rtcp_packet = handle_rtcp

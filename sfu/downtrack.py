@@ -4,36 +4,45 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from aiortc import RTCRtpSender
 
 from sfu.aiortc_seam import SenderSeam
 from sfu.buffer import CachedPacket
 from sfu.forwarder import Forwarder
+from sfu.pacer import Pacer
+from sfu.quality import BAD, GOOD, QualityChange, ViewerQuality
+from sfu.retransmit import SEND, RetransmitPolicy
 from sfu.rtp import ExtensionIds, build_extensions, build_header, rtx_payload
 
 logger = logging.getLogger(__name__)
 
-# A packet is retransmitted to one subscriber at most once per this interval (NACKs repeat).
-RETRANSMIT_INTERVAL = 0.08
+OnQuality = Callable[["DownTrack", QualityChange], None]
 
 
 class DownTrack:
     __slots__ = ("subscriber_id", "kind", "uptrack", "seam", "forwarder", "_ext_ids", "_mid", "_key",
-                 "_rtx_seq", "_retransmitted", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
-                 "packets_sent", "retransmits", "nack_misses", "keyframe_requests")
+                 "_rtx_seq", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
+                 "packets_sent", "retransmits", "nack_misses", "keyframe_requests",
+                 "retransmit", "quality", "pacer", "on_quality", "keyframes_for_viewer")
 
     def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str):
         self.subscriber_id = subscriber_id
         self.kind = kind
         self.uptrack = None
-        self.seam = SenderSeam(sender, self._on_nack, self._on_keyframe_request)
+        self.seam = SenderSeam(sender, self._on_nack, self._on_keyframe_request, self._on_report)
         self.forwarder: Forwarder | None = None
         self._ext_ids: ExtensionIds | None = None
         self._mid = b""
         self._key = None
         self._rtx_seq = 0
-        self._retransmitted: dict[int, float] = {}
+        now = time.time()  # the clock of CachedPacket.arrival
+        self.retransmit = RetransmitPolicy(now)
+        self.quality = ViewerQuality(now)
+        self.pacer = Pacer(self.seam.send_rtp_now)
+        self.on_quality: OnQuality | None = None  # told when the viewer's quality level changes
+        self.keyframes_for_viewer = 0
         self.paused = False
         self._codec_ok = False
         self._sr_packets = 0
@@ -66,6 +75,7 @@ class DownTrack:
             if self.uptrack is not None:
                 self.uptrack.remove_downtrack(self)
             self.uptrack = None
+            self.pacer.close()
             if self.forwarder is not None:
                 self.forwarder.switch_source()
 
@@ -102,8 +112,11 @@ class DownTrack:
             ext = build_extensions(self._ext_ids, self._mid, send_time, packet.audio_level)
             tail = tails[self._key] = (bool(ext), ext + packet.payload)
         seam = self.seam
-        if not seam.send_rtp_now(
-                build_header(tail[0], packet.marker, seam.params.payload_type, seq, ts, seam.ssrc) + tail[1]):
+        data = build_header(tail[0], packet.marker, seam.params.payload_type, seq, ts, seam.ssrc) + tail[1]
+        pacer = self.pacer
+        if pacer.backlog or (pacer.pacing_media and not pacer.admit(len(data), packet.arrival)):
+            pacer.enqueue(data)  # a burst beyond the bucket: paced out by the pacer's timer
+        elif not seam.send_rtp_now(data):
             return
         self.packets_sent += 1
         self._sr_packets += 1
@@ -117,18 +130,17 @@ class DownTrack:
         up, fwd, params = self.uptrack, self.forwarder, self.seam.params
         if up is None or fwd is None or params is None:
             return
-        now = time.monotonic()
-        if len(self._retransmitted) > 512:
-            self._retransmitted = {s: t for s, t in self._retransmitted.items() if now - t < 1.0}
+        now = time.time()
+        self._observe(now)
+        policy = self.retransmit
         for out_seq in lost:
             src = fwd.source_seq(out_seq)
             packet = up.cache.get(src) if src is not None else None
             if packet is None:
                 self.nack_misses += 1
                 continue
-            if now - self._retransmitted.get(out_seq, -1.0) < RETRANSMIT_INTERVAL:
+            if policy.decide(out_seq, len(packet.payload) + 32, packet.arrival, now) is not SEND:
                 continue
-            self._retransmitted[out_seq] = now
             out_ts = (packet.timestamp + fwd.ts_offset) & 0xFFFFFFFF
             ext = build_extensions(self._ext_ids, self._mid, b"\x00\x00\x00", packet.audio_level)
             if params.rtx_payload_type is not None:
@@ -140,12 +152,50 @@ class DownTrack:
                 header = build_header(bool(ext), packet.marker, params.payload_type, out_seq, out_ts,
                                       self.seam.ssrc)
                 data = header + ext + packet.payload
-            if await self.seam.send_rtp(data):
-                self.retransmits += 1
+            self.pacer.send(data, now, rtx=True)
+            self.retransmits += 1
+        if policy.suspended:
+            self._keyframe_for_bad_viewer(now)
+
+    def _on_report(self, fraction_lost: float, rtt: float | None) -> None:
+        if rtt is not None:
+            self.retransmit.rtt = rtt
+        self.quality.on_report(fraction_lost, rtt)
+        self._observe(time.time())
+
+    def _observe(self, now: float) -> None:
+        """Off the hot path (NACKs, receiver reports): measure the media rate, re-judge the viewer."""
+        policy = self.retransmit
+        policy.observe_media(self.seam.counters()[1], now)
+        if policy.media_rate:
+            self.pacer.set_media_rate(policy.media_rate)
+        change = self.quality.evaluate(self.packets_sent, policy.new_losses, now)
+        if change is None:
+            return
+        policy.suspended = change.quality == BAD
+        self.pacer.pacing_media = change.quality != GOOD  # its link drops bursts: smooth them
+        log = logger.warning if change.quality == BAD else logger.info
+        log("viewer %s on track %s: quality %s -> %s (loss %.0f%%, rtt %s, %d retransmitted, %s refused)%s",
+            self.subscriber_id, self.track_id, change.previous, change.quality, change.loss * 100,
+            "?" if change.rtt is None else f"{change.rtt * 1000:.0f} ms", policy.sent,
+            sum(policy.refused.values()),
+            "; retransmission stopped, keyframes instead" if policy.suspended else "")
+        if self.on_quality is not None:
+            try:
+                self.on_quality(self, change)
+            except Exception:  # a listener never breaks the leg's RTCP handling
+                logger.exception("quality listener failed for %s", self.subscriber_id)
+
+    def _keyframe_for_bad_viewer(self, now: float) -> None:
+        if self.uptrack is not None and self.quality.keyframe_due(now):
+            self.keyframes_for_viewer += 1
+            self.uptrack.request_keyframe()
 
     def _on_keyframe_request(self) -> None:
         self.keyframe_requests += 1
-        if self.uptrack is not None:
+        if self.retransmit.suspended:
+            self._keyframe_for_bad_viewer(time.time())  # bounded: one viewer must not flood the publisher
+        elif self.uptrack is not None:
             self.uptrack.request_keyframe()
 
     def stats(self) -> dict:
@@ -156,4 +206,10 @@ class DownTrack:
             "retransmits": self.retransmits,
             "nack_misses": self.nack_misses,
             "keyframe_requests": self.keyframe_requests,
+            "quality": self.quality.level,
+            "loss": self.quality.loss,
+            "rtt": self.retransmit.rtt,
+            "retransmits_refused": dict(self.retransmit.refused),
+            "keyframes_for_viewer": self.keyframes_for_viewer,
+            "paced": self.pacer.paced,
         }

@@ -9,7 +9,7 @@ from typing import Awaitable, Callable
 
 from aiortc import RTCPeerConnection
 
-from sfu.downtrack import DownTrack
+from sfu.downtrack import DownTrack, OnQuality
 from sfu.peer import IdleTrack, PeerFactory, SdpError, codec_preferences
 from sfu.uptrack import UpTrack
 
@@ -20,8 +20,9 @@ SendOffer = Callable[[str, list[dict]], Awaitable[None]]
 
 class Subscriber:
     def __init__(self, participant_id: str, peers: PeerFactory, send_offer: SendOffer, *,
-                 data_channel_label: str | None = "stoa"):
+                 data_channel_label: str | None = "stoa", on_quality: OnQuality | None = None):
         self.participant_id = participant_id
+        self.on_quality = on_quality  # given to every leg: the viewer's connection quality changed
         self.peers = peers
         self.pc: RTCPeerConnection = peers.create()
         self.legs: list[tuple[object, DownTrack]] = []  # (transceiver, downtrack)
@@ -55,6 +56,7 @@ class Subscriber:
         transceiver = self.pc.addTransceiver(IdleTrack(uptrack.kind), direction="sendonly")
         transceiver.setCodecPreferences(codec_preferences(uptrack.kind, uptrack.mime_type))
         downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=uptrack.kind)
+        downtrack.on_quality = self.on_quality
         downtrack.attach(uptrack)
         self.legs.append((transceiver, downtrack))
         return downtrack
@@ -141,6 +143,7 @@ class Subscriber:
             if track is not None:
                 transceiver.setCodecPreferences(codec_preferences(section.kind, track.mime_type))
             downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=section.kind)
+            downtrack.on_quality = self.on_quality
             self.legs.append((transceiver, downtrack))
         answer = await self.peers.answer(self.pc, offer_sdp)
         self.bind(tracks)

@@ -6,6 +6,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from sfu.quality import LEVELS
 from stoa.appkeys import ROOMS
 
 METRICS_REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("metrics_registry")
@@ -23,6 +24,7 @@ class RoomCollector:
         tracks = GaugeMetricFamily("stoa_published_tracks", "Published tracks", labels=["kind"])
         by_kind: dict[str, int] = {}
         legs = 0
+        by_quality = dict.fromkeys(LEVELS, 0)
         received = sent = retransmits = plis = nack_misses = 0
         for room in rooms:
             for p in room.participants.values():
@@ -33,6 +35,7 @@ class RoomCollector:
                 plis += t.plis_sent
                 for d in t.downtracks:
                     legs += 1
+                    by_quality[d.quality.level] += 1
                     sent += d.packets_sent
                     retransmits += d.retransmits
                     nack_misses += d.nack_misses
@@ -44,6 +47,15 @@ class RoomCollector:
         yield participants
         yield tracks
         yield GaugeMetricFamily("stoa_subscriber_legs", "Forwarding legs (track x subscriber)", value=legs)
+        viewers = GaugeMetricFamily("stoa_subscriber_legs_by_quality",
+                                    "Forwarding legs by their viewer's connection quality", labels=["quality"])
+        changes = CounterMetricFamily("stoa_subscriber_quality_changes",
+                                      "Times a leg's viewer quality changed to this level", labels=["quality"])
+        for level in LEVELS:
+            viewers.add_metric([level], by_quality[level])
+            changes.add_metric([level], manager.quality_changes[level] if manager else 0)
+        yield viewers
+        yield changes
         yield GaugeMetricFamily("stoa_peer_connections", "Open peer connections",
                                 value=len(manager.peers.live) if manager else 0)
         # Counters of live tracks only: they restart when a track is republished.

@@ -8,8 +8,10 @@ import time
 import uuid
 from typing import Awaitable, Callable
 
+from sfu.downtrack import OnQuality
 from sfu.peer import PeerFactory
 from sfu.publisher import Publisher
+from sfu.quality import LEVELS, QualityChange
 from sfu.subscriber import Subscriber
 from sfu.uptrack import UpTrack
 from signaling.auth import Grants
@@ -85,8 +87,10 @@ class Participant:
 
 class Room:
     def __init__(self, name: str, peers: PeerFactory, *, max_participants: int = 500,
-                 on_empty: Callable[["Room"], None] | None = None):
+                 on_empty: Callable[["Room"], None] | None = None,
+                 on_leg_quality: Callable[[QualityChange], None] | None = None):
         self.name = name
+        self._on_leg_quality = on_leg_quality
         self.peers = peers
         self.max_participants = max_participants
         self.participants: dict[str, Participant] = {}
@@ -150,13 +154,26 @@ class Room:
         async def send_offer(sdp: str, tracks: list[dict]) -> None:
             await participant.send({"type": "offer", "sdp": sdp, "tracks": tracks})
 
-        sub = Subscriber(participant.identity, self.peers, send_offer)
+        sub = Subscriber(participant.identity, self.peers, send_offer,
+                         on_quality=self.quality_listener(participant))
         participant.subscriber = sub
         if participant.grants.can_subscribe:
             for track in self.tracks():
                 if track.publisher_id != participant.identity:
                     sub.add_track(track)
         await sub.negotiate()
+
+    def quality_listener(self, participant: Participant) -> OnQuality:
+        """What a participant's legs call when its connection quality changes: /metrics counts it and
+        a WebSocket participant's page hears of it."""
+        def changed(downtrack, change: QualityChange) -> None:
+            if self._on_leg_quality is not None:
+                self._on_leg_quality(change)
+            if participant.transport == "ws":
+                self.spawn(participant.send({
+                    "type": "connection_quality", "track_id": downtrack.track_id, "quality": change.quality,
+                    "previous": change.previous, "loss": change.loss, "rtt": change.rtt}))
+        return changed
 
     async def leave(self, identity: str, *, session_id: str | None = None, notify: bool = True) -> None:
         participant = self.participants.get(identity)
@@ -257,15 +274,19 @@ class RoomManager:
         self.max_participants = max_participants
         self.rooms: dict[str, Room] = {}
         self.room_listeners: list[Callable[[Room], None]] = []  # told of every new room
+        self.quality_changes = dict.fromkeys(LEVELS, 0)  # legs that went to each level, ever (/metrics)
 
     def get_or_create(self, name: str) -> Room:
         room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(name, self.peers, max_participants=self.max_participants,
-                                           on_empty=self._drop)
+                                           on_empty=self._drop, on_leg_quality=self._count_quality)
             for listener in self.room_listeners:
                 listener(room)
         return room
+
+    def _count_quality(self, change: QualityChange) -> None:
+        self.quality_changes[change.quality] += 1
 
     def _drop(self, room: Room) -> None:
         if self.rooms.get(room.name) is room and not room.participants and not room.tasks:

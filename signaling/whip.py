@@ -200,7 +200,8 @@ def _viewer_subscriber(app: web.Application, room, participant: Participant):
     remote = None
     if pool is not None:
         remote = pool.subscriber(participant.identity, room=room.name, session_id=participant.session_id)
-    return remote or Subscriber(participant.identity, room.peers, _no_offer, data_channel_label=None)
+    return remote or Subscriber(participant.identity, room.peers, _no_offer, data_channel_label=None,
+                                on_quality=room.quality_listener(participant))
 
 
 async def end_session(app: web.Application, room_name: str, session_id: str, *, reason: str) -> None:

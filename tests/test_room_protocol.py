@@ -98,6 +98,9 @@ async def test_nack_repairs_loss_on_a_subscriber_leg(stoa_server):
     span = got[-1] - got[0] + 1
     assert len(got) >= 0.9 * span
     assert leg.keyframe_requests == plis_before, "no decode errors: the viewer never asked for a keyframe"
+    # 5% loss is repairable: the viewer is not judged unable to keep up, so retransmission goes on.
+    assert leg.quality.level != "bad" and not leg.retransmit.suspended, leg.stats()
+    assert leg.retransmit.rtt is not None, "the seam hands the leg its receiver reports (RTT from LSR/DLSR)"
     await lossy.close()
     await teacher.close()
 
@@ -230,6 +233,10 @@ async def test_metrics_endpoint_reports_forwarding(stoa_server):
     assert "stoa_subscriber_legs 1.0" in text
     forwarded = next(l for l in text.splitlines() if l.startswith("stoa_rtp_forwarded_packets_total"))
     assert float(forwarded.split()[-1]) > 0
+    # Per-viewer connection quality: a gauge of legs per level, and a counter of changes (0 so far).
+    assert 'stoa_subscriber_legs_by_quality{quality="good"} 1.0' in text
+    assert 'stoa_subscriber_legs_by_quality{quality="bad"} 0.0' in text
+    assert 'stoa_subscriber_quality_changes_total{quality="bad"} 0.0' in text
     await teacher.close()
     await student.close()
 

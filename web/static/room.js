@@ -266,6 +266,12 @@ async function handle(msg) {
         if (el.dataset.trackId === msg.track_id) el.remove();
       }
       break;
+    case "connection_quality":
+      // The server judged this viewer's link for one track (docs/protocol.md): shown on the tile.
+      for (const el of stage.querySelectorAll(".tile")) {
+        if (el.dataset.trackId === msg.track_id) el.dataset.quality = msg.quality;
+      }
+      break;
     case "error":
       console.warn("server error", msg);
       if (msg.ref === "publish" && state.pub && state.pub.signalingState === "have-local-offer") {

@@ -1,0 +1,93 @@
+"""A network namespace joined to this one by a veth pair, with a rate-limited link toward it.
+
+    with ShapedLink(rate="300kbit") as link:       # root and `ip` needed; see `unavailable()`
+        link.host_address   # 10.213.x.1, in this namespace: give it to the server's ICE addresses
+        link.peer_address   # 10.213.x.2, inside link.namespace
+        link.qdisc_stats()  # what was offered to the link toward the namespace: sent + dropped
+
+The limit is `tc qdisc ... tbf` on the host end (netem is not available on this kernel), so it
+shapes what this namespace sends to the other one. Everything is removed on exit, even after a
+failure: deleting the namespace deletes the pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+
+
+def unavailable() -> str | None:
+    """Why a shaped link cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"the '{tool}' command (iproute2) is not installed"
+    return None
+
+
+def _run(*args: str) -> str:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=10)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+class ShapedLink:
+    def __init__(self, *, rate: str, burst: str = "8kb", latency: str = "100ms"):
+        tag = f"{os.getpid() % 100000}{random.randrange(100)}"
+        self.namespace = f"stoa-shaped-{tag}"
+        self.host_if, self.peer_if = f"sh{tag}h"[:15], f"sh{tag}p"[:15]
+        self.rate, self.burst, self.latency = rate, burst, latency
+        self.host_address = self.peer_address = ""
+
+    def __enter__(self) -> "ShapedLink":
+        try:
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _free_subnet(self) -> int:
+        used = _run("ip", "-o", "-4", "addr", "show")
+        for _ in range(100):
+            third = random.randrange(1, 255)
+            if f"10.213.{third}." not in used:
+                return third
+        raise RuntimeError("no free 10.213.x.0/30 subnet")
+
+    def _create(self) -> None:
+        third = self._free_subnet()
+        self.host_address, self.peer_address = f"10.213.{third}.1", f"10.213.{third}.2"
+        _run("ip", "netns", "add", self.namespace)
+        _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if)
+        _run("ip", "link", "set", self.peer_if, "netns", self.namespace)
+        _run("ip", "addr", "add", f"{self.host_address}/30", "dev", self.host_if)
+        _run("ip", "link", "set", self.host_if, "up")
+        ns = ("ip", "-n", self.namespace)
+        _run(*ns, "addr", "add", f"{self.peer_address}/30", "dev", self.peer_if)
+        _run(*ns, "link", "set", self.peer_if, "up")
+        _run(*ns, "link", "set", "lo", "up")
+        _run("tc", "qdisc", "add", "dev", self.host_if, "root", "tbf", "rate", self.rate,
+             "burst", self.burst, "latency", self.latency)
+
+    def exec_prefix(self) -> list[str]:
+        """Prepend to a command to run it inside the namespace."""
+        return ["ip", "netns", "exec", self.namespace]
+
+    def qdisc_stats(self) -> dict:
+        """{"packets": sent, "bytes": sent, "drops": dropped} of the shaped direction so far."""
+        stats = json.loads(_run("tc", "-s", "-j", "qdisc", "show", "dev", self.host_if))
+        tbf = next(q for q in stats if q.get("kind") == "tbf")
+        return {"packets": tbf["packets"], "bytes": tbf["bytes"], "drops": tbf["drops"]}
+
+    def close(self) -> None:
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, timeout=10)
