@@ -54,7 +54,8 @@ class Subscriber:
                 return downtrack
         transceiver = self.pc.addTransceiver(IdleTrack(uptrack.kind), direction="sendonly")
         transceiver.setCodecPreferences(codec_preferences(uptrack.kind, uptrack.mime_type))
-        downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=uptrack.kind)
+        downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=uptrack.kind,
+                              load=self.peers.load)
         downtrack.attach(uptrack)
         self.legs.append((transceiver, downtrack))
         return downtrack
@@ -140,7 +141,8 @@ class Subscriber:
             track = tracks.get(section.kind)
             if track is not None:
                 transceiver.setCodecPreferences(codec_preferences(section.kind, track.mime_type))
-            downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=section.kind)
+            downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=section.kind,
+                                  load=self.peers.load)
             self.legs.append((transceiver, downtrack))
         answer = await self.peers.answer(self.pc, offer_sdp)
         self.bind(tracks)

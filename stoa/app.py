@@ -10,10 +10,11 @@ import jinja2
 from aiohttp import web
 
 from sfu.aiortc_seam import check_compatibility, prefer_aes128_gcm
+from sfu.overload import LoadMonitor, OverloadPolicy
 from sfu.peer import IceSettings, PeerFactory
-from signaling import api, classroom_api, classroom_bridge, metrics, whip, ws
+from signaling import api, classroom_api, classroom_bridge, debug, metrics, whip, ws
 from signaling.room import RoomManager
-from stoa.appkeys import ROOMS, SETTINGS, STORE
+from stoa.appkeys import LOAD, ROOMS, SETTINGS, STORE
 from stoa.config import Settings
 from web import pages, review
 
@@ -44,6 +45,7 @@ def build_app(settings: Settings) -> web.Application:
         r.add_patch(f"/{kind}/{{room}}/{{session}}", whip.session_patch)
     pages.setup_routes(app)
     metrics.setup(app)
+    debug.setup(app)  # only with debug_hooks
     classroom_bridge.setup(app)  # chat, Q&A, polls, ... over data channels and the WebSocket
     api.setup(app)  # REST API under /api/, /ws/notify, dashboards
     classroom_api.setup(app)  # chat history, whiteboard PNG, quiz bank import
@@ -60,8 +62,12 @@ async def _rooms_ctx(app: web.Application):
     settings = app[SETTINGS]
     ice = IceSettings(servers=settings.ice_servers, username=settings.ice_username,
                       credential=settings.ice_credential, addresses=settings.ice_addresses)
-    app[ROOMS] = RoomManager(PeerFactory(ice), max_participants=settings.max_participants)
+    load = app[LOAD] = LoadMonitor(OverloadPolicy(max_legs=settings.capacity_legs))
+    manager = app[ROOMS] = RoomManager(PeerFactory(ice, load), max_participants=settings.max_participants)
+    load.legs, load.leg_count = manager.video_legs, manager.leg_count
+    load.start()
     yield
+    await load.stop()
     await app[ROOMS].close()
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from recorder.service import RecordingManager
+    from sfu.overload import LoadMonitor
     from signaling.room import RoomManager
     from stoa.config import Settings
 
@@ -25,3 +26,5 @@ TUTORING: web.AppKey[Any] = web.AppKey("tutoring")          # classroom.tutoring
 WEBHOOKS: web.AppKey[Any] = web.AppKey("webhooks")          # classroom.webhooks.WebhookDispatcher
 KEYRING: web.AppKey[Any] = web.AppKey("keyring")            # signaling.api.identity.KeyRing
 NOTIFY: web.AppKey[Any] = web.AppKey("notify")              # signaling.notify.NotifyHub
+# This process's event-loop lag probe, shedding and admission (sfu/overload.py).
+LOAD: web.AppKey["LoadMonitor"] = web.AppKey("load")

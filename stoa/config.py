@@ -40,6 +40,11 @@ class Settings:
     redis: str | None = None
     node_id: str = ""
     max_participants: int = 500
+    # Forwarding legs (track x subscriber) one media process takes before refusing joins; 0: no fixed
+    # number, joins are refused only while the measured load says so (docs/scaling.md).
+    capacity_legs: int = 0
+    # Test/diagnostic endpoints (POST /debug/burn starves the loop on purpose). Never in production.
+    debug_hooks: bool = False
     # Record every room from its first published track (a server-wide recording flag).
     record_all: bool = False
     log_level: str = "info"
@@ -86,6 +91,8 @@ class Settings:
             unknown = set(hook) - {"url", "secret", "events"}
             if unknown:
                 raise ConfigError(f"webhooks[{i}] has unknown keys {', '.join(sorted(unknown))}")
+        if self.capacity_legs < 0:
+            raise ConfigError("capacity_legs must be 0 (measured capacity only) or a positive number of legs")
         if self.tutoring_ttl <= 0 or self.tutoring_expire_interval <= 0:
             raise ConfigError("tutoring_ttl and tutoring_expire_interval must be positive")
         if not self.node_id:
