@@ -29,14 +29,16 @@ AT_CAPACITY = "this server is at capacity"
 @dataclass
 class OverloadPolicy:
     interval: float = 0.05        # lag probe period (s)
-    shed_lag: float = 0.10        # smoothed lag above which work is shed (s)
-    refuse_lag: float = 0.05      # smoothed lag above which new joins are refused (s)
-    clear_lag: float = 0.02       # smoothed lag below which shedding steps back (s)
+    # Viewers' jitter buffers absorb ~100 ms; ICE consent (hardened) survives seconds; a loop that stays
+    # 200 ms behind delays everything, so shed; 100 ms behind, take no one new.
+    shed_lag: float = 0.20        # smoothed lag above which work is shed (s)
+    refuse_lag: float = 0.10      # smoothed lag above which new joins are refused (s)
+    clear_lag: float = 0.05       # smoothed lag below which shedding steps back (s)
     refuse_busy: float = 0.90     # loop-thread CPU s/s (one loop uses one core at most) above which joins are refused
     smoothing: float = 1.0        # time constant of the lag average (s): one slow callback is not overload
-    step_up: float = 1.0          # seconds between two escalations while behind
-    step_down: float = 2.0        # seconds between two de-escalations once clear
-    video_share_step: float = 0.15  # share of video legs paused per level above 1
+    step_up: float = 2.0          # seconds between two escalations while behind (shedding acts within ~1 s)
+    step_down: float = 1.5        # seconds between two de-escalations once clear (each halves the level)
+    video_share_step: float = 0.10  # share of video legs paused per level above 1
     max_video_share: float = 0.9
     max_legs: int = 0             # static capacity: forwarding legs of this process (0: none)
 
@@ -127,7 +129,7 @@ class LoadMonitor:
         if self.lag > p.shed_lag and now - self._changed >= p.step_up:
             self._set_level(self.level + 1, now)
         elif self.lag < p.clear_lag and self.level > 0 and now - self._changed >= p.step_down:
-            self._set_level(self.level - 1, now)
+            self._set_level(self.level // 2, now)  # resuming is cheap: one keyframe serves every leg
         elif self.level == 0 and self._episode is not None and self.lag < p.clear_lag and not self._recent_refusal(now):
             self._end_episode(now)
 

@@ -1,0 +1,302 @@
+"""Overload control: the lag probe's decisions (driven with a fake clock), capacity refusal over WHEP and
+the room protocol with nothing half-joined, and a real `stoa serve` whose loop is starved on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sfu.aiortc_seam import harden_consent
+from sfu.overload import AT_CAPACITY, LoadMonitor, OverloadPolicy
+from signaling.auth import mint_token
+from stoa.appkeys import LOAD, ROOMS
+from stoa.config import DEV_API_KEY, DEV_API_SECRET
+from tests.media import CounterVideoTrack, ToneAudioTrack
+from tests.peers import FrameCollector, apply_answer, client_pc, make_offer
+from tests.test_whip_whep import WhipPublisher
+
+ROOT = Path(__file__).resolve().parent.parent
+SDP = "application/sdp"
+
+
+async def eventually(check, timeout: float = 20.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout:.0f} s")
+        await asyncio.sleep(interval)
+
+
+# -- the monitor's decisions -------------------------------------------------------------------------------
+
+class FakeLeg:
+    def __init__(self, name: str):
+        self.name, self.paused, self.resumed = name, False, 0
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.resumed += 1
+
+
+def drive(monitor: LoadMonitor, lag: float, seconds: float, start: float, step: float = 0.05) -> float:
+    t = start
+    while t < start + seconds:
+        t += step + lag
+        monitor.observe(lag, t, step + lag)
+    return t
+
+
+def test_monitor_sheds_retransmits_then_newest_video_and_recovers(caplog):
+    legs = [FakeLeg(f"leg{i}") for i in range(20)]  # oldest first
+    monitor = LoadMonitor(OverloadPolicy())
+    monitor.legs = lambda: legs
+    caplog.set_level(logging.WARNING, logger="sfu.overload")
+
+    t = drive(monitor, 0.001, 3, 0.0)
+    assert monitor.level == 0 and monitor.admit() is None and not monitor.in_episode
+
+    t = drive(monitor, 0.4, 1.5, t)  # the loop is 400 ms behind
+    assert monitor.shedding_retransmits and not any(leg.paused for leg in legs)
+    refusal = monitor.admit()
+    assert refusal is not None and refusal.startswith(AT_CAPACITY) and "ms behind" in refusal
+    t = drive(monitor, 0.4, 8, t)
+    paused = [leg.name for leg in legs if leg.paused]
+    assert paused and len(paused) < len(legs)
+    assert paused == [leg.name for leg in legs[len(legs) - len(paused):]], "the newest legs are shed first"
+
+    t = drive(monitor, 0.001, 15, t)  # load gone
+    assert monitor.level == 0 and not any(leg.paused for leg in legs)
+    assert all(leg.resumed for leg in legs[len(legs) - len(paused):])
+    assert monitor.admit() is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings  # once when it starts, once when it ends
+    assert re.search(r"overload: media is \d+ ms behind", warnings[0])
+    assert re.search(r"overload over after [\d.]+ s: worst lag \d+ ms, shed level up to \d+ \(\d+ video legs "
+                     r"paused at most\), .* 1 joins refused", warnings[1])
+    assert monitor.episodes_total == 1 and monitor.joins_refused == 1
+
+
+def test_monitor_refuses_beyond_configured_legs():
+    monitor = LoadMonitor(OverloadPolicy(max_legs=4))
+    count = {"n": 3}
+    monitor.leg_count = lambda: count["n"]
+    assert monitor.admit() is None
+    count["n"] = 4
+    assert "the configured capacity is 4" in monitor.admit()
+    assert monitor.joins_refused == 1
+
+
+# -- capacity refusal: 503 / room_full, nothing half-joined -------------------------------------------------
+
+@pytest.fixture
+def server_settings(tmp_path):
+    from stoa.config import load_settings
+    return load_settings(environ={}, overrides={
+        "dev": True, "host": "127.0.0.1", "port": 8080, "ice_addresses": ["127.0.0.1"],
+        "data_dir": str(tmp_path / "data"), "capacity_legs": 2})
+
+
+async def whep_post(http, base: str, room: str, token: str, offer: str):
+    async with http.post(f"{base}/whep/{room}", data=offer, headers={
+            "Content-Type": SDP, "Authorization": f"Bearer {token}"}) as resp:
+        return resp.status, await resp.text(), dict(resp.headers)
+
+
+async def test_joins_beyond_capacity_are_refused_cleanly_and_admitted_again_later(stoa_server):
+    room_name = "capacity"
+    manager = stoa_server.app[ROOMS]
+    async with aiohttp.ClientSession() as http:
+        pub = await WhipPublisher(http, stoa_server.base, room_name,
+                                  stoa_server.token(room_name, "teacher", "instructor")).publish(
+            CounterVideoTrack(), ToneAudioTrack())
+        room = manager.rooms[room_name]
+        await eventually(lambda: len(room.tracks()) == 2)
+
+        first = client_pc()
+        first.addTransceiver("video", direction="recvonly")
+        first.addTransceiver("audio", direction="recvonly")
+        collector = {}
+        first.on("track", lambda track: collector.setdefault(track.kind, FrameCollector(track)))
+        status, body, headers = await whep_post(http, stoa_server.base, room_name,
+                                                stoa_server.token(room_name, "v1", "viewer"), await make_offer(first))
+        assert status == 201, body
+        await apply_answer(first, body)
+        await eventually(lambda: "video" in collector)
+        await collector["video"].wait_frames(5, timeout=20)
+        assert manager.leg_count() == 2
+
+        # Beyond capacity: WHEP answers 503 with the reason, and nothing of the refused viewer remains.
+        participants, pcs = set(room.participants), len(manager.peers.live)
+        second = client_pc()
+        second.addTransceiver("video", direction="recvonly")
+        status, body, headers = await whep_post(http, stoa_server.base, room_name,
+                                                stoa_server.token(room_name, "v2", "viewer"), await make_offer(second))
+        assert status == 503
+        assert AT_CAPACITY in body and "configured capacity is 2" in body
+        assert headers.get("Retry-After")
+        assert set(room.participants) == participants and len(manager.peers.live) == pcs
+        await second.close()
+
+        # The room protocol says room_full with the same message and closes; nothing joined either.
+        ws = await http.ws_connect(f"{stoa_server.ws_base}/ws/rooms/{room_name}")
+        await ws.send_json({"type": "join", "token": stoa_server.token(room_name, "s1", "student")})
+        reply = await ws.receive_json(timeout=10)
+        assert reply["type"] == "error" and reply["code"] == "room_full"
+        assert AT_CAPACITY in reply["message"]
+        await ws.close()
+        assert set(room.participants) == participants and len(manager.peers.live) == pcs
+
+        # The teacher is always let in (a publisher is not refused); the metrics count the refusals.
+        assert stoa_server.app[LOAD].joins_refused == 2
+        async with http.get(f"{stoa_server.base}/metrics") as resp:
+            text = await resp.text()
+        assert re.search(r"^stoa_joins_refused_total 2\.0$", text, re.M)
+
+        # Capacity comes back when a viewer leaves.
+        location = [p.session_id for p in room.participants.values() if p.identity == "v1"][0]
+        async with http.delete(f"{stoa_server.base}/whep/{room_name}/{location}") as resp:
+            assert resp.status == 200
+        await first.close()
+        await eventually(lambda: manager.leg_count() == 0)
+        third = client_pc()
+        third.addTransceiver("video", direction="recvonly")
+        status, body, _ = await whep_post(http, stoa_server.base, room_name,
+                                          stoa_server.token(room_name, "v3", "viewer"), await make_offer(third))
+        assert status == 201, body
+        await third.close()
+        await pub.stop()
+
+
+# -- a real server whose loop is starved on purpose -----------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """`stoa serve` (uvloop, as in production) in its own process, with debug hooks on."""
+
+    def __init__(self, tmp_path: Path, *extra: str, env: dict | None = None):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / "serve.log"
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "stoa"), "serve", "--dev", "--port", str(self.port),
+             "--ice-address", "127.0.0.1", "--data-dir", str(tmp_path / "data"), "--log-level", "warning", *extra],
+            stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True)
+
+    async def wait_up(self, http: aiohttp.ClientSession) -> None:
+        async def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"stoa serve exited: {self.log.read_text()}")
+            try:
+                async with http.get(self.base + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as resp:
+                    return resp.status == 200
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                return False
+
+        deadline = time.monotonic() + 30
+        while not await up():
+            assert time.monotonic() < deadline, "stoa serve did not come up in 30 s"
+            await asyncio.sleep(0.2)
+
+    def token(self, room: str, identity: str, role: str) -> str:
+        return mint_token(DEV_API_KEY, DEV_API_SECRET, room=room, identity=identity, role=role)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+
+
+@pytest.mark.slow
+async def test_a_starved_loop_keeps_its_connections_and_media_comes_back(tmp_path):
+    """The server's loop is blocked 0.7 s out of every 0.78 s for 33 s: longer than aioice's six consent
+    checks (~30 s) with their 0.5 s timeouts, which closed the connections before the fix."""
+    room = "starved"
+    server = ServeProcess(tmp_path, env={"STOA_DEBUG_HOOKS": "true"})
+    pcs = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await server.wait_up(http)
+            publisher = client_pc()
+            pcs.append(publisher)
+            publisher.addTransceiver(CounterVideoTrack(), direction="sendonly")
+            publisher.addTransceiver(ToneAudioTrack(), direction="sendonly")
+            offer = await make_offer(publisher)
+            harden_consent(publisher)  # the clients are robust peers, as browsers are (a 30 s window)
+            async with http.post(f"{server.base}/whip/{room}", data=offer, headers={
+                    "Content-Type": SDP, "Authorization": f"Bearer {server.token(room, 'teacher', 'instructor')}"}) as resp:
+                assert resp.status == 201, await resp.text()
+                await apply_answer(publisher, await resp.text())
+            viewer = client_pc()
+            pcs.append(viewer)
+            viewer.addTransceiver("video", direction="recvonly")
+            viewer.addTransceiver("audio", direction="recvonly")
+            frames = {}
+            viewer.on("track", lambda track: frames.setdefault(track.kind, FrameCollector(track)))
+            offer = await make_offer(viewer)
+            harden_consent(viewer)
+            status, body, _ = await whep_post(http, server.base, room, server.token(room, "v1", "viewer"), offer)
+            assert status == 201, body
+            await apply_answer(viewer, body)
+            await eventually(lambda: "video" in frames, 20)
+            await frames["video"].wait_frames(10, timeout=20)
+
+            async with http.post(server.base + "/debug/burn?seconds=33&duty=0.9&slice=0.7") as resp:
+                assert resp.status == 202, await resp.text()
+            states = set()
+            end = time.monotonic() + 34
+            while time.monotonic() < end:
+                states |= {pc.connectionState for pc in pcs}
+                await asyncio.sleep(0.2)
+            assert states == {"connected"}, states
+
+            # The burn is over: the same connections carry media again (decoded frames advance).
+            before = frames["video"].frames
+            await eventually(lambda: frames["video"].frames >= before + 30, 30)
+            assert {pc.connectionState for pc in pcs} == {"connected"}
+            async with http.get(server.base + "/metrics") as resp:
+                metrics = await resp.text()
+            assert re.search(r"^stoa_peer_connections 2\.0$", metrics, re.M), metrics
+            lag_total = float(re.search(r"^stoa_event_loop_lag_seconds_total (\S+)$", metrics, re.M).group(1))
+            assert lag_total > 10, "the probe measured the starved loop"
+            assert float(re.search(r"^stoa_overload_episodes_total (\S+)$", metrics, re.M).group(1)) >= 1
+
+            log = server.log.read_text()
+            assert "ICE consent expired" not in log and "Consent to send expired" not in log
+            await eventually(lambda: "overload over after" in server.log.read_text(), 30)
+            log = server.log.read_text()
+            assert re.search(r"WARNING sfu.overload: overload: media is \d+ ms behind", log), log
+            assert re.search(r"overload over after [\d.]+ s: worst lag \d+ ms", log), log
+    finally:
+        for pc in pcs:
+            await pc.close()
+        server.stop()
