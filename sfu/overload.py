@@ -41,6 +41,7 @@ class OverloadPolicy:
     video_share_step: float = 0.10  # share of video legs paused per level above 1
     max_video_share: float = 0.9
     max_legs: int = 0             # static capacity: forwarding legs of this process (0: none)
+    react: bool = True            # False: measure and export only; no shedding, no lag-based refusal
 
 
 class LoadMonitor:
@@ -82,6 +83,8 @@ class LoadMonitor:
         reason = None
         if p.max_legs and self.leg_count() >= p.max_legs:
             reason = f"{AT_CAPACITY} ({self.leg_count()} forwarding legs, the configured capacity is {p.max_legs})"
+        elif not p.react:
+            pass
         elif self.level >= 1 or self.lag > p.refuse_lag:
             reason = f"{AT_CAPACITY} (media is {self.lag * 1000:.0f} ms behind)"
         elif self.busy > p.refuse_busy:
@@ -126,6 +129,8 @@ class LoadMonitor:
         dt = p.interval + lag if dt is None else dt
         self.lag += (lag - self.lag) * (1 - math.exp(-dt / p.smoothing))
         self.lag_max = max(self.lag_max, lag)
+        if not p.react:
+            return
         if self.lag > p.shed_lag and now - self._changed >= p.step_up:
             self._set_level(self.level + 1, now)
         elif self.lag < p.clear_lag and self.level > 0 and now - self._changed >= p.step_down:

@@ -62,7 +62,8 @@ async def _rooms_ctx(app: web.Application):
     settings = app[SETTINGS]
     ice = IceSettings(servers=settings.ice_servers, username=settings.ice_username,
                       credential=settings.ice_credential, addresses=settings.ice_addresses)
-    load = app[LOAD] = LoadMonitor(OverloadPolicy(max_legs=settings.capacity_legs))
+    load = app[LOAD] = LoadMonitor(OverloadPolicy(max_legs=settings.capacity_legs,
+                                                      react=settings.overload_control))
     manager = app[ROOMS] = RoomManager(PeerFactory(ice, load), max_participants=settings.max_participants)
     load.legs, load.leg_count = manager.video_legs, manager.leg_count
     load.start()

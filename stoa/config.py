@@ -43,6 +43,9 @@ class Settings:
     # Forwarding legs (track x subscriber) one media process takes before refusing joins; 0: no fixed
     # number, joins are refused only while the measured load says so (docs/scaling.md).
     capacity_legs: int = 0
+    # Shed work and refuse joins while this process's event loop is behind (sfu/overload.py). Off, the lag
+    # is still measured and exported; in-process test servers turn it off, their loop runs the clients too.
+    overload_control: bool = True
     # Test/diagnostic endpoints (POST /debug/burn starves the loop on purpose). Never in production.
     debug_hooks: bool = False
     # Record every room from its first published track (a server-wide recording flag).

@@ -111,7 +111,7 @@ def server_settings(tmp_path):
     from stoa.config import load_settings
     return load_settings(environ={}, overrides={
         "dev": True, "host": "127.0.0.1", "port": 8080, "ice_addresses": ["127.0.0.1"],
-        "data_dir": str(tmp_path / "data"), "capacity_legs": 2})
+        "data_dir": str(tmp_path / "data"), "capacity_legs": 2, "overload_control": False})
 
 
 async def whep_post(http, base: str, room: str, token: str, offer: str):
