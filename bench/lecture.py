@@ -165,15 +165,16 @@ def main() -> int:
            f"{args.join_rate:g}/s, cheap viewers (`stoa loadtest --cheap`) and the publisher on the same machine",
            "",
            "| workers | viewers | admitted | refused | server CPU s/s (per process) | µs / forwarded packet | loss "
-           "| fps p50 / p5 | join p50 / p95 |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| fps p50 / p5 | join p50 / p95 | first video p50 / p95 |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["summary"]
         per = " + ".join(f"{c:.2f}" for c in r["procs"]) if len(r["procs"]) > 1 else ""
         out.append(f"| {r['workers'] or '-'} | {r['viewers']} | {s['admitted']} | {s['refused']} "
                    f"| {r['cpu']:.2f}{f' ({per})' if per else ''} | {r['us_per_packet']:.1f} "
                    f"| {fmt(s['loss_overall'], 100, 3, '%')} | {fmt(s['fps_p50'], digits=1)} / {fmt(s['fps_p5'], digits=1)} "
-                   f"| {fmt(s['join_p50'])} / {fmt(s['join_p95'])} s |")
+                   f"| {fmt(s['join_p50'])} / {fmt(s['join_p95'])} s "
+                   f"| {fmt(s.get('join_video_p50'))} / {fmt(s.get('join_video_p95'))} s |")
     text = "\n".join(out)
     print()
     print(text)

@@ -180,6 +180,7 @@ def summarize(test: LoadTest, results: list[dict]) -> dict:
             got = (vp1 - vp0) + (ap1 - ap0)
             rows.append({
                 "viewer": v["index"], "state": v["state"], "error": v["error"], "join_s": v["join"],
+                "join_video_s": v.get("join_video"),
                 "connected": v["connected"],
                 "video_kbps": (vo1 - vo0) * 8 / span / 1000, "fps": (vf1 - vf0) / span,
                 "packets_per_s": got / span, "packets": got,
@@ -189,6 +190,7 @@ def summarize(test: LoadTest, results: list[dict]) -> dict:
     rows.sort(key=lambda row: row["viewer"])
     admitted = [r for r in rows if r["state"] in ("joined", "left")]
     joins = [r["join_s"] for r in admitted if r["join_s"] is not None]
+    video_joins = [r["join_video_s"] for r in admitted if r["join_video_s"] is not None]
     fps = [r["fps"] for r in admitted]
     loss = [r["loss"] for r in admitted if r["loss"] is not None]
     total_expected = sum(r["packets"] / (1 - r["loss"]) for r in admitted if r["loss"] is not None and r["loss"] < 1)
@@ -199,6 +201,7 @@ def summarize(test: LoadTest, results: list[dict]) -> dict:
         "no_media": sum(1 for r in admitted if not r["packets"]),
         "join_p50": percentile(joins, 0.5), "join_p95": percentile(joins, 0.95),
         "join_max": max(joins) if joins else None, "joins_measured": len(joins),
+        "join_video_p50": percentile(video_joins, 0.5), "join_video_p95": percentile(video_joins, 0.95),
         "fps_p50": percentile(fps, 0.5), "fps_p5": percentile(fps, 0.05), "fps_min": min(fps) if fps else None,
         "loss_p50": percentile(loss, 0.5), "loss_p95": percentile(loss, 0.95),
         "loss_overall": (1 - sum(r["packets"] for r in admitted) / total_expected) if total_expected else None,
@@ -220,9 +223,10 @@ def format_report(report: dict, per_viewer: bool = False) -> str:
     s = report["summary"]
     out = []
     if per_viewer:
-        out.append("viewer  state    join s   fps   loss    video kbps  pkt/s  retx")
+        out.append("viewer  state    join s video s   fps   loss    video kbps  pkt/s  retx")
         for r in report["viewers"]:
-            out.append(f"{r['viewer']:6d}  {r['state']:<8} {_fmt(r['join_s'], digits=3):>6} {r['fps']:5.1f} "
+            out.append(f"{r['viewer']:6d}  {r['state']:<8} {_fmt(r['join_s'], digits=3):>6} "
+                       f"{_fmt(r['join_video_s'], digits=3):>7} {r['fps']:5.1f} "
                        f"{_fmt(r['loss'], '%', 100):>7} {r['video_kbps']:11.0f} {r['packets_per_s']:6.0f} "
                        f"{r['retransmits']:5d}" + (f"  {r['error']}" if r["error"] else ""))
         out.append("")
@@ -230,7 +234,8 @@ def format_report(report: dict, per_viewer: bool = False) -> str:
                f"{s['failed']} failed, {s['no_media']} admitted without media")
     out.append(f"join (WHEP POST -> first RTP): p50 {_fmt(s['join_p50'], ' s', digits=3)}, "
                f"p95 {_fmt(s['join_p95'], ' s', digits=3)}, max {_fmt(s['join_max'], ' s', digits=3)} "
-               f"({s['joins_measured']} measured)")
+               f"({s['joins_measured']} measured); to the first video packet (a keyframe): "
+               f"p50 {_fmt(s['join_video_p50'], ' s', digits=3)}, p95 {_fmt(s['join_video_p95'], ' s', digits=3)}")
     out.append(f"video fps (complete frames): p50 {_fmt(s['fps_p50'], digits=1)}, p5 {_fmt(s['fps_p5'], digits=1)}, "
                f"min {_fmt(s['fps_min'], digits=1)}")
     out.append(f"loss: p50 {_fmt(s['loss_p50'], '%', 100)}, p95 {_fmt(s['loss_p95'], '%', 100)}, "

@@ -116,6 +116,13 @@ class Viewer:
         first = [s.first_at for s in (self.video, self.audio) if s.first_at is not None]
         return min(first) - self.posted_at if first and self.posted_at is not None else None
 
+    @property
+    def video_join_time(self) -> float | None:
+        """WHEP POST to the first video packet: a leg starts on a keyframe, so this is when a picture can show."""
+        if self.video.first_at is None or self.posted_at is None:
+            return None
+        return self.video.first_at - self.posted_at
+
     async def join(self) -> None:
         self.state = "joining"
         pc = self.pc = client_pc()

@@ -98,6 +98,7 @@ async def run(cfg: dict, stop: asyncio.Event) -> None:
             emit({"result": {
                 "window": [snaps["start"]["t"], snaps["end"]["t"]],
                 "viewers": [{"index": i, "state": v.state, "error": v.error, "join": v.join_time,
+                             "join_video": v.video_join_time,
                              "connected": v.connected,
                              "start": snaps["start"]["viewers"][i], "end": snaps["end"]["viewers"][i]}
                             for i, v in viewers.items()],
