@@ -2,6 +2,7 @@
 
 POST /debug/burn?seconds=S&duty=D  keeps this process's event loop busy (D of the time, for S seconds),
                                    which is what an overloaded forwarding loop looks like from inside.
+GET /debug/load                    the overload monitor's figures, asyncio tasks, peer connections.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from sfu.overload import burn_loop
-from stoa.appkeys import LOAD, SETTINGS
+from stoa.appkeys import LOAD, ROOMS, SETTINGS
 
 
 async def burn(request: web.Request) -> web.Response:
@@ -29,7 +30,11 @@ async def burn(request: web.Request) -> web.Response:
 
 
 async def load(request: web.Request) -> web.Response:
-    return web.json_response(request.app[LOAD].stats())
+    """The monitor's figures plus what a leak would grow: tasks and peer connections (bench/churn.py)."""
+    import asyncio
+
+    return web.json_response({**request.app[LOAD].stats(), "tasks": len(asyncio.all_tasks()),
+                              "peer_connections": len(request.app[ROOMS].peers.live)})
 
 
 def setup(app: web.Application) -> None:
