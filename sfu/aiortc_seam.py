@@ -541,6 +541,7 @@ def _robust_query_consent(interval: float, expiry: float):
             except (aioice.stun.TransactionError, ConnectionError, OSError):
                 return
             state["answered"], state["stalled"] = loop.time(), 0.0
+            self._stoa_consent_answers = getattr(self, "_stoa_consent_answers", 0) + 1
 
         try:
             while True:
@@ -564,6 +565,11 @@ def _robust_query_consent(interval: float, expiry: float):
                 task.cancel()
 
     return query_consent
+
+
+def consent_answers(pc: RTCPeerConnection) -> int:
+    """Consent checks of `pc` (hardened) that the peer answered so far."""
+    return sum(getattr(conn, "_stoa_consent_answers", 0) for conn in _ice_connections(pc))
 
 
 # --- cheap receive for load testing ---------------------------------------------------------

@@ -117,7 +117,8 @@ async def test_churning_viewers_give_back_connections_fds_and_tasks(stoa_server)
                 fds.append(open_fds())
                 tasks.append(len(asyncio.all_tasks()))
                 rss.append(rss_kb())
-        assert fds[1:] == [fds[0]] * 3 or max(fds[1:]) <= fds[0], f"fds after each cycle: {fds}"
+        # After the first cycle the client sessions' keep-alive connections exist too; from then on, flat.
+        assert max(fds[1:]) <= fds[0], f"fds after each cycle: {fds}"
         assert max(tasks[1:]) <= tasks[0], f"tasks after each cycle: {tasks}"
         assert rss[-1] <= rss[0] * 1.10, f"RSS after each cycle (kB): {rss}"
         await pub.stop()

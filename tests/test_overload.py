@@ -300,3 +300,29 @@ async def test_a_starved_loop_keeps_its_connections_and_media_comes_back(tmp_pat
         for pc in pcs:
             await pc.close()
         server.stop()
+
+
+async def test_hardened_consent_keeps_being_answered_across_a_stalled_loop():
+    """Two peers in this process; one checks consent every 0.2 s with a 1.5 s expiry. A 2 s stall of the
+    whole loop (longer than the expiry) neither expires consent nor stops the checks being answered."""
+    from sfu.aiortc_seam import consent_answers
+
+    a, b = client_pc(), client_pc()
+    try:
+        a.addTransceiver(CounterVideoTrack(), direction="sendonly")
+        offer = await make_offer(a)
+        harden_consent(a, interval=0.2, expiry=1.5)
+        from tests.peers import answer_offer
+        frames = {}
+        b.on("track", lambda track: frames.setdefault(track.kind, FrameCollector(track)))
+        await apply_answer(a, await answer_offer(b, offer))
+        await eventually(lambda: consent_answers(a) >= 3, 20)
+        time.sleep(2.0)  # the loop stalls, as under overload: nothing is read or answered meanwhile
+        answered = consent_answers(a)
+        await eventually(lambda: consent_answers(a) >= answered + 3, 20)
+        assert a.connectionState == "connected" and b.connectionState == "connected"
+        before = frames["video"].frames
+        await eventually(lambda: frames["video"].frames > before + 10, 20)
+    finally:
+        await a.close()
+        await b.close()
