@@ -85,8 +85,10 @@ async def main_async(args) -> int:
             states = []
             end = time.monotonic() + args.minutes * 60
             cycle = 0
+            # The viewers' own HTTP session: its keep-alive connections (a server fd and task each) go with it.
+            vhttp = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             while time.monotonic() < end:
-                viewers = [Viewer(http, base, "churn", mint_token(DEV_API_KEY, DEV_API_SECRET, room="churn",
+                viewers = [Viewer(vhttp, base, "churn", mint_token(DEV_API_KEY, DEV_API_SECRET, room="churn",
                                                                     identity=f"c{cycle}-{i}", role="viewer"),
                                   cheap=True) for i in range(args.viewers)]
                 for k in range(0, len(viewers), 20):  # 20 at a time, as a class arriving
@@ -99,6 +101,7 @@ async def main_async(args) -> int:
                 states.append(state)
                 print(f"cycle {cycle + 1}: {got}/{len(viewers)} viewers got video; server {state}", flush=True)
                 cycle += 1
+            await vhttp.close()
             await asyncio.sleep(3)
             final = await server_state(http, base, server.pid)
             await pub.stop()
@@ -110,7 +113,7 @@ async def main_async(args) -> int:
               f"{max(s['rss'] for s in states):.0f} MB at most, {final['rss']:.0f} MB at the end "
               f"({(final['rss'] / first['rss'] - 1) * 100:+.1f}% against the first cycle: "
               f"{'within 10%' if rss_ok else 'MORE than 10%'})")
-        print(f"fds: {base_state['fds']} baseline, {final['fds']} at the end; tasks: {base_state['tasks']} "
+        print(f"fds: {base_state['fds']} baseline, {final['fds']} at the end (after the viewers' HTTP session closed); tasks: {base_state['tasks']} "
               f"baseline, {final['tasks']} at the end; peer connections {base_state['pcs']} -> {final['pcs']}")
         ok = rss_ok and final["fds"] <= base_state["fds"] and final["tasks"] <= base_state["tasks"]
         return 0 if ok else 1
