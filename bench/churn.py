@@ -54,10 +54,40 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def fd_kinds(pid: int) -> dict[str, int]:
+    """Open fds by kind: udp / tcp / unix sockets, files, pipes, anon inodes."""
+    nets: dict[str, str] = {}
+    for proto in ("udp", "udp6", "tcp", "tcp6", "unix"):
+        try:
+            with open(f"/proc/net/{proto}") as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    inode = cols[6] if proto == "unix" else cols[9]
+                    nets[inode] = proto.rstrip("6")
+        except OSError:
+            pass
+    kinds: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            kind = nets.get(target[8:-1], "socket")
+        elif target.startswith("/"):
+            kind = "file " + os.path.basename(target)
+        else:
+            kind = target.split(":")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
 async def server_state(http: aiohttp.ClientSession, base: str, pid: int) -> dict:
     async with http.get(base + "/debug/load") as resp:
         load = await resp.json()
-    return {"rss": rss_mb(pid), "fds": fds(pid), "tasks": load["tasks"], "pcs": load["peer_connections"]}
+    return {"rss": rss_mb(pid), "fds": fds(pid), "fd_kinds": fd_kinds(pid), "tasks": load["tasks"],
+            "pcs": load["peer_connections"]}
 
 
 async def main_async(args) -> int:
