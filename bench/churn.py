@@ -83,8 +83,8 @@ def fd_kinds(pid: int) -> dict[str, int]:
     return kinds
 
 
-async def server_state(http: aiohttp.ClientSession, base: str, pid: int) -> dict:
-    async with http.get(base + "/debug/load") as resp:
+async def server_state(http: aiohttp.ClientSession, base: str, pid: int, trim: bool = False) -> dict:
+    async with http.get(base + "/debug/load" + ("?trim=1" if trim else "")) as resp:
         load = await resp.json()
     return {"rss": rss_mb(pid), "fds": fds(pid), "fd_kinds": fd_kinds(pid), "tasks": load["tasks"],
             "pcs": load["peer_connections"]}
@@ -132,8 +132,9 @@ async def main_async(args) -> int:
                 print(f"cycle {cycle + 1}: {got}/{len(viewers)} viewers got video; server {state}", flush=True)
                 cycle += 1
             await vhttp.close()
-            await asyncio.sleep(3)
+            await asyncio.sleep(12)  # the server trims freed heap at most every 10 s once connections closed
             final = await server_state(http, base, server.pid)
+            trimmed = await server_state(http, base, server.pid, trim=True)
             await pub.stop()
         first = states[0]
         rss_ok = final["rss"] <= first["rss"] * 1.10
@@ -143,6 +144,8 @@ async def main_async(args) -> int:
               f"{max(s['rss'] for s in states):.0f} MB at most, {final['rss']:.0f} MB at the end "
               f"({(final['rss'] / first['rss'] - 1) * 100:+.1f}% against the first cycle: "
               f"{'within 10%' if rss_ok else 'MORE than 10%'})")
+        print(f"RSS after gc.collect() and malloc_trim(0) (GET /debug/load?trim=1): {trimmed['rss']:.0f} MB "
+              f"({(trimmed['rss'] / first['rss'] - 1) * 100:+.1f}% against the first cycle)")
         print(f"fds: {base_state['fds']} baseline, {final['fds']} at the end (after the viewers' HTTP session closed); tasks: {base_state['tasks']} "
               f"baseline, {final['tasks']} at the end; peer connections {base_state['pcs']} -> {final['pcs']}")
         ok = rss_ok and final["fds"] <= base_state["fds"] and final["tasks"] <= base_state["tasks"]

@@ -42,6 +42,7 @@ class OverloadPolicy:
     max_video_share: float = 0.9
     max_legs: int = 0             # static capacity: forwarding legs of this process (0: none)
     react: bool = True            # False: measure and export only; no shedding, no lag-based refusal
+    trim_interval: float = 10.0   # at most this often, give freed heap back to the kernel once connections closed
 
 
 class LoadMonitor:
@@ -54,6 +55,10 @@ class LoadMonitor:
         self.clock, self.cpu = clock, cpu
         self.legs: Callable[[], Iterable] = lambda: ()
         self.leg_count: Callable[[], int] = lambda: 0
+        self.peer_count: Callable[[], int] = lambda: 0
+        self._peers_peak = 0
+        self._trimmed_at = 0.0
+        self.memory_trims = 0
         self.lag = 0.0              # smoothed (EWMA over ~1 s)
         self.lag_max = 0.0          # worst single probe in the current or last episode
         self.busy = 0.0             # CPU s/s of the loop's thread over the last second
@@ -121,6 +126,17 @@ class LoadMonitor:
                 cpu1 = self.cpu()
                 self.busy = (cpu1 - cpu0) / (now - wall0)
                 cpu0, wall0 = cpu1, now
+                self._maybe_trim(now)
+
+    def _maybe_trim(self, now: float) -> None:
+        """After connections closed, hand glibc's freed pages back: without it, RSS after viewers churned
+        stays ~12% above what the same room needed after its first cycle, all of it free heap."""
+        peers = self.peer_count()
+        self._peers_peak = max(self._peers_peak, peers)
+        if peers < self._peers_peak and now - self._trimmed_at >= self.policy.trim_interval:
+            self._peers_peak, self._trimmed_at = peers, now
+            if release_memory():
+                self.memory_trims += 1
 
     def observe(self, lag: float, now: float, dt: float | None = None) -> None:
         """One probe: `lag` is how late the loop ran a timer (s), `dt` the time the probe covered."""
@@ -213,6 +229,16 @@ class LoadMonitor:
                 "paused_legs": len(self.paused), "episodes": self.episodes_total,
                 "lag_seconds_total": self.lag_seconds_total, "shed_retransmits": self.shed_retransmits,
                 "shed_video_packets": self.shed_video_packets, "joins_refused": self.joins_refused}
+
+
+def release_memory() -> bool:
+    """glibc's malloc_trim(0): return free heap pages to the kernel (a few ms). False where unavailable."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
+    except (OSError, AttributeError):
+        return False
 
 
 def burn_loop(seconds: float, *, duty: float = 0.9, slice_s: float = 0.6) -> asyncio.Task:

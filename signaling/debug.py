@@ -2,14 +2,15 @@
 
 POST /debug/burn?seconds=S&duty=D  keeps this process's event loop busy (D of the time, for S seconds),
                                    which is what an overloaded forwarding loop looks like from inside.
-GET /debug/load                    the overload monitor's figures, asyncio tasks, peer connections.
+GET /debug/load[?trim=1]           the overload monitor's figures, asyncio tasks, peer connections
+                                   (trim=1: gc.collect() and malloc_trim(0) first).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from sfu.overload import burn_loop
+from sfu.overload import burn_loop, release_memory
 from stoa.appkeys import LOAD, ROOMS, SETTINGS
 
 
@@ -33,6 +34,12 @@ async def load(request: web.Request) -> web.Response:
     """The monitor's figures plus what a leak would grow: tasks and peer connections (bench/churn.py)."""
     import asyncio
 
+    if request.query.get("trim") == "1":
+        # Tell freed memory from live memory: collect, then hand glibc's free pages back to the kernel.
+        import gc
+
+        gc.collect()
+        release_memory()
     return web.json_response({**request.app[LOAD].stats(), "tasks": len(asyncio.all_tasks()),
                               "peer_connections": len(request.app[ROOMS].peers.live)})
 

@@ -66,6 +66,7 @@ async def _rooms_ctx(app: web.Application):
                                                       react=settings.overload_control))
     manager = app[ROOMS] = RoomManager(PeerFactory(ice, load), max_participants=settings.max_participants)
     load.legs, load.leg_count = manager.video_legs, manager.leg_count
+    load.peer_count = lambda: len(manager.peers.live)
     load.start()
     yield
     await load.stop()
