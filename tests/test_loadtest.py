@@ -9,17 +9,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from stoa.appkeys import ROOMS
 from stoa.loadtest import percentile
 from stoa.loadtest.peers import StreamStats, Viewer
 from tests.media import CounterVideoTrack, ToneAudioTrack
-from tests.test_overload import ServeProcess, eventually
+from tests.serve import ServeProcess, eventually
 from tests.test_whip_whep import WhipPublisher
 
 STOA = str(Path(sys.executable).parent / "stoa")
@@ -111,7 +109,6 @@ async def test_churning_viewers_give_back_connections_fds_and_tasks(stoa_server)
                 await eventually(lambda: all(v.video.frames >= 3 for v in viewers), 30)
                 await asyncio.gather(*(v.leave() for v in viewers))
                 await eventually(settled, 30)
-                del viewers
                 gc.collect()
                 await asyncio.sleep(0.3)
                 fds.append(open_fds())

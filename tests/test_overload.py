@@ -4,42 +4,22 @@ the room protocol with nothing half-joined, and a real `stoa serve` whose loop i
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from sfu.aiortc_seam import harden_consent
 from sfu.overload import AT_CAPACITY, LoadMonitor, OverloadPolicy
-from signaling.auth import mint_token
 from stoa.appkeys import LOAD, ROOMS
-from stoa.config import DEV_API_KEY, DEV_API_SECRET
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.peers import FrameCollector, apply_answer, client_pc, make_offer
+from tests.serve import ServeProcess, eventually
 from tests.test_whip_whep import WhipPublisher
 
-ROOT = Path(__file__).resolve().parent.parent
 SDP = "application/sdp"
-
-
-async def eventually(check, timeout: float = 20.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout:.0f} s")
-        await asyncio.sleep(interval)
 
 
 # -- the monitor's decisions -------------------------------------------------------------------------------
@@ -186,55 +166,6 @@ async def test_joins_beyond_capacity_are_refused_cleanly_and_admitted_again_late
 
 
 # -- a real server whose loop is starved on purpose -----------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServeProcess:
-    """`stoa serve` (uvloop, as in production) in its own process, with debug hooks on."""
-
-    def __init__(self, tmp_path: Path, *extra: str, env: dict | None = None):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = tmp_path / "serve.log"
-        self._out = open(self.log, "wb")
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "stoa"), "serve", "--dev", "--port", str(self.port),
-             "--ice-address", "127.0.0.1", "--data-dir", str(tmp_path / "data"), "--log-level", "warning", *extra],
-            stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True)
-
-    async def wait_up(self, http: aiohttp.ClientSession) -> None:
-        async def up():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"stoa serve exited: {self.log.read_text()}")
-            try:
-                async with http.get(self.base + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as resp:
-                    return resp.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                return False
-
-        deadline = time.monotonic() + 30
-        while not await up():
-            assert time.monotonic() < deadline, "stoa serve did not come up in 30 s"
-            await asyncio.sleep(0.2)
-
-    def token(self, room: str, identity: str, role: str) -> str:
-        return mint_token(DEV_API_KEY, DEV_API_SECRET, room=room, identity=identity, role=role)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
-
 
 @pytest.mark.slow
 async def test_a_starved_loop_keeps_its_connections_and_media_comes_back(tmp_path):
