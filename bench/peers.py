@@ -27,109 +27,18 @@ import threading
 import time
 
 import aiohttp
-import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from av import AudioFrame, VideoFrame
-from av.video.frame import PictureType
+from aiortc import RTCSessionDescription
 
-from sfu.aiortc_seam import restrict_ice_gathering, tap_receiver
-
-LOOPBACK = ["127.0.0.1"]
-VIDEO_CLOCK = 90000
-WIDTH, HEIGHT, FPS = 640, 480, 30
-BITRATE = 1_500_000
+from sfu.aiortc_seam import tap_receiver
+# The synthetic media and the client peer helpers are `stoa loadtest`'s (one copy of each).
+from stoa.loadtest.media import FPS, VIDEO_CLOCK, SyntheticVideo, Tone, hold_vp8_bitrate
+from stoa.loadtest.peers import StreamStats, client_pc, local_offer, post_sdp
 
 
-def client_pc() -> RTCPeerConnection:
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
-
-
-async def local_offer(pc: RTCPeerConnection) -> str:
-    restrict_ice_gathering(pc, LOOPBACK)
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc.localDescription.sdp
-
-
-async def post_sdp(http: aiohttp.ClientSession, url: str, token: str, sdp: str) -> tuple[str, str]:
-    async with http.post(url, data=sdp, headers={"Content-Type": "application/sdp",
-                                                 "Authorization": f"Bearer {token}"}) as resp:
-        body = await resp.text()
-        if resp.status != 201:
-            raise RuntimeError(f"POST {url} answered {resp.status}: {body.strip()}")
-        return body, resp.headers["Location"]
-
-
-# --- publisher ----------------------------------------------------------------------------
-
-class SyntheticVideo(MediaStreamTrack):
-    """Pre-rendered frames (scrolling noise over a gradient) so that making a frame costs nothing
-    and VP8 at 1.5 Mbps has real detail to spend its bits on."""
-
-    kind = "video"
-
-    def __init__(self, loop_frames: int = 60):
-        super().__init__()
-        rng = np.random.default_rng(7)
-        noise = rng.integers(0, 256, size=(HEIGHT, WIDTH * 2, 3), dtype=np.uint8)
-        ramp = (np.arange(WIDTH)[None, :, None] * 255 // WIDTH).astype(np.uint16)
-        self.frames = []
-        for i in range(loop_frames):
-            shifted = noise[:, i * 4: i * 4 + WIDTH, :].astype(np.uint16)
-            img = ((shifted // 2 + ramp // 2) % 256).astype(np.uint8)
-            self.frames.append(VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p"))
-        self.count = self.keyframes = 0
-        self.last: VideoFrame | None = None
-        self._start: float | None = None
-
-    async def recv(self) -> VideoFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self.count / FPS - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if self.last is not None and self.last.pict_type == PictureType.I:
-            self.keyframes += 1  # the encoder forced the previous frame to a keyframe (a PLI)
-        frame = self.last = self.frames[self.count % len(self.frames)]
-        frame.pts = int(self.count * VIDEO_CLOCK / FPS)
-        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
-        frame.pict_type = PictureType.NONE  # frames are reused; a forced keyframe must not stick
-        self.count += 1
-        return frame
-
-
-class Tone(MediaStreamTrack):
-    kind = "audio"
-
-    def __init__(self, rate: int = 48000, ptime: float = 0.02):
-        super().__init__()
-        self.rate, self.samples = rate, int(rate * ptime)
-        t = np.arange(self.samples * 50) / rate
-        self.pcm = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
-        self.count = 0
-        self._start: float | None = None
-
-    async def recv(self) -> AudioFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self.count * self.samples / self.rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        i = self.count % 50
-        chunk = self.pcm[i * self.samples:(i + 1) * self.samples]
-        frame = AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self.rate
-        frame.pts = self.count * self.samples
-        frame.time_base = fractions.Fraction(1, self.rate)
-        self.count += 1
-        return frame
-
+# --- publisher ---------------------------------------------------------------------------
 
 async def run_publisher(args) -> None:
-    import aiortc.codecs.vpx as vpx
-
-    # Hold every VP8 encoder at 1.5 Mbps whatever REMB says (aiortc re-creates the encoder, with a
-    # keyframe, whenever REMB moves the target by 10%), so every run carries the same stream.
-    vpx.Vp8Encoder.target_bitrate = property(lambda self: BITRATE, lambda self, value: None)
+    hold_vp8_bitrate()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
@@ -174,33 +83,13 @@ async def run_publisher(args) -> None:
 
 # --- subscribers --------------------------------------------------------------------------
 
-class LegCounter:
-    """Counts one received track without decoding it."""
+class LegCounter(StreamStats):
+    """Counts one received track without decoding it (the load test's header counter)."""
 
-    __slots__ = ("packets", "octets", "frames", "timestamps", "_last_seq", "_last_ts", "_gap")
-
-    def __init__(self) -> None:
-        self.packets = self.octets = self.frames = self.timestamps = 0
-        self._last_seq: int | None = None
-        self._last_ts: int | None = None
-        self._gap = False
+    __slots__ = ()
 
     async def on_rtp(self, packet, arrival: float) -> None:
-        self.packets += 1
-        self.octets += len(packet.payload)
-        if packet.timestamp != self._last_ts:
-            self.timestamps += 1  # frames with at least one packet, complete or not
-            self._last_ts = packet.timestamp
-        seq = packet.sequence_number
-        last = self._last_seq
-        if last is None or ((seq - last) & 0xFFFF) < 0x8000:
-            if last is not None and seq != (last + 1) & 0xFFFF:
-                self._gap = True
-            self._last_seq = seq
-        if packet.marker:
-            if not self._gap:
-                self.frames += 1
-            self._gap = False
+        self.on_packet(packet.sequence_number, packet.timestamp, packet.marker, len(packet.payload))
 
 
 class Viewer:
@@ -311,7 +200,7 @@ def encode_cost() -> None:
     viewer and frame, whatever else it does."""
     import aiortc.codecs.vpx as vpx
 
-    vpx.Vp8Encoder.target_bitrate = property(lambda self: BITRATE, lambda self, value: None)
+    hold_vp8_bitrate()
     source = SyntheticVideo()
     frames = []
     for i in range(len(source.frames)):

@@ -26,6 +26,7 @@ from importlib.metadata import version as _dist_version
 from typing import Awaitable, Callable
 
 import aioice.ice
+import aioice.stun
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State as _DtlsState
 from aiortc.rtcicetransport import RTCIceTransport, candidate_to_aioice
@@ -79,7 +80,8 @@ def check_compatibility() -> None:
         aioice.ice.Connection.__init__: ("_nominated", "_check_list", "_check_list_done", "_check_list_state",
                                          "_nominating", "_remote_candidates", "_remote_candidates_end",
                                          "_early_checks", "_early_checks_done", "_local_username",
-                                         "_local_password", "_query_consent_task", "_closing"),
+                                         "_local_password", "_query_consent_task", "_closing",
+                                         "remote_password"),
         aioice.ice.CandidatePair.__init__: ("protocol",),
         RTCRtpSender.__init__: (
             "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
@@ -101,7 +103,8 @@ def check_compatibility() -> None:
                  "SCTP_DATA_FIRST_FRAG", "SCTP_DATA_LAST_FRAG")),
         (aioice.ice.CandidatePair, ("remote_addr",)),
         (aioice.ice.Connection, ("gather_candidates", "get_component_candidates", "connect",
-                                 "add_remote_candidate")),
+                                 "add_remote_candidate", "query_consent", "build_request", "data_received",
+                                 "close")),
         (aioice.ice, ("random_string",)),
     ):
         missing = [n for n in names if not hasattr(cls, n)]
@@ -599,3 +602,94 @@ def simulate_data_loss(pc: RTCPeerConnection, rate: float, *, seed: int = 1) -> 
     _drop_incoming(pc.sctp.transport.transport, "_stoa_data_lossy",
                    lambda data: bool(data) and data[0] == 23 and rng.random() < rate, stats)
     return stats
+
+
+# --- ICE consent under load -----------------------------------------------------------------
+
+CONSENT_INTERVAL = 5.0       # RFC 7675: a check every 4-6 s
+CONSENT_EXPIRY = 30.0        # RFC 7675: consent expires 30 s after the last response
+CONSENT_RETRANSMISSIONS = 3  # each check waits 7.5 s in all (0.5 + 1 + 2 + 4)
+
+
+def harden_consent(pc: RTCPeerConnection, *, interval: float = CONSENT_INTERVAL,
+                   expiry: float = CONSENT_EXPIRY) -> None:
+    """Make consent freshness (RFC 7675) survive a loop that falls behind. Call before ICE connects.
+
+    aioice sends each consent check once with a 0.5 s timeout and closes the connection after six failed
+    checks in a row. Under uvloop, timers run before I/O is polled in each loop iteration, so whenever
+    the loop is more than 0.5 s behind, a check "times out" although its response is already waiting in
+    the socket: at 250 viewers the server closed its own publisher connection that way, ~30 s into the
+    overload. Here each check is retransmitted and runs on its own (a late answer still counts), and
+    consent expires only after `expiry` seconds without any answer, not counting time the loop itself
+    was stalled (that silence is ours, not the peer's)."""
+    for conn in _ice_connections(pc):
+        if getattr(conn, "_stoa_consent", False):
+            continue
+        conn.query_consent = types.MethodType(_robust_query_consent(interval, expiry), conn)
+        conn._stoa_consent = True
+
+
+def _robust_query_consent(interval: float, expiry: float):
+    async def query_consent(self) -> None:
+        loop = asyncio.get_running_loop()
+        state = {"answered": loop.time(), "stalled": 0.0}
+        checks: set[asyncio.Task] = set()
+        key = self.remote_password.encode("utf8")
+
+        async def check(pair) -> None:
+            try:
+                await pair.protocol.request(self.build_request(pair, nominate=False), pair.remote_addr,
+                                            integrity_key=key, retransmissions=CONSENT_RETRANSMISSIONS)
+            except (aioice.stun.TransactionError, ConnectionError, OSError):
+                return
+            state["answered"], state["stalled"] = loop.time(), 0.0
+            self._stoa_consent_answers = getattr(self, "_stoa_consent_answers", 0) + 1
+
+        try:
+            while True:
+                wait = interval * (0.8 + 0.4 * random.random())
+                t = loop.time()
+                await asyncio.sleep(wait)
+                state["stalled"] += max(0.0, loop.time() - t - wait)
+                for pair in list(self._nominated.values()):
+                    task = asyncio.ensure_future(check(pair))
+                    checks.add(task)
+                    task.add_done_callback(checks.discard)
+                silent = loop.time() - state["answered"] - state["stalled"]
+                if silent > expiry:
+                    logger.warning("ICE consent expired: no answer to consent checks for %.0f s", silent)
+                    self._query_consent_task = None
+                    for task in checks:
+                        task.cancel()
+                    return await self.close()
+        finally:
+            for task in list(checks):
+                task.cancel()
+
+    return query_consent
+
+
+def consent_answers(pc: RTCPeerConnection) -> int:
+    """Consent checks of `pc` (hardened) that the peer answered so far."""
+    return sum(getattr(conn, "_stoa_consent_answers", 0) for conn in _ice_connections(pc))
+
+
+# --- cheap receive for load testing ---------------------------------------------------------
+
+def tap_incoming_rtp(pc: RTCPeerConnection, on_rtp: Callable[[bytes], None]) -> None:
+    """Hand every incoming SRTP media datagram of `pc` to `on_rtp` and drop it there, before DTLS: no
+    decryption, no jitter buffer (the RTP header is in the clear). STUN, DTLS and RTCP go on as usual.
+    For load-test viewers; call after adding transceivers and before setLocalDescription."""
+    for conn in _ice_connections(pc):
+        if getattr(conn, "_stoa_rtp_tap", False):
+            continue
+        stock = conn.data_received
+
+        def data_received(data: bytes, component: int, stock=stock) -> None:
+            if len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
+                on_rtp(data)
+            else:
+                stock(data, component)
+
+        conn.data_received = data_received
+        conn._stoa_rtp_tap = True

@@ -25,13 +25,16 @@ class DownTrack:
     __slots__ = ("subscriber_id", "kind", "uptrack", "seam", "forwarder", "_ext_ids", "_mid", "_key",
                  "_rtx_seq", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
                  "packets_sent", "retransmits", "nack_misses", "keyframe_requests",
-                 "retransmit", "quality", "pacer", "on_quality", "keyframes_for_viewer")
+                 "retransmit", "quality", "pacer", "on_quality", "keyframes_for_viewer", "_load", "_shed")
 
-    def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str):
+    def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str, load=None):
         self.subscriber_id = subscriber_id
         self.kind = kind
         self.uptrack = None
-        self.seam = SenderSeam(sender, self._on_nack, self._on_keyframe_request, self._on_report)
+        self._load = load  # sfu.overload.LoadMonitor of this process, or None
+        self._shed = False
+        self.seam = SenderSeam(sender, self._nack_unless_overloaded if load is not None else self._on_nack,
+                               self._on_keyframe_request, self._on_report)
         self.forwarder: Forwarder | None = None
         self._ext_ids: ExtensionIds | None = None
         self._mid = b""
@@ -99,7 +102,11 @@ class DownTrack:
 
     def forward(self, packet: CachedPacket, ntp: int, send_time: bytes, tails: dict) -> None:
         """The hot path: runs once per packet and leg, synchronously."""
-        if self.paused or (not self._codec_ok and not self._configure()):
+        if self.paused:
+            if self._shed:
+                self._load.shed_video_packets += 1
+            return
+        if not self._codec_ok and not self._configure():
             return
         munged = self.forwarder.munge(packet.seq, packet.timestamp, packet.keyframe, packet.arrival)
         if munged is None:
@@ -189,6 +196,28 @@ class DownTrack:
     def _keyframe_for_bad_viewer(self, now: float) -> None:
         if self.uptrack is not None and self.quality.keyframe_due(now):
             self.keyframes_for_viewer += 1
+            self.uptrack.request_keyframe()
+
+    async def _nack_unless_overloaded(self, lost: list[int]) -> None:
+        # Retransmits are the first work shed when this process's loop is behind.
+        if self._load.shedding_retransmits:
+            self._load.count_shed_retransmits(len(lost))
+            return
+        await self._on_nack(lost)
+
+    def pause(self) -> None:
+        """Overload shedding: stop sending this (video) leg until `resume`."""
+        self.paused = self._shed = True
+
+    def resume(self) -> None:
+        """Start again on a keyframe, continuing the leg's sequence as after a source switch."""
+        if not self._shed:
+            return
+        self.paused = self._shed = False
+        if self.forwarder is not None and self.forwarder.started:
+            self.forwarder.switch_source()
+            self.forwarder.needs_keyframe = self.kind == "video"
+        if self.uptrack is not None:
             self.uptrack.request_keyframe()
 
     def _on_keyframe_request(self) -> None:

@@ -17,7 +17,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
-from sfu.aiortc_seam import restrict_ice_gathering
+from sfu.aiortc_seam import harden_consent, restrict_ice_gathering
 from sfu.iceserver import IceServer, ice_servers
 
 logger = logging.getLogger(__name__)
@@ -91,8 +91,9 @@ def check_sdp_text(sdp: str) -> None:
 
 
 class PeerFactory:
-    def __init__(self, ice: IceSettings):
+    def __init__(self, ice: IceSettings, load=None):
         self.ice = ice
+        self.load = load  # sfu.overload.LoadMonitor of this process, or None
         self.live: set[RTCPeerConnection] = set()
 
     def create(self) -> RTCPeerConnection:
@@ -126,6 +127,7 @@ class PeerFactory:
 
     async def set_local(self, pc: RTCPeerConnection, description: RTCSessionDescription) -> str:
         restrict_ice_gathering(pc, self.ice.addresses)
+        harden_consent(pc)  # a loop that falls behind must not expire its own peers' consent
         await pc.setLocalDescription(description)
         return pc.localDescription.sdp
 

@@ -55,7 +55,8 @@ class Subscriber:
                 return downtrack
         transceiver = self.pc.addTransceiver(IdleTrack(uptrack.kind), direction="sendonly")
         transceiver.setCodecPreferences(codec_preferences(uptrack.kind, uptrack.mime_type))
-        downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=uptrack.kind)
+        downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=uptrack.kind,
+                              load=self.peers.load)
         downtrack.on_quality = self.on_quality
         downtrack.attach(uptrack)
         self.legs.append((transceiver, downtrack))
@@ -142,7 +143,8 @@ class Subscriber:
             track = tracks.get(section.kind)
             if track is not None:
                 transceiver.setCodecPreferences(codec_preferences(section.kind, track.mime_type))
-            downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=section.kind)
+            downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=section.kind,
+                                  load=self.peers.load)
             downtrack.on_quality = self.on_quality
             self.legs.append((transceiver, downtrack))
         answer = await self.peers.answer(self.pc, offer_sdp)

@@ -23,6 +23,7 @@ import sys
 import time
 
 from sfu.buffer import CachedPacket, PacketCache
+from sfu.overload import LoadMonitor
 from sfu.peer import IceSettings, PeerFactory, SdpError, add_remote_candidate
 from sfu.relay import ControlDecoder, RelayError, decode_datagram, encode_control
 from sfu.rtp import abs_send_time, is_keyframe, unix_to_ntp
@@ -121,7 +122,12 @@ class Worker:
         self._control_sock = control
         self._media = media
         self._writer: asyncio.StreamWriter | None = None
-        self.peers = PeerFactory(IceSettings())
+        # Each worker sheds its own load (retransmits, then video to its newest legs), as the main process does.
+        self.load = LoadMonitor()
+        self.peers = PeerFactory(IceSettings(), self.load)
+        self.load.legs = lambda: [d for t in self.streams.values() if t.kind == "video" for d in t.downtracks]
+        self.load.leg_count = lambda: sum(len(t.downtracks) for t in self.streams.values())
+        self.load.peer_count = lambda: len(self.peers.live)
         self.streams: dict[int, MirrorTrack] = {}
         self.sessions: dict[str, Subscriber] = {}
         self.bindings: dict[str, dict] = {}  # session -> {kind: stream} it should carry
@@ -145,6 +151,7 @@ class Worker:
         loop.add_reader(self._media.fileno(), self._on_media)
         self.send({"type": "ready", "index": self.index, "pid": os.getpid()})
         stats = asyncio.ensure_future(self._stats_loop())
+        self.load.start()
         decoder = ControlDecoder()
         try:
             while True:
@@ -164,6 +171,7 @@ class Worker:
             for sub in list(self.sessions.values()):
                 await sub.close()
             await self.peers.close_all()
+            await self.load.stop()
 
     def stop(self) -> None:
         if self._task is not None:

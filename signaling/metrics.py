@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sfu.quality import LEVELS
-from stoa.appkeys import ROOMS
+from stoa.appkeys import LOAD, ROOMS
 
 METRICS_REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("metrics_registry")
 
@@ -68,6 +68,29 @@ class RoomCollector:
         yield CounterMetricFamily("stoa_nack_misses", "NACKed packets no longer in the cache",
                                   value=nack_misses)
         yield CounterMetricFamily("stoa_keyframe_requests_sent", "PLIs sent to publishers", value=plis)
+        yield from _load_metrics(self.app.get(LOAD))
+
+
+def _load_metrics(load):
+    """This process's overload state (sfu/overload.py): lag, shedding and refused joins."""
+    if load is None:
+        return
+    yield GaugeMetricFamily("stoa_event_loop_lag_smoothed_seconds", "Smoothed event-loop lag of the media loop",
+                            value=load.lag)
+    yield GaugeMetricFamily("stoa_event_loop_busy_ratio", "CPU seconds per second of this process", value=load.busy)
+    yield GaugeMetricFamily("stoa_overload_level", "0 normal, 1 retransmits shed, 2+ video shed on a share of legs",
+                            value=load.level)
+    yield GaugeMetricFamily("stoa_video_legs_shed", "Video legs paused by overload shedding", value=len(load.paused))
+    yield CounterMetricFamily("stoa_event_loop_lag_seconds", "Event-loop lag summed over every probe",
+                              value=load.lag_seconds_total)
+    yield CounterMetricFamily("stoa_overload_episodes", "Overload episodes (loop behind or joins refused)",
+                              value=load.episodes_total)
+    yield CounterMetricFamily("stoa_shed_retransmits", "NACKed packets not resent because the loop was behind",
+                              value=load.shed_retransmits)
+    yield CounterMetricFamily("stoa_shed_video_packets", "Video packets not sent to legs paused by shedding",
+                              value=load.shed_video_packets)
+    yield CounterMetricFamily("stoa_joins_refused", "Joins refused with 'this server is at capacity'",
+                              value=load.joins_refused)
 
 
 async def metrics(request: web.Request) -> web.Response:

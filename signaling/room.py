@@ -29,6 +29,10 @@ REPLACED = "replaced by a newer connection"
 CLOSE_REPLACED = 4001  # WebSocket close code for a session replaced by a reconnect (4000-4999: private use)
 
 
+class ServerAtCapacity(RoomFull):
+    """This process forwards all it can: refused before anything joined (WHIP/WHEP 503, room_full)."""
+
+
 class Participant:
     """One joined client: a WebSocket user, a WHIP publisher or a WHEP viewer."""
 
@@ -133,6 +137,14 @@ class Room:
         previous = self.participants.get(participant.identity)
         if previous is None and len(self.participants) >= self.max_participants:
             raise RoomFull(f"room {self.name} is full ({self.max_participants} participants)")
+        load = self.peers.load
+        # Publishers (the teacher) are always let in; a reconnect replaces its own legs.
+        if previous is None and load is not None and not participant.grants.can_publish:
+            refused = load.admit()
+            if refused is not None:
+                if not self.participants and self._on_empty is not None:
+                    self._on_empty(self)  # a room made for this join alone does not linger
+                raise ServerAtCapacity(f"{refused}; try again later")
         # Taking the seat first: the room is never empty in between (which would drop it).
         self.participants[participant.identity] = participant
         if previous is not None:
@@ -287,6 +299,14 @@ class RoomManager:
 
     def _count_quality(self, change: QualityChange) -> None:
         self.quality_changes[change.quality] += 1
+
+    def video_legs(self) -> list:
+        """Every video leg forwarded by this process, oldest first (for overload shedding)."""
+        return [d for room in self.rooms.values() for t in room.tracks() if t.kind == "video"
+                for d in t.downtracks]
+
+    def leg_count(self) -> int:
+        return sum(len(t.downtracks) for room in self.rooms.values() for t in room.tracks())
 
     def _drop(self, room: Room) -> None:
         if self.rooms.get(room.name) is room and not room.participants and not room.tasks:

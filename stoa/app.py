@@ -10,10 +10,11 @@ import jinja2
 from aiohttp import web
 
 from sfu.aiortc_seam import check_compatibility, prefer_aes128_gcm
+from sfu.overload import LoadMonitor, OverloadPolicy
 from sfu.peer import IceSettings, PeerFactory
-from signaling import api, classroom_api, classroom_bridge, metrics, whip, ws
+from signaling import api, classroom_api, classroom_bridge, debug, metrics, whip, ws
 from signaling.room import RoomManager
-from stoa.appkeys import ROOMS, SETTINGS, STORE
+from stoa.appkeys import LOAD, ROOMS, SETTINGS, STORE
 from stoa.config import Settings
 from stoa.workers import workers_ctx
 from web import pages, review
@@ -46,6 +47,7 @@ def build_app(settings: Settings) -> web.Application:
         r.add_patch(f"/{kind}/{{room}}/{{session}}", whip.session_patch)
     pages.setup_routes(app)
     metrics.setup(app)
+    debug.setup(app)  # only with debug_hooks
     classroom_bridge.setup(app)  # chat, Q&A, polls, ... over data channels and the WebSocket
     api.setup(app)  # REST API under /api/, /ws/notify, dashboards
     classroom_api.setup(app)  # chat history, whiteboard PNG, quiz bank import
@@ -64,8 +66,14 @@ async def _rooms_ctx(app: web.Application):
                       credential=settings.ice_credential, addresses=settings.ice_addresses,
                       turn_secret=settings.turn_secret, turn_ttl=settings.turn_ttl,
                       server_identity=settings.node_id or "stoa")
-    app[ROOMS] = RoomManager(PeerFactory(ice), max_participants=settings.max_participants)
+    load = app[LOAD] = LoadMonitor(OverloadPolicy(max_legs=settings.capacity_legs,
+                                                      react=settings.overload_control))
+    manager = app[ROOMS] = RoomManager(PeerFactory(ice, load), max_participants=settings.max_participants)
+    load.legs, load.leg_count = manager.video_legs, manager.leg_count
+    load.peer_count = lambda: len(manager.peers.live)
+    load.start()
     yield
+    await load.stop()
     await app[ROOMS].close()
 
 

@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from recorder.service import RecordingManager
     from sfu.pool import WorkerPool
+    from sfu.overload import LoadMonitor
     from signaling.room import RoomManager
     from stoa.config import Settings
 
@@ -28,3 +29,5 @@ KEYRING: web.AppKey[Any] = web.AppKey("keyring")            # signaling.api.iden
 NOTIFY: web.AppKey[Any] = web.AppKey("notify")              # signaling.notify.NotifyHub
 # Media worker processes (sfu/pool.py), present when `workers` >= 2 (created by stoa.workers.workers_ctx).
 WORKERS: web.AppKey["WorkerPool"] = web.AppKey("workers")
+# This process's event-loop lag probe, shedding and admission (sfu/overload.py).
+LOAD: web.AppKey["LoadMonitor"] = web.AppKey("load")

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 
 from stoa import __version__
 from stoa.config import ConfigError, Settings, load_settings
@@ -69,7 +70,47 @@ def build_parser() -> argparse.ArgumentParser:
     _recording_parser(sub)
     _apikey_parser(sub)
     _quiz_parser(sub)
+    _loadtest_parser(sub)
     return parser
+
+
+LOADTEST_EPILOG = """\
+Each viewer POSTs a WHEP offer (real ICE and DTLS, so the server does all its real work) and counts the RTP
+it receives; --cheap viewers read only the clear RTP header at the socket (no SRTP decryption, no NACKs or
+receiver reports), so one client process carries ~100 of them. Tokens are minted with --api-key/--api-secret
+(or the server's own settings: --config, STOA_API_KEY/STOA_API_SECRET, --dev), or taken from --token, one per
+peer (an identity that joins twice replaces its first session). A 503 is counted as refused, with the
+server's message. Exit status: 0 when every admitted viewer got media, 1 otherwise, 2 on bad arguments.
+Examples:
+  stoa loadtest --dev --url http://127.0.0.1:8080 --room lecture --viewers 200 --publishers 1 --cheap
+  stoa loadtest --url https://stoa.example.org --room physics --viewers 50 --api-key K --api-secret S
+"""
+
+
+def _loadtest_parser(sub) -> None:
+    lt = sub.add_parser("loadtest", help="load-test a server: N WHEP viewers, optional synthetic WHIP publishers",
+                        epilog=LOADTEST_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(lt)
+    lt.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:8080")
+    lt.add_argument("--room", required=True)
+    lt.add_argument("--viewers", type=int, required=True, metavar="N", help="WHEP viewers to start")
+    lt.add_argument("--publishers", type=int, default=0, metavar="P",
+                    help="WHIP publishers of synthetic 640x480 30 fps VP8 at ~1.5 Mbps + Opus (default 0: "
+                         "watch what the room already publishes)")
+    lt.add_argument("--duration", type=float, default=30.0, metavar="S",
+                    help="seconds measured once every viewer has joined (default 30)")
+    lt.add_argument("--join-rate", type=float, default=20.0, metavar="R",
+                    help="viewers started per second (default 20; 0: all at once)")
+    lt.add_argument("--cheap", action="store_true", help="viewers count RTP headers at the socket, without "
+                                                         "decrypting (many more viewers per client process)")
+    lt.add_argument("--processes", type=int, default=0, metavar="K",
+                    help="client processes the viewers are spread over (default: from N)")
+    lt.add_argument("--token", action="append", default=[], metavar="T",
+                    help="a token to use (repeatable, one per peer: publishers first, then viewers)")
+    lt.add_argument("--api-key", help="mint tokens with this API key (with --api-secret)")
+    lt.add_argument("--api-secret", help="the API key's secret")
+    lt.add_argument("--per-viewer", action="store_true", help="print one line per viewer (default for N <= 20)")
+    lt.add_argument("--json", metavar="FILE", help="also write the whole report as JSON")
 
 
 def _quiz_parser(sub) -> None:
@@ -156,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             return _apikey(args)
         if args.command == "quiz":
             return _quiz(args)
+        if args.command == "loadtest":
+            return _loadtest(args)
     except ConfigError as exc:
         print(f"stoa: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -357,6 +400,63 @@ def _quiz(args) -> int:
         return 0
 
     return _with_store(args, "quiz import", work, upgrade_sqlite=True)
+
+
+def _loadtest(args) -> int:
+    import json
+
+    from signaling.auth import mint_token
+    from stoa.loadtest import LoadTest, format_report, run, statistics_ok
+
+    def fail(message: str) -> int:
+        print(f"stoa loadtest: {message}", file=sys.stderr)
+        return 2
+
+    if args.viewers < 0 or args.publishers < 0 or args.viewers + args.publishers == 0:
+        return fail("--viewers and --publishers must not be negative, and something must join")
+    if args.duration <= 0 or args.join_rate < 0 or args.processes < 0:
+        return fail("--duration must be positive; --join-rate and --processes must not be negative")
+    if not args.url.startswith(("http://", "https://")):
+        return fail(f"--url must start with http:// or https://, got {args.url!r}")
+    needed = args.viewers + args.publishers
+    if args.token:
+        if len(args.token) < needed:
+            return fail(f"{len(args.token)} --token given for {needed} peers: give one per peer (an identity "
+                        f"that joins twice replaces its first session), or --api-key and --api-secret to mint")
+        pub_tokens, viewer_tokens = args.token[:args.publishers], args.token[args.publishers:needed]
+    else:
+        if bool(args.api_key) != bool(args.api_secret):
+            return fail("--api-key and --api-secret go together")
+        if args.api_key:
+            key, secret = args.api_key, args.api_secret
+        else:
+            settings = _settings(args)
+            key, secret = settings.api_key, settings.api_secret
+        stamp = f"{int(time.time()) % 100000}"
+        pub_tokens = [mint_token(key, secret, room=args.room, identity=f"loadtest-publisher-{stamp}-{i}",
+                                 role="instructor", ttl=3600) for i in range(args.publishers)]
+        viewer_tokens = [mint_token(key, secret, room=args.room, identity=f"loadtest-viewer-{stamp}-{i}",
+                                    role="viewer", ttl=3600) for i in range(args.viewers)]
+    test = LoadTest(url=args.url.rstrip("/"), room=args.room, viewers=args.viewers, publishers=args.publishers,
+                    duration=args.duration, join_rate=args.join_rate, cheap=args.cheap, processes=args.processes,
+                    publisher_tokens=pub_tokens, viewer_tokens=viewer_tokens)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        report = asyncio.run(run(test, say=say))
+    except (RuntimeError, OSError) as exc:
+        print(f"stoa loadtest: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print()
+    print(format_report(report, per_viewer=args.per_viewer or args.viewers <= 20))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+    return 0 if statistics_ok(report) else 1
 
 
 if __name__ == "__main__":

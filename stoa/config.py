@@ -47,6 +47,14 @@ class Settings:
     # Media worker processes for viewers (docs/scaling.md). 0 or 1: everything in this process. None (unset):
     # `stoa serve` starts one per core; an app built by hand (tests) stays in-process.
     workers: int | None = None
+    # Forwarding legs (track x subscriber) one media process takes before refusing joins; 0: no fixed
+    # number, joins are refused only while the measured load says so (docs/scaling.md).
+    capacity_legs: int = 0
+    # Shed work and refuse joins while this process's event loop is behind (sfu/overload.py). Off, the lag
+    # is still measured and exported; in-process test servers turn it off, their loop runs the clients too.
+    overload_control: bool = True
+    # Test/diagnostic endpoints (POST /debug/burn starves the loop on purpose). Never in production.
+    debug_hooks: bool = False
     # Record every room from its first published track (a server-wide recording flag).
     record_all: bool = False
     log_level: str = "info"
@@ -99,6 +107,8 @@ class Settings:
                 raise ConfigError(f"webhooks[{i}] has unknown keys {', '.join(sorted(unknown))}")
         if self.workers is not None and not 0 <= self.workers <= 64:
             raise ConfigError(f"workers must be between 0 and 64, got {self.workers}")
+        if self.capacity_legs < 0:
+            raise ConfigError("capacity_legs must be 0 (measured capacity only) or a positive number of legs")
         if self.tutoring_ttl <= 0 or self.tutoring_expire_interval <= 0:
             raise ConfigError("tutoring_ttl and tutoring_expire_interval must be positive")
         if not self.node_id:
