@@ -152,7 +152,8 @@ async def test_joins_beyond_capacity_are_refused_cleanly_and_admitted_again_late
 
         # Capacity comes back when a viewer leaves.
         location = [p.session_id for p in room.participants.values() if p.identity == "v1"][0]
-        async with http.delete(f"{stoa_server.base}/whep/{room_name}/{location}") as resp:
+        async with http.delete(f"{stoa_server.base}/whep/{room_name}/{location}",
+                               headers={"Authorization": f"Bearer {stoa_server.token(room_name, 'v1', 'viewer')}"}) as resp:
             assert resp.status == 200
         await first.close()
         await eventually(lambda: manager.leg_count() == 0)
@@ -170,9 +171,9 @@ async def test_joins_beyond_capacity_are_refused_cleanly_and_admitted_again_late
 @pytest.mark.slow
 async def test_a_starved_loop_keeps_its_connections_and_media_comes_back(tmp_path):
     """The server's loop is blocked 0.7 s out of every 0.707 s for 14 s: media stops, but STUN, consent and
-    DTLS keep the sessions, and the same connections carry media again once the loop is free."""
+    DTLS keep the sessions, and the same connections carry media again once the loop is free. One process (--workers 0): the viewer shares the starved loop, as in issue 9."""
     room = "starved"
-    server = ServeProcess(tmp_path, env={"STOA_DEBUG_HOOKS": "true"})
+    server = ServeProcess(tmp_path, "--workers", "0", env={"STOA_DEBUG_HOOKS": "true"})
     pcs = []
     try:
         async with aiohttp.ClientSession() as http:

@@ -171,7 +171,8 @@ class Viewer:
     async def leave(self) -> None:
         if self.location:
             try:
-                async with self.http.delete(self.url + self.location, timeout=aiohttp.ClientTimeout(total=5)):
+                async with self.http.delete(self.url + self.location, timeout=aiohttp.ClientTimeout(total=5),
+                                            headers={"Authorization": f"Bearer {self.token}"}):
                     pass
             except Exception:
                 pass
@@ -208,7 +209,8 @@ class Publisher:
     async def stop(self) -> None:
         if self.location:
             try:
-                async with self.http.delete(self.url + self.location, timeout=aiohttp.ClientTimeout(total=5)):
+                async with self.http.delete(self.url + self.location, timeout=aiohttp.ClientTimeout(total=5),
+                                            headers={"Authorization": f"Bearer {self.token}"}):
                     pass
             except Exception:
                 pass
