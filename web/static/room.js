@@ -177,7 +177,8 @@ async function offerTracks() {
 
 async function startCamera() {
   try {
-    state.camera = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
+    state.camera = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 1280 }, height: { ideal: 720 } }, audio: true });
   } catch (err) {
     setBanner("bad", `Camera/microphone unavailable: ${err.message}`);
     return;
@@ -191,6 +192,8 @@ async function startCamera() {
 async function shareScreen() {
   try {
     state.screen = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    // Slides and code: keep the resolution and give up frame rate when bits are short.
+    for (const track of state.screen.getVideoTracks()) track.contentHint = "detail";
   } catch (err) {
     setBanner("bad", `Screen sharing was not started: ${err.message}`);
     return;
