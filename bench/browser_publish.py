@@ -19,6 +19,10 @@ feeds it a generated 720p clip of scrolling noise (--use-file-for-fake-video-cap
 what the estimate allows. --viewer adds a student page and prints the frame size it
 decodes for each track. At the end: the first second at which both tracks had their full size and at
 least --target kbps each, and the figures over the last 10 s. Nothing here is asserted; it only prints.
+
+--limit-kbps K puts the server in a network namespace behind a veth pair whose publisher-to-server
+direction a tbf qdisc holds to K kbps (root needed; loopback is never shaped), to see the estimate back
+off to what the link carries.
 """
 
 from __future__ import annotations
@@ -154,6 +158,41 @@ RECV_STATS_JS = """async () => {
 }"""
 
 
+class ShapedLink:
+    """--limit-kbps: the server in a network namespace of its own behind a veth pair whose root-side
+    egress (the publisher's uplink) is held to `kbps` by a tbf qdisc. Needs root; removed at the end."""
+
+    def __init__(self, kbps: int):
+        tag = os.getpid() % 100000
+        self.ns, self.outer, self.inner = f"stoa-bwe-{tag}", f"sbwe{tag}a", f"sbwe{tag}b"
+        self.host, self.server_ip = "10.213.0.1", "10.213.0.2"
+        self.kbps = kbps
+
+    def up(self) -> None:
+        import subprocess
+
+        steps = [
+            ["ip", "netns", "add", self.ns],
+            ["ip", "link", "add", self.outer, "type", "veth", "peer", "name", self.inner],
+            ["ip", "link", "set", self.inner, "netns", self.ns],
+            ["ip", "addr", "add", f"{self.host}/30", "dev", self.outer],
+            ["ip", "link", "set", self.outer, "up"],
+            ["ip", "-n", self.ns, "addr", "add", f"{self.server_ip}/30", "dev", self.inner],
+            ["ip", "-n", self.ns, "link", "set", self.inner, "up"],
+            ["ip", "-n", self.ns, "link", "set", "lo", "up"],
+            ["tc", "qdisc", "add", "dev", self.outer, "root", "tbf", "rate", f"{self.kbps}kbit",
+             "burst", "15kb", "latency", "100ms"],
+        ]
+        for step in steps:
+            subprocess.run(step, check=True)
+
+    def down(self) -> None:
+        import subprocess
+
+        subprocess.run(["ip", "netns", "del", self.ns], check=False)  # takes both ends of the veth along
+        subprocess.run(["ip", "link", "del", self.outer], check=False, stderr=subprocess.DEVNULL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -188,13 +227,20 @@ async def run(args) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="stoa-bench-publish-"))
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    link = ShapedLink(args.limit_kbps) if args.limit_kbps else None
+    address = link.server_ip if link else "127.0.0.1"
+    base = f"http://{address}:{port}"
+    prefix = ["ip", "netns", "exec", link.ns] if link else []
+    if link:
+        link.up()
+        print(f"server in netns {link.ns} at {address}; publisher uplink limited to {args.limit_kbps} kbps (tbf)")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if args.stoa_src:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(args.stoa_src).resolve()), env.get("PYTHONPATH")]))
     log = open(tmp / "server.log", "wb")
     server = await asyncio.create_subprocess_exec(
-        STOA, "serve", "--dev", "--port", str(port), "--ice-address", "127.0.0.1", "--data-dir", str(tmp / "data"),
+        *prefix, STOA, "serve", "--dev", "--host", address, "--port", str(port), "--ice-address", address,
+        "--data-dir", str(tmp / "data"),
         cwd=ROOT, env=env, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
     pw = None
     try:
@@ -300,6 +346,8 @@ async def run(args) -> int:
                 server.kill()
                 await server.wait()
         log.close()
+        if link:
+            link.down()
         if args.keep_logs:
             shutil.copy(tmp / "server.log", Path(args.keep_logs) / "browser_publish-server.log")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -317,6 +365,8 @@ def main() -> None:
                         help="seconds from publishing the camera to starting the share (0: one offer for both)")
     parser.add_argument("--target", type=float, default=1500.0, help="kbps each track should reach")
     parser.add_argument("--viewer", action="store_true", help="add a student page; print what it decodes")
+    parser.add_argument("--limit-kbps", type=int, default=0,
+                        help="run the server behind a veth pair held to this rate (root; network namespace)")
     parser.add_argument("--stoa-src", help="run the server from this source tree (A/B a change)")
     parser.add_argument("--keep-logs", help="copy the server log into this directory")
     args = parser.parse_args()
