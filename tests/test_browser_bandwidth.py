@@ -62,7 +62,14 @@ async def test_camera_keeps_its_resolution_when_a_share_starts(stoa_server, chro
         widths.append(got["camera"][0])
         frames.append(got["camera"][1])
         await asyncio.sleep(0.4)
-    assert min(widths) == width, f"camera frame widths at the student after the share started: {widths}"
+    sender = await teacher.evaluate("""async () => {
+        const out = [];
+        (await window.stoa.state.pub.getStats()).forEach((s) => {
+          if (s.type === 'outbound-rtp' && s.kind === 'video')
+            out.push([s.mid, s.frameWidth, s.qualityLimitationReason, s.qualityLimitationDurations]); });
+        return out; }""")
+    assert min(widths) == width, (f"camera frame widths at the student after the share started: {widths}; "
+                                  f"the teacher's video senders (mid, width, limitation, durations): {sender}")
     assert frames[-1] > frames[0], "the camera kept decoding"
     screen_width = (await decoded_by_source(student))["screen"][0]
     screen_settings = await teacher.evaluate("window.stoa.state.screen.getVideoTracks()[0].getSettings().width")
