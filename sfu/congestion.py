@@ -23,6 +23,7 @@ from sfu.twcc import FeedbackRecorder
 logger = logging.getLogger(__name__)
 
 FEEDBACK_INTERVAL = 0.05  # s; mediasoup uses 50 ms, LiveKit 50-100 ms
+IDLE_INTERVAL = 0.4       # s, at most, between looks while nothing arrives
 # Where the publisher's estimator starts (Chromium's default is 300 kbps). At 300 kbps the encoders
 # start at a quarter of the camera's size and climb back over tens of seconds; from here transport-cc
 # feedback moves the estimate either way within a second or two.
@@ -88,13 +89,16 @@ class TransportCcResponder:
 
     async def _run(self) -> None:
         failures = 0
+        delay = self.interval
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(delay)
             try:
                 packets = self.recorder.feedback()
             except Exception:  # never reached in tests; the publisher must keep its media
                 logger.exception("building transport-cc feedback failed; it stops for this transport")
                 return
+            # Idle (no media yet, or a client without transport-cc such as aiortc): look less often.
+            delay = self.interval if packets else min(IDLE_INTERVAL, delay * 2)
             if not packets or not transport_connected(self.dtls):
                 continue
             for data in packets:
