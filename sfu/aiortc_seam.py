@@ -8,7 +8,10 @@ aiortc has no public API for forwarding encoded RTP, so the SFU hooks in here:
 - data channels: a text message on an idle, reliable channel becomes one SCTP DATA chunk handed to DTLS
   and the nominated ICE pair in one synchronous call (aiortc schedules a task per message);
 - ICE: gathering can be limited to configured local addresses (aioice skips loopback otherwise), and an
-  ICE session can be restarted in place (new credentials, fresh checks; aioice has no restart of its own).
+  ICE session can be restarted in place (new credentials, fresh checks; aioice has no restart of its own);
+- congestion control: transport-cc is negotiated, every parsed RTP packet of a publisher's transport is
+  shown to a callback (its transport-wide sequence number), raw RTCP goes out on the transport, and
+  aiortc's own REMB is withheld from a transport that carries transport-cc.
 
 Everything here is checked by `check_compatibility()` at start-up and covered by
 tests/test_sfu_seam.py, so an aiortc upgrade breaks this file, loudly, and nothing else.
@@ -27,8 +30,10 @@ from typing import Awaitable, Callable
 
 import aioice.ice
 import aioice.stun
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
-from aiortc.rtcdtlstransport import RTCDtlsTransport, State as _DtlsState
+from aiortc import RTCPeerConnection, RTCRtpHeaderExtensionParameters, RTCRtpReceiver, RTCRtpSender
+from aiortc import codecs as _codecs
+from aiortc.rtcrtpparameters import RTCRtcpFeedback
+from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State as _DtlsState
 from aiortc.rtcicetransport import RTCIceTransport, candidate_to_aioice
 from aiortc import rtcsctptransport as _sctp
 from aiortc.rtcdatachannel import RTCDataChannel
@@ -48,6 +53,8 @@ from aiortc.rtp import (
     is_rtcp,
     unpack_remb_fci,
 )
+
+from sfu.twcc import URI_TRANSPORT_CC
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +78,7 @@ def check_compatibility() -> None:
     expected = {
         RTCRtpReceiver.__init__: ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_thread"),
         RTCDtlsTransport.__init__: ("_state", "_tx_srtp", "_ssl", "_RTCDtlsTransport__tx_bytes",
-                                    "_RTCDtlsTransport__tx_packets"),
+                                    "_RTCDtlsTransport__tx_packets", "_rtp_router"),
         RTCSctpTransport.__init__: (
             "_association_state", "_data_channel_queue", "_outbound_queue", "_sent_queue", "_forward_tsn_chunk",
             "_flight_size", "_cwnd", "_local_tsn", "_outbound_stream_seq", "_local_port", "_remote_port",
@@ -97,7 +104,9 @@ def check_compatibility() -> None:
         (RTCRtpReceiver, ("_handle_rtp_packet", "_handle_rtcp_packet", "_send_rtcp_pli", "_send_rtcp",
                           "_RTCRtpReceiver__stop_decoder")),
         (RTCRtpSender, ("_handle_rtcp_packet", "send")),
-        (RTCDtlsTransport, ("_send_rtp",)),
+        (RTCDtlsTransport, ("_send_rtp", "_handle_rtp_data")),
+        (RtpRouter, ("route_rtp",)),
+        (_codecs, ("CODECS", "HEADER_EXTENSIONS")),
         (RTCSctpTransport, ("_flight_size_increase", "_t3_start", "_send")),
         (_sctp, ("DataChunk", "serialize_packet", "tsn_plus_one", "USERDATA_MAX_LENGTH", "WEBRTC_STRING",
                  "SCTP_DATA_FIRST_FRAG", "SCTP_DATA_LAST_FRAG")),
@@ -183,6 +192,10 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: OnRtp, on_sender_report: OnSe
         # aiortc sends a REMB on every packet while its estimator says "overusing"; at most 4/s
         # is plenty, sooner only when the estimate drops by more than 10%.
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            if getattr(receiver.transport, "_stoa_transport_cc", False):
+                # The publisher estimates from our transport-cc feedback; aiortc's estimate (about
+                # 1.5x what arrives) would only cap it.
+                return
             now = time.monotonic()
             try:
                 bitrate = unpack_remb_fci(packet.fci)[0]
@@ -204,6 +217,64 @@ def decoder_running(receiver: RTCRtpReceiver) -> bool:
 
 async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
     await receiver._send_rtcp_pli(media_ssrc)
+
+
+# --- congestion control toward publishers --------------------------------------------------
+
+TRANSPORT_CC_EXTENSION_ID = 5  # free in aiortc's table (1 mid, 2 audio level, 3 abs-send-time)
+
+
+def enable_transport_cc() -> None:
+    """Make aiortc negotiate transport-cc: the header extension for audio and video, and the
+    `a=rtcp-fb:<pt> transport-cc` line on every video codec and Opus. Answers then carry both when the
+    offer does (browsers offer them). Idempotent; applies to descriptions made afterwards."""
+    for kind in ("audio", "video"):
+        table = _codecs.HEADER_EXTENSIONS[kind]
+        if not any(e.uri == URI_TRANSPORT_CC for e in table):
+            table.append(RTCRtpHeaderExtensionParameters(id=TRANSPORT_CC_EXTENSION_ID, uri=URI_TRANSPORT_CC))
+    feedback = RTCRtcpFeedback(type="transport-cc")
+    for codec in [*_codecs.CODECS["video"], *_codecs.CODECS["audio"]]:
+        if codec.mimeType.lower() in ("video/rtx", "audio/pcmu", "audio/pcma", "audio/g722"):
+            continue
+        if feedback not in codec.rtcpFeedback:
+            codec.rtcpFeedback.append(feedback)
+
+
+def watch_transport_rtp(dtls: RTCDtlsTransport, on_packet: Callable[[int, int], None]) -> bool:
+    """Call `on_packet(transport_seq, ssrc)` for every RTP packet on `dtls` that carries a transport-wide
+    sequence number, media, RTX and padding probes alike, as aiortc parses it (before routing, so
+    packets no receiver takes count too). The first such packet marks the transport, which withholds
+    aiortc's REMB (see tap_receiver). Once per transport; False if it was already watched."""
+    if getattr(dtls, "_stoa_transport_cc_watched", False):
+        return False
+    router = dtls._rtp_router
+    stock_route = router.route_rtp
+
+    def route_rtp(packet: RtpPacket):
+        seq = packet.extensions.transport_sequence_number
+        if seq is not None:
+            if not dtls._stoa_transport_cc:
+                dtls._stoa_transport_cc = True
+            on_packet(seq, packet.ssrc)
+        return stock_route(packet)
+
+    dtls._stoa_transport_cc = False
+    dtls._stoa_transport_cc_watched = True
+    router.route_rtp = route_rtp
+    return True
+
+
+def transport_connected(dtls: RTCDtlsTransport) -> bool:
+    return dtls._state is _DTLS_CONNECTED
+
+
+async def send_raw_rtcp(dtls: RTCDtlsTransport, data: bytes) -> bool:
+    """SRTCP-protect and send an RTCP packet that aiortc has no class for (transport-cc feedback)."""
+    try:
+        await dtls._send_rtp(data)
+    except ConnectionError:
+        return False
+    return True
 
 
 # --- send side ------------------------------------------------------------------------------

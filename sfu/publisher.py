@@ -9,6 +9,7 @@ from typing import Callable
 from aiortc import RTCPeerConnection
 
 from sfu.aiortc_seam import send_pli, tap_receiver
+from sfu.congestion import TransportCcResponder, with_start_bitrate
 from sfu.peer import PeerFactory, SdpError, negotiated_codecs
 from sfu.uptrack import PublisherClock, UpTrack
 
@@ -27,6 +28,7 @@ class Publisher:
         self.pc: RTCPeerConnection = peers.create()
         self.tracks: dict[str, UpTrack] = {}  # by mid
         self.clock = PublisherClock()
+        self.transport_cc: list[TransportCcResponder] = []  # one per transport (one with BUNDLE)
         self._on_published = on_published
         self._on_unpublished = on_unpublished
         self._on_failed = on_failed
@@ -41,10 +43,11 @@ class Publisher:
         """Answer the publisher's offer; new send sections become tracks, stopped ones are removed."""
         if self.closed:
             raise SdpError("the publisher is closed")
-        answer = await self.peers.answer(self.pc, offer_sdp)
+        answer = with_start_bitrate(await self.peers.answer(self.pc, offer_sdp))
         offered = negotiated_codecs(self.pc.remoteDescription.sdp)
         codecs = negotiated_codecs(answer)
         sources = sources or {}
+        self._answer_transport_cc()
         for transceiver in self.pc.getTransceivers():
             mid = transceiver.mid
             remote = offered.get(mid)
@@ -54,6 +57,14 @@ class Publisher:
             elif sending and mid not in self.tracks and mid in codecs:
                 self._publish(transceiver, codecs[mid], sources.get(mid))
         return answer
+
+    def _answer_transport_cc(self) -> None:
+        for transceiver in self.pc.getTransceivers():
+            dtls = transceiver.receiver.transport
+            if dtls is not None and all(r.dtls is not dtls for r in self.transport_cc):
+                responder = TransportCcResponder(dtls)
+                if responder.attached:
+                    self.transport_cc.append(responder)
 
     def _publish(self, transceiver, codec, source: str | None) -> None:
         kind = codec.kind
@@ -98,4 +109,6 @@ class Publisher:
             return
         self.closed = True
         self.unpublish_all()
+        for responder in self.transport_cc:
+            responder.close()
         await self.peers.close(self.pc)

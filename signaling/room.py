@@ -12,6 +12,7 @@ from sfu.downtrack import OnQuality
 from sfu.peer import PeerFactory
 from sfu.publisher import Publisher
 from sfu.quality import LEVELS, QualityChange
+from sfu.speakers import LevelRing, SpeakerDetector
 from sfu.subscriber import Subscriber
 from sfu.uptrack import UpTrack
 from signaling.auth import Grants
@@ -19,6 +20,8 @@ from signaling.auth import Grants
 logger = logging.getLogger(__name__)
 
 Send = Callable[[dict], Awaitable[None]]
+
+SPEAKERS_TICK = 0.2  # s between two looks at the audio levels
 
 
 class RoomFull(Exception):
@@ -102,6 +105,8 @@ class Room:
         self._on_empty = on_empty
         self.created_at = time.time()
         self.track_listeners: list[Callable[[str, UpTrack], None]] = []
+        self.speakers = SpeakerDetector()
+        self._speakers_task: asyncio.Task | None = None
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -223,6 +228,12 @@ class Room:
                 p.subscriber.add_track(track)
                 self.spawn(p.subscriber.negotiate())
         self.spawn(self.broadcast({"type": "track_published", "track": track.describe()}))
+        if track.kind == "audio":
+            ring = LevelRing()
+            track.sinks.append(ring)
+            self.speakers.add_track(track.track_id, track.publisher_id, ring)
+            if self._speakers_task is None or self._speakers_task.done():
+                self._speakers_task = asyncio.ensure_future(self._watch_speakers())
         self.rebind_broadcast_viewers()
         for listener in self.track_listeners:
             listener("published", track)
@@ -233,9 +244,23 @@ class Room:
                 self.spawn(p.subscriber.negotiate())
         self.spawn(self.broadcast({"type": "track_unpublished", "track_id": track.track_id,
                                    "participant": track.publisher_id}))
+        self.speakers.remove_track(track.track_id)
         self.rebind_broadcast_viewers(exclude=track)
         for listener in self.track_listeners:
             listener("unpublished", track)
+
+    async def _watch_speakers(self) -> None:
+        """Tell the room who speaks, loudest first, whenever that changes (debounced by the detector).
+        Ends with the last audio track; the next one starts it again."""
+        while len(self.speakers):
+            while len(self.speakers):
+                await asyncio.sleep(SPEAKERS_TICK)
+                ranking = self.speakers.update(time.time())
+                if ranking is not None:
+                    await self.broadcast({"type": "speakers", "speakers": [
+                        {"identity": s.key, "level": s.level} for s in ranking]})
+            if self.speakers.forget():  # the last audio track went while someone was listed
+                await self.broadcast({"type": "speakers", "speakers": []})
 
     async def set_muted(self, participant: Participant, track_id: str, muted: bool) -> bool:
         track = participant.publisher.track(track_id) if participant.publisher else None
@@ -272,6 +297,8 @@ class Room:
             await participant.disconnect(reason)
         for identity in list(self.participants):
             await self.leave(identity, notify=False)
+        if self._speakers_task is not None:
+            self._speakers_task.cancel()
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:

@@ -68,9 +68,10 @@ class CounterVideoTrack(MediaStreamTrack):
 class ToneAudioTrack(MediaStreamTrack):
     kind = "audio"
 
-    def __init__(self, frequency: float = 440.0, rate: int = 48000, ptime: float = 0.02):
+    def __init__(self, frequency: float = 440.0, rate: int = 48000, ptime: float = 0.02, amplitude: float = 8000):
         super().__init__()
         self.frequency, self.rate = frequency, rate
+        self.amplitude = amplitude  # peak, of 32767; change it live to make the track louder or quieter
         self.samples = int(rate * ptime)
         self.count = 0
         self._start: float | None = None
@@ -83,7 +84,7 @@ class ToneAudioTrack(MediaStreamTrack):
         if delay > 0:
             await asyncio.sleep(delay)
         t = (np.arange(self.samples) + self.count * self.samples) / self.rate
-        pcm = (np.sin(2 * np.pi * self.frequency * t) * 8000).astype(np.int16)
+        pcm = (np.sin(2 * np.pi * self.frequency * t) * self.amplitude).astype(np.int16)
         frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.rate
         frame.pts = self.count * self.samples

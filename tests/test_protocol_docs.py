@@ -93,3 +93,17 @@ def test_the_classroom_error_codes_are_part_of_the_list():
     from classroom.interactive.envelope import ERROR_CODES
 
     assert set(ERROR_CODES) <= _documented_error_codes()
+
+
+def test_speakers_event_is_documented_as_the_room_sends_it():
+    from sfu.speakers import LevelRing, SpeakerDetector
+
+    examples = _examples("### speakers")
+    assert examples and all(e["type"] == "speakers" for e in examples)
+    ring = LevelRing()
+    for i in range(30):
+        ring.add(18, 100.0 + i * 0.02)
+    detector = SpeakerDetector()
+    detector.add_track("TR_1", "ada", ring)
+    sent = {"type": "speakers", "speakers": [{"identity": s.key, "level": s.level} for s in detector.update(100.6)]}
+    assert set(sent) == set(examples[0]) and set(sent["speakers"][0]) == set(examples[0]["speakers"][0])

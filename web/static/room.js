@@ -21,6 +21,7 @@ const state = {
   ownTracks: new Map(),    // track_id -> description, for this participant's published tracks
   offering: false,         // a publish offer awaits its answer
   republish: false,        // tracks were added meanwhile: offer again after that answer
+  speaking: new Map(),     // identity -> rank (0: loudest), from the server's `speakers` events
 };
 
 export function on(type, fn) {
@@ -44,6 +45,7 @@ function renderParticipants() {
     const li = document.createElement("li");
     li.textContent = `${p.name} · ${p.role}`;
     li.dataset.identity = p.identity;
+    li.classList.toggle("speaking", state.speaking.has(p.identity));
     ul.append(li);
   }
 }
@@ -86,6 +88,7 @@ function newSubscriber() {
     if (e.track.kind === "video") {
       const el = tile(key, `${participant.name || info.participant || ""} ${info.source || ""}`);
       el.dataset.trackId = info.track_id || "";
+      el.dataset.participant = info.participant || "";
       el.querySelector("video").srcObject = new MediaStream([e.track]);
     } else {
       let audio = document.getElementById(`audio-${mid}`);
@@ -177,7 +180,8 @@ async function offerTracks() {
 
 async function startCamera() {
   try {
-    state.camera = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
+    state.camera = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 1280 }, height: { ideal: 720 } }, audio: true });
   } catch (err) {
     setBanner("bad", `Camera/microphone unavailable: ${err.message}`);
     return;
@@ -191,6 +195,8 @@ async function startCamera() {
 async function shareScreen() {
   try {
     state.screen = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    // Slides and code: keep the resolution and give up frame rate when bits are short.
+    for (const track of state.screen.getVideoTracks()) track.contentHint = "detail";
   } catch (err) {
     setBanner("bad", `Screen sharing was not started: ${err.message}`);
     return;
@@ -325,6 +331,20 @@ function connect() {
     setTimeout(connect, delay);
   };
 }
+
+// Who is speaking: the server ranks the audio levels of every forwarded track (docs/protocol.md,
+// `speakers`); their tiles and list entries get the class "speaking", the loudest also "loudest".
+on("speakers", (msg) => {
+  state.speaking = new Map(msg.speakers.map((s, i) => [s.identity, i]));
+  const mark = (el, identity) => {
+    el.classList.toggle("speaking", state.speaking.has(identity));
+    el.classList.toggle("loudest", state.speaking.get(identity) === 0);
+  };
+  for (const li of $("participants").children) mark(li, li.dataset.identity);
+  for (const el of stage.querySelectorAll(".tile")) {
+    mark(el, el.id.startsWith("tile-self") ? cfg.identity : el.dataset.participant);
+  }
+});
 
 if (cfg.canPublish) {
   $("btn-camera").onclick = startCamera;
