@@ -75,6 +75,7 @@ def check_compatibility() -> None:
             "_remote_verification_tag", "_t3_handle", "_remote_max_message_size",
         ),
         aioice.ice.Connection.__init__: ("_nominated",),
+        RTCPeerConnection.__init__: ("_RTCPeerConnection__transceivers",),
         aioice.ice.CandidatePair.__init__: ("protocol",),
         RTCRtpSender.__init__: (
             "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
@@ -498,3 +499,27 @@ def simulate_data_loss(pc: RTCPeerConnection, rate: float, *, seed: int = 1) -> 
     _drop_incoming(pc.sctp.transport.transport, "_stoa_data_lossy",
                    lambda data: bool(data) and data[0] == 23 and rng.random() < rate, stats)
     return stats
+
+
+# --- renegotiation ---------------------------------------------------------------------------
+
+async def retire_rejected_transceivers(pc: RTCPeerConnection, offered_mids: set[str],
+                                       rejected_mids: set[str]) -> int:
+    """Before applying a remote offer: stop the transceivers whose m-line it rejects (port 0), and drop
+    those whose mid it no longer carries because the browser recycled that m-line for a new
+    transceiver (JSEP §5.2.2). aiortc 1.16 does neither; a retired transceiver then still claims the
+    m-line index, so setLocalDescription gives the recycled section's mid to the old transceiver and
+    the new one never receives. Returns how many were dropped."""
+    transceivers: list = pc._RTCPeerConnection__transceivers
+    dropped = 0
+    for transceiver in list(transceivers):
+        mid = transceiver.mid
+        if mid is None:
+            continue
+        if mid in rejected_mids or mid not in offered_mids:
+            if not transceiver.stopped:
+                await transceiver.stop()
+            if mid not in offered_mids:
+                transceivers.remove(transceiver)
+                dropped += 1
+    return dropped
