@@ -140,7 +140,13 @@ OnSenderReport = Callable[[int, int, int], None]  # (ssrc, ntp, rtp_timestamp)
 
 def tap_receiver(receiver: RTCRtpReceiver, on_rtp: OnRtp, on_sender_report: OnSenderReport,
                  on_bye: Callable[[], None] | None = None) -> None:
-    """Route every RTX-unwrapped RTP packet of `receiver` to `on_rtp`, with no decoding."""
+    """Route every RTX-unwrapped RTP packet of `receiver` to `on_rtp`, with no decoding. Tapping a
+    tapped receiver again (a new track on a reused m-line) only points it at the new callbacks."""
+    tap = getattr(receiver, "_stoa_tap", None)
+    if tap is not None:
+        tap.update(on_rtp=on_rtp, on_sender_report=on_sender_report, on_bye=on_bye)
+        return
+    tap = receiver._stoa_tap = {"on_rtp": on_rtp, "on_sender_report": on_sender_report, "on_bye": on_bye}
     sink = _PacketSink()
     receiver._RTCRtpReceiver__jitter_buffer = sink
     stock_rtp = receiver._handle_rtp_packet
@@ -156,14 +162,14 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: OnRtp, on_sender_report: OnSe
         forwarded, sink.packet = sink.packet, None
         if forwarded is not None:
             # aiortc's arrival clock counts from 1900; the SFU works in unix time.
-            await on_rtp(forwarded, time.time())
+            await tap["on_rtp"](forwarded, time.time())
 
     async def handle_rtcp(packet) -> None:
         if isinstance(packet, RtcpSrPacket):
             info = packet.sender_info
-            on_sender_report(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp)
-        elif isinstance(packet, RtcpByePacket) and on_bye is not None:
-            on_bye()
+            tap["on_sender_report"](packet.ssrc, info.ntp_timestamp, info.rtp_timestamp)
+        elif isinstance(packet, RtcpByePacket) and tap["on_bye"] is not None:
+            tap["on_bye"]()
         await stock_rtcp(packet)
 
     stock_send_rtcp = receiver._send_rtcp
