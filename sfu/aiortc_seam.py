@@ -529,3 +529,31 @@ async def retire_rejected_transceivers(pc: RTCPeerConnection, offered_mids: set[
                 transceivers.remove(transceiver)
                 dropped += 1
     return dropped
+
+
+def rebundle_orphans(pc: RTCPeerConnection) -> int:
+    """After applying a remote answer: move sections left on a stopped transport onto the BUNDLE
+    group's. With aiortc's balanced policy a second section of a kind starts on the first one's
+    transport marked `_bundled`, so when the answer's BUNDLE moves the sections onto the group's
+    transport and stops the others, that section is skipped and keeps a stopped transport (a late
+    joiner got the camera but never the screen). Runs before aiortc's connect task. Returns how many."""
+    def stopped(dtls: RTCDtlsTransport) -> bool:  # aiortc stops the ICE transport of a discarded one
+        return dtls.transport.state == "closed"
+
+    primary = None
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport is not None and not stopped(transport):
+            primary = transport
+            break
+    if primary is None and pc.sctp is not None and not stopped(pc.sctp.transport):
+        primary = pc.sctp.transport
+    moved = 0
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.sender.transport
+        if primary is not None and transport is not primary and stopped(transport):
+            transceiver.receiver.setTransport(primary)
+            transceiver.sender.setTransport(primary)
+            transceiver._bundled = True
+            moved += 1
+    return moved

@@ -17,7 +17,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
-from sfu.aiortc_seam import restrict_ice_gathering, retire_rejected_transceivers
+from sfu.aiortc_seam import rebundle_orphans, restrict_ice_gathering, retire_rejected_transceivers
 from sfu.jsep import conform_answer, rejected_mids
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ class PeerFactory:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         except Exception as exc:
             raise SdpError(f"the SDP was refused: {exc}") from None
+        if kind == "answer":
+            rebundle_orphans(pc)
 
     async def set_local(self, pc: RTCPeerConnection, description: RTCSessionDescription) -> str:
         restrict_ice_gathering(pc, self.ice.addresses)

@@ -24,13 +24,15 @@ async def open_page(stoa_server, chromium, identity: str, role: str, name: str |
 
 
 async def decoding(page, width: int, *, more_than: int = 0, timeout: float = 25.0) -> dict:
-    """Wait until an inbound video of `width` has decoded frames, and more than `more_than` of them."""
+    """Wait until an inbound video of `width` has decoded frames, and more than `more_than` of them.
+    The camera may be scaled down by the browser's bandwidth estimate: any width below the screen's."""
     deadline = time.monotonic() + timeout
     seen: list = []
     while True:
         seen = await inbound(page, "video")
         for entry in seen:
-            if entry.get("frameWidth") == width and entry.get("framesDecoded", 0) > more_than:
+            fits = entry.get("frameWidth") == width or (width == CAMERA_WIDTH and 0 < entry.get("frameWidth", 0) <= width)
+            if fits and entry.get("framesDecoded", 0) > more_than:
                 return entry
         if time.monotonic() > deadline:
             raise TimeoutError(f"no inbound video {width} wide decoded frames in {timeout} s; inbound-rtp: "
@@ -87,3 +89,40 @@ def server_media(stoa_server) -> list:
         return []
     return [(t.publisher_id, t.source, t.packets_received, t.keyframes_received,
              [(d.subscriber_id, d.packets_sent, d.keyframe_requests) for d in t.downtracks]) for t in room.tracks()]
+
+
+async def receives_audio(page, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        audio = [a for a in await inbound(page, "audio") if a.get("packetsReceived", 0) > 20
+                 and a.get("totalSamplesReceived", 0) > 0]
+        if audio:
+            return audio[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no inbound audio in {timeout} s: {await inbound(page, 'audio')}")
+        await asyncio.sleep(0.2)
+
+
+async def all_three(page) -> None:
+    await frames_advance(page, CAMERA_WIDTH)
+    await frames_advance(page, SCREEN_WIDTH)
+    await receives_audio(page)
+
+
+async def test_late_joiner_and_reconnecting_student_get_camera_screen_and_audio(stoa_server, chromium):
+    teacher = await open_page(stoa_server, chromium, "teach", "instructor", "Teacher")
+    await teacher.click("#btn-camera")
+    await wait_js(teacher, "window.stoa.state.ownTracks.size === 2", timeout=20)
+    await teacher.click("#btn-screen")
+    await wait_js(teacher, "window.stoa.state.ownTracks.size === 3", timeout=20)
+    student = await open_page(stoa_server, chromium, "late", "student")
+    try:
+        await all_three(student)
+    except TimeoutError:
+        print(server_media(stoa_server))
+        raise
+    await student.evaluate("window.stoa.state.ws.close()")  # the socket drops mid-share
+    await wait_js(student, "window.stoa.state.ws.readyState === 1 && window.stoa.state.participants.size >= 2",
+                  timeout=20)
+    await all_three(student)
+    assert not chromium.errors(), chromium.errors()
