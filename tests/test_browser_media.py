@@ -126,3 +126,36 @@ async def test_late_joiner_and_reconnecting_student_get_camera_screen_and_audio(
                   timeout=20)
     await all_three(student)
     assert not chromium.errors(), chromium.errors()
+
+
+async def test_resume_keeps_the_participant_its_hand_and_its_media(stoa_server, chromium):
+    from stoa.appkeys import ROOMS
+
+    teacher = await open_page(stoa_server, chromium, "teach", "instructor", "Teacher")
+    await teacher.click("#btn-camera")
+    student = await open_page(stoa_server, chromium, "stud", "student", "Student")
+    await frames_advance(student, CAMERA_WIDTH)
+    await wait_js(student, "document.getElementById('hand-btn')", timeout=15)
+    await student.click("#hand-btn")
+    hand_raised = "document.querySelector('#hand-queue li[data-identity=stud]')"
+    await wait_js(teacher, hand_raised, timeout=15)
+    room = stoa_server.app[ROOMS].rooms[ROOM]
+    before = room.participants["stud"]
+
+    # ICE failed (network change): new media connections for the same participant.
+    old_sub = await student.evaluate("window.stoa.state.sub.getStats().then(() => true)")
+    assert old_sub
+    await student.evaluate("window.stoa.restartMedia()")
+    await wait_js(student, "window.stoa.state.sub && window.stoa.state.sub.connectionState === 'connected'",
+                  timeout=20)
+    await frames_advance(student, CAMERA_WIDTH)
+
+    # The socket drops and comes back: resumed, not rejoined.
+    await student.evaluate("window.stoa.state.ws.close()")
+    await wait_js(student, "window.stoa.state.ws.readyState === 1 && window.stoa.state.resume", timeout=20)
+    await frames_advance(student, CAMERA_WIDTH)
+    assert room.participants["stud"] is before, "the student came back as a new participant"
+    assert await teacher.evaluate(hand_raised) is not None  # the hand stayed up all along
+    assert not await teacher.evaluate("[...document.querySelectorAll('#participants li')]"
+                                      ".some(li => li.dataset.identity === 'stud') === false")
+    assert not chromium.errors(), chromium.errors()
