@@ -48,7 +48,6 @@ async def frames_advance(page, width: int, timeout: float = 25.0) -> None:
 
 async def share_cycles(teacher, students, cycles: int) -> None:
     for i in range(cycles):
-        print("share cycle", i, flush=True)
         await teacher.click("#btn-screen")
         await wait_js(teacher, "[...window.stoa.state.ownTracks.values()].some(t => t.source === 'screen')",
                       timeout=20)
