@@ -101,12 +101,13 @@ function newSubscriber() {
       if (!audio) {
         audio = document.createElement("audio");
         audio.id = `audio-${mid}`;
-        audio.autoplay = true;
         document.body.append(audio);
         state.media.add(audio);
       }
       audio.srcObject = new MediaStream([e.track]);
-      play(audio);
+      // Played once audio flows: Chromium lets a silent element start and the block would go unseen.
+      if (e.track.muted) e.track.addEventListener("unmute", () => play(audio), { once: true });
+      else play(audio);
     }
   };
   pc.onconnectionstatechange = () => {
