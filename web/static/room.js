@@ -105,9 +105,7 @@ function newSubscriber() {
         state.media.add(audio);
       }
       audio.srcObject = new MediaStream([e.track]);
-      // Played once audio flows: Chromium lets a silent element start and the block would go unseen.
-      if (e.track.muted) e.track.addEventListener("unmute", () => play(audio), { once: true });
-      else play(audio);
+      play(audio);
     }
   };
   pc.onconnectionstatechange = () => {
@@ -486,12 +484,14 @@ function connect() {
 
 // Autoplay may be blocked until the user interacts (a page opened from a learning platform): then one
 // "Click to enable sound" control plays every remote element.
-function play(el) {
+function play(el, tries = 0) {
   const p = el.play();
   if (p && p.catch) {
     p.catch((err) => {
       if (err.name === "NotAllowedError") showEnableSound();
-      else if (err.name !== "AbortError") console.warn("play() failed", err);
+      // A new srcObject interrupted it: play the new one (a few times at most).
+      else if (err.name === "AbortError" && tries < 5) setTimeout(() => { if (el.paused) play(el, tries + 1); }, 200);
+      else console.warn("play() failed", err);
     });
   }
 }
