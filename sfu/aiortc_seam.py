@@ -89,6 +89,7 @@ def check_compatibility() -> None:
                                          "_early_checks", "_early_checks_done", "_local_username",
                                          "_local_password", "_query_consent_task", "_closing",
                                          "remote_password"),
+        RTCPeerConnection.__init__: ("_RTCPeerConnection__transceivers",),
         aioice.ice.CandidatePair.__init__: ("protocol",),
         RTCRtpSender.__init__: (
             "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
@@ -159,7 +160,13 @@ OnSenderReport = Callable[[int, int, int], None]  # (ssrc, ntp, rtp_timestamp)
 
 def tap_receiver(receiver: RTCRtpReceiver, on_rtp: OnRtp, on_sender_report: OnSenderReport,
                  on_bye: Callable[[], None] | None = None) -> None:
-    """Route every RTX-unwrapped RTP packet of `receiver` to `on_rtp`, with no decoding."""
+    """Route every RTX-unwrapped RTP packet of `receiver` to `on_rtp`, with no decoding. Tapping a
+    tapped receiver again (a new track on a reused m-line) only points it at the new callbacks."""
+    tap = getattr(receiver, "_stoa_tap", None)
+    if tap is not None:
+        tap.update(on_rtp=on_rtp, on_sender_report=on_sender_report, on_bye=on_bye)
+        return
+    tap = receiver._stoa_tap = {"on_rtp": on_rtp, "on_sender_report": on_sender_report, "on_bye": on_bye}
     sink = _PacketSink()
     receiver._RTCRtpReceiver__jitter_buffer = sink
     stock_rtp = receiver._handle_rtp_packet
@@ -175,14 +182,14 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: OnRtp, on_sender_report: OnSe
         forwarded, sink.packet = sink.packet, None
         if forwarded is not None:
             # aiortc's arrival clock counts from 1900; the SFU works in unix time.
-            await on_rtp(forwarded, time.time())
+            await tap["on_rtp"](forwarded, time.time())
 
     async def handle_rtcp(packet) -> None:
         if isinstance(packet, RtcpSrPacket):
             info = packet.sender_info
-            on_sender_report(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp)
-        elif isinstance(packet, RtcpByePacket) and on_bye is not None:
-            on_bye()
+            tap["on_sender_report"](packet.ssrc, info.ntp_timestamp, info.rtp_timestamp)
+        elif isinstance(packet, RtcpByePacket) and tap["on_bye"] is not None:
+            tap["on_bye"]()
         await stock_rtcp(packet)
 
     stock_send_rtcp = receiver._send_rtcp
@@ -764,3 +771,54 @@ def tap_incoming_rtp(pc: RTCPeerConnection, on_rtp: Callable[[bytes], None]) -> 
 
         conn.data_received = data_received
         conn._stoa_rtp_tap = True
+
+# --- renegotiation ---------------------------------------------------------------------------
+
+async def retire_rejected_transceivers(pc: RTCPeerConnection, offered_mids: set[str],
+                                       rejected_mids: set[str]) -> int:
+    """Before applying a remote offer: stop the transceivers whose m-line it rejects (port 0), and drop
+    those whose mid it no longer carries because the browser recycled that m-line for a new
+    transceiver (JSEP §5.2.2). aiortc 1.16 does neither; a retired transceiver then still claims the
+    m-line index, so setLocalDescription gives the recycled section's mid to the old transceiver and
+    the new one never receives. Returns how many were dropped."""
+    transceivers: list = pc._RTCPeerConnection__transceivers
+    dropped = 0
+    for transceiver in list(transceivers):
+        mid = transceiver.mid
+        if mid is None:
+            continue
+        if mid in rejected_mids or mid not in offered_mids:
+            if not transceiver.stopped:
+                await transceiver.stop()
+            if mid not in offered_mids:
+                transceivers.remove(transceiver)
+                dropped += 1
+    return dropped
+
+
+def rebundle_orphans(pc: RTCPeerConnection) -> int:
+    """After applying a remote answer: move sections left on a stopped transport onto the BUNDLE
+    group's. With aiortc's balanced policy a second section of a kind starts on the first one's
+    transport marked `_bundled`, so when the answer's BUNDLE moves the sections onto the group's
+    transport and stops the others, that section is skipped and keeps a stopped transport (a late
+    joiner got the camera but never the screen). Runs before aiortc's connect task. Returns how many."""
+    def stopped(dtls: RTCDtlsTransport) -> bool:  # aiortc stops the ICE transport of a discarded one
+        return dtls.transport.state == "closed"
+
+    primary = None
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport is not None and not stopped(transport):
+            primary = transport
+            break
+    if primary is None and pc.sctp is not None and not stopped(pc.sctp.transport):
+        primary = pc.sctp.transport
+    moved = 0
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.sender.transport
+        if primary is not None and transport is not primary and stopped(transport):
+            transceiver.receiver.setTransport(primary)
+            transceiver.sender.setTransport(primary)
+            transceiver._bundled = True
+            moved += 1
+    return moved

@@ -17,8 +17,9 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
-from sfu.aiortc_seam import harden_consent, restrict_ice_gathering
+from sfu.aiortc_seam import harden_consent, rebundle_orphans, restrict_ice_gathering, retire_rejected_transceivers
 from sfu.iceserver import IceServer, ice_servers
+from sfu.jsep import conform_answer, rejected_mids
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +121,14 @@ class PeerFactory:
             raise SdpError(f"the SDP cannot be parsed: {exc}") from None
         if not parsed.media:
             raise SdpError("the SDP has no media sections")
+        if kind == "offer":
+            await retire_rejected_transceivers(pc, {m.rtp.muxId for m in parsed.media}, rejected_mids(sdp))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         except Exception as exc:
             raise SdpError(f"the SDP was refused: {exc}") from None
+        if kind == "answer":
+            rebundle_orphans(pc)
 
     async def set_local(self, pc: RTCPeerConnection, description: RTCSessionDescription) -> str:
         restrict_ice_gathering(pc, self.ice.addresses)
@@ -132,8 +137,10 @@ class PeerFactory:
         return pc.localDescription.sdp
 
     async def answer(self, pc: RTCPeerConnection, offer_sdp: str) -> str:
+        """Answer `offer_sdp`. What is sent keeps the offer's rejected m-lines rejected and its BUNDLE
+        group (sfu/jsep.py); aiortc keeps its own view of the answer, which only it reads."""
         await self.set_remote(pc, offer_sdp, "offer")
-        return await self.set_local(pc, await pc.createAnswer())
+        return conform_answer(offer_sdp, await self.set_local(pc, await pc.createAnswer()))
 
     async def offer(self, pc: RTCPeerConnection) -> str:
         return await self.set_local(pc, await pc.createOffer())

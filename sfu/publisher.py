@@ -10,6 +10,7 @@ from aiortc import RTCPeerConnection
 
 from sfu.aiortc_seam import send_pli, tap_receiver
 from sfu.congestion import TransportCcResponder, with_start_bitrate
+from sfu.jsep import rejected_mids
 from sfu.peer import PeerFactory, SdpError, negotiated_codecs
 from sfu.uptrack import PublisherClock, UpTrack
 
@@ -48,13 +49,14 @@ class Publisher:
         codecs = negotiated_codecs(answer)
         sources = sources or {}
         self._answer_transport_cc()
+        rejected = rejected_mids(self.pc.remoteDescription.sdp)
+        sending = {mid for mid, remote in offered.items()
+                   if remote.direction in ("sendonly", "sendrecv") and mid not in rejected}
+        for mid in [m for m in self.tracks if m not in sending]:  # stopped, rejected or recycled m-lines
+            self._unpublish(mid)
         for transceiver in self.pc.getTransceivers():
             mid = transceiver.mid
-            remote = offered.get(mid)
-            sending = remote is not None and remote.direction in ("sendonly", "sendrecv")
-            if mid in self.tracks and not sending:
-                self._unpublish(mid)
-            elif sending and mid not in self.tracks and mid in codecs:
+            if mid in sending and mid not in self.tracks and mid in codecs:
                 self._publish(transceiver, codecs[mid], sources.get(mid))
         return answer
 

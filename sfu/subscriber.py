@@ -98,6 +98,14 @@ class Subscriber:
             sdp = await self.peers.offer(self.pc)
         await self._send_offer(sdp, self.track_map())
 
+    async def resend_offer(self) -> None:
+        """Send the offer in flight again (its first copy went to a socket that dropped)."""
+        async with self._lock:
+            if self.closed or not self._awaiting_answer or self.pc.localDescription is None:
+                return
+            sdp = self.pc.localDescription.sdp
+        await self._send_offer(sdp, self.track_map())
+
     async def _wait_transport_settled(self, timeout: float) -> None:
         if self.pc.sctp is not None:
             dtls = self.pc.sctp.transport

@@ -55,6 +55,20 @@ class Participant:
         self.on_data_channel_message: Callable[[str], None] | None = None
         # Set when a newer connection of the same identity took this one's place in the room.
         self.replaced = False
+        # Resume (docs/protocol.md): a resumable participant whose socket drops stays for a grace period.
+        self.resumable = False
+        self.suspended: tuple[asyncio.TimerHandle, Callable[[], Awaitable[None]]] | None = None
+
+    def owned_by(self, send: Send) -> bool:
+        """Whether the socket whose sender is `send` still speaks for this participant."""
+        return self._send is send
+
+    def rebind(self, send: Send, disconnect: Callable[[str], Awaitable[None]] | None) -> None:
+        """A new socket takes this participant over (resume); a pending leave is called off."""
+        self._send, self._disconnect = send, disconnect
+        if self.suspended is not None:
+            self.suspended[0].cancel()
+            self.suspended = None
 
     async def send(self, message: dict) -> None:
         if self._send is None:
@@ -67,6 +81,7 @@ class Participant:
     async def disconnect(self, reason: str, code: int = 1000) -> None:
         """Tell the client why, then close its signaling connection (server shutdown, removal, replaced);
         `code` is the WebSocket close code, `reason` also its close reason."""
+        self.resumable = False  # removed on purpose: its socket's end is a leave, not a pause
         if self._disconnect is None:
             await self.send({"type": "left", "reason": reason})
             return
@@ -157,6 +172,9 @@ class Room:
             # it gets no more room events; its end is not announced (the identity is still here); its
             # connection is told why and closed.
             previous.replaced = True
+            if previous.suspended is not None:  # it was away, kept for a resume: the new connection wins
+                previous.suspended[0].cancel()
+                previous.suspended = None
             await self._retire(previous, notify=False)
             self.spawn(previous.disconnect(REPLACED, CLOSE_REPLACED))
         if participant.transport == "ws":
@@ -192,10 +210,47 @@ class Room:
                     "previous": change.previous, "loss": change.loss, "rtt": change.rtt}))
         return changed
 
+    def suspend(self, participant: Participant, grace: float, expire: Callable[[], Awaitable[None]]) -> None:
+        """The participant's socket dropped: keep it (tracks, subscriptions, classroom state, place) for
+        `grace` seconds for a resume, then run `expire` (the normal leave)."""
+        participant._send = None  # messages meanwhile are dropped; a pending offer is sent again on resume
+        participant._disconnect = None
+        if participant.suspended is not None:
+            participant.suspended[0].cancel()
+        def expired() -> None:
+            participant.suspended = None
+            self.spawn(expire())
+
+        handle = asyncio.get_event_loop().call_later(grace, expired)
+        participant.suspended = (handle, expire)
+        logger.info("%s's socket dropped in room %s; kept %.0f s for a resume", participant.identity,
+                    self.name, grace)
+
+    async def restart_subscriber(self, participant: Participant) -> None:
+        """Replace the participant's subscriber connection (its ICE failed) with a new one offering
+        every track; the classroom keeps the same member, on the new data channel."""
+        if participant.subscriber is not None:
+            await participant.subscriber.close()
+        await self.start_subscriber(participant)
+        member = getattr(participant, "classroom_member", None)
+        if member is not None and participant.subscriber.data_channel is not None:
+            member.use_channel(participant.subscriber.data_channel)
+
+    async def replace_publisher(self, participant: Participant) -> None:
+        """The client publishes from a new peer connection: the old one and its tracks go."""
+        if participant.publisher is not None:
+            old, participant.publisher = participant.publisher, None
+            await old.close()
+
     async def leave(self, identity: str, *, session_id: str | None = None, notify: bool = True) -> None:
         participant = self.participants.get(identity)
         if participant is None or (session_id is not None and participant.session_id != session_id):
             return
+        if participant.suspended is not None:  # replaced or removed while away: its leave runs now
+            handle, expire = participant.suspended
+            handle.cancel()
+            participant.suspended = None
+            self.spawn(expire())
         del self.participants[identity]
         await self._retire(participant, notify=notify)
 

@@ -16,7 +16,11 @@ _SDP = {"type": "string", "minLength": 1, "maxLength": MAX_SDP}
 CLIENT_MESSAGES: dict[str, dict] = {
     "join": {
         "properties": {"token": {"type": "string", "minLength": 1, "maxLength": 4096},
-                       "password": {"type": "string", "maxLength": 200}},
+                       "password": {"type": "string", "maxLength": 200},
+                       # kept for a while after the socket drops, so a new socket can resume it
+                       "resumable": {"type": "boolean"},
+                       # the "resume" token of an earlier "joined": take that participant back
+                       "resume": {"type": "string", "minLength": 1, "maxLength": 64}},
         "required": ["token"],
     },
     "publish": {
@@ -34,6 +38,8 @@ CLIENT_MESSAGES: dict[str, dict] = {
                     "additionalProperties": False,
                 },
             },
+            # the offer comes from a new peer connection: the server replaces the old one
+            "reset": {"type": "boolean"},
         },
         "required": ["sdp"],
     },
@@ -57,6 +63,8 @@ CLIENT_MESSAGES: dict[str, dict] = {
     "mute": {"properties": {"track_id": _ID, "muted": {"type": "boolean"}}, "required": ["track_id", "muted"]},
     "unpublish": {"properties": {"track_id": _ID}, "required": ["track_id"]},
     "leave": {"properties": {}},
+    # The subscriber connection failed: the server replaces it and offers every track again.
+    "resubscribe": {"properties": {}},
     # Staff only: mute stops forwarding a track, remove disconnects, ban also records the ban (session rooms).
     "moderate": {
         "properties": {"action": {"enum": ["mute", "remove", "ban"]}, "identity": _ID,

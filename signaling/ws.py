@@ -20,6 +20,8 @@ from stoa.appkeys import DATA_HANDLER, ROOMS, SETTINGS
 logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 10.0
+# How long a resumable participant whose socket dropped keeps its place, tracks and classroom state.
+RESUME_GRACE = 20.0
 
 
 class TokenBucket:
@@ -83,6 +85,7 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
 
     participant: Participant | None = None
     room = None
+    left_on_purpose = False
     bucket = TokenBucket(rate=50, burst=200)
     token = request.query.get("token")
     try:
@@ -109,11 +112,16 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
                     if participant is not None:
                         raise ProtocolError("already_joined", "this connection has already joined")
                     participant, room = await _join(app, room_name, message["token"], send,
-                                                    password=message.get("password"), disconnect=disconnect)
+                                                    password=message.get("password"), disconnect=disconnect,
+                                                    resumable=message.get("resumable", False),
+                                                    resume=message.get("resume"))
                     continue
                 if participant is None:
                     raise ProtocolError("not_joined", "send a join message with a token first")
+                if not participant.owned_by(send):
+                    break  # a newer socket resumed this participant
                 if message["type"] == "leave":
+                    left_on_purpose = True
                     break
                 await _handle(app, room, participant, message, send)
             except ProtocolError as exc:
@@ -128,7 +136,7 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
                                  participant.identity if participant else "?")
                 await send(error("internal", "the server failed to handle that message; it was logged"))
     finally:
-        if participant is not None and room is not None:
+        if participant is not None and room is not None and participant.owned_by(send):
             # Shielded: aiohttp may cancel this handler when the peer vanishes mid-cleanup.
             async def leave(participant=participant, room=room) -> None:
                 await room.leave(participant.identity, session_id=participant.session_id)
@@ -137,7 +145,10 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
                 if handler is not None:
                     await handler.on_leave(room, participant)
 
-            await asyncio.shield(room.spawn(leave()))
+            if participant.resumable and not left_on_purpose:
+                room.suspend(participant, RESUME_GRACE, leave)
+            else:
+                await asyncio.shield(room.spawn(leave()))
         await ws.close()
     return ws
 
@@ -151,17 +162,23 @@ def _ref(raw) -> str | None:
 
 
 async def _join(app: web.Application, room_name: str, token: str, send, password: str | None = None,
-                disconnect=None):
+                disconnect=None, resumable: bool = False, resume: str | None = None):
     try:
         grants = verify_token(token, await active_api_keys(app), room=room_name)
     except TokenError as exc:
         raise ProtocolError("unauthorized", exc.reason) from None
+    if resume is not None:
+        resumed = await _resume(app, room_name, grants, resume, send, disconnect)
+        if resumed is not None:
+            return resumed
+        # Not there any more (grace over, server restarted): an ordinary join follows.
     # A session's room: status, bans, password and capacity are checked before anything joins.
     admission = await roomhooks.admit(app, room_name, grants, password)
     session = admission.session if admission is not None else None
     room = app[ROOMS].get_or_create(room_name)
     participant = Participant(grants, transport="ws", send=send, disconnect=disconnect)
     participant.classroom_session = session
+    participant.resumable = resumable
     try:
         await roomhooks.enter(app, room, participant, admission)  # a refusal gives the seat back
     except RoomFull as exc:
@@ -170,6 +187,7 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
     await send({
         "type": "joined",
         "participant": participant.describe(),
+        **({"resume": participant.session_id} if resumable else {}),
         "grants": {"can_publish": grants.can_publish, "can_subscribe": grants.can_subscribe,
                    "can_publish_data": grants.can_publish_data},
         "room": room.state(),
@@ -184,6 +202,31 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
     return participant, room
 
 
+async def _resume(app: web.Application, room_name: str, grants, resume: str, send, disconnect):
+    """Give a kept participant (same identity, same resume token) to this socket, with its peer
+    connections, tracks, subscriptions and classroom state; None if there is none to resume."""
+    room = app[ROOMS].rooms.get(room_name)
+    participant = room.participants.get(grants.identity) if room is not None else None
+    if participant is None or participant.transport != "ws" or participant.session_id != resume:
+        return None
+    participant.rebind(send, disconnect)
+    participant.resumable = True
+    logger.info("%s resumed in room %s", participant.identity, room_name)
+    await send({
+        "type": "joined",
+        "resumed": True,
+        "resume": participant.session_id,
+        "participant": participant.describe(),
+        "grants": {"can_publish": participant.grants.can_publish, "can_subscribe": participant.grants.can_subscribe,
+                   "can_publish_data": participant.grants.can_publish_data},
+        "room": room.state(),
+        "ice_servers": [s.to_json() for s in app[ROOMS].peers.ice.for_identity(grants.identity)],
+    })
+    if participant.subscriber is not None:
+        await participant.subscriber.resend_offer()  # the first copy may have gone to the dropped socket
+    return participant, room
+
+
 async def _handle(app, room, participant: Participant, message: dict, send) -> None:
     kind = message["type"]
     if kind == "ping":
@@ -191,9 +234,14 @@ async def _handle(app, room, participant: Participant, message: dict, send) -> N
     elif kind == "publish":
         if not participant.grants.can_publish:
             raise ProtocolError("forbidden", "this token is not allowed to publish")
+        if message.get("reset"):
+            await room.replace_publisher(participant)
         sources = {t["mid"]: t["source"] for t in message.get("tracks", [])}
         answer = await room.publisher_for(participant).negotiate(message["sdp"], sources)
         await send({"type": "answer", "sdp": answer})
+    elif kind == "resubscribe":
+        await send({"type": "resubscribed"})  # offers before this one belong to the old connection
+        await room.restart_subscriber(participant)
     elif kind == "answer":
         if participant.subscriber is None:
             raise ProtocolError("invalid", "there is no subscriber connection to answer for")

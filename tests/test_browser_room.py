@@ -139,7 +139,7 @@ async def test_stopping_the_screen_share_unpublishes_it(stoa_server, chromium):
     await teacher.click("#btn-screen")
     await wait_js(teacher, "window.stoa.state.ownTracks.size === 1", timeout=20)
     await wait_js(student, "[...document.querySelectorAll('#stage figcaption')].some(c => c.textContent.includes('screen'))")
-    await teacher.click("#btn-screen")  # stop: the re-offer carries a stopped (port 0) section
+    await teacher.click("#btn-screen")  # stop: the re-offer carries an inactive section
     await wait_js(teacher, "window.stoa.state.ownTracks.size === 0", timeout=20)
     await wait_js(student, "![...document.querySelectorAll('#stage figcaption')].some(c => c.textContent.includes('screen'))")
     room = stoa_server.app[ROOMS].rooms.get(ROOM)

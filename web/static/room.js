@@ -22,6 +22,12 @@ const state = {
   offering: false,         // a publish offer awaits its answer
   republish: false,        // tracks were added meanwhile: offer again after that answer
   speaking: new Map(),     // identity -> rank (0: loudest), from the server's `speakers` events
+  refusals: 0,             // answers refused in a row (rollback and retry, then a new connection)
+  resetPub: false,         // the next publish comes from a new connection: the server drops the old one
+  offerTimer: null,
+  resume: null,            // the server's resume token: a new socket resumes this participant
+  awaitingResubscribe: false,  // offers of the old subscriber connection are ignored until "resubscribed"
+  media: new Set(),        // every <audio>/<video> that plays remote media, for the enable-sound control
 };
 
 export function on(type, fn) {
@@ -31,7 +37,7 @@ export function on(type, fn) {
 export function send(msg) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(msg));
 }
-window.stoa = { state, on, send, cfg, publish };
+window.stoa = { state, on, send, cfg, publish, stopCamera, restartMedia };
 
 function setBanner(kind, text) {
   banner.className = `banner ${kind}`;
@@ -62,6 +68,7 @@ function tile(id, label) {
     video.muted = true;
     const cap = document.createElement("figcaption");
     el.append(video, cap);
+    state.media.add(video);
     stage.append(el);
   }
   el.querySelector("figcaption").textContent = label;
@@ -89,23 +96,27 @@ function newSubscriber() {
       const el = tile(key, `${participant.name || info.participant || ""} ${info.source || ""}`);
       el.dataset.trackId = info.track_id || "";
       el.dataset.participant = info.participant || "";
-      el.querySelector("video").srcObject = new MediaStream([e.track]);
+      const video = el.querySelector("video");
+      video.srcObject = new MediaStream([e.track]);
+      play(video);
     } else {
       let audio = document.getElementById(`audio-${mid}`);
       if (!audio) {
         audio = document.createElement("audio");
         audio.id = `audio-${mid}`;
-        audio.autoplay = true;
         document.body.append(audio);
+        state.media.add(audio);
       }
       audio.srcObject = new MediaStream([e.track]);
+      play(audio);
     }
   };
   pc.onconnectionstatechange = () => {
-    if (pc.connectionState === "connected") setBanner("ok", "Connected");
+    if (pc !== state.sub) return;
+    if (pc.connectionState === "connected") showConnected();
     else if (pc.connectionState === "failed") {
-      setBanner("bad", "Media connection failed; reconnecting…");
-      if (state.ws) state.ws.close();  // the normal reconnect builds both connections again
+      setBanner("bad", "Media connection failed; reconnecting the media…");
+      restartMedia();
     }
   };
   pc.ondatachannel = (e) => {
@@ -116,6 +127,7 @@ function newSubscriber() {
 }
 
 async function onOffer(msg) {
+  if (state.awaitingResubscribe) return;  // meant for the connection being replaced
   for (const t of msg.tracks || []) state.trackInfo.set(t.mid, t);
   if (!state.sub) state.sub = newSubscriber();
   await state.sub.setRemoteDescription({ type: "offer", sdp: msg.sdp });
@@ -144,38 +156,130 @@ async function publish() {
 
 async function published() {
   state.offering = false;
+  clearTimeout(state.offerTimer);
   if (state.republish) {
     state.republish = false;
     await publish();
   }
 }
 
+function newPublisher() {
+  const pc = new RTCPeerConnection({ iceServers: state.iceServers });
+  pc.onicecandidate = (e) => {
+    if (e.candidate && pc === state.pub) send({ type: "ice", target: "publisher", candidate: e.candidate.toJSON() });
+  };
+  pc.onconnectionstatechange = () => {
+    if (pc !== state.pub) return;
+    if (pc.connectionState === "failed") {
+      setBanner("bad", "Publishing connection failed; reconnecting it…");
+      replacePublisher();
+      publish();
+    } else showConnected();
+  };
+  return pc;
+}
+
+// The source of a track, from the stream it belongs to (so a retried offer labels every section again).
+function sourceOf(track) {
+  if (state.camera && state.camera.getTracks().includes(track)) return track.kind === "audio" ? "microphone" : "camera";
+  if (state.screen && state.screen.getTracks().includes(track)) return track.kind === "audio" ? "screen_audio" : "screen";
+  return null;
+}
+
 async function offerTracks() {
-  if (!state.pub) {
-    state.pub = new RTCPeerConnection({ iceServers: state.iceServers });
-    state.pub.onicecandidate = (e) => {
-      if (e.candidate) send({ type: "ice", target: "publisher", candidate: e.candidate.toJSON() });
-    };
-  }
-  const sources = new Map();
+  if (!state.pub) state.pub = newPublisher();
   const pc = state.pub;
   const senders = new Set(pc.getSenders().map((s) => s.track));
-  const add = (stream, label) => {
+  const add = async (stream) => {
     for (const track of stream.getTracks()) {
       if (senders.has(track)) continue;
-      const tr = pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
-      sources.set(tr, track.kind === "audio" ? (label === "screen" ? "screen_audio" : "microphone") : label);
+      // Reuse an idle section of this kind (a stopped source's): the m-lines and the transport stay.
+      const idle = pc.getTransceivers().find((t) => !t.sender.track && t.direction === "inactive"
+        && t.currentDirection !== "stopped" && t.receiver.track.kind === track.kind);
+      if (idle) {
+        await idle.sender.replaceTrack(track);
+        idle.sender.setStreams(stream);
+        idle.direction = "sendonly";
+      } else {
+        pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+      }
     }
   };
-  if (state.camera) add(state.camera, "camera");
-  if (state.screen) add(state.screen, "screen");
+  if (state.camera) await add(state.camera);
+  if (state.screen) await add(state.screen);
   const offer = await pc.createOffer();
   await pc.setLocalDescription(offer);
   const tracks = [];
   for (const tr of pc.getTransceivers()) {
-    if (tr.mid !== null && sources.has(tr)) tracks.push({ mid: tr.mid, source: sources.get(tr) });
+    const source = tr.sender.track && sourceOf(tr.sender.track);
+    if (tr.mid !== null && source && tr.currentDirection !== "stopped") tracks.push({ mid: tr.mid, source });
   }
-  send({ type: "publish", sdp: pc.localDescription.sdp, tracks });
+  const msg = { type: "publish", sdp: pc.localDescription.sdp, tracks };
+  if (state.resetPub) msg.reset = true;
+  state.resetPub = false;
+  // An answer that never comes counts as a refused one: the connection must not sit in have-local-offer.
+  clearTimeout(state.offerTimer);
+  state.offerTimer = setTimeout(() => answerRefused(new Error("no answer within 15 s")), 15000);
+  send(msg);
+}
+
+async function onAnswer(msg) {
+  if (!state.pub || state.pub.signalingState !== "have-local-offer") return;
+  try {
+    await state.pub.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+  } catch (err) {
+    await answerRefused(err);
+    return;
+  }
+  state.refusals = 0;
+  showConnected();
+  await published();
+}
+
+// A refused answer: say so, roll back and offer again; refused twice in a row, start a new connection.
+async function answerRefused(err) {
+  clearTimeout(state.offerTimer);
+  console.warn("publish answer refused:", err.message);
+  state.refusals += 1;
+  setBanner("bad", `Publishing failed (${err.message}); recovering…`);
+  if (state.refusals > 3) {
+    setBanner("bad", `Publishing failed (${err.message}); reload the page to try again`);
+    state.offering = false;
+    return;
+  }
+  if (state.pub && state.pub.signalingState === "have-local-offer") {
+    try { await state.pub.setLocalDescription({ type: "rollback" }); } catch (e) { replacePublisher(); }
+  }
+  if (state.refusals >= 2) replacePublisher();
+  state.offering = false;
+  await publish();
+}
+
+function replacePublisher() {
+  if (state.pub) state.pub.close();
+  state.pub = null;
+  state.resetPub = true;
+  state.offering = false;
+}
+
+// Connected only when nothing is stuck: the subscriber is connected and no publish awaits an answer.
+function showConnected() {
+  const sub = state.sub && state.sub.connectionState === "connected";
+  const pubStuck = state.pub && (state.pub.connectionState === "failed" || state.refusals > 0);
+  if (sub && !pubStuck) setBanner("ok", "Connected");
+}
+
+// A media connection failed (network change): new peer connections for this same participant, which
+// keeps its place, hand, votes and published sources (docs/room-page.md, "Resume").
+function restartMedia() {
+  if (state.sub) state.sub.close();
+  state.sub = null;
+  state.awaitingResubscribe = true;
+  send({ type: "resubscribe" });
+  if (state.pub && (state.camera || state.screen)) {
+    replacePublisher();
+    publish();
+  }
 }
 
 async function startCamera() {
@@ -187,9 +291,37 @@ async function startCamera() {
     return;
   }
   tile("self", "You").querySelector("video").srcObject = state.camera;
-  $("btn-camera").disabled = true;
+  $("btn-camera").textContent = "Stop camera";
   $("btn-mic").disabled = false;
   await publish();
+}
+
+// Stopping a source idles its sections (no track, inactive) rather than stopping them: the re-offer's
+// inactive sections unpublish it, the next source of that kind reuses them, and the connection never
+// loses its last m-line (Chromium closes the transport when every m-line is rejected; aiortc then closes
+// the whole connection).
+async function stopSource(stream) {
+  if (state.pub) {
+    for (const tr of state.pub.getTransceivers()) {
+      if (tr.sender.track && stream.getTracks().includes(tr.sender.track)) {
+        await tr.sender.replaceTrack(null);
+        tr.direction = "inactive";
+      }
+    }
+  }
+  for (const track of stream.getTracks()) track.stop();
+}
+
+async function stopCamera() {
+  if (!state.camera) return;
+  const camera = state.camera;
+  state.camera = null;
+  await stopSource(camera);
+  removeTile("self");
+  $("btn-camera").textContent = "Start camera";
+  $("btn-mic").disabled = true;
+  $("btn-mic").textContent = "Mute mic";
+  if (state.pub) await publish();
 }
 
 async function shareScreen() {
@@ -207,13 +339,12 @@ async function shareScreen() {
 }
 
 async function stopScreen() {
-  if (!state.screen || !state.pub) return;
-  for (const tr of state.pub.getTransceivers()) {
-    if (tr.sender.track && state.screen.getTracks().includes(tr.sender.track)) tr.stop();
-  }
+  if (!state.screen) return;
+  const screen = state.screen;
   state.screen = null;
+  await stopSource(screen);
   removeTile("self-screen");
-  await publish();
+  if (state.pub) await publish();
 }
 
 function toggleMic() {
@@ -240,7 +371,21 @@ async function handle(msg) {
   switch (msg.type) {
     case "joined":
       state.retry = 0;
+      state.resume = msg.resume || null;
       state.iceServers = msg.ice_servers || [];
+      if (msg.resumed) {
+        // Same participant, same server connections: only broken media connections are replaced.
+        const broken = (pc) => !pc || ["failed", "closed"].includes(pc.connectionState);
+        if (broken(state.sub)) restartMedia();
+        else if (state.pub && broken(state.pub)) { replacePublisher(); await publish(); }
+        state.participants.clear();
+        for (const p of msg.room.participants) state.participants.set(p.identity, p);
+        renderParticipants();
+        setBanner("ok", "Joined");
+        showConnected();
+        break;
+      }
+      resetPeers();  // a new participant at the server: the old connections are gone there
       state.participants.clear();
       for (const p of msg.room.participants) state.participants.set(p.identity, p);
       renderParticipants();
@@ -251,8 +396,10 @@ async function handle(msg) {
       await onOffer(msg);
       break;
     case "answer":
-      await state.pub.setRemoteDescription({ type: "answer", sdp: msg.sdp });
-      await published();
+      await onAnswer(msg);
+      break;
+    case "resubscribed":
+      state.awaitingResubscribe = false;
       break;
     case "participant_joined":
       state.participants.set(msg.participant.identity, msg.participant);
@@ -281,10 +428,12 @@ async function handle(msg) {
     case "error":
       console.warn("server error", msg);
       if (msg.ref === "publish" && state.pub && state.pub.signalingState === "have-local-offer") {
+        clearTimeout(state.offerTimer);
         await state.pub.setLocalDescription({ type: "rollback" });
         setBanner("bad", `Publishing was refused: ${msg.message}`);
         await published();
       }
+
       if (msg.code === "unauthorized") {
         state.leaving = true;
         setBanner("bad", `Not allowed in: ${msg.message}`);
@@ -302,6 +451,10 @@ function resetPeers() {
   state.ownTracks.clear();
   state.offering = false;
   state.republish = false;
+  state.refusals = 0;
+  state.resetPub = false;
+  state.awaitingResubscribe = false;
+  clearTimeout(state.offerTimer);
   for (const key of ["pub", "sub"]) {
     if (state[key]) state[key].close();
     state[key] = null;
@@ -316,17 +469,24 @@ function connect() {
   const ws = new WebSocket(`${proto}://${location.host}/ws/rooms/${encodeURIComponent(cfg.room)}`);
   state.ws = ws;
   setBanner("connecting", state.retry ? "Reconnecting…" : "Connecting…");
-  ws.onopen = () => ws.send(JSON.stringify({ type: "join", token: cfg.token }));
+  ws.onopen = () => {
+    // resumable: after a drop the server keeps this participant for a while; resume: take it back.
+    const join = { type: "join", token: cfg.token, resumable: true };
+    if (state.resume) join.resume = state.resume;
+    ws.send(JSON.stringify(join));
+  };
   let chain = Promise.resolve();
   ws.onmessage = (e) => {
+    if (state.ws !== ws) return;  // a socket given up on
     const msg = JSON.parse(e.data);
     chain = chain.then(() => handle(msg)).catch((err) => console.error(err));
   };
   ws.onclose = () => {
-    resetPeers();
-    if (state.leaving) return;
+    if (state.ws !== ws) return;
+    // The peer connections stay: a resumed participant keeps them (their media may never have stopped).
+    if (state.leaving) { resetPeers(); return; }
     state.retry += 1;
-    const delay = Math.min(10000, 500 * 2 ** Math.min(state.retry, 5));
+    const delay = Math.min(10000, 250 * 2 ** Math.min(state.retry, 5));
     setBanner("bad", `Connection lost; reconnecting in ${Math.round(delay / 1000)} s…`);
     setTimeout(connect, delay);
   };
@@ -346,8 +506,38 @@ on("speakers", (msg) => {
   }
 });
 
+// ---- sound -------------------------------------------------------------------------------------
+
+// Autoplay may be blocked until the user interacts (a page opened from a learning platform): then one
+// "Click to enable sound" control plays every remote element.
+function play(el, tries = 0) {
+  const p = el.play();
+  if (p && p.catch) {
+    p.catch((err) => {
+      if (err.name === "NotAllowedError") showEnableSound();
+      // A new srcObject interrupted it: play the new one (a few times at most).
+      else if (err.name === "AbortError" && tries < 5) setTimeout(() => { if (el.paused) play(el, tries + 1); }, 200);
+      else console.warn("play() failed", err);
+    });
+  }
+}
+
+function showEnableSound() {
+  if ($("btn-sound")) return;
+  const btn = document.createElement("button");
+  btn.id = "btn-sound";
+  btn.type = "button";
+  btn.className = "enable-sound";
+  btn.textContent = "Click to enable sound";
+  btn.onclick = () => {
+    btn.remove();
+    for (const el of state.media) if (el.isConnected && el.srcObject) play(el);
+  };
+  document.body.prepend(btn);
+}
+
 if (cfg.canPublish) {
-  $("btn-camera").onclick = startCamera;
+  $("btn-camera").onclick = () => (state.camera ? stopCamera() : startCamera());
   $("btn-mic").onclick = toggleMic;
   $("btn-screen").onclick = () => (state.screen ? stopScreen() : shareScreen());
 }
