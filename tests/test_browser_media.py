@@ -12,8 +12,8 @@ from tests.browser import inbound, wait_js
 
 pytestmark = pytest.mark.browser
 ROOM = "lesson"
-SCREEN_WIDTH = 1280   # headless Chromium's fake getDisplayMedia screen
-CAMERA_WIDTH = 640    # room.js asks the fake camera for 640x480
+SCREEN_WIDTH = 1920   # room.js asks getDisplayMedia for 1920x1080 (headless Chromium's fake screen gives it)
+CAMERA_WIDTH = 1280   # room.js asks the fake camera for 1280x720
 
 
 async def open_page(stoa_server, chromium, identity: str, role: str, name: str | None = None):

@@ -104,6 +104,7 @@ function newSubscriber() {
       if (!audio) {
         audio = document.createElement("audio");
         audio.id = `audio-${mid}`;
+        audio.autoplay = true;  // where autoplay is allowed the browser starts it as soon as data flows
         document.body.append(audio);
         state.media.add(audio);
       }
@@ -326,7 +327,8 @@ async function stopCamera() {
 
 async function shareScreen() {
   try {
-    state.screen = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    state.screen = await navigator.mediaDevices.getDisplayMedia({
+      video: { width: { ideal: 1920 }, height: { ideal: 1080 } }, audio: false });
     // Slides and code: keep the resolution and give up frame rate when bits are short.
     for (const track of state.screen.getVideoTracks()) track.contentHint = "detail";
   } catch (err) {
