@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from aiortc.rtp import RtpPacket
 
@@ -55,12 +55,17 @@ class UpTrack:
         source: str,
         clock: PublisherClock,
         send_pli: Callable[[int], Awaitable[None]],
+        codec_parameters: dict | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        call_later: Callable[[float, Callable[[], None]], Any] | None = None,
     ):
         self.track_id = track_id
         self.kind = kind
         self.mime_type = mime_type
         self.clock_rate = clock_rate
         self.payload_type = payload_type
+        # The fmtp of the publisher's codec (H.264: profile-level-id, packetization-mode); legs match it.
+        self.codec_parameters = dict(codec_parameters or {})
         self.publisher_id = publisher_id
         self.source = source
         self.muted = False
@@ -72,8 +77,11 @@ class UpTrack:
         self._send_pli = send_pli
         self._sr: tuple[float, int] | None = None  # (local unix time, rtp timestamp) of the last SR
         self._video = kind == "video"
-        self._last_pli = 0.0
+        self._monotonic = monotonic
+        self._call_later = call_later or (lambda delay, fn: asyncio.get_running_loop().call_later(delay, fn))
+        self._last_pli = -KEYFRAME_REQUEST_INTERVAL
         self._pli_task: asyncio.Task | None = None
+        self._pli_deferred = None  # the timer that sends a request made inside the interval
         self.closed = False
         # counters
         self.packets_received = 0
@@ -81,6 +89,7 @@ class UpTrack:
         self.keyframe_requests = 0
         self.plis_sent = 0
         self.payload_mismatches = 0
+        self.forward_errors = 0
 
     def describe(self) -> dict:
         return {
@@ -138,27 +147,55 @@ class UpTrack:
         send_time = abs_send_time()
         tails: dict = {}
         for downtrack in self.downtracks:
-            downtrack.forward(cached, ntp, send_time, tails)
-        for sink in self.sinks:
+            try:
+                downtrack.forward(cached, ntp, send_time, tails)
+            except Exception:
+                # This runs inside the publisher's receive loop: an exception here would close its
+                # transport, so one leg's failure costs that leg one packet and nothing more.
+                self.forward_errors += 1
+                if self.forward_errors == 1:
+                    logger.exception("forwarding %s to %s failed; counting further failures",
+                                     self.track_id, getattr(downtrack, "subscriber_id", "?"))
+        if self.sinks:
+            self._feed_sinks(packet, arrival)
+
+    def _feed_sinks(self, packet: RtpPacket, arrival: float) -> None:
+        # Over a snapshot: a failing sink is removed, and a sink may detach itself, without the
+        # next sink missing the packet.
+        for sink in tuple(self.sinks):
             try:
                 sink.feed(packet, arrival)
             except Exception:
                 logger.exception("sink failed; removing it from track %s", self.track_id)
-                self.sinks.remove(sink)
+                if sink in self.sinks:
+                    self.sinks.remove(sink)
 
     # -- keyframes --------------------------------------------------------------------------
 
     def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe, at most once per KEYFRAME_REQUEST_INTERVAL."""
+        """Ask the publisher for a keyframe, at most once per KEYFRAME_REQUEST_INTERVAL. A request
+        inside the interval is not dropped: it is sent when the interval ends (all requests made
+        meanwhile become that one PLI)."""
         if not self._video or self.closed:
             return
         self.keyframe_requests += 1
-        now = time.monotonic()
-        if now - self._last_pli < KEYFRAME_REQUEST_INTERVAL or self.media_ssrc is None:
-            return
-        if self._pli_task is not None and not self._pli_task.done():
-            return
-        self._last_pli = now
+        if self.media_ssrc is not None and self._pli_deferred is None:
+            self._pli_when_allowed()
+
+    def _pli_when_allowed(self) -> None:
+        wait = self._last_pli + KEYFRAME_REQUEST_INTERVAL - self._monotonic()
+        if wait > 0 or (self._pli_task is not None and not self._pli_task.done()):
+            self._pli_deferred = self._call_later(max(wait, 0.01), self._send_deferred_pli)
+        else:
+            self._send_pli_now()
+
+    def _send_deferred_pli(self) -> None:
+        self._pli_deferred = None
+        if not self.closed:
+            self._pli_when_allowed()
+
+    def _send_pli_now(self) -> None:
+        self._last_pli = self._monotonic()
         self.plis_sent += 1
         self._pli_task = asyncio.ensure_future(self._send_pli(self.media_ssrc))
 
@@ -180,3 +217,6 @@ class UpTrack:
         self.sinks.clear()
         if self._pli_task is not None:
             self._pli_task.cancel()
+        if self._pli_deferred is not None:
+            self._pli_deferred.cancel()
+            self._pli_deferred = None
