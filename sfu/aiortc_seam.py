@@ -7,7 +7,9 @@ aiortc has no public API for forwarding encoded RTP, so the SFU hooks in here:
   counters are fed so its sender reports stay coherent; its NACK and PLI handling is redirected;
 - data channels: a text message on an idle, reliable channel becomes one SCTP DATA chunk handed to DTLS
   and the nominated ICE pair in one synchronous call (aiortc schedules a task per message);
-- ICE: gathering can be limited to configured local addresses (aioice skips loopback otherwise).
+- ICE: gathering can be limited to configured local addresses (aioice skips loopback otherwise);
+- SRTP: pylibsrtp's sessions hold 1500 bytes and keep 144 free for a trailer, so stock aiortc cannot
+  protect an RTP packet over 1356 bytes; `allow_large_rtp` gives each session room for MAX_RTP_PACKET.
 
 Everything here is checked by `check_compatibility()` at start-up and covered by
 tests/test_sfu_seam.py, so an aiortc upgrade breaks this file, loudly, and nothing else.
@@ -16,6 +18,7 @@ tests/test_sfu_seam.py, so an aiortc upgrade breaks this file, loudly, and nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -25,6 +28,7 @@ from importlib.metadata import version as _dist_version
 from typing import Awaitable, Callable
 
 import aioice.ice
+import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State as _DtlsState
 from aiortc.rtcicetransport import RTCIceTransport
@@ -32,6 +36,7 @@ from aiortc import rtcsctptransport as _sctp
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.rtcsctptransport import RTCSctpTransport
 from aiortc.utils import uint16_add
+from pylibsrtp._binding import ffi as _srtp_ffi
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
@@ -76,6 +81,7 @@ def check_compatibility() -> None:
         ),
         aioice.ice.Connection.__init__: ("_nominated",),
         aioice.ice.CandidatePair.__init__: ("protocol",),
+        pylibsrtp.Session.__init__: ("_cdata", "_buffer"),
         RTCRtpSender.__init__: (
             "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
             "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count", "_ssrc", "_rtx_ssrc",
@@ -89,7 +95,8 @@ def check_compatibility() -> None:
         (RTCRtpReceiver, ("_handle_rtp_packet", "_handle_rtcp_packet", "_send_rtcp_pli", "_send_rtcp",
                           "_RTCRtpReceiver__stop_decoder")),
         (RTCRtpSender, ("_handle_rtcp_packet", "send")),
-        (RTCDtlsTransport, ("_send_rtp",)),
+        (RTCDtlsTransport, ("_send_rtp", "_setup_srtp")),
+        (pylibsrtp, ("SRTP_MAX_TRAILER_LEN", "Error")),
         (RTCSctpTransport, ("_flight_size_increase", "_t3_start", "_send")),
         (_sctp, ("DataChunk", "serialize_packet", "tsn_plus_one", "USERDATA_MAX_LENGTH", "WEBRTC_STRING",
                  "SCTP_DATA_FIRST_FRAG", "SCTP_DATA_LAST_FRAG")),
@@ -155,7 +162,13 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: OnRtp, on_sender_report: OnSe
         forwarded, sink.packet = sink.packet, None
         if forwarded is not None:
             # aiortc's arrival clock counts from 1900; the SFU works in unix time.
-            await on_rtp(forwarded, time.time())
+            try:
+                await on_rtp(forwarded, time.time())
+            except Exception:
+                # Raised into RTCDtlsTransport's receive loop, it would close the publisher's transport.
+                state["errors"] = state.get("errors", 0) + 1
+                if state["errors"] == 1:
+                    logger.exception("forwarding a packet failed; the publisher's transport stays up")
 
     async def handle_rtcp(packet) -> None:
         if isinstance(packet, RtcpSrPacket):
@@ -185,6 +198,20 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: OnRtp, on_sender_report: OnSe
     receiver._handle_rtp_packet = handle_rtp
     receiver._handle_rtcp_packet = handle_rtcp
     receiver._send_rtcp = send_rtcp
+
+
+@contextlib.contextmanager
+def rtp_payload_limit(size: int):
+    """Tests and benches only: aiortc's VP8 and H.264 packetizers fill RTP payloads up to `size`
+    bytes instead of 1300, to publish the large packets other encoders send (GStreamer: 1400)."""
+    from aiortc.codecs import h264, vpx
+
+    saved = h264.PACKET_MAX, vpx.PACKET_MAX
+    h264.PACKET_MAX = vpx.PACKET_MAX = size
+    try:
+        yield
+    finally:
+        h264.PACKET_MAX, vpx.PACKET_MAX = saved
 
 
 def decoder_running(receiver: RTCRtpReceiver) -> bool:
@@ -277,8 +304,8 @@ class SenderSeam:
             return False
         try:
             await dtls._send_rtp(data)
-        except ConnectionError:
-            return False
+        except (ConnectionError, ValueError, pylibsrtp.Error):
+            return False  # closed, or too large to protect (ValueError): never the receive loop's end
         return True
 
     def send_rtp_now(self, data: bytes) -> bool:
@@ -323,6 +350,82 @@ def _dtls_route(dtls: RTCDtlsTransport | None) -> tuple | None:
     if transport is None:
         return None
     return transport.sendto, pair.remote_addr
+
+
+# --- SRTP packet size -----------------------------------------------------------------------
+
+# The largest SRTP packet WebRTC receivers take: libwebrtc drops anything over kMaxRtpPacketLen (2048).
+SRTP_MAX_PACKET = 2048
+# The largest RTP packet a leg forwards: SRTP_MAX_PACKET less the longest tag of the negotiated
+# profiles (AEAD-GCM: 16 bytes; AES_CM_128_HMAC_SHA1_80: 10).
+MAX_RTP_PACKET = SRTP_MAX_PACKET - 16
+
+
+def allow_large_rtp(pc: RTCPeerConnection, max_packet: int = MAX_RTP_PACKET) -> None:
+    """Let the DTLS transports of `pc` protect RTP up to `max_packet` bytes and take SRTP datagrams
+    as large. A larger datagram from the remote is dropped (and counted), never raised: pylibsrtp's
+    ValueError would end the transport's receive loop and close it. Call before setLocalDescription
+    (SRTP is keyed when DTLS connects, afterwards). Tests pass a larger `max_packet` to play a
+    publisher that sends what no receiver takes."""
+    size = max_packet + pylibsrtp.SRTP_MAX_TRAILER_LEN
+    for dtls in _dtls_transports(pc):
+        if getattr(dtls, "_stoa_large_rtp", False):
+            continue
+        dtls._stoa_large_rtp = True
+        dtls._stoa_oversize = {"dropped": 0, "largest": 0}
+        stock_setup = dtls._setup_srtp
+
+        def setup_srtp(dtls=dtls, stock_setup=stock_setup) -> None:
+            stock_setup()
+            for session in (dtls._rx_srtp, dtls._tx_srtp):
+                if session is not None:
+                    session._cdata = _srtp_ffi.new("char[]", size)
+                    session._buffer = _srtp_ffi.buffer(session._cdata)
+            if dtls._rx_srtp is not None:
+                _drop_oversize(dtls, dtls._rx_srtp, size)
+
+        dtls._setup_srtp = setup_srtp
+
+
+def srtp_oversize(pc: RTCPeerConnection) -> dict:
+    """Datagrams from the remote that were too large to unprotect: {"dropped": n, "largest": bytes}."""
+    total = {"dropped": 0, "largest": 0}
+    for dtls in _dtls_transports(pc):
+        stats = getattr(dtls, "_stoa_oversize", None)
+        if stats:
+            total["dropped"] += stats["dropped"]
+            total["largest"] = max(total["largest"], stats["largest"])
+    return total
+
+
+def _drop_oversize(dtls: RTCDtlsTransport, session, limit: int) -> None:
+    stats = dtls._stoa_oversize
+    for name in ("unprotect", "unprotect_rtcp"):
+        stock = getattr(session, name)
+
+        def unprotect(data: bytes, stock=stock) -> bytes:
+            if len(data) > limit:
+                stats["dropped"] += 1
+                stats["largest"] = max(stats["largest"], len(data))
+                if stats["dropped"] == 1:
+                    logger.warning("dropping SRTP datagrams over %d bytes from the remote (first: %d bytes)",
+                                   limit, len(data))
+                raise pylibsrtp.Error(f"SRTP datagram of {len(data)} bytes is over {limit}")  # aiortc skips it
+            return stock(data)
+
+        setattr(session, name, unprotect)
+
+
+def _dtls_transports(pc: RTCPeerConnection) -> list[RTCDtlsTransport]:
+    seen, out = set(), []
+    for t in pc.getTransceivers():
+        for dtls in (t.sender.transport, t.receiver.transport):
+            if dtls is not None and id(dtls) not in seen:
+                seen.add(id(dtls))
+                out.append(dtls)
+    if pc.sctp is not None and id(pc.sctp.transport) not in seen:
+        out.append(pc.sctp.transport)
+    return out
 
 
 # --- data channels --------------------------------------------------------------------------

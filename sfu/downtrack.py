@@ -7,7 +7,7 @@ import time
 
 from aiortc import RTCRtpSender
 
-from sfu.aiortc_seam import SenderSeam
+from sfu.aiortc_seam import MAX_RTP_PACKET, SenderSeam
 from sfu.buffer import CachedPacket
 from sfu.forwarder import Forwarder
 from sfu.rtp import ExtensionIds, build_extensions, build_header, rtx_payload
@@ -21,7 +21,7 @@ RETRANSMIT_INTERVAL = 0.08
 class DownTrack:
     __slots__ = ("subscriber_id", "kind", "uptrack", "seam", "forwarder", "_ext_ids", "_mid", "_key",
                  "_rtx_seq", "_retransmitted", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
-                 "packets_sent", "retransmits", "nack_misses", "keyframe_requests")
+                 "packets_sent", "retransmits", "nack_misses", "keyframe_requests", "oversize_drops")
 
     def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str):
         self.subscriber_id = subscriber_id
@@ -43,6 +43,7 @@ class DownTrack:
         self.retransmits = 0
         self.nack_misses = 0
         self.keyframe_requests = 0
+        self.oversize_drops = 0
 
     @property
     def track_id(self) -> str | None:
@@ -102,8 +103,11 @@ class DownTrack:
             ext = build_extensions(self._ext_ids, self._mid, send_time, packet.audio_level)
             tail = tails[self._key] = (bool(ext), ext + packet.payload)
         seam = self.seam
-        if not seam.send_rtp_now(
-                build_header(tail[0], packet.marker, seam.params.payload_type, seq, ts, seam.ssrc) + tail[1]):
+        data = build_header(tail[0], packet.marker, seam.params.payload_type, seq, ts, seam.ssrc) + tail[1]
+        if len(data) > MAX_RTP_PACKET:
+            self._drop_oversize(len(data))
+            return
+        if not seam.send_rtp_now(data):
             return
         self.packets_sent += 1
         self._sr_packets += 1
@@ -112,6 +116,13 @@ class DownTrack:
         if packet.marker or self._sr_packets >= 16:
             seam.record_sent(ntp, ts, self._sr_packets, self._sr_octets)
             self._sr_packets = self._sr_octets = 0
+
+    def _drop_oversize(self, size: int) -> None:
+        """A packet SRTP cannot carry to a WebRTC receiver: dropped, counted, logged once per leg."""
+        self.oversize_drops += 1
+        if self.oversize_drops == 1:
+            logger.warning("track %s to %s: dropping RTP packets over %d bytes (first: %d bytes)",
+                           self.track_id, self.subscriber_id, MAX_RTP_PACKET, size)
 
     async def _on_nack(self, lost: list[int]) -> None:
         up, fwd, params = self.uptrack, self.forwarder, self.seam.params
@@ -156,4 +167,5 @@ class DownTrack:
             "retransmits": self.retransmits,
             "nack_misses": self.nack_misses,
             "keyframe_requests": self.keyframe_requests,
+            "oversize_drops": self.oversize_drops,
         }

@@ -17,7 +17,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
-from sfu.aiortc_seam import restrict_ice_gathering
+from sfu.aiortc_seam import allow_large_rtp, restrict_ice_gathering
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class PeerFactory:
 
     async def set_local(self, pc: RTCPeerConnection, description: RTCSessionDescription) -> str:
         restrict_ice_gathering(pc, self.ice.addresses)
+        allow_large_rtp(pc)
         await pc.setLocalDescription(description)
         return pc.localDescription.sdp
 
