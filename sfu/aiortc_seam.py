@@ -122,6 +122,42 @@ def prefer_aes128_gcm() -> None:
     profiles.sort(key=lambda p: 0 if p is dtls_module.SRTP_AEAD_AES_128_GCM else 1)
 
 
+# H.264 profiles aiortc does not list (it has Constrained Baseline and Baseline, packetization-mode 1).
+# Stoa forwards H.264 without decoding, so it can take any profile a publisher offers; each leg is
+# then restricted to that same profile and packetization mode (RFC 6184 8.1).
+H264_PROFILE_LEVEL_IDS = ("42001f", "42e01f", "4d001f", "640c1f", "64001f", "f4001f")
+
+
+def register_h264_profiles() -> None:
+    """Add the H.264 profiles and packetization modes aiortc lacks to its codec table (which aiortc
+    reads directly when it negotiates). Idempotent; the new payload types follow aiortc's."""
+    from aiortc.codecs import CODECS
+    from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
+
+    video = CODECS["video"]
+    have = {(c.parameters.get("profile-level-id"), str(c.parameters.get("packetization-mode", "0")))
+            for c in video if c.mimeType.lower() == "video/h264"}
+    used = {c.payloadType for kind in CODECS.values() for c in kind}
+    free = (pt for pt in range(96, 128) if pt not in used)
+    for mode in ("1", "0"):
+        for profile_level_id in H264_PROFILE_LEVEL_IDS:
+            if (profile_level_id, mode) in have:
+                continue
+            pt, rtx_pt = next(free, None), next(free, None)
+            if rtx_pt is None:
+                logger.warning("no free payload type for H.264 %s mode %s", profile_level_id, mode)
+                return
+            video.append(RTCRtpCodecParameters(
+                mimeType="video/H264", clockRate=90000, payloadType=pt,
+                rtcpFeedback=[RTCRtcpFeedback(type="nack"), RTCRtcpFeedback(type="nack", parameter="pli"),
+                              RTCRtcpFeedback(type="goog-remb")],
+                parameters={"level-asymmetry-allowed": "1", "packetization-mode": mode,
+                            "profile-level-id": profile_level_id},
+            ))
+            video.append(RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=rtx_pt,
+                                               parameters={"apt": pt}))
+
+
 # --- receive side ---------------------------------------------------------------------------
 
 class _PacketSink:
@@ -236,15 +272,19 @@ class SendParameters:
     header_extensions: list[tuple[str, int]] = field(default_factory=list)
     # Every codec the leg negotiated, by lower-case MIME type: (clock rate, payload type, RTX type).
     codecs: dict[str, tuple[int, int, int | None]] = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)  # the fmtp of the codec in use
+    # Every negotiated codec in order: (MIME type, fmtp, clock rate, payload type, RTX type).
+    offered: list[tuple[str, dict, int, int, int | None]] = field(default_factory=list)
 
-    def select(self, mime_type: str) -> bool:
-        """Send with another negotiated codec (a WHEP leg set up before its publisher existed)."""
-        found = self.codecs.get(mime_type.lower())
-        if found is None:
-            return False
-        self.mime_type = mime_type
-        self.clock_rate, self.payload_type, self.rtx_payload_type = found
-        return True
+    def select(self, mime_type: str, accept: Callable[[dict], bool] | None = None) -> bool:
+        """Send with another negotiated codec (a WHEP leg set up before its publisher existed);
+        `accept` picks among codecs of one MIME type by fmtp (H.264 profiles)."""
+        for mime, parameters, clock_rate, payload_type, rtx in self.offered:
+            if mime.lower() == mime_type.lower() and (accept is None or accept(parameters)):
+                self.mime_type, self.parameters = mime, parameters
+                self.clock_rate, self.payload_type, self.rtx_payload_type = clock_rate, payload_type, rtx
+                return True
+        return False
 
 
 class SenderSeam:
@@ -279,6 +319,9 @@ class SenderSeam:
                 mime_type=first.mimeType, clock_rate=first.clockRate, payload_type=first.payloadType,
                 rtx_payload_type=rtx.get(first.payloadType), mid=parameters.muxId or "",
                 header_extensions=[(e.uri, e.id) for e in parameters.headerExtensions], codecs=codecs,
+                parameters=dict(first.parameters),
+                offered=[(c.mimeType, dict(c.parameters), c.clockRate, c.payloadType, rtx.get(c.payloadType))
+                         for c in parameters.codecs if not c.mimeType.lower().endswith("/rtx")],
             )
             self._dtls = sender.transport
             await stock_send(parameters)

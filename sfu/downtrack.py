@@ -10,6 +10,7 @@ from aiortc import RTCRtpSender
 from sfu.aiortc_seam import MAX_RTP_PACKET, SenderSeam
 from sfu.buffer import CachedPacket
 from sfu.forwarder import Forwarder
+from sfu.peer import same_codec
 from sfu.rtp import ExtensionIds, build_extensions, build_header, rtx_payload
 
 logger = logging.getLogger(__name__)
@@ -75,10 +76,20 @@ class DownTrack:
         if params is None:
             return False
         up = self.uptrack
-        if params.mime_type.lower() != up.mime_type.lower() and not params.select(up.mime_type):
-            logger.warning("leg of %s negotiated %s but track %s is %s: not forwarding",
-                           self.subscriber_id, params.mime_type, up.track_id, up.mime_type)
-            return False
+        if not same_codec(params.mime_type, params.parameters, up.mime_type, up.codec_parameters):
+            if params.select(up.mime_type, lambda fmtp: same_codec(up.mime_type, fmtp, up.mime_type,
+                                                                   up.codec_parameters)):
+                pass
+            elif params.select(up.mime_type):
+                # A leg negotiated before the publisher came, without its H.264 profile: most
+                # decoders take any profile, so send rather than show nothing.
+                logger.warning("leg of %s has no H.264 profile matching %s of track %s; sending it as %s",
+                               self.subscriber_id, up.codec_parameters.get("profile-level-id"), up.track_id,
+                               params.parameters.get("profile-level-id"))
+            else:
+                logger.warning("leg of %s negotiated %s but track %s is %s: not forwarding",
+                               self.subscriber_id, params.mime_type, up.track_id, up.mime_type)
+                return False
         if self.forwarder is None:
             self.forwarder = Forwarder(params.clock_rate, video=self.kind == "video")
             self._rtx_seq = self.forwarder.last_out_seq ^ 0x5A5A

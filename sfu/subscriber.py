@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 from aiortc import RTCPeerConnection
 
 from sfu.downtrack import DownTrack
-from sfu.peer import IdleTrack, PeerFactory, SdpError, codec_preferences
+from sfu.peer import IdleTrack, PeerFactory, SdpError, codec_preferences, same_codec
 from sfu.uptrack import UpTrack
 
 logger = logging.getLogger(__name__)
@@ -48,12 +48,14 @@ class Subscriber:
         for transceiver, downtrack in self.legs:
             params = downtrack.seam.params
             if (downtrack.uptrack is None and downtrack.kind == uptrack.kind and params is not None
-                    and params.mime_type.lower() == uptrack.mime_type.lower()):
+                    and same_codec(params.mime_type, params.parameters, uptrack.mime_type,
+                                   uptrack.codec_parameters)):
                 transceiver.direction = "sendonly"
                 downtrack.attach(uptrack)
                 return downtrack
         transceiver = self.pc.addTransceiver(IdleTrack(uptrack.kind), direction="sendonly")
-        transceiver.setCodecPreferences(codec_preferences(uptrack.kind, uptrack.mime_type))
+        transceiver.setCodecPreferences(codec_preferences(uptrack.kind, uptrack.mime_type,
+                                                          uptrack.codec_parameters))
         downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=uptrack.kind)
         downtrack.attach(uptrack)
         self.legs.append((transceiver, downtrack))
@@ -139,7 +141,8 @@ class Subscriber:
             transceiver = self.pc.addTransceiver(IdleTrack(section.kind), direction="sendonly")
             track = tracks.get(section.kind)
             if track is not None:
-                transceiver.setCodecPreferences(codec_preferences(section.kind, track.mime_type))
+                transceiver.setCodecPreferences(codec_preferences(section.kind, track.mime_type,
+                                                                  track.codec_parameters))
             downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=section.kind)
             self.legs.append((transceiver, downtrack))
         answer = await self.peers.answer(self.pc, offer_sdp)

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from sfu.peer import SdpError, add_remote_candidate, check_sdp_text, negotiated_codecs
+from sfu.peer import SdpError, UnsupportedCodec, add_remote_candidate, check_forwardable, check_sdp_text, negotiated_codecs
 from sfu.subscriber import Subscriber
 from signaling.api import roomhooks
 from signaling.api.identity import active_api_keys
@@ -80,7 +80,7 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         _check_offer(offer)
     except SdpError as exc:
         # Before joining: a bad offer must not replace a live session of the same identity.
-        return problem(400, f"bad SDP: {exc}")
+        return _sdp_problem(exc)
     # A session's room checks status, bans and capacity here as on the WebSocket.
     try:
         admission = await roomhooks.admit(request.app, room_name, grants, request.query.get("password"))
@@ -107,7 +107,7 @@ async def _create(request: web.Request, kind: str) -> web.Response:
     except SdpError as exc:
         await room.leave(participant.identity, session_id=participant.session_id)
         await roomhooks.left(request.app, session, participant)
-        return problem(400, f"bad SDP: {exc}")
+        return _sdp_problem(exc)
     location = f"/{kind}/{room_name}/{participant.session_id}"
     logger.info("%s session %s for %s in %s", kind.upper(), participant.session_id, grants.identity, room_name)
     return web.Response(status=201, text=answer, content_type="application/sdp",
@@ -122,6 +122,13 @@ def _check_offer(sdp: str) -> None:
         raise SdpError(f"the SDP cannot be parsed: {exc}") from None
     if not sections:
         raise SdpError("the offer has no audio or video section")
+    check_forwardable(sdp)
+
+
+def _sdp_problem(exc: SdpError) -> web.Response:
+    if isinstance(exc, UnsupportedCodec):
+        return problem(406, f"not acceptable: {exc}")
+    return problem(400, f"bad SDP: {exc}")
 
 
 async def _no_offer(sdp: str, tracks: list[dict]) -> None:

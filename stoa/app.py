@@ -9,7 +9,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from sfu.aiortc_seam import check_compatibility, prefer_aes128_gcm
+from sfu.aiortc_seam import check_compatibility, prefer_aes128_gcm, register_h264_profiles
 from sfu.peer import IceSettings, PeerFactory
 from signaling import api, classroom_api, classroom_bridge, metrics, whip, ws
 from signaling.room import RoomManager
@@ -24,6 +24,7 @@ WEB_DIR = Path(pages.__file__).parent
 def build_app(settings: Settings) -> web.Application:
     check_compatibility()
     prefer_aes128_gcm()
+    register_h264_profiles()
     app = web.Application(client_max_size=1024 * 1024)
     app[SETTINGS] = settings
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(WEB_DIR / "templates")),

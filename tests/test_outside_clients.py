@@ -1,0 +1,111 @@
+"""Clients nobody here wrote, on loopback: FFmpeg's WHIP muxer (PyPI imageio-ffmpeg) and libdatachannel
+(npm node-datachannel, driven the way OBS's whip-output.cpp drives it). Each publishes to Stoa and an
+aiortc WHEP viewer decodes the frames."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stoa.appkeys import ROOMS
+from tests.test_whip_whep import ROOM, WhepViewer, http, token, wait_no_peers, wait_until  # noqa: F401
+
+logger = logging.getLogger(__name__)
+NODE_DIR = Path(__file__).parent / "node"
+
+
+def ffmpeg_exe() -> str:
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+class Process:
+    """An outside client as a subprocess, its output kept for the failure message, always stopped."""
+
+    def __init__(self, proc: asyncio.subprocess.Process):
+        self.proc = proc
+        self.output = b""
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def start(cls, *argv: str, **kw) -> "Process":
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                    stderr=subprocess.STDOUT, **kw)
+        return cls(proc)
+
+    async def _read(self) -> None:
+        while chunk := await self.proc.stdout.read(4096):
+            self.output += chunk
+
+    def tail(self, n: int = 3000) -> str:
+        return self.output.decode("utf-8", "replace")[-n:]
+
+    async def wait(self, timeout: float) -> int:
+        rc = await asyncio.wait_for(self.proc.wait(), timeout)
+        await self._reader
+        return rc
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        await self._reader
+
+
+def whip_session(room) -> object | None:
+    return next((p for p in room.participants.values() if p.publisher and p.publisher.tracks), None)
+
+
+@pytest.mark.parametrize("profile,expect_idc", [(["-profile:v", "baseline"], 0x42), ([], 0x64)],
+                         ids=["baseline", "x264-default-high"])
+async def test_ffmpeg_whip_publishes_h264_and_opus_to_an_aiortc_whep_viewer(stoa_server, http, profile,
+                                                                          expect_idc):
+    argv = [
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "info", "-re",
+        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+        "-t", "20",
+        "-c:v", "libx264", *profile, "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p",
+        "-c:a", "libopus", "-ar", "48000", "-ac", "2",
+        "-f", "whip", "-authorization", token(stoa_server, "ffmpeg", "instructor"),
+        f"{stoa_server.base}/whip/{ROOM}",
+    ]
+    ffmpeg = await Process.start(*argv)
+    try:
+        manager = stoa_server.app[ROOMS]
+        await wait_until(lambda: ROOM in manager.rooms and whip_session(manager.rooms[ROOM]) is not None
+                         and len(whip_session(manager.rooms[ROOM]).publisher.tracks) == 2, 15,
+                         "FFmpeg's two tracks")
+        room = manager.rooms[ROOM]
+        tracks = {t.kind: t for t in room.tracks()}
+        assert tracks["video"].mime_type.lower() == "video/h264"
+        assert tracks["audio"].mime_type.lower() == "audio/opus"
+        profile_level_id = tracks["video"].codec_parameters.get("profile-level-id", "")
+        assert int(profile_level_id[:2], 16) == expect_idc, f"FFmpeg offered {profile_level_id}"
+
+        viewer = await WhepViewer(http, stoa_server.base, ROOM, token(stoa_server, "v", "viewer")).start()
+        await wait_until(lambda: {"video", "audio"} <= set(viewer.collectors), 10, "both tracks")
+        await viewer.video.wait_frames(60, timeout=20)
+        await viewer.audio.wait_frames(50, timeout=10)
+        assert viewer.video.sizes == {(320, 240)}
+        leg = next(d for _, d in room.participants["v"].subscriber.legs if d.kind == "video")
+        assert leg.seam.params.parameters.get("profile-level-id", "")[:2].lower() == profile_level_id[:2].lower(), \
+            "the viewer's leg is restricted to the publisher's H.264 profile"
+        assert await viewer.stop() == 200
+    except BaseException:
+        logger.error("ffmpeg output:\n%s", ffmpeg.tail())
+        raise
+    finally:
+        await ffmpeg.stop()
+    await wait_until(lambda: not stoa_server.app[ROOMS].peers.live, 20, "FFmpeg's session to end")
