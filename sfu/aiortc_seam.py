@@ -8,6 +8,9 @@ aiortc has no public API for forwarding encoded RTP, so the SFU hooks in here:
 - data channels: a text message on an idle, reliable channel becomes one SCTP DATA chunk handed to DTLS
   and the nominated ICE pair in one synchronous call (aiortc schedules a task per message);
 - ICE: gathering can be limited to configured local addresses (aioice skips loopback otherwise);
+- DTLS: aiortc's DTLS context offers ECDSA cipher suites only, so as the DTLS client it cannot talk
+  to a server whose certificate is RSA (GStreamer, hardware encoders); `use_dtls_certificate` gives a
+  peer connection a certificate whose context offers the ECDHE-RSA suites too;
 - SRTP: pylibsrtp's sessions hold 1500 bytes and keep 144 free for a trailer, so stock aiortc cannot
   protect an RTP packet over 1356 bytes; `allow_large_rtp` gives each session room for MAX_RTP_PACKET.
 
@@ -30,7 +33,7 @@ from typing import Awaitable, Callable
 import aioice.ice
 import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
-from aiortc.rtcdtlstransport import RTCDtlsTransport, State as _DtlsState
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, State as _DtlsState
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc import rtcsctptransport as _sctp
 from aiortc.rtcdatachannel import RTCDataChannel
@@ -80,6 +83,8 @@ def check_compatibility() -> None:
             "_remote_verification_tag", "_t3_handle", "_remote_max_message_size",
         ),
         aioice.ice.Connection.__init__: ("_nominated",),
+        RTCPeerConnection.__init__: ("_RTCPeerConnection__certificates",),
+        RTCCertificate.__init__: ("_key", "_cert"),
         aioice.ice.CandidatePair.__init__: ("protocol",),
         pylibsrtp.Session.__init__: ("_cdata", "_buffer"),
         RTCRtpSender.__init__: (
@@ -96,6 +101,7 @@ def check_compatibility() -> None:
                           "_RTCRtpReceiver__stop_decoder")),
         (RTCRtpSender, ("_handle_rtcp_packet", "send")),
         (RTCDtlsTransport, ("_send_rtp", "_setup_srtp")),
+        (RTCCertificate, ("_create_ssl_context",)),
         (pylibsrtp, ("SRTP_MAX_TRAILER_LEN", "Error")),
         (RTCSctpTransport, ("_flight_size_increase", "_t3_start", "_send")),
         (_sctp, ("DataChunk", "serialize_packet", "tsn_plus_one", "USERDATA_MAX_LENGTH", "WEBRTC_STRING",
@@ -393,6 +399,36 @@ def _dtls_route(dtls: RTCDtlsTransport | None) -> tuple | None:
     if transport is None:
         return None
     return transport.sendto, pair.remote_addr
+
+
+# --- DTLS certificates and cipher suites -----------------------------------------------------
+
+# aiortc's list (ECDSA only) with the matching ECDHE-RSA suite after each: in TLS 1.2 the server's
+# certificate type decides which half can be chosen, so a DTLS client needs both.
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
+)
+
+
+class _Certificate(RTCCertificate):
+    """aiortc's certificate, with a DTLS context that takes RSA peers as well as ECDSA ones."""
+
+    def _create_ssl_context(self, srtp_profiles):
+        ctx = super()._create_ssl_context(srtp_profiles)
+        ctx.set_cipher_list(DTLS_CIPHERS)
+        return ctx
+
+
+def use_dtls_certificate(pc: RTCPeerConnection, key=None, certificate=None) -> None:
+    """Give `pc` a DTLS certificate whose context offers ECDSA and RSA suites: `key`/`certificate`
+    (cryptography objects, RSA or EC), or a fresh ECDSA P-256 one like aiortc's. Call right after
+    creating `pc`: its DTLS transports take the certificate when they are created."""
+    if key is None or certificate is None:
+        stock = RTCCertificate.generateCertificate()
+        key, certificate = stock._key, stock._cert
+    pc._RTCPeerConnection__certificates = [_Certificate(key, certificate)]
 
 
 # --- SRTP packet size -----------------------------------------------------------------------

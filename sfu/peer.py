@@ -17,7 +17,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp, parse_h264_profile_level_id
 
-from sfu.aiortc_seam import allow_large_rtp, restrict_ice_gathering
+from sfu.aiortc_seam import allow_large_rtp, restrict_ice_gathering, use_dtls_certificate
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ class PeerFactory:
     def create(self) -> RTCPeerConnection:
         # An explicit list, even empty: aiortc falls back to Google's STUN when given None.
         pc = RTCPeerConnection(RTCConfiguration(iceServers=self.ice.rtc_servers()))
+        use_dtls_certificate(pc)  # takes RSA peers (GStreamer, hardware encoders) in either DTLS role
         self.live.add(pc)
         return pc
 
