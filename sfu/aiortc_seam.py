@@ -390,6 +390,19 @@ class SenderSeam:
         return s._RTCRtpSender__packet_count, s._RTCRtpSender__octet_count
 
 
+def ignore_feedback(sender: RTCRtpSender) -> None:
+    """Tests only: an aiortc sender that ignores PLI, FIR and REMB, as OBS does, so its keyframes
+    come on the encoder's schedule alone (REMB would rebuild aiortc's encoder: a keyframe)."""
+    stock = sender._handle_rtcp_packet
+
+    async def handle_rtcp(packet) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR, RTCP_PSFB_APP):
+            return
+        await stock(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp
+
+
 def _dtls_route(dtls: RTCDtlsTransport | None) -> tuple | None:
     """(sendto, remote address) of a connected DTLS transport's nominated ICE pair, else None."""
     if dtls is None or dtls._state is not _DTLS_CONNECTED:

@@ -11,7 +11,7 @@ from sfu.aiortc_seam import MAX_RTP_PACKET, SenderSeam
 from sfu.buffer import CachedPacket
 from sfu.forwarder import Forwarder
 from sfu.peer import same_codec
-from sfu.rtp import ExtensionIds, build_extensions, build_header, rtx_payload
+from sfu.rtp import ExtensionIds, abs_send_time, build_extensions, build_header, rtx_payload
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,8 @@ RETRANSMIT_INTERVAL = 0.08
 class DownTrack:
     __slots__ = ("subscriber_id", "kind", "uptrack", "seam", "forwarder", "_ext_ids", "_mid", "_key",
                  "_rtx_seq", "_retransmitted", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
-                 "packets_sent", "retransmits", "nack_misses", "keyframe_requests", "oversize_drops")
+                 "packets_sent", "retransmits", "nack_misses", "keyframe_requests", "oversize_drops",
+                 "replayed")
 
     def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str):
         self.subscriber_id = subscriber_id
@@ -45,6 +46,7 @@ class DownTrack:
         self.nack_misses = 0
         self.keyframe_requests = 0
         self.oversize_drops = 0
+        self.replayed = 0  # packets sent from the GOP cache when this leg started
 
     @property
     def track_id(self) -> str | None:
@@ -128,6 +130,30 @@ class DownTrack:
             seam.record_sent(ntp, ts, self._sr_packets, self._sr_octets)
             self._sr_packets = self._sr_octets = 0
 
+    def replay(self, packet: CachedPacket, speedup: float) -> None:
+        """Send a packet of the track's GOP cache (this leg joined late): the leg starts on the cached
+        keyframe, with timestamps compressed by `speedup`. No SR bookkeeping: its capture times are
+        old; the first live frame sets it."""
+        if self.paused or (not self._codec_ok and not self._configure()):
+            return
+        munged = self.forwarder.munge_replay(packet.seq, packet.timestamp, packet.keyframe, time.time(), speedup)
+        if munged is None:
+            return
+        seq, ts = munged
+        seam = self.seam
+        ext = build_extensions(self._ext_ids, self._mid, abs_send_time(), packet.audio_level)
+        data = build_header(bool(ext), packet.marker, seam.params.payload_type, seq, ts, seam.ssrc) + ext \
+            + packet.payload
+        if len(data) > MAX_RTP_PACKET:
+            self._drop_oversize(len(data))
+        elif seam.send_rtp_now(data):
+            self.packets_sent += 1
+            self.replayed += 1
+
+    def end_replay(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.end_replay()
+
     def _drop_oversize(self, size: int) -> None:
         """A packet SRTP cannot carry to a WebRTC receiver: dropped, counted, logged once per leg."""
         self.oversize_drops += 1
@@ -151,7 +177,7 @@ class DownTrack:
             if now - self._retransmitted.get(out_seq, -1.0) < RETRANSMIT_INTERVAL:
                 continue
             self._retransmitted[out_seq] = now
-            out_ts = (packet.timestamp + fwd.ts_offset) & 0xFFFFFFFF
+            out_ts = fwd.out_timestamp(src, packet.timestamp)
             ext = build_extensions(self._ext_ids, self._mid, b"\x00\x00\x00", packet.audio_level)
             if params.rtx_payload_type is not None:
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
@@ -179,4 +205,5 @@ class DownTrack:
             "nack_misses": self.nack_misses,
             "keyframe_requests": self.keyframe_requests,
             "oversize_drops": self.oversize_drops,
+            "replayed": self.replayed,
         }

@@ -10,12 +10,15 @@ from typing import Any, Awaitable, Callable, Protocol
 from aiortc.rtp import RtpPacket
 
 from sfu.buffer import CachedPacket, PacketCache
+from sfu.gopcache import GOP_REPLAY_SPEEDUP, GopCache
 from sfu.rtp import abs_send_time, is_keyframe, ntp_to_unix, ts_diff, unix_to_ntp
 
 logger = logging.getLogger(__name__)
 
 # A publisher is asked for a keyframe at most this often, however many subscribers ask.
 KEYFRAME_REQUEST_INTERVAL = 0.5
+# A late leg waits at most this long for its transport before its GOP replay starts.
+REPLAY_READY_TIMEOUT = 10.0
 
 
 class PublisherClock:
@@ -70,6 +73,8 @@ class UpTrack:
         self.source = source
         self.muted = False
         self.cache = PacketCache()
+        self.gop = GopCache() if kind == "video" else None
+        self._replays: dict = {}  # leg -> the task replaying the GOP cache to it
         self.downtracks: list = []
         self.sinks: list[PacketSink] = []
         self.media_ssrc: int | None = None
@@ -90,6 +95,7 @@ class UpTrack:
         self.plis_sent = 0
         self.payload_mismatches = 0
         self.forward_errors = 0
+        self.replays = 0
 
     def describe(self) -> dict:
         return {
@@ -141,6 +147,8 @@ class UpTrack:
             arrival, keyframe,
         )
         self.cache.add(cached)
+        if self.gop is not None:
+            self.gop.add(cached)
         if self.muted:
             return
         ntp = unix_to_ntp(self.capture_time(packet.timestamp, arrival))
@@ -202,18 +210,70 @@ class UpTrack:
     # -- subscribers ------------------------------------------------------------------------
 
     def add_downtrack(self, downtrack) -> None:
-        self.downtracks.append(downtrack)
+        """A new leg starts from the cached keyframe when there is one (replayed, then live), else on
+        the next keyframe; either way the publisher is asked for one."""
+        if self.gop is not None and self.gop.packets and hasattr(downtrack, "replay"):
+            self.replays += 1
+            self._replays[downtrack] = asyncio.ensure_future(self._replay_gop(downtrack))
+        else:
+            self.downtracks.append(downtrack)
         self.request_keyframe()
 
     def remove_downtrack(self, downtrack) -> None:
+        task = self._replays.pop(downtrack, None)
+        if task is not None:
+            task.cancel()
         if downtrack in self.downtracks:
             self.downtracks.remove(downtrack)
 
+    async def _replay_gop(self, downtrack) -> None:
+        """Send the GOP cache to one leg, paced at GOP_REPLAY_SPEEDUP times real time by the packets'
+        arrival times, following on into newer GOPs, until it has caught up with live; then the leg
+        joins the fan-out in the same step, so no packet falls between the two."""
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                await asyncio.wait_for(downtrack.seam.ready.wait(), REPLAY_READY_TIMEOUT)
+            except asyncio.TimeoutError:
+                pass
+            packets = self.gop.packets
+            if packets:
+                start, first, i = loop.time(), packets[0].arrival, 0
+                while not self.closed:
+                    if i < len(packets):
+                        wait = start + (packets[i].arrival - first) / GOP_REPLAY_SPEEDUP - loop.time()
+                        if wait > 0.002:
+                            await asyncio.sleep(wait)
+                            continue
+                        downtrack.replay(packets[i], GOP_REPLAY_SPEEDUP)
+                        i += 1
+                        continue
+                    current = self.gop.packets
+                    if current is packets:
+                        break  # caught up
+                    if current is None:
+                        self.request_keyframe()  # the GOP overflowed: the leg has a gap until the next one
+                        break
+                    packets, i = current, 0  # a keyframe came meanwhile: its GOP follows on
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("replaying the GOP of %s failed; the leg goes live", self.track_id)
+        finally:
+            if self._replays.pop(downtrack, None) is not None and not self.closed:
+                downtrack.end_replay()
+                self.downtracks.append(downtrack)
+
     def close(self) -> None:
         self.closed = True
-        for downtrack in list(self.downtracks):
+        for downtrack in [*self.downtracks, *self._replays]:
             downtrack.detach(self)
         self.downtracks.clear()
+        for task in self._replays.values():
+            task.cancel()
+        self._replays.clear()
+        if self.gop is not None:
+            self.gop.clear()
         self.sinks.clear()
         if self._pli_task is not None:
             self._pli_task.cancel()
