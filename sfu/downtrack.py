@@ -150,6 +150,11 @@ class DownTrack:
             self.packets_sent += 1
             self.replayed += 1
 
+    def skip_to_keyframe(self) -> None:
+        """The replay jumps to a newer keyframe: restart on it, contiguous for the subscriber."""
+        if self.forwarder is not None and self.forwarder.started:
+            self.forwarder.switch_source()
+
     def end_replay(self) -> None:
         if self.forwarder is not None:
             self.forwarder.end_replay()

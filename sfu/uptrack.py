@@ -228,8 +228,8 @@ class UpTrack:
 
     async def _replay_gop(self, downtrack) -> None:
         """Send the GOP cache to one leg, paced at GOP_REPLAY_SPEEDUP times real time by the packets'
-        arrival times, following on into newer GOPs, until it has caught up with live; then the leg
-        joins the fan-out in the same step, so no packet falls between the two."""
+        arrival times, until it has caught up with live (skipping to a newer keyframe if one comes);
+        then the leg joins the fan-out in the same step, so no packet falls between the two."""
         loop = asyncio.get_running_loop()
         try:
             try:
@@ -240,6 +240,13 @@ class UpTrack:
             if packets:
                 start, first, i = loop.time(), packets[0].arrival, 0
                 while not self.closed:
+                    current = self.gop.packets
+                    if current is not packets and current is not None:
+                        # A fresher keyframe (the publisher answered our PLI): skip to it; the leg
+                        # restarts on it contiguously, as on a source switch.
+                        downtrack.skip_to_keyframe()
+                        packets, i, start, first = current, 0, loop.time(), current[0].arrival
+                        continue
                     if i < len(packets):
                         wait = start + (packets[i].arrival - first) / GOP_REPLAY_SPEEDUP - loop.time()
                         if wait > 0.002:
@@ -248,13 +255,9 @@ class UpTrack:
                         downtrack.replay(packets[i], GOP_REPLAY_SPEEDUP)
                         i += 1
                         continue
-                    current = self.gop.packets
-                    if current is packets:
-                        break  # caught up
                     if current is None:
                         self.request_keyframe()  # the GOP overflowed: the leg has a gap until the next one
-                        break
-                    packets, i = current, 0  # a keyframe came meanwhile: its GOP follows on
+                    break  # caught up
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -94,3 +94,65 @@ async def test_a_late_viewer_decodes_at_once_although_the_publisher_ignores_pli(
     assert await viewer.stop() == 200
     assert await pub.stop() == 200
     await wait_no_peers(stoa_server)
+
+
+class RecordingLeg:
+    """A leg that records what the UpTrack does with it (the replay protocol of sfu/downtrack.py)."""
+
+    subscriber_id = "rec"
+
+    def __init__(self) -> None:
+        import asyncio
+        import types
+
+        self.seam = types.SimpleNamespace(ready=asyncio.Event())
+        self.seam.ready.set()
+        self.events: list[tuple] = []
+
+    def replay(self, packet, speedup: float) -> None:
+        self.events.append(("replay", packet.seq))
+
+    def skip_to_keyframe(self) -> None:
+        self.events.append(("skip",))
+
+    def end_replay(self) -> None:
+        self.events.append(("live",))
+
+    def forward(self, cached, ntp, send_time, tails) -> None:
+        self.events.append(("forward", cached.seq))
+
+    def detach(self, uptrack=None) -> None:
+        pass
+
+
+async def test_replay_skips_to_a_fresher_keyframe_then_goes_live_without_a_gap():
+    import asyncio
+    import time
+
+    from aiortc.rtp import RtpPacket
+
+    from tests.test_sfu_uptrack import make_track
+
+    def vp8(seq: int, keyframe: bool) -> RtpPacket:
+        payload = b"\x10" + (b"\x00" if keyframe else b"\x01") + b"\x00" * 20
+        return RtpPacket(payload_type=96, sequence_number=seq, timestamp=seq * 3000, ssrc=1, payload=payload)
+
+    track = make_track("video")
+    t0 = time.time() - 8.0
+    for seq in range(1, 21):  # a GOP 8 s old: replayed at 4x, a packet every 0.1 s, 2 s in all
+        await track.on_rtp(vp8(seq, seq == 1), t0 + (seq - 1) * 0.4)
+    leg = RecordingLeg()
+    track.add_downtrack(leg)
+    assert leg not in track.downtracks, "replaying first"
+    await asyncio.sleep(0.3)
+    await track.on_rtp(vp8(21, True), time.time())  # the publisher answered the PLI
+    deadline = time.monotonic() + 5
+    while ("live",) not in leg.events and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await track.on_rtp(vp8(22, False), time.time())
+    skip = leg.events.index(("skip",))
+    assert 1 <= skip < 20, "skipped before the end of the old GOP"
+    assert leg.events[:skip] == [("replay", seq) for seq in range(1, skip + 1)], "the old GOP in order"
+    assert leg.events[skip:] == [("skip",), ("replay", 21), ("live",), ("forward", 22)]
+    assert track.downtracks == [leg]
+    track.close()
