@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -109,3 +108,68 @@ async def test_ffmpeg_whip_publishes_h264_and_opus_to_an_aiortc_whep_viewer(stoa
     finally:
         await ffmpeg.stop()
     await wait_until(lambda: not stoa_server.app[ROOMS].peers.live, 20, "FFmpeg's session to end")
+
+
+@pytest.fixture(scope="session")
+def node_datachannel():
+    """node + tests/node/node_modules (scripts/test installs it with `npm ci`; done here too if missing)."""
+    node = shutil.which("node")
+    assert node, "node is needed for the libdatachannel client: apt-get install nodejs npm (scripts/test does)"
+    if not (NODE_DIR / "node_modules" / "node-datachannel").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=300)
+    return node
+
+
+@pytest.fixture
+def h264_file(tmp_path):
+    """10 s of baseline H.264, Annex B with access unit delimiters, keyframe each second (OBS-like)."""
+    path = tmp_path / "obs.h264"
+    subprocess.run([
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+        "-t", "10", "-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency", "-g", "30",
+        "-pix_fmt", "yuv420p", "-x264-params", "aud=1", "-bsf:v", "h264_mp4toannexb", "-f", "h264", str(path),
+    ], check=True, timeout=60)
+    return path
+
+
+def events(output: bytes) -> list[dict]:
+    out = []
+    for line in output.decode("utf-8", "replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+async def test_libdatachannel_publishes_like_obs_and_a_whep_viewer_decodes(stoa_server, http, node_datachannel,
+                                                                         h264_file):
+    client = await Process.start(node_datachannel, str(NODE_DIR / "obs_whip.mjs"), f"{stoa_server.base}/whip/{ROOM}",
+                                 token(stoa_server, "obs", "instructor"), str(h264_file), "8", cwd=str(NODE_DIR))
+    try:
+        manager = stoa_server.app[ROOMS]
+        await wait_until(lambda: ROOM in manager.rooms and any(
+            t.kind == "video" for t in manager.rooms[ROOM].tracks()), 15, "libdatachannel's video track")
+        created = next(e for e in events(client.output) if e["event"] == "created")
+        assert created["status"] == 201 and created["location"].startswith(f"/whip/{ROOM}/")
+        room = manager.rooms[ROOM]
+        up = next(t for t in room.tracks() if t.kind == "video")
+        assert up.mime_type.lower() == "video/h264" and up.codec_parameters["profile-level-id"] == "42e01f"
+
+        viewer = await WhepViewer(http, stoa_server.base, ROOM, token(stoa_server, "v", "viewer")).start()
+        await wait_until(lambda: "video" in viewer.collectors, 10, "the video track")
+        await viewer.video.wait_frames(60, timeout=15)
+        assert viewer.video.sizes == {(320, 240)}
+        assert up.payload_mismatches == 0
+        assert await viewer.stop() == 200
+        assert await client.wait(timeout=30) == 0
+        steps = {e["event"]: e for e in events(client.output)}
+        assert steps["sent"]["frames"] >= 200
+        assert steps["deleted"]["status"] == 200, "DELETE on the Location ends the session"
+    except BaseException:
+        logger.error("libdatachannel client output:\n%s", client.tail())
+        raise
+    finally:
+        await client.stop()
+    await wait_no_peers(stoa_server)
