@@ -151,6 +151,8 @@ async def test_libdatachannel_publishes_like_obs_and_a_whep_viewer_decodes(stoa_
         manager = stoa_server.app[ROOMS]
         await wait_until(lambda: ROOM in manager.rooms and any(
             t.kind == "video" for t in manager.rooms[ROOM].tracks()), 15, "libdatachannel's video track")
+        await wait_until(lambda: any(e["event"] == "created" for e in events(client.output)), 10,
+                         "the client to read the 201")
         created = next(e for e in events(client.output) if e["event"] == "created")
         assert created["status"] == 201 and created["location"].startswith(f"/whip/{ROOM}/")
         room = manager.rooms[ROOM]
