@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stoa.appkeys import ROOMS
+from tests.test_large_rtp import SizeSink
 from tests.test_whip_whep import ROOM, WhepViewer, http, token, wait_no_peers, wait_until  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -66,10 +67,13 @@ def whip_session(room) -> object | None:
     return next((p for p in room.participants.values() if p.publisher and p.publisher.tracks), None)
 
 
-@pytest.mark.parametrize("profile,expect_idc", [(["-profile:v", "baseline"], 0x42), ([], 0x64)],
-                         ids=["baseline", "x264-default-high"])
+@pytest.mark.parametrize("profile,expect_idc,muxer", [
+    (["-profile:v", "baseline"], 0x42, []),
+    ([], 0x64, []),
+    (["-profile:v", "baseline"], 0x42, ["-pkt_size", "1400"]),
+], ids=["baseline", "x264-default-high", "baseline-1400-byte-packets"])
 async def test_ffmpeg_whip_publishes_h264_and_opus_to_an_aiortc_whep_viewer(stoa_server, http, profile,
-                                                                          expect_idc):
+                                                                          expect_idc, muxer):
     argv = [
         ffmpeg_exe(), "-hide_banner", "-loglevel", "info", "-re",
         "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
@@ -77,7 +81,7 @@ async def test_ffmpeg_whip_publishes_h264_and_opus_to_an_aiortc_whep_viewer(stoa
         "-t", "20",
         "-c:v", "libx264", *profile, "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p",
         "-c:a", "libopus", "-ar", "48000", "-ac", "2",
-        "-f", "whip", "-authorization", token(stoa_server, "ffmpeg", "instructor"),
+        "-f", "whip", *muxer, "-authorization", token(stoa_server, "ffmpeg", "instructor"),
         f"{stoa_server.base}/whip/{ROOM}",
     ]
     ffmpeg = await Process.start(*argv)
@@ -92,6 +96,8 @@ async def test_ffmpeg_whip_publishes_h264_and_opus_to_an_aiortc_whep_viewer(stoa
         assert tracks["audio"].mime_type.lower() == "audio/opus"
         profile_level_id = tracks["video"].codec_parameters.get("profile-level-id", "")
         assert int(profile_level_id[:2], 16) == expect_idc, f"FFmpeg offered {profile_level_id}"
+        sizes = SizeSink()
+        tracks["video"].sinks.append(sizes)
 
         viewer = await WhepViewer(http, stoa_server.base, ROOM, token(stoa_server, "v", "viewer")).start()
         await wait_until(lambda: {"video", "audio"} <= set(viewer.collectors), 10, "both tracks")
@@ -101,6 +107,9 @@ async def test_ffmpeg_whip_publishes_h264_and_opus_to_an_aiortc_whep_viewer(stoa
         leg = next(d for _, d in room.participants["v"].subscriber.legs if d.kind == "video")
         assert leg.seam.params.parameters.get("profile-level-id", "")[:2].lower() == profile_level_id[:2].lower(), \
             "the viewer's leg is restricted to the publisher's H.264 profile"
+        if muxer:
+            assert sizes.largest > 1356, f"FFmpeg sent packets of up to {sizes.largest} bytes"
+        assert leg.oversize_drops == 0 and tracks["video"].forward_errors == 0
         assert await viewer.stop() == 200
     except BaseException:
         logger.error("ffmpeg output:\n%s", ffmpeg.tail())
