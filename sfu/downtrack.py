@@ -11,7 +11,7 @@ from sfu.aiortc_seam import MAX_RTP_PACKET, SenderSeam
 from sfu.buffer import CachedPacket
 from sfu.forwarder import Forwarder
 from sfu.peer import same_codec
-from sfu.rtp import ExtensionIds, abs_send_time, build_extensions, build_header, rtx_payload
+from sfu.rtp import ExtensionIds, abs_send_time, build_extensions, build_header, rtx_payload, unix_to_ntp
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +132,8 @@ class DownTrack:
 
     def replay(self, packet: CachedPacket, speedup: float) -> None:
         """Send a packet of the track's GOP cache (this leg joined late): the leg starts on the cached
-        keyframe, with timestamps compressed by `speedup`. No SR bookkeeping: its capture times are
-        old; the first live frame sets it."""
+        keyframe, with timestamps compressed by `speedup`. Its sender reports pair those timestamps
+        with the time they are sent, not their old capture time, so the subscriber plays them now."""
         if self.paused or (not self._codec_ok and not self._configure()):
             return
         munged = self.forwarder.munge_replay(packet.seq, packet.timestamp, packet.keyframe, time.time(), speedup)
@@ -149,11 +149,11 @@ class DownTrack:
         elif seam.send_rtp_now(data):
             self.packets_sent += 1
             self.replayed += 1
-
-    def skip_to_keyframe(self) -> None:
-        """The replay jumps to a newer keyframe: restart on it, contiguous for the subscriber."""
-        if self.forwarder is not None and self.forwarder.started:
-            self.forwarder.switch_source()
+            self._sr_packets += 1
+            self._sr_octets += len(packet.payload)
+            if packet.marker or self._sr_packets >= 16:
+                seam.record_sent(unix_to_ntp(time.time()), ts, self._sr_packets, self._sr_octets)
+                self._sr_packets = self._sr_octets = 0
 
     def end_replay(self) -> None:
         if self.forwarder is not None:

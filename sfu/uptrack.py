@@ -212,7 +212,7 @@ class UpTrack:
     def add_downtrack(self, downtrack) -> None:
         """A new leg starts from the cached keyframe when there is one (replayed, then live), else on
         the next keyframe; either way the publisher is asked for one."""
-        if self.gop is not None and self.gop.packets and hasattr(downtrack, "replay"):
+        if self.gop is not None and self.gop.packets and not self.muted and hasattr(downtrack, "replay"):
             self.replays += 1
             self._replays[downtrack] = asyncio.ensure_future(self._replay_gop(downtrack))
         else:
@@ -228,8 +228,8 @@ class UpTrack:
 
     async def _replay_gop(self, downtrack) -> None:
         """Send the GOP cache to one leg, paced at GOP_REPLAY_SPEEDUP times real time by the packets'
-        arrival times, until it has caught up with live (skipping to a newer keyframe if one comes);
-        then the leg joins the fan-out in the same step, so no packet falls between the two."""
+        arrival times, following on into newer GOPs, until it has caught up with live; then the leg
+        joins the fan-out in the same step, so no packet falls between the two."""
         loop = asyncio.get_running_loop()
         try:
             try:
@@ -239,14 +239,7 @@ class UpTrack:
             packets = self.gop.packets
             if packets:
                 start, first, i = loop.time(), packets[0].arrival, 0
-                while not self.closed:
-                    current = self.gop.packets
-                    if current is not packets and current is not None:
-                        # A fresher keyframe (the publisher answered our PLI): skip to it; the leg
-                        # restarts on it contiguously, as on a source switch.
-                        downtrack.skip_to_keyframe()
-                        packets, i, start, first = current, 0, loop.time(), current[0].arrival
-                        continue
+                while not self.closed and not self.muted:  # a muted track sends nothing, replayed or not
                     if i < len(packets):
                         wait = start + (packets[i].arrival - first) / GOP_REPLAY_SPEEDUP - loop.time()
                         if wait > 0.002:
@@ -255,9 +248,15 @@ class UpTrack:
                         downtrack.replay(packets[i], GOP_REPLAY_SPEEDUP)
                         i += 1
                         continue
+                    current = self.gop.packets
+                    if current is packets:
+                        break  # caught up
                     if current is None:
                         self.request_keyframe()  # the GOP overflowed: the leg has a gap until the next one
-                    break  # caught up
+                        break
+                    # A keyframe came meanwhile (the PLI's answer): its GOP follows on, contiguously;
+                    # skipping to it would cost the subscriber the frames in between.
+                    packets, i = current, 0
         except asyncio.CancelledError:
             raise
         except Exception:
