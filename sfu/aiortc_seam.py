@@ -36,6 +36,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, State as _DtlsState
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc import rtcsctptransport as _sctp
+from aiortc import rtp as _rtp
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.rtcsctptransport import RTCSctpTransport
 from aiortc.utils import uint16_add
@@ -103,6 +104,7 @@ def check_compatibility() -> None:
         (RTCDtlsTransport, ("_send_rtp", "_setup_srtp")),
         (RTCCertificate, ("_create_ssl_context",)),
         (pylibsrtp, ("SRTP_MAX_TRAILER_LEN", "Error")),
+        (_rtp, ("DYNAMIC_PAYLOAD_TYPES",)),
         (RTCSctpTransport, ("_flight_size_increase", "_t3_start", "_send")),
         (_sctp, ("DataChunk", "serialize_packet", "tsn_plus_one", "USERDATA_MAX_LENGTH", "WEBRTC_STRING",
                  "SCTP_DATA_FIRST_FRAG", "SCTP_DATA_LAST_FRAG")),
@@ -139,6 +141,13 @@ def register_h264_profiles() -> None:
     reads directly when it negotiates). Idempotent; the new payload types follow aiortc's."""
     from aiortc.codecs import CODECS
     from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
+
+    # aiortc answers with the offerer's payload type only if it is in 96-127, else with its own.
+    # Chrome numbers its extra codecs (the H.264 profiles among them) 35-63 too, so an answer would
+    # reuse one of Chrome's numbers for another codec ("Duplicate payload type"). RFC 3551 leaves
+    # 35-63 unassigned and clear of RTCP's 64-95.
+    if 35 not in _rtp.DYNAMIC_PAYLOAD_TYPES:
+        _rtp.DYNAMIC_PAYLOAD_TYPES = frozenset(range(35, 64)) | frozenset(range(96, 128))
 
     video = CODECS["video"]
     have = {(c.parameters.get("profile-level-id"), str(c.parameters.get("packetization-mode", "0")))

@@ -111,3 +111,29 @@ async def test_h264_main_and_high_publishers_reach_viewers_on_the_same_profile(s
     assert await viewer.stop() == 200
     assert await pub.stop() == 200
     await wait_no_peers(stoa_server)
+
+
+async def test_the_answer_keeps_payload_types_chrome_takes_from_35_to_63(stoa_server, http):
+    """Chrome numbers its extra H.264 profiles 35-63; the answer must use those numbers, not reuse
+    one of its own for another codec (Chrome: "Duplicate payload type with conflicting codec")."""
+    pc = client_pc()
+    video = pc.addTransceiver(CounterVideoTrack(), direction="sendonly")
+    video.setCodecPreferences(h264_caps("64001f"))
+    sdp = await make_offer(pc)
+    await pc.close()
+    section = sdp[sdp.index("m=video"):]
+    pt = int(re.search(r"a=rtpmap:(\d+) H264/90000", section).group(1))
+    rtx = int(re.search(rf"a=fmtp:(\d+) apt={pt}", section).group(1))
+    offer = re.sub(rf"\b{pt}\b", "45", re.sub(rf"\b{rtx}\b", "46", section))
+    offer = sdp[:sdp.index("m=video")] + offer
+    async with http.post(f"{stoa_server.base}/whip/{ROOM}", data=offer, headers={
+            "Content-Type": SDP, "Authorization": f"Bearer {token(stoa_server, 'chrome', 'instructor')}"}) as r:
+        answer = await r.text()
+        assert r.status == 201, answer
+    video_answer = answer[answer.index("m=video"):]
+    assert "a=rtpmap:45 H264/90000" in video_answer and "a=fmtp:46 apt=45" in video_answer, video_answer
+    pts = re.findall(r"a=rtpmap:(\d+) ", video_answer)
+    assert len(pts) == len(set(pts)), f"each payload type once: {pts}"
+    async with http.delete(stoa_server.base + r.headers["Location"]) as d:
+        assert d.status == 200
+    await wait_no_peers(stoa_server)
