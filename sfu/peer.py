@@ -69,16 +69,29 @@ def check_forwardable(sdp: str) -> None:
         if any(c.clockRate == cap.clockRate and same_codec(c.mimeType, c.parameters, cap.mimeType, cap.parameters)
                for c in offered for cap in caps):
             continue
-        names = ", ".join(dict.fromkeys(_codec_name(c) for c in offered)) or "none"
+        names = ", ".join(dict.fromkeys(_codec_name(c.mimeType, c.parameters) for c in offered)) or "none"
         raise UnsupportedCodec(f"the {media.kind} section (mid {media.rtp.muxId}) offers {names}; "
                                f"Stoa forwards {ACCEPTED_TEXT}")
 
 
-def _codec_name(codec) -> str:
-    name = codec.mimeType.split("/", 1)[-1]
+def check_section_takes(sdp: str, mid: str, mime_type: str, parameters: dict) -> None:
+    """Raise UnsupportedCodec if section `mid` of a (WHEP) offer cannot receive `mime_type` with these
+    parameters: the broadcast is forwarded as it is, so a viewer must take the publisher's codec."""
+    for media in SessionDescription.parse(sdp).media:
+        if media.rtp.muxId != mid:
+            continue
+        offered = [c for c in media.rtp.codecs if not c.mimeType.lower().endswith("/rtx")]
+        if not any(same_codec(c.mimeType, c.parameters, mime_type, parameters) for c in offered):
+            names = ", ".join(dict.fromkeys(_codec_name(c.mimeType, c.parameters) for c in offered)) or "none"
+            raise UnsupportedCodec(f"the {media.kind} section (mid {mid}) takes {names}, but the broadcast "
+                                   f"is {_codec_name(mime_type, parameters)} and Stoa does not transcode")
+
+
+def _codec_name(mime_type: str, parameters: dict) -> str:
+    name = mime_type.split("/", 1)[-1]
     if name.lower() == "h264":
-        return f"H264 (profile-level-id {codec.parameters.get('profile-level-id', 'none')}, " \
-               f"packetization-mode {codec.parameters.get('packetization-mode', 0)})"
+        return f"H264 (profile-level-id {parameters.get('profile-level-id', 'none')}, " \
+               f"packetization-mode {parameters.get('packetization-mode', 0)})"
     return name
 
 

@@ -127,7 +127,7 @@ class Subscriber:
     async def answer(self, offer_sdp: str, tracks: dict[str, UpTrack]) -> str:
         """Answer a recvonly offer: one send section per offered audio/video section, each
         restricted to the codec of the track it will carry (`tracks` by kind), then bound."""
-        from sfu.peer import negotiated_codecs  # local: only this path parses the offer first
+        from sfu.peer import check_section_takes, negotiated_codecs  # local: only this path parses the offer
 
         try:
             offered = negotiated_codecs(offer_sdp)
@@ -141,6 +141,7 @@ class Subscriber:
             transceiver = self.pc.addTransceiver(IdleTrack(section.kind), direction="sendonly")
             track = tracks.get(section.kind)
             if track is not None:
+                check_section_takes(offer_sdp, section.mid, track.mime_type, track.codec_parameters)
                 transceiver.setCodecPreferences(codec_preferences(section.kind, track.mime_type,
                                                                   track.codec_parameters))
             downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=section.kind)

@@ -137,3 +137,24 @@ async def test_the_answer_keeps_payload_types_chrome_takes_from_35_to_63(stoa_se
     async with http.delete(stoa_server.base + r.headers["Location"]) as d:
         assert d.status == 200
     await wait_no_peers(stoa_server)
+
+
+async def test_a_whep_viewer_that_cannot_take_the_broadcast_codec_gets_406(stoa_server, http):
+    pub = WhipPublisher(http, stoa_server.base, ROOM, token(stoa_server, "obs", "instructor"))
+    video = pub.pc.addTransceiver(CounterVideoTrack(), direction="sendonly")
+    video.setCodecPreferences(h264_caps("64001f"))
+    await pub.publish(ToneAudioTrack())
+    pc = client_pc()
+    viewer_video = pc.addTransceiver("video", direction="recvonly")
+    viewer_video.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                                      if c.mimeType.lower() == "video/vp8"])
+    offer = await make_offer(pc)
+    await pc.close()
+    async with http.post(f"{stoa_server.base}/whep/{ROOM}", data=offer, headers={
+            "Content-Type": SDP, "Authorization": f"Bearer {token(stoa_server, 'v', 'viewer')}"}) as r:
+        text = await r.text()
+        assert r.status == 406, text
+        assert "VP8" in text and "64001f" in text, text
+    assert set(stoa_server.app[ROOMS].rooms[ROOM].participants) == {"obs"}, "the refused viewer left no trace"
+    assert await pub.stop() == 200
+    await wait_no_peers(stoa_server)
