@@ -6,7 +6,8 @@ import logging
 
 from aiohttp import web
 
-from sfu.peer import SdpError, UnsupportedCodec, add_remote_candidate, check_forwardable, check_sdp_text, negotiated_codecs
+from sfu.peer import SdpError, add_remote_candidate, check_sdp_text, negotiated_codecs
+from sfu.peer import UnsupportedCodec, check_forwardable
 from sfu.subscriber import Subscriber
 from signaling.api import roomhooks
 from signaling.api.identity import active_api_keys
