@@ -22,7 +22,8 @@ NODE_DIR = Path(__file__).parent / "node"
 
 
 def ffmpeg_exe() -> str:
-    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    import imageio_ffmpeg  # in the test extras: its wheel carries an FFmpeg 9 with the WHIP muxer
+
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
