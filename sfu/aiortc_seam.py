@@ -435,7 +435,12 @@ DTLS_CIPHERS = (
 
 
 class _Certificate(RTCCertificate):
-    """aiortc's certificate, with a DTLS context that takes RSA peers as well as ECDSA ones."""
+    """aiortc's certificate, with a DTLS context that takes RSA peers as well as ECDSA ones, and one
+    SHA-256 fingerprint in the SDP as browsers send (aiortc lists SHA-256, -384 and -512; libdatachannel,
+    OBS's WebRTC library, then checks SHA-512 and sometimes refuses the handshake: "unknown CA")."""
+
+    def getFingerprints(self):
+        return [f for f in super().getFingerprints() if f.algorithm == "sha-256"]
 
     def _create_ssl_context(self, srtp_profiles):
         ctx = super()._create_ssl_context(srtp_profiles)

@@ -59,6 +59,8 @@ async def test_rsa_publisher_over_whip_and_rsa_viewers_over_whep_in_both_dtls_ro
     use_dtls_certificate(pub.pc, *rsa_identity)
     await pub.publish(CounterVideoTrack(), ToneAudioTrack())
     assert "a=setup:active" in pub.answer, "Stoa is the DTLS client of the RSA publisher"
+    assert {line.split()[0] for line in pub.answer.splitlines() if line.startswith("a=fingerprint:")} == \
+        {"a=fingerprint:sha-256"}, "one SHA-256 fingerprint, as browsers send (libdatachannel needs it)"
 
     as_client = await RsaWhepViewer(http, stoa_server.base, ROOM, token(stoa_server, "v1", "viewer"),
                                     identity=rsa_identity).start()

@@ -23,6 +23,7 @@ function accessUnits(data) {
   return starts.map((s, k) => data.subarray(s, k + 1 < starts.length ? starts[k + 1] : data.length));
 }
 
+ndc.initLogger(process.env.STOA_RTC_LOG || 'Warning', (level, message) => say('log', { level, message }));
 const frames = accessUnits(readFileSync(file));
 const pc = new ndc.PeerConnection('obs', { iceServers: [], bindAddress: '127.0.0.1' });
 pc.onStateChange((state) => say('state', { state }));
