@@ -65,3 +65,23 @@ ensure_services() {
       --dir /var/lib/redis --logfile /var/log/redis/ci.log
   fi
 }
+
+ensure_node_clients() {
+  # libdatachannel (npm node-datachannel) for tests/test_outside_clients.py, pinned by its lock file.
+  if ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+      say "Node.js is needed for the outside-client tests: sudo apt-get install -y nodejs npm"
+      exit 1
+    fi
+    say "installing Debian's Node.js for the outside-client tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  local stamp="tests/node/node_modules/.stoa-installed" want
+  want=$(sha256sum tests/node/package-lock.json | cut -c1-16)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "installing tests/node (npm ci)"
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$want" > "$stamp"
+  fi
+}

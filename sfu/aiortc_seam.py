@@ -11,7 +11,12 @@ aiortc has no public API for forwarding encoded RTP, so the SFU hooks in here:
   ICE session can be restarted in place (new credentials, fresh checks; aioice has no restart of its own);
 - congestion control: transport-cc is negotiated, every parsed RTP packet of a publisher's transport is
   shown to a callback (its transport-wide sequence number), raw RTCP goes out on the transport, and
-  aiortc's own REMB is withheld from a transport that carries transport-cc.
+  aiortc's own REMB is withheld from a transport that carries transport-cc;
+- DTLS: aiortc's DTLS context offers ECDSA cipher suites only, so as the DTLS client it cannot talk
+  to a server whose certificate is RSA (GStreamer, hardware encoders); `use_dtls_certificate` gives a
+  peer connection a certificate whose context offers the ECDHE-RSA suites too;
+- SRTP: pylibsrtp's sessions hold 1500 bytes and keep 144 free for a trailer, so stock aiortc cannot
+  protect an RTP packet over 1356 bytes; `allow_large_rtp` gives each session room for MAX_RTP_PACKET.
 
 Everything here is checked by `check_compatibility()` at start-up and covered by
 tests/test_sfu_seam.py, so an aiortc upgrade breaks this file, loudly, and nothing else.
@@ -20,6 +25,7 @@ tests/test_sfu_seam.py, so an aiortc upgrade breaks this file, loudly, and nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -30,15 +36,18 @@ from typing import Awaitable, Callable
 
 import aioice.ice
 import aioice.stun
+import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpHeaderExtensionParameters, RTCRtpReceiver, RTCRtpSender
 from aiortc import codecs as _codecs
 from aiortc.rtcrtpparameters import RTCRtcpFeedback
-from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter, State as _DtlsState
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, RtpRouter, State as _DtlsState
 from aiortc.rtcicetransport import RTCIceTransport, candidate_to_aioice
 from aiortc import rtcsctptransport as _sctp
+from aiortc import rtp as _rtp
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.rtcsctptransport import RTCSctpTransport
 from aiortc.utils import uint16_add
+from pylibsrtp._binding import ffi as _srtp_ffi
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
@@ -89,8 +98,10 @@ def check_compatibility() -> None:
                                          "_early_checks", "_early_checks_done", "_local_username",
                                          "_local_password", "_query_consent_task", "_closing",
                                          "remote_password"),
-        RTCPeerConnection.__init__: ("_RTCPeerConnection__transceivers",),
+        RTCPeerConnection.__init__: ("_RTCPeerConnection__transceivers", "_RTCPeerConnection__certificates"),
+        RTCCertificate.__init__: ("_key", "_cert"),
         aioice.ice.CandidatePair.__init__: ("protocol",),
+        pylibsrtp.Session.__init__: ("_cdata", "_buffer"),
         RTCRtpSender.__init__: (
             "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
             "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count", "_ssrc", "_rtx_ssrc",
@@ -105,9 +116,12 @@ def check_compatibility() -> None:
         (RTCRtpReceiver, ("_handle_rtp_packet", "_handle_rtcp_packet", "_send_rtcp_pli", "_send_rtcp",
                           "_RTCRtpReceiver__stop_decoder")),
         (RTCRtpSender, ("_handle_rtcp_packet", "send")),
-        (RTCDtlsTransport, ("_send_rtp", "_handle_rtp_data")),
+        (RTCDtlsTransport, ("_send_rtp", "_handle_rtp_data", "_setup_srtp")),
         (RtpRouter, ("route_rtp",)),
         (_codecs, ("CODECS", "HEADER_EXTENSIONS")),
+        (RTCCertificate, ("_create_ssl_context",)),
+        (pylibsrtp, ("SRTP_MAX_TRAILER_LEN", "Error")),
+        (_rtp, ("DYNAMIC_PAYLOAD_TYPES",)),
         (RTCSctpTransport, ("_flight_size_increase", "_t3_start", "_send")),
         (_sctp, ("DataChunk", "serialize_packet", "tsn_plus_one", "USERDATA_MAX_LENGTH", "WEBRTC_STRING",
                  "SCTP_DATA_FIRST_FRAG", "SCTP_DATA_LAST_FRAG")),
@@ -134,6 +148,49 @@ def prefer_aes128_gcm() -> None:
 
     profiles = dtls_module.SRTP_PROFILES
     profiles.sort(key=lambda p: 0 if p is dtls_module.SRTP_AEAD_AES_128_GCM else 1)
+
+
+# H.264 profiles aiortc does not list (it has Constrained Baseline and Baseline, packetization-mode 1).
+# Stoa forwards H.264 without decoding, so it can take any profile a publisher offers; each leg is
+# then restricted to that same profile and packetization mode (RFC 6184 8.1).
+H264_PROFILE_LEVEL_IDS = ("42001f", "42e01f", "4d001f", "640c1f", "64001f", "f4001f")
+
+
+def register_h264_profiles() -> None:
+    """Add the H.264 profiles and packetization modes aiortc lacks to its codec table (which aiortc
+    reads directly when it negotiates). Idempotent; the new payload types follow aiortc's."""
+    from aiortc.codecs import CODECS
+    from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
+
+    # aiortc answers with the offerer's payload type only if it is in 96-127, else with its own.
+    # Chrome numbers its extra codecs (the H.264 profiles among them) 35-63 too, so an answer would
+    # reuse one of Chrome's numbers for another codec ("Duplicate payload type"). RFC 3551 leaves
+    # 35-63 unassigned and clear of RTCP's 64-95.
+    if 35 not in _rtp.DYNAMIC_PAYLOAD_TYPES:
+        _rtp.DYNAMIC_PAYLOAD_TYPES = frozenset(range(35, 64)) | frozenset(range(96, 128))
+
+    video = CODECS["video"]
+    have = {(c.parameters.get("profile-level-id"), str(c.parameters.get("packetization-mode", "0")))
+            for c in video if c.mimeType.lower() == "video/h264"}
+    used = {c.payloadType for kind in CODECS.values() for c in kind}
+    free = (pt for pt in range(96, 128) if pt not in used)
+    for mode in ("1", "0"):
+        for profile_level_id in H264_PROFILE_LEVEL_IDS:
+            if (profile_level_id, mode) in have:
+                continue
+            pt, rtx_pt = next(free, None), next(free, None)
+            if rtx_pt is None:
+                logger.warning("no free payload type for H.264 %s mode %s", profile_level_id, mode)
+                return
+            video.append(RTCRtpCodecParameters(
+                mimeType="video/H264", clockRate=90000, payloadType=pt,
+                rtcpFeedback=[RTCRtcpFeedback(type="nack"), RTCRtcpFeedback(type="nack", parameter="pli"),
+                              RTCRtcpFeedback(type="goog-remb")],
+                parameters={"level-asymmetry-allowed": "1", "packetization-mode": mode,
+                            "profile-level-id": profile_level_id},
+            ))
+            video.append(RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=rtx_pt,
+                                               parameters={"apt": pt}))
 
 
 # --- receive side ---------------------------------------------------------------------------
@@ -182,7 +239,13 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: OnRtp, on_sender_report: OnSe
         forwarded, sink.packet = sink.packet, None
         if forwarded is not None:
             # aiortc's arrival clock counts from 1900; the SFU works in unix time.
-            await tap["on_rtp"](forwarded, time.time())
+            try:
+                await tap["on_rtp"](forwarded, time.time())
+            except Exception:
+                # Raised into RTCDtlsTransport's receive loop, it would close the publisher's transport.
+                state["errors"] = state.get("errors", 0) + 1
+                if state["errors"] == 1:
+                    logger.exception("forwarding a packet failed; the publisher's transport stays up")
 
     async def handle_rtcp(packet) -> None:
         if isinstance(packet, RtcpSrPacket):
@@ -216,6 +279,20 @@ def tap_receiver(receiver: RTCRtpReceiver, on_rtp: OnRtp, on_sender_report: OnSe
     receiver._handle_rtp_packet = handle_rtp
     receiver._handle_rtcp_packet = handle_rtcp
     receiver._send_rtcp = send_rtcp
+
+
+@contextlib.contextmanager
+def rtp_payload_limit(size: int):
+    """Tests and benches only: aiortc's VP8 and H.264 packetizers fill RTP payloads up to `size`
+    bytes instead of 1300, to publish the large packets other encoders send (GStreamer: 1400)."""
+    from aiortc.codecs import h264, vpx
+
+    saved = h264.PACKET_MAX, vpx.PACKET_MAX
+    h264.PACKET_MAX = vpx.PACKET_MAX = size
+    try:
+        yield
+    finally:
+        h264.PACKET_MAX, vpx.PACKET_MAX = saved
 
 
 def decoder_running(receiver: RTCRtpReceiver) -> bool:
@@ -298,15 +375,19 @@ class SendParameters:
     header_extensions: list[tuple[str, int]] = field(default_factory=list)
     # Every codec the leg negotiated, by lower-case MIME type: (clock rate, payload type, RTX type).
     codecs: dict[str, tuple[int, int, int | None]] = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)  # the fmtp of the codec in use
+    # Every negotiated codec in order: (MIME type, fmtp, clock rate, payload type, RTX type).
+    offered: list[tuple[str, dict, int, int, int | None]] = field(default_factory=list)
 
-    def select(self, mime_type: str) -> bool:
-        """Send with another negotiated codec (a WHEP leg set up before its publisher existed)."""
-        found = self.codecs.get(mime_type.lower())
-        if found is None:
-            return False
-        self.mime_type = mime_type
-        self.clock_rate, self.payload_type, self.rtx_payload_type = found
-        return True
+    def select(self, mime_type: str, accept: Callable[[dict], bool] | None = None) -> bool:
+        """Send with another negotiated codec (a WHEP leg set up before its publisher existed);
+        `accept` picks among codecs of one MIME type by fmtp (H.264 profiles)."""
+        for mime, parameters, clock_rate, payload_type, rtx in self.offered:
+            if mime.lower() == mime_type.lower() and (accept is None or accept(parameters)):
+                self.mime_type, self.parameters = mime, parameters
+                self.clock_rate, self.payload_type, self.rtx_payload_type = clock_rate, payload_type, rtx
+                return True
+        return False
 
 
 # A receiver report block about a leg: (fraction lost 0..1, aiortc's smoothed RTT from LSR/DLSR in s).
@@ -345,6 +426,9 @@ class SenderSeam:
                 mime_type=first.mimeType, clock_rate=first.clockRate, payload_type=first.payloadType,
                 rtx_payload_type=rtx.get(first.payloadType), mid=parameters.muxId or "",
                 header_extensions=[(e.uri, e.id) for e in parameters.headerExtensions], codecs=codecs,
+                parameters=dict(first.parameters),
+                offered=[(c.mimeType, dict(c.parameters), c.clockRate, c.payloadType, rtx.get(c.payloadType))
+                         for c in parameters.codecs if not c.mimeType.lower().endswith("/rtx")],
             )
             self._dtls = sender.transport
             await stock_send(parameters)
@@ -374,8 +458,8 @@ class SenderSeam:
             return False
         try:
             await dtls._send_rtp(data)
-        except ConnectionError:
-            return False
+        except (ConnectionError, ValueError, pylibsrtp.Error):
+            return False  # closed, or too large to protect (ValueError): never the receive loop's end
         return True
 
     def send_rtp_now(self, data: bytes) -> bool:
@@ -412,6 +496,19 @@ class SenderSeam:
         return s._RTCRtpSender__packet_count, s._RTCRtpSender__octet_count
 
 
+def ignore_feedback(sender: RTCRtpSender) -> None:
+    """Tests only: an aiortc sender that ignores PLI, FIR and REMB, as OBS does, so its keyframes
+    come on the encoder's schedule alone (REMB would rebuild aiortc's encoder: a keyframe)."""
+    stock = sender._handle_rtcp_packet
+
+    async def handle_rtcp(packet) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR, RTCP_PSFB_APP):
+            return
+        await stock(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp
+
+
 def _dtls_route(dtls: RTCDtlsTransport | None) -> tuple | None:
     """(sendto, remote address, the connection's nominated pairs, the pair) of a connected DTLS
     transport's nominated ICE pair, else None. Callers keep it while `nominated.get(1) is pair`."""
@@ -423,6 +520,117 @@ def _dtls_route(dtls: RTCDtlsTransport | None) -> tuple | None:
     if transport is None:
         return None
     return transport.sendto, pair.remote_addr, nominated, pair
+
+
+# --- DTLS certificates and cipher suites -----------------------------------------------------
+
+# aiortc's list (ECDSA only) with the matching ECDHE-RSA suite after each: in TLS 1.2 the server's
+# certificate type decides which half can be chosen, so a DTLS client needs both.
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
+)
+
+
+class _Certificate(RTCCertificate):
+    """aiortc's certificate, with a DTLS context that takes RSA peers as well as ECDSA ones, and one
+    SHA-256 fingerprint in the SDP as browsers send (aiortc lists SHA-256, -384 and -512; libdatachannel,
+    OBS's WebRTC library, then checks SHA-512 and sometimes refuses the handshake: "unknown CA")."""
+
+    def getFingerprints(self):
+        return [f for f in super().getFingerprints() if f.algorithm == "sha-256"]
+
+    def _create_ssl_context(self, srtp_profiles):
+        ctx = super()._create_ssl_context(srtp_profiles)
+        ctx.set_cipher_list(DTLS_CIPHERS)
+        return ctx
+
+
+def use_dtls_certificate(pc: RTCPeerConnection, key=None, certificate=None) -> None:
+    """Give `pc` a DTLS certificate whose context offers ECDSA and RSA suites: `key`/`certificate`
+    (cryptography objects, RSA or EC), or a fresh ECDSA P-256 one like aiortc's. Call right after
+    creating `pc`: its DTLS transports take the certificate when they are created."""
+    if key is None or certificate is None:
+        stock = RTCCertificate.generateCertificate()
+        key, certificate = stock._key, stock._cert
+    pc._RTCPeerConnection__certificates = [_Certificate(key, certificate)]
+
+
+# --- SRTP packet size -----------------------------------------------------------------------
+
+# The largest SRTP packet WebRTC receivers take: libwebrtc drops anything over kMaxRtpPacketLen (2048).
+SRTP_MAX_PACKET = 2048
+# The largest RTP packet a leg forwards: SRTP_MAX_PACKET less the longest tag of the negotiated
+# profiles (AEAD-GCM: 16 bytes; AES_CM_128_HMAC_SHA1_80: 10).
+MAX_RTP_PACKET = SRTP_MAX_PACKET - 16
+
+
+def allow_large_rtp(pc: RTCPeerConnection, max_packet: int = MAX_RTP_PACKET) -> None:
+    """Let the DTLS transports of `pc` protect RTP up to `max_packet` bytes and take SRTP datagrams
+    as large. A larger datagram from the remote is dropped (and counted), never raised: pylibsrtp's
+    ValueError would end the transport's receive loop and close it. Call before setLocalDescription
+    (SRTP is keyed when DTLS connects, afterwards). Tests pass a larger `max_packet` to play a
+    publisher that sends what no receiver takes."""
+    size = max_packet + pylibsrtp.SRTP_MAX_TRAILER_LEN
+    for dtls in _dtls_transports(pc):
+        if getattr(dtls, "_stoa_large_rtp", False):
+            continue
+        dtls._stoa_large_rtp = True
+        dtls._stoa_oversize = {"dropped": 0, "largest": 0}
+        stock_setup = dtls._setup_srtp
+
+        def setup_srtp(dtls=dtls, stock_setup=stock_setup) -> None:
+            stock_setup()
+            for session in (dtls._rx_srtp, dtls._tx_srtp):
+                if session is not None:
+                    session._cdata = _srtp_ffi.new("char[]", size)
+                    session._buffer = _srtp_ffi.buffer(session._cdata)
+            if dtls._rx_srtp is not None:
+                _drop_oversize(dtls, dtls._rx_srtp, size)
+
+        dtls._setup_srtp = setup_srtp
+
+
+def srtp_oversize(pc: RTCPeerConnection) -> dict:
+    """Datagrams from the remote that were too large to unprotect: {"dropped": n, "largest": bytes}."""
+    total = {"dropped": 0, "largest": 0}
+    for dtls in _dtls_transports(pc):
+        stats = getattr(dtls, "_stoa_oversize", None)
+        if stats:
+            total["dropped"] += stats["dropped"]
+            total["largest"] = max(total["largest"], stats["largest"])
+    return total
+
+
+def _drop_oversize(dtls: RTCDtlsTransport, session, limit: int) -> None:
+    stats = dtls._stoa_oversize
+    for name in ("unprotect", "unprotect_rtcp"):
+        stock = getattr(session, name)
+
+        def unprotect(data: bytes, stock=stock) -> bytes:
+            if len(data) > limit:
+                stats["dropped"] += 1
+                stats["largest"] = max(stats["largest"], len(data))
+                if stats["dropped"] == 1:
+                    logger.warning("dropping SRTP datagrams over %d bytes from the remote (first: %d bytes)",
+                                   limit, len(data))
+                raise pylibsrtp.Error(f"SRTP datagram of {len(data)} bytes is over {limit}")  # aiortc skips it
+            return stock(data)
+
+        setattr(session, name, unprotect)
+
+
+def _dtls_transports(pc: RTCPeerConnection) -> list[RTCDtlsTransport]:
+    seen, out = set(), []
+    for t in pc.getTransceivers():
+        for dtls in (t.sender.transport, t.receiver.transport):
+            if dtls is not None and id(dtls) not in seen:
+                seen.add(id(dtls))
+                out.append(dtls)
+    if pc.sctp is not None and id(pc.sctp.transport) not in seen:
+        out.append(pc.sctp.transport)
+    return out
 
 
 # --- data channels --------------------------------------------------------------------------

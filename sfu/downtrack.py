@@ -8,13 +8,14 @@ from typing import Callable
 
 from aiortc import RTCRtpSender
 
-from sfu.aiortc_seam import SenderSeam
+from sfu.aiortc_seam import MAX_RTP_PACKET, SenderSeam
 from sfu.buffer import CachedPacket
 from sfu.forwarder import Forwarder
 from sfu.pacer import Pacer
+from sfu.peer import same_codec
 from sfu.quality import BAD, GOOD, QualityChange, ViewerQuality
 from sfu.retransmit import SEND, RetransmitPolicy
-from sfu.rtp import ExtensionIds, build_extensions, build_header, rtx_payload
+from sfu.rtp import ExtensionIds, abs_send_time, build_extensions, build_header, rtx_payload, unix_to_ntp
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ class DownTrack:
     __slots__ = ("subscriber_id", "kind", "uptrack", "seam", "forwarder", "_ext_ids", "_mid", "_key",
                  "_rtx_seq", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
                  "packets_sent", "retransmits", "nack_misses", "keyframe_requests",
-                 "retransmit", "quality", "pacer", "on_quality", "keyframes_for_viewer", "_load", "_shed")
+                 "retransmit", "quality", "pacer", "on_quality", "keyframes_for_viewer", "_load", "_shed",
+                 "oversize_drops", "replayed")
 
     def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str, load=None):
         self.subscriber_id = subscriber_id
@@ -55,6 +57,8 @@ class DownTrack:
         self.retransmits = 0
         self.nack_misses = 0
         self.keyframe_requests = 0
+        self.oversize_drops = 0
+        self.replayed = 0  # packets sent from the GOP cache when this leg started
 
     @property
     def track_id(self) -> str | None:
@@ -87,10 +91,20 @@ class DownTrack:
         if params is None:
             return False
         up = self.uptrack
-        if params.mime_type.lower() != up.mime_type.lower() and not params.select(up.mime_type):
-            logger.warning("leg of %s negotiated %s but track %s is %s: not forwarding",
-                           self.subscriber_id, params.mime_type, up.track_id, up.mime_type)
-            return False
+        if not same_codec(params.mime_type, params.parameters, up.mime_type, up.codec_parameters):
+            if params.select(up.mime_type, lambda fmtp: same_codec(up.mime_type, fmtp, up.mime_type,
+                                                                   up.codec_parameters)):
+                pass
+            elif params.select(up.mime_type):
+                # A leg negotiated before the publisher came, without its H.264 profile: most
+                # decoders take any profile, so send rather than show nothing.
+                logger.warning("leg of %s has no H.264 profile matching %s of track %s; sending it as %s",
+                               self.subscriber_id, up.codec_parameters.get("profile-level-id"), up.track_id,
+                               params.parameters.get("profile-level-id"))
+            else:
+                logger.warning("leg of %s negotiated %s but track %s is %s: not forwarding",
+                               self.subscriber_id, params.mime_type, up.track_id, up.mime_type)
+                return False
         if self.forwarder is None:
             self.forwarder = Forwarder(params.clock_rate, video=self.kind == "video")
             self._rtx_seq = self.forwarder.last_out_seq ^ 0x5A5A
@@ -120,6 +134,9 @@ class DownTrack:
             tail = tails[self._key] = (bool(ext), ext + packet.payload)
         seam = self.seam
         data = build_header(tail[0], packet.marker, seam.params.payload_type, seq, ts, seam.ssrc) + tail[1]
+        if len(data) > MAX_RTP_PACKET:
+            self._drop_oversize(len(data))
+            return
         pacer = self.pacer
         if pacer.backlog or (pacer.pacing_media and not pacer.admit(len(data), packet.arrival)):
             pacer.enqueue(data)  # a burst beyond the bucket: paced out by the pacer's timer
@@ -132,6 +149,42 @@ class DownTrack:
         if packet.marker or self._sr_packets >= 16:
             seam.record_sent(ntp, ts, self._sr_packets, self._sr_octets)
             self._sr_packets = self._sr_octets = 0
+
+    def replay(self, packet: CachedPacket, speedup: float) -> None:
+        """Send a packet of the track's GOP cache (this leg joined late): the leg starts on the cached
+        keyframe, with timestamps compressed by `speedup`. Its sender reports pair those timestamps
+        with the time they are sent, not their old capture time, so the subscriber plays them now."""
+        if self.paused or (not self._codec_ok and not self._configure()):
+            return
+        munged = self.forwarder.munge_replay(packet.seq, packet.timestamp, packet.keyframe, time.time(), speedup)
+        if munged is None:
+            return
+        seq, ts = munged
+        seam = self.seam
+        ext = build_extensions(self._ext_ids, self._mid, abs_send_time(), packet.audio_level)
+        data = build_header(bool(ext), packet.marker, seam.params.payload_type, seq, ts, seam.ssrc) + ext \
+            + packet.payload
+        if len(data) > MAX_RTP_PACKET:
+            self._drop_oversize(len(data))
+        elif seam.send_rtp_now(data):
+            self.packets_sent += 1
+            self.replayed += 1
+            self._sr_packets += 1
+            self._sr_octets += len(packet.payload)
+            if packet.marker or self._sr_packets >= 16:
+                seam.record_sent(unix_to_ntp(time.time()), ts, self._sr_packets, self._sr_octets)
+                self._sr_packets = self._sr_octets = 0
+
+    def end_replay(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.end_replay()
+
+    def _drop_oversize(self, size: int) -> None:
+        """A packet SRTP cannot carry to a WebRTC receiver: dropped, counted, logged once per leg."""
+        self.oversize_drops += 1
+        if self.oversize_drops == 1:
+            logger.warning("track %s to %s: dropping RTP packets over %d bytes (first: %d bytes)",
+                           self.track_id, self.subscriber_id, MAX_RTP_PACKET, size)
 
     async def _on_nack(self, lost: list[int]) -> None:
         up, fwd, params = self.uptrack, self.forwarder, self.seam.params
@@ -148,7 +201,7 @@ class DownTrack:
                 continue
             if policy.decide(out_seq, len(packet.payload) + 32, packet.arrival, now) is not SEND:
                 continue
-            out_ts = (packet.timestamp + fwd.ts_offset) & 0xFFFFFFFF
+            out_ts = fwd.out_timestamp(src, packet.timestamp)
             ext = build_extensions(self._ext_ids, self._mid, b"\x00\x00\x00", packet.audio_level)
             if params.rtx_payload_type is not None:
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
@@ -241,4 +294,6 @@ class DownTrack:
             "retransmits_refused": dict(self.retransmit.refused),
             "keyframes_for_viewer": self.keyframes_for_viewer,
             "paced": self.pacer.paced,
+            "oversize_drops": self.oversize_drops,
+            "replayed": self.replayed,
         }

@@ -15,9 +15,10 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
-from aiortc.sdp import SessionDescription, candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp, parse_h264_profile_level_id
 
-from sfu.aiortc_seam import harden_consent, rebundle_orphans, restrict_ice_gathering, retire_rejected_transceivers
+from sfu.aiortc_seam import (allow_large_rtp, harden_consent, rebundle_orphans, restrict_ice_gathering,
+                             retire_rejected_transceivers, use_dtls_certificate)
 from sfu.iceserver import IceServer, ice_servers
 from sfu.jsep import conform_answer, rejected_mids
 
@@ -28,6 +29,73 @@ MAX_SDP_BYTES = 64 * 1024
 
 class SdpError(ValueError):
     """The remote description cannot be used; the message says why."""
+
+
+class UnsupportedCodec(SdpError):
+    """A media section offers no codec Stoa can forward (WHIP answers 406 Not Acceptable)."""
+
+
+# What Stoa forwards, by kind; each leg is restricted to the publisher's codec, nothing is transcoded.
+FORWARDED_CODECS = {"audio": ("audio/opus",), "video": ("video/VP8", "video/H264")}
+ACCEPTED_TEXT = ("VP8 or H.264 (any profile, packetization-mode 0 or 1) for video, Opus for audio")
+
+
+def h264_profile(parameters: dict) -> tuple[object, int] | None:
+    """(profile, packetization-mode) of an H.264 fmtp, as RFC 6184 8.1 matches them (the level may
+    differ); a missing profile-level-id means Constrained Baseline 3.1, as libwebrtc reads it."""
+    try:
+        profile = parse_h264_profile_level_id(str(parameters.get("profile-level-id", "42e01f")))[0]
+        return profile, int(parameters.get("packetization-mode", 0))
+    except ValueError:
+        return None
+
+
+def same_codec(mime_a: str, params_a: dict, mime_b: str, params_b: dict) -> bool:
+    """One codec for forwarding purposes: same MIME type and, for H.264, profile and packetization mode."""
+    if mime_a.lower() != mime_b.lower():
+        return False
+    if mime_a.lower() == "video/h264":
+        a = h264_profile(params_a)
+        return a is not None and a == h264_profile(params_b)
+    return True
+
+
+def check_forwardable(sdp: str) -> None:
+    """Raise UnsupportedCodec, naming what was offered and what Stoa takes, when an audio or video
+    section of an offer has no codec Stoa forwards (AV1, H.265, ...)."""
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind not in FORWARDED_CODECS or media.direction == "inactive" or media.port == 0:
+            continue
+        offered = [c for c in media.rtp.codecs if not c.mimeType.lower().endswith("/rtx")]
+        caps = [c for c in RTCRtpSender.getCapabilities(media.kind).codecs
+                if c.mimeType.lower() in (m.lower() for m in FORWARDED_CODECS[media.kind])]
+        if any(c.clockRate == cap.clockRate and same_codec(c.mimeType, c.parameters, cap.mimeType, cap.parameters)
+               for c in offered for cap in caps):
+            continue
+        names = ", ".join(dict.fromkeys(_codec_name(c.mimeType, c.parameters) for c in offered)) or "none"
+        raise UnsupportedCodec(f"the {media.kind} section (mid {media.rtp.muxId}) offers {names}; "
+                               f"Stoa forwards {ACCEPTED_TEXT}")
+
+
+def check_section_takes(sdp: str, mid: str, mime_type: str, parameters: dict) -> None:
+    """Raise UnsupportedCodec if section `mid` of a (WHEP) offer cannot receive `mime_type` with these
+    parameters: the broadcast is forwarded as it is, so a viewer must take the publisher's codec."""
+    for media in SessionDescription.parse(sdp).media:
+        if media.rtp.muxId != mid:
+            continue
+        offered = [c for c in media.rtp.codecs if not c.mimeType.lower().endswith("/rtx")]
+        if not any(same_codec(c.mimeType, c.parameters, mime_type, parameters) for c in offered):
+            names = ", ".join(dict.fromkeys(_codec_name(c.mimeType, c.parameters) for c in offered)) or "none"
+            raise UnsupportedCodec(f"the {media.kind} section (mid {mid}) takes {names}, but the broadcast "
+                                   f"is {_codec_name(mime_type, parameters)} and Stoa does not transcode")
+
+
+def _codec_name(mime_type: str, parameters: dict) -> str:
+    name = mime_type.split("/", 1)[-1]
+    if name.lower() == "h264":
+        return f"H264 (profile-level-id {parameters.get('profile-level-id', 'none')}, " \
+               f"packetization-mode {parameters.get('packetization-mode', 0)})"
+    return name
 
 
 class IdleTrack(MediaStreamTrack):
@@ -100,6 +168,7 @@ class PeerFactory:
     def create(self) -> RTCPeerConnection:
         # An explicit list, even empty: aiortc falls back to Google's STUN when given None.
         pc = RTCPeerConnection(RTCConfiguration(iceServers=self.ice.rtc_servers()))
+        use_dtls_certificate(pc)  # takes RSA peers (GStreamer, hardware encoders) in either DTLS role
         self.live.add(pc)
         return pc
 
@@ -122,6 +191,7 @@ class PeerFactory:
         if not parsed.media:
             raise SdpError("the SDP has no media sections")
         if kind == "offer":
+            check_forwardable(sdp)
             await retire_rejected_transceivers(pc, {m.rtp.muxId for m in parsed.media}, rejected_mids(sdp))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
@@ -133,6 +203,7 @@ class PeerFactory:
     async def set_local(self, pc: RTCPeerConnection, description: RTCSessionDescription) -> str:
         restrict_ice_gathering(pc, self.ice.addresses)
         harden_consent(pc)  # a loop that falls behind must not expire its own peers' consent
+        allow_large_rtp(pc)
         await pc.setLocalDescription(description)
         return pc.localDescription.sdp
 
@@ -183,15 +254,15 @@ def negotiated_codecs(sdp: str) -> dict[str, NegotiatedCodec]:
 
 
 def codec_preferences(kind: str, mime_type: str, parameters: dict | None = None):
-    """Restrict a leg to the publisher's codec (plus its RTX), so nothing has to be transcoded."""
+    """Restrict a leg to the publisher's codec (plus its RTX), so nothing has to be transcoded. For
+    H.264 that is the publisher's profile and packetization mode (RFC 6184)."""
     caps = RTCRtpSender.getCapabilities(kind).codecs
     chosen = [c for c in caps if c.mimeType.lower() == mime_type.lower()]
-    if parameters and len(chosen) > 1:
-        profile = parameters.get("profile-level-id")
-        exact = [c for c in chosen if c.parameters.get("profile-level-id") == profile]
-        chosen = exact or chosen
+    if mime_type.lower() == "video/h264" and parameters is not None:
+        chosen = [c for c in chosen if same_codec(mime_type, parameters, c.mimeType, c.parameters)]
     if not chosen:
-        raise SdpError(f"codec {mime_type} is not supported")
+        raise UnsupportedCodec(f"codec {mime_type} {parameters or ''} is not supported; "
+                               f"Stoa forwards {ACCEPTED_TEXT}")
     rtx = [c for c in caps if c.mimeType.lower().endswith("/rtx")]
     return chosen + rtx
 

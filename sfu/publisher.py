@@ -77,7 +77,7 @@ class Publisher:
             track_id="TR_" + uuid.uuid4().hex[:12],
             kind=kind, mime_type=codec.mime_type, clock_rate=codec.clock_rate,
             payload_type=codec.payload_type, publisher_id=self.participant_id, source=source,
-            clock=self.clock, send_pli=lambda ssrc: send_pli(receiver, ssrc),
+            clock=self.clock, send_pli=lambda ssrc: send_pli(receiver, ssrc), codec_parameters=codec.parameters,
         )
         uptrack.mid = transceiver.mid
         uptrack.receiver = receiver

@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 from aiortc import RTCPeerConnection
 
 from sfu.downtrack import DownTrack, OnQuality
-from sfu.peer import IdleTrack, PeerFactory, SdpError, codec_preferences
+from sfu.peer import IdleTrack, PeerFactory, SdpError, codec_preferences, same_codec
 from sfu.uptrack import UpTrack
 
 logger = logging.getLogger(__name__)
@@ -49,12 +49,14 @@ class Subscriber:
         for transceiver, downtrack in self.legs:
             params = downtrack.seam.params
             if (downtrack.uptrack is None and downtrack.kind == uptrack.kind and params is not None
-                    and params.mime_type.lower() == uptrack.mime_type.lower()):
+                    and same_codec(params.mime_type, params.parameters, uptrack.mime_type,
+                                   uptrack.codec_parameters)):
                 transceiver.direction = "sendonly"
                 downtrack.attach(uptrack)
                 return downtrack
         transceiver = self.pc.addTransceiver(IdleTrack(uptrack.kind), direction="sendonly")
-        transceiver.setCodecPreferences(codec_preferences(uptrack.kind, uptrack.mime_type))
+        transceiver.setCodecPreferences(codec_preferences(uptrack.kind, uptrack.mime_type,
+                                                          uptrack.codec_parameters))
         downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=uptrack.kind,
                               load=self.peers.load)
         downtrack.on_quality = self.on_quality
@@ -136,7 +138,7 @@ class Subscriber:
     async def answer(self, offer_sdp: str, tracks: dict[str, UpTrack]) -> str:
         """Answer a recvonly offer: one send section per offered audio/video section, each
         restricted to the codec of the track it will carry (`tracks` by kind), then bound."""
-        from sfu.peer import negotiated_codecs  # local: only this path parses the offer first
+        from sfu.peer import check_section_takes, negotiated_codecs  # local: only this path parses the offer
 
         try:
             offered = negotiated_codecs(offer_sdp)
@@ -150,7 +152,9 @@ class Subscriber:
             transceiver = self.pc.addTransceiver(IdleTrack(section.kind), direction="sendonly")
             track = tracks.get(section.kind)
             if track is not None:
-                transceiver.setCodecPreferences(codec_preferences(section.kind, track.mime_type))
+                check_section_takes(offer_sdp, section.mid, track.mime_type, track.codec_parameters)
+                transceiver.setCodecPreferences(codec_preferences(section.kind, track.mime_type,
+                                                                  track.codec_parameters))
             downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=section.kind,
                                   load=self.peers.load)
             downtrack.on_quality = self.on_quality

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from aiortc.rtp import RtpPacket
 
 from sfu.buffer import CachedPacket, PacketCache
+from sfu.gopcache import GOP_REPLAY_SPEEDUP, GopCache
 from sfu.rtp import abs_send_time, is_keyframe, ntp_to_unix, ts_diff, unix_to_ntp
 
 logger = logging.getLogger(__name__)
 
 # A publisher is asked for a keyframe at most this often, however many subscribers ask.
 KEYFRAME_REQUEST_INTERVAL = 0.5
+# A late leg waits at most this long for its transport before its GOP replay starts.
+REPLAY_READY_TIMEOUT = 10.0
 
 
 class PublisherClock:
@@ -55,16 +58,23 @@ class UpTrack:
         source: str,
         clock: PublisherClock,
         send_pli: Callable[[int], Awaitable[None]],
+        codec_parameters: dict | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        call_later: Callable[[float, Callable[[], None]], Any] | None = None,
     ):
         self.track_id = track_id
         self.kind = kind
         self.mime_type = mime_type
         self.clock_rate = clock_rate
         self.payload_type = payload_type
+        # The fmtp of the publisher's codec (H.264: profile-level-id, packetization-mode); legs match it.
+        self.codec_parameters = dict(codec_parameters or {})
         self.publisher_id = publisher_id
         self.source = source
         self.muted = False
         self.cache = PacketCache()
+        self.gop = GopCache() if kind == "video" else None
+        self._replays: dict = {}  # leg -> the task replaying the GOP cache to it
         self.downtracks: list = []
         self.sinks: list[PacketSink] = []
         self.media_ssrc: int | None = None
@@ -72,8 +82,11 @@ class UpTrack:
         self._send_pli = send_pli
         self._sr: tuple[float, int] | None = None  # (local unix time, rtp timestamp) of the last SR
         self._video = kind == "video"
-        self._last_pli = 0.0
+        self._monotonic = monotonic
+        self._call_later = call_later or (lambda delay, fn: asyncio.get_running_loop().call_later(delay, fn))
+        self._last_pli = -KEYFRAME_REQUEST_INTERVAL
         self._pli_task: asyncio.Task | None = None
+        self._pli_deferred = None  # the timer that sends a request made inside the interval
         self.closed = False
         # counters
         self.packets_received = 0
@@ -81,6 +94,8 @@ class UpTrack:
         self.keyframe_requests = 0
         self.plis_sent = 0
         self.payload_mismatches = 0
+        self.forward_errors = 0
+        self.replays = 0
 
     def describe(self) -> dict:
         return {
@@ -132,51 +147,138 @@ class UpTrack:
             arrival, keyframe,
         )
         self.cache.add(cached)
+        if self.gop is not None:
+            self.gop.add(cached)
         if self.muted:
             return
         ntp = unix_to_ntp(self.capture_time(packet.timestamp, arrival))
         send_time = abs_send_time()
         tails: dict = {}
         for downtrack in self.downtracks:
-            downtrack.forward(cached, ntp, send_time, tails)
-        for sink in self.sinks:
+            try:
+                downtrack.forward(cached, ntp, send_time, tails)
+            except Exception:
+                # This runs inside the publisher's receive loop: an exception here would close its
+                # transport, so one leg's failure costs that leg one packet and nothing more.
+                self.forward_errors += 1
+                if self.forward_errors == 1:
+                    logger.exception("forwarding %s to %s failed; counting further failures",
+                                     self.track_id, getattr(downtrack, "subscriber_id", "?"))
+        if self.sinks:
+            self._feed_sinks(packet, arrival)
+
+    def _feed_sinks(self, packet: RtpPacket, arrival: float) -> None:
+        # Over a snapshot: a failing sink is removed, and a sink may detach itself, without the
+        # next sink missing the packet.
+        for sink in tuple(self.sinks):
             try:
                 sink.feed(packet, arrival)
             except Exception:
                 logger.exception("sink failed; removing it from track %s", self.track_id)
-                self.sinks.remove(sink)
+                if sink in self.sinks:
+                    self.sinks.remove(sink)
 
     # -- keyframes --------------------------------------------------------------------------
 
     def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe, at most once per KEYFRAME_REQUEST_INTERVAL."""
+        """Ask the publisher for a keyframe, at most once per KEYFRAME_REQUEST_INTERVAL. A request
+        inside the interval is not dropped: it is sent when the interval ends (all requests made
+        meanwhile become that one PLI)."""
         if not self._video or self.closed:
             return
         self.keyframe_requests += 1
-        now = time.monotonic()
-        if now - self._last_pli < KEYFRAME_REQUEST_INTERVAL or self.media_ssrc is None:
-            return
-        if self._pli_task is not None and not self._pli_task.done():
-            return
-        self._last_pli = now
+        if self.media_ssrc is not None and self._pli_deferred is None:
+            self._pli_when_allowed()
+
+    def _pli_when_allowed(self) -> None:
+        wait = self._last_pli + KEYFRAME_REQUEST_INTERVAL - self._monotonic()
+        if wait > 0 or (self._pli_task is not None and not self._pli_task.done()):
+            self._pli_deferred = self._call_later(max(wait, 0.01), self._send_deferred_pli)
+        else:
+            self._send_pli_now()
+
+    def _send_deferred_pli(self) -> None:
+        self._pli_deferred = None
+        if not self.closed:
+            self._pli_when_allowed()
+
+    def _send_pli_now(self) -> None:
+        self._last_pli = self._monotonic()
         self.plis_sent += 1
         self._pli_task = asyncio.ensure_future(self._send_pli(self.media_ssrc))
 
     # -- subscribers ------------------------------------------------------------------------
 
     def add_downtrack(self, downtrack) -> None:
-        self.downtracks.append(downtrack)
+        """A new leg starts from the cached keyframe when there is one (replayed, then live), else on
+        the next keyframe; either way the publisher is asked for one."""
+        if self.gop is not None and self.gop.packets and not self.muted and hasattr(downtrack, "replay"):
+            self.replays += 1
+            self._replays[downtrack] = asyncio.ensure_future(self._replay_gop(downtrack))
+        else:
+            self.downtracks.append(downtrack)
         self.request_keyframe()
 
     def remove_downtrack(self, downtrack) -> None:
+        task = self._replays.pop(downtrack, None)
+        if task is not None:
+            task.cancel()
         if downtrack in self.downtracks:
             self.downtracks.remove(downtrack)
 
+    async def _replay_gop(self, downtrack) -> None:
+        """Send the GOP cache to one leg, paced at GOP_REPLAY_SPEEDUP times real time by the packets'
+        arrival times, following on into newer GOPs, until it has caught up with live; then the leg
+        joins the fan-out in the same step, so no packet falls between the two."""
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                await asyncio.wait_for(downtrack.seam.ready.wait(), REPLAY_READY_TIMEOUT)
+            except asyncio.TimeoutError:
+                pass
+            packets = self.gop.packets
+            if packets:
+                start, first, i = loop.time(), packets[0].arrival, 0
+                while not self.closed and not self.muted:  # a muted track sends nothing, replayed or not
+                    if i < len(packets):
+                        wait = start + (packets[i].arrival - first) / GOP_REPLAY_SPEEDUP - loop.time()
+                        if wait > 0.002:
+                            await asyncio.sleep(wait)
+                            continue
+                        downtrack.replay(packets[i], GOP_REPLAY_SPEEDUP)
+                        i += 1
+                        continue
+                    current = self.gop.packets
+                    if current is packets:
+                        break  # caught up
+                    if current is None:
+                        self.request_keyframe()  # the GOP overflowed: the leg has a gap until the next one
+                        break
+                    # A keyframe came meanwhile (the PLI's answer): its GOP follows on, contiguously;
+                    # skipping to it would cost the subscriber the frames in between.
+                    packets, i = current, 0
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("replaying the GOP of %s failed; the leg goes live", self.track_id)
+        finally:
+            if self._replays.pop(downtrack, None) is not None and not self.closed:
+                downtrack.end_replay()
+                self.downtracks.append(downtrack)
+
     def close(self) -> None:
         self.closed = True
-        for downtrack in list(self.downtracks):
+        for downtrack in [*self.downtracks, *self._replays]:
             downtrack.detach(self)
         self.downtracks.clear()
+        for task in self._replays.values():
+            task.cancel()
+        self._replays.clear()
+        if self.gop is not None:
+            self.gop.clear()
         self.sinks.clear()
         if self._pli_task is not None:
             self._pli_task.cancel()
+        if self._pli_deferred is not None:
+            self._pli_deferred.cancel()
+            self._pli_deferred = None

@@ -16,7 +16,8 @@ from multidict import CIMultiDict
 
 from sfu.aiortc_seam import begin_ice_restart, finish_ice_restart, ice_credentials
 from sfu.iceserver import IceServer
-from sfu.peer import SdpError, add_remote_candidate, check_sdp_text, local_candidates, negotiated_codecs
+from sfu.peer import SdpError, UnsupportedCodec, add_remote_candidate, check_forwardable, check_sdp_text
+from sfu.peer import local_candidates, negotiated_codecs
 from sfu.pool import RemoteSubscriber, WorkerUnavailable
 from sfu.subscriber import Subscriber
 from signaling import sdpfrag
@@ -144,7 +145,7 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         _check_offer(offer)
     except SdpError as exc:
         # Before joining: a bad offer must not replace a live session of the same identity.
-        return problem(400, f"bad SDP: {exc}")
+        return _sdp_problem(exc)
     # A session's room checks status, bans and capacity here as on the WebSocket.
     try:
         admission = await roomhooks.admit(request.app, room_name, grants, request.query.get("password"))
@@ -170,7 +171,7 @@ async def _create(request: web.Request, kind: str) -> web.Response:
     except SdpError as exc:
         await room.leave(participant.identity, session_id=participant.session_id)
         await roomhooks.left(request.app, session, participant)
-        return problem(400, f"bad SDP: {exc}")
+        return _sdp_problem(exc)
     except WorkerUnavailable as exc:
         await room.leave(participant.identity, session_id=participant.session_id)
         await roomhooks.left(request.app, session, participant)
@@ -225,6 +226,13 @@ def _check_offer(sdp: str) -> None:
         raise SdpError(f"the SDP cannot be parsed: {exc}") from None
     if not sections:
         raise SdpError("the offer has no audio or video section")
+    check_forwardable(sdp)
+
+
+def _sdp_problem(exc: SdpError) -> web.Response:
+    if isinstance(exc, UnsupportedCodec):
+        return problem(406, f"not acceptable: {exc}")
+    return problem(400, f"bad SDP: {exc}")
 
 
 async def _no_offer(sdp: str, tracks: list[dict]) -> None:

@@ -8,7 +8,7 @@ import logging
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from sfu.aiortc_seam import restrict_ice_gathering
+from sfu.aiortc_seam import allow_large_rtp, restrict_ice_gathering
 from tests.media import read_counter
 
 LOOPBACK = ["127.0.0.1"]
@@ -21,6 +21,7 @@ def client_pc() -> RTCPeerConnection:
 
 async def set_local(pc: RTCPeerConnection, description) -> str:
     restrict_ice_gathering(pc, LOOPBACK)
+    allow_large_rtp(pc)  # like a browser: takes and sends SRTP up to 2048 bytes
     await pc.setLocalDescription(description)
     return pc.localDescription.sdp
 
