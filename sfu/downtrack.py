@@ -212,6 +212,8 @@ class DownTrack:
                 header = build_header(bool(ext), packet.marker, params.payload_type, out_seq, out_ts,
                                       self.seam.ssrc)
                 data = header + ext + packet.payload
+            if len(data) > MAX_RTP_PACKET:
+                continue  # never forwarded either (counted there); protecting it would raise in RTCP handling
             self.pacer.send(data, now, rtx=True)
             self.retransmits += 1
         if policy.suspended:

@@ -28,6 +28,11 @@ class SizeSink:
         self.largest = max(self.largest, len(packet.payload) + OVERHEAD)
 
 
+def bearer(server, identity: str) -> dict:
+    """The session URL takes the token of the identity that created it (RFC 9725 session, docs/protocol.md)."""
+    return {"Authorization": f"Bearer {token(server, identity, 'instructor')}"}
+
+
 def video_track(room):
     return next(t for t in room.tracks() if t.kind == "video")
 
@@ -90,7 +95,7 @@ async def test_packets_over_the_srtp_limit_are_dropped_and_counted_and_the_publi
         assert pc.connectionState == "connected"
         assert up.forward_errors == 0, "dropped on purpose, not by an exception"
         assert await viewer.stop() == 200
-        async with http.delete(stoa_server.base + location) as r:
+        async with http.delete(stoa_server.base + location, headers=bearer(stoa_server, "big")) as r:
             assert r.status == 200
         await pc.close()
     await wait_no_peers(stoa_server)
@@ -118,7 +123,7 @@ async def test_srtp_datagrams_too_large_to_unprotect_are_dropped_not_fatal(stoa_
         before = audio.packets_received
         await wait_until(lambda: audio.packets_received > before + 25, 10, "audio after the drops")
         assert participant.publisher.pc.connectionState == "connected"
-        async with http.delete(stoa_server.base + location) as r:
+        async with http.delete(stoa_server.base + location, headers=bearer(stoa_server, "big")) as r:
             assert r.status == 200
         await pc.close()
     await wait_no_peers(stoa_server)

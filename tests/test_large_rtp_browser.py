@@ -51,7 +51,8 @@ async def test_chromium_decodes_a_publisher_sending_1500_byte_packets(stoa_serve
         assert leg.oversize_drops == 0 and leg.packets_sent > 100
         video = (await inbound(page, "video", "window.whep"))[0]
         assert video["packetsReceived"] > 100
-        async with http.delete(stoa_server.base + await page.evaluate("window.whepLocation")) as r:
+        async with http.delete(stoa_server.base + await page.evaluate("window.whepLocation"),
+                               headers={"Authorization": f"Bearer {token(stoa_server, 'c', 'viewer')}"}) as r:
             assert r.status == 200
         assert await pub.stop() == 200
     await wait_no_peers(stoa_server)

@@ -134,7 +134,8 @@ async def test_the_answer_keeps_payload_types_chrome_takes_from_35_to_63(stoa_se
     assert "a=rtpmap:45 H264/90000" in video_answer and "a=fmtp:46 apt=45" in video_answer, video_answer
     pts = re.findall(r"a=rtpmap:(\d+) ", video_answer)
     assert len(pts) == len(set(pts)), f"each payload type once: {pts}"
-    async with http.delete(stoa_server.base + r.headers["Location"]) as d:
+    async with http.delete(stoa_server.base + r.headers["Location"],
+                           headers={"Authorization": f"Bearer {token(stoa_server, 'chrome', 'instructor')}"}) as d:
         assert d.status == 200
     await wait_no_peers(stoa_server)
 

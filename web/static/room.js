@@ -104,7 +104,6 @@ function newSubscriber() {
       if (!audio) {
         audio = document.createElement("audio");
         audio.id = `audio-${mid}`;
-        audio.autoplay = true;  // where autoplay is allowed the browser starts it as soon as data flows
         document.body.append(audio);
         state.media.add(audio);
       }
