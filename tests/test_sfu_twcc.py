@@ -131,7 +131,7 @@ def test_recorder_restarts_after_a_jump_in_sequence_numbers():
 
 
 SDP = "\r\n".join([
-    "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0",
+    "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "t=0 0",
     "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1",
     "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103",
     "a=rtpmap:96 VP8/90000", "a=rtcp-fb:96 transport-cc",
@@ -144,7 +144,7 @@ SDP = "\r\n".join([
 def test_start_bitrate_goes_on_every_video_codec_and_nowhere_else():
     out = with_start_bitrate(SDP, 2500)
     assert out == "\r\n".join([
-        "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0",
+        "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "t=0 0",
         "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1",
         "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103",
         "a=rtpmap:96 VP8/90000", "a=fmtp:96 x-google-start-bitrate=2500", "a=rtcp-fb:96 transport-cc",
