@@ -81,6 +81,25 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def run_bounded(coro, max_seconds: float) -> int:
+    """Run a benchmark's main coroutine, stopped cleanly by Ctrl-C, SIGTERM or --max-seconds."""
+    async def bounded() -> int:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await asyncio.wait_for(task, max_seconds)
+        except asyncio.TimeoutError:
+            say(f"stopped: the run exceeded --max-seconds {max_seconds:.0f}")
+            return 1
+        except asyncio.CancelledError:
+            say("interrupted; everything started was stopped")
+            return 130
+
+    return asyncio.run(bounded())
+
+
 @dataclass
 class Row:
     system: str
@@ -649,21 +668,7 @@ def main() -> int:
     args.ref_counts = sorted(int(x) for x in args.ref_counts.split(","))
     sys.path.insert(0, str(ROOT))
 
-    async def bounded() -> int:
-        task = asyncio.ensure_future(run(args))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            return await asyncio.wait_for(task, args.max_seconds)
-        except asyncio.TimeoutError:
-            say(f"stopped: the run exceeded --max-seconds {args.max_seconds:.0f}")
-            return 1
-        except asyncio.CancelledError:
-            say("interrupted; everything started was stopped")
-            return 130
-
-    return asyncio.run(bounded())
+    return run_bounded(run(args), args.max_seconds)
 
 
 if __name__ == "__main__":

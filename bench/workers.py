@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fanout import PY, ROOM, ROOT, STOA, Child, ViewerPool, cpu_seconds, free_port, say, wait_http  # noqa: E402
+from fanout import PY, ROOM, ROOT, STOA, Child, ViewerPool, cpu_seconds, free_port, run_bounded, say, wait_http  # noqa: E402
 
 
 def children(pid: int) -> list[int]:
@@ -189,21 +188,7 @@ def main() -> int:
     args.workers = [int(x) for x in args.workers.split(",")]
     args.counts = sorted(int(x) for x in args.counts.split(","))
 
-    async def bounded() -> int:
-        task = asyncio.ensure_future(run(args))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            return await asyncio.wait_for(task, args.max_seconds)
-        except asyncio.TimeoutError:
-            say(f"stopped: the run exceeded --max-seconds {args.max_seconds:.0f}")
-            return 1
-        except asyncio.CancelledError:
-            say("interrupted; everything started was stopped")
-            return 130
-
-    return asyncio.run(bounded())
+    return run_bounded(run(args), args.max_seconds)
 
 
 if __name__ == "__main__":

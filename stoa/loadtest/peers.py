@@ -49,6 +49,16 @@ async def post_sdp(http: aiohttp.ClientSession, url: str, token: str, sdp: str) 
         return body, resp.headers["Location"]
 
 
+async def delete_session(http: aiohttp.ClientSession, session_url: str, token: str) -> None:
+    """End a WHIP/WHEP session (its URL takes the creator's token); a server already gone is fine."""
+    try:
+        async with http.delete(session_url, timeout=aiohttp.ClientTimeout(total=5),
+                               headers={"Authorization": f"Bearer {token}"}):
+            pass
+    except Exception:
+        pass
+
+
 class StreamStats:
     """One received RTP stream, counted from header fields only."""
 
@@ -170,12 +180,7 @@ class Viewer:
 
     async def leave(self) -> None:
         if self.location:
-            try:
-                async with self.http.delete(self.url + self.location, timeout=aiohttp.ClientTimeout(total=5),
-                                            headers={"Authorization": f"Bearer {self.token}"}):
-                    pass
-            except Exception:
-                pass
+            await delete_session(self.http, self.url + self.location, self.token)
             self.location = None
         if self.pc is not None:
             await self.pc.close()
@@ -208,10 +213,5 @@ class Publisher:
 
     async def stop(self) -> None:
         if self.location:
-            try:
-                async with self.http.delete(self.url + self.location, timeout=aiohttp.ClientTimeout(total=5),
-                                            headers={"Authorization": f"Bearer {self.token}"}):
-                    pass
-            except Exception:
-                pass
+            await delete_session(self.http, self.url + self.location, self.token)
         await self.pc.close()
