@@ -19,14 +19,15 @@ from stoa.config import DEV_API_KEY, DEV_API_SECRET
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def eventually(check, timeout: float = 20.0, interval: float = 0.1):
+async def eventually(check, timeout: float = 20.0, what: str | None = None, interval: float = 0.1):
+    """Poll `check` until it returns something true (and return that), for at most `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout:.0f} s")
+            raise AssertionError(f"timed out waiting for {what}" if what else f"not true within {timeout:.0f} s")
         await asyncio.sleep(interval)
 
 

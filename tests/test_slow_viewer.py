@@ -25,6 +25,7 @@ from sfu.quality import BAD, BAD_KEYFRAME_INTERVAL
 from stoa.config import load_settings
 from tests.client import RoomClient
 from tests.netns import ShapedLink, unavailable
+from tests.serve import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOM = "slowlink"
@@ -98,17 +99,6 @@ class RelayedClient(RoomClient):
     async def _answer(self, event) -> None:
         reply = await self.viewer.ask({"offer": event["sdp"]})
         await self.send({"type": "answer", "sdp": reply["answer"]})
-
-
-async def eventually(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -197,11 +187,9 @@ async def test_slow_viewer_is_not_flooded_and_others_keep_full_rate(stoa_server,
         assert slow_video.quality.level == BAD
         # Each of its legs is judged (its audio may be judged too); the video leg's events say bad.
         await slow.expect("connection_quality")
-        deadline = time.monotonic() + 10
-        while not any(e["type"] == "connection_quality" and e["track_id"] == slow_video.track_id
-                      and e["quality"] == BAD for e in slow.events):
-            assert time.monotonic() < deadline, f"no connection_quality bad for the video leg: {slow.events}"
-            await asyncio.sleep(0.1)
+        await eventually(lambda: any(e["type"] == "connection_quality" and e["track_id"] == slow_video.track_id
+                                     and e["quality"] == BAD for e in slow.events),
+                         10, "connection_quality bad for the video leg")
         assert slow_video.keyframes_for_viewer <= WINDOW / BAD_KEYFRAME_INTERVAL + 3
         assert slow_video.pacer.pacing_media and slow_video.pacer.paced > 0, "its bursts are paced"
         async with aiohttp.ClientSession() as http:
