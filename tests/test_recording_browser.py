@@ -31,6 +31,9 @@ async def test_operator_plays_a_recording_and_a_chat_event_seeks(stoa_server, sh
         start = await page.evaluate("stoaReview.elements[0].currentTime")
         await wait_js(page, f"stoaReview.elements[0].currentTime > {start} + 0.5", timeout=10)
         assert await page.evaluate("stoaReview.elements[0].videoWidth") == 320
+        # The recorded video decodes in the browser, not just a clock that advances.
+        decoded = await page.evaluate("stoaReview.elements[0].getVideoPlaybackQuality().totalVideoFrames")
+        assert decoded >= 10, decoded
 
         # Back to the start, paused; then click the chat event two seconds in.
         await page.evaluate("stoaReview.elements[0].pause(); stoaReview.seek(0)")
