@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.browser import inbound, wait_js
+from tests.browser import inbound, screenshot, wait_js
 
 pytestmark = pytest.mark.browser
 ROOM = "lesson"
@@ -127,17 +127,26 @@ async def test_late_joiner_and_reconnecting_student_get_camera_screen_and_audio(
     assert not chromium.errors(), chromium.errors()
 
 
-async def test_resume_keeps_the_participant_its_hand_and_its_media(stoa_server, chromium):
-    from stoa.appkeys import ROOMS
+HAND_RAISED = "document.querySelector('#hand-queue li[data-identity=stud]')"
 
+
+async def teacher_and_student_with_hand_up(stoa_server, chromium):
+    """The teacher's camera decoded by a student whose raised hand the teacher sees."""
     teacher = await open_page(stoa_server, chromium, "teach", "instructor", "Teacher")
     await teacher.click("#btn-camera")
     student = await open_page(stoa_server, chromium, "stud", "student", "Student")
     await frames_advance(student, CAMERA_WIDTH)
     await wait_js(student, "document.getElementById('hand-btn')", timeout=15)
     await student.click("#hand-btn")
-    hand_raised = "document.querySelector('#hand-queue li[data-identity=stud]')"
-    await wait_js(teacher, hand_raised, timeout=15)
+    await wait_js(teacher, HAND_RAISED, timeout=15)
+    return teacher, student
+
+
+async def test_resume_keeps_the_participant_its_hand_and_its_media(stoa_server, chromium):
+    from stoa.appkeys import ROOMS
+
+    teacher, student = await teacher_and_student_with_hand_up(stoa_server, chromium)
+    hand_raised = HAND_RAISED
     room = stoa_server.app[ROOMS].rooms[ROOM]
     before = room.participants["stud"]
 
@@ -181,18 +190,12 @@ async def ice_restarted(page, which: str, before: dict, timeout: float = 15.0) -
         await asyncio.sleep(0.1)
 
 
-async def test_ice_restart_keeps_the_participant_its_hand_and_its_media(stoa_server, chromium):
+async def test_ice_restart_keeps_the_participant_its_hand_and_its_media(stoa_server, chromium, artifacts_dir):
     from sfu.aiortc_seam import ice_credentials
     from stoa.appkeys import ROOMS
 
-    teacher = await open_page(stoa_server, chromium, "teach", "instructor", "Teacher")
-    await teacher.click("#btn-camera")
-    student = await open_page(stoa_server, chromium, "stud", "student", "Student")
-    await frames_advance(student, CAMERA_WIDTH)
-    await wait_js(student, "document.getElementById('hand-btn')", timeout=15)
-    await student.click("#hand-btn")
-    hand_raised = "document.querySelector('#hand-queue li[data-identity=stud]')"
-    await wait_js(teacher, hand_raised, timeout=15)
+    teacher, student = await teacher_and_student_with_hand_up(stoa_server, chromium)
+    hand_raised = HAND_RAISED
     await teacher.evaluate("window.__events = []; for (const t of ['participant_left', 'participant_joined'])"
                            " window.stoa.on(t, (m) => window.__events.push(m))")
     room = stoa_server.app[ROOMS].rooms[ROOM]
@@ -218,4 +221,5 @@ async def test_ice_restart_keeps_the_participant_its_hand_and_its_media(stoa_ser
     assert room.participants["stud"] is kept and kept.subscriber.pc is server_sub
     assert await teacher.evaluate(hand_raised) is not None, "the hand went down"
     assert await teacher.evaluate("window.__events") == [], "the room saw the student leave or join"
+    await screenshot(student, artifacts_dir, "ice-restart-student")
     assert not chromium.errors(), chromium.errors()
