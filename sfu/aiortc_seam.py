@@ -782,11 +782,14 @@ def begin_ice_restart(pc: RTCPeerConnection) -> tuple[str, str]:
     until the other side's new credentials arrive (`finish_ice_restart`). The nominated pair keeps
     carrying media, and DTLS/SRTP go on untouched, until checks nominate a pair of the new session.
     aioice has no restart of its own; its Connection keeps its sockets and local candidates."""
-    conns = _ice_connections(pc)
-    if not conns:
+    transports = _ice_transports(pc)
+    if not transports:
         raise SeamError("this peer connection has no ICE transport to restart")
     ufrag, pwd = aioice.ice.random_string(4), aioice.ice.random_string(22)
-    for conn in conns:
+    for ice in transports:
+        # The new session takes trickled candidates again (aiortc drops them after an end-of-candidates).
+        ice.iceGatherer._remote_candidates_end = False
+        conn = ice._connection
         running = getattr(conn, "_stoa_restart", None)
         if running is not None:  # a restart of a restart: the newer one wins
             running.cancel()
@@ -820,11 +823,12 @@ async def finish_ice_restart(pc: RTCPeerConnection, remote_ufrag: str, remote_pw
     for ice in _ice_transports(pc):
         conn = ice._connection
         conn.remote_username, conn.remote_password = remote_ufrag, remote_pwd
-        for candidate in candidates:
-            await conn.add_remote_candidate(candidate_to_aioice(candidate))
-        if end_of_candidates:
-            await conn.add_remote_candidate(None)
-        ice.iceGatherer._remote_candidates_end = end_of_candidates  # later trickle goes through aiortc
+        if not conn._remote_candidates_end:  # else aiortc gave it the description's candidates already
+            for candidate in candidates:
+                await conn.add_remote_candidate(candidate_to_aioice(candidate))
+            if end_of_candidates:
+                await conn.add_remote_candidate(None)
+            ice.iceGatherer._remote_candidates_end = end_of_candidates  # later trickle goes through aiortc
         conn._stoa_restart = asyncio.ensure_future(_run_restart(conn))
 
 

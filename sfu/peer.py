@@ -17,7 +17,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp, parse_h264_profile_level_id
 
-from sfu.aiortc_seam import (allow_large_rtp, harden_consent, rebundle_orphans, restrict_ice_gathering,
+from sfu.aiortc_seam import (allow_large_rtp, begin_ice_restart, finish_ice_restart, harden_consent,
+                             ice_credentials, rebundle_orphans, restrict_ice_gathering,
                              retire_rejected_transceivers, use_dtls_certificate)
 from sfu.iceserver import IceServer, ice_servers
 from sfu.jsep import conform_answer, rejected_mids
@@ -29,6 +30,11 @@ MAX_SDP_BYTES = 64 * 1024
 
 class SdpError(ValueError):
     """The remote description cannot be used; the message says why."""
+
+
+class IceRestartRefused(SdpError):
+    """An ICE restart on a connection whose ICE is not up (never connected, failed, closed): the client
+    builds a new connection instead (room protocol `ice_restart_refused`)."""
 
 
 class UnsupportedCodec(SdpError):
@@ -190,8 +196,11 @@ class PeerFactory:
             raise SdpError(f"the SDP cannot be parsed: {exc}") from None
         if not parsed.media:
             raise SdpError("the SDP has no media sections")
+        restart = ice_restart_in(pc, parsed, kind)
         if kind == "offer":
             check_forwardable(sdp)
+            if restart:
+                check_restartable(pc)
             await retire_rejected_transceivers(pc, {m.rtp.muxId for m in parsed.media}, rejected_mids(sdp))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
@@ -199,6 +208,8 @@ class PeerFactory:
             raise SdpError(f"the SDP was refused: {exc}") from None
         if kind == "answer":
             rebundle_orphans(pc)
+        if restart:
+            await follow_ice_restart(pc, parsed, kind)
 
     async def set_local(self, pc: RTCPeerConnection, description: RTCSessionDescription) -> str:
         restrict_ice_gathering(pc, self.ice.addresses)
@@ -213,8 +224,54 @@ class PeerFactory:
         await self.set_remote(pc, offer_sdp, "offer")
         return conform_answer(offer_sdp, await self.set_local(pc, await pc.createAnswer()))
 
-    async def offer(self, pc: RTCPeerConnection) -> str:
+    async def offer(self, pc: RTCPeerConnection, *, ice_restart: bool = False) -> str:
+        """An offer on `pc`; with `ice_restart`, one with new ICE credentials (RFC 8445 9): checks of
+        the new session start when the answer brings the other side's (set_remote)."""
+        if ice_restart:
+            check_restartable(pc)
+            begin_ice_restart(pc)
         return await self.set_local(pc, await pc.createOffer())
+
+
+def description_ice(parsed: SessionDescription) -> tuple[str | None, str | None]:
+    """The ICE credentials (ufrag, pwd) of a description: its first section in use (Stoa bundles)."""
+    for media in parsed.media:
+        if media.port != 0 and media.ice is not None:
+            return media.ice.usernameFragment, media.ice.password
+    return None, None
+
+
+def ice_restart_in(pc: RTCPeerConnection, parsed: SessionDescription, kind: str) -> bool:
+    """Whether a remote description restarts ICE on `pc`: a renegotiation offer with new credentials
+    (the other side called restartIce()), or the answer to an offer of ours that began a restart."""
+    previous = pc.remoteDescription
+    if previous is None or not ice_credentials(pc):
+        return False
+    # Compared with the last description, not the ICE agent: that learns them only once checks start.
+    ufrag, pwd = description_ice(parsed)
+    if ufrag is None or (ufrag, pwd) == description_ice(SessionDescription.parse(previous.sdp)):
+        return False
+    # An answer restarts only if our offer began it (begin_ice_restart forgot the old remote credentials).
+    return kind == "offer" or ice_credentials(pc)["remote_ufrag"] is None
+
+
+def check_restartable(pc: RTCPeerConnection) -> None:
+    """An ICE restart keeps media on the nominated pair until a new one is chosen, so ICE must be up;
+    a connection that never connected or has failed is rebuilt instead."""
+    if pc.iceConnectionState != "completed":
+        raise IceRestartRefused(f"ICE cannot be restarted on a connection whose ICE is {pc.iceConnectionState}; "
+                                "make a new connection")
+
+
+async def follow_ice_restart(pc: RTCPeerConnection, parsed: SessionDescription, kind: str) -> None:
+    """After applying a restarting description: an offer's restart begins here (so the answer carries
+    new local credentials); both then give the new session the other side's credentials and candidates."""
+    if kind == "offer":
+        begin_ice_restart(pc)
+    ufrag, pwd = description_ice(parsed)
+    media = next(m for m in parsed.media if m.port != 0)
+    await finish_ice_restart(pc, ufrag, pwd, list(media.ice_candidates), media.ice_candidates_complete)
+    logger.info("ICE restart: new remote ufrag %s", ufrag)
 
 
 async def add_remote_candidate(pc: RTCPeerConnection, candidate: dict) -> None:

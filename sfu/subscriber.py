@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 from aiortc import RTCPeerConnection
 
 from sfu.downtrack import DownTrack, OnQuality
-from sfu.peer import IdleTrack, PeerFactory, SdpError, codec_preferences, same_codec
+from sfu.peer import IdleTrack, PeerFactory, SdpError, check_restartable, codec_preferences, same_codec
 from sfu.uptrack import UpTrack
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ class Subscriber:
         self._lock = asyncio.Lock()
         self._awaiting_answer = False
         self._dirty = False
+        self._ice_restart = False  # the next offer restarts ICE (the client asked: restart_ice)
         self.closed = False
         self._offers_sent = 0
         self.data_channel = None
@@ -95,10 +96,18 @@ class Subscriber:
                 self._dirty = True
                 return
             self._dirty = False
+            restart, self._ice_restart = self._ice_restart, False
+            sdp = await self.peers.offer(self.pc, ice_restart=restart)
             self._awaiting_answer = True
             self._offers_sent += 1
-            sdp = await self.peers.offer(self.pc)
         await self._send_offer(sdp, self.track_map())
+
+    async def restart_ice(self) -> None:
+        """Offer new ICE credentials (the client's network changed); the tracks, the data channel and
+        DTLS stay. Raises IceRestartRefused when ICE is not up: then a new connection is needed."""
+        check_restartable(self.pc)
+        self._ice_restart = True
+        await self.negotiate()
 
     async def resend_offer(self) -> None:
         """Send the offer in flight again (its first copy went to a socket that dropped)."""

@@ -65,6 +65,8 @@ CLIENT_MESSAGES: dict[str, dict] = {
     "leave": {"properties": {}},
     # The subscriber connection failed: the server replaces it and offers every track again.
     "resubscribe": {"properties": {}},
+    # The client's network changed: the server restarts ICE on the subscriber connection (a new offer).
+    "restart_ice": {"properties": {}},
     # Staff only: mute stops forwarding a track, remove disconnects, ban also records the ban (session rooms).
     "moderate": {
         "properties": {"action": {"enum": ["mute", "remove", "ban"]}, "identity": _ID,

@@ -9,7 +9,7 @@ import time
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from sfu.peer import SdpError, add_remote_candidate
+from sfu.peer import IceRestartRefused, SdpError, add_remote_candidate
 from signaling.api import roomhooks
 from signaling.api.identity import active_api_keys
 from signaling.auth import TokenError, verify_token
@@ -129,6 +129,8 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
                 if participant is None and exc.code in ("unauthorized", "room_full", "session_full", "banned",
                                                         "session_not_live", "forbidden"):
                     break
+            except IceRestartRefused as exc:
+                await send(error("ice_restart_refused", str(exc), ref=_ref(msg.data)))
             except SdpError as exc:
                 await send(error("bad_sdp", str(exc), ref=_ref(msg.data)))
             except Exception:
@@ -242,6 +244,10 @@ async def _handle(app, room, participant: Participant, message: dict, send) -> N
     elif kind == "resubscribe":
         await send({"type": "resubscribed"})  # offers before this one belong to the old connection
         await room.restart_subscriber(participant)
+    elif kind == "restart_ice":
+        if participant.subscriber is None:
+            raise ProtocolError("invalid", "there is no subscriber connection to restart")
+        await participant.subscriber.restart_ice()  # its offer follows, with new ICE credentials
     elif kind == "answer":
         if participant.subscriber is None:
             raise ProtocolError("invalid", "there is no subscriber connection to answer for")

@@ -7,8 +7,10 @@ import logging
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription
 
 from sfu.aiortc_seam import allow_large_rtp, restrict_ice_gathering
+from sfu.peer import follow_ice_restart, ice_restart_in
 from tests.media import read_counter
 
 LOOPBACK = ["127.0.0.1"]
@@ -30,13 +32,22 @@ async def make_offer(pc: RTCPeerConnection) -> str:
     return await set_local(pc, await pc.createOffer())
 
 
+async def set_remote(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
+    """Like a browser, an ICE restart in the other side's description is followed (the server's way)."""
+    parsed = SessionDescription.parse(sdp)
+    restart = ice_restart_in(pc, parsed, kind)
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+    if restart:
+        await follow_ice_restart(pc, parsed, kind)
+
+
 async def answer_offer(pc: RTCPeerConnection, sdp: str) -> str:
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+    await set_remote(pc, sdp, "offer")
     return await set_local(pc, await pc.createAnswer())
 
 
 async def apply_answer(pc: RTCPeerConnection, sdp: str) -> None:
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+    await set_remote(pc, sdp, "answer")
 
 
 class FrameCollector:

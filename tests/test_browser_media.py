@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.browser import inbound, wait_js
+from tests.browser import inbound, screenshot, wait_js
 
 pytestmark = pytest.mark.browser
 ROOM = "lesson"
@@ -127,17 +127,26 @@ async def test_late_joiner_and_reconnecting_student_get_camera_screen_and_audio(
     assert not chromium.errors(), chromium.errors()
 
 
-async def test_resume_keeps_the_participant_its_hand_and_its_media(stoa_server, chromium):
-    from stoa.appkeys import ROOMS
+HAND_RAISED = "document.querySelector('#hand-queue li[data-identity=stud]')"
 
+
+async def teacher_and_student_with_hand_up(stoa_server, chromium):
+    """The teacher's camera decoded by a student whose raised hand the teacher sees."""
     teacher = await open_page(stoa_server, chromium, "teach", "instructor", "Teacher")
     await teacher.click("#btn-camera")
     student = await open_page(stoa_server, chromium, "stud", "student", "Student")
     await frames_advance(student, CAMERA_WIDTH)
     await wait_js(student, "document.getElementById('hand-btn')", timeout=15)
     await student.click("#hand-btn")
-    hand_raised = "document.querySelector('#hand-queue li[data-identity=stud]')"
-    await wait_js(teacher, hand_raised, timeout=15)
+    await wait_js(teacher, HAND_RAISED, timeout=15)
+    return teacher, student
+
+
+async def test_resume_keeps_the_participant_its_hand_and_its_media(stoa_server, chromium):
+    from stoa.appkeys import ROOMS
+
+    teacher, student = await teacher_and_student_with_hand_up(stoa_server, chromium)
+    hand_raised = HAND_RAISED
     room = stoa_server.app[ROOMS].rooms[ROOM]
     before = room.participants["stud"]
 
@@ -157,4 +166,60 @@ async def test_resume_keeps_the_participant_its_hand_and_its_media(stoa_server, 
     assert await teacher.evaluate(hand_raised) is not None  # the hand stayed up all along
     assert not await teacher.evaluate("[...document.querySelectorAll('#participants li')]"
                                       ".some(li => li.dataset.identity === 'stud') === false")
+    assert not chromium.errors(), chromium.errors()
+
+
+UFRAGS_JS = """(which) => {
+  const pc = window.stoa.state[which];
+  const of = (d) => d && (/a=ice-ufrag:(\\S+)/.exec(d.sdp) || [])[1];
+  return pc ? {local: of(pc.localDescription), remote: of(pc.remoteDescription), ice: pc.iceConnectionState,
+               restarting: !!window.stoa.state.iceRestart[which]} : null;
+}"""
+
+
+async def ice_restarted(page, which: str, before: dict, timeout: float = 15.0) -> dict:
+    """Both ICE ufrags of the connection changed (an ICE restart, not a new connection) and it settled."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = await page.evaluate(UFRAGS_JS, which)
+        if (now and now["local"] != before["local"] and now["remote"] != before["remote"]
+                and now["ice"] in ("connected", "completed") and not now["restarting"]):
+            return now
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the {which} connection did not restart ICE in {timeout} s: {before} -> {now}")
+        await asyncio.sleep(0.1)
+
+
+async def test_ice_restart_keeps_the_participant_its_hand_and_its_media(stoa_server, chromium, artifacts_dir):
+    from sfu.aiortc_seam import ice_credentials
+    from stoa.appkeys import ROOMS
+
+    teacher, student = await teacher_and_student_with_hand_up(stoa_server, chromium)
+    hand_raised = HAND_RAISED
+    await teacher.evaluate("window.__events = []; for (const t of ['participant_left', 'participant_joined'])"
+                           " window.stoa.on(t, (m) => window.__events.push(m))")
+    room = stoa_server.app[ROOMS].rooms[ROOM]
+    kept = room.participants["stud"]
+    server_sub = kept.subscriber.pc
+
+    # restartIce() on the student's connection and on the teacher's publisher: same connections, new ufrags.
+    sub_before = await student.evaluate(UFRAGS_JS, "sub")
+    pub_before = await teacher.evaluate(UFRAGS_JS, "pub")
+    await student.evaluate("window.stoa.restartIce('sub')")
+    await teacher.evaluate("window.stoa.restartIce('pub')")
+    sub_after = await ice_restarted(student, "sub", sub_before)
+    await ice_restarted(teacher, "pub", pub_before)
+    await frames_advance(student, CAMERA_WIDTH)
+    assert ice_credentials(server_sub)["remote_ufrag"] == sub_after["local"]
+    assert room.participants["stud"] is kept and kept.subscriber.pc is server_sub
+
+    # The student's socket drops: it resumes, then restarts ICE again on the same connection.
+    await student.evaluate("window.stoa.state.ws.close()")
+    await wait_js(student, "window.stoa.state.ws.readyState === 1 && window.stoa.state.resume", timeout=20)
+    await ice_restarted(student, "sub", sub_after)
+    await frames_advance(student, CAMERA_WIDTH)
+    assert room.participants["stud"] is kept and kept.subscriber.pc is server_sub
+    assert await teacher.evaluate(hand_raised) is not None, "the hand went down"
+    assert await teacher.evaluate("window.__events") == [], "the room saw the student leave or join"
+    await screenshot(student, artifacts_dir, "ice-restart-student")
     assert not chromium.errors(), chromium.errors()

@@ -28,6 +28,7 @@ const state = {
   resume: null,            // the server's resume token: a new socket resumes this participant
   awaitingResubscribe: false,  // offers of the old subscriber connection are ignored until "resubscribed"
   media: new Set(),        // every <audio>/<video> that plays remote media, for the enable-sound control
+  iceRestart: { pub: null, sub: null },  // a restart under way: {timer, ufrag: the remote ufrag before}
 };
 
 export function on(type, fn) {
@@ -37,7 +38,7 @@ export function on(type, fn) {
 export function send(msg) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(msg));
 }
-window.stoa = { state, on, send, cfg, publish, stopCamera, restartMedia };
+window.stoa = { state, on, send, cfg, publish, stopCamera, restartMedia, restartIce };
 
 function setBanner(kind, text) {
   banner.className = `banner ${kind}`;
@@ -114,11 +115,12 @@ function newSubscriber() {
   pc.onconnectionstatechange = () => {
     if (pc !== state.sub) return;
     if (pc.connectionState === "connected") showConnected();
-    else if (pc.connectionState === "failed") {
+    else if (pc.connectionState === "failed" && pc.iceConnectionState !== "failed") {
       setBanner("bad", "Media connection failed; reconnecting the media…");
       restartMedia();
-    }
+    }  // ICE failed: watchIce restarts it first
   };
+  watchIce(pc, "sub");
   pc.ondatachannel = (e) => {
     state.dataChannel = e.channel;
     e.channel.onmessage = (m) => dispatch(JSON.parse(m.data));
@@ -134,6 +136,7 @@ async function onOffer(msg) {
   const answer = await state.sub.createAnswer();
   await state.sub.setLocalDescription(answer);
   send({ type: "answer", sdp: state.sub.localDescription.sdp });
+  iceRestartDone("sub");
 }
 
 // ---- publishing --------------------------------------------------------------------------------
@@ -171,11 +174,13 @@ function newPublisher() {
   pc.onconnectionstatechange = () => {
     if (pc !== state.pub) return;
     if (pc.connectionState === "failed") {
+      if (pc.iceConnectionState === "failed") return;  // watchIce restarts ICE first
       setBanner("bad", "Publishing connection failed; reconnecting it…");
       replacePublisher();
       publish();
     } else showConnected();
   };
+  watchIce(pc, "pub");
   return pc;
 }
 
@@ -232,6 +237,7 @@ async function onAnswer(msg) {
     return;
   }
   state.refusals = 0;
+  iceRestartDone("pub");
   showConnected();
   await published();
 }
@@ -269,13 +275,68 @@ function showConnected() {
   if (sub && !pubStuck) setBanner("ok", "Connected");
 }
 
-// A media connection failed (network change): new peer connections for this same participant, which
-// keeps its place, hand, votes and published sources (docs/room-page.md, "Resume").
-function restartMedia() {
+// ---- ICE restart (docs/protocol.md, "ICE restart") -----------------------------------------------
+// A network change: new ICE credentials on the same connection (restartIce()), which keeps its tracks,
+// and the participant its place. Not reconnected within 10 s, or refused by the server: a new connection.
+const ICE_DISCONNECTED_GRACE = 2000;
+const ICE_RESTART_TIMEOUT = 10000;
+const ufragOf = (desc) => (desc && /a=ice-ufrag:(\S+)/.exec(desc.sdp) || [])[1];
+
+function watchIce(pc, which) {
+  let grace = null;
+  pc.addEventListener("iceconnectionstatechange", () => {
+    if (pc !== state[which]) return;
+    clearTimeout(grace);
+    if (pc.iceConnectionState === "disconnected") grace = setTimeout(() => restartIce(which), ICE_DISCONNECTED_GRACE);
+    else if (pc.iceConnectionState === "failed") restartIce(which);
+    else iceRestartDone(which);
+  });
+}
+
+function restartIce(which) {
+  const pc = state[which];
+  if (!pc || pc.connectionState === "closed" || state.iceRestart[which]) return;
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;  // the resume restarts it
+  setBanner("bad", "Network changed; reconnecting the media…");
+  state.iceRestart[which] = {
+    ufrag: ufragOf(pc.remoteDescription),
+    timer: setTimeout(() => iceRestartFailed(which), ICE_RESTART_TIMEOUT),
+  };
+  pc.restartIce();
+  if (which === "sub") send({ type: "restart_ice" });  // the server offers new credentials
+  else publish();  // the next offer carries new credentials
+}
+
+// Done once the other side's new credentials are applied and ICE is connected again.
+function iceRestartDone(which) {
+  const pc = state[which], pending = state.iceRestart[which];
+  if (!pending || !pc || ufragOf(pc.remoteDescription) === pending.ufrag) return;
+  if (!["connected", "completed"].includes(pc.iceConnectionState)) return;
+  clearTimeout(pending.timer);
+  state.iceRestart[which] = null;
+  showConnected();
+}
+
+function iceRestartFailed(which) {
+  const pending = state.iceRestart[which];
+  if (pending) clearTimeout(pending.timer);
+  state.iceRestart[which] = null;
+  console.warn(`ICE restart of the ${which} connection did not reconnect; making a new one`);
+  if (which === "sub") resubscribe();
+  else if (state.pub) { replacePublisher(); publish(); }
+}
+
+function resubscribe() {
   if (state.sub) state.sub.close();
   state.sub = null;
   state.awaitingResubscribe = true;
   send({ type: "resubscribe" });
+}
+
+// A media connection failed for good: new peer connections for this same participant, which keeps its
+// place, hand, votes and published sources (docs/room-page.md, "Resume").
+function restartMedia() {
+  resubscribe();
   if (state.pub && (state.camera || state.screen)) {
     replacePublisher();
     publish();
@@ -375,10 +436,14 @@ async function handle(msg) {
       state.resume = msg.resume || null;
       state.iceServers = msg.ice_servers || [];
       if (msg.resumed) {
-        // Same participant, same server connections: only broken media connections are replaced.
-        const broken = (pc) => !pc || ["failed", "closed"].includes(pc.connectionState);
-        if (broken(state.sub)) restartMedia();
-        else if (state.pub && broken(state.pub)) { replacePublisher(); await publish(); }
+        // Same participant, same server connections: the network may have changed meanwhile, so ICE
+        // restarts on both; only closed connections are replaced.
+        if (!state.sub || state.sub.connectionState === "closed") restartMedia();
+        else {
+          restartIce("sub");
+          if (state.pub && state.pub.connectionState === "closed") { replacePublisher(); await publish(); }
+          else if (state.pub) restartIce("pub");
+        }
         state.participants.clear();
         for (const p of msg.room.participants) state.participants.set(p.identity, p);
         renderParticipants();
@@ -434,6 +499,7 @@ async function handle(msg) {
         setBanner("bad", `Publishing was refused: ${msg.message}`);
         await published();
       }
+      if (msg.code === "ice_restart_refused") iceRestartFailed(msg.ref === "publish" ? "pub" : "sub");
 
       if (msg.code === "unauthorized") {
         state.leaving = true;
@@ -459,6 +525,8 @@ function resetPeers() {
   for (const key of ["pub", "sub"]) {
     if (state[key]) state[key].close();
     state[key] = null;
+    if (state.iceRestart[key]) clearTimeout(state.iceRestart[key].timer);
+    state.iceRestart[key] = null;
   }
   for (const el of stage.querySelectorAll(".tile")) {
     if (!el.id.startsWith("tile-self")) el.remove();
