@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 
+from shared.roles import ROLES
 from stoa import __version__
 from stoa.config import ConfigError, Settings, load_settings
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--room", required=True)
     token.add_argument("--identity", required=True, help="unique user id, e.g. the LMS user id")
     token.add_argument("--name", default="", help="display name")
-    token.add_argument("--role", required=True, choices=["instructor", "moderator", "student", "viewer", "operator"],
+    token.add_argument("--role", required=True, choices=ROLES,
                        help="operator: reviews every recording (use --room '*')")
     token.add_argument("--ttl", type=int, default=6 * 3600, help="lifetime in seconds (default 6 h)")
     token.add_argument("--can-publish", action="store_true", default=None,

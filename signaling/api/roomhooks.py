@@ -12,7 +12,8 @@ from aiohttp import web
 
 from classroom.errors import (Banned, BadPassword, ClassroomError, Conflict, InvalidInput, InvalidTransition,
                               NotFound, PermissionDenied, SessionClosed, SessionFull)
-from classroom.sessions import PARTICIPANT_ROLES, STAFF_ROLES, Admission
+from classroom.sessions import Admission
+from shared.roles import PARTICIPANT_ROLES, STAFF_ROLES
 from signaling.api.identity import Principal
 from signaling.room import RoomFull
 from signaling.schemas import ProtocolError

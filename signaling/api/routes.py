@@ -14,6 +14,7 @@ from classroom import sessions as sessions_mod
 from classroom import tutoring as tutoring_mod
 from classroom.errors import InvalidInput, NotFound, PermissionDenied
 from classroom.webhooks import EVENTS as WEBHOOK_EVENTS
+from shared.roles import PARTICIPANT_ROLES
 from signaling.api import roomhooks
 from signaling.api.identity import Principal, authenticate, join_link
 from signaling.api.problems import Problem
@@ -406,13 +407,12 @@ S = "/api/sessions/{session_id}"
 T = "/api/tutoring/{request_id}"
 OWNER = "admin, or the session's instructor"
 STAFF = "admin, the session's instructor or a moderator"
-ROLES_MINTABLE = ["instructor", "moderator", "student", "viewer"]
 LIST = {"type": "array", "items": {"type": "object"}}
 
 TOKEN_BODY = {
     "type": "object",
     "properties": {"identity": _IDENT, "name": {"type": "string", "maxLength": 200},
-                   "role": {"enum": ROLES_MINTABLE},
+                   "role": {"enum": list(PARTICIPANT_ROLES)},
                    "ttl": {"type": "integer", "minimum": 60, "maximum": 7 * 86400},
                    "can_publish": {"type": "boolean"}},
     "required": ["identity"], "additionalProperties": False,
