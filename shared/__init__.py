@@ -2,3 +2,5 @@
 
 It imports nothing from the rest of Stoa; tests/test_layers.py holds it to that (docs/architecture.md).
 """
+
+__version__ = "0.1.0"

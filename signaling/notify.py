@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from shared.auth import TokenError
 from shared.roles import DASHBOARD_ROLES
 from signaling.api.identity import Principal
-from signaling.auth import TokenError
 from stoa.appkeys import KEYRING, SETTINGS, TUTORING
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from sfu.quality import LEVELS, QualityChange
 from sfu.speakers import LevelRing, SpeakerDetector
 from sfu.subscriber import Subscriber
 from sfu.uptrack import UpTrack
-from signaling.auth import Grants
+from shared.auth import Grants
 
 logger = logging.getLogger(__name__)
 

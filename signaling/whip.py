@@ -20,10 +20,10 @@ from sfu.peer import SdpError, UnsupportedCodec, add_remote_candidate, check_for
 from sfu.peer import local_candidates, negotiated_codecs
 from sfu.pool import RemoteSubscriber, WorkerUnavailable
 from sfu.subscriber import Subscriber
+from shared.auth import Grants, TokenError, verify_token
 from signaling import sdpfrag
 from signaling.api import roomhooks
 from signaling.api.identity import active_api_keys
-from signaling.auth import Grants, TokenError, verify_token
 from signaling.room import Participant, RoomFull
 from signaling.schemas import ProtocolError
 from stoa.appkeys import ROOMS, WORKERS

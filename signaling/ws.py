@@ -10,9 +10,9 @@ import time
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sfu.peer import SdpError, add_remote_candidate
+from shared.auth import TokenError, verify_token
 from signaling.api import roomhooks
 from signaling.api.identity import active_api_keys
-from signaling.auth import TokenError, verify_token
 from signaling.room import Participant, RoomFull
 from signaling.schemas import MAX_FRAME_BYTES, ProtocolError, parse_client_message
 from stoa.appkeys import DATA_HANDLER, ROOMS, SETTINGS

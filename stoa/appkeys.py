@@ -8,10 +8,10 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from recorder.service import RecordingManager
-    from sfu.pool import WorkerPool
     from sfu.overload import LoadMonitor
+    from sfu.pool import WorkerPool
+    from shared.config import Settings
     from signaling.room import RoomManager
-    from stoa.config import Settings
 
 SETTINGS: web.AppKey["Settings"] = web.AppKey("settings")
 ROOMS: web.AppKey["RoomManager"] = web.AppKey("rooms")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import aiohttp
 
-from signaling.auth import mint_token
-from stoa.config import DEV_API_KEY, DEV_API_SECRET
+from shared.auth import mint_token
+from shared.config import DEV_API_KEY, DEV_API_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 

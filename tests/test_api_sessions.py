@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from jsonschema import Draft202012Validator
 
 from classroom.webhooks import verify_signature
-from signaling.auth import mint_token
+from shared.auth import mint_token
 from stoa.appkeys import KEYRING, ROOMS, STORE
 from tests.client import RoomClient
 

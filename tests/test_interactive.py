@@ -717,7 +717,7 @@ async def test_history_board_png_and_registry(interactive_store):
 
 
 async def test_members_with_grants_like_the_signaling_participant(make_room):
-    from signaling.auth import Grants
+    from shared.auth import Grants
 
     class Participant:  # the shape signaling.room.Participant has: grants carry can_publish_data
         def __init__(self, grants):

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from signaling.auth import mint_token
+from shared.auth import mint_token
 from tests.client import RoomClient
 from tests.media import CounterVideoTrack
 

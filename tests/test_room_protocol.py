@@ -177,7 +177,7 @@ async def test_tokens_are_checked(stoa_server):
     assert expired["code"] == "unauthorized" and "expired" in expired["message"]
     wrong = await attempt(stoa_server.token("other", "x", "student"))
     assert wrong["code"] == "unauthorized" and "other" in wrong["message"]
-    from signaling.auth import mint_token
+    from shared.auth import mint_token
     forged = mint_token("devkey", "a-different-secret-0123456789-abcdef", room=ROOM, identity="x", role="student")
     assert (await attempt(forged))["code"] == "unauthorized"
 

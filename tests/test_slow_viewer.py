@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from sfu.quality import BAD, BAD_KEYFRAME_INTERVAL
-from stoa.config import load_settings
+from shared.config import load_settings
 from tests.client import RoomClient
 from tests.netns import ShapedLink, unavailable
 from tests.serve import eventually

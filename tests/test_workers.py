@@ -283,8 +283,8 @@ async def test_a_killed_worker_ends_its_sessions_and_is_replaced(workers_server,
 
 
 def test_the_workers_setting_and_flag():
+    from shared.config import ConfigError, load_settings
     from stoa.cli import build_parser
-    from stoa.config import ConfigError, load_settings
 
     assert load_settings(environ={}, overrides={"dev": True}).workers is None  # stoa serve: one per core
     assert load_settings(environ={"STOA_WORKERS": "3"}, overrides={"dev": True}).workers == 3

@@ -9,8 +9,8 @@ from __future__ import annotations
 import aiohttp_jinja2
 from aiohttp import web
 
+from shared.auth import TokenError
 from shared.roles import DASHBOARD_ROLES
-from signaling.auth import TokenError
 from stoa.appkeys import KEYRING
 
 

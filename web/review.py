@@ -23,8 +23,8 @@ from aiohttp import web
 from jsonschema import Draft202012Validator
 
 from recorder.service import RecordingError, RecordingManager
+from shared.auth import Grants, TokenError, verify_token
 from signaling.api.identity import active_api_keys
-from signaling.auth import Grants, TokenError, verify_token
 from stoa.appkeys import RECORDINGS, ROOMS, SETTINGS, STORE
 from storage.recordings import RecordingRow
 

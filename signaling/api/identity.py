@@ -18,8 +18,8 @@ from aiohttp import web
 
 from classroom.errors import Conflict, NotFound
 from classroom.sessions import Actor
+from shared.auth import Grants, TokenError, verify_token
 from signaling.api.problems import Problem
-from signaling.auth import Grants, TokenError, verify_token
 
 ADMIN = "admin"
 
@@ -170,7 +170,7 @@ def join_link(settings, room: str, identity: str, role: str, *, name: str = "", 
     """A token for `room` and the room page URL that uses it: {"room", "identity", "role", "token", "url"}."""
     from urllib.parse import quote
 
-    from signaling.auth import mint_token
+    from shared.auth import mint_token
 
     token = mint_token(settings.api_key, settings.api_secret, room=room, identity=identity, role=role,
                        name=name, ttl=ttl, can_publish=can_publish)
