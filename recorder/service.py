@@ -256,15 +256,14 @@ class RecordingManager:
             log.error("recording %s: cannot record %s: %s", active.row.id, track.track_id, exc)
             return
         active.tracks[track.track_id] = (track, recorder)
-        track.sinks.append(recorder)
+        track.add_sink(recorder)
         track.request_keyframe()  # a file starts on a keyframe: don't wait for the next periodic one
 
     def _detach(self, active: _Active, track: "UpTrack") -> None:
         entry = active.tracks.pop(track.track_id, None)
         if entry is None:
             return
-        if entry[1] in track.sinks:
-            track.sinks.remove(entry[1])
+        track.remove_sink(entry[1])
         task = asyncio.ensure_future(active.recording.stop_track(track.track_id))
         active.pending.add(task)
         task.add_done_callback(active.pending.discard)
@@ -277,8 +276,8 @@ class RecordingManager:
         active.problems[problem["file"]] = problem["error"]
         log.error("recording %s of room %s: %s", active.row.id, active.room.name, problem["error"])
         entry = active.tracks.get(problem["track_id"]) if problem["track_id"] else None
-        if entry is not None and entry[1] in entry[0].sinks:
-            entry[0].sinks.remove(entry[1])  # it drops every packet now anyway
+        if entry is not None:
+            entry[0].remove_sink(entry[1])  # it drops every packet now anyway
         task = asyncio.ensure_future(self._report_problem(active, problem))
         active.pending.add(task)
         task.add_done_callback(active.pending.discard)
@@ -328,8 +327,7 @@ class RecordingManager:
             if active.watcher is not None and active.watcher is not asyncio.current_task():
                 active.watcher.cancel()
             for track, recorder in active.tracks.values():
-                if recorder in track.sinks:
-                    track.sinks.remove(recorder)
+                track.remove_sink(recorder)
             active.tracks.clear()
             await self.repo.transition(active.row.id, ("recording",), "processing", ended_at=time.time())
             if active.pending:

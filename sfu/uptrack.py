@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
 
 from aiortc.rtp import RtpPacket
 
@@ -40,9 +40,17 @@ class PublisherClock:
 
 
 class PacketSink(Protocol):
-    """Anything besides subscriber legs that wants the source packets (the recorder)."""
+    """Anything besides subscriber legs that wants the source packets (the recorder, a media worker's relay,
+    the speaker detector). Attached with `UpTrack.add_sink`."""
 
     def feed(self, packet: RtpPacket, arrival_time: float) -> None: ...
+
+
+@runtime_checkable
+class ReportSink(PacketSink, Protocol):
+    """A sink that also wants the publisher's sender reports (NTP time as unix seconds, on our clock)."""
+
+    def sender_report(self, ntp_time: float, rtp_timestamp: int) -> None: ...
 
 
 class UpTrack:
@@ -76,7 +84,8 @@ class UpTrack:
         self.gop = GopCache() if kind == "video" else None
         self._replays: dict = {}  # leg -> the task replaying the GOP cache to it
         self.downtracks: list = []
-        self.sinks: list[PacketSink] = []
+        self.sinks: list[PacketSink] = []  # add_sink / remove_sink
+        self._report_sinks: list[ReportSink] = []
         self.media_ssrc: int | None = None
         self._clock = clock
         self._send_pli = send_pli
@@ -112,13 +121,11 @@ class UpTrack:
     def on_sender_report(self, ssrc: int, ntp: int, rtp_timestamp: int, arrival: float | None = None) -> None:
         arrival = time.time() if arrival is None else arrival
         self._sr = (self._clock.to_local(ntp_to_unix(ntp), arrival), rtp_timestamp)
-        for sink in self.sinks:
-            report = getattr(sink, "sender_report", None)
-            if report is not None:
-                try:
-                    report(ntp_to_unix(ntp) + (self._clock.offset or 0.0), rtp_timestamp)
-                except Exception:  # a sink never breaks forwarding
-                    logger.exception("sink failed on a sender report")
+        for sink in self._report_sinks:
+            try:
+                sink.sender_report(ntp_to_unix(ntp) + (self._clock.offset or 0.0), rtp_timestamp)
+            except Exception:  # a sink never breaks forwarding
+                logger.exception("sink failed on a sender report")
 
     def capture_time(self, timestamp: int, arrival: float) -> float:
         """Local unix time at which the frame with this RTP timestamp was captured."""
@@ -175,8 +182,21 @@ class UpTrack:
                 sink.feed(packet, arrival)
             except Exception:
                 logger.exception("sink failed; removing it from track %s", self.track_id)
-                if sink in self.sinks:
-                    self.sinks.remove(sink)
+                self.remove_sink(sink)
+
+    def add_sink(self, sink: PacketSink) -> None:
+        """`sink` gets every packet from now on (and the sender reports, if it takes them); added once."""
+        if sink not in self.sinks:
+            self.sinks.append(sink)
+            if isinstance(sink, ReportSink):
+                self._report_sinks.append(sink)
+
+    def remove_sink(self, sink: PacketSink) -> None:
+        """Detach `sink`; a sink that is not attached is ignored."""
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+        if sink in self._report_sinks:
+            self._report_sinks.remove(sink)
 
     # -- keyframes --------------------------------------------------------------------------
 
@@ -277,6 +297,7 @@ class UpTrack:
         if self.gop is not None:
             self.gop.clear()
         self.sinks.clear()
+        self._report_sinks.clear()
         if self._pli_task is not None:
             self._pli_task.cancel()
         if self._pli_deferred is not None:

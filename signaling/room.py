@@ -285,7 +285,7 @@ class Room:
         self.spawn(self.broadcast({"type": "track_published", "track": track.describe()}))
         if track.kind == "audio":
             ring = LevelRing()
-            track.sinks.append(ring)
+            track.add_sink(ring)
             self.speakers.add_track(track.track_id, track.publisher_id, ring)
             if self._speakers_task is None or self._speakers_task.done():
                 self._speakers_task = asyncio.ensure_future(self._watch_speakers())

@@ -98,7 +98,7 @@ async def test_ffmpeg_whip_publishes_h264_and_opus_to_an_aiortc_whep_viewer(stoa
         profile_level_id = tracks["video"].codec_parameters.get("profile-level-id", "")
         assert int(profile_level_id[:2], 16) == expect_idc, f"FFmpeg offered {profile_level_id}"
         sizes = SizeSink()
-        tracks["video"].sinks.append(sizes)
+        tracks["video"].add_sink(sizes)
 
         viewer = await WhepViewer(http, stoa_server.base, ROOM, token(stoa_server, "v", "viewer")).start()
         await wait_until(lambda: {"video", "audio"} <= set(viewer.collectors), 10, "both tracks")
