@@ -26,8 +26,8 @@ def main() -> None:
     import uvloop
 
     from shared.config import load_settings
+    from signaling.room import ROOMS
     from stoa.app import build_app
-    from stoa.appkeys import ROOMS
 
     uvloop.install()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

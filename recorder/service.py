@@ -18,6 +18,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from aiohttp import web
+
 from recorder.export import LAYOUTS
 from recorder.manifest import MANIFEST_NAME, ManifestError, read_manifest
 from recorder.recovery import finalize_unfinished
@@ -406,6 +408,9 @@ class RecordingManager:
             job.status = "failed"
             job.error = job.error or (stderr.strip().splitlines() or [f"exit code {code}"])[-1]
         job.finished_at = time.time()
+
+
+RECORDINGS = web.AppKey("recordings", RecordingManager)
 
 
 async def record_composite(repo: RecordingRepo, recording_id: str, out: str, layout: str, result: dict) -> None:

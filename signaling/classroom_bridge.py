@@ -16,7 +16,7 @@ from classroom.interactive import RoomRegistry
 from classroom.interactive.channel import MAX_BUFFERED_BYTES, ChannelMember
 from sfu.aiortc_seam import DataChannelSender
 from signaling.room import Participant, Room
-from stoa.appkeys import DATA_HANDLER, STORE
+from storage.store import STORE
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,10 @@ class ClassroomBridge:
         if not room.participants and not member.room.members:
             session_id, _ = self._session_key(room, participant)
             await self.registry.close_room(session_id)
+
+
+# The classroom layer plugged into the room protocol (set by setup below). Absent: "data" messages are refused.
+DATA_HANDLER = web.AppKey("data_handler", ClassroomBridge)
 
 
 async def _bridge_ctx(app: web.Application):

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from shared.appkeys import KEYRING, SETTINGS
 from shared.auth import TokenError
 from shared.roles import DASHBOARD_ROLES
+from signaling.api import TUTORING
 from signaling.api.identity import Principal
-from stoa.appkeys import KEYRING, SETTINGS, TUTORING
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +139,6 @@ class NotifyHub:
         finally:
             self.conns.discard(conn)
         return ws
+
+
+NOTIFY = web.AppKey("notify", NotifyHub)  # created by signaling.api.services_ctx

@@ -8,8 +8,12 @@ import time
 import uuid
 from typing import Awaitable, Callable
 
+from aiohttp import web
+
 from sfu.downtrack import OnQuality
+from sfu.overload import LoadMonitor
 from sfu.peer import PeerFactory
+from sfu.pool import WorkerPool
 from sfu.publisher import Publisher
 from sfu.quality import LEVELS, QualityChange
 from sfu.speakers import LevelRing, SpeakerDetector
@@ -406,3 +410,10 @@ class RoomManager:
             await room.close("the server is shutting down")
         self.rooms.clear()
         await self.peers.close_all()
+
+
+# The media plane's resources on the app, created by stoa/app.py (rooms, load) and stoa/workers.py (workers,
+# present when `workers` >= 2, docs/scaling.md).
+ROOMS = web.AppKey("rooms", RoomManager)
+LOAD = web.AppKey("load", LoadMonitor)  # this process's event-loop lag probe, shedding and admission
+WORKERS = web.AppKey("workers", WorkerPool)

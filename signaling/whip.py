@@ -20,13 +20,12 @@ from sfu.peer import SdpError, UnsupportedCodec, add_remote_candidate, check_for
 from sfu.peer import local_candidates, negotiated_codecs
 from sfu.pool import RemoteSubscriber, WorkerUnavailable
 from sfu.subscriber import Subscriber
+from shared.appkeys import active_api_keys
 from shared.auth import Grants, TokenError, verify_token
 from signaling import sdpfrag
 from signaling.api import roomhooks
-from signaling.api.identity import active_api_keys
-from signaling.room import Participant, RoomFull
+from signaling.room import ROOMS, WORKERS, Participant, RoomFull
 from signaling.schemas import ProtocolError
-from stoa.appkeys import ROOMS, WORKERS
 
 logger = logging.getLogger(__name__)
 

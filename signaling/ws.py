@@ -10,12 +10,12 @@ import time
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sfu.peer import SdpError, add_remote_candidate
+from shared.appkeys import SETTINGS, active_api_keys
 from shared.auth import TokenError, verify_token
 from signaling.api import roomhooks
-from signaling.api.identity import active_api_keys
-from signaling.room import Participant, RoomFull
+from signaling.classroom_bridge import DATA_HANDLER
+from signaling.room import ROOMS, Participant, RoomFull
 from signaling.schemas import MAX_FRAME_BYTES, ProtocolError, parse_client_message
-from stoa.appkeys import DATA_HANDLER, ROOMS, SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ async def _handle(app, room, participant: Participant, message: dict, send) -> N
 
 async def _recording(app, room, participant: Participant, message: dict, send) -> None:
     from recorder.service import RecordingError
-    from stoa.appkeys import RECORDINGS
+    from recorder.service import RECORDINGS
 
     if not participant.grants.is_moderator:
         raise ProtocolError("forbidden", "only instructors and moderators start and stop recordings")

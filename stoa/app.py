@@ -12,11 +12,12 @@ from aiohttp import web
 from sfu.aiortc_seam import check_compatibility, enable_transport_cc, prefer_aes128_gcm, register_h264_profiles
 from sfu.overload import LoadMonitor, OverloadPolicy
 from sfu.peer import IceSettings, PeerFactory
+from shared.appkeys import SETTINGS
 from shared.config import Settings
 from signaling import api, classroom_api, classroom_bridge, debug, metrics, whip, ws
-from signaling.room import RoomManager
-from stoa.appkeys import LOAD, ROOMS, SETTINGS, STORE
+from signaling.room import LOAD, ROOMS, RoomManager
 from stoa.workers import workers_ctx
+from storage.store import STORE
 from web import pages, review
 
 logger = logging.getLogger(__name__)

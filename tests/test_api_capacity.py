@@ -11,7 +11,8 @@ import json
 import aiohttp
 import pytest
 
-from stoa.appkeys import ROOMS, STORE
+from signaling.room import ROOMS
+from storage.store import STORE
 from tests.peers import client_pc, make_offer
 
 

@@ -14,8 +14,8 @@ from shared.auth import TokenError, mint_token
 from shared.config import load_settings
 from signaling.api import sync_config_webhooks
 from signaling.api.identity import KeyRing
-from stoa.appkeys import STORE
 from storage import open_store
+from storage.store import STORE
 
 SECRET = "s" * 40
 

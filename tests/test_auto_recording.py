@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from stoa.appkeys import RECORDINGS
+from recorder.service import RECORDINGS
 from tests.client import RoomClient
 from tests.media import CounterVideoTrack
 

@@ -33,7 +33,7 @@ async def eventually(check, timeout: float, what: str, interval: float = 0.25):
 
 
 async def test_camera_keeps_its_resolution_when_a_share_starts(stoa_server, chromium):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     teacher, student = await teacher_and_student(stoa_server, chromium)
     await teacher.click("#btn-camera")

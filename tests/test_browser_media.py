@@ -81,7 +81,7 @@ async def test_share_stop_share_again_with_and_without_camera(stoa_server, chrom
 
 def server_media(stoa_server) -> list:
     """(publisher, source, packets received, [(subscriber, packets sent)]) of every track: for failure messages."""
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     room = stoa_server.app[ROOMS].rooms.get(ROOM)
     if room is None:
@@ -128,7 +128,7 @@ async def test_late_joiner_and_reconnecting_student_get_camera_screen_and_audio(
 
 
 async def test_resume_keeps_the_participant_its_hand_and_its_media(stoa_server, chromium):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     teacher = await open_page(stoa_server, chromium, "teach", "instructor", "Teacher")
     await teacher.click("#btn-camera")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sfu.aiortc_seam import MAX_RTP_PACKET, allow_large_rtp, rtp_payload_limit, srtp_oversize
-from stoa.appkeys import ROOMS
+from signaling.room import ROOMS
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.peers import apply_answer, client_pc, make_offer
 from tests.test_whip_whep import (ROOM, SDP, WhepViewer, WhipPublisher, assert_counters_healthy, http,  # noqa: F401

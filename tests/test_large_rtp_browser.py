@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sfu.aiortc_seam import rtp_payload_limit
-from stoa.appkeys import ROOMS
+from signaling.room import ROOMS
 from tests.browser import inbound, wait_frames_decoded
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.test_large_rtp import OVERHEAD, SizeSink

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stoa.appkeys import ROOMS
+from signaling.room import ROOMS
 from tests.test_large_rtp import SizeSink
 from tests.test_whip_whep import ROOM, WhepViewer, http, token, wait_no_peers, wait_until  # noqa: F401
 

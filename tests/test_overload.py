@@ -13,7 +13,7 @@ import pytest
 
 from sfu.aiortc_seam import harden_consent
 from sfu.overload import AT_CAPACITY, LoadMonitor, OverloadPolicy
-from stoa.appkeys import LOAD, ROOMS
+from signaling.room import LOAD, ROOMS
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.peers import FrameCollector, apply_answer, client_pc, make_offer
 from tests.serve import ServeProcess, eventually

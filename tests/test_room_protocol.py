@@ -18,7 +18,7 @@ async def join(server, identity, role, room=ROOM, **kw) -> RoomClient:
 
 
 def room_of(server, name=ROOM):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
     return server.app[ROOMS].rooms.get(name)
 
 
@@ -117,7 +117,7 @@ async def test_publisher_leaving_is_told_and_cleaned_up(stoa_server):
     room = room_of(stoa_server)
     assert room.tracks() == []
     await student.close()
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
     manager = stoa_server.app[ROOMS]
     for _ in range(100):
         if not manager.peers.live:

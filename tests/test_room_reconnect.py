@@ -9,9 +9,9 @@ import json
 
 import aiohttp
 
-from signaling.room import CLOSE_REPLACED, REPLACED
+from signaling.room import CLOSE_REPLACED, REPLACED, ROOMS
 from signaling.schemas import MAX_FRAME_BYTES
-from stoa.appkeys import ROOMS, STORE
+from storage.store import STORE
 from tests.client import RoomClient
 from tests.fixtures.classroom_e2e import Member
 

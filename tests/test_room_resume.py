@@ -33,7 +33,7 @@ async def eventually(check, timeout: float = 10.0) -> None:
 
 
 def room(server):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
     return server.app[ROOMS].rooms.get(ROOM)
 
 

@@ -23,8 +23,8 @@ from sfu.iceserver import IceServer, ice_servers, turn_rest_credentials
 from sfu.peer import local_candidates
 from shared.config import load_settings
 from signaling import sdpfrag
+from signaling.room import ROOMS
 from signaling.whip import link_header
-from stoa.appkeys import ROOMS
 from tests.client import RoomClient
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.test_whip_whep import WhepViewer, WhipPublisher, assert_counters_healthy, wait_no_peers, wait_until

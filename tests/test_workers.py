@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestServer
 
 from sfu.aiortc_seam import simulate_receive_loss
 from sfu.pool import RelayStream
+from signaling.room import ROOMS, WORKERS
 from stoa.app import build_app
-from stoa.appkeys import ROOMS, WORKERS
 from tests.fixtures.recording import read_audio, read_video, record_room
 from tests.fixtures.server import RunningServer
 from tests.media import CounterVideoTrack, ToneAudioTrack

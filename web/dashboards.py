@@ -9,9 +9,9 @@ from __future__ import annotations
 import aiohttp_jinja2
 from aiohttp import web
 
+from shared.appkeys import KEYRING
 from shared.auth import TokenError
 from shared.roles import DASHBOARD_ROLES
-from stoa.appkeys import KEYRING
 
 
 def setup_routes(app: web.Application) -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 import aiohttp_jinja2
 from aiohttp import web
 
+from shared.appkeys import SETTINGS, active_api_keys
 from shared.auth import TokenError, mint_token, verify_token
 from shared.roles import SELF_JOIN_ROLES
-from signaling.api.identity import active_api_keys
-from stoa.appkeys import SETTINGS
 
 STATIC = Path(__file__).parent / "static"
 ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -22,11 +22,12 @@ import aiohttp_jinja2
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from recorder.service import RecordingError, RecordingManager
+from recorder.service import RECORDINGS, RecordingError, RecordingManager
+from shared.appkeys import SETTINGS, active_api_keys
 from shared.auth import Grants, TokenError, verify_token
-from signaling.api.identity import active_api_keys
-from stoa.appkeys import RECORDINGS, ROOMS, SETTINGS, STORE
+from signaling.room import ROOMS
 from storage.recordings import RecordingRow
+from storage.store import STORE
 
 log = logging.getLogger(__name__)
 

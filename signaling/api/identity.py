@@ -125,14 +125,6 @@ class KeyRing:
         return verify_token(token, await self.active(), room=room)
 
 
-async def active_api_keys(app) -> dict[str, str]:
-    """The API keys whose tokens and Basic credentials are good now: the app's KeyRing (revocations
-    applied), or the configured keys in an app built without one."""
-    from stoa.appkeys import KEYRING, SETTINGS
-
-    return await app[KEYRING].active() if KEYRING in app else app[SETTINGS].all_api_keys()
-
-
 def _unauthorized(detail: str) -> Problem:
     return Problem(401, "unauthorized", detail,
                    headers={"WWW-Authenticate": 'Bearer realm="stoa", Basic realm="stoa"'})
