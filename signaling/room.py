@@ -124,6 +124,7 @@ class Room:
         self._on_empty = on_empty
         self.created_at = time.time()
         self.track_listeners: list[Callable[[str, UpTrack], None]] = []
+        self.empty_listeners: list[Callable[[], None]] = []  # told when the last participant has left
         self.speakers = SpeakerDetector()
         self._speakers_task: asyncio.Task | None = None
 
@@ -147,6 +148,29 @@ class Room:
     def tracks(self) -> list[UpTrack]:
         return [t for p in self.participants.values() if p.publisher for t in p.publisher.tracks.values()]
 
+    # -- what the recorder watches (recorder.rooms.RecordedRoom) ------------------------------
+
+    def is_empty(self) -> bool:
+        return not self.participants
+
+    def display_name(self, identity: str) -> str | None:
+        participant = self.participants.get(identity)
+        return participant.name if participant is not None else None
+
+    def watch_tracks(self, listener: Callable[[str, UpTrack], None]) -> Callable[[], None]:
+        self.track_listeners.append(listener)
+        return lambda: self.track_listeners.remove(listener) if listener in self.track_listeners else None
+
+    def watch_empty(self, listener: Callable[[], None]) -> Callable[[], None]:
+        self.empty_listeners.append(listener)
+        return lambda: self.empty_listeners.remove(listener) if listener in self.empty_listeners else None
+
+    def _emptied(self) -> None:
+        for listener in tuple(self.empty_listeners):
+            listener()
+        if self._on_empty is not None:
+            self._on_empty(self)
+
     def state(self) -> dict:
         return {
             "name": self.name,
@@ -166,8 +190,8 @@ class Room:
         if previous is None and load is not None and not participant.grants.can_publish:
             refused = load.admit()
             if refused is not None:
-                if not self.participants and self._on_empty is not None:
-                    self._on_empty(self)  # a room made for this join alone does not linger
+                if not self.participants:
+                    self._emptied()  # a room made for this join alone does not linger
                 raise ServerAtCapacity(f"{refused}; try again later")
         # Taking the seat first: the room is never empty in between (which would drop it).
         self.participants[participant.identity] = participant
@@ -267,8 +291,8 @@ class Room:
             await self.broadcast({"type": "participant_left", "identity": identity})
         await participant.close()
         logger.info("%s left room %s%s", identity, self.name, " (replaced)" if participant.replaced else "")
-        if not self.participants and self._on_empty is not None:
-            self._on_empty(self)
+        if not self.participants:
+            self._emptied()
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -373,6 +397,12 @@ class RoomManager:
         self.rooms: dict[str, Room] = {}
         self.room_listeners: list[Callable[[Room], None]] = []  # told of every new room
         self.quality_changes = dict.fromkeys(LEVELS, 0)  # legs that went to each level, ever (/metrics)
+
+    def find(self, name: str) -> Room | None:
+        return self.rooms.get(name)
+
+    def watch_rooms(self, listener: Callable[[Room], None]) -> None:
+        self.room_listeners.append(listener)
 
     def get_or_create(self, name: str) -> Room:
         room = self.rooms.get(name)

@@ -9,6 +9,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from recorder.service import recordings_ctx
 from sfu.aiortc_seam import check_compatibility, enable_transport_cc, prefer_aes128_gcm, register_h264_profiles
 from sfu.overload import LoadMonitor, OverloadPolicy
 from sfu.peer import IceSettings, PeerFactory
@@ -54,7 +55,9 @@ def build_app(settings: Settings) -> web.Application:
     classroom_bridge.setup(app)  # chat, Q&A, polls, ... over data channels and the WebSocket
     api.setup(app)  # REST API under /api/, /ws/notify, dashboards
     classroom_api.setup(app)  # chat history, whiteboard PNG, quiz bank import
-    review.setup(app)  # recording API, review pages, and the recording manager (cleanup_ctx)
+    review.setup(app)  # recording API and review pages
+    # The recorder sees the rooms through recorder.rooms.RoomDirectory, which the RoomManager implements.
+    app.cleanup_ctx.append(recordings_ctx(lambda app: app[ROOMS]))
     return app
 
 
