@@ -19,7 +19,7 @@ from signaling import api, classroom_api, classroom_bridge, debug, metrics, whip
 from signaling.room import LOAD, ROOMS, RoomManager
 from stoa.workers import workers_ctx
 from storage.store import STORE
-from web import pages, review
+from web import dashboards, pages, review
 
 logger = logging.getLogger(__name__)
 WEB_DIR = Path(pages.__file__).parent
@@ -53,7 +53,8 @@ def build_app(settings: Settings) -> web.Application:
     metrics.setup(app)
     debug.setup(app)  # only with debug_hooks
     classroom_bridge.setup(app)  # chat, Q&A, polls, ... over data channels and the WebSocket
-    api.setup(app)  # REST API under /api/, /ws/notify, dashboards
+    api.setup(app)  # REST API under /api/, /ws/notify
+    dashboards.setup_routes(app)  # /dashboard (tutoring), reads /api/tutoring
     classroom_api.setup(app)  # chat history, whiteboard PNG, quiz bank import
     review.setup(app)  # recording API and review pages
     # The recorder sees the rooms through recorder.rooms.RoomDirectory, which the RoomManager implements.

@@ -30,12 +30,10 @@ WEBHOOKS = web.AppKey("webhooks", WebhookDispatcher)
 
 def setup(app: web.Application) -> None:
     from signaling.api.routes import add_routes
-    from web import dashboards
 
     app.middlewares.append(problem_middleware)
     add_routes(app)
     app.router.add_get("/ws/notify", _notify_socket)
-    dashboards.setup_routes(app)
 
 
 async def _notify_socket(request: web.Request) -> web.StreamResponse:
