@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -111,11 +112,37 @@ class Participant:
             await self.subscriber.close()
 
 
+@dataclass
+class ClosedTotals:
+    """What tracks and subscriber connections that are gone had counted: /metrics adds it to the live
+    objects' counters, so its Prometheus counters never go down when a track or a viewer goes."""
+
+    received: int = 0      # RTP packets from publishers
+    plis: int = 0          # keyframe requests sent to publishers
+    sent: int = 0          # RTP packets forwarded to subscribers
+    retransmits: int = 0
+    nack_misses: int = 0
+
+    def add_track(self, track: UpTrack) -> None:
+        self.received += track.packets_received
+        self.plis += track.plis_sent
+
+    def add_legs(self, subscriber) -> None:
+        """A closed subscriber connection's legs (a media worker's legs are counted by the worker)."""
+        if isinstance(subscriber, Subscriber):
+            for _, leg in subscriber.legs:
+                self.sent += leg.packets_sent
+                self.retransmits += leg.retransmits
+                self.nack_misses += leg.nack_misses
+
+
 class Room:
     def __init__(self, name: str, peers: PeerFactory, *, max_participants: int = 500,
                  on_empty: Callable[["Room"], None] | None = None,
-                 on_leg_quality: Callable[[QualityChange], None] | None = None):
+                 on_leg_quality: Callable[[QualityChange], None] | None = None,
+                 closed: ClosedTotals | None = None):
         self.name = name
+        self.closed = closed if closed is not None else ClosedTotals()
         self._on_leg_quality = on_leg_quality
         self.peers = peers
         self.max_participants = max_participants
@@ -259,6 +286,7 @@ class Room:
         every track; the classroom keeps the same member, on the new data channel."""
         if participant.subscriber is not None:
             await participant.subscriber.close()
+            self.closed.add_legs(participant.subscriber)
         await self.start_subscriber(participant)
         member = getattr(participant, "classroom_member", None)
         if member is not None and participant.subscriber.data_channel is not None:
@@ -290,6 +318,7 @@ class Room:
         if notify and participant.transport == "ws":
             await self.broadcast({"type": "participant_left", "identity": identity})
         await participant.close()
+        self.closed.add_legs(participant.subscriber)
         logger.info("%s left room %s%s", identity, self.name, " (replaced)" if participant.replaced else "")
         if not self.participants:
             self._emptied()
@@ -322,6 +351,7 @@ class Room:
             listener("published", track)
 
     def _on_unpublished(self, track: UpTrack) -> None:
+        self.closed.add_track(track)
         for p in self.participants.values():
             if p.subscriber is not None and p.subscriber.remove_track(track.track_id):
                 self.spawn(p.subscriber.negotiate())
@@ -397,6 +427,7 @@ class RoomManager:
         self.rooms: dict[str, Room] = {}
         self.room_listeners: list[Callable[[Room], None]] = []  # told of every new room
         self.quality_changes = dict.fromkeys(LEVELS, 0)  # legs that went to each level, ever (/metrics)
+        self.closed = ClosedTotals()  # counters of every room's closed tracks and connections, ever (/metrics)
 
     def find(self, name: str) -> Room | None:
         return self.rooms.get(name)
@@ -408,7 +439,8 @@ class RoomManager:
         room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(name, self.peers, max_participants=self.max_participants,
-                                           on_empty=self._drop, on_leg_quality=self._count_quality)
+                                           on_empty=self._drop, on_leg_quality=self._count_quality,
+                                           closed=self.closed)
             for listener in self.room_listeners:
                 listener(room)
         return room

@@ -241,6 +241,35 @@ async def test_metrics_endpoint_reports_forwarding(stoa_server):
     await student.close()
 
 
+async def test_metrics_counters_keep_the_totals_of_closed_tracks_and_viewers(stoa_server):
+    """Prometheus counters only grow: a track that closes and a viewer that leaves keep their counts."""
+    import aiohttp
+
+    from tests.serve import eventually
+
+    names = ("stoa_rtp_received_packets_total", "stoa_rtp_forwarded_packets_total",
+             "stoa_keyframe_requests_sent_total", "stoa_rtp_retransmitted_packets_total", "stoa_nack_misses_total")
+
+    async def counters() -> dict[str, float]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(stoa_server.base + "/metrics") as resp:
+                text = await resp.text()
+        return {l.split()[0]: float(l.split()[-1]) for l in text.splitlines() if l.split()[:1] and l.split()[0] in names}
+
+    teacher = await join(stoa_server, "teacher", "instructor")
+    student = await join(stoa_server, "student", "student")
+    await teacher.publish(CounterVideoTrack(), sources=["camera"])
+    await (await student.wait_track("video")).wait_frames(10)
+    before = await counters()
+    assert before["stoa_rtp_received_packets_total"] > 0 and before["stoa_rtp_forwarded_packets_total"] > 0
+    await student.close()
+    await teacher.close()
+    await eventually(lambda: room_of(stoa_server) is None, what="the room to close")
+    after = await counters()
+    for name in names:
+        assert after[name] >= before[name], f"{name} went down from {before[name]} to {after[name]}"
+
+
 async def test_sender_reports_on_subscriber_legs_are_coherent(stoa_server):
     """Each leg's SRs carry real NTP time and packet counts, so players can sync audio and video."""
     import datetime
