@@ -69,6 +69,8 @@ class UpTrack:
         codec_parameters: dict | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         call_later: Callable[[float, Callable[[], None]], Any] | None = None,
+        mid: str | None = None,
+        receiver: Any = None,
     ):
         self.track_id = track_id
         self.kind = kind
@@ -79,6 +81,8 @@ class UpTrack:
         self.codec_parameters = dict(codec_parameters or {})
         self.publisher_id = publisher_id
         self.source = source
+        self.mid = mid  # the publisher's m-section
+        self.receiver = receiver  # the publisher's aiortc RTCRtpReceiver (None in a media worker)
         self.muted = False
         self.cache = PacketCache()
         self.gop = GopCache() if kind == "video" else None

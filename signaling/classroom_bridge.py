@@ -62,7 +62,7 @@ class ClassroomBridge:
 
     @staticmethod
     def _session_key(room: Room, participant: Participant) -> tuple[str, dict]:
-        session = getattr(participant, "classroom_session", None)
+        session = participant.classroom_session
         return session_key(room.name, session), dict(session.features or {}) if session is not None else {}
 
     async def on_join(self, room: Room, participant: Participant) -> None:
@@ -77,7 +77,7 @@ class ClassroomBridge:
             await iroom.system_message(f"{participant.name} joined")
 
     async def on_message(self, room: Room, participant: Participant, payload: dict) -> None:
-        member = getattr(participant, "classroom_member", None)
+        member = participant.classroom_member
         if member is None:
             await participant.send({"type": "error", "code": "not_joined",
                                     "message": "classroom messages need a joined participant"})
@@ -86,13 +86,13 @@ class ClassroomBridge:
 
     async def on_replaced(self, room: Room, participant: Participant) -> None:
         """A newer connection of the same identity took over: detach the old member without "X left"."""
-        member = getattr(participant, "classroom_member", None)
+        member = participant.classroom_member
         participant.classroom_member = None
         if member is not None:
             await member.stop()
 
     async def on_leave(self, room: Room, participant: Participant) -> None:
-        member = getattr(participant, "classroom_member", None)
+        member = participant.classroom_member
         if member is None:
             return
         await member.stop()

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiohttp import web
 
@@ -21,6 +21,10 @@ from sfu.speakers import LevelRing, SpeakerDetector
 from sfu.subscriber import Subscriber
 from sfu.uptrack import UpTrack
 from shared.auth import Grants
+
+if TYPE_CHECKING:
+    from classroom.interactive.channel import ChannelMember
+    from storage.sessions import SessionRecord
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +61,10 @@ class Participant:
         self.publisher: Publisher | None = None
         self.subscriber: Subscriber | None = None
         self.joined_at = time.time()
-        self.on_data_channel_message: Callable[[str], None] | None = None
+        # Set by the transport that joined it (signaling/ws.py, whip.py): the session row, None without one.
+        self.classroom_session: SessionRecord | None = None
+        # Set by signaling/classroom_bridge.py while the participant is in its session's classroom.
+        self.classroom_member: ChannelMember | None = None
         # Set when a newer connection of the same identity took this one's place in the room.
         self.replaced = False
         # Resume (docs/protocol.md): a resumable participant whose socket drops stays for a grace period.
@@ -288,7 +295,7 @@ class Room:
             await participant.subscriber.close()
             self.closed.add_legs(participant.subscriber)
         await self.start_subscriber(participant)
-        member = getattr(participant, "classroom_member", None)
+        member = participant.classroom_member
         if member is not None and participant.subscriber.data_channel is not None:
             member.use_channel(participant.subscriber.data_channel)
 

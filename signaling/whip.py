@@ -214,7 +214,7 @@ async def end_session(app: web.Application, room_name: str, session_id: str, *, 
     logger.info("%s session %s of %s in %s ended: %s", participant.transport.upper(), session_id,
                 participant.identity, room_name, reason)
     await room.leave(participant.identity, session_id=session_id)
-    await roomhooks.left(app, getattr(participant, "classroom_session", None), participant)
+    await roomhooks.left(app, participant.classroom_session, participant)
 
 
 def _check_offer(sdp: str) -> None:
@@ -270,7 +270,7 @@ async def session_delete(request: web.Request) -> web.Response:
         return found
     room, participant = found
     await room.leave(participant.identity, session_id=participant.session_id)
-    await roomhooks.left(request.app, getattr(participant, "classroom_session", None), participant)
+    await roomhooks.left(request.app, participant.classroom_session, participant)
     return web.Response(status=200)
 
 
