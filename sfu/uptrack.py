@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
+from typing import Any, Awaitable, Callable
 
 from aiortc.rtp import RtpPacket
 
 from sfu.buffer import CachedPacket, PacketCache
 from sfu.gopcache import GOP_REPLAY_SPEEDUP, GopCache
+from sfu.interfaces import PacketSink, ReplayingSender, ReportSink, TrackSender
 from sfu.rtp import abs_send_time, is_keyframe, ntp_to_unix, ts_diff, unix_to_ntp
 
 logger = logging.getLogger(__name__)
@@ -37,20 +38,6 @@ class PublisherClock:
         if self.offset is None:
             self.offset = arrival - remote_unix
         return remote_unix + self.offset
-
-
-class PacketSink(Protocol):
-    """Anything besides subscriber legs that wants the source packets (the recorder, a media worker's relay,
-    the speaker detector). Attached with `UpTrack.add_sink`."""
-
-    def feed(self, packet: RtpPacket, arrival_time: float) -> None: ...
-
-
-@runtime_checkable
-class ReportSink(PacketSink, Protocol):
-    """A sink that also wants the publisher's sender reports (NTP time as unix seconds, on our clock)."""
-
-    def sender_report(self, ntp_time: float, rtp_timestamp: int) -> None: ...
 
 
 class UpTrack:
@@ -86,8 +73,8 @@ class UpTrack:
         self.muted = False
         self.cache = PacketCache()
         self.gop = GopCache() if kind == "video" else None
-        self._replays: dict = {}  # leg -> the task replaying the GOP cache to it
-        self.downtracks: list = []
+        self._replays: dict[ReplayingSender, asyncio.Task] = {}  # leg -> the task replaying the GOP cache to it
+        self.downtracks: list[TrackSender] = []
         self.sinks: list[PacketSink] = []  # add_sink / remove_sink
         self._report_sinks: list[ReportSink] = []
         self.media_ssrc: int | None = None
@@ -233,24 +220,24 @@ class UpTrack:
 
     # -- subscribers ------------------------------------------------------------------------
 
-    def add_downtrack(self, downtrack) -> None:
+    def add_downtrack(self, downtrack: TrackSender) -> None:
         """A new leg starts from the cached keyframe when there is one (replayed, then live), else on
         the next keyframe; either way the publisher is asked for one."""
-        if self.gop is not None and self.gop.packets and not self.muted and hasattr(downtrack, "replay"):
+        if self.gop is not None and self.gop.packets and not self.muted and isinstance(downtrack, ReplayingSender):
             self.replays += 1
             self._replays[downtrack] = asyncio.ensure_future(self._replay_gop(downtrack))
         else:
             self.downtracks.append(downtrack)
         self.request_keyframe()
 
-    def remove_downtrack(self, downtrack) -> None:
+    def remove_downtrack(self, downtrack: TrackSender) -> None:
         task = self._replays.pop(downtrack, None)
         if task is not None:
             task.cancel()
         if downtrack in self.downtracks:
             self.downtracks.remove(downtrack)
 
-    async def _replay_gop(self, downtrack) -> None:
+    async def _replay_gop(self, downtrack: ReplayingSender) -> None:
         """Send the GOP cache to one leg, paced at GOP_REPLAY_SPEEDUP times real time by the packets'
         arrival times, following on into newer GOPs, until it has caught up with live; then the leg
         joins the fan-out in the same step, so no packet falls between the two."""
