@@ -71,14 +71,6 @@ BATCH_INTERVAL = 0.2
 _CLOSE = object()
 
 
-NTP_UNIX_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
-
-
-def ntp_to_unix(ntp: int) -> float:
-    """A 64-bit NTP timestamp (as in an RTCP sender report) to unix seconds."""
-    return (ntp >> 32) - NTP_UNIX_OFFSET + (ntp & 0xFFFFFFFF) / (1 << 32)
-
-
 def opus_head(channels: int, sample_rate: int = 48000, pre_skip: int = 0) -> bytes:
     """OpusHead identification header (RFC 7845 section 5.1), channel mapping family 0."""
     if channels not in (1, 2):

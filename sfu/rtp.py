@@ -43,6 +43,7 @@ def unix_to_ntp(t: float) -> int:
 
 
 def ntp_to_unix(ntp: int) -> float:
+    """A 64-bit NTP timestamp (as in an RTCP sender report) to unix seconds: the one conversion (sfu/, recorder/)."""
     return (ntp >> 32) - NTP_EPOCH_OFFSET + (ntp & 0xFFFFFFFF) / (1 << 32)
 
 

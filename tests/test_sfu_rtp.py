@@ -128,3 +128,8 @@ def test_default_cache_holds_more_than_a_second_at_high_rate():
     for i in range(3000):
         cache.add(CachedPacket(i & 0xFFFF, 0, 0, b"", None, i / pps))
     assert cache.span_seconds() >= 1.0
+
+
+def test_ntp_to_unix_of_a_sender_report_timestamp():
+    ntp = ((1_700_000_000 + 2208988800) << 32) | (1 << 31)
+    assert ntp_to_unix(ntp) == 1_700_000_000.5
