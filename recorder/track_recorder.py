@@ -22,7 +22,9 @@ from typing import Callable, Optional
 
 import av
 
-from .depacketizer import Depacketizer, Frame, codec_from_mime, opus_packet_samples, unwrap_near
+from sfu.seqnum import unwrap_near
+
+from .depacketizer import Depacketizer, Frame, codec_from_mime, opus_packet_samples
 
 log = logging.getLogger(__name__)
 

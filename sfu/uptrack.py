@@ -12,7 +12,8 @@ from aiortc.rtp import RtpPacket
 from sfu.buffer import CachedPacket, PacketCache
 from sfu.gopcache import GOP_REPLAY_SPEEDUP, GopCache
 from sfu.interfaces import PacketSink, ReplayingSender, ReportSink, TrackSender
-from sfu.rtp import abs_send_time, is_keyframe, ntp_to_unix, ts_diff, unix_to_ntp
+from sfu.rtp import abs_send_time, is_keyframe, ntp_to_unix, unix_to_ntp
+from sfu.seqnum import ts_diff
 
 logger = logging.getLogger(__name__)
 

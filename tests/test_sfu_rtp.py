@@ -6,6 +6,7 @@ from aiortc.rtp import RtpPacket
 
 from sfu.buffer import CachedPacket, PacketCache
 from sfu.forwarder import Forwarder
+from sfu.seqnum import seq_diff, ts_diff
 from sfu.rtp import (
     ExtensionIds,
     abs_send_time,
@@ -15,8 +16,6 @@ from sfu.rtp import (
     ntp_to_unix,
     parse_header,
     rtx_payload,
-    seq_diff,
-    ts_diff,
     unix_to_ntp,
     vp8_is_keyframe,
 )
