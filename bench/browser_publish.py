@@ -220,8 +220,8 @@ async def wait_http(url: str, proc, timeout: float = 30.0) -> None:
 async def run(args) -> int:
     from playwright.async_api import async_playwright
 
-    from signaling.auth import mint_token
-    from stoa.config import DEV_API_KEY, DEV_API_SECRET
+    from shared.auth import mint_token
+    from shared.config import DEV_API_KEY, DEV_API_SECRET
     from tests.browser import CHROMIUM, _browser_env, chromium_args
 
     tmp = Path(tempfile.mkdtemp(prefix="stoa-bench-publish-"))

@@ -51,8 +51,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def tokens_for(room: str, identities: list[str], role: str = "student") -> list[str]:
-    from signaling.auth import mint_token
-    from stoa.config import DEV_API_KEY, DEV_API_SECRET
+    from shared.auth import mint_token
+    from shared.config import DEV_API_KEY, DEV_API_SECRET
 
     return [mint_token(DEV_API_KEY, DEV_API_SECRET, room=room, identity=i, role=role, name=i) for i in identities]
 

@@ -28,8 +28,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from signaling.auth import mint_token  # noqa: E402
-from stoa.config import DEV_API_KEY, DEV_API_SECRET  # noqa: E402
+from shared.auth import mint_token  # noqa: E402
+from shared.config import DEV_API_KEY, DEV_API_SECRET  # noqa: E402
 from stoa.loadtest.media import hold_vp8_bitrate  # noqa: E402
 from stoa.loadtest.peers import Publisher, Viewer  # noqa: E402
 

@@ -265,8 +265,8 @@ async def measure_system(system: str, counts: list[int], args, tmp: Path, childr
     env = {"PYTHONUNBUFFERED": "1"}
     data_dir = tmp / (f"data-{system}-{repeat + 1}" if args.record else "data")
     if system != "mediarelay":
-        from signaling.auth import mint_token
-        from stoa.config import DEV_API_KEY, DEV_API_SECRET
+        from shared.auth import mint_token
+        from shared.config import DEV_API_KEY, DEV_API_SECRET
 
         # --workers 0: viewers in the server process, the one whose CPU is read (bench/workers.py: workers)
         argv = [STOA, "serve", "--dev", "--port", str(port), "--ice-address", "127.0.0.1", "--workers", "0",

@@ -139,8 +139,8 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
 
 
 async def run_subscribers(args) -> None:
-    from signaling.auth import mint_token
-    from stoa.config import DEV_API_KEY, DEV_API_SECRET
+    from shared.auth import mint_token
+    from shared.config import DEV_API_KEY, DEV_API_SECRET
 
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue = asyncio.Queue()

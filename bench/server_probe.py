@@ -25,9 +25,9 @@ def main() -> None:
     args = parser.parse_args()
     import uvloop
 
+    from shared.config import load_settings
+    from signaling.room import ROOMS
     from stoa.app import build_app
-    from stoa.appkeys import ROOMS
-    from stoa.config import load_settings
 
     uvloop.install()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

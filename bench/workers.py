@@ -73,8 +73,8 @@ class Row:
 
 
 async def measure(workers: int, repeat: int, counts: list[int], args, tmp: Path, started: list[Child]) -> list[Row]:
-    from signaling.auth import mint_token
-    from stoa.config import DEV_API_KEY, DEV_API_SECRET
+    from shared.auth import mint_token
+    from shared.config import DEV_API_KEY, DEV_API_SECRET
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"

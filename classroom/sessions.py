@@ -24,6 +24,7 @@ import jsonschema
 from classroom import attendance as attendance_mod
 from classroom.errors import (Banned, BadPassword, Conflict, InvalidInput, InvalidTransition, NotFound,
                               PermissionDenied, SessionClosed, SessionFull)
+from shared.roles import PARTICIPANT_ROLES, STAFF_ROLES
 from storage import schema as t
 from storage.sessions import PresenceInterval, SessionRecord
 
@@ -34,8 +35,6 @@ Clock = Callable[[], float]
 
 RECONNECT_GRACE_S = 30.0
 FEATURES = ("chat", "qa", "polls", "whiteboard", "quiz", "recording", "students_may_publish")
-STAFF_ROLES = ("instructor", "moderator")
-PARTICIPANT_ROLES = ("instructor", "moderator", "student", "viewer")
 
 # Allowed status changes and the verb that performs each.
 TRANSITIONS = {

@@ -15,6 +15,8 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from sfu.seqnum import Unwrapper
+
 ANNEXB_START_CODE = b"\x00\x00\x00\x01"
 
 CODECS = ("vp8", "h264", "opus")
@@ -30,43 +32,6 @@ def codec_from_mime(mime: str) -> str:
         raise ValueError(
             f"unsupported codec {mime!r}: expected one of video/VP8, video/H264, audio/opus"
         ) from None
-
-
-class Unwrapper:
-    """Unwrap a wrapping counter (16-bit sequence numbers, 32-bit timestamps) to an integer that
-    keeps growing. Values are compared with the highest value seen so far, so reordered and late
-    values land on the right side of a wrap. The first value maps to ``value + 2**bits`` so that a
-    slightly older packet arriving next never goes negative."""
-
-    def __init__(self, bits: int) -> None:
-        self._mod = 1 << bits
-        self._half = 1 << (bits - 1)
-        self._highest: Optional[int] = None
-
-    def unwrap(self, value: int) -> int:
-        if self._highest is None:
-            self._highest = value + self._mod
-            return self._highest
-        delta = (value - self._highest) % self._mod
-        if delta >= self._half:
-            delta -= self._mod
-        ext = self._highest + delta
-        if ext > self._highest:
-            self._highest = ext
-        return ext
-
-    @property
-    def highest(self) -> Optional[int]:
-        return self._highest
-
-
-def unwrap_near(value: int, reference: int, bits: int = 32) -> int:
-    """Unwrap ``value`` (a ``bits``-wide counter) to the extended value closest to ``reference``."""
-    mod = 1 << bits
-    delta = (value - reference) % mod
-    if delta >= mod >> 1:
-        delta -= mod
-    return reference + delta
 
 
 @dataclass

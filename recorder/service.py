@@ -18,15 +18,19 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from aiohttp import web
+
 from recorder.export import LAYOUTS
 from recorder.manifest import MANIFEST_NAME, ManifestError, read_manifest
 from recorder.recovery import finalize_unfinished
 from recorder.session import Recording
+from shared.appkeys import SETTINGS
 from storage.recordings import RecordingRepo, RecordingRow
+from storage.store import STORE
 
 if TYPE_CHECKING:
+    from recorder.rooms import RecordedRoom, RoomDirectory, Unwatch
     from sfu.uptrack import UpTrack
-    from signaling.room import Room, RoomManager
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +70,12 @@ class ExportJob:
 class _Active:
     """One room being recorded."""
 
-    def __init__(self, room: "Room", recording: Recording, row: RecordingRow):
+    def __init__(self, room: "RecordedRoom", recording: Recording, row: RecordingRow):
         self.room = room
         self.recording = recording
         self.row = row
         self.tracks: dict[str, tuple["UpTrack", Any]] = {}   # track_id -> (uptrack, TrackRecorder)
-        self.listener: Callable[[str, "UpTrack"], None] | None = None
-        self.watcher: asyncio.Task | None = None
+        self.unwatch: list["Unwatch"] = []  # the room's track and empty events
         self.pending: set[asyncio.Task] = set()
         self.stopping: asyncio.Task | None = None
         self.problems: dict[str, str] = {}   # file name (or manifest.json) -> what went wrong, as reported live
@@ -114,7 +117,7 @@ def composite_file_entry(path: str, layout: str, duration: float | None, t0: flo
 class RecordingManager:
     """Start/stop recordings of rooms, keep their rows, run exports. One per server (app[RECORDINGS])."""
 
-    def __init__(self, rooms: "RoomManager", store, root: str, *, python: str = sys.executable):
+    def __init__(self, rooms: "RoomDirectory", store, root: str, *, python: str = sys.executable):
         self.rooms = rooms
         self.store = store
         self.repo = RecordingRepo(store)
@@ -124,6 +127,7 @@ class RecordingManager:
         self.jobs: dict[str, ExportJob] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._stopping: set[asyncio.Task] = set()
+        self._starting: set[asyncio.Task] = set()  # auto-record starts (record_from_first_track)
         self._closed = False
 
     # -- start-up / shutdown ----------------------------------------------------------------
@@ -172,6 +176,9 @@ class RecordingManager:
     async def close(self) -> None:
         """Server shutdown: stop every recording (files finalized), cancel export jobs."""
         self._closed = True
+        for task in list(self._starting):
+            task.cancel()
+        await asyncio.gather(*self._starting, return_exceptions=True)
         await asyncio.gather(*(self._stop_quietly(name, "server shutdown") for name in list(self.active)),
                              *list(self._stopping), return_exceptions=True)
         for job in self.jobs.values():
@@ -200,8 +207,8 @@ class RecordingManager:
             if room_name in self.active:
                 raise RecordingError(409, f"room {room_name!r} is already being recorded "
                                           f"(recording {self.active[room_name].row.id})")
-            room = self.rooms.rooms.get(room_name)
-            if room is None or not room.participants:
+            room = self.rooms.find(room_name)
+            if room is None or room.is_empty():
                 raise RecordingError(409, f"room {room_name!r} has nobody in it; there is nothing to record")
             session = await self.store.sessions.get_by_room(room_name)
             rec_id = uuid.uuid4().hex
@@ -233,9 +240,8 @@ class RecordingManager:
                 else:
                     self._detach(active, track)
 
-            active.listener = listener
-            room.track_listeners.append(listener)
-            active.watcher = asyncio.ensure_future(self._watch(active))
+            active.unwatch = [room.watch_tracks(listener),
+                              room.watch_empty(lambda: self._stop_soon(room_name, "room is empty"))]
             log.info("recording %s of room %s started by %s", rec_id, room_name, by or "?")
         await room.broadcast({"type": "recording", "state": "started", "recording_id": rec_id})
         return row
@@ -246,25 +252,43 @@ class RecordingManager:
         if track.mime_type.lower() not in RECORDABLE:
             log.warning("recording %s: %s is not recordable (%s)", active.row.id, track.track_id, track.mime_type)
             return
-        participant = active.room.participants.get(track.publisher_id)
         try:
             recorder = active.recording.add_track(
-                track.track_id, track.publisher_id, participant.name if participant else track.publisher_id,
+                track.track_id, track.publisher_id,
+                active.room.display_name(track.publisher_id) or track.publisher_id,
                 track.kind, track.mime_type, track.clock_rate, channels=2,
                 on_keyframe_needed=track.request_keyframe)
         except (ValueError, RuntimeError, OSError) as exc:
             log.error("recording %s: cannot record %s: %s", active.row.id, track.track_id, exc)
             return
         active.tracks[track.track_id] = (track, recorder)
-        track.sinks.append(recorder)
+        track.add_sink(recorder)
         track.request_keyframe()  # a file starts on a keyframe: don't wait for the next periodic one
+
+    def record_from_first_track(self, room: "RecordedRoom") -> None:
+        """`stoa serve --record` (settings.record_all): `room` starts recording when its first track is published."""
+        unwatch = None
+
+        def listener(event: str, track: "UpTrack") -> None:
+            if event == "published" and self.status(room.name) is None and not self._closed:
+                unwatch()
+                task = asyncio.ensure_future(self._start_quietly(room.name))
+                self._starting.add(task)
+                task.add_done_callback(self._starting.discard)
+
+        unwatch = room.watch_tracks(listener)
+
+    async def _start_quietly(self, room_name: str) -> None:
+        try:
+            await self.start(room_name, by="stoa serve --record")
+        except Exception as exc:  # recording trouble never disturbs the class
+            log.warning("recording %s did not start: %s", room_name, exc)
 
     def _detach(self, active: _Active, track: "UpTrack") -> None:
         entry = active.tracks.pop(track.track_id, None)
         if entry is None:
             return
-        if entry[1] in track.sinks:
-            track.sinks.remove(entry[1])
+        track.remove_sink(entry[1])
         task = asyncio.ensure_future(active.recording.stop_track(track.track_id))
         active.pending.add(task)
         task.add_done_callback(active.pending.discard)
@@ -277,8 +301,8 @@ class RecordingManager:
         active.problems[problem["file"]] = problem["error"]
         log.error("recording %s of room %s: %s", active.row.id, active.room.name, problem["error"])
         entry = active.tracks.get(problem["track_id"]) if problem["track_id"] else None
-        if entry is not None and entry[1] in entry[0].sinks:
-            entry[0].sinks.remove(entry[1])  # it drops every packet now anyway
+        if entry is not None:
+            entry[0].remove_sink(entry[1])  # it drops every packet now anyway
         task = asyncio.ensure_future(self._report_problem(active, problem))
         active.pending.add(task)
         task.add_done_callback(active.pending.discard)
@@ -293,15 +317,6 @@ class RecordingManager:
         recorders = [recorder for _, recorder in active.tracks.values()]
         if recorders and all(r.status == "failed" for r in recorders):
             self._stop_soon(active.room.name, "every recorded track failed")
-
-    async def _watch(self, active: _Active) -> None:
-        """Stop when the room empties (or is dropped)."""
-        while True:
-            await asyncio.sleep(0.5)
-            room = active.room
-            if not room.participants or self.rooms.rooms.get(room.name) is not room:
-                self._stop_soon(room.name, "room is empty")
-                return
 
     def _stop_soon(self, room_name: str, reason: str) -> None:
         active = self.active.get(room_name)
@@ -323,13 +338,10 @@ class RecordingManager:
             active = self.active.pop(room_name, None)
             if active is None:
                 raise RecordingError(409, f"room {room_name!r} is not being recorded")
-            if active.listener in active.room.track_listeners:
-                active.room.track_listeners.remove(active.listener)
-            if active.watcher is not None and active.watcher is not asyncio.current_task():
-                active.watcher.cancel()
+            for unwatch in active.unwatch:
+                unwatch()
             for track, recorder in active.tracks.values():
-                if recorder in track.sinks:
-                    track.sinks.remove(recorder)
+                track.remove_sink(recorder)
             active.tracks.clear()
             await self.repo.transition(active.row.id, ("recording",), "processing", ended_at=time.time())
             if active.pending:
@@ -347,7 +359,7 @@ class RecordingManager:
             row = await self._settle(await self.repo.get(active.row.id) or active.row, problems=active.problems,
                                      manifest=manifest if stale else None)
             log.info("recording %s of room %s stopped (%s): %s", row.id, room_name, reason, row.status)
-        if active.room.participants:
+        if not active.room.is_empty():
             note = {"type": "recording", "state": "stopped", "recording_id": row.id, "reason": reason}
             if row.error:
                 note["error"] = row.error
@@ -408,6 +420,27 @@ class RecordingManager:
             job.status = "failed"
             job.error = job.error or (stderr.strip().splitlines() or [f"exit code {code}"])[-1]
         job.finished_at = time.time()
+
+
+RECORDINGS = web.AppKey("recordings", RecordingManager)
+
+
+def recordings_ctx(rooms: "Callable[[web.Application], RoomDirectory]"):
+    """The cleanup context that creates app[RECORDINGS] (after the rooms and the store) and repairs crashed
+    recordings first. `rooms(app)` gives the rooms to record: stoa/app.py passes the RoomManager."""
+
+    async def ctx(app: web.Application):
+        settings = app[SETTINGS]
+        directory = rooms(app)
+        manager = RecordingManager(directory, app[STORE], os.path.join(settings.data_dir, "recordings"))
+        await manager.recover()
+        app[RECORDINGS] = manager
+        if settings.record_all:
+            directory.watch_rooms(manager.record_from_first_track)
+        yield
+        await manager.close()
+
+    return ctx
 
 
 async def record_composite(repo: RecordingRepo, recording_id: str, out: str, layout: str, result: dict) -> None:

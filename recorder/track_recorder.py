@@ -22,7 +22,9 @@ from typing import Callable, Optional
 
 import av
 
-from .depacketizer import Depacketizer, Frame, codec_from_mime, opus_packet_samples, unwrap_near
+from sfu.seqnum import unwrap_near
+
+from .depacketizer import Depacketizer, Frame, codec_from_mime, opus_packet_samples
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +71,6 @@ class _SyncHandle:
 BATCH_INTERVAL = 0.2
 
 _CLOSE = object()
-
-
-NTP_UNIX_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
-
-
-def ntp_to_unix(ntp: int) -> float:
-    """A 64-bit NTP timestamp (as in an RTCP sender report) to unix seconds."""
-    return (ntp >> 32) - NTP_UNIX_OFFSET + (ntp & 0xFFFFFFFF) / (1 << 32)
 
 
 def opus_head(channels: int, sample_rate: int = 48000, pre_skip: int = 0) -> bytes:

@@ -11,6 +11,7 @@ from aiortc import RTCRtpSender
 from sfu.aiortc_seam import MAX_RTP_PACKET, SenderSeam
 from sfu.buffer import CachedPacket
 from sfu.forwarder import Forwarder
+from sfu.interfaces import TrackReceiver
 from sfu.pacer import Pacer
 from sfu.peer import same_codec
 from sfu.quality import BAD, GOOD, QualityChange, ViewerQuality
@@ -32,7 +33,7 @@ class DownTrack:
     def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str, load=None):
         self.subscriber_id = subscriber_id
         self.kind = kind
-        self.uptrack = None
+        self.uptrack: TrackReceiver | None = None
         self._load = load  # sfu.overload.LoadMonitor of this process, or None
         self._shed = False
         self.seam = SenderSeam(sender, self._nack_unless_overloaded if load is not None else self._on_nack,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from sfu.rtp import seq_diff, ts_diff
+from sfu.seqnum import seq_diff, ts_diff
 
 
 class Forwarder:

@@ -513,8 +513,7 @@ class WorkerPool:
         if count:
             return
         up = stream.uptrack
-        if stream not in up.sinks:
-            up.sinks.append(stream)
+        up.add_sink(stream)
         link.notify(stream.describe())
         sr = getattr(up, "_sr", None)  # the last sender report, mapped onto our clock
         if sr is not None:
@@ -535,8 +534,7 @@ class WorkerPool:
     def _drop_if_unused(self, stream: RelayStream) -> None:
         if stream.refs:
             return
-        if stream in stream.uptrack.sinks:
-            stream.uptrack.sinks.remove(stream)
+        stream.uptrack.remove_sink(stream)
         if self.streams.get(stream.index) is stream:
             del self.streams[stream.index]
         if self._by_track.get(id(stream.uptrack)) is stream:

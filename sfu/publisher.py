@@ -78,9 +78,8 @@ class Publisher:
             kind=kind, mime_type=codec.mime_type, clock_rate=codec.clock_rate,
             payload_type=codec.payload_type, publisher_id=self.participant_id, source=source,
             clock=self.clock, send_pli=lambda ssrc: send_pli(receiver, ssrc), codec_parameters=codec.parameters,
+            mid=transceiver.mid, receiver=receiver,
         )
-        uptrack.mid = transceiver.mid
-        uptrack.receiver = receiver
         tap_receiver(receiver, uptrack.on_rtp, uptrack.on_sender_report)
         self.tracks[transceiver.mid] = uptrack
         logger.info("%s published %s %s (%s)", self.participant_id, kind, uptrack.track_id, codec.mime_type)

@@ -15,6 +15,8 @@ BUDGET_SHARE of the media bytes the viewer gets (a token bucket). Pure: the call
 
 from __future__ import annotations
 
+from shared.ratelimit import TokenBucket
+
 MAX_TRIES = 3
 DEFAULT_RTT = 0.1          # seconds, until a receiver report gives one
 MIN_INTERVAL = 0.01        # between two sends of one packet, whatever the RTT
@@ -30,35 +32,6 @@ _PRUNE_ABOVE = 512
 
 SEND = "send"
 REASONS = ("too_old", "tries", "too_soon", "budget", "suspended")
-
-
-class TokenBucket:
-    """`rate` tokens per second up to `depth`; `take` spends them if there are enough."""
-
-    __slots__ = ("rate", "depth", "tokens", "at")
-
-    def __init__(self, rate: float, depth: float, now: float):
-        self.rate = rate
-        self.depth = depth
-        self.tokens = depth
-        self.at = now
-
-    def refill(self, now: float) -> None:
-        if now > self.at:
-            self.tokens = min(self.depth, self.tokens + (now - self.at) * self.rate)
-            self.at = now
-
-    def take(self, amount: float, now: float) -> bool:
-        self.refill(now)
-        if self.tokens < amount:
-            return False
-        self.tokens -= amount
-        return True
-
-    def set_rate(self, rate: float, depth: float, now: float) -> None:
-        self.refill(now)
-        self.rate, self.depth = rate, depth
-        self.tokens = min(self.tokens, depth)
 
 
 class RetransmitPolicy:

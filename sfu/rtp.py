@@ -19,22 +19,6 @@ URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 _HEADER = struct.Struct("!BBHII")
 
 
-def seq_add(a: int, b: int) -> int:
-    return (a + b) & 0xFFFF
-
-
-def seq_diff(a: int, b: int) -> int:
-    """Signed distance a - b on the 16-bit circle."""
-    d = (a - b) & 0xFFFF
-    return d - 0x10000 if d >= 0x8000 else d
-
-
-def ts_diff(a: int, b: int) -> int:
-    """Signed distance a - b on the 32-bit circle."""
-    d = (a - b) & 0xFFFFFFFF
-    return d - 0x100000000 if d >= 0x80000000 else d
-
-
 def unix_to_ntp(t: float) -> int:
     """Unix seconds to a 64-bit NTP timestamp."""
     seconds = int(t)
@@ -43,6 +27,7 @@ def unix_to_ntp(t: float) -> int:
 
 
 def ntp_to_unix(ntp: int) -> float:
+    """A 64-bit NTP timestamp (as in an RTCP sender report) to unix seconds: the one conversion (sfu/, recorder/)."""
     return (ntp >> 32) - NTP_EPOCH_OFFSET + (ntp & 0xFFFFFFFF) / (1 << 32)
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable
 
 from aiortc.rtp import RtpPacket
 
 from sfu.buffer import CachedPacket, PacketCache
 from sfu.gopcache import GOP_REPLAY_SPEEDUP, GopCache
-from sfu.rtp import abs_send_time, is_keyframe, ntp_to_unix, ts_diff, unix_to_ntp
+from sfu.interfaces import PacketSink, ReplayingSender, ReportSink, TrackSender
+from sfu.rtp import abs_send_time, is_keyframe, ntp_to_unix, unix_to_ntp
+from sfu.seqnum import ts_diff
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +41,6 @@ class PublisherClock:
         return remote_unix + self.offset
 
 
-class PacketSink(Protocol):
-    """Anything besides subscriber legs that wants the source packets (the recorder)."""
-
-    def feed(self, packet: RtpPacket, arrival_time: float) -> None: ...
-
-
 class UpTrack:
     def __init__(
         self,
@@ -61,6 +57,8 @@ class UpTrack:
         codec_parameters: dict | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         call_later: Callable[[float, Callable[[], None]], Any] | None = None,
+        mid: str | None = None,
+        receiver: Any = None,
     ):
         self.track_id = track_id
         self.kind = kind
@@ -71,12 +69,15 @@ class UpTrack:
         self.codec_parameters = dict(codec_parameters or {})
         self.publisher_id = publisher_id
         self.source = source
+        self.mid = mid  # the publisher's m-section
+        self.receiver = receiver  # the publisher's aiortc RTCRtpReceiver (None in a media worker)
         self.muted = False
         self.cache = PacketCache()
         self.gop = GopCache() if kind == "video" else None
-        self._replays: dict = {}  # leg -> the task replaying the GOP cache to it
-        self.downtracks: list = []
-        self.sinks: list[PacketSink] = []
+        self._replays: dict[ReplayingSender, asyncio.Task] = {}  # leg -> the task replaying the GOP cache to it
+        self.downtracks: list[TrackSender] = []
+        self.sinks: list[PacketSink] = []  # add_sink / remove_sink
+        self._report_sinks: list[ReportSink] = []
         self.media_ssrc: int | None = None
         self._clock = clock
         self._send_pli = send_pli
@@ -112,13 +113,11 @@ class UpTrack:
     def on_sender_report(self, ssrc: int, ntp: int, rtp_timestamp: int, arrival: float | None = None) -> None:
         arrival = time.time() if arrival is None else arrival
         self._sr = (self._clock.to_local(ntp_to_unix(ntp), arrival), rtp_timestamp)
-        for sink in self.sinks:
-            report = getattr(sink, "sender_report", None)
-            if report is not None:
-                try:
-                    report(ntp_to_unix(ntp) + (self._clock.offset or 0.0), rtp_timestamp)
-                except Exception:  # a sink never breaks forwarding
-                    logger.exception("sink failed on a sender report")
+        for sink in self._report_sinks:
+            try:
+                sink.sender_report(ntp_to_unix(ntp) + (self._clock.offset or 0.0), rtp_timestamp)
+            except Exception:  # a sink never breaks forwarding
+                logger.exception("sink failed on a sender report")
 
     def capture_time(self, timestamp: int, arrival: float) -> float:
         """Local unix time at which the frame with this RTP timestamp was captured."""
@@ -175,8 +174,21 @@ class UpTrack:
                 sink.feed(packet, arrival)
             except Exception:
                 logger.exception("sink failed; removing it from track %s", self.track_id)
-                if sink in self.sinks:
-                    self.sinks.remove(sink)
+                self.remove_sink(sink)
+
+    def add_sink(self, sink: PacketSink) -> None:
+        """`sink` gets every packet from now on (and the sender reports, if it takes them); added once."""
+        if sink not in self.sinks:
+            self.sinks.append(sink)
+            if isinstance(sink, ReportSink):
+                self._report_sinks.append(sink)
+
+    def remove_sink(self, sink: PacketSink) -> None:
+        """Detach `sink`; a sink that is not attached is ignored."""
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+        if sink in self._report_sinks:
+            self._report_sinks.remove(sink)
 
     # -- keyframes --------------------------------------------------------------------------
 
@@ -209,24 +221,24 @@ class UpTrack:
 
     # -- subscribers ------------------------------------------------------------------------
 
-    def add_downtrack(self, downtrack) -> None:
+    def add_downtrack(self, downtrack: TrackSender) -> None:
         """A new leg starts from the cached keyframe when there is one (replayed, then live), else on
         the next keyframe; either way the publisher is asked for one."""
-        if self.gop is not None and self.gop.packets and not self.muted and hasattr(downtrack, "replay"):
+        if self.gop is not None and self.gop.packets and not self.muted and isinstance(downtrack, ReplayingSender):
             self.replays += 1
             self._replays[downtrack] = asyncio.ensure_future(self._replay_gop(downtrack))
         else:
             self.downtracks.append(downtrack)
         self.request_keyframe()
 
-    def remove_downtrack(self, downtrack) -> None:
+    def remove_downtrack(self, downtrack: TrackSender) -> None:
         task = self._replays.pop(downtrack, None)
         if task is not None:
             task.cancel()
         if downtrack in self.downtracks:
             self.downtracks.remove(downtrack)
 
-    async def _replay_gop(self, downtrack) -> None:
+    async def _replay_gop(self, downtrack: ReplayingSender) -> None:
         """Send the GOP cache to one leg, paced at GOP_REPLAY_SPEEDUP times real time by the packets'
         arrival times, following on into newer GOPs, until it has caught up with live; then the leg
         joins the fan-out in the same step, so no packet falls between the two."""
@@ -277,6 +289,7 @@ class UpTrack:
         if self.gop is not None:
             self.gop.clear()
         self.sinks.clear()
+        self._report_sinks.clear()
         if self._pli_task is not None:
             self._pli_task.cancel()
         if self._pli_deferred is not None:

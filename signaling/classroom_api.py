@@ -12,10 +12,11 @@ import json
 from aiohttp import web
 
 from classroom.interactive import QuizBankError, board_png, chat_history, import_bank
+from shared.appkeys import KEYRING
 from signaling.api.identity import Principal, authenticate
 from signaling.api.problems import Problem
 from signaling.classroom_bridge import session_key as bridge_session_key
-from stoa.appkeys import KEYRING, STORE
+from storage.store import STORE
 
 MAX_BANK_BYTES = 1024 * 1024
 MAX_PNG_SIDE = 4096

@@ -16,7 +16,7 @@ from classroom.interactive import RoomRegistry
 from classroom.interactive.channel import MAX_BUFFERED_BYTES, ChannelMember
 from sfu.aiortc_seam import DataChannelSender
 from signaling.room import Participant, Room
-from stoa.appkeys import DATA_HANDLER, STORE
+from storage.store import STORE
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ClassroomBridge:
 
     @staticmethod
     def _session_key(room: Room, participant: Participant) -> tuple[str, dict]:
-        session = getattr(participant, "classroom_session", None)
+        session = participant.classroom_session
         return session_key(room.name, session), dict(session.features or {}) if session is not None else {}
 
     async def on_join(self, room: Room, participant: Participant) -> None:
@@ -77,7 +77,7 @@ class ClassroomBridge:
             await iroom.system_message(f"{participant.name} joined")
 
     async def on_message(self, room: Room, participant: Participant, payload: dict) -> None:
-        member = getattr(participant, "classroom_member", None)
+        member = participant.classroom_member
         if member is None:
             await participant.send({"type": "error", "code": "not_joined",
                                     "message": "classroom messages need a joined participant"})
@@ -86,13 +86,13 @@ class ClassroomBridge:
 
     async def on_replaced(self, room: Room, participant: Participant) -> None:
         """A newer connection of the same identity took over: detach the old member without "X left"."""
-        member = getattr(participant, "classroom_member", None)
+        member = participant.classroom_member
         participant.classroom_member = None
         if member is not None:
             await member.stop()
 
     async def on_leave(self, room: Room, participant: Participant) -> None:
-        member = getattr(participant, "classroom_member", None)
+        member = participant.classroom_member
         if member is None:
             return
         await member.stop()
@@ -101,6 +101,10 @@ class ClassroomBridge:
         if not room.participants and not member.room.members:
             session_id, _ = self._session_key(room, participant)
             await self.registry.close_room(session_id)
+
+
+# The classroom layer plugged into the room protocol (set by setup below). Absent: "data" messages are refused.
+DATA_HANDLER = web.AppKey("data_handler", ClassroomBridge)
 
 
 async def _bridge_ctx(app: web.Application):

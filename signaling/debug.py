@@ -11,7 +11,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from sfu.overload import burn_loop, release_memory
-from stoa.appkeys import LOAD, ROOMS, SETTINGS
+from shared.appkeys import SETTINGS
+from signaling.room import LOAD, ROOMS
 
 
 async def burn(request: web.Request) -> web.Response:

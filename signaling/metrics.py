@@ -7,9 +7,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sfu.quality import LEVELS
-from stoa.appkeys import LOAD, ROOMS
+from signaling.room import LOAD, ROOMS, ClosedTotals
 
-METRICS_REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("metrics_registry")
+METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 
 
 class RoomCollector:
@@ -25,20 +25,18 @@ class RoomCollector:
         by_kind: dict[str, int] = {}
         legs = 0
         by_quality = dict.fromkeys(LEVELS, 0)
-        received = sent = retransmits = plis = nack_misses = 0
+        # Counters: the live tracks and connections plus what the closed ones had counted (never down).
+        total = ClosedTotals(**vars(manager.closed)) if manager else ClosedTotals()
         for room in rooms:
             for p in room.participants.values():
                 by_transport[p.transport] = by_transport.get(p.transport, 0) + 1
+                total.add_legs(p.subscriber)
             for t in room.tracks():
                 by_kind[t.kind] = by_kind.get(t.kind, 0) + 1
-                received += t.packets_received
-                plis += t.plis_sent
+                total.add_track(t)
                 for d in t.downtracks:
                     legs += 1
                     by_quality[d.quality.level] += 1
-                    sent += d.packets_sent
-                    retransmits += d.retransmits
-                    nack_misses += d.nack_misses
         for k, v in by_transport.items():
             participants.add_metric([k], v)
         for k, v in by_kind.items():
@@ -58,16 +56,15 @@ class RoomCollector:
         yield changes
         yield GaugeMetricFamily("stoa_peer_connections", "Open peer connections",
                                 value=len(manager.peers.live) if manager else 0)
-        # Counters of live tracks only: they restart when a track is republished.
         yield CounterMetricFamily("stoa_rtp_received_packets", "RTP packets received from publishers",
-                                  value=received)
+                                  value=total.received)
         yield CounterMetricFamily("stoa_rtp_forwarded_packets", "RTP packets forwarded to subscribers",
-                                  value=sent)
+                                  value=total.sent)
         yield CounterMetricFamily("stoa_rtp_retransmitted_packets", "Packets resent for subscriber NACKs",
-                                  value=retransmits)
+                                  value=total.retransmits)
         yield CounterMetricFamily("stoa_nack_misses", "NACKed packets no longer in the cache",
-                                  value=nack_misses)
-        yield CounterMetricFamily("stoa_keyframe_requests_sent", "PLIs sent to publishers", value=plis)
+                                  value=total.nack_misses)
+        yield CounterMetricFamily("stoa_keyframe_requests_sent", "PLIs sent to publishers", value=total.plis)
         yield from _load_metrics(self.app.get(LOAD))
 
 

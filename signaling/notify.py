@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from shared.appkeys import KEYRING, SETTINGS
+from shared.auth import TokenError
+from shared.roles import DASHBOARD_ROLES
+from signaling.api import TUTORING
 from signaling.api.identity import Principal
-from signaling.auth import TokenError
-from stoa.appkeys import KEYRING, SETTINGS, TUTORING
 
 log = logging.getLogger(__name__)
-
-NOTIFY_ROLES = ("instructor", "student")
-
 
 @dataclass(eq=False)
 class _Conn:
@@ -113,7 +112,7 @@ class NotifyHub:
             grants = await self.app[KEYRING].verify(request.query.get("token", ""))
         except TokenError as exc:
             return problem(401, "unauthorized", exc.reason)
-        if grants.role not in NOTIFY_ROLES:
+        if grants.role not in DASHBOARD_ROLES:
             return problem(403, "forbidden", f"the notification channel is for instructors and students, "
                                              f"not {grants.role}")
         principal = Principal(identity=grants.identity, role=grants.role, name=grants.name, room=grants.room,
@@ -140,3 +139,6 @@ class NotifyHub:
         finally:
             self.conns.discard(conn)
         return ws
+
+
+NOTIFY = web.AppKey("notify", NotifyHub)  # created by signaling.api.services_ctx

@@ -6,16 +6,25 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from aiohttp import web
 
 from sfu.downtrack import OnQuality
+from sfu.overload import LoadMonitor
 from sfu.peer import PeerFactory
+from sfu.pool import WorkerPool
 from sfu.publisher import Publisher
 from sfu.quality import LEVELS, QualityChange
 from sfu.speakers import LevelRing, SpeakerDetector
 from sfu.subscriber import Subscriber
 from sfu.uptrack import UpTrack
-from signaling.auth import Grants
+from shared.auth import Grants
+
+if TYPE_CHECKING:
+    from classroom.interactive.channel import ChannelMember
+    from storage.sessions import SessionRecord
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +61,10 @@ class Participant:
         self.publisher: Publisher | None = None
         self.subscriber: Subscriber | None = None
         self.joined_at = time.time()
-        self.on_data_channel_message: Callable[[str], None] | None = None
+        # Set by the transport that joined it (signaling/ws.py, whip.py): the session row, None without one.
+        self.classroom_session: SessionRecord | None = None
+        # Set by signaling/classroom_bridge.py while the participant is in its session's classroom.
+        self.classroom_member: ChannelMember | None = None
         # Set when a newer connection of the same identity took this one's place in the room.
         self.replaced = False
         # Resume (docs/protocol.md): a resumable participant whose socket drops stays for a grace period.
@@ -107,11 +119,37 @@ class Participant:
             await self.subscriber.close()
 
 
+@dataclass
+class ClosedTotals:
+    """What tracks and subscriber connections that are gone had counted: /metrics adds it to the live
+    objects' counters, so its Prometheus counters never go down when a track or a viewer goes."""
+
+    received: int = 0      # RTP packets from publishers
+    plis: int = 0          # keyframe requests sent to publishers
+    sent: int = 0          # RTP packets forwarded to subscribers
+    retransmits: int = 0
+    nack_misses: int = 0
+
+    def add_track(self, track: UpTrack) -> None:
+        self.received += track.packets_received
+        self.plis += track.plis_sent
+
+    def add_legs(self, subscriber) -> None:
+        """A closed subscriber connection's legs (a media worker's legs are counted by the worker)."""
+        if isinstance(subscriber, Subscriber):
+            for _, leg in subscriber.legs:
+                self.sent += leg.packets_sent
+                self.retransmits += leg.retransmits
+                self.nack_misses += leg.nack_misses
+
+
 class Room:
     def __init__(self, name: str, peers: PeerFactory, *, max_participants: int = 500,
                  on_empty: Callable[["Room"], None] | None = None,
-                 on_leg_quality: Callable[[QualityChange], None] | None = None):
+                 on_leg_quality: Callable[[QualityChange], None] | None = None,
+                 closed: ClosedTotals | None = None):
         self.name = name
+        self.closed = closed if closed is not None else ClosedTotals()
         self._on_leg_quality = on_leg_quality
         self.peers = peers
         self.max_participants = max_participants
@@ -120,6 +158,7 @@ class Room:
         self._on_empty = on_empty
         self.created_at = time.time()
         self.track_listeners: list[Callable[[str, UpTrack], None]] = []
+        self.empty_listeners: list[Callable[[], None]] = []  # told when the last participant has left
         self.speakers = SpeakerDetector()
         self._speakers_task: asyncio.Task | None = None
 
@@ -143,6 +182,29 @@ class Room:
     def tracks(self) -> list[UpTrack]:
         return [t for p in self.participants.values() if p.publisher for t in p.publisher.tracks.values()]
 
+    # -- what the recorder watches (recorder.rooms.RecordedRoom) ------------------------------
+
+    def is_empty(self) -> bool:
+        return not self.participants
+
+    def display_name(self, identity: str) -> str | None:
+        participant = self.participants.get(identity)
+        return participant.name if participant is not None else None
+
+    def watch_tracks(self, listener: Callable[[str, UpTrack], None]) -> Callable[[], None]:
+        self.track_listeners.append(listener)
+        return lambda: self.track_listeners.remove(listener) if listener in self.track_listeners else None
+
+    def watch_empty(self, listener: Callable[[], None]) -> Callable[[], None]:
+        self.empty_listeners.append(listener)
+        return lambda: self.empty_listeners.remove(listener) if listener in self.empty_listeners else None
+
+    def _emptied(self) -> None:
+        for listener in tuple(self.empty_listeners):
+            listener()
+        if self._on_empty is not None:
+            self._on_empty(self)
+
     def state(self) -> dict:
         return {
             "name": self.name,
@@ -162,8 +224,8 @@ class Room:
         if previous is None and load is not None and not participant.grants.can_publish:
             refused = load.admit()
             if refused is not None:
-                if not self.participants and self._on_empty is not None:
-                    self._on_empty(self)  # a room made for this join alone does not linger
+                if not self.participants:
+                    self._emptied()  # a room made for this join alone does not linger
                 raise ServerAtCapacity(f"{refused}; try again later")
         # Taking the seat first: the room is never empty in between (which would drop it).
         self.participants[participant.identity] = participant
@@ -231,8 +293,9 @@ class Room:
         every track; the classroom keeps the same member, on the new data channel."""
         if participant.subscriber is not None:
             await participant.subscriber.close()
+            self.closed.add_legs(participant.subscriber)
         await self.start_subscriber(participant)
-        member = getattr(participant, "classroom_member", None)
+        member = participant.classroom_member
         if member is not None and participant.subscriber.data_channel is not None:
             member.use_channel(participant.subscriber.data_channel)
 
@@ -262,9 +325,10 @@ class Room:
         if notify and participant.transport == "ws":
             await self.broadcast({"type": "participant_left", "identity": identity})
         await participant.close()
+        self.closed.add_legs(participant.subscriber)
         logger.info("%s left room %s%s", identity, self.name, " (replaced)" if participant.replaced else "")
-        if not self.participants and self._on_empty is not None:
-            self._on_empty(self)
+        if not self.participants:
+            self._emptied()
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -285,7 +349,7 @@ class Room:
         self.spawn(self.broadcast({"type": "track_published", "track": track.describe()}))
         if track.kind == "audio":
             ring = LevelRing()
-            track.sinks.append(ring)
+            track.add_sink(ring)
             self.speakers.add_track(track.track_id, track.publisher_id, ring)
             if self._speakers_task is None or self._speakers_task.done():
                 self._speakers_task = asyncio.ensure_future(self._watch_speakers())
@@ -294,6 +358,7 @@ class Room:
             listener("published", track)
 
     def _on_unpublished(self, track: UpTrack) -> None:
+        self.closed.add_track(track)
         for p in self.participants.values():
             if p.subscriber is not None and p.subscriber.remove_track(track.track_id):
                 self.spawn(p.subscriber.negotiate())
@@ -369,12 +434,20 @@ class RoomManager:
         self.rooms: dict[str, Room] = {}
         self.room_listeners: list[Callable[[Room], None]] = []  # told of every new room
         self.quality_changes = dict.fromkeys(LEVELS, 0)  # legs that went to each level, ever (/metrics)
+        self.closed = ClosedTotals()  # counters of every room's closed tracks and connections, ever (/metrics)
+
+    def find(self, name: str) -> Room | None:
+        return self.rooms.get(name)
+
+    def watch_rooms(self, listener: Callable[[Room], None]) -> None:
+        self.room_listeners.append(listener)
 
     def get_or_create(self, name: str) -> Room:
         room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(name, self.peers, max_participants=self.max_participants,
-                                           on_empty=self._drop, on_leg_quality=self._count_quality)
+                                           on_empty=self._drop, on_leg_quality=self._count_quality,
+                                           closed=self.closed)
             for listener in self.room_listeners:
                 listener(room)
         return room
@@ -406,3 +479,10 @@ class RoomManager:
             await room.close("the server is shutting down")
         self.rooms.clear()
         await self.peers.close_all()
+
+
+# The media plane's resources on the app, created by stoa/app.py (rooms, load) and stoa/workers.py (workers,
+# present when `workers` >= 2, docs/scaling.md).
+ROOMS = web.AppKey("rooms", RoomManager)
+LOAD = web.AppKey("load", LoadMonitor)  # this process's event-loop lag probe, shedding and admission
+WORKERS = web.AppKey("workers", WorkerPool)

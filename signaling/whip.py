@@ -20,13 +20,12 @@ from sfu.peer import SdpError, UnsupportedCodec, add_remote_candidate, check_for
 from sfu.peer import local_candidates, negotiated_codecs
 from sfu.pool import RemoteSubscriber, WorkerUnavailable
 from sfu.subscriber import Subscriber
+from shared.appkeys import active_api_keys
+from shared.auth import Grants, TokenError, verify_token
 from signaling import sdpfrag
 from signaling.api import roomhooks
-from signaling.api.identity import active_api_keys
-from signaling.auth import Grants, TokenError, verify_token
-from signaling.room import Participant, RoomFull
+from signaling.room import ROOMS, WORKERS, Participant, RoomFull
 from signaling.schemas import ProtocolError
-from stoa.appkeys import ROOMS, WORKERS
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +214,7 @@ async def end_session(app: web.Application, room_name: str, session_id: str, *, 
     logger.info("%s session %s of %s in %s ended: %s", participant.transport.upper(), session_id,
                 participant.identity, room_name, reason)
     await room.leave(participant.identity, session_id=session_id)
-    await roomhooks.left(app, getattr(participant, "classroom_session", None), participant)
+    await roomhooks.left(app, participant.classroom_session, participant)
 
 
 def _check_offer(sdp: str) -> None:
@@ -271,7 +270,7 @@ async def session_delete(request: web.Request) -> web.Response:
         return found
     room, participant = found
     await room.leave(participant.identity, session_id=participant.session_id)
-    await roomhooks.left(request.app, getattr(participant, "classroom_session", None), participant)
+    await roomhooks.left(request.app, participant.classroom_session, participant)
     return web.Response(status=200)
 
 

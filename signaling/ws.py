@@ -10,36 +10,19 @@ import time
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sfu.peer import IceRestartRefused, SdpError, add_remote_candidate
+from shared.appkeys import SETTINGS, active_api_keys
+from shared.auth import TokenError, verify_token
+from shared.ratelimit import TokenBucket
 from signaling.api import roomhooks
-from signaling.api.identity import active_api_keys
-from signaling.auth import TokenError, verify_token
-from signaling.room import Participant, RoomFull
+from signaling.classroom_bridge import DATA_HANDLER
+from signaling.room import ROOMS, Participant, RoomFull
 from signaling.schemas import MAX_FRAME_BYTES, ProtocolError, parse_client_message
-from stoa.appkeys import DATA_HANDLER, ROOMS, SETTINGS
 
 logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 10.0
 # How long a resumable participant whose socket dropped keeps its place, tracks and classroom state.
 RESUME_GRACE = 20.0
-
-
-class TokenBucket:
-    """Rate limit: `rate` messages per second with bursts up to `burst`."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float, burst: float):
-        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 class RoomWebSocket(web.WebSocketResponse):
@@ -86,7 +69,7 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
     participant: Participant | None = None
     room = None
     left_on_purpose = False
-    bucket = TokenBucket(rate=50, burst=200)
+    bucket = TokenBucket(rate=50, depth=200, now=time.monotonic())  # frames per second, burst
     token = request.query.get("token")
     try:
         if token:
@@ -103,7 +86,7 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
                 continue
             if participant is not None and participant.replaced:
                 break  # a newer connection is this identity now; this one is being closed
-            if not bucket.take():
+            if not bucket.take(1, time.monotonic()):
                 await send(error("rate_limited", "too many messages; slow down (50/s)"))
                 continue
             try:
@@ -276,7 +259,7 @@ async def _handle(app, room, participant: Participant, message: dict, send) -> N
 
 async def _recording(app, room, participant: Participant, message: dict, send) -> None:
     from recorder.service import RecordingError
-    from stoa.appkeys import RECORDINGS
+    from recorder.service import RECORDINGS
 
     if not participant.grants.is_moderator:
         raise ProtocolError("forbidden", "only instructors and moderators start and stop recordings")

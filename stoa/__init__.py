@@ -1,3 +1,3 @@
 """Stoa: a self-hosted live-classroom media server."""
 
-__version__ = "0.1.0"
+from shared import __version__  # noqa: F401  (one version: shared/ is importable from every layer)

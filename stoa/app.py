@@ -9,15 +9,17 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from recorder.service import recordings_ctx
 from sfu.aiortc_seam import check_compatibility, enable_transport_cc, prefer_aes128_gcm, register_h264_profiles
 from sfu.overload import LoadMonitor, OverloadPolicy
 from sfu.peer import IceSettings, PeerFactory
+from shared.appkeys import SETTINGS
+from shared.config import Settings
 from signaling import api, classroom_api, classroom_bridge, debug, metrics, whip, ws
-from signaling.room import RoomManager
-from stoa.appkeys import LOAD, ROOMS, SETTINGS, STORE
-from stoa.config import Settings
+from signaling.room import LOAD, ROOMS, RoomManager
 from stoa.workers import workers_ctx
-from web import pages, review
+from storage.store import STORE
+from web import dashboards, pages, review
 
 logger = logging.getLogger(__name__)
 WEB_DIR = Path(pages.__file__).parent
@@ -51,9 +53,12 @@ def build_app(settings: Settings) -> web.Application:
     metrics.setup(app)
     debug.setup(app)  # only with debug_hooks
     classroom_bridge.setup(app)  # chat, Q&A, polls, ... over data channels and the WebSocket
-    api.setup(app)  # REST API under /api/, /ws/notify, dashboards
+    api.setup(app)  # REST API under /api/, /ws/notify
+    dashboards.setup_routes(app)  # /dashboard (tutoring), reads /api/tutoring
     classroom_api.setup(app)  # chat history, whiteboard PNG, quiz bank import
-    review.setup(app)  # recording API, review pages, and the recording manager (cleanup_ctx)
+    review.setup(app)  # recording API and review pages
+    # The recorder sees the rooms through recorder.rooms.RoomDirectory, which the RoomManager implements.
+    app.cleanup_ctx.append(recordings_ctx(lambda app: app[ROOMS]))
     return app
 
 

@@ -8,8 +8,9 @@ import logging
 import sys
 import time
 
+from shared.config import ConfigError, Settings, load_settings
+from shared.roles import ROLES
 from stoa import __version__
-from stoa.config import ConfigError, Settings, load_settings
 
 EPILOG = """\
 Settings come from (later wins): defaults, a TOML file (--config or STOA_CONFIG), STOA_* environment
@@ -22,7 +23,7 @@ Examples:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML config file (keys as in stoa.config.Settings)")
+    p.add_argument("--config", help="TOML config file (keys as in shared.config.Settings)")
     p.add_argument("--dev", action="store_true", default=None,
                    help="use a fixed development API key/secret (printed at start-up); not for production")
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--room", required=True)
     token.add_argument("--identity", required=True, help="unique user id, e.g. the LMS user id")
     token.add_argument("--name", default="", help="display name")
-    token.add_argument("--role", required=True, choices=["instructor", "moderator", "student", "viewer", "operator"],
+    token.add_argument("--role", required=True, choices=ROLES,
                        help="operator: reviews every recording (use --room '*')")
     token.add_argument("--ttl", type=int, default=6 * 3600, help="lifetime in seconds (default 6 h)")
     token.add_argument("--can-publish", action="store_true", default=None,
@@ -208,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args) -> int:
     from aiohttp import web
 
-    from storage import StorageError
     from stoa.app import build_app
+    from storage import StorageError
 
     settings = _settings(args, host=args.host, port=args.port, ice_addresses=args.ice_addresses,
                          ice_servers=args.ice_servers, data_dir=args.data_dir, database=args.database,
@@ -258,7 +259,7 @@ def _serve(args) -> int:
 
 
 def _token(args) -> int:
-    from signaling.auth import mint_token
+    from shared.auth import mint_token
 
     settings = _settings(args)
     try:
@@ -405,7 +406,7 @@ def _quiz(args) -> int:
 def _loadtest(args) -> int:
     import json
 
-    from signaling.auth import mint_token
+    from shared.auth import mint_token
     from stoa.loadtest import LoadTest, format_report, run, statistics_ok
 
     def fail(message: str) -> int:

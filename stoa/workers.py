@@ -10,9 +10,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sfu.peer import IceSettings
 from sfu.pool import WorkerPool
+from shared.appkeys import SETTINGS
 from signaling import whip
 from signaling.metrics import METRICS_REGISTRY
-from stoa.appkeys import SETTINGS, WORKERS
+from signaling.room import WORKERS
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ class ApiKeyRepo:
         return key, secret
 
     async def active(self) -> dict[str, str]:
-        """{key: secret} of keys not revoked (what signaling.auth.verify_token takes)."""
+        """{key: secret} of keys not revoked (what shared.auth.verify_token takes)."""
         async with self.store.read() as conn:
             rows = await conn.execute(sa.select(t.api_keys.c.key, t.api_keys.c.secret)
                                       .where(t.api_keys.c.revoked_at.is_(None)))

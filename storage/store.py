@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import sqlalchemy as sa
+from aiohttp import web
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -212,6 +213,10 @@ class Store:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+# app[STORE]: the one Store of a running server (opened and closed by stoa/app.py's store context).
+STORE = web.AppKey("store", Store)
 
 
 def _sqlite_engine(driver: str, **kwargs: Any) -> AsyncEngine:

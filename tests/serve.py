@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import socket
@@ -13,21 +14,26 @@ from pathlib import Path
 
 import aiohttp
 
-from signaling.auth import mint_token
-from stoa.config import DEV_API_KEY, DEV_API_SECRET
+from shared.auth import mint_token
+from shared.config import DEV_API_KEY, DEV_API_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 async def eventually(check, timeout: float = 20.0, what: str | None = None, interval: float = 0.1):
-    """Poll `check` until it returns something true (and return that), for at most `timeout` seconds."""
+    """Poll `check` (a function, or a coroutine function) until it returns something true, and return that;
+    AssertionError after `timeout` seconds. The tests' one poll-until helper: use it instead of a sleep."""
     deadline = time.monotonic() + timeout
+    last = None
     while True:
-        result = check()
-        if result:
-            return result
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}" if what else f"not true within {timeout:.0f} s")
+            raise AssertionError(f"timed out waiting for {what} (last: {last!r})" if what
+                                 else f"not true within {timeout:.0f} s (last: {last!r})")
         await asyncio.sleep(interval)
 
 

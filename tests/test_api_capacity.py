@@ -11,8 +11,10 @@ import json
 import aiohttp
 import pytest
 
-from stoa.appkeys import ROOMS, STORE
+from signaling.room import ROOMS
+from storage.store import STORE
 from tests.peers import client_pc, make_offer
+from tests.serve import eventually
 
 
 @pytest.fixture
@@ -77,13 +79,6 @@ async def _ws_join(http, server, room: str, identity: str):
     raise AssertionError(f"{identity}: the socket closed before a join reply")
 
 
-async def _wait_for(predicate, what: str, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def _admitted(server, session_id: str) -> set[str]:
     return {a["identity"] for a in await server.app[STORE].sessions.admissions(session_id)}
 
@@ -107,7 +102,7 @@ async def test_ws_join_refused_by_a_full_server_gives_the_seat_back(stoa_server,
         # Room on the server again: the third seat is still free for a newcomer.
         await ws0.close()
         participants = stoa_server.app[ROOMS].rooms[room].participants
-        await _wait_for(lambda: "s0" not in participants, "s0 to leave the room")
+        await eventually(lambda: "s0" not in participants, 5, "s0 to leave the room", interval=0.02)
         ws3, r3 = await _ws_join(http, stoa_server, room, "s3")
         assert r3["type"] == "joined", r3
         assert set(participants) == {"s1", "s3"}
@@ -141,7 +136,7 @@ async def test_whep_join_refused_by_a_full_server_gives_the_seat_back(stoa_serve
         assert await _admitted(stoa_server, s["id"]) == {"s0"}
         await ws0.close()
         participants = stoa_server.app[ROOMS].rooms[room].participants
-        await _wait_for(lambda: not participants, "s0 to leave the room")
+        await eventually(lambda: not participants, 5, "s0 to leave the room", interval=0.02)
         pc2, status, location, body = await whep(http, "s2")
         try:
             assert status == 201, (status, body)

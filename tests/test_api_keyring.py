@@ -10,12 +10,12 @@ import pytest
 
 from classroom.errors import Conflict, NotFound
 from classroom.webhooks import WebhookDispatcher
+from shared.auth import TokenError, mint_token
+from shared.config import load_settings
 from signaling.api import sync_config_webhooks
 from signaling.api.identity import KeyRing
-from signaling.auth import TokenError, mint_token
-from stoa.appkeys import STORE
-from stoa.config import load_settings
 from storage import open_store
+from storage.store import STORE
 
 SECRET = "s" * 40
 

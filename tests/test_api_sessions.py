@@ -14,8 +14,10 @@ from aiohttp.test_utils import TestServer
 from jsonschema import Draft202012Validator
 
 from classroom.webhooks import verify_signature
-from signaling.auth import mint_token
-from stoa.appkeys import KEYRING, ROOMS, STORE
+from shared.appkeys import KEYRING
+from shared.auth import mint_token
+from signaling.room import ROOMS
+from storage.store import STORE
 from tests.client import RoomClient
 
 

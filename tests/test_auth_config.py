@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from signaling.auth import TokenError, mint_token, verify_token
+from shared.auth import TokenError, mint_token, verify_token
+from shared.config import ConfigError, load_settings
 from signaling.schemas import ProtocolError, parse_client_message
 from stoa.cli import main
-from stoa.config import ConfigError, load_settings
 
 KEY, SECRET = "k1", "s" * 40
 
@@ -73,7 +73,7 @@ def test_settings_errors_say_what_to_do(tmp_path):
 def test_cli_token_and_help(capsys):
     assert main(["token", "--dev", "--room", "r", "--identity", "a", "--role", "student"]) == 0
     token = capsys.readouterr().out.strip()
-    from stoa.config import DEV_API_KEY, DEV_API_SECRET
+    from shared.config import DEV_API_KEY, DEV_API_SECRET
     assert verify_token(token, {DEV_API_KEY: DEV_API_SECRET}).room == "r"
     with pytest.raises(SystemExit):
         main(["serve", "--help"])

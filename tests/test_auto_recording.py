@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from stoa.appkeys import RECORDINGS
+from recorder.service import RECORDINGS
 from tests.client import RoomClient
 from tests.media import CounterVideoTrack
 
@@ -40,8 +40,8 @@ async def test_session_flag_records_automatically(stoa_server, api):
 async def test_serve_record_flag_records_every_room(tmp_path):
     from aiohttp.test_utils import TestServer
 
+    from shared.config import load_settings
     from stoa.app import build_app
-    from stoa.config import load_settings
     from tests.fixtures.server import RunningServer
 
     settings = load_settings(environ={}, overrides={

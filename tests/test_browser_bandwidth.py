@@ -4,11 +4,11 @@ camera (sfu/congestion.py, docs/forwarding.md). Every media assertion reads deco
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from tests.browser import inbound, wait_js
+from tests.serve import eventually
 from tests.test_browser_room import ROOM, teacher_and_student
 
 pytestmark = pytest.mark.browser
@@ -20,20 +20,8 @@ async def decoded_by_source(page) -> dict[str, tuple[int, int]]:
             for s in await inbound(page, "video")}
 
 
-async def eventually(check, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout} s (last: {last!r})")
-        await asyncio.sleep(interval)
-
-
 async def test_camera_keeps_its_resolution_when_a_share_starts(stoa_server, chromium):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     teacher, student = await teacher_and_student(stoa_server, chromium)
     await teacher.click("#btn-camera")
@@ -45,7 +33,7 @@ async def test_camera_keeps_its_resolution_when_a_share_starts(stoa_server, chro
         got = await decoded_by_source(student)
         return got.get("camera", (0, 0))[0] == width and got
 
-    await eventually(camera_full, 30, "the student decodes the camera at 1280 wide")
+    await eventually(camera_full, 30, "the student decodes the camera at 1280 wide", interval=0.25)
     await teacher.click("#btn-screen")
     hint = await wait_js(teacher, "window.stoa.state.screen && window.stoa.state.screen.getVideoTracks()[0].contentHint")
     assert hint == "detail"
@@ -54,7 +42,7 @@ async def test_camera_keeps_its_resolution_when_a_share_starts(stoa_server, chro
         got = await decoded_by_source(student)
         return got.get("screen", (0, 0))[1] > 10 and got
 
-    await eventually(screen_decoding, 30, "the student decodes the screen share")
+    await eventually(screen_decoding, 30, "the student decodes the screen share", interval=0.25)
     # From here on both are sent at once; the camera must not fall back to a fraction of its size.
     widths, frames = [], []
     for _ in range(20):

@@ -81,7 +81,7 @@ async def test_share_stop_share_again_with_and_without_camera(stoa_server, chrom
 
 def server_media(stoa_server) -> list:
     """(publisher, source, packets received, [(subscriber, packets sent)]) of every track: for failure messages."""
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     room = stoa_server.app[ROOMS].rooms.get(ROOM)
     if room is None:
@@ -143,7 +143,7 @@ async def teacher_and_student_with_hand_up(stoa_server, chromium):
 
 
 async def test_resume_keeps_the_participant_its_hand_and_its_media(stoa_server, chromium):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     teacher, student = await teacher_and_student_with_hand_up(stoa_server, chromium)
     hand_raised = HAND_RAISED
@@ -192,7 +192,7 @@ async def ice_restarted(page, which: str, before: dict, timeout: float = 15.0) -
 
 async def test_ice_restart_keeps_the_participant_its_hand_and_its_media(stoa_server, chromium, artifacts_dir):
     from sfu.aiortc_seam import ice_credentials
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     teacher, student = await teacher_and_student_with_hand_up(stoa_server, chromium)
     hand_raised = HAND_RAISED

@@ -87,7 +87,7 @@ async def test_screen_share_reaches_student_page(stoa_server, chromium):
 
 
 async def test_mic_button_mutes_the_track_on_the_server(stoa_server, chromium):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     teacher = await chromium.page(
         f"{stoa_server.base}/rooms/{ROOM}?token={stoa_server.token(ROOM, 'teach', 'instructor')}", label="t")
@@ -109,7 +109,7 @@ async def test_mic_button_mutes_the_track_on_the_server(stoa_server, chromium):
 
 async def test_camera_and_screen_started_together_publish_every_track(stoa_server, chromium):
     # Two publishes back to back: the second must wait for the first answer, not race it with a new offer.
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     teacher = await chromium.page(
         f"{stoa_server.base}/rooms/{ROOM}?token={stoa_server.token(ROOM, 'teach', 'instructor')}", label="t")
@@ -135,7 +135,7 @@ async def test_camera_and_screen_started_together_publish_every_track(stoa_serve
 
 
 async def test_stopping_the_screen_share_unpublishes_it(stoa_server, chromium):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     teacher, student = await teacher_and_student(stoa_server, chromium)
     await teacher.click("#btn-screen")

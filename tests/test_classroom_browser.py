@@ -100,7 +100,7 @@ async def test_instructor_stroke_appears_on_the_students_canvas(stoa_server, chr
 
 async def test_quiz_popup_qa_and_hands(stoa_server, chromium, artifacts_dir):
     from classroom.interactive import import_bank
-    from stoa.appkeys import STORE
+    from storage.store import STORE
 
     await import_bank(stoa_server.app[STORE], {"bank": "b", "questions": [
         {"prompt": "2 + 2 = ?", "choices": ["4", "5"], "answer": 0, "explanation": "Counting."}]})

@@ -9,7 +9,7 @@ import collections
 import pytest
 
 from classroom.interactive import import_bank
-from stoa.appkeys import STORE
+from storage.store import STORE
 from tests.fixtures.classroom_e2e import Member, close_all, start_all
 
 N = 30  # voters in one room: 30 real peer connections plus the instructor set up and vote in ~2 s on 2 cores

@@ -11,8 +11,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from classroom.sessions import Actor
+from signaling.api import SESSIONS
 from stoa.app import build_app
-from stoa.appkeys import SESSIONS
 from tests.fixtures.classroom_e2e import Member, close_all, start_all
 from tests.fixtures.server import RunningServer
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from sfu.aiortc_seam import use_dtls_certificate
-from stoa.appkeys import ROOMS
+from signaling.room import ROOMS
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.peers import apply_answer, make_offer
 from tests.test_whip_whep import (ROOM, SDP, WhepViewer, WhipPublisher, assert_counters_healthy, http,  # noqa: F401

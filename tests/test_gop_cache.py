@@ -9,7 +9,7 @@ from sfu.aiortc_seam import ignore_feedback
 from sfu.buffer import CachedPacket
 from sfu.forwarder import Forwarder
 from sfu.gopcache import GopCache
-from stoa.appkeys import ROOMS
+from signaling.room import ROOMS
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.test_whip_whep import (ROOM, WhepViewer, WhipPublisher, assert_counters_healthy, http,  # noqa: F401
                                   token, wait_no_peers, wait_until)

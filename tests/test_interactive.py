@@ -435,10 +435,21 @@ async def test_quiz_round_without_duration_lasts_30_seconds(make_room, interacti
     assert (await room.repo.quiz_round(started["round_id"]))["duration_s"] == 30
 
 
-async def test_quiz_with_empty_bank_or_no_students(make_room):
+async def test_quiz_with_empty_bank_or_no_students(make_room, interactive_store):
+    store, _ = interactive_store
     room = make_room()
-    (teacher,) = await joined(room, Client("teacher", "instructor"))
+    teacher, viewer = await joined(room, Client("teacher", "instructor"), Client("watcher", "viewer"))
+    # A bank with no questions: refused, and nothing starts.
     refused(await request(room, teacher, "quiz.start", {"bank": f"empty-{uuid.uuid4().hex}"}), "not_found")
+    # A bank with questions but no student to ask (a viewer is not one): refused, nothing stored or sent.
+    name = await new_bank(store, 2)
+    refused(await request(room, teacher, "quiz.start", {"bank": name}), "conflict")
+    assert (await room.state_for(teacher))["quiz"] is None
+    assert not viewer.of_type("quiz.question") and not teacher.of_type("quiz.progress")
+    # Once a student is here, the same bank starts a round.
+    (student,) = await joined(room, Client("s1"))
+    assert ok(await request(room, teacher, "quiz.start", {"bank": name}))["students"] == 1
+    assert student.last("quiz.question")["data"]["question_id"]
 
 
 # ---- whiteboard --------------------------------------------------------------------------------------------
@@ -717,7 +728,7 @@ async def test_history_board_png_and_registry(interactive_store):
 
 
 async def test_members_with_grants_like_the_signaling_participant(make_room):
-    from signaling.auth import Grants
+    from shared.auth import Grants
 
     class Participant:  # the shape signaling.room.Participant has: grants carry can_publish_data
         def __init__(self, grants):

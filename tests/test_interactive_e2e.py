@@ -8,7 +8,7 @@ import uuid
 from collections import Counter
 
 from classroom.interactive.quiz import import_bank
-from stoa.appkeys import STORE
+from storage.store import STORE
 from tests.fixtures.classroom_e2e import Member
 from tests.test_interactive import MODERATOR_ONLY
 

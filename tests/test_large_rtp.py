@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sfu.aiortc_seam import MAX_RTP_PACKET, allow_large_rtp, rtp_payload_limit, srtp_oversize
-from stoa.appkeys import ROOMS
+from signaling.room import ROOMS
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.peers import apply_answer, client_pc, make_offer
 from tests.test_whip_whep import (ROOM, SDP, WhepViewer, WhipPublisher, assert_counters_healthy, http,  # noqa: F401
@@ -45,7 +45,7 @@ async def test_large_packets_are_forwarded_and_decoded(stoa_server, http, packet
         room = stoa_server.app[ROOMS].rooms[ROOM]
         await wait_until(lambda: any(t.kind == "video" for t in room.tracks()), 10, "the video track")
         sizes = SizeSink()
-        video_track(room).sinks.append(sizes)
+        video_track(room).add_sink(sizes)
 
         viewers = [await WhepViewer(http, stoa_server.base, ROOM, token(stoa_server, f"v{i}", "viewer")).start()
                    for i in range(2)]
@@ -82,7 +82,7 @@ async def test_packets_over_the_srtp_limit_are_dropped_and_counted_and_the_publi
         await wait_until(lambda: any(t.kind == "video" for t in room.tracks()), 10, "the video track")
         up = video_track(room)
         sizes = SizeSink()
-        up.sinks.append(sizes)
+        up.add_sink(sizes)
         viewer = await WhepViewer(http, stoa_server.base, ROOM, token(stoa_server, "v", "viewer")).start()
         await wait_until(lambda: "audio" in viewer.collectors, 10, "the audio track")
         leg = next(d for _, d in room.participants["v"].subscriber.legs if d.kind == "video")

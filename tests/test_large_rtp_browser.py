@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sfu.aiortc_seam import rtp_payload_limit
-from stoa.appkeys import ROOMS
+from signaling.room import ROOMS
 from tests.browser import inbound, wait_frames_decoded
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.test_large_rtp import OVERHEAD, SizeSink
@@ -40,7 +40,7 @@ async def test_chromium_decodes_a_publisher_sending_1500_byte_packets(stoa_serve
         room = stoa_server.app[ROOMS].rooms[ROOM]
         up = next(t for t in room.tracks() if t.kind == "video")
         sizes = SizeSink()
-        up.sinks.append(sizes)
+        up.add_sink(sizes)
         page = await chromium.page(stoa_server.base + "/")
         status = await page.evaluate(WHEP_JS, [f"{stoa_server.base}/whep/{ROOM}", token(stoa_server, "c", "viewer")])
         assert status == 201, status

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from sfu.overload import release_memory
-from stoa.appkeys import ROOMS
+from signaling.room import ROOMS
 from stoa.loadtest import percentile
 from stoa.loadtest.peers import StreamStats, Viewer
 from tests.media import CounterVideoTrack, ToneAudioTrack

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stoa.appkeys import ROOMS
+from signaling.room import ROOMS
 from tests.test_large_rtp import SizeSink
 from tests.test_whip_whep import ROOM, WhepViewer, http, token, wait_no_peers, wait_until  # noqa: F401
 
@@ -98,7 +98,7 @@ async def test_ffmpeg_whip_publishes_h264_and_opus_to_an_aiortc_whep_viewer(stoa
         profile_level_id = tracks["video"].codec_parameters.get("profile-level-id", "")
         assert int(profile_level_id[:2], 16) == expect_idc, f"FFmpeg offered {profile_level_id}"
         sizes = SizeSink()
-        tracks["video"].sinks.append(sizes)
+        tracks["video"].add_sink(sizes)
 
         viewer = await WhepViewer(http, stoa_server.base, ROOM, token(stoa_server, "v", "viewer")).start()
         await wait_until(lambda: {"video", "audio"} <= set(viewer.collectors), 10, "both tracks")

@@ -13,7 +13,7 @@ import pytest
 
 from sfu.aiortc_seam import harden_consent
 from sfu.overload import AT_CAPACITY, LoadMonitor, OverloadPolicy
-from stoa.appkeys import LOAD, ROOMS
+from signaling.room import LOAD, ROOMS
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.peers import FrameCollector, apply_answer, client_pc, make_offer
 from tests.serve import ServeProcess, eventually
@@ -88,7 +88,7 @@ def test_monitor_refuses_beyond_configured_legs():
 
 @pytest.fixture
 def server_settings(tmp_path):
-    from stoa.config import load_settings
+    from shared.config import load_settings
     return load_settings(environ={}, overrides={
         "dev": True, "host": "127.0.0.1", "port": 8080, "ice_addresses": ["127.0.0.1"],
         "data_dir": str(tmp_path / "data"), "capacity_legs": 2, "overload_control": False})

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from signaling.auth import mint_token
+from shared.auth import mint_token
 from tests.client import RoomClient
 from tests.media import CounterVideoTrack
 
@@ -209,8 +209,9 @@ async def a_recording(env: Env) -> dict:
     """A finished recording of a session that shares it: "ta" is a named moderator, "stu" took part."""
     import time
 
-    from stoa.appkeys import RECORDINGS, STORE
+    from recorder.service import RECORDINGS
     from storage import schema as t
+    from storage.store import STORE
 
     s = await env.session(features={"recording": True})
     await env.api.ok("POST", f"/api/sessions/{s['id']}/moderators", auth=env.api.admin, json={"identity": "ta"})
@@ -424,7 +425,7 @@ async def test_effects_of_allowed_protocol_moderation(stoa_server, api):
         note = await c.expect("track_muted")
         assert note == {"type": "track_muted", "track_id": ctx["track_id"], "muted": True,
                         "participant": "victim", "by": "ta"}
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
     track = stoa_server.app[ROOMS].rooms[ctx["room"]].participants["victim"].publisher.track(ctx["track_id"])
     assert track.muted is True
     # A student cannot moderate, and nobody can moderate the instructor.

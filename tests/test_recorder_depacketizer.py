@@ -11,7 +11,6 @@ import pytest
 
 from recorder.depacketizer import (
     Depacketizer,
-    Unwrapper,
     assemble_h264,
     assemble_vp8,
     codec_from_mime,
@@ -20,9 +19,9 @@ from recorder.depacketizer import (
     parse_h264_sps_size,
     parse_vp8_descriptor,
     remove_emulation_prevention,
-    unwrap_near,
     vp8_keyframe_size,
 )
+from sfu.seqnum import Unwrapper, unwrap_near
 
 
 class Pkt:

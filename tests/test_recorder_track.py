@@ -335,10 +335,3 @@ def test_h264_file_starts_at_a_keyframe_with_parameter_sets(tmp_path):
     assert requested
     counters, _, _, _ = decode_video(path)
     assert counters == list(range(10, 30))
-
-
-def test_ntp_to_unix():
-    from recorder.track_recorder import ntp_to_unix
-
-    ntp = ((1_700_000_000 + 2208988800) << 32) | (1 << 31)
-    assert ntp_to_unix(ntp) == 1_700_000_000.5

@@ -12,7 +12,8 @@ import aiohttp
 import av
 import pytest
 
-from stoa.appkeys import RECORDINGS, STORE
+from recorder.service import RECORDINGS
+from storage.store import STORE
 from tests.client import RoomClient
 from tests.fixtures.recording import basic, operator_token
 

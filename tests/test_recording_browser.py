@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stoa.appkeys import RECORDINGS
+from recorder.service import RECORDINGS
 from tests.browser import screenshot, wait_js
 from tests.fixtures.recording import operator_token
 

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from recorder.track_recorder import MARKER_SUFFIX
-from signaling.auth import mint_token
-from stoa.config import DEV_API_KEY, DEV_API_SECRET
+from shared.auth import mint_token
+from shared.config import DEV_API_KEY, DEV_API_SECRET
 from tests.client import RoomClient
 from tests.fixtures.recording import read_audio, read_video
 from tests.media import CounterVideoTrack, ToneAudioTrack

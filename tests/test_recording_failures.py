@@ -12,7 +12,7 @@ import time
 import aiohttp
 import pytest
 
-from stoa.appkeys import RECORDINGS
+from recorder.service import RECORDINGS
 from tests.client import RoomClient
 from tests.fixtures.recording import basic
 from tests.media import CounterVideoTrack, ToneAudioTrack

@@ -48,11 +48,12 @@ async def test_server_shutdown_finishes_the_recording(server_settings):
 
     from aiohttp.test_utils import TestServer
 
+    from recorder.service import RECORDINGS
     from recorder.track_recorder import MARKER_SUFFIX
     from stoa.app import build_app
-    from stoa.appkeys import RECORDINGS, STORE
     from storage import open_store
     from storage.recordings import RecordingRepo
+    from storage.store import STORE
     from tests.client import RoomClient
     from tests.fixtures.server import RunningServer
     from tests.media import CounterVideoTrack, ToneAudioTrack

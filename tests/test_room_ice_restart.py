@@ -31,7 +31,7 @@ async def frames_go_on(collector, more: int = 30) -> None:
 
 
 async def test_ice_restart_on_both_connections_keeps_the_participant_and_its_media(stoa_server):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     teacher = await join(stoa_server, "teacher", "instructor")
     student = await join(stoa_server, "student", "student")

@@ -18,7 +18,7 @@ async def join(server, identity, role, room=ROOM, **kw) -> RoomClient:
 
 
 def room_of(server, name=ROOM):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
     return server.app[ROOMS].rooms.get(name)
 
 
@@ -117,7 +117,7 @@ async def test_publisher_leaving_is_told_and_cleaned_up(stoa_server):
     room = room_of(stoa_server)
     assert room.tracks() == []
     await student.close()
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
     manager = stoa_server.app[ROOMS]
     for _ in range(100):
         if not manager.peers.live:
@@ -177,7 +177,7 @@ async def test_tokens_are_checked(stoa_server):
     assert expired["code"] == "unauthorized" and "expired" in expired["message"]
     wrong = await attempt(stoa_server.token("other", "x", "student"))
     assert wrong["code"] == "unauthorized" and "other" in wrong["message"]
-    from signaling.auth import mint_token
+    from shared.auth import mint_token
     forged = mint_token("devkey", "a-different-secret-0123456789-abcdef", room=ROOM, identity="x", role="student")
     assert (await attempt(forged))["code"] == "unauthorized"
 
@@ -239,6 +239,35 @@ async def test_metrics_endpoint_reports_forwarding(stoa_server):
     assert 'stoa_subscriber_quality_changes_total{quality="bad"} 0.0' in text
     await teacher.close()
     await student.close()
+
+
+async def test_metrics_counters_keep_the_totals_of_closed_tracks_and_viewers(stoa_server):
+    """Prometheus counters only grow: a track that closes and a viewer that leaves keep their counts."""
+    import aiohttp
+
+    from tests.serve import eventually
+
+    names = ("stoa_rtp_received_packets_total", "stoa_rtp_forwarded_packets_total",
+             "stoa_keyframe_requests_sent_total", "stoa_rtp_retransmitted_packets_total", "stoa_nack_misses_total")
+
+    async def counters() -> dict[str, float]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(stoa_server.base + "/metrics") as resp:
+                text = await resp.text()
+        return {l.split()[0]: float(l.split()[-1]) for l in text.splitlines() if l.split()[:1] and l.split()[0] in names}
+
+    teacher = await join(stoa_server, "teacher", "instructor")
+    student = await join(stoa_server, "student", "student")
+    await teacher.publish(CounterVideoTrack(), sources=["camera"])
+    await (await student.wait_track("video")).wait_frames(10)
+    before = await counters()
+    assert before["stoa_rtp_received_packets_total"] > 0 and before["stoa_rtp_forwarded_packets_total"] > 0
+    await student.close()
+    await teacher.close()
+    await eventually(lambda: room_of(stoa_server) is None, what="the room to close")
+    after = await counters()
+    for name in names:
+        assert after[name] >= before[name], f"{name} went down from {before[name]} to {after[name]}"
 
 
 async def test_sender_reports_on_subscriber_legs_are_coherent(stoa_server):

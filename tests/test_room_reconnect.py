@@ -4,26 +4,18 @@ does not make the room hear that the user left. Also the WebSocket size limits."
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiohttp
 
-from signaling.room import CLOSE_REPLACED, REPLACED
+from signaling.room import CLOSE_REPLACED, REPLACED, ROOMS
 from signaling.schemas import MAX_FRAME_BYTES
-from stoa.appkeys import ROOMS, STORE
+from storage.store import STORE
 from tests.client import RoomClient
 from tests.fixtures.classroom_e2e import Member
+from tests.serve import eventually
 
 ROOM = "reconnect"
-
-
-async def eventually(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_event_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_event_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def chats(member: Member) -> list[dict]:
@@ -48,7 +40,7 @@ async def test_a_second_join_replaces_the_first_websocket(stoa_server):
             # The old socket is told why, then closed with a clear reason.
             left = await old.client.expect("left")
             assert left["reason"] == REPLACED
-            await eventually(lambda: old.client.ws.closed, "the old socket to close")
+            await eventually(lambda: old.client.ws.closed, 10, "the old socket to close", interval=0.02)
             assert old.client.ws.close_code == CLOSE_REPLACED
             events = old.client.events
             assert events[-1] == left, f"nothing after `left`: {events[events.index(left):]}"
@@ -112,7 +104,7 @@ async def test_websocket_size_limits_answer_too_large(stoa_server):
         await client.send(json.dumps({"type": "ping", "pad": "y" * (MAX_FRAME_BYTES + 10)}))
         reply = await client.wait_for("error")
         assert reply["code"] == "too_large" and "256 KiB" in reply["message"]
-        await eventually(lambda: client.ws.closed, "the socket to close")
+        await eventually(lambda: client.ws.closed, 10, "the socket to close", interval=0.02)
         assert client.ws.close_code == 1009
     finally:
         await client.close()

@@ -10,6 +10,8 @@ import time
 
 import aiohttp
 
+from tests.serve import eventually
+
 ROOM = "resume"
 
 
@@ -24,16 +26,8 @@ async def recv_type(ws, kind: str, timeout: float = 10.0) -> dict:
             return data
 
 
-async def eventually(check, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 def room(server):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
     return server.app[ROOMS].rooms.get(ROOM)
 
 
@@ -47,7 +41,7 @@ async def test_a_dropped_socket_resumes_the_same_participant(stoa_server):
         resume = joined["resume"]
         kept = room(stoa_server).participants["ann"]
         await ws.close()
-        await eventually(lambda: kept.suspended is not None)
+        await eventually(lambda: kept.suspended is not None, 10, interval=0.05)
         assert room(stoa_server).participants["ann"] is kept  # still in its place
 
         ws = await http.ws_connect(url)
@@ -60,7 +54,7 @@ async def test_a_dropped_socket_resumes_the_same_participant(stoa_server):
 
         # A wrong token is an ordinary join: a new participant replaces the kept one.
         await ws.close()
-        await eventually(lambda: kept.suspended is not None)
+        await eventually(lambda: kept.suspended is not None, 10, interval=0.05)
         ws = await http.ws_connect(url)
         await ws.send_json({"type": "join", "token": token, "resume": "not-the-token"})
         fresh = await recv_type(ws, "joined")
@@ -95,5 +89,6 @@ async def test_leave_is_not_kept_for_a_resume(stoa_server):
         await ws.send_json({"type": "join", "token": stoa_server.token(ROOM, "cy", "student"), "resumable": True})
         await recv_type(ws, "joined")
         await ws.send_json({"type": "leave"})
-        await eventually(lambda: room(stoa_server) is None or "cy" not in room(stoa_server).participants)
+        await eventually(lambda: room(stoa_server) is None or "cy" not in room(stoa_server).participants, 10,
+                         interval=0.05)
         await ws.close()

@@ -9,7 +9,8 @@ import pytest
 from sfu import pacer as pacing, quality as q, retransmit as rt
 from sfu.pacer import Pacer
 from sfu.quality import BAD, GOOD, POOR, ViewerQuality
-from sfu.retransmit import SEND, RetransmitPolicy, TokenBucket
+from sfu.retransmit import SEND, RetransmitPolicy
+from shared.ratelimit import TokenBucket
 
 T0 = 1_700_000_000.0
 MEDIA_RATE = 187_500  # 1.5 Mbps in bytes/s

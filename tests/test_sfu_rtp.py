@@ -6,6 +6,7 @@ from aiortc.rtp import RtpPacket
 
 from sfu.buffer import CachedPacket, PacketCache
 from sfu.forwarder import Forwarder
+from sfu.seqnum import seq_diff, ts_diff
 from sfu.rtp import (
     ExtensionIds,
     abs_send_time,
@@ -15,8 +16,6 @@ from sfu.rtp import (
     ntp_to_unix,
     parse_header,
     rtx_payload,
-    seq_diff,
-    ts_diff,
     unix_to_ntp,
     vp8_is_keyframe,
 )
@@ -128,3 +127,8 @@ def test_default_cache_holds_more_than_a_second_at_high_rate():
     for i in range(3000):
         cache.add(CachedPacket(i & 0xFFFF, 0, 0, b"", None, i / pps))
     assert cache.span_seconds() >= 1.0
+
+
+def test_ntp_to_unix_of_a_sender_report_timestamp():
+    ntp = ((1_700_000_000 + 2208988800) << 32) | (1 << 31)
+    assert ntp_to_unix(ntp) == 1_700_000_000.5

@@ -41,7 +41,7 @@ async def test_gathering_can_be_limited_to_loopback():
 
 def test_no_ice_servers_by_default():
     from sfu.peer import IceSettings
-    from stoa.config import load_settings
+    from shared.config import load_settings
     assert load_settings(environ={"STOA_DEV": "1"}).ice_servers == []
     assert IceSettings().rtc_servers() == []
     servers = IceSettings(servers=["turn:turn.example.org"], username="u", credential="c").rtc_servers()

@@ -67,7 +67,8 @@ class Sink:
 async def test_a_failing_sink_is_removed_and_the_next_sink_still_gets_the_packet():
     track = make_track("audio")
     first, broken, after = Sink(), Sink(fail=True), Sink()
-    track.sinks.extend([first, broken, after])
+    for sink in (first, broken, after):
+        track.add_sink(sink)
     await track.on_rtp(packet(1), 0.0)
     assert after.seen == [1], "the sink after a failing one gets the same packet"
     assert track.sinks == [first, after]
@@ -78,7 +79,8 @@ async def test_a_failing_sink_is_removed_and_the_next_sink_still_gets_the_packet
 async def test_two_failing_sinks_in_a_row_are_both_removed():
     track = make_track("audio")
     a, b, c = Sink(fail=True), Sink(fail=True), Sink()
-    track.sinks.extend([a, b, c])
+    for sink in (a, b, c):
+        track.add_sink(sink)
     await track.on_rtp(packet(1), 0.0)
     assert track.sinks == [c] and c.seen == [1]
 
@@ -161,3 +163,27 @@ async def test_a_deferred_request_dies_with_the_track():
     timers.advance(1.0)
     await drain()
     assert len(plis) == 1
+
+
+class ReportingSink(Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reports: list[int] = []
+
+    def sender_report(self, ntp_time: float, rtp_timestamp: int) -> None:
+        self.reports.append(rtp_timestamp)
+
+
+async def test_sinks_attach_once_and_only_report_takers_get_sender_reports():
+    track = make_track("audio")
+    plain, reporting = Sink(), ReportingSink()
+    for sink in (plain, reporting, reporting):
+        track.add_sink(sink)
+    assert track.sinks == [plain, reporting]
+    track.on_sender_report(1, (3_900_000_000 << 32), 1234, arrival=100.0)
+    assert reporting.reports == [1234]
+    track.remove_sink(reporting)
+    track.remove_sink(reporting)  # not attached any more: ignored
+    track.on_sender_report(1, (3_900_000_000 << 32), 5678, arrival=101.0)
+    await track.on_rtp(packet(1), 0.0)
+    assert reporting.reports == [1234] and reporting.seen == [] and plain.seen == [1]

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from sfu.quality import BAD, BAD_KEYFRAME_INTERVAL
-from stoa.config import load_settings
+from shared.config import load_settings
 from tests.client import RoomClient
 from tests.netns import ShapedLink, unavailable
 from tests.serve import eventually
@@ -103,7 +103,7 @@ class RelayedClient(RoomClient):
 
 @pytest.mark.slow
 async def test_slow_viewer_is_not_flooded_and_others_keep_full_rate(stoa_server, shaped_link):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     py = sys.executable
     children: list[Child] = []
@@ -212,7 +212,7 @@ async def test_slow_viewer_is_not_flooded_and_others_keep_full_rate(stoa_server,
 
 
 def _legs(server, identity: str) -> list:
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     room = server.app[ROOMS].rooms.get(ROOM)
     participant = room.participants.get(identity) if room else None

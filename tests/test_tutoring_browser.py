@@ -8,7 +8,7 @@ import re
 import pytest
 
 from classroom.sessions import Actor
-from stoa.appkeys import TUTORING
+from signaling.api import TUTORING
 from tests.browser import screenshot, wait_frames_decoded, wait_js
 
 pytestmark = pytest.mark.browser

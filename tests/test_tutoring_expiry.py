@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stoa.config import load_settings
+from shared.config import load_settings
 from tests.test_tutoring_flow import Notify
 
 

@@ -8,7 +8,7 @@ import json
 
 import aiohttp
 
-from stoa.appkeys import ROOMS
+from signaling.room import ROOMS
 from tests.client import RoomClient
 from tests.media import CounterVideoTrack
 

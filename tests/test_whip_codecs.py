@@ -9,7 +9,7 @@ from aiortc import RTCRtpSender
 
 from sfu.aiortc_seam import register_h264_profiles
 from sfu.peer import UnsupportedCodec, check_forwardable, codec_preferences, h264_profile, same_codec
-from stoa.appkeys import ROOMS
+from signaling.room import ROOMS
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.peers import client_pc, make_offer
 from tests.test_whip_whep import (ROOM, SDP, WhepViewer, WhipPublisher, assert_counters_healthy, http,  # noqa: F401

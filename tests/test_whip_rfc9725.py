@@ -21,10 +21,10 @@ from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 from sfu.aiortc_seam import begin_ice_restart, finish_ice_restart, ice_credentials
 from sfu.iceserver import IceServer, ice_servers, turn_rest_credentials
 from sfu.peer import local_candidates
+from shared.config import load_settings
 from signaling import sdpfrag
+from signaling.room import ROOMS
 from signaling.whip import link_header
-from stoa.appkeys import ROOMS
-from stoa.config import load_settings
 from tests.client import RoomClient
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.test_whip_whep import WhepViewer, WhipPublisher, assert_counters_healthy, wait_no_peers, wait_until

@@ -13,7 +13,7 @@ from aiortc import RTCRtpSender
 from av import VideoFrame
 
 from sfu.aiortc_seam import decoder_running
-from stoa.appkeys import ROOMS
+from signaling.room import ROOMS
 from tests.media import VIDEO_CLOCK, CounterVideoTrack, ToneAudioTrack, draw_counter
 from tests.peers import FrameCollector, apply_answer, client_pc, make_offer
 
@@ -379,7 +379,7 @@ async def test_whip_and_whep_respect_session_admission(stoa_server, http):
     """A session's room checks status and bans for WHIP/WHEP too, and records presence."""
     import base64
 
-    from stoa.appkeys import STORE
+    from storage.store import STORE
 
     s = stoa_server.settings
     admin = {"Authorization": "Basic " + base64.b64encode(f"{s.api_key}:{s.api_secret}".encode()).decode()}

@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestServer
 
 from sfu.aiortc_seam import simulate_receive_loss
 from sfu.pool import RelayStream
+from signaling.room import ROOMS, WORKERS
 from stoa.app import build_app
-from stoa.appkeys import ROOMS, WORKERS
 from tests.fixtures.recording import read_audio, read_video, record_room
 from tests.fixtures.server import RunningServer
 from tests.media import CounterVideoTrack, ToneAudioTrack
@@ -283,8 +283,8 @@ async def test_a_killed_worker_ends_its_sessions_and_is_replaced(workers_server,
 
 
 def test_the_workers_setting_and_flag():
+    from shared.config import ConfigError, load_settings
     from stoa.cli import build_parser
-    from stoa.config import ConfigError, load_settings
 
     assert load_settings(environ={}, overrides={"dev": True}).workers is None  # stoa serve: one per core
     assert load_settings(environ={"STOA_WORKERS": "3"}, overrides={"dev": True}).workers == 3

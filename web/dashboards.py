@@ -9,8 +9,9 @@ from __future__ import annotations
 import aiohttp_jinja2
 from aiohttp import web
 
-from signaling.auth import TokenError
-from stoa.appkeys import KEYRING
+from shared.appkeys import KEYRING
+from shared.auth import TokenError
+from shared.roles import DASHBOARD_ROLES
 
 
 def setup_routes(app: web.Application) -> None:
@@ -23,7 +24,7 @@ async def dashboard_page(request: web.Request) -> web.Response:
         grants = await request.app[KEYRING].verify(token)
     except TokenError as exc:
         return aiohttp_jinja2.render_template("error.html", request, {"message": exc.reason}, status=401)
-    if grants.role not in ("student", "instructor"):
+    if grants.role not in DASHBOARD_ROLES:
         return aiohttp_jinja2.render_template(
             "error.html", request, {"message": f"dashboards are for students and instructors, not {grants.role}s"},
             status=403)

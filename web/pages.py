@@ -8,9 +8,9 @@ from pathlib import Path
 import aiohttp_jinja2
 from aiohttp import web
 
-from signaling.api.identity import active_api_keys
-from signaling.auth import TokenError, mint_token, verify_token
-from stoa.appkeys import SETTINGS
+from shared.appkeys import SETTINGS, active_api_keys
+from shared.auth import TokenError, mint_token, verify_token
+from shared.roles import SELF_JOIN_ROLES
 
 STATIC = Path(__file__).parent / "static"
 ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -43,7 +43,7 @@ async def dev_join(request: web.Request) -> web.Response:
     role = str(form.get("role", "student"))
     if not ROOM_NAME.match(room):
         raise web.HTTPBadRequest(text="room names use letters, digits, '.', '_' and '-' (1-64)")
-    if role not in ("instructor", "student", "viewer") or not name:
+    if role not in SELF_JOIN_ROLES or not name:
         raise web.HTTPBadRequest(text="give a name and pick a role")
     identity = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     token = mint_token(settings.api_key, settings.api_secret, room=room, identity=identity,

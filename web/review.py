@@ -22,11 +22,11 @@ import aiohttp_jinja2
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from recorder.service import RecordingError, RecordingManager
-from signaling.api.identity import active_api_keys
-from signaling.auth import Grants, TokenError, verify_token
-from stoa.appkeys import RECORDINGS, ROOMS, SETTINGS, STORE
+from recorder.service import RECORDINGS, RecordingError, RecordingManager
+from shared.appkeys import active_api_keys
+from shared.auth import Grants, TokenError, verify_token
 from storage.recordings import RecordingRow
+from storage.store import STORE
 
 log = logging.getLogger(__name__)
 
@@ -60,39 +60,6 @@ def setup(app: web.Application) -> None:
     r.add_get("/recordings", page_list)
     r.add_get("/recordings/{id}", page_player)
     r.add_get("/recordings/{id}/files/{name}", download)
-    app.cleanup_ctx.append(recordings_ctx)
-
-
-async def recordings_ctx(app: web.Application):
-    """Creates the RecordingManager (after rooms and store); repairs crashed recordings first."""
-    import os
-
-    settings = app[SETTINGS]
-    manager = RecordingManager(app[ROOMS], app[STORE], os.path.join(settings.data_dir, "recordings"))
-    await manager.recover()
-    app[RECORDINGS] = manager
-    if settings.record_all:
-        app[ROOMS].room_listeners.append(lambda room: record_on_first_track(manager, room))
-    yield
-    await manager.close()
-
-
-def record_on_first_track(manager: RecordingManager, room) -> None:
-    """`stoa serve --record`: a room starts recording when its first track is published."""
-
-    def listener(event: str, track) -> None:
-        if event == "published" and manager.status(room.name) is None:
-            room.track_listeners.remove(listener)
-            room.spawn(_start_quietly(manager, room.name))
-
-    room.track_listeners.append(listener)
-
-
-async def _start_quietly(manager: RecordingManager, room_name: str) -> None:
-    try:
-        await manager.start(room_name, by="stoa serve --record")
-    except Exception as exc:  # recording trouble never disturbs the class
-        log.warning("recording %s did not start: %s", room_name, exc)
 
 
 # -- errors and identity ---------------------------------------------------------------------

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from classroom.interactive.envelope import Envelope, ProtocolError
+from shared.roles import PARTICIPANT_ROLES, STAFF_ROLES
 
 if TYPE_CHECKING:
     from classroom.interactive.room import InteractiveRoom
 
-MODERATOR_ROLES = frozenset({"instructor", "moderator"})
-ROLES = ("instructor", "moderator", "student", "viewer")
 
 
 class Member(Protocol):
@@ -24,12 +23,12 @@ class Member(Protocol):
 
 
 def is_moderator(member: Any) -> bool:
-    return getattr(member, "role", None) in MODERATOR_ROLES
+    return getattr(member, "role", None) in STAFF_ROLES
 
 
 def may_publish_data(member: Any) -> bool:
     """`member.can_publish_data`, else `member.grants.can_publish_data`, else: anyone but a viewer."""
-    if getattr(member, "role", None) not in ROLES or member.role == "viewer":
+    if getattr(member, "role", None) not in PARTICIPANT_ROLES or member.role == "viewer":
         return False
     flag = getattr(member, "can_publish_data", None)
     if flag is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from shared.ratelimit import TokenBucket
+
 
 @dataclass(frozen=True)
 class Rate:
@@ -12,7 +14,7 @@ class Rate:
     burst: float
 
 
-# bucket name -> rate; message types map onto buckets in room.HANDLERS.
+# bucket name -> rate; each handler names its bucket in its @handles spec (classroom/interactive/base.py).
 DEFAULT_RATES: dict[str, Rate] = {
     "chat": Rate(5, 10),
     "typing": Rate(0.5, 2),
@@ -24,24 +26,6 @@ DEFAULT_RATES: dict[str, Rate] = {
     "hand": Rate(1, 4),
     "quiz": Rate(5, 10),
 }
-
-
-class TokenBucket:
-    __slots__ = ("rate", "tokens", "stamp")
-
-    def __init__(self, rate: Rate, now: float):
-        self.rate = rate
-        self.tokens = rate.burst
-        self.stamp = now
-
-    def take(self, now: float, cost: float = 1.0) -> bool:
-        elapsed = max(0.0, now - self.stamp)
-        self.stamp = max(self.stamp, now)
-        self.tokens = min(self.rate.burst, self.tokens + elapsed * self.rate.per_second)
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return True
-        return False
 
 
 class RateLimiter:
@@ -60,5 +44,5 @@ class RateLimiter:
         key = (identity, bucket)
         tb = self.buckets.get(key)
         if tb is None:
-            tb = self.buckets[key] = TokenBucket(rate, now)
-        return tb.take(now)
+            tb = self.buckets[key] = TokenBucket(rate.per_second, rate.burst, now)
+        return tb.take(1, now)

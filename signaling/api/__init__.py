@@ -13,23 +13,32 @@ import time
 
 from aiohttp import web
 
+from classroom.sessions import SessionService
+from classroom.tutoring import TutoringService
+from classroom.webhooks import WebhookDispatcher
+from shared.appkeys import KEYRING, SETTINGS
 from signaling.api.problems import problem_middleware
-from stoa.appkeys import KEYRING, NOTIFY, SESSIONS, SETTINGS, STORE, TUTORING, WEBHOOKS
+from storage.store import STORE
 
 log = logging.getLogger(__name__)
+
+# The classroom services, created by services_ctx below.
+SESSIONS = web.AppKey("sessions", SessionService)
+TUTORING = web.AppKey("tutoring", TutoringService)
+WEBHOOKS = web.AppKey("webhooks", WebhookDispatcher)
 
 
 def setup(app: web.Application) -> None:
     from signaling.api.routes import add_routes
-    from web import dashboards
 
     app.middlewares.append(problem_middleware)
     add_routes(app)
     app.router.add_get("/ws/notify", _notify_socket)
-    dashboards.setup_routes(app)
 
 
 async def _notify_socket(request: web.Request) -> web.StreamResponse:
+    from signaling.notify import NOTIFY
+
     return await request.app[NOTIFY].handler(request)
 
 
@@ -47,12 +56,9 @@ async def sync_config_webhooks(dispatcher, configured: list[dict]) -> None:
 
 
 async def services_ctx(app: web.Application):
-    from classroom.sessions import SessionService
-    from classroom.tutoring import TutoringService
-    from classroom.webhooks import WebhookDispatcher
     from signaling.api.identity import KeyRing
     from signaling.api.roomhooks import transport_observer
-    from signaling.notify import NotifyHub
+    from signaling.notify import NOTIFY, NotifyHub
 
     settings, store = app[SETTINGS], app[STORE]
     closed = await store.sessions.close_open_intervals(now=time.time())

@@ -18,8 +18,8 @@ from aiohttp import web
 
 from classroom.errors import Conflict, NotFound
 from classroom.sessions import Actor
+from shared.auth import Grants, TokenError, verify_token
 from signaling.api.problems import Problem
-from signaling.auth import Grants, TokenError, verify_token
 
 ADMIN = "admin"
 
@@ -125,14 +125,6 @@ class KeyRing:
         return verify_token(token, await self.active(), room=room)
 
 
-async def active_api_keys(app) -> dict[str, str]:
-    """The API keys whose tokens and Basic credentials are good now: the app's KeyRing (revocations
-    applied), or the configured keys in an app built without one."""
-    from stoa.appkeys import KEYRING, SETTINGS
-
-    return await app[KEYRING].active() if KEYRING in app else app[SETTINGS].all_api_keys()
-
-
 def _unauthorized(detail: str) -> Problem:
     return Problem(401, "unauthorized", detail,
                    headers={"WWW-Authenticate": 'Bearer realm="stoa", Basic realm="stoa"'})
@@ -170,7 +162,7 @@ def join_link(settings, room: str, identity: str, role: str, *, name: str = "", 
     """A token for `room` and the room page URL that uses it: {"room", "identity", "role", "token", "url"}."""
     from urllib.parse import quote
 
-    from signaling.auth import mint_token
+    from shared.auth import mint_token
 
     token = mint_token(settings.api_key, settings.api_secret, room=room, identity=identity, role=role,
                        name=name, ttl=ttl, can_publish=can_publish)

@@ -10,7 +10,7 @@ import re
 from aiohttp import web
 
 from classroom.tutoring import REQUEST_SCHEMA
-from stoa import __version__
+from shared import __version__
 
 PROBLEM = {
     "type": "object",

@@ -12,11 +12,15 @@ from aiohttp import web
 
 from classroom.errors import (Banned, BadPassword, ClassroomError, Conflict, InvalidInput, InvalidTransition,
                               NotFound, PermissionDenied, SessionClosed, SessionFull)
-from classroom.sessions import PARTICIPANT_ROLES, STAFF_ROLES, Admission
+from classroom.sessions import Admission
+from recorder.service import RECORDINGS
+from shared.roles import PARTICIPANT_ROLES, STAFF_ROLES
+from signaling.api import SESSIONS
 from signaling.api.identity import Principal
-from signaling.room import RoomFull
+from signaling.classroom_bridge import DATA_HANDLER
+from signaling.room import ROOMS, RoomFull
 from signaling.schemas import ProtocolError
-from stoa.appkeys import DATA_HANDLER, RECORDINGS, ROOMS, SESSIONS, STORE
+from storage.store import STORE
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,16 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from classroom import sessions as sessions_mod
-from classroom import tutoring as tutoring_mod
+from classroom import sessions as sessions_mod, tutoring as tutoring_mod
 from classroom.errors import InvalidInput, NotFound, PermissionDenied
 from classroom.webhooks import EVENTS as WEBHOOK_EVENTS
-from signaling.api import roomhooks
+from shared.appkeys import KEYRING, SETTINGS
+from shared.roles import PARTICIPANT_ROLES
+from signaling.api import SESSIONS, TUTORING, WEBHOOKS, roomhooks
 from signaling.api.identity import Principal, authenticate, join_link
 from signaling.api.problems import Problem
-from stoa.appkeys import KEYRING, ROOMS, SESSIONS, SETTINGS, STORE, TUTORING, WEBHOOKS
+from signaling.room import ROOMS
+from storage.store import STORE
 
 MAX_BODY = 64 * 1024
 MAX_OFFSET = 2**31 - 1  # the databases' integer range bounds paging
@@ -406,13 +408,12 @@ S = "/api/sessions/{session_id}"
 T = "/api/tutoring/{request_id}"
 OWNER = "admin, or the session's instructor"
 STAFF = "admin, the session's instructor or a moderator"
-ROLES_MINTABLE = ["instructor", "moderator", "student", "viewer"]
 LIST = {"type": "array", "items": {"type": "object"}}
 
 TOKEN_BODY = {
     "type": "object",
     "properties": {"identity": _IDENT, "name": {"type": "string", "maxLength": 200},
-                   "role": {"enum": ROLES_MINTABLE},
+                   "role": {"enum": list(PARTICIPANT_ROLES)},
                    "ttl": {"type": "integer", "minimum": 60, "maximum": 7 * 86400},
                    "can_publish": {"type": "boolean"}},
     "required": ["identity"], "additionalProperties": False,
@@ -525,8 +526,7 @@ def make_handler(op: Op):
     validator = op.validator()
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        from stoa.appkeys import KEYRING as _KR
-        principal = None if op.public else await authenticate(request, request.app[_KR])
+        principal = None if op.public else await authenticate(request, request.app[KEYRING])
         body = None
         if validator is not None:
             raw = await _read_body(request, required=op.body_required)

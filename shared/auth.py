@@ -8,8 +8,8 @@ from typing import Mapping
 
 import jwt
 
-# "operator": reviews recordings of every room (room claim "*"); never publishes.
-ROLES = ("instructor", "moderator", "student", "viewer", "operator")
+from shared.roles import RECEIVE_ONLY_ROLES, ROLES, STAFF_ROLES
+
 ALGORITHM = "HS256"
 
 
@@ -34,16 +34,16 @@ class Grants:
 
     @property
     def is_moderator(self) -> bool:
-        return self.role in ("instructor", "moderator")
+        return self.role in STAFF_ROLES
 
 
 def default_grants(role: str, *, students_may_publish: bool = False) -> dict[str, bool]:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     return {
-        "can_publish": role in ("instructor", "moderator") or (role == "student" and students_may_publish),
+        "can_publish": role in STAFF_ROLES or (role == "student" and students_may_publish),
         "can_subscribe": True,
-        "can_publish_data": role not in ("viewer", "operator"),
+        "can_publish_data": role not in RECEIVE_ONLY_ROLES,
     }
 
 
@@ -66,7 +66,7 @@ def mint_token(
                        ("can_publish_data", can_publish_data)):
         if value is not None:
             grants[key] = value
-    if role in ("viewer", "operator") and grants["can_publish"]:
+    if role in RECEIVE_ONLY_ROLES and grants["can_publish"]:
         raise ValueError(f"a {role} token cannot carry can_publish")
     if not room or not identity:
         raise ValueError("room and identity are required")
@@ -121,7 +121,7 @@ def verify_token(token: str, api_keys: Mapping[str, str], *, room: str | None = 
         room=str(claims["room"]),
         role=claims["role"],
         name=str(claims.get("name") or claims["sub"]),
-        can_publish=bool(claims.get("can_publish", False)) and claims["role"] not in ("viewer", "operator"),
+        can_publish=bool(claims.get("can_publish", False)) and claims["role"] not in RECEIVE_ONLY_ROLES,
         can_subscribe=bool(claims.get("can_subscribe", True)),
         can_publish_data=bool(claims.get("can_publish_data", False)),
         exp=int(claims["exp"]),

@@ -1,0 +1,36 @@
+"""The app keys every layer reads: the settings and the API key ring (aiohttp `web.AppKey`s, typed).
+
+Every other key lives in the layer that owns its resource, beside its cleanup context (or, when the
+composition root in stoa/app.py creates it, beside the class it holds), so a layer only ever reads keys
+from itself or below: `storage.store.STORE`, `signaling.room.ROOMS`/`LOAD`/`WORKERS`,
+`recorder.service.RECORDINGS`, `signaling.api.SESSIONS`/`TUTORING`/`WEBHOOKS`, `signaling.notify.NOTIFY`,
+`signaling.classroom_bridge.DATA_HANDLER`, `signaling.metrics.METRICS_REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiohttp import web
+
+from shared.auth import Grants
+from shared.config import Settings
+
+
+class KeySource(Protocol):
+    """The API keys in force (settings plus the `api_keys` table, minus revoked): signaling.api.identity.KeyRing,
+    created by signaling.api.services_ctx."""
+
+    async def active(self) -> dict[str, str]: ...
+
+    async def verify(self, token: str, *, room: str | None = None) -> Grants: ...
+
+
+SETTINGS = web.AppKey("settings", Settings)
+KEYRING = web.AppKey("keyring", KeySource)
+
+
+async def active_api_keys(app: web.Application) -> dict[str, str]:
+    """The API keys whose tokens and Basic credentials are good now: the app's key ring (revocations
+    applied), or the configured keys in an app built without one."""
+    return await app[KEYRING].active() if KEYRING in app else app[SETTINGS].all_api_keys()

@@ -1,0 +1,17 @@
+"""The layering of docs/architecture.md holds: import-linter checks the contract in pyproject.toml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from importlinter.cli import lint_imports
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_no_import_points_up_or_sideways(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code = lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True)
+    report = capsys.readouterr().out
+    assert code == 0, "an import breaks docs/architecture.md's layers:\n" + report
+    assert "1 kept, 0 broken" in report
