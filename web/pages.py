@@ -10,7 +10,7 @@ from aiohttp import web
 
 from signaling.api.identity import active_api_keys
 from signaling.auth import TokenError, mint_token, verify_token
-from stoa.appkeys import SETTINGS
+from stoa.appkeys import RECORDINGS, SETTINGS, STORE
 
 STATIC = Path(__file__).parent / "static"
 ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -59,5 +59,19 @@ async def room_page(request: web.Request) -> web.Response:
     except TokenError as exc:
         return aiohttp_jinja2.render_template("error.html", request, {"message": exc.reason}, status=401)
     return aiohttp_jinja2.render_template("room.html", request, {
-        "room": room, "token": token, "grants": grants,
+        "room": room, "token": token, "grants": grants, "recorded": await recording_notice(request.app, room),
     })
+
+
+async def recording_notice(app: web.Application, room: str) -> str | None:
+    """What a joiner is told before joining: "recording" (it records now), "recorded" (it will: the
+    session's recording flag or `record_all`), or None."""
+    manager = app.get(RECORDINGS)
+    if manager is None:
+        return None
+    if manager.status(room) is not None:
+        return "recording"
+    if app[SETTINGS].record_all:
+        return "recorded"
+    session = await app[STORE].sessions.get_by_room(room) if app.get(STORE) is not None else None
+    return "recorded" if session is not None and (session.features or {}).get("recording") else None
