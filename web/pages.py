@@ -57,7 +57,9 @@ async def room_page(request: web.Request) -> web.Response:
     try:
         grants = verify_token(token, await active_api_keys(request.app), room=room)
     except TokenError as exc:
-        return aiohttp_jinja2.render_template("error.html", request, {"message": exc.reason}, status=401)
+        title = {"expired": "This link has expired", "other_room": "This link is for another class"}.get(exc.kind)
+        return aiohttp_jinja2.render_template("error.html", request, {"message": exc.reason, "title": title},
+                                              status=401)
     return aiohttp_jinja2.render_template("room.html", request, {
         "room": room, "token": token, "grants": grants, "recorded": await recording_notice(request.app, room),
     })
@@ -74,4 +76,6 @@ async def recording_notice(app: web.Application, room: str) -> str | None:
     if app[SETTINGS].record_all:
         return "recorded"
     session = await app[STORE].sessions.get_by_room(room) if app.get(STORE) is not None else None
-    return "recorded" if session is not None and (session.features or {}).get("recording") else None
+    if session is None or session.status not in ("scheduled", "live"):
+        return None  # an ended session's page says so; nothing will be recorded
+    return "recorded" if (session.features or {}).get("recording") else None

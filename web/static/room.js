@@ -567,10 +567,12 @@ function rejoin({ password } = {}) {
   if (state.ws && state.ws.readyState <= WebSocket.OPEN) state.ws.close();
   state.ws = null;
   state.leaving = false;
+  state.joined = false;
   state.resume = null;
   state.retry = 0;
   connect();
 }
 
-// A room that records asks first (admission.js shows the notice and calls stoa.connect()).
-if (!cfg.recorded) connect();
+// Joins once every module of the page has run (DOMContentLoaded follows them), so that admission.js and
+// controls.js hear the first messages; a room that records asks first (admission.js calls stoa.connect()).
+document.addEventListener("DOMContentLoaded", () => { if (!cfg.recorded) connect(); });
