@@ -82,7 +82,8 @@ function render() {
       if (!badge) { badge = h("span", { class: "p-state" }); li.append(badge); }
       badge.textContent = [mic && mic.muted ? (mic.by ? "muted by the teacher" : "muted") : "",
                            cam && cam.muted ? "camera off" : ""].filter(Boolean).join(" · ");
-      if (staff && identity !== cfg.identity) decorate(li, identity, mic, cam);
+      // The instructor cannot be muted or removed (the server refuses it): no buttons for them.
+      if (staff && identity !== cfg.identity && roles.get(identity) !== "instructor") decorate(li, identity, mic, cam);
     }
     // Classmates see a muted state, not a frozen last frame.
     for (const tile of tilesOf(identity)) {
