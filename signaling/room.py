@@ -59,7 +59,8 @@ class Participant:
         self.resumable = False
         self.suspended: tuple[asyncio.TimerHandle, Callable[[], Awaitable[None]]] | None = None
         # Sources the staff muted (source -> who): the participant cannot unmute them, a new track of
-        # that source starts muted, until the staff allow it (moderate allow_unmute).
+        # that source starts muted, until the staff allow it (moderate allow_unmute). The room keeps it
+        # per identity (Room.join), so a reload or a rejoin does not lift it.
         self.locked: dict[str, str] = {}
 
     def owned_by(self, send: Send) -> bool:
@@ -103,6 +104,7 @@ class Participant:
             "role": self.role,
             "transport": self.transport,
             "tracks": [t.describe() for t in tracks],
+            "muted_by_staff": sorted(self.locked),
         }
 
     async def close(self) -> None:
@@ -127,6 +129,7 @@ class Room:
         self.track_listeners: list[Callable[[str, UpTrack], None]] = []
         self.speakers = SpeakerDetector()
         self._speakers_task: asyncio.Task | None = None
+        self.locks: dict[str, dict[str, str]] = {}  # identity -> the sources the staff muted (Participant.locked)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -172,6 +175,7 @@ class Room:
                 raise ServerAtCapacity(f"{refused}; try again later")
         # Taking the seat first: the room is never empty in between (which would drop it).
         self.participants[participant.identity] = participant
+        participant.locked = self.locks.setdefault(participant.identity, {})
         if previous is not None:
             # Same identity again: a reconnect replaces the old session. It is out of the room at once, so
             # it gets no more room events; its end is not announced (the identity is still here); its

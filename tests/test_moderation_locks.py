@@ -69,6 +69,16 @@ async def test_staff_mute_holds_until_allowed_and_survives_a_republish(stoa_serv
         refused = await student.request({"type": "mute", "track_id": mic2.track_id, "muted": False}, "error")
         assert refused["code"] == "muted_by_moderator"
 
+        # Nor does leaving and joining again: the room keeps the mute for her identity.
+        await student.close()
+        student = await join(stoa_server, ROOM, "ann", "student", name="Ann", can_publish=True)
+        assert student.joined["participant"]["muted_by_staff"] == ["microphone"]
+        await student.publish(ToneAudioTrack(), sources=["microphone"])
+        await eventually(lambda: any(t.source == "microphone" and t.track_id != mic2.track_id for t in room.tracks()),
+                         what="the rejoined student's microphone")
+        mic2 = next(t for t in room.tracks() if t.source == "microphone")
+        assert mic2.muted
+
         # A student cannot allow herself; the teacher can.
         denied = await student.request({"type": "moderate", "action": "allow_unmute", "identity": "ann"}, "error")
         assert denied["code"] == "forbidden"

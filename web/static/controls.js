@@ -9,6 +9,9 @@ const { state, cfg } = stoa;
 const staff = cfg.role === "instructor" || cfg.role === "moderator";
 const tracks = new Map();   // track_id -> {track_id, participant, source, kind, muted, by}
 const roles = new Map();    // identity -> role
+const locked = new Map();   // identity -> Set of sources the staff muted (the server's muted_by_staff)
+const lockedSet = (identity) => { if (!locked.has(identity)) locked.set(identity, new Set()); return locked.get(identity); };
+const byStaff = (t) => Boolean(t && t.muted && (t.by || lockedSet(t.participant).has(t.source)));
 const SOURCE_WORDS = { microphone: "microphone", camera: "camera", screen: "screen share", screen_audio: "screen audio" };
 
 // Where a participant's controls and states go: their list entry and their tiles. Point these at the
@@ -80,7 +83,7 @@ function render() {
       li.dataset.camera = camOff ? "off" : "on";
       let badge = li.querySelector(".p-state");
       if (!badge) { badge = h("span", { class: "p-state" }); li.append(badge); }
-      badge.textContent = [mic && mic.muted ? (mic.by ? "muted by the teacher" : "muted") : "",
+      badge.textContent = [mic && mic.muted ? (byStaff(mic) ? "muted by the teacher" : "muted") : "",
                            cam && cam.muted ? "camera off" : ""].filter(Boolean).join(" · ");
       // The instructor cannot be muted or removed (the server refuses it): no buttons for them.
       if (staff && identity !== cfg.identity && roles.get(identity) !== "instructor") decorate(li, identity, mic, cam);
@@ -95,7 +98,7 @@ function render() {
       if (off && !veil) { veil = h("div", { class: "tile-veil" }); tile.append(veil); }
       if (veil) {
         veil.hidden = !off;
-        veil.textContent = off ? `${nameOf(identity)}: ${t.by ? "camera stopped by the teacher" : "camera off"}` : "";
+        veil.textContent = off ? `${nameOf(identity)}: ${byStaff(t) ? "camera stopped by the teacher" : "camera off"}` : "";
       }
     }
   }
@@ -177,6 +180,7 @@ function askUnmute(t) {
 }
 
 function ownAllowed(msg) {
+  for (const source of msg.sources || []) lockedSet(cfg.identity).delete(source);
   for (const id of msg.track_ids || []) {
     const t = tracks.get(id);
     if (t) t.by = null;
@@ -222,8 +226,10 @@ function unmuteRequest(msg) {
 stoa.on("joined", (msg) => {
   if (!msg.resumed) tracks.clear();
   roles.clear();
+  locked.clear();
   for (const p of msg.room.participants) {
     roles.set(p.identity, p.role);
+    locked.set(p.identity, new Set(p.muted_by_staff || []));
     for (const t of p.tracks || []) learn(t);
   }
   for (const t of msg.room.tracks || []) learn(t);
@@ -233,6 +239,7 @@ stoa.on("joined", (msg) => {
 });
 stoa.on("participant_joined", (msg) => {
   roles.set(msg.participant.identity, msg.participant.role);
+  locked.set(msg.participant.identity, new Set(msg.participant.muted_by_staff || []));
   if (msg.participant.role === "instructor") notice("host", null);
   render();
 });
@@ -247,22 +254,24 @@ stoa.on("participant_left", (msg) => {
 stoa.on("track_published", (msg) => {
   learn(msg.track);
   const t = tracks.get(msg.track.track_id);
-  if (t.participant === cfg.identity && t.muted) {
-    // A new track of a source the teacher muted starts muted (the server keeps the mute).
-    const earlier = [...tracks.values()].find((o) => o.participant === cfg.identity && o.source === t.source && o.by);
-    if (earlier) { t.by = earlier.by; tracks.delete(earlier.track_id); ownMutedByStaff(t); }
+  if (t.participant === cfg.identity && byStaff(t)) {
+    // A new track of a source the teacher muted starts muted (the server keeps the mute, across rejoins too).
+    for (const [id, o] of tracks) if (id !== t.track_id && o.participant === cfg.identity && o.source === t.source) tracks.delete(id);
+    ownMutedByStaff(t);
   }
   render();
 });
 stoa.on("track_unpublished", (msg) => {
-  const t = tracks.get(msg.track_id);
-  if (t && t.by && t.participant === cfg.identity) return render();  // kept: its source stays muted
   tracks.delete(msg.track_id);
   render();
 });
 stoa.on("track_muted", (msg) => {
   const t = tracks.get(msg.track_id) || { track_id: msg.track_id, participant: msg.participant };
   learn({ ...t, muted: msg.muted, by: msg.muted ? (msg.by || (t.by && t.muted ? t.by : null)) : null });
+  const sources = lockedSet(msg.participant);
+  const source = tracks.get(msg.track_id).source;
+  if (msg.muted && msg.by && source) sources.add(source);
+  else if (!msg.muted && source) sources.delete(source);
   if (msg.participant === cfg.identity && msg.muted && msg.by) ownMutedByStaff(tracks.get(msg.track_id));
   if (msg.participant === cfg.identity && !msg.muted) notice(`own-${tracks.get(msg.track_id).source}`, null);
   render();
