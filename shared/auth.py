@@ -14,11 +14,13 @@ ALGORITHM = "HS256"
 
 
 class TokenError(Exception):
-    """The token cannot be used; `reason` is safe to show to the client."""
+    """The token cannot be used; `reason` is safe to show to the client. `kind` sorts the reasons a page
+    words differently: "expired", "other_room", or "invalid" for the rest."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, kind: str = "invalid"):
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def verify_token(token: str, api_keys: Mapping[str, str], *, room: str | None = 
             options={"require": ["exp", "sub", "room", "role"]}, leeway=5,
         )
     except jwt.ExpiredSignatureError:
-        raise TokenError("token has expired") from None
+        raise TokenError("token has expired", kind="expired") from None
     except jwt.InvalidSignatureError:
         raise TokenError("token signature is invalid") from None
     except jwt.MissingRequiredClaimError as exc:
@@ -113,7 +115,7 @@ def verify_token(token: str, api_keys: Mapping[str, str], *, room: str | None = 
     if claims["role"] not in ROLES:
         raise TokenError(f"token role {claims['role']!r} is unknown")
     if room is not None and claims["room"] != room:
-        raise TokenError(f"token is for room {claims['room']!r}, not {room!r}")
+        raise TokenError(f"token is for room {claims['room']!r}, not {room!r}", kind="other_room")
     if room == "*":  # "*" tokens (dashboards, /ws/notify, operators) are for no room, not for a room named "*"
         raise TokenError("'*' is not a room: a token with room '*' joins no room")
     return Grants(

@@ -49,7 +49,7 @@ class Participant:
     """One joined client: a WebSocket user, a WHIP publisher or a WHEP viewer."""
 
     def __init__(self, grants: Grants, *, transport: str, send: Send | None = None,
-                 disconnect: Callable[[str, int], Awaitable[None]] | None = None):
+                 disconnect: Callable[[dict, int], Awaitable[None]] | None = None):
         self.grants = grants
         self.identity = grants.identity
         self.name = grants.name
@@ -70,12 +70,16 @@ class Participant:
         # Resume (docs/protocol.md): a resumable participant whose socket drops stays for a grace period.
         self.resumable = False
         self.suspended: tuple[asyncio.TimerHandle, Callable[[], Awaitable[None]]] | None = None
+        # Sources the staff muted (source -> who): the participant cannot unmute them, a new track of
+        # that source starts muted, until the staff allow it (moderate allow_unmute). The room keeps it
+        # per identity (Room.join), so a reload or a rejoin does not lift it.
+        self.locked: dict[str, str] = {}
 
     def owned_by(self, send: Send) -> bool:
         """Whether the socket whose sender is `send` still speaks for this participant."""
         return self._send is send
 
-    def rebind(self, send: Send, disconnect: Callable[[str], Awaitable[None]] | None) -> None:
+    def rebind(self, send: Send, disconnect: Callable[[dict, int], Awaitable[None]] | None) -> None:
         """A new socket takes this participant over (resume); a pending leave is called off."""
         self._send, self._disconnect = send, disconnect
         if self.suspended is not None:
@@ -90,15 +94,17 @@ class Participant:
         except Exception as exc:  # a dead socket must not break the room
             logger.debug("send to %s failed: %s", self.identity, exc)
 
-    async def disconnect(self, reason: str, code: int = 1000) -> None:
+    async def disconnect(self, reason: str, code: int = 1000, *, kind: str = "closed", **extra) -> None:
         """Tell the client why, then close its signaling connection (server shutdown, removal, replaced);
-        `code` is the WebSocket close code, `reason` also its close reason."""
+        `code` is the WebSocket close code, `reason` also its close reason; `kind` (the `left` message's
+        `code`: removed, banned, ended, replaced, closed) and `extra` go in the `left` message."""
         self.resumable = False  # removed on purpose: its socket's end is a leave, not a pause
+        note = {"type": "left", "code": kind, "reason": reason, **extra}
         if self._disconnect is None:
-            await self.send({"type": "left", "reason": reason})
+            await self.send(note)
             return
         try:
-            await self._disconnect(reason, code)
+            await self._disconnect(note, code)
         except Exception as exc:
             logger.debug("closing %s failed: %s", self.identity, exc)
 
@@ -110,6 +116,7 @@ class Participant:
             "role": self.role,
             "transport": self.transport,
             "tracks": [t.describe() for t in tracks],
+            "muted_by_staff": sorted(self.locked),
         }
 
     async def close(self) -> None:
@@ -161,6 +168,7 @@ class Room:
         self.empty_listeners: list[Callable[[], None]] = []  # told when the last participant has left
         self.speakers = SpeakerDetector()
         self._speakers_task: asyncio.Task | None = None
+        self.locks: dict[str, dict[str, str]] = {}  # identity -> the sources the staff muted (Participant.locked)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -229,6 +237,7 @@ class Room:
                 raise ServerAtCapacity(f"{refused}; try again later")
         # Taking the seat first: the room is never empty in between (which would drop it).
         self.participants[participant.identity] = participant
+        participant.locked = self.locks.setdefault(participant.identity, {})
         if previous is not None:
             # Same identity again: a reconnect replaces the old session. It is out of the room at once, so
             # it gets no more room events; its end is not announced (the identity is still here); its
@@ -238,7 +247,7 @@ class Room:
                 previous.suspended[0].cancel()
                 previous.suspended = None
             await self._retire(previous, notify=False)
-            self.spawn(previous.disconnect(REPLACED, CLOSE_REPLACED))
+            self.spawn(previous.disconnect(REPLACED, CLOSE_REPLACED, kind="replaced"))
         if participant.transport == "ws":
             await self.broadcast({"type": "participant_joined", "participant": participant.describe()},
                                  exclude=participant.identity)
@@ -341,6 +350,9 @@ class Room:
         return participant.publisher
 
     def _on_published(self, track: UpTrack) -> None:
+        owner = self.participants.get(track.publisher_id)
+        if owner is not None and track.source in owner.locked:
+            track.muted = True  # muted by the staff: stopping and starting the source does not unmute it
         for p in self.participants.values():
             if (p.transport == "ws" and p.identity != track.publisher_id and p.subscriber is not None
                     and p.grants.can_subscribe):
@@ -381,6 +393,11 @@ class Room:
                         {"identity": s.key, "level": s.level} for s in ranking]})
             if self.speakers.forget():  # the last audio track went while someone was listed
                 await self.broadcast({"type": "speakers", "speakers": []})
+
+    def locked_by(self, participant: Participant, track_id: str) -> str | None:
+        """Who of the staff muted this track's source, if someone did and has not allowed unmuting."""
+        track = participant.publisher.track(track_id) if participant.publisher else None
+        return participant.locked.get(track.source) if track is not None else None
 
     async def set_muted(self, participant: Participant, track_id: str, muted: bool) -> bool:
         track = participant.publisher.track(track_id) if participant.publisher else None

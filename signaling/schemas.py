@@ -62,6 +62,8 @@ CLIENT_MESSAGES: dict[str, dict] = {
     },
     "mute": {"properties": {"track_id": _ID, "muted": {"type": "boolean"}}, "required": ["track_id", "muted"]},
     "unpublish": {"properties": {"track_id": _ID}, "required": ["track_id"]},
+    # A track the staff muted: ask them to allow unmuting it (they answer with moderate allow_unmute).
+    "unmute_request": {"properties": {"track_id": _ID}, "required": ["track_id"]},
     "leave": {"properties": {}},
     # The subscriber connection failed: the server replaces it and offers every track again.
     "resubscribe": {"properties": {}},
@@ -69,7 +71,7 @@ CLIENT_MESSAGES: dict[str, dict] = {
     "restart_ice": {"properties": {}},
     # Staff only: mute stops forwarding a track, remove disconnects, ban also records the ban (session rooms).
     "moderate": {
-        "properties": {"action": {"enum": ["mute", "remove", "ban"]}, "identity": _ID,
+        "properties": {"action": {"enum": ["mute", "remove", "ban", "allow_unmute"]}, "identity": _ID,
                        "track_id": _ID, "reason": {"type": "string", "maxLength": 500}},
         "required": ["action", "identity"],
     },
@@ -92,10 +94,14 @@ _VALIDATORS = {
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str):
+    """`extra`: fields the error message carries besides code and message (what a refusal screen needs:
+    a scheduled start, a ban reason; docs/protocol.md, "Refused joins")."""
+
+    def __init__(self, code: str, message: str, **extra):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.extra = extra
 
 
 def parse_client_message(raw: str | bytes) -> dict:

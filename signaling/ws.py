@@ -21,6 +21,8 @@ from signaling.schemas import MAX_FRAME_BYTES, ProtocolError, parse_client_messa
 logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 10.0
+# A join refused with one of these closes the socket (bad_password keeps it: the page asks and sends again).
+REFUSALS = ("unauthorized", "room_full", "session_full", "banned", "session_not_live", "forbidden")
 # How long a resumable participant whose socket dropped keeps its place, tracks and classroom state.
 RESUME_GRACE = 20.0
 
@@ -40,8 +42,8 @@ class RoomWebSocket(web.WebSocketResponse):
         return await super().close(code=code, message=message, drain=drain)
 
 
-def error(code: str, message: str, ref=None) -> dict:
-    out = {"type": "error", "code": code, "message": message}
+def error(code: str, message: str, ref=None, **extra) -> dict:
+    out = {"type": "error", "code": code, "message": message, **extra}
     if ref is not None:
         out["ref"] = ref
     return out
@@ -61,8 +63,9 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
         async with send_lock:
             await ws.send_str(json.dumps(message))
 
-    async def disconnect(reason: str, code: int = WSCloseCode.OK) -> None:
-        await send({"type": "left", "reason": reason})
+    async def disconnect(note: dict, code: int = WSCloseCode.OK) -> None:
+        await send(note)  # {"type": "left", "code": ..., "reason": ...} (Participant.disconnect)
+        reason = note["reason"]
         # A close reason is at most 123 bytes of UTF-8: cut on a character boundary.
         await ws.close(code=code, message=reason.encode()[:120].decode("utf-8", "ignore").encode())
 
@@ -108,9 +111,8 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
                     break
                 await _handle(app, room, participant, message, send)
             except ProtocolError as exc:
-                await send(error(exc.code, exc.message, ref=_ref(msg.data)))
-                if participant is None and exc.code in ("unauthorized", "room_full", "session_full", "banned",
-                                                        "session_not_live", "forbidden"):
+                await send(error(exc.code, exc.message, ref=_ref(msg.data), **exc.extra))
+                if participant is None and exc.code in REFUSALS:
                     break
             except IceRestartRefused as exc:
                 await send(error("ice_restart_refused", str(exc), ref=_ref(msg.data)))
@@ -151,7 +153,7 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
     try:
         grants = verify_token(token, await active_api_keys(app), room=room_name)
     except TokenError as exc:
-        raise ProtocolError("unauthorized", exc.reason) from None
+        raise ProtocolError("unauthorized", exc.reason, reason=exc.kind) from None
     if resume is not None:
         resumed = await _resume(app, room_name, grants, resume, send, disconnect)
         if resumed is not None:
@@ -179,6 +181,7 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
         "ice_servers": [s.to_json() for s in app[ROOMS].peers.ice.for_identity(grants.identity)],
         **({"session": {"id": session.id, "title": session.title, "type": session.type,
                         "status": session.status}} if session is not None else {}),
+        "recording": recording_state(app, room_name),
     })
     await room.start_subscriber(participant)  # creates the data channel the classroom uses
     handler = app.get(DATA_HANDLER)
@@ -206,6 +209,7 @@ async def _resume(app: web.Application, room_name: str, grants, resume: str, sen
                    "can_publish_data": participant.grants.can_publish_data},
         "room": room.state(),
         "ice_servers": [s.to_json() for s in app[ROOMS].peers.ice.for_identity(grants.identity)],
+        "recording": recording_state(app, room_name),
     })
     if participant.subscriber is not None:
         await participant.subscriber.resend_offer()  # the first copy may have gone to the dropped socket
@@ -241,8 +245,14 @@ async def _handle(app, room, participant: Participant, message: dict, send) -> N
             raise ProtocolError("invalid", f"there is no {message['target']} connection yet")
         await add_remote_candidate(target.pc, message["candidate"])
     elif kind == "mute":
+        if not message["muted"] and room.locked_by(participant, message["track_id"]):
+            raise ProtocolError("muted_by_moderator", "the teacher muted this track; send unmute_request "
+                                "and unmute once they allow it", track_id=message["track_id"])
         if not await room.set_muted(participant, message["track_id"], message["muted"]):
             raise ProtocolError("not_found", f"you publish no track {message['track_id']!r}")
+    elif kind == "unmute_request":
+        await roomhooks.request_unmute(room, participant, message["track_id"])
+        await send({"type": "unmute_requested", "track_id": message["track_id"], "ref": message.get("id")})
     elif kind == "unpublish":
         if participant.publisher is None or not participant.publisher.unpublish(message["track_id"]):
             raise ProtocolError("not_found", f"you publish no track {message['track_id']!r}")
@@ -255,6 +265,15 @@ async def _handle(app, room, participant: Participant, message: dict, send) -> N
         if handler is None:
             raise ProtocolError("unavailable", "classroom messages are not enabled on this server")
         await handler.on_message(room, participant, message["payload"])
+
+
+def recording_state(app, room_name: str) -> dict | None:
+    """{"recording_id", "started_at"} while the room records (the page shows its indicator), else None."""
+    from recorder.service import RECORDINGS
+
+    manager = app.get(RECORDINGS)
+    status = manager.status(room_name) if manager is not None else None
+    return {"recording_id": status["recording_id"], "started_at": status["started_at"]} if status else None
 
 
 async def _recording(app, room, participant: Participant, message: dict, send) -> None:

@@ -11,6 +11,8 @@ from aiohttp import web
 from shared.appkeys import SETTINGS, active_api_keys
 from shared.auth import TokenError, mint_token, verify_token
 from shared.roles import SELF_JOIN_ROLES
+from recorder.service import RECORDINGS
+from storage.store import STORE
 
 STATIC = Path(__file__).parent / "static"
 ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -57,7 +59,25 @@ async def room_page(request: web.Request) -> web.Response:
     try:
         grants = verify_token(token, await active_api_keys(request.app), room=room)
     except TokenError as exc:
-        return aiohttp_jinja2.render_template("error.html", request, {"message": exc.reason}, status=401)
+        title = {"expired": "This link has expired", "other_room": "This link is for another class"}.get(exc.kind)
+        return aiohttp_jinja2.render_template("error.html", request, {"message": exc.reason, "title": title},
+                                              status=401)
     return aiohttp_jinja2.render_template("room.html", request, {
-        "room": room, "token": token, "grants": grants,
+        "room": room, "token": token, "grants": grants, "recorded": await recording_notice(request.app, room),
     })
+
+
+async def recording_notice(app: web.Application, room: str) -> str | None:
+    """What a joiner is told before joining: "recording" (it records now), "recorded" (it will: the
+    session's recording flag or `record_all`), or None."""
+    manager = app.get(RECORDINGS)
+    if manager is None:
+        return None
+    if manager.status(room) is not None:
+        return "recording"
+    if app[SETTINGS].record_all:
+        return "recorded"
+    session = await app[STORE].sessions.get_by_room(room) if app.get(STORE) is not None else None
+    if session is None or session.status not in ("scheduled", "live"):
+        return None  # an ended session's page says so; nothing will be recorded
+    return "recorded" if (session.features or {}).get("recording") else None

@@ -66,6 +66,18 @@ class Hands(Feature):
         self._publish(ctx)
         return {"identity": target, "raised": False}
 
+    @handles("hand.lower_all", feature="hands", bucket="hand")
+    async def lower_all(self, ctx: Context) -> dict:
+        if not is_moderator(ctx.member):
+            raise ProtocolError("forbidden", "only moderators may lower every hand")
+        lowered = list(self.queue)
+        for identity in lowered:
+            await self.repo.lower_hand(self.session_id, identity=identity, by=ctx.identity, at=ctx.now)
+            await self.room.record(ctx, "hand", {"raised": False, "identity": identity})
+        self.queue.clear()
+        self._publish(ctx)
+        return {"lowered": lowered}
+
     @handles("reaction.send", feature="reactions", bucket="reaction")
     async def reaction(self, ctx: Context) -> dict:
         emoji = ctx.data["emoji"]

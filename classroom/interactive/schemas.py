@@ -102,6 +102,7 @@ DATA: dict[str, dict[str, Any]] = {
     # hands and reactions
     "hand.raise": _EMPTY,
     "hand.lower": _obj([], identity=_IDENTITY),
+    "hand.lower_all": _EMPTY,
     "reaction.send": _obj(["emoji"], emoji={"type": "string", "minLength": 1, "maxLength": 16,
                                             "pattern": r"^[^\s\x00-\x7f]+$"}),
 }

@@ -81,9 +81,11 @@ async def admit(app: web.Application, room_name: str, grants, password: str | No
         return None
     staff = await staff_role(app, principal_of(grants), session)
     if session.status == "scheduled" and not staff:
-        raise ProtocolError("session_not_live", f"session {session.title!r} has not started yet")
+        raise ProtocolError("session_not_live", f"session {session.title!r} has not started yet",
+                            **await refusal_details(app, session))
     if session.status in ("ended", "cancelled"):
-        raise ProtocolError("session_not_live", f"session {session.title!r} is {session.status}")
+        raise ProtocolError("session_not_live", f"session {session.title!r} is {session.status}",
+                            **await refusal_details(app, session))
     role = grants.role if grants.role in PARTICIPANT_ROLES else "viewer"
     if staff == "instructor":
         role = "instructor"
@@ -94,7 +96,28 @@ async def admit(app: web.Application, room_name: str, grants, password: str | No
     try:
         return await sessions.admit(session.id, grants.identity, role, password, name=grants.name)
     except ClassroomError as exc:
-        raise ProtocolError(room_code(exc), exc.message) from None
+        extra: dict = {}
+        if isinstance(exc, Banned):
+            bans = await app[STORE].sessions.bans(session.id)
+            extra["reason"] = next((b["reason"] for b in bans if b["identity"] == grants.identity), "") or ""
+        elif isinstance(exc, BadPassword):
+            extra["password"] = "wrong" if password else "required"
+        elif isinstance(exc, SessionClosed):
+            extra = await refusal_details(app, await app[STORE].sessions.get(session.id) or session)
+        raise ProtocolError(room_code(exc), exc.message, **extra) from None
+
+
+async def refusal_details(app: web.Application, session) -> dict:
+    """What a page shows for a session that is not live: its title and status, the scheduled start, and
+    the latest recording once it has ended (the page links to /recordings/{id})."""
+    out = {"session_id": session.id, "title": session.title, "status": session.status,
+           "scheduled_start": session.scheduled_start}
+    manager = app.get(RECORDINGS)
+    if session.status == "ended" and manager is not None:
+        rows = [r for r in await manager.repo.list(session_ids=[session.id]) if r.status != "recording"]
+        if rows:
+            out["recording_id"] = max(rows, key=lambda r: r.started_at).id
+    return out
 
 
 async def enter(app: web.Application, room, participant, admission: Admission | None) -> None:
@@ -180,25 +203,58 @@ async def mute(app: web.Application, room_name: str, identity: str, track_id: st
         raise NotFound(f"{identity} publishes no tracks")
     for track in tracks:
         track.muted = True
+        target.locked[track.source] = by
         await room.broadcast({"type": "track_muted", "track_id": track.track_id, "muted": True,
                               "participant": identity, "by": by})
     return [t.track_id for t in tracks]
 
 
-async def disconnect(app: web.Application, room_name: str, identity: str, reason: str) -> bool:
-    """Close `identity`'s connection to the room; they get {"type": "left", "reason": ...}."""
+async def allow_unmute(app: web.Application, room_name: str, identity: str, track_id: str | None, *,
+                       by: str) -> list[str]:
+    """Let `identity` unmute a track (or every track) the staff muted; they get `unmute_allowed` and
+    unmute it themselves (nobody's microphone is turned on for them)."""
+    room, target = live_participant(app, room_name, identity)
+    if target is None:
+        raise NotFound(f"{identity} is not in room {room_name}")
+    tracks = list(target.publisher.tracks.values()) if target.publisher else []
+    sources = set(target.locked) if track_id is None else {t.source for t in tracks if t.track_id == track_id}
+    if not sources & set(target.locked):
+        raise NotFound(f"{identity} has no track muted by the staff" + (f" with id {track_id!r}" if track_id else ""))
+    allowed = [t.track_id for t in tracks if t.source in sources and t.source in target.locked]
+    for source in sources:
+        target.locked.pop(source, None)
+    await target.send({"type": "unmute_allowed", "track_ids": allowed, "sources": sorted(sources), "by": by})
+    return allowed
+
+
+async def request_unmute(room, participant, track_id: str) -> None:
+    """A participant asks the staff to allow unmuting a track they muted: every staff member in the room
+    gets `unmute_request` (the page shows it with an Allow button)."""
+    track = participant.publisher.track(track_id) if participant.publisher else None
+    if track is None or track.source not in participant.locked:
+        raise ProtocolError("not_found", f"you have no track {track_id!r} muted by the staff")
+    note = {"type": "unmute_request", "identity": participant.identity, "name": participant.name,
+            "track_id": track_id, "source": track.source}
+    for p in list(room.participants.values()):
+        if p.transport == "ws" and p.grants.is_moderator:
+            await p.send(note)
+
+
+async def disconnect(app: web.Application, room_name: str, identity: str, reason: str, *, kind: str,
+                     **extra) -> bool:
+    """Close `identity`'s connection to the room; they get {"type": "left", "code": kind, "reason": ...}."""
     room, target = live_participant(app, room_name, identity)
     if target is None:
         return False
     if target.transport == "ws":
-        await target.disconnect(reason)  # the socket closes; its handler leaves the room
+        await target.disconnect(reason, kind=kind, **extra)  # the socket closes; its handler leaves the room
     else:  # WHIP/WHEP: no signaling socket to tell
         await room.leave(identity, session_id=target.session_id)
     return True
 
 
 async def remove(app: web.Application, room_name: str, identity: str, *, by: str, reason: str = "") -> None:
-    if not await disconnect(app, room_name, identity, reason or f"removed by {by}"):
+    if not await disconnect(app, room_name, identity, reason or f"removed by {by}", kind="removed", by=by):
         raise NotFound(f"{identity} is not in room {room_name}")
 
 
@@ -222,6 +278,9 @@ async def moderate(app: web.Application, room, participant, message: dict) -> di
         if action == "mute":
             muted = await mute(app, room.name, target, message.get("track_id"), by=participant.identity)
             return {"type": "moderated", "action": action, "identity": target, "track_ids": muted}
+        if action == "allow_unmute":
+            allowed = await allow_unmute(app, room.name, target, message.get("track_id"), by=participant.identity)
+            return {"type": "moderated", "action": action, "identity": target, "track_ids": allowed}
         if action == "remove":
             await remove(app, room.name, target, by=participant.identity, reason=message.get("reason", ""))
         else:
@@ -241,7 +300,11 @@ def transport_observer(app: web.Application):
         if event == "participant.banned":
             session = await app[STORE].sessions.get(data["session_id"])
             if session is not None:
-                await disconnect(app, session.room, data["identity"], f"banned by {data['by']}")
+                # The reason the teacher gave, not who pressed the button ("banned by apikey:devkey").
+                reason = data.get("reason") or ""
+                await disconnect(app, session.room, data["identity"],
+                                 f"banned from this session: {reason}" if reason else "banned from this session",
+                                 kind="banned", ban_reason=reason)
         elif event == "session.ended":
             manager = app.get(RECORDINGS)
             if manager is not None and manager.status(data["room"]) is not None:
@@ -252,6 +315,7 @@ def transport_observer(app: web.Application):
             room = app[ROOMS].rooms.get(data["room"])
             if room is not None:
                 for identity in list(room.participants):
-                    await disconnect(app, room.name, identity, "the session has ended")
+                    await disconnect(app, room.name, identity, "the session has ended", kind="ended",
+                                     title=data.get("title"))
 
     return observe

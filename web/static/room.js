@@ -38,7 +38,11 @@ export function on(type, fn) {
 export function send(msg) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(msg));
 }
-window.stoa = { state, on, send, cfg, publish, stopCamera, restartMedia, restartIce };
+window.stoa = { state, on, send, cfg, publish, stopCamera, restartMedia, restartIce, connect, rejoin, toggleMic,
+                renderParticipants };
+
+// A join refused with one of these is final: the page shows its screen (admission.js), no reconnect.
+const REFUSALS = ["unauthorized", "room_full", "session_full", "banned", "session_not_live", "forbidden", "bad_password"];
 
 function setBanner(kind, text) {
   banner.className = `banner ${kind}`;
@@ -433,6 +437,8 @@ async function handle(msg) {
   switch (msg.type) {
     case "joined":
       state.retry = 0;
+      state.joined = true;
+      state.refused = null;
       state.resume = msg.resume || null;
       state.iceServers = msg.ice_servers || [];
       if (msg.resumed) {
@@ -501,13 +507,15 @@ async function handle(msg) {
       }
       if (msg.code === "ice_restart_refused") iceRestartFailed(msg.ref === "publish" ? "pub" : "sub");
 
-      if (msg.code === "unauthorized") {
+      if (REFUSALS.includes(msg.code) && msg.ref !== "moderate" && !state.joined) {
         state.leaving = true;
-        setBanner("bad", `Not allowed in: ${msg.message}`);
+        state.refused = msg;
+        setBanner("bad", `Not let in: ${msg.message}`);
       }
       break;
     case "left":
       state.leaving = true;
+      state.joined = false;
       setBanner("bad", `Disconnected: ${msg.reason}`);
       break;
   }
@@ -542,6 +550,7 @@ function connect() {
     // resumable: after a drop the server keeps this participant for a while; resume: take it back.
     const join = { type: "join", token: cfg.token, resumable: true };
     if (state.resume) join.resume = state.resume;
+    if (state.password) join.password = state.password;
     ws.send(JSON.stringify(join));
   };
   let chain = Promise.resolve();
@@ -554,6 +563,7 @@ function connect() {
     if (state.ws !== ws) return;
     // The peer connections stay: a resumed participant keeps them (their media may never have stopped).
     if (state.leaving) { resetPeers(); return; }
+    state.joined = false;  // a refusal of the next join is final, as a first join's is
     state.retry += 1;
     const delay = Math.min(10000, 250 * 2 ** Math.min(state.retry, 5));
     setBanner("bad", `Connection lost; reconnecting in ${Math.round(delay / 1000)} s…`);
@@ -612,9 +622,26 @@ if (cfg.canPublish) {
 }
 $("btn-leave").onclick = () => {
   state.leaving = true;
+  state.joined = false;
   send({ type: "leave" });
   if (state.ws) state.ws.close();
   resetPeers();
   setBanner("bad", "You left the room");
+  dispatch({ type: "left", code: "left", reason: "you left the room" });
 };
-connect();
+
+// After a refusal or an end: a new join on a new socket (the Rejoin and password buttons), as a new participant.
+function rejoin({ password } = {}) {
+  if (password !== undefined) state.password = password;
+  if (state.ws && state.ws.readyState <= WebSocket.OPEN) state.ws.close();
+  state.ws = null;
+  state.leaving = false;
+  state.joined = false;
+  state.resume = null;
+  state.retry = 0;
+  connect();
+}
+
+// Joins once every module of the page has run (DOMContentLoaded follows them), so that admission.js and
+// controls.js hear the first messages; a room that records asks first (admission.js calls stoa.connect()).
+document.addEventListener("DOMContentLoaded", () => { if (!cfg.recorded) connect(); });
