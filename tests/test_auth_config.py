@@ -11,6 +11,8 @@ from shared.config import ConfigError, load_settings
 from signaling.schemas import ProtocolError, parse_client_message
 from stoa.cli import main
 
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
+
 KEY, SECRET = "k1", "s" * 40
 
 

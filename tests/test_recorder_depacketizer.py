@@ -23,6 +23,8 @@ from recorder.depacketizer import (
 )
 from sfu.seqnum import Unwrapper, unwrap_near
 
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
+
 
 class Pkt:
     def __init__(self, seq, ts, payload, marker=0):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from aiortc.rtp import RtpPacket
 
 from sfu.buffer import CachedPacket, PacketCache
@@ -19,6 +21,8 @@ from sfu.rtp import (
     unix_to_ntp,
     vp8_is_keyframe,
 )
+
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
 
 
 def test_build_header_bytes():
