@@ -67,6 +67,29 @@ def test_vp8_keyframe_detection():
     assert vp8_is_keyframe(bytes([0x90, 0xE0, 0x80, 0x01, 0x05, 0x20, 0x9C]))
     assert not vp8_is_keyframe(bytes([0x90, 0xE0, 0x80, 0x01, 0x05, 0x20, 0x9D]))
     assert not vp8_is_keyframe(b"")
+    # Truncated descriptors are no keyframe, whichever field is cut: X byte, picture id, TL0PICIDX, T/K, tag.
+    for cut in ([0x90], [0x90, 0x80], [0x90, 0x80, 0x80], [0x90, 0x40], [0x90, 0x20], [0x90, 0x80, 0x05]):
+        assert not vp8_is_keyframe(bytes(cut)), bytes(cut).hex()
+
+
+def test_the_one_vp8_descriptor_parser_byte_for_byte():
+    """sfu.rtp.parse_vp8_descriptor (aiortc's parser underneath) is what forwarding and the recorder read."""
+    from sfu.rtp import parse_vp8_descriptor
+
+    cases = {  # payload: (start, partition id, picture id, descriptor size)
+        "10aa": (True, 0, None, 1),
+        "9080" "05aa": (True, 0, 5, 3),
+        "8080" "8102aa": (False, 0, 0x102, 4),
+        "93f0" "8102" "07" "20aa": (True, 3, 0x102, 6),
+        "9040" "07aa": (True, 0, None, 3),
+        "9010" "1faa": (True, 0, None, 3),
+    }
+    for hexed, expected in cases.items():
+        d = parse_vp8_descriptor(bytes.fromhex(hexed))
+        assert (d.start, d.partition_id, d.picture_id, d.size) == expected, hexed
+    for truncated in ("", "90", "9080", "908080", "9040", "9020"):
+        with pytest.raises(ValueError):
+            parse_vp8_descriptor(bytes.fromhex(truncated))
 
 
 def test_h264_keyframe_detection():
