@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from sfu.rtp import parse_vp8_descriptor
+from sfu.rtp import parse_vp8_descriptor, stap_a_units
 from sfu.seqnum import Unwrapper
 
 ANNEXB_START_CODE = b"\x00\x00\x00\x01"
@@ -216,16 +216,10 @@ def h264_nal_units(payloads: list[bytes]) -> Optional[list[bytes]]:
         if 1 <= nal_type <= 23:
             nals.append(payload)
         elif nal_type == NAL_STAP_A:
-            pos = 1
-            while pos < len(payload):
-                if pos + 2 > len(payload):
-                    return None
-                (size,) = struct.unpack_from("!H", payload, pos)
-                pos += 2
-                if size == 0 or pos + size > len(payload):
-                    return None
-                nals.append(payload[pos : pos + size])
-                pos += size
+            units = stap_a_units(payload)
+            if units is None:
+                return None
+            nals.extend(units)
         elif nal_type == NAL_FU_A:
             if len(payload) < 2:
                 return None

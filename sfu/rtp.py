@@ -122,6 +122,23 @@ def vp8_is_keyframe(payload: bytes) -> bool:
     return len(head) > size and head[size] & 0x01 == 0
 
 
+def stap_a_units(payload: bytes) -> list[bytes] | None:
+    """The NAL units of an RFC 6184 STAP-A payload (after its header byte: 16-bit size, NAL unit, repeated),
+    or None when a size is zero or runs past the end. The one STAP-A reader: forwarding and the recorder."""
+    units = []
+    pos, n = 1, len(payload)
+    while pos < n:
+        if pos + 2 > n:
+            return None
+        size = (payload[pos] << 8) | payload[pos + 1]
+        pos += 2
+        if size == 0 or pos + size > n:
+            return None
+        units.append(payload[pos:pos + size])
+        pos += size
+    return units
+
+
 def h264_is_keyframe(payload: bytes) -> bool:
     """True when the packet carries an IDR slice or an SPS (RFC 6184 single NAL, STAP-A or FU-A start)."""
     if not payload:
@@ -129,17 +146,8 @@ def h264_is_keyframe(payload: bytes) -> bool:
     nal_type = payload[0] & 0x1F
     if nal_type in (5, 7):
         return True
-    if nal_type == 24:  # STAP-A: 16-bit size, then a NAL unit, repeated
-        i = 1
-        while i + 2 < len(payload):
-            size = (payload[i] << 8) | payload[i + 1]
-            i += 2
-            if size == 0 or i >= len(payload):
-                break
-            if payload[i] & 0x1F in (5, 7):
-                return True
-            i += size
-        return False
+    if nal_type == 24:  # STAP-A (SPS and PPS ahead of a keyframe, typically): rare, so not inlined
+        return any(unit[0] & 0x1F in (5, 7) for unit in stap_a_units(payload) or ())
     if nal_type == 28 and len(payload) > 1:  # FU-A: start bit and the original NAL type
         fu = payload[1]
         return bool(fu & 0x80) and (fu & 0x1F) in (5, 7)

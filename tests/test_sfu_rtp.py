@@ -159,3 +159,13 @@ def test_default_cache_holds_more_than_a_second_at_high_rate():
 def test_ntp_to_unix_of_a_sender_report_timestamp():
     ntp = ((1_700_000_000 + 2208988800) << 32) | (1 << 31)
     assert ntp_to_unix(ntp) == 1_700_000_000.5
+
+
+def test_the_one_stap_a_reader_byte_for_byte():
+    from sfu.rtp import stap_a_units
+
+    stap = bytes.fromhex("78" "0002" "6742" "0003" "68ce38")
+    assert stap_a_units(stap) == [bytes.fromhex("6742"), bytes.fromhex("68ce38")]
+    for broken in ("78" "0000", "78" "0005" "6742", "78" "0002" "6742" "00"):
+        assert stap_a_units(bytes.fromhex(broken)) is None, broken
+        assert not h264_is_keyframe(bytes.fromhex(broken))
