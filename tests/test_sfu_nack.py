@@ -72,7 +72,5 @@ async def test_a_nack_is_answered_with_rtx_from_the_cache_and_a_repeat_is_held_b
     finally:
         for c in collectors:
             c.stop()
-        await sub_pc.close()
-        await sub.close()
-        await pub_pc.close()
-        await publisher.close()
+        for connection in (sub_pc, sub, pub_pc, publisher):  # the subscriber's side first
+            await connection.close()
