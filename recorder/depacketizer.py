@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from sfu.rtp import parse_vp8_descriptor, stap_a_units
 from sfu.seqnum import Unwrapper
 
 ANNEXB_START_CODE = b"\x00\x00\x00\x01"
@@ -48,49 +49,6 @@ class Frame:
 
 # ---------------------------------------------------------------------------------------------
 # VP8 (RFC 7741)
-
-
-@dataclass
-class Vp8Descriptor:
-    start: bool  # S bit: first packet of a VP8 partition
-    partition_id: int
-    picture_id: Optional[int]
-    size: int  # descriptor length in bytes
-
-
-def parse_vp8_descriptor(payload: bytes) -> Vp8Descriptor:
-    """Parse the VP8 payload descriptor at the start of an RTP payload (RFC 7741 section 4.2)."""
-    if len(payload) < 1:
-        raise ValueError("VP8 payload is empty")
-    b0 = payload[0]
-    extended = bool(b0 & 0x80)
-    start = bool(b0 & 0x10)
-    pid = b0 & 0x07
-    pos = 1
-    picture_id = None
-    if extended:
-        if len(payload) < 2:
-            raise ValueError("VP8 descriptor truncated (X)")
-        x = payload[1]
-        pos = 2
-        if x & 0x80:  # I: picture id
-            if len(payload) < pos + 1:
-                raise ValueError("VP8 descriptor truncated (picture id)")
-            if payload[pos] & 0x80:  # M: 15-bit picture id
-                if len(payload) < pos + 2:
-                    raise ValueError("VP8 descriptor truncated (long picture id)")
-                picture_id = ((payload[pos] & 0x7F) << 8) | payload[pos + 1]
-                pos += 2
-            else:
-                picture_id = payload[pos] & 0x7F
-                pos += 1
-        if x & 0x40:  # L: TL0PICIDX
-            pos += 1
-        if x & 0x30:  # T or K: TID/Y/KEYIDX
-            pos += 1
-        if len(payload) < pos:
-            raise ValueError("VP8 descriptor truncated")
-    return Vp8Descriptor(start=start, partition_id=pid, picture_id=picture_id, size=pos)
 
 
 def vp8_keyframe_size(frame: bytes) -> Optional[tuple[int, int]]:
@@ -258,16 +216,10 @@ def h264_nal_units(payloads: list[bytes]) -> Optional[list[bytes]]:
         if 1 <= nal_type <= 23:
             nals.append(payload)
         elif nal_type == NAL_STAP_A:
-            pos = 1
-            while pos < len(payload):
-                if pos + 2 > len(payload):
-                    return None
-                (size,) = struct.unpack_from("!H", payload, pos)
-                pos += 2
-                if size == 0 or pos + size > len(payload):
-                    return None
-                nals.append(payload[pos : pos + size])
-                pos += size
+            units = stap_a_units(payload)
+            if units is None:
+                return None
+            nals.extend(units)
         elif nal_type == NAL_FU_A:
             if len(payload) < 2:
                 return None

@@ -8,6 +8,9 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass
+from typing import Optional
+
+from aiortc.codecs.vpx import VpxPayloadDescriptor
 
 RTP_VERSION_BITS = 0x80
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
@@ -88,33 +91,52 @@ def parse_header(data: bytes) -> tuple[int, int, int, int, int]:
     return b1 >> 7, b1 & 0x7F, seq, ts, ssrc
 
 
+@dataclass
+class Vp8Descriptor:
+    start: bool  # S bit: first packet of a VP8 partition
+    partition_id: int
+    picture_id: Optional[int]
+    size: int  # descriptor length in bytes
+
+
+def parse_vp8_descriptor(payload: bytes) -> Vp8Descriptor:
+    """The VP8 payload descriptor at the start of an RTP payload (RFC 7741 section 4.2), read by aiortc's
+    parser (the one VP8 descriptor parser: forwarding and the recorder). ValueError when truncated."""
+    desc, rest = VpxPayloadDescriptor.parse(payload)
+    return Vp8Descriptor(start=bool(desc.partition_start), partition_id=desc.partition_id & 0x07,
+                         picture_id=desc.picture_id, size=len(payload) - len(rest))
+
+
 def vp8_is_keyframe(payload: bytes) -> bool:
     """True on the first packet of a VP8 keyframe (RFC 7741 descriptor, then the VP8 frame tag)."""
-    n = len(payload)
-    if n < 2:
+    # Per packet on the publisher's path: most packets do not start a frame (S bit set, partition
+    # index 0) and are answered from the first byte; only frame starts get parsed.
+    if len(payload) < 2 or not (payload[0] & 0x10) or (payload[0] & 0x07):
         return False
-    b0 = payload[0]
-    # S bit set and partition index 0: the packet starts a frame.
-    if not (b0 & 0x10) or (b0 & 0x07):
-        return False
-    i = 1
-    if b0 & 0x80:  # X: extension byte follows
-        if n < 2:
-            return False
-        x = payload[1]
-        i = 2
-        if x & 0x80:  # I: picture id
-            if i >= n:
-                return False
-            i += 2 if payload[i] & 0x80 else 1
-        if x & 0x40:  # L: TL0PICIDX
-            i += 1
-        if x & 0x30:  # T or K: TID/KEYIDX byte
-            i += 1
-    if i >= n:
+    head = payload[:7]  # the longest descriptor (6 bytes) and the frame tag: the parser copies no payload
+    try:
+        size = parse_vp8_descriptor(head).size
+    except ValueError:
         return False
     # VP8 frame tag: bit 0 of the first byte is 0 on a keyframe.
-    return payload[i] & 0x01 == 0
+    return len(head) > size and head[size] & 0x01 == 0
+
+
+def stap_a_units(payload: bytes) -> list[bytes] | None:
+    """The NAL units of an RFC 6184 STAP-A payload (after its header byte: 16-bit size, NAL unit, repeated),
+    or None when a size is zero or runs past the end. The one STAP-A reader: forwarding and the recorder."""
+    units = []
+    pos, n = 1, len(payload)
+    while pos < n:
+        if pos + 2 > n:
+            return None
+        size = (payload[pos] << 8) | payload[pos + 1]
+        pos += 2
+        if size == 0 or pos + size > n:
+            return None
+        units.append(payload[pos:pos + size])
+        pos += size
+    return units
 
 
 def h264_is_keyframe(payload: bytes) -> bool:
@@ -124,17 +146,8 @@ def h264_is_keyframe(payload: bytes) -> bool:
     nal_type = payload[0] & 0x1F
     if nal_type in (5, 7):
         return True
-    if nal_type == 24:  # STAP-A: 16-bit size, then a NAL unit, repeated
-        i = 1
-        while i + 2 < len(payload):
-            size = (payload[i] << 8) | payload[i + 1]
-            i += 2
-            if size == 0 or i >= len(payload):
-                break
-            if payload[i] & 0x1F in (5, 7):
-                return True
-            i += size
-        return False
+    if nal_type == 24:  # STAP-A (SPS and PPS ahead of a keyframe, typically): rare, so not inlined
+        return any(unit[0] & 0x1F in (5, 7) for unit in stap_a_units(payload) or ())
     if nal_type == 28 and len(payload) > 1:  # FU-A: start bit and the original NAL type
         fu = payload[1]
         return bool(fu & 0x80) and (fu & 0x1F) in (5, 7)

@@ -1,7 +1,10 @@
-"""Access tokens: JWTs (HS256) signed with an API secret, carrying room grants."""
+"""Access tokens: JWTs (HS256) signed with an API secret, carrying room grants; and the one reader of an
+`Authorization` header (Basic API key and secret, or Bearer token) for every HTTP route."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from dataclasses import dataclass, asdict
 from typing import Mapping
@@ -132,3 +135,25 @@ def verify_token(token: str, api_keys: Mapping[str, str], *, room: str | None = 
 
 def grants_dict(grants: Grants) -> dict:
     return asdict(grants)
+
+
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """(key, secret) of `Authorization: Basic base64(key:secret)`; None when the header is not Basic.
+    TokenError when it is Basic but not base64 of "key:secret" (an unencoded key:secret is refused)."""
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        key, sep, secret = base64.b64decode(value, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise TokenError("Basic credentials are not base64 of key:secret") from None
+    if not sep:
+        raise TokenError("Basic credentials are not base64 of key:secret")
+    return key, secret
+
+
+def bearer_token(header: str) -> str:
+    """The token of `Authorization: Bearer <token>`; "" for any other header."""
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""

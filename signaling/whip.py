@@ -21,7 +21,7 @@ from sfu.peer import local_candidates, negotiated_codecs
 from sfu.pool import RemoteSubscriber, WorkerUnavailable
 from sfu.subscriber import Subscriber
 from shared.appkeys import active_api_keys
-from shared.auth import Grants, TokenError, verify_token
+from shared.auth import Grants, TokenError, bearer_token, verify_token
 from signaling import sdpfrag
 from signaling.api import roomhooks
 from signaling.room import ROOMS, WORKERS, Participant, RoomFull
@@ -81,10 +81,10 @@ def _ice_links(request: web.Request, identity: str) -> list[str]:
 
 
 async def _grants(request: web.Request, room: str) -> Grants:
-    auth = request.headers.get("Authorization", "")
-    if not auth.lower().startswith("bearer "):
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if not token:
         raise TokenError("missing 'Authorization: Bearer <token>' header")
-    return verify_token(auth[7:].strip(), await active_api_keys(request.app), room=room)
+    return verify_token(token, await active_api_keys(request.app), room=room)
 
 
 async def _sdp_body(request: web.Request) -> str:

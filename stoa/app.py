@@ -15,7 +15,7 @@ from sfu.overload import LoadMonitor, OverloadPolicy
 from sfu.peer import IceSettings, PeerFactory
 from shared.appkeys import SETTINGS
 from shared.config import Settings
-from signaling import api, classroom_api, classroom_bridge, debug, metrics, whip, ws
+from signaling import api, classroom_bridge, debug, metrics, whip, ws
 from signaling.room import LOAD, ROOMS, RoomManager
 from stoa.workers import workers_ctx
 from storage.store import STORE
@@ -55,7 +55,6 @@ def build_app(settings: Settings) -> web.Application:
     classroom_bridge.setup(app)  # chat, Q&A, polls, ... over data channels and the WebSocket
     api.setup(app)  # REST API under /api/, /ws/notify
     dashboards.setup_routes(app)  # /dashboard (tutoring), reads /api/tutoring
-    classroom_api.setup(app)  # chat history, whiteboard PNG, quiz bank import
     review.setup(app)  # recording API and review pages
     # The recorder sees the rooms through recorder.rooms.RoomDirectory, which the RoomManager implements.
     app.cleanup_ctx.append(recordings_ctx(lambda app: app[ROOMS]))

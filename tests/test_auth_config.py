@@ -11,6 +11,8 @@ from shared.config import ConfigError, load_settings
 from signaling.schemas import ProtocolError, parse_client_message
 from stoa.cli import main
 
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
+
 KEY, SECRET = "k1", "s" * 40
 
 
@@ -100,3 +102,18 @@ def test_schema_accepts_valid_messages():
     assert parse_client_message('{"type": "ping"}')["type"] == "ping"
     msg = parse_client_message('{"type": "publish", "sdp": "v=0", "tracks": [{"mid": "0", "source": "screen"}]}')
     assert msg["tracks"][0]["source"] == "screen"
+
+
+def test_one_reader_of_the_authorization_header():
+    import base64
+
+    from shared.auth import basic_credentials, bearer_token
+
+    good = "Basic " + base64.b64encode(b"key:se:cret").decode()
+    assert basic_credentials(good) == ("key", "se:cret")
+    assert basic_credentials("Bearer abc") is None and basic_credentials("") is None
+    for bad in ("Basic key:secret", "Basic " + base64.b64encode(b"no-colon").decode()):
+        with pytest.raises(TokenError, match="not base64 of key:secret"):
+            basic_credentials(bad)
+    assert bearer_token("Bearer  abc ") == "abc" and bearer_token("bearer x") == "x"
+    assert bearer_token("Basic abc") == "" and bearer_token("") == ""

@@ -12,6 +12,8 @@ import pytest
 from classroom.attendance import clip, compute, covered_seconds, merge_intervals
 from classroom.sessions import Actor, SessionService
 
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
+
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
 

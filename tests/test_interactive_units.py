@@ -18,6 +18,8 @@ from classroom.interactive.quiz import QuizBankError, assign_questions, import_b
 from classroom.interactive.whiteboard import encode_png, rasterize, render_png
 from tests.fixtures.interactive import FakeClock
 
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
+
 
 def decode_png(data: bytes) -> np.ndarray:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from importlinter.cli import lint_imports
+
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
 
 ROOT = Path(__file__).resolve().parent.parent
 

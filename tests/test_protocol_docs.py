@@ -6,8 +6,12 @@ import json
 import pathlib
 import re
 
+import pytest
+
 from classroom.interactive import schemas
 from classroom.interactive.envelope import parse_message
+
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SERVER_ONLY = {"ack", "error", "state", "reaction"}  # built without a dotted literal in the sources

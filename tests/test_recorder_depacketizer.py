@@ -17,11 +17,13 @@ from recorder.depacketizer import (
     h264_nal_units,
     opus_packet_samples,
     parse_h264_sps_size,
-    parse_vp8_descriptor,
     remove_emulation_prevention,
     vp8_keyframe_size,
 )
+from sfu.rtp import parse_vp8_descriptor
 from sfu.seqnum import Unwrapper, unwrap_near
+
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
 
 
 class Pkt:

@@ -33,7 +33,7 @@ def callers(server, session_room="review"):
         "student of another room": ({"Authorization": f"Bearer {server.token('other', 'sam', 'student')}"}, 403),
         "viewer": ({"Authorization": f"Bearer {server.token(session_room, 'vic', 'viewer')}"}, 403),
         "no token": ({}, 401),
-        "admin, key:secret unencoded": ({"Authorization": f"Basic {s.api_key}:{s.api_secret}"}, 200),
+        "admin, key:secret unencoded": ({"Authorization": f"Basic {s.api_key}:{s.api_secret}"}, 401),  # as on /api/
         "bad admin secret": ({"Authorization": "Basic " + "ZGV2a2V5Ondyb25n"}, 401),
         "forged token": ({"Authorization": "Bearer abc.def.ghi"}, 401),
     }

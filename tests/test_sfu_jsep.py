@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from sfu.jsep import conform_answer, rejected_mids
 from sfu.peer import IceSettings, IdleTrack, PeerFactory
+
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
 
 OFFER = (
     "v=0\r\no=- 1 3 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"

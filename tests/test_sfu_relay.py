@@ -18,6 +18,8 @@ from sfu.relay import (
     encode_entry,
 )
 
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
+
 
 def test_entry_layout_byte_for_byte():
     entry = encode_entry(0x0102, seq=0xBEEF, timestamp=0x11223344, marker=1, payload_type=96,

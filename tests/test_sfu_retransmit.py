@@ -12,6 +12,8 @@ from sfu.quality import BAD, GOOD, POOR, ViewerQuality
 from sfu.retransmit import SEND, RetransmitPolicy
 from shared.ratelimit import TokenBucket
 
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
+
 T0 = 1_700_000_000.0
 MEDIA_RATE = 187_500  # 1.5 Mbps in bytes/s
 

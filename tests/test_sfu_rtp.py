@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from aiortc.rtp import RtpPacket
 
 from sfu.buffer import CachedPacket, PacketCache
@@ -19,6 +21,8 @@ from sfu.rtp import (
     unix_to_ntp,
     vp8_is_keyframe,
 )
+
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
 
 
 def test_build_header_bytes():
@@ -63,6 +67,29 @@ def test_vp8_keyframe_detection():
     assert vp8_is_keyframe(bytes([0x90, 0xE0, 0x80, 0x01, 0x05, 0x20, 0x9C]))
     assert not vp8_is_keyframe(bytes([0x90, 0xE0, 0x80, 0x01, 0x05, 0x20, 0x9D]))
     assert not vp8_is_keyframe(b"")
+    # Truncated descriptors are no keyframe, whichever field is cut: X byte, picture id, TL0PICIDX, T/K, tag.
+    for cut in ([0x90], [0x90, 0x80], [0x90, 0x80, 0x80], [0x90, 0x40], [0x90, 0x20], [0x90, 0x80, 0x05]):
+        assert not vp8_is_keyframe(bytes(cut)), bytes(cut).hex()
+
+
+def test_the_one_vp8_descriptor_parser_byte_for_byte():
+    """sfu.rtp.parse_vp8_descriptor (aiortc's parser underneath) is what forwarding and the recorder read."""
+    from sfu.rtp import parse_vp8_descriptor
+
+    cases = {  # payload: (start, partition id, picture id, descriptor size)
+        "10aa": (True, 0, None, 1),
+        "9080" "05aa": (True, 0, 5, 3),
+        "8080" "8102aa": (False, 0, 0x102, 4),
+        "93f0" "8102" "07" "20aa": (True, 3, 0x102, 6),
+        "9040" "07aa": (True, 0, None, 3),
+        "9010" "1faa": (True, 0, None, 3),
+    }
+    for hexed, expected in cases.items():
+        d = parse_vp8_descriptor(bytes.fromhex(hexed))
+        assert (d.start, d.partition_id, d.picture_id, d.size) == expected, hexed
+    for truncated in ("", "90", "9080", "908080", "9040", "9020"):
+        with pytest.raises(ValueError):
+            parse_vp8_descriptor(bytes.fromhex(truncated))
 
 
 def test_h264_keyframe_detection():
@@ -132,3 +159,13 @@ def test_default_cache_holds_more_than_a_second_at_high_rate():
 def test_ntp_to_unix_of_a_sender_report_timestamp():
     ntp = ((1_700_000_000 + 2208988800) << 32) | (1 << 31)
     assert ntp_to_unix(ntp) == 1_700_000_000.5
+
+
+def test_the_one_stap_a_reader_byte_for_byte():
+    from sfu.rtp import stap_a_units
+
+    stap = bytes.fromhex("78" "0002" "6742" "0003" "68ce38")
+    assert stap_a_units(stap) == [bytes.fromhex("6742"), bytes.fromhex("68ce38")]
+    for broken in ("78" "0000", "78" "0005" "6742", "78" "0002" "6742" "00"):
+        assert stap_a_units(bytes.fromhex(broken)) is None, broken
+        assert not h264_is_keyframe(bytes.fromhex(broken))

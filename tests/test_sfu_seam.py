@@ -10,6 +10,8 @@ import sfu.aiortc_seam as seam
 from sfu.aiortc_seam import SeamError, check_compatibility, restrict_ice_gathering
 from tests.peers import answer_offer, apply_answer, client_pc, make_offer
 
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
+
 
 def test_installed_aiortc_is_the_one_the_seam_knows():
     check_compatibility()

@@ -11,6 +11,8 @@ import pytest
 from sfu.congestion import with_start_bitrate
 from sfu.twcc import MAX_STATUSES, FeedbackRecorder, build_feedback, encode_chunks
 
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
+
 
 def decode(packet: bytes) -> dict:
     """An independent reading of one feedback packet: header fields and (seq, arrival µs or None)."""

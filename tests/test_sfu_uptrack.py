@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiortc.rtp import RtpPacket
 
 from sfu.uptrack import KEYFRAME_REQUEST_INTERVAL, PublisherClock, UpTrack
+
+pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
 
 
 class FakeTimers:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from aiortc.rtp import RtpPacket
 
 from sfu.speakers import HOLD, LevelRing, SpeakerDetector
 from tests.client import RoomClient
 from tests.media import ToneAudioTrack
+
 
 PTIME = 0.02
 
@@ -36,6 +38,7 @@ def keys(ranking) -> list[str] | None:
     return None if ranking is None else [s.key for s in ranking]
 
 
+@pytest.mark.unit
 def test_loudest_first_and_silence_is_nobody():
     det, rings = detector_with("ada", "bo", "cy")
     t0 = 1000.0
@@ -48,6 +51,7 @@ def test_loudest_first_and_silence_is_nobody():
     assert det.update(t0 + 1.2) is None  # nothing changed: no event
 
 
+@pytest.mark.unit
 def test_the_mean_is_of_power_so_a_burst_counts_more_than_its_share():
     ring = LevelRing()
     feed(ring, 127, 0.0, 0.5)
@@ -56,6 +60,7 @@ def test_the_mean_is_of_power_so_a_burst_counts_more_than_its_share():
     assert -19 < level < -17          # 10*log10(1/6 * 0.1) = -17.8, far above an average of levels
 
 
+@pytest.mark.unit
 def test_a_speaker_is_held_through_pauses_then_dropped():
     det, rings = detector_with("ada")
     t = feed(rings["ada"], 20, 0.0, 1.0)
@@ -64,6 +69,7 @@ def test_a_speaker_is_held_through_pauses_then_dropped():
     assert keys(det.update(t + 0.6 + HOLD + 0.1)) == []   # out of the window, then out of the hold
 
 
+@pytest.mark.unit
 def test_order_switches_when_levels_swap_but_not_on_a_small_lead():
     det, rings = detector_with("ada", "bo")
     t = 0.0
@@ -78,6 +84,7 @@ def test_order_switches_when_levels_swap_but_not_on_a_small_lead():
     assert keys(det.update(t)) == ["bo", "ada"]
 
 
+@pytest.mark.unit
 def test_events_are_at_least_min_interval_apart():
     det, rings = detector_with("ada", "bo", min_interval=0.5)
     t = feed(rings["ada"], 20, 0.0, 1.0)
@@ -87,6 +94,7 @@ def test_events_are_at_least_min_interval_apart():
     assert keys(det.update(t + 0.5)) == ["bo", "ada"]   # reported once the interval has passed
 
 
+@pytest.mark.unit
 def test_removed_tracks_and_ring_wrap():
     det, rings = detector_with("ada", "bo")
     t = feed(rings["ada"], 20, 0.0, 10.0)               # many times the ring's size
@@ -97,6 +105,7 @@ def test_removed_tracks_and_ring_wrap():
     assert len(det) == 1 and det.forget() and not det.forget()
 
 
+@pytest.mark.unit
 def test_the_ring_reads_the_rfc6464_extension_of_a_packet():
     ring = LevelRing()
     packet = RtpPacket(payload_type=111)

@@ -9,8 +9,6 @@ viewer, whose identity took part in the session, when the session has its "recor
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import logging
 import time
@@ -24,7 +22,7 @@ from jsonschema import Draft202012Validator
 
 from recorder.service import RECORDINGS, RecordingError, RecordingManager
 from shared.appkeys import active_api_keys
-from shared.auth import Grants, TokenError, verify_token
+from shared.auth import Grants, TokenError, basic_credentials, bearer_token, verify_token
 from storage.recordings import RecordingRow
 from storage.store import STORE
 
@@ -88,25 +86,21 @@ class Caller:
         return self.kind in ("admin", "operator")
 
 
-def _admin(keys: dict[str, str], header: str) -> Caller:
-    raw = header[6:].strip()
-    try:
-        decoded = base64.b64decode(raw, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        decoded = raw  # also accept the unencoded "key:secret"
-    key, sep, secret = decoded.partition(":")
-    expected = keys.get(key) if sep else None
-    if expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
-        raise Problem(401, "the API key or secret is wrong")
-    return Caller("admin", f"admin:{key}")
-
-
 async def identify(request: web.Request, *, room: str | None = None) -> Caller:
-    """The caller, or Problem(401) naming what is missing or wrong."""
+    """The caller, or Problem(401) naming what is missing or wrong. The header is read as on every /api/
+    route (shared.auth.basic_credentials, bearer_token)."""
     header = request.headers.get("Authorization", "")
-    if header[:6].lower() == "basic ":
-        return _admin(await active_api_keys(request.app), header)
-    token = request.query.get("token") or (header[7:].strip() if header[:7].lower() == "bearer " else "")
+    try:
+        basic = basic_credentials(header)
+    except TokenError as exc:
+        raise Problem(401, exc.reason) from None
+    if basic is not None:
+        key, secret = basic
+        expected = (await active_api_keys(request.app)).get(key)
+        if expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
+            raise Problem(401, "the API key or secret is wrong")
+        return Caller("admin", f"admin:{key}")
+    token = request.query.get("token") or bearer_token(header)
     if not token:
         raise Problem(401, "no credentials: pass ?token=, Authorization: Bearer <token>, "
                            "or Authorization: Basic with an API key and secret")

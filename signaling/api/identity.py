@@ -8,8 +8,6 @@ table, also for a key that came from the config file) neither authenticates nor 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import time
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ from aiohttp import web
 
 from classroom.errors import Conflict, NotFound
 from classroom.sessions import Actor
-from shared.auth import Grants, TokenError, verify_token
+from shared.auth import Grants, TokenError, basic_credentials, bearer_token, verify_token
 from signaling.api.problems import Problem
 
 ADMIN = "admin"
@@ -133,17 +131,16 @@ def _unauthorized(detail: str) -> Problem:
 async def authenticate(request: web.Request, keyring: KeyRing, *, allow_query_token: bool = False) -> Principal:
     """The caller, from the Authorization header (or ?token= when allowed); Problem(401) otherwise."""
     auth = request.headers.get("Authorization", "")
-    scheme, _, value = auth.partition(" ")
-    value = value.strip()
-    if scheme.lower() == "basic" and value:
-        try:
-            key, sep, secret = base64.b64decode(value, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            raise _unauthorized("Basic credentials are not base64 of key:secret") from None
-        if not sep or not await keyring.check_secret(key, secret):
+    try:
+        basic = basic_credentials(auth)
+    except TokenError as exc:
+        raise _unauthorized(exc.reason) from None
+    if basic is not None:
+        key, secret = basic
+        if not await keyring.check_secret(key, secret):
             raise _unauthorized("unknown or revoked API key, or wrong secret")
         return Principal(identity=f"apikey:{key}", role=ADMIN, name=key, key=key)
-    token = value if scheme.lower() == "bearer" else ""
+    token = bearer_token(auth)
     if not token and allow_query_token:
         token = request.query.get("token", "")
     if not token:

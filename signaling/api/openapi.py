@@ -84,7 +84,8 @@ def _operation(op) -> dict:
     if op.status == 204:
         out["responses"]["204"] = {"description": "done"}
     else:
-        content = {"application/json": {"schema": _response_schema(op.response)}}
+        content = ({"application/json": {"schema": _response_schema(op.response)}}
+                   if op.content == "application/json" else {op.content: {}})
         if op.csv:
             content["text/csv"] = {"schema": {"type": "string"}}
         out["responses"][str(op.status)] = {"description": "success", "content": content}
@@ -114,8 +115,7 @@ def document(app: web.Application) -> dict:
             doc = (route.handler.__doc__ or route.handler.__name__).strip()
             operation = {
                 "summary": doc.splitlines()[0],
-                "description": doc + "\n\nServed by another module; see docs/recording.md (recordings) or "
-                                     "docs/interactive.md (classroom).",
+                "description": doc + "\n\nServed by another module; see docs/recording.md (recordings).",
                 "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
                                for n in re.findall(r"{(\w+)}", path)],
                 "responses": {"default": {"description": "see the module's documentation"}},

@@ -15,6 +15,7 @@ from classroom.errors import InvalidInput, NotFound, PermissionDenied
 from classroom.webhooks import EVENTS as WEBHOOK_EVENTS
 from shared.appkeys import KEYRING, SETTINGS
 from shared.roles import PARTICIPANT_ROLES
+from signaling import classroom_api
 from signaling.api import SESSIONS, TUTORING, WEBHOOKS, roomhooks
 from signaling.api.identity import Principal, authenticate, join_link
 from signaling.api.problems import Problem
@@ -58,6 +59,9 @@ class Op:
     query: list[dict] = field(default_factory=list)
     public: bool = False
     csv: bool = False
+    query_token: bool = False       # ?token= is taken as well as the Authorization header (links, <img src>)
+    max_body: int = MAX_BODY
+    content: str = "application/json"  # the success response's media type
     errors: tuple[int, ...] = (400, 401, 403, 404, 409)
 
     @property
@@ -509,6 +513,20 @@ OPS: list[Op] = [
     Op("POST", "/api/keys", create_key, "Create an API key (the secret is shown once)", "keys", "admin",
        body=KEY_BODY, body_required=False, status=201),
     Op("DELETE", "/api/keys/{key}", revoke_key, "Revoke an API key", "keys", "admin", status=204),
+    # The classroom's data over REST (signaling/classroom_api.py, docs/interactive.md).
+    Op("GET", "/api/rooms/{room}/chat", classroom_api.get_chat, "Chat history of a room's classroom, newest first",
+       "classroom", classroom_api.READERS, query_token=True, errors=(400, 401, 403), query=[
+           classroom_api.query("before", "only messages with a smaller id (paging)", {"type": "integer"}),
+           classroom_api.query("limit", "how many (1-500, default 100)",
+                               {"type": "integer", "minimum": 1, "maximum": 500})]),
+    Op("GET", "/api/rooms/{room}/whiteboard.png", classroom_api.get_whiteboard_png,
+       "The room's current whiteboard as a PNG", "classroom", classroom_api.READERS, query_token=True,
+       content="image/png", errors=(400, 401, 403), query=[
+           classroom_api.query("width", "pixels (16-4096, default 1280)", {"type": "integer"}),
+           classroom_api.query("height", "pixels (16-4096, default 720)", {"type": "integer"})]),
+    Op("POST", "/api/quiz/banks", classroom_api.post_quiz_bank,
+       "Import a quiz question bank (JSON as for `stoa quiz import`)", "classroom", "admin or an instructor",
+       body=classroom_api.BANK_BODY, max_body=classroom_api.MAX_BANK_BYTES, status=201, errors=(400, 401, 403)),
 ]
 
 
@@ -526,10 +544,11 @@ def make_handler(op: Op):
     validator = op.validator()
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        principal = None if op.public else await authenticate(request, request.app[KEYRING])
+        principal = None if op.public else await authenticate(request, request.app[KEYRING],
+                                                              allow_query_token=op.query_token)
         body = None
         if validator is not None:
-            raw = await _read_body(request, required=op.body_required)
+            raw = await _read_body(request, required=op.body_required, limit=op.max_body)
             if raw is not ABSENT:
                 # The whole body, `null` and arrays included: a handler only ever sees a valid one.
                 errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
@@ -551,17 +570,17 @@ def make_handler(op: Op):
 ABSENT = object()  # no body at all, as opposed to the JSON value null
 
 
-async def _read_body(request: web.Request, *, required: bool) -> Any:
+async def _read_body(request: web.Request, *, required: bool, limit: int = MAX_BODY) -> Any:
     """The parsed JSON body (any JSON value, null included), or ABSENT when there is none."""
     if not request.can_read_body:
         if required:
             raise Problem(400, "invalid_input", "this request needs a JSON body")
         return ABSENT
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise Problem(413, "too_large", f"the body is larger than {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise Problem(413, "too_large", f"the body is larger than {limit} bytes")
     if not raw.strip():
         if required:
             raise Problem(400, "invalid_input", "this request needs a JSON body")
