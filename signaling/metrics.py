@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sfu.quality import LEVELS
-from stoa.appkeys import LOAD, ROOMS
+from stoa.appkeys import LOAD, ROOMS, WORKERS
 
 METRICS_REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("metrics_registry")
 
@@ -39,6 +39,16 @@ class RoomCollector:
                     sent += d.packets_sent
                     retransmits += d.retransmits
                     nack_misses += d.nack_misses
+        pool = self.app.get(WORKERS)
+        # Legs on media workers, from their last stats (a second old at most): same figures as in-process.
+        for w in pool.describe() if pool is not None else ():
+            for session in w.get("sessions", {}).values():
+                for leg in session.get("legs", ()):
+                    legs += 1
+                    by_quality[leg.get("quality", LEVELS[0])] += 1
+                    sent += leg.get("packets_sent", 0)
+                    retransmits += leg.get("retransmits", 0)
+                    nack_misses += leg.get("nack_misses", 0)
         for k, v in by_transport.items():
             participants.add_metric([k], v)
         for k, v in by_kind.items():

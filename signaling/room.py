@@ -122,6 +122,7 @@ class Room:
         self.track_listeners: list[Callable[[str, UpTrack], None]] = []
         self.speakers = SpeakerDetector()
         self._speakers_task: asyncio.Task | None = None
+        self.workers = None  # the WorkerPool when media workers run (set by RoomManager)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -189,8 +190,14 @@ class Room:
         async def send_offer(sdp: str, tracks: list[dict]) -> None:
             await participant.send({"type": "offer", "sdp": sdp, "tracks": tracks})
 
-        sub = Subscriber(participant.identity, self.peers, send_offer,
-                         on_quality=self.quality_listener(participant))
+        on_quality = self.quality_listener(participant)
+        sub = None
+        if self.workers is not None:  # media worker processes carry it (docs/scaling.md)
+            sub = self.workers.room_subscriber(participant.identity, room=self.name,
+                                               session_id=participant.session_id, send_offer=send_offer,
+                                               on_quality=on_quality)
+        if sub is None:
+            sub = Subscriber(participant.identity, self.peers, send_offer, on_quality=on_quality)
         participant.subscriber = sub
         if participant.grants.can_subscribe:
             for track in self.tracks():
@@ -369,12 +376,14 @@ class RoomManager:
         self.rooms: dict[str, Room] = {}
         self.room_listeners: list[Callable[[Room], None]] = []  # told of every new room
         self.quality_changes = dict.fromkeys(LEVELS, 0)  # legs that went to each level, ever (/metrics)
+        self.workers = None  # the WorkerPool (sfu/pool.py) when `--workers` runs media worker processes
 
     def get_or_create(self, name: str) -> Room:
         room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(name, self.peers, max_participants=self.max_participants,
                                            on_empty=self._drop, on_leg_quality=self._count_quality)
+            room.workers = self.workers
             for listener in self.room_listeners:
                 listener(room)
         return room

@@ -10,6 +10,7 @@ import time
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sfu.peer import SdpError, add_remote_candidate
+from sfu.pool import RemoteSubscriber
 from signaling.api import roomhooks
 from signaling.api.identity import active_api_keys
 from signaling.auth import TokenError, verify_token
@@ -250,7 +251,10 @@ async def _handle(app, room, participant: Participant, message: dict, send) -> N
         target = participant.publisher if message["target"] == "publisher" else participant.subscriber
         if target is None:
             raise ProtocolError("invalid", f"there is no {message['target']} connection yet")
-        await add_remote_candidate(target.pc, message["candidate"])
+        if isinstance(target, RemoteSubscriber):  # its connection runs in a media worker
+            await target.trickle([message["candidate"]])
+        else:
+            await add_remote_candidate(target.pc, message["candidate"])
     elif kind == "mute":
         if not await room.set_muted(participant, message["track_id"], message["muted"]):
             raise ProtocolError("not_found", f"you publish no track {message['track_id']!r}")

@@ -12,7 +12,7 @@ from sfu.peer import IceSettings
 from sfu.pool import WorkerPool
 from signaling import whip
 from signaling.metrics import METRICS_REGISTRY
-from stoa.appkeys import SETTINGS, WORKERS
+from stoa.appkeys import ROOMS, SETTINGS, WORKERS
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ async def workers_ctx(app: web.Application):
     pool = WorkerPool(count, ice, log_level=settings.log_level, on_session_lost=session_lost)
     await pool.start()
     app[WORKERS] = pool
+    app[ROOMS].workers = pool  # room participants' subscriber connections go to the workers too
     registry = app.get(METRICS_REGISTRY)
     collector = WorkerCollector(pool)
     if registry is not None:
@@ -41,6 +42,7 @@ async def workers_ctx(app: web.Application):
     finally:
         if registry is not None:
             registry.unregister(collector)
+        app[ROOMS].workers = None
         await pool.close()
 
 
