@@ -364,11 +364,11 @@ class RemoteChannel:
         self._session = session_id
         self.readyState = "connecting"
         self.bufferedAmount = 0  # the worker holds the buffer; it drops for a member too far behind
-        self._listeners: list[Callable[[str], None]] = []
+        self._listeners: dict[Callable[[str], None], None] = {}  # once each, as pyee keeps them
 
     def on(self, event: str, listener: Callable[[str], None]) -> None:
         if event == "message":
-            self._listeners.append(listener)
+            self._listeners[listener] = None
 
     def send(self, text: str) -> None:
         if self.readyState != "open":

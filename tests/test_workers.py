@@ -6,6 +6,7 @@ viewers decode the publisher's frames (the counter read back from each picture).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -20,7 +21,9 @@ from sfu.pool import RelayStream
 from stoa.app import build_app
 from stoa.appkeys import ROOMS, WORKERS
 from tests.fixtures.recording import read_audio, read_video, record_room
+from tests.client import RoomClient
 from tests.fixtures.server import RunningServer
+from tests.test_classroom_transport import wait_channel, wait_payload
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.test_whip_whep import (OffsetCounterTrack, WhepViewer, WhipPublisher, assert_counters_healthy,
                                   wait_until)
@@ -352,3 +355,77 @@ async def test_a_hung_worker_is_killed_and_replaced(workers_server, http, caplog
     await wait_until(lambda: ROOM not in rooms or "v" not in rooms[ROOM].participants, 10,
                      "the hung worker's viewer to be removed")
     await v.pc.close()
+
+
+async def test_room_participants_on_two_workers_decode_chat_once_and_hear_of_their_quality(workers_server, http):
+    """The room protocol with media workers: each participant's subscriber connection (the server-offered
+    one, data channel included) runs on a worker; the teacher publishes after the students joined."""
+    pool = workers_server.app[WORKERS]
+
+    async def join(identity: str, role: str) -> RoomClient:
+        client = await RoomClient(workers_server.ws_base, ROOM, workers_server.token(ROOM, identity, role)).connect()
+        assert client.joined["type"] == "joined", client.joined
+        return client
+
+    teacher = await join("teacher", "instructor")
+    students = [await join(f"s{i}", "student") for i in range(2)]
+    try:
+        workers = {c: participant(workers_server, c).subscriber.worker for c in ("teacher", "s0", "s1")}
+        assert {workers["s0"], workers["s1"]} == {0, 1}, f"students spread over both workers: {workers}"
+        video = CounterVideoTrack()
+        reply = await teacher.publish(video, ToneAudioTrack(), sources=["camera", "microphone"])
+        assert reply["type"] == "answer", reply
+        # The workers offer the new tracks to the students' existing connections (a renegotiation).
+        for s in students:
+            await (await s.wait_track("video", 15)).wait_frames(45, timeout=20)
+            await (await s.wait_track("audio", 10)).wait_frames(25, timeout=10)
+            assert {t["source"] for t in s.track_info.values()} >= {"camera", "microphone"}, s.track_info
+        sent_before = video.count
+        await asyncio.sleep(1.0)
+        for s in students:
+            assert_counters_healthy(s.video().counters)
+            assert s.video().counters[-1] >= sent_before - 15, "students keep up with the teacher"
+
+        # A chat line from a worker-hosted student, over its data channel, reaches each other member once.
+        for c in (teacher, *students):
+            await wait_channel(c, 10)
+        students[0].data_channel.send(json.dumps({"v": 1, "type": "chat.send", "id": "m1",
+                                                  "data": {"text": "Is the homework due Friday?"}}))
+        ack = await wait_payload(students[0], lambda p: p.get("type") == "ack" and p.get("id") == "m1")
+        assert ack["data"]
+        for other in (teacher, students[1]):
+            await wait_payload(other, lambda p: "Friday" in json.dumps(p) and p.get("type") != "ack")
+        await asyncio.sleep(0.5)
+        for other in (teacher, students[1]):
+            over_channel = [m for m in other.data_messages if "Friday" in json.dumps(m)]
+            over_socket = [e for e in other.events if e["type"] == "data" and "Friday" in json.dumps(e)]
+            assert len(over_channel) == 1 and not over_socket, (over_channel, over_socket)
+        await wait_until(lambda: all(pool.links[i].stats.get("data", {}).get("sent") for i in (0, 1)), 5,
+                         "both workers' stats to count the classroom messages they carried")
+
+        # Heavy loss on one student's link: its worker's leg judges it, and the room and /metrics hear of it.
+        simulate_receive_loss(students[1].sub, 0.4)
+        await wait_until(lambda: any(e["type"] == "connection_quality" and e["quality"] == "bad"
+                                     for e in students[1].events), 15, "connection_quality bad")
+        assert workers_server.app[ROOMS].quality_changes["bad"] >= 1
+        async with http.get(workers_server.base + "/metrics") as resp:
+            metrics = await resp.text()
+        bad = re.search(r'stoa_subscriber_quality_changes_total{quality="bad"} (\S+)', metrics)
+        assert bad and float(bad.group(1)) >= 1
+        legs = re.search(r"^stoa_subscriber_legs (\S+)", metrics, re.M)
+        assert legs and float(legs.group(1)) >= 4, "the workers' legs are counted in /metrics"
+
+        # The teacher stops its camera: the students' connections are renegotiated without it, and the
+        # relay lets go of the track once no worker carries it.
+        offers = [sum(e["type"] == "offer" for e in s.events) for s in students]
+        video_id = next(t.track_id for t in workers_server.app[ROOMS].rooms[ROOM].tracks() if t.kind == "video")
+        await teacher.send({"type": "unpublish", "track_id": video_id})
+        for s, before in zip(students, offers):
+            await wait_until(lambda s=s, before=before: sum(e["type"] == "offer" for e in s.events) > before, 10,
+                             "a new offer without the video")
+        await wait_until(lambda: all(s.uptrack.kind == "audio" for s in pool.streams.values()), 10,
+                         "the video relay stream to be released")
+    finally:
+        for c in (*students, teacher):
+            await c.close()
+    await wait_until(lambda: all(not link.sessions for link in pool.running()), 15, "sessions to close")
