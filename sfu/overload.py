@@ -84,6 +84,18 @@ class LoadMonitor:
 
     def admit(self) -> str | None:
         """None if a new participant may join this process, else the reason (a refusal is counted)."""
+        reason = self.refusal()
+        if reason is not None:
+            self.refuse(reason)
+        return reason
+
+    def refuse(self, reason: str) -> None:
+        """Count a refused join (this process's, or its media workers' when they all refuse)."""
+        self.joins_refused += 1
+        self._note_refusal(reason)
+
+    def refusal(self) -> str | None:
+        """Why a new participant would be refused now (None: it would be admitted); counts nothing."""
         p = self.policy
         reason = None
         if p.max_legs and self.leg_count() >= p.max_legs:
@@ -94,9 +106,6 @@ class LoadMonitor:
             reason = f"{AT_CAPACITY} (media is {self.lag * 1000:.0f} ms behind)"
         elif self.busy > p.refuse_busy:
             reason = f"{AT_CAPACITY} (the media process is {self.busy * 100:.0f}% busy)"
-        if reason is not None:
-            self.joins_refused += 1
-            self._note_refusal(reason)
         return reason
 
     # -- the probe ---------------------------------------------------------------------------

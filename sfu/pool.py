@@ -247,6 +247,10 @@ class WorkerLink:
         else:
             logger.warning("media worker %d sent an unknown control message %r", self.index, kind)
 
+    def refusing(self) -> str | None:
+        """Why this worker refuses new joins, by its last stats (None: it admits)."""
+        return self.stats.get("load", {}).get("refusing")
+
     def gone(self) -> None:
         self.alive = False
         for future in self._pending.values():
@@ -469,9 +473,10 @@ class WorkerPool:
     """Starts `count` worker processes, places viewers on them, and restarts any that dies."""
 
     def __init__(self, count: int, ice: IceSettings, *, log_level: str = "info",
-                 on_session_lost: SessionLost | None = None):
+                 on_session_lost: SessionLost | None = None, policy: dict | None = None):
         self.count = count
         self.ice = ice
+        self.policy = policy or {}  # each worker's overload policy: {"max_legs", "react"}
         self.log_level = log_level
         self.on_session_lost = on_session_lost
         self.links: list[WorkerLink | None] = [None] * count
@@ -528,7 +533,8 @@ class WorkerPool:
             logger.error("media worker %d said %r before ready", index, ready.get("type"))
         link.notify({"type": "configure", "ice": {"servers": self.ice.servers, "username": self.ice.username,
                                                   "credential": self.ice.credential,
-                                                  "addresses": self.ice.addresses}})
+                                                  "addresses": self.ice.addresses},
+                     **({"policy": self.policy} if self.policy else {})})
         self.links[index] = link
         self._spawn(self._watch(link))
         logger.info("media worker %d running (pid %d)", index, proc.pid)
@@ -627,16 +633,25 @@ class WorkerPool:
 
     # -- placement ----------------------------------------------------------------------------
 
+    def refusal(self) -> str | None:
+        """Why a new viewer cannot be placed: every running worker refuses joins (None: one takes it)."""
+        reasons = [link.refusing() for link in self.running()]
+        if not reasons or any(r is None for r in reasons):
+            return None
+        return f"{reasons[0]} on every media worker"
+
     def running(self) -> list[WorkerLink]:
         return [link for link in self.links if link is not None and link.alive]
 
     def place(self) -> WorkerLink | None:
-        """The running worker with the fewest viewers; ties go round-robin."""
+        """The running worker with the fewest sessions among those not refusing joins (by their last
+        stats: lag, shedding, busy loop, capacity_legs); ties go round-robin."""
         alive = self.running()
         if not alive:
             return None
         n = self.count
-        link = min(alive, key=lambda l: (len(l.sessions), (l.index - self._next_worker) % n))
+        link = min(alive, key=lambda l: (l.refusing() is not None, len(l.sessions),
+                                         (l.index - self._next_worker) % n))
         self._next_worker = (link.index + 1) % n
         return link
 

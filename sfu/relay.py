@@ -201,7 +201,9 @@ _DC_TEXT = {"type": "string", "maxLength": MAX_DC_TEXT}
 CONTROL_MESSAGES: dict[str, dict] = {
     "configure": {"properties": {"ice": {"type": "object", "properties": {
         "servers": _STRINGS, "addresses": _STRINGS, "username": _TEXT, "credential": _TEXT},
-        "additionalProperties": False}}, "required": ["ice"]},
+        "additionalProperties": False}, "policy": {"type": "object", "properties": {
+            "max_legs": {"type": "integer", "minimum": 0}, "react": {"type": "boolean"}},
+            "additionalProperties": False}}, "required": ["ice"]},
     "track": {"properties": {
         "stream": _STREAM, "track_id": _TEXT, "kind": {"enum": ["audio", "video"]}, "mime_type": _TEXT,
         "clock_rate": {"type": "integer", "minimum": 1}, "payload_type": {"type": "integer", "minimum": 0,

@@ -23,7 +23,7 @@ import sys
 import time
 
 from sfu.buffer import CachedPacket, PacketCache
-from sfu.overload import LoadMonitor
+from sfu.overload import LoadMonitor, OverloadPolicy
 from sfu.peer import IceSettings, PeerFactory, SdpError, add_remote_candidate
 from sfu.aiortc_seam import DataChannelSender
 from sfu.relay import MAX_DC_TEXT, ControlDecoder, RelayError, decode_datagram, encode_control
@@ -187,6 +187,8 @@ class Worker:
         try:
             if kind == "configure":
                 self.peers.ice = IceSettings(**message["ice"])
+                if "policy" in message:  # the server's capacity_legs and overload_control
+                    self.load.policy = OverloadPolicy(**message["policy"])
             elif kind == "track":
                 old = self.streams.pop(message["stream"], None)
                 if old is not None:
@@ -402,6 +404,7 @@ class Worker:
                       "unknown_stream": self.unknown_stream, "bad_datagrams": self.bad_datagrams,
                       "repairs": sum(t.repairs for t in self.streams.values()),
                       "misses_asked": sum(t.misses_asked for t in self.streams.values())},
+            "load": {**self.load.stats(), "refusing": self.load.refusal()},
             "data": {"sent": self.dc_sent, "dropped": self.dc_dropped, "refused": self.dc_refused},
             "sessions": {sid: {"state": sub.pc.connectionState,
                                "legs": [d.stats() for _, d in sub.legs]}

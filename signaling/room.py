@@ -162,6 +162,10 @@ class Room:
         # Publishers (the teacher) are always let in; a reconnect replaces its own legs.
         if previous is None and load is not None and not participant.grants.can_publish:
             refused = load.admit()
+            if refused is None and self.workers is not None:
+                refused = self.workers.refusal()  # they would carry its media
+                if refused is not None:
+                    load.refuse(refused)
             if refused is not None:
                 if not self.participants and self._on_empty is not None:
                     self._on_empty(self)  # a room made for this join alone does not linger

@@ -429,3 +429,37 @@ async def test_room_participants_on_two_workers_decode_chat_once_and_hear_of_the
         for c in (*students, teacher):
             await c.close()
     await wait_until(lambda: all(not link.sessions for link in pool.running()), 15, "sessions to close")
+
+
+async def test_each_worker_keeps_its_capacity_and_a_join_none_can_take_is_refused(server_settings, http):
+    """capacity_legs holds per worker (each has its own load monitor): viewers go to a worker that admits,
+    and when none does the join gets 503 / at capacity, nothing half-joined, until a seat frees."""
+    server_settings.workers = 2
+    server_settings.capacity_legs = 2  # one viewer of video + audio per worker
+    server = TestServer(build_app(server_settings), host="127.0.0.1", port=0)
+    await server.start_server(shutdown_timeout=2.0)
+    running = RunningServer(server, server_settings)
+    pool = running.app[WORKERS]
+    try:
+        pub, _ = await publish(running, http)
+        viewers = [await viewer(running, http, f"v{i}") for i in range(2)]
+        assert {participant(running, f"v{i}").subscriber.worker for i in range(2)} == {0, 1}
+        await wait_until(lambda: all(link.refusing() for link in pool.running()), 10,
+                         "both workers to report they are at capacity")
+        extra = WhepViewer(http, running.base, ROOM, running.token(ROOM, "extra", "viewer"))
+        with pytest.raises(AssertionError, match="503: room full: this server is at capacity"):
+            await extra.start()
+        await extra.pc.close()
+        assert "extra" not in running.app[ROOMS].rooms[ROOM].participants, "nothing is half-joined"
+        freed = participant(running, "v0").subscriber.worker
+        assert await viewers[0].stop() == 200
+        await wait_until(lambda: pool.links[freed].refusing() is None, 10, "the freed worker to admit again")
+        again = await viewer(running, http, "extra")
+        assert participant(running, "extra").subscriber.worker == freed
+        await wait_until(lambda: "video" in again.collectors, 15, "the video track")
+        await again.video.wait_frames(10, timeout=15)
+        for v in (viewers[1], again):
+            assert await v.stop() == 200
+        await pub.stop()
+    finally:
+        await server.close()
