@@ -463,3 +463,35 @@ async def test_each_worker_keeps_its_capacity_and_a_join_none_can_take_is_refuse
         await pub.stop()
     finally:
         await server.close()
+
+
+async def test_a_room_participant_whose_worker_dies_stays_and_resubscribes(workers_server, http):
+    """A killed worker carried a student's subscriber connection: the student stays in the room, classroom
+    messages reach it over the WebSocket meanwhile, and its resubscribe lands on a running worker."""
+    pool = workers_server.app[WORKERS]
+    teacher = await RoomClient(workers_server.ws_base, ROOM, workers_server.token(ROOM, "teacher", "instructor")).connect()
+    student = await RoomClient(workers_server.ws_base, ROOM, workers_server.token(ROOM, "stu", "student")).connect()
+    try:
+        await teacher.publish(CounterVideoTrack(), sources=["camera"])
+        await (await student.wait_track("video", 15)).wait_frames(10, timeout=15)
+        doomed = participant(workers_server, "stu").subscriber.worker
+        assert participant(workers_server, "teacher").subscriber.worker != doomed
+        os.kill(pool.links[doomed].pid, signal.SIGKILL)
+        await wait_until(lambda: participant(workers_server, "stu").subscriber.lost, 15, "the loss to be seen")
+        assert "stu" in workers_server.app[ROOMS].rooms[ROOM].participants, "the student stays in the room"
+
+        await wait_channel(teacher, 10)
+        teacher.data_channel.send(json.dumps({"v": 1, "type": "chat.send", "id": "t1",
+                                              "data": {"text": "still with us?"}}))
+        await wait_payload(student, lambda p: "still with us?" in json.dumps(p) and p.get("type") != "ack")
+        assert any(e["type"] == "data" and "still with us?" in json.dumps(e) for e in student.events), \
+            "it came over the WebSocket: the data channel went with the worker"
+
+        await student.resubscribe()
+        assert participant(workers_server, "stu").subscriber.link.alive
+        await (await student.wait_track("video", 15)).wait_frames(30, timeout=15)
+        assert_counters_healthy(student.video().counters)
+        await wait_channel(student, 10)
+    finally:
+        await student.close()
+        await teacher.close()
