@@ -737,5 +737,6 @@ class WorkerPool:
             out.append({"index": index, "running": link.alive, "pid": link.pid, "viewers": len(link.sessions),
                         "packets_relayed": link.packets_relayed, "datagrams_sent": link.datagrams_sent,
                         "packets_dropped": link.packets_dropped, "cpu_seconds": link.stats.get("cpu"),
-                        "relay": link.stats.get("relay", {}), "sessions": link.stats.get("sessions", {})})
+                        "relay": link.stats.get("relay", {}), "sessions": link.stats.get("sessions", {}),
+                        "load": link.stats.get("load", {})})
         return out

@@ -69,9 +69,22 @@ class WorkerCollector:
         resent = CounterMetricFamily("stoa_media_worker_retransmitted_packets",
                                      "Packets a worker resent for its viewers' NACKs (live sessions)",
                                      labels=["worker"])
+        lag = GaugeMetricFamily("stoa_media_worker_lag_smoothed_seconds", "Smoothed event-loop lag of each worker",
+                                labels=["worker"])
+        level = GaugeMetricFamily("stoa_media_worker_overload_level", "Each worker's shedding level (0 normal)",
+                                  labels=["worker"])
+        shed = CounterMetricFamily("stoa_media_worker_shed_video_packets",
+                                   "Video packets a worker did not send to legs paused by its shedding", labels=["worker"])
+        shed_rtx = CounterMetricFamily("stoa_media_worker_shed_retransmits",
+                                       "NACKed packets a worker did not resend while behind", labels=["worker"])
         for w in self.pool.describe():
             if not w["running"]:
                 continue
+            load = w["load"]
+            lag.add_metric([str(w["index"])], load.get("lag", 0.0))
+            level.add_metric([str(w["index"])], load.get("level", 0))
+            shed.add_metric([str(w["index"])], load.get("shed_video_packets", 0))
+            shed_rtx.add_metric([str(w["index"])], load.get("shed_retransmits", 0))
             label = [str(w["index"])]
             viewers.add_metric(label, w["viewers"])
             relayed.add_metric(label, w["packets_relayed"])
@@ -81,4 +94,4 @@ class WorkerCollector:
             legs = [leg for s in w["sessions"].values() for leg in s.get("legs", [])]
             sent.add_metric(label, sum(leg.get("packets_sent", 0) for leg in legs))
             resent.add_metric(label, sum(leg.get("retransmits", 0) for leg in legs))
-        yield from (viewers, relayed, datagrams, dropped, cpu, sent, resent)
+        yield from (viewers, relayed, datagrams, dropped, cpu, sent, resent, lag, level, shed, shed_rtx)
