@@ -302,17 +302,21 @@ class Worker:
             self.dc_sent += 1
 
     async def _answer(self, message: dict) -> None:
+        await self._session_request(message, lambda sub: sub.on_answer(message["sdp"]))
+
+    async def _session_request(self, message: dict, apply) -> None:
+        """Run `apply(session's Subscriber)` for a request about one session; reply ok or the error."""
         sub = self.sessions.get(message["session"])
         error = None
         if sub is None:
             error = "no such session"
         else:
             try:
-                await sub.on_answer(message["sdp"])
+                await apply(sub)
             except SdpError as exc:
                 error = str(exc)
-            except Exception as exc:
-                logger.exception("worker %d: applying an answer failed", self.index)
+            except Exception as exc:  # one session's failure never takes the worker down
+                logger.exception("worker %d: a %s request failed", self.index, message["type"])
                 error = f"internal error: {exc}"
         self.send({"type": "reply", "id": message["id"], "ok": error is None, "error": error})
 
@@ -347,17 +351,11 @@ class Worker:
         self.send({"type": "reply", "id": message["id"], "ok": True, "sdp": sdp})
 
     async def _trickle(self, message: dict) -> None:
-        sub = self.sessions.get(message["session"])
-        error = None
-        if sub is None:
-            error = "no such session"
-        else:
-            try:
-                for candidate in message["candidates"]:
-                    await add_remote_candidate(sub.pc, candidate)
-            except SdpError as exc:
-                error = str(exc)
-        self.send({"type": "reply", "id": message["id"], "ok": error is None, "error": error})
+        async def add(sub: Subscriber) -> None:
+            for candidate in message["candidates"]:
+                await add_remote_candidate(sub.pc, candidate)
+
+        await self._session_request(message, add)
 
     # -- media --------------------------------------------------------------------------------
 

@@ -94,8 +94,8 @@ def server_settings(tmp_path):
         "data_dir": str(tmp_path / "data"), "capacity_legs": 2, "overload_control": False})
 
 
-async def whep_post(http, base: str, room: str, token: str, offer: str):
-    async with http.post(f"{base}/whep/{room}", data=offer, headers={
+async def whep_post(http, base: str, room: str, token: str, offer: str, kind: str = "whep"):
+    async with http.post(f"{base}/{kind}/{room}", data=offer, headers={
             "Content-Type": SDP, "Authorization": f"Bearer {token}"}) as resp:
         return resp.status, await resp.text(), dict(resp.headers)
 
@@ -287,8 +287,8 @@ async def test_consent_under_a_starved_loop_needs_the_hardening(stoa_server, mon
             publisher.addTransceiver(CounterVideoTrack(), direction="sendonly")
             offer = await make_offer(publisher)
             harden_consent(publisher)
-            status, body, _ = await whip_post(http, stoa_server.base, room_name,
-                                              stoa_server.token(room_name, "teacher", "instructor"), offer)
+            status, body, _ = await whep_post(http, stoa_server.base, room_name,
+                                              stoa_server.token(room_name, "teacher", "instructor"), offer, "whip")
             assert status == 201, body
             await apply_answer(publisher, body)
             room = stoa_server.app[ROOMS].rooms[room_name]
@@ -321,8 +321,3 @@ async def test_consent_under_a_starved_loop_needs_the_hardening(stoa_server, mon
         for pc in pcs:
             await pc.close()
 
-
-async def whip_post(http, base: str, room: str, token: str, offer: str):
-    async with http.post(f"{base}/whip/{room}", data=offer, headers={
-            "Content-Type": SDP, "Authorization": f"Bearer {token}"}) as resp:
-        return resp.status, await resp.text(), dict(resp.headers)
