@@ -495,3 +495,32 @@ async def test_a_room_participant_whose_worker_dies_stays_and_resubscribes(worke
     finally:
         await student.close()
         await teacher.close()
+
+
+@pytest.mark.browser
+async def test_the_room_page_on_a_worker_decodes_and_chats(workers_server, chromium, artifacts_dir):
+    """Chromium's room page with its subscriber connection on a media worker (what `scripts/serve --dev`
+    runs on a 2-core box): it decodes the teacher's video and its chat goes both ways over the data channel."""
+    from tests.browser import screenshot, wait_frames_decoded, wait_js
+
+    teacher = await RoomClient(workers_server.ws_base, ROOM, workers_server.token(ROOM, "prof", "instructor")).connect()
+    try:
+        await teacher.publish(CounterVideoTrack(), ToneAudioTrack(), sources=["camera", "microphone"])
+        token = workers_server.token(ROOM, "stu", "student", name="Stu")
+        page = await chromium.page(f"{workers_server.base}/rooms/{ROOM}?token={token}", label="stu")
+        await wait_js(page, "window.stoa.state.dataChannel && window.stoa.state.dataChannel.readyState === 'open'",
+                      timeout=20)
+        assert isinstance(participant(workers_server, "stu").subscriber.worker, int)
+        await wait_frames_decoded(page, minimum=30, timeout=20)
+        await page.fill("#chat-input", "Can you repeat the last slide?")
+        await page.click("#chat-send")
+        await wait_payload(teacher, lambda p: "repeat the last slide" in json.dumps(p) and p.get("type") != "ack")
+        assert any("repeat the last slide" in json.dumps(m) for m in teacher.data_messages)
+        await wait_channel(teacher, 10)
+        teacher.data_channel.send(json.dumps({"v": 1, "type": "chat.send", "id": "t1", "data": {"text": "Sure"}}))
+        await wait_js(page, "[...document.querySelectorAll('#chat-list .msg')].some("
+                            "(li) => li.textContent.includes('Sure') && li.dataset.identity === 'prof')")
+        await screenshot(page, artifacts_dir, "room-page-on-a-media-worker")
+        assert not chromium.errors(), chromium.errors()
+    finally:
+        await teacher.close()
