@@ -524,3 +524,33 @@ async def test_the_room_page_on_a_worker_decodes_and_chats(workers_server, chrom
         assert not chromium.errors(), chromium.errors()
     finally:
         await teacher.close()
+
+
+async def test_a_resumed_participant_gets_its_pending_offer_again_from_its_worker(workers_server, http):
+    """The first offer went to a socket that dropped before it was answered: on resume the worker sends
+    the same offer again (`resend`), and answering it connects the same subscriber connection."""
+    from tests.peers import answer_offer, client_pc
+    from tests.test_room_resume import recv_type
+
+    url = f"{workers_server.ws_base}/ws/rooms/{ROOM}"
+    token = workers_server.token(ROOM, "ann", "student")
+    ws = await http.ws_connect(url)
+    await ws.send_json({"type": "join", "token": token, "resumable": True})
+    resume = (await recv_type(ws, "joined"))["resume"]
+    first = await recv_type(ws, "offer")
+    await ws.close()
+    kept = participant(workers_server, "ann")
+    await wait_until(lambda: kept.suspended is not None, 10, "the participant to be kept")
+    ws = await http.ws_connect(url)
+    pc = client_pc()
+    try:
+        await ws.send_json({"type": "join", "token": token, "resumable": True, "resume": resume})
+        assert (await recv_type(ws, "joined"))["resumed"] is True
+        again = await recv_type(ws, "offer")
+        assert again["sdp"] == first["sdp"], "the offer in flight, sent again"
+        await ws.send_json({"type": "answer", "sdp": await answer_offer(pc, again["sdp"])})
+        await wait_until(lambda: pc.connectionState == "connected", 15, "the subscriber connection")
+        assert participant(workers_server, "ann") is kept
+    finally:
+        await pc.close()
+        await ws.close()
