@@ -158,10 +158,11 @@ async def main_async(args) -> int:
               f"({(trimmed['rss'] / first['rss'] - 1) * 100:+.1f}% against the first cycle)")
         print(f"fds: {base_state['fds']} baseline, {final['fds']} at the end (after the viewers' HTTP session closed); tasks: {base_state['tasks']} "
               f"baseline, {final['tasks']} at the end; peer connections {base_state['pcs']} -> {final['pcs']}")
-        for i, (b, f1, fin) in enumerate(zip(base_state["workers"], first["workers"], final["workers"])):
+        for i, (b, f1, fin, tr) in enumerate(zip(base_state["workers"], first["workers"], final["workers"],
+                                                 trimmed["workers"])):
             print(f"media worker {i}: RSS {b['rss']:.0f} MB before, {f1['rss']:.0f} MB after the first cycle, "
-                  f"{fin['rss']:.0f} MB at the end ({(fin['rss'] / f1['rss'] - 1) * 100:+.1f}%); "
-                  f"fds {b['fds']} -> {fin['fds']}")
+                  f"{fin['rss']:.0f} MB at the end ({(fin['rss'] / f1['rss'] - 1) * 100:+.1f}%), {tr['rss']:.0f} MB "
+                  f"after the trim ({(tr['rss'] / f1['rss'] - 1) * 100:+.1f}%); fds {b['fds']} -> {fin['fds']}")
         ok = rss_ok and final["fds"] <= base_state["fds"] and final["tasks"] <= base_state["tasks"]
         return 0 if ok else 1
     finally:

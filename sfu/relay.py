@@ -231,6 +231,7 @@ CONTROL_MESSAGES: dict[str, dict] = {
     "answer": {"properties": {"id": _REQUEST_ID, "session": _SESSION, "sdp": _SDP},
                "required": ["id", "session", "sdp"]},
     "resend": {"properties": {"session": _SESSION}, "required": ["session"]},
+    "trim": {"properties": {"id": _REQUEST_ID}, "required": ["id"]},
     "dc_send": {"properties": {"sessions": {"type": "array", "minItems": 1, "maxItems": 512, "items": _SESSION},
                                "text": _DC_TEXT}, "required": ["sessions", "text"]},
     "offer": {"properties": {"session": _SESSION, "sdp": _SDP, "mids": {

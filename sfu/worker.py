@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -23,7 +24,7 @@ import sys
 import time
 
 from sfu.buffer import CachedPacket, PacketCache
-from sfu.overload import LoadMonitor, OverloadPolicy
+from sfu.overload import LoadMonitor, OverloadPolicy, release_memory
 from sfu.peer import IceSettings, PeerFactory, SdpError, add_remote_candidate
 from sfu.aiortc_seam import DataChannelSender
 from sfu.relay import MAX_DC_TEXT, ControlDecoder, RelayError, decode_datagram, encode_control
@@ -222,6 +223,10 @@ class Worker:
                 sub = self.sessions.get(message["session"])
                 if sub is not None:
                     asyncio.ensure_future(sub.resend_offer())
+            elif kind == "trim":  # GET /debug/load?trim=1: tell freed memory from live memory
+                gc.collect()
+                release_memory()
+                self.send({"type": "reply", "id": message["id"], "ok": True})
             elif kind == "dc_send":
                 self._dc_send(message["sessions"], message["text"])
             elif kind == "trickle":

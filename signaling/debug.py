@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from sfu.overload import burn_loop, release_memory
-from stoa.appkeys import LOAD, ROOMS, SETTINGS
+from stoa.appkeys import LOAD, ROOMS, SETTINGS, WORKERS
 
 
 async def burn(request: web.Request) -> web.Response:
@@ -40,6 +40,9 @@ async def load(request: web.Request) -> web.Response:
 
         gc.collect()
         release_memory()
+        pool = request.app.get(WORKERS)
+        for link in pool.running() if pool is not None else ():
+            await link.request({"type": "trim"})  # the media workers do the same, answered when done
     return web.json_response({**request.app[LOAD].stats(), "tasks": len(asyncio.all_tasks()),
                               "peer_connections": len(request.app[ROOMS].peers.live)})
 
