@@ -448,7 +448,7 @@ class RemoteRoomSubscriber(RemoteSubscriber):
                 stream = self.pool.streams.get(entry["stream"])
                 if stream is not None and stream in self.carried.values():
                     tracks.append({"mid": entry["mid"], **stream.uptrack.describe()})
-            asyncio.ensure_future(self._send_offer(message["sdp"], tracks))
+            self.pool._spawn(self._send_offer(message["sdp"], tracks))
         elif kind == "dc_state":
             self.data_channel.readyState = message["state"]
         elif kind == "dc_message":

@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from sfu.overload import burn_loop, release_memory
+from sfu.pool import WorkerUnavailable
 from stoa.appkeys import LOAD, ROOMS, SETTINGS, WORKERS
 
 
@@ -42,7 +43,10 @@ async def load(request: web.Request) -> web.Response:
         release_memory()
         pool = request.app.get(WORKERS)
         for link in pool.running() if pool is not None else ():
-            await link.request({"type": "trim"})  # the media workers do the same, answered when done
+            try:
+                await link.request({"type": "trim"})  # the media workers do the same, answered when done
+            except WorkerUnavailable:
+                pass  # it died meanwhile: nothing of it to trim
     return web.json_response({**request.app[LOAD].stats(), "tasks": len(asyncio.all_tasks()),
                               "peer_connections": len(request.app[ROOMS].peers.live)})
 
