@@ -15,6 +15,7 @@ and while the loop is behind or the process is busier than `refuse_busy`, new jo
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import time
@@ -144,6 +145,10 @@ class LoadMonitor:
         self._peers_peak = max(self._peers_peak, peers)
         if peers < self._peers_peak and now - self._trimmed_at >= self.policy.trim_interval:
             self._peers_peak, self._trimmed_at = peers, now
+            if peers == 0:
+                # Nothing is forwarded (a media worker whose viewers all left): a full collection's pause
+                # harms no one, and the closed connections' reference cycles hold most of the freed heap.
+                gc.collect()
             if release_memory():
                 self.memory_trims += 1
 
