@@ -83,11 +83,21 @@ def fd_kinds(pid: int) -> dict[str, int]:
     return kinds
 
 
+def children(pid: int) -> list[int]:
+    """The server's media worker processes (`stoa serve --workers`, default: one per core)."""
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return sorted(out)
+
+
 async def server_state(http: aiohttp.ClientSession, base: str, pid: int, trim: bool = False) -> dict:
     async with http.get(base + "/debug/load" + ("?trim=1" if trim else "")) as resp:
         load = await resp.json()
+    workers = [{"rss": round(rss_mb(c), 1), "fds": fds(c)} for c in children(pid)]
     return {"rss": rss_mb(pid), "fds": fds(pid), "fd_kinds": fd_kinds(pid), "tasks": load["tasks"],
-            "pcs": load["peer_connections"]}
+            "pcs": load["peer_connections"], "workers": workers}
 
 
 async def main_async(args) -> int:
@@ -148,6 +158,11 @@ async def main_async(args) -> int:
               f"({(trimmed['rss'] / first['rss'] - 1) * 100:+.1f}% against the first cycle)")
         print(f"fds: {base_state['fds']} baseline, {final['fds']} at the end (after the viewers' HTTP session closed); tasks: {base_state['tasks']} "
               f"baseline, {final['tasks']} at the end; peer connections {base_state['pcs']} -> {final['pcs']}")
+        for i, (b, f1, fin, tr) in enumerate(zip(base_state["workers"], first["workers"], final["workers"],
+                                                 trimmed["workers"])):
+            print(f"media worker {i}: RSS {b['rss']:.0f} MB before, {f1['rss']:.0f} MB after the first cycle, "
+                  f"{fin['rss']:.0f} MB at the end ({(fin['rss'] / f1['rss'] - 1) * 100:+.1f}%), {tr['rss']:.0f} MB "
+                  f"after the trim ({(tr['rss'] / f1['rss'] - 1) * 100:+.1f}%); fds {b['fds']} -> {fin['fds']}")
         ok = rss_ok and final["fds"] <= base_state["fds"] and final["tasks"] <= base_state["tasks"]
         return 0 if ok else 1
     finally:

@@ -61,6 +61,24 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def metrics(port: int) -> dict[str, float]:
+    """The server's /metrics, summed by name over labels (workers), plus the worst worker lag."""
+    import re
+    import urllib.request
+
+    out: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return out
+    for name, value in re.findall(r"^(stoa_[a-z_]+)(?:\{[^}]*\})? (\S+)$", text, re.M):
+        if name == "stoa_media_worker_lag_smoothed_seconds":
+            out["worker_lag_max"] = max(out.get("worker_lag_max", 0.0), float(value))
+        out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
 def wait_http(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,6 +113,9 @@ def run_point(n: int, workers: int | None, args, tmp: Path) -> dict:
         t0 = t1 = 0.0
         per0: dict[int, float] = {}
         per1: dict[int, float] = {}
+        m0: dict[str, float] = {}
+        m1: dict[str, float] = {}
+        worker_lag = 0.0
         tail = []
         for line in lt.stdout:
             tail = (tail + [line.rstrip()])[-12:]
@@ -103,9 +124,13 @@ def run_point(n: int, workers: int | None, args, tmp: Path) -> dict:
             if " measuring " in line and cpu0 is None:
                 per0 = {p: cpu_seconds(p) for p in process_tree(server.pid)}
                 cpu0, t0 = sum(per0.values()), time.monotonic()
+                m0 = metrics(port)
+            elif " measuring " in line:
+                worker_lag = max(worker_lag, metrics(port).get("worker_lag_max", 0.0))
             elif (" leaving " in line or line.startswith("viewers:")) and cpu0 is not None and cpu1 is None:
                 per1 = {p: cpu_seconds(p) for p in process_tree(server.pid)}
                 cpu1, t1 = sum(per1.values()), time.monotonic()
+                m1 = metrics(port)
         rc = lt.wait(timeout=120)
         if not report.exists():
             raise RuntimeError(f"stoa loadtest failed (exit {rc}):\n" + "\n".join(tail))
@@ -115,7 +140,14 @@ def run_point(n: int, workers: int | None, args, tmp: Path) -> dict:
         cpu = (cpu1 - cpu0) / span if span else float("nan")
         procs = [(p, (per1.get(p, 0.0) - per0.get(p, 0.0)) / span) for p in per1] if span else []
         packets = s["packets_per_s"] * args.duration
-        return {"viewers": n, "workers": workers, "summary": s, "cpu": cpu,
+        delta = {k: (m1.get(k, 0.0) - m0.get(k, 0.0)) / span for k in m1} if span and m0 else {}
+        media = {"received_pps": delta.get("stoa_rtp_received_packets_total"),
+                  "forwarded_pps": delta.get("stoa_rtp_forwarded_packets_total"),
+                  "shed_video_pps": (delta.get("stoa_shed_video_packets_total", 0.0)
+                                     + delta.get("stoa_media_worker_shed_video_packets_total", 0.0)),
+                  "relay_dropped_pps": delta.get("stoa_relay_dropped_packets_total", 0.0),
+                  "worker_lag_max": worker_lag}
+        return {"viewers": n, "workers": workers, "summary": s, "cpu": cpu, "server": media,
                 "procs": [round(c, 3) for _, c in sorted(procs)],
                 "us_per_packet": cpu * span / packets * 1e6 if packets and span else float("nan")}
     finally:
@@ -159,6 +191,16 @@ def main() -> int:
                 print(f"    admitted {s['admitted']}, refused {s['refused']}, server {row['cpu']:.2f} CPU s/s "
                       f"{row['procs']}, {row['us_per_packet']:.1f} µs/packet, loss {fmt(s['loss_overall'], 100, 3, '%')}, "
                       f"fps p50 {fmt(s['fps_p50'], digits=1)}, join p95 {fmt(s['join_p95'], digits=2)} s", flush=True)
+                v = row["server"]
+                per_viewer = (v["forwarded_pps"] / s["admitted"]) if v["forwarded_pps"] and s["admitted"] else None
+                print(f"    where the frames go: the publisher sent {fmt(s.get('publisher_fps'), digits=1)} fps; the "
+                      f"server received {fmt(v['received_pps'], digits=0)} pkt/s and forwarded "
+                      f"{fmt(v['forwarded_pps'], digits=0)} pkt/s ({fmt(per_viewer, digits=1)} per viewer); the "
+                      f"viewers received {s['packets_per_s']:.0f} pkt/s "
+                      f"({s['packets_per_s'] / max(1, s['admitted']):.1f} per viewer); shed "
+                      f"{v['shed_video_pps']:.0f} video pkt/s, relay drops {v['relay_dropped_pps']:.0f}/s; worker lag "
+                      f"up to {v['worker_lag_max'] * 1000:.0f} ms; load client's loop lag up to "
+                      f"{fmt(s.get('client_lag_max'), 1000, 0)} ms", flush=True)
                 rows.append(row)
     out = [f"machine: {platform.node()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, "
            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.duration:g} s per point, joins at "

@@ -15,6 +15,7 @@ and while the loop is behind or the process is busier than `refuse_busy`, new jo
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import time
@@ -84,6 +85,18 @@ class LoadMonitor:
 
     def admit(self) -> str | None:
         """None if a new participant may join this process, else the reason (a refusal is counted)."""
+        reason = self.refusal()
+        if reason is not None:
+            self.refuse(reason)
+        return reason
+
+    def refuse(self, reason: str) -> None:
+        """Count a refused join (this process's, or its media workers' when they all refuse)."""
+        self.joins_refused += 1
+        self._note_refusal(reason)
+
+    def refusal(self) -> str | None:
+        """Why a new participant would be refused now (None: it would be admitted); counts nothing."""
         p = self.policy
         reason = None
         if p.max_legs and self.leg_count() >= p.max_legs:
@@ -94,9 +107,6 @@ class LoadMonitor:
             reason = f"{AT_CAPACITY} (media is {self.lag * 1000:.0f} ms behind)"
         elif self.busy > p.refuse_busy:
             reason = f"{AT_CAPACITY} (the media process is {self.busy * 100:.0f}% busy)"
-        if reason is not None:
-            self.joins_refused += 1
-            self._note_refusal(reason)
         return reason
 
     # -- the probe ---------------------------------------------------------------------------
@@ -135,6 +145,10 @@ class LoadMonitor:
         self._peers_peak = max(self._peers_peak, peers)
         if peers < self._peers_peak and now - self._trimmed_at >= self.policy.trim_interval:
             self._peers_peak, self._trimmed_at = peers, now
+            if peers == 0:
+                # Nothing is forwarded (a media worker whose viewers all left): a full collection's pause
+                # harms no one, and the closed connections' reference cycles hold most of the freed heap.
+                gc.collect()
             if release_memory():
                 self.memory_trims += 1
 

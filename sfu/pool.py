@@ -23,13 +23,18 @@ import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from sfu.downtrack import OnQuality
 from sfu.peer import IceSettings, SdpError
+from sfu.quality import QualityChange
 from sfu.relay import Batcher, ControlDecoder, RelayError, encode_control, encode_entry
 from sfu.uptrack import UpTrack
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
+MAX_DC_SESSIONS = 512  # sessions named in one dc_send
+# Worker -> main messages about one session, handed to its proxy (RemoteSubscriber.on_event).
+SESSION_EVENTS = ("offer", "dc_state", "dc_message", "quality")
 REQUEST_TIMEOUT = 20.0
 # A worker that dies this soon after starting is restarted after a growing pause (up to RESTART_MAX).
 RESTART_MIN, RESTART_MAX = 0.2, 10.0
@@ -117,6 +122,7 @@ class WorkerLink:
         self._dropping = False
         self._loss = None  # (random.Random, rate) while impaired by `impair`
         self.impaired_drops = 0
+        self._dc_out: dict[str, list[str]] = {}  # text -> sessions, sent at the end of the loop turn
 
     # -- media out ----------------------------------------------------------------------------
 
@@ -167,6 +173,19 @@ class WorkerLink:
         self.datagrams_sent += 1
 
     # -- control ------------------------------------------------------------------------------
+
+    def send_data(self, session_id: str, text: str) -> None:
+        """Queue one data channel message. A classroom broadcast puts the same text on many members'
+        channels in one loop turn: it crosses the control stream once per worker (`dc_send`)."""
+        if not self._dc_out:
+            asyncio.get_event_loop().call_soon(self._flush_data)
+        self._dc_out.setdefault(text, []).append(session_id)
+
+    def _flush_data(self) -> None:
+        out, self._dc_out = self._dc_out, {}
+        for text, sessions in out.items():
+            for i in range(0, len(sessions), MAX_DC_SESSIONS):
+                self.notify({"type": "dc_send", "sessions": sessions[i:i + MAX_DC_SESSIONS], "text": text})
 
     def notify(self, message: dict) -> None:
         if self.alive and not self._writer.is_closing():
@@ -219,10 +238,18 @@ class WorkerLink:
                 stream.repair(self, message["seqs"])
         elif kind == "stats":
             self.stats = message
+        elif kind in SESSION_EVENTS:
+            session = self.sessions.get(message["session"])
+            if session is not None:
+                session.on_event(message)
         elif kind == "ready":
             pass
         else:
             logger.warning("media worker %d sent an unknown control message %r", self.index, kind)
+
+    def refusing(self) -> str | None:
+        """Why this worker refuses new joins, by its last stats (None: it admits)."""
+        return self.stats.get("load", {}).get("refusing")
 
     def gone(self) -> None:
         self.alive = False
@@ -233,18 +260,30 @@ class WorkerLink:
         self._media.close()
 
 
+class _Leg:
+    """What a quality listener reads of a leg that runs in a worker."""
+
+    __slots__ = ("track_id",)
+
+    def __init__(self, track_id: str) -> None:
+        self.track_id = track_id
+
+
 class RemoteSubscriber:
     """Stands in for a Subscriber (WHEP, client-offered) whose peer connection runs in a worker."""
 
     data_channel = None
+    pc = None  # the peer connection is in the worker
     legs = ()  # the legs live in the worker; their figures come back in its stats
 
-    def __init__(self, pool: "WorkerPool", link: WorkerLink, participant_id: str, *, room: str, session_id: str):
+    def __init__(self, pool: "WorkerPool", link: WorkerLink, participant_id: str, *, room: str, session_id: str,
+                 on_quality: OnQuality | None = None):
         self.pool = pool
         self.link = link
         self.participant_id = participant_id
         self.room = room
         self.session_id = session_id
+        self.on_quality = on_quality
         self.streams: dict[str, RelayStream] = {}  # by kind
         self.closed = False
         self.lost = False
@@ -297,6 +336,14 @@ class RemoteSubscriber:
     def _stream_map(self) -> dict[str, int]:
         return {kind: s.index for kind, s in self.streams.items()}
 
+    def on_event(self, message: dict) -> None:
+        """A message from the worker about this session (SESSION_EVENTS)."""
+        if message["type"] == "quality" and self.on_quality is not None:
+            stream = self.pool.streams.get(message["stream"])
+            if stream is not None:
+                self.on_quality(_Leg(stream.uptrack.track_id), QualityChange(
+                    message["quality"], message["previous"], message["loss"], message.get("rtt")))
+
     async def close(self) -> None:
         if self.closed:
             return
@@ -309,6 +356,116 @@ class RemoteSubscriber:
             self.link.notify({"type": "close", "session": self.session_id})
 
 
+class RemoteChannel:
+    """The classroom data channel of a subscriber connection that runs in a worker: what ChannelMember
+    uses of an RTCDataChannel. Sends are queued per worker (WorkerLink.send_data); what the member sends
+    arrives as `dc_message`; the worker reports the channel's state."""
+
+    ordered = True
+
+    def __init__(self, link: WorkerLink, session_id: str) -> None:
+        self._link = link
+        self._session = session_id
+        self.readyState = "connecting"
+        self.bufferedAmount = 0  # the worker holds the buffer; it drops for a member too far behind
+        self._listeners: dict[Callable[[str], None], None] = {}  # once each, as pyee keeps them
+
+    def on(self, event: str, listener: Callable[[str], None]) -> None:
+        if event == "message":
+            self._listeners[listener] = None
+
+    def send(self, text: str) -> None:
+        if self.readyState != "open":
+            raise ConnectionError(f"the data channel is {self.readyState}")
+        self._link.send_data(self._session, text)
+
+    def deliver(self, text: str) -> None:
+        for listener in self._listeners:
+            listener(text)
+
+
+class RemoteRoomSubscriber(RemoteSubscriber):
+    """Stands in for a room participant's server-offered Subscriber (WebSocket protocol) whose peer
+    connection, data channel included, runs in a worker. The room drives it as it drives a Subscriber:
+    add_track / remove_track, then negotiate; the worker makes the offers, this forwards them."""
+
+    def __init__(self, pool: "WorkerPool", link: WorkerLink, participant_id: str, *, room: str, session_id: str,
+                 send_offer: Callable[[str, list[dict]], Awaitable[None]], on_quality: OnQuality | None = None):
+        super().__init__(pool, link, participant_id, room=room, session_id=session_id, on_quality=on_quality)
+        self._send_offer = send_offer
+        self.answered = True  # a lost worker is reported: the room protocol's resubscribe recovers it
+        self.carried: dict[str, RelayStream] = {}  # by track id, in the order added
+        self._synced: list[int] | None = None  # the streams the worker was last told
+        self.data_channel = RemoteChannel(link, session_id)
+
+    def add_track(self, uptrack: UpTrack) -> None:
+        if uptrack.track_id in self.carried or self.closed:
+            return
+        stream = self.pool.stream_for(uptrack)
+        self.pool.ref(stream, self.link)
+        self.carried[uptrack.track_id] = stream
+
+    def remove_track(self, track_id: str) -> bool:
+        stream = self.carried.pop(track_id, None)
+        if stream is None:
+            return False
+        self._sync()  # the worker lets go of the leg before its stream goes
+        self.pool.unref(stream, self.link)
+        return True
+
+    async def negotiate(self) -> None:
+        self._sync()
+
+    def _sync(self) -> None:
+        """Tell the worker which streams the connection carries; it renegotiates when they changed."""
+        if self.closed or self.lost:
+            return
+        streams = [s.index for s in self.carried.values()]
+        if streams != self._synced:
+            self._synced = streams
+            self.link.notify({"type": "subscribe", "session": self.session_id, "identity": self.participant_id,
+                              "streams": streams})
+
+    async def on_answer(self, sdp: str) -> None:
+        if self.lost:
+            raise SdpError("the subscriber connection's media worker stopped; resubscribe")
+        try:
+            reply = await self.link.request({"type": "answer", "session": self.session_id, "sdp": sdp})
+        except WorkerUnavailable as exc:
+            raise SdpError(f"{exc}; resubscribe") from None
+        if not reply.get("ok"):
+            raise SdpError(reply.get("error") or "the media worker refused the answer")
+
+    async def resend_offer(self) -> None:
+        if not (self.closed or self.lost):
+            self.link.notify({"type": "resend", "session": self.session_id})
+
+    def on_event(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "offer":
+            tracks = []
+            for entry in message["mids"]:
+                stream = self.pool.streams.get(entry["stream"])
+                if stream is not None and stream in self.carried.values():
+                    tracks.append({"mid": entry["mid"], **stream.uptrack.describe()})
+            self.pool._spawn(self._send_offer(message["sdp"], tracks))
+        elif kind == "dc_state":
+            self.data_channel.readyState = message["state"]
+        elif kind == "dc_message":
+            self.data_channel.deliver(message["text"])
+        else:
+            super().on_event(message)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.data_channel.readyState = "closed"
+        for stream in self.carried.values():
+            self.pool.unref(stream, self.link)
+        self.carried = {}
+        await super().close()
+
+
 SessionLost = Callable[[RemoteSubscriber], Awaitable[None]]
 
 
@@ -316,9 +473,10 @@ class WorkerPool:
     """Starts `count` worker processes, places viewers on them, and restarts any that dies."""
 
     def __init__(self, count: int, ice: IceSettings, *, log_level: str = "info",
-                 on_session_lost: SessionLost | None = None):
+                 on_session_lost: SessionLost | None = None, policy: dict | None = None):
         self.count = count
         self.ice = ice
+        self.policy = policy or {}  # each worker's overload policy: {"max_legs", "react"}
         self.log_level = log_level
         self.on_session_lost = on_session_lost
         self.links: list[WorkerLink | None] = [None] * count
@@ -375,7 +533,8 @@ class WorkerPool:
             logger.error("media worker %d said %r before ready", index, ready.get("type"))
         link.notify({"type": "configure", "ice": {"servers": self.ice.servers, "username": self.ice.username,
                                                   "credential": self.ice.credential,
-                                                  "addresses": self.ice.addresses}})
+                                                  "addresses": self.ice.addresses},
+                     **({"policy": self.policy} if self.policy else {})})
         self.links[index] = link
         self._spawn(self._watch(link))
         logger.info("media worker %d running (pid %d)", index, proc.pid)
@@ -417,11 +576,16 @@ class WorkerPool:
         if self._closing:
             return
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-        logger.warning("media worker %d (pid %d) %s after %.0f s; its %d viewer session(s) end; "
-                       "starting a new worker", link.index, link.pid, how,
+        logger.warning("media worker %d (pid %d) %s after %.0f s; its %d session(s) end (WHEP viewers "
+                       "leave, room participants resubscribe); starting a new worker", link.index, link.pid, how,
                        time.monotonic() - link.started_at, len(lost))
         for sub in lost:
             sub.lost = True
+            if isinstance(sub, RemoteRoomSubscriber):
+                # The participant stays; its page sees the connection fail and resubscribes (placed on a
+                # running worker). Classroom messages take the WebSocket meanwhile.
+                sub.data_channel.readyState = "closed"
+                continue
             if sub.answered and self.on_session_lost is not None:
                 self._spawn(self.on_session_lost(sub))
         self._schedule_restart(link.index, link)
@@ -469,25 +633,45 @@ class WorkerPool:
 
     # -- placement ----------------------------------------------------------------------------
 
+    def refusal(self) -> str | None:
+        """Why a new viewer cannot be placed: every running worker refuses joins (None: one takes it)."""
+        reasons = [link.refusing() for link in self.running()]
+        if not reasons or any(r is None for r in reasons):
+            return None
+        return f"{reasons[0]} on every media worker"
+
     def running(self) -> list[WorkerLink]:
         return [link for link in self.links if link is not None and link.alive]
 
     def place(self) -> WorkerLink | None:
-        """The running worker with the fewest viewers; ties go round-robin."""
+        """The running worker with the fewest sessions among those not refusing joins (by their last
+        stats: lag, shedding, busy loop, capacity_legs); ties go round-robin."""
         alive = self.running()
         if not alive:
             return None
         n = self.count
-        link = min(alive, key=lambda l: (len(l.sessions), (l.index - self._next_worker) % n))
+        link = min(alive, key=lambda l: (l.refusing() is not None, len(l.sessions),
+                                         (l.index - self._next_worker) % n))
         self._next_worker = (link.index + 1) % n
         return link
 
-    def subscriber(self, participant_id: str, *, room: str, session_id: str) -> RemoteSubscriber | None:
+    def subscriber(self, participant_id: str, *, room: str, session_id: str,
+                   on_quality: OnQuality | None = None) -> RemoteSubscriber | None:
         """A viewer on a worker, or None when no worker runs (the caller keeps it in-process)."""
         link = self.place()
         if link is None:
             return None
-        return RemoteSubscriber(self, link, participant_id, room=room, session_id=session_id)
+        return RemoteSubscriber(self, link, participant_id, room=room, session_id=session_id,
+                                on_quality=on_quality)
+
+    def room_subscriber(self, participant_id: str, *, room: str, session_id: str, send_offer,
+                        on_quality: OnQuality | None = None) -> RemoteRoomSubscriber | None:
+        """A room participant's subscriber connection on a worker, or None when no worker runs."""
+        link = self.place()
+        if link is None:
+            return None
+        return RemoteRoomSubscriber(self, link, participant_id, room=room, session_id=session_id,
+                                    send_offer=send_offer, on_quality=on_quality)
 
     # -- relay streams ------------------------------------------------------------------------
 
@@ -551,5 +735,7 @@ class WorkerPool:
             out.append({"index": index, "running": link.alive, "pid": link.pid, "viewers": len(link.sessions),
                         "packets_relayed": link.packets_relayed, "datagrams_sent": link.datagrams_sent,
                         "packets_dropped": link.packets_dropped, "cpu_seconds": link.stats.get("cpu"),
-                        "relay": link.stats.get("relay", {}), "sessions": link.stats.get("sessions", {})})
+                        "relay": link.stats.get("relay", {}), "sessions": link.stats.get("sessions", {}),
+                        "closed_legs": link.stats.get("closed_legs", {}),
+                        "load": link.stats.get("load", {})})
         return out

@@ -191,12 +191,19 @@ _SESSION = {"type": "string", "minLength": 1, "maxLength": 64}
 _TEXT = {"type": "string", "maxLength": 256}
 _TRACKS = {"type": "object", "propertyNames": {"enum": ["audio", "video"]}, "additionalProperties": _STREAM}
 _STRINGS = {"type": "array", "maxItems": 32, "items": _TEXT}
+_SDP = {"type": "string", "maxLength": 64 * 1024}
+# A classroom envelope is at most 16 KiB of UTF-8 (classroom/interactive/envelope.py); JSON escaping may
+# double it. A longer message from a member is refused by the worker, as the classroom would refuse it.
+MAX_DC_TEXT = 64 * 1024
+_DC_TEXT = {"type": "string", "maxLength": MAX_DC_TEXT}
 
 # Main process (the relay's sending side) to worker, then worker to main. Documented in docs/scaling.md.
 CONTROL_MESSAGES: dict[str, dict] = {
     "configure": {"properties": {"ice": {"type": "object", "properties": {
         "servers": _STRINGS, "addresses": _STRINGS, "username": _TEXT, "credential": _TEXT},
-        "additionalProperties": False}}, "required": ["ice"]},
+        "additionalProperties": False}, "policy": {"type": "object", "properties": {
+            "max_legs": {"type": "integer", "minimum": 0}, "react": {"type": "boolean"}},
+            "additionalProperties": False}}, "required": ["ice"]},
     "track": {"properties": {
         "stream": _STREAM, "track_id": _TEXT, "kind": {"enum": ["audio", "video"]}, "mime_type": _TEXT,
         "clock_rate": {"type": "integer", "minimum": 1}, "payload_type": {"type": "integer", "minimum": 0,
@@ -208,7 +215,7 @@ CONTROL_MESSAGES: dict[str, dict] = {
                           "rtp": {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF}},
            "required": ["stream", "time", "rtp"]},
     "whep": {"properties": {"id": _REQUEST_ID, "session": _SESSION, "identity": _TEXT,
-                            "offer": {"type": "string", "maxLength": 64 * 1024}, "tracks": _TRACKS},
+                            "offer": _SDP, "tracks": _TRACKS},
              "required": ["id", "session", "offer", "tracks"]},
     "bind": {"properties": {"session": _SESSION, "tracks": _TRACKS}, "required": ["session", "tracks"]},
     "trickle": {"properties": {"id": _REQUEST_ID, "session": _SESSION, "candidates": {
@@ -217,6 +224,28 @@ CONTROL_MESSAGES: dict[str, dict] = {
             "required": ["candidate"]}}},
         "required": ["id", "session", "candidates"]},
     "close": {"properties": {"session": _SESSION}, "required": ["session"]},
+    # A room participant's server-offered subscriber connection (docs/scaling.md).
+    "subscribe": {"properties": {"session": _SESSION, "identity": _TEXT,
+                                 "streams": {"type": "array", "maxItems": 256, "items": _STREAM}},
+                  "required": ["session", "streams"]},
+    "answer": {"properties": {"id": _REQUEST_ID, "session": _SESSION, "sdp": _SDP},
+               "required": ["id", "session", "sdp"]},
+    "resend": {"properties": {"session": _SESSION}, "required": ["session"]},
+    "trim": {"properties": {"id": _REQUEST_ID}, "required": ["id"]},
+    "dc_send": {"properties": {"sessions": {"type": "array", "minItems": 1, "maxItems": 512, "items": _SESSION},
+                               "text": _DC_TEXT}, "required": ["sessions", "text"]},
+    "offer": {"properties": {"session": _SESSION, "sdp": _SDP, "mids": {
+        "type": "array", "maxItems": 256, "items": {"type": "object", "properties": {
+            "mid": _TEXT, "stream": _STREAM}, "required": ["mid", "stream"]}}},
+        "required": ["session", "sdp", "mids"]},
+    "dc_state": {"properties": {"session": _SESSION, "state": {"enum": ["open", "closed"]}},
+                 "required": ["session", "state"]},
+    "dc_message": {"properties": {"session": _SESSION, "text": _DC_TEXT}, "required": ["session", "text"]},
+    "quality": {"properties": {"session": _SESSION, "stream": _STREAM,
+                               "quality": {"enum": ["good", "poor", "bad"]},
+                               "previous": {"enum": ["good", "poor", "bad"]},
+                               "loss": {"type": "number", "minimum": 0}, "rtt": {"type": ["number", "null"]}},
+                "required": ["session", "stream", "quality", "previous", "loss"]},
     "ready": {"properties": {"index": {"type": "integer"}, "pid": {"type": "integer"}}, "required": ["pid"]},
     "reply": {"properties": {"id": _REQUEST_ID, "ok": {"type": "boolean"}, "sdp": {"type": "string"},
                              "error": {"type": ["string", "null"]}}, "required": ["id", "ok"]},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -23,9 +24,10 @@ import sys
 import time
 
 from sfu.buffer import CachedPacket, PacketCache
-from sfu.overload import LoadMonitor
+from sfu.overload import LoadMonitor, OverloadPolicy, release_memory
 from sfu.peer import IceSettings, PeerFactory, SdpError, add_remote_candidate
-from sfu.relay import ControlDecoder, RelayError, decode_datagram, encode_control
+from sfu.aiortc_seam import DataChannelSender
+from sfu.relay import MAX_DC_TEXT, ControlDecoder, RelayError, decode_datagram, encode_control
 from sfu.rtp import abs_send_time, is_keyframe, unix_to_ntp
 from sfu.subscriber import Subscriber
 from sfu.uptrack import PublisherClock, UpTrack
@@ -35,6 +37,8 @@ logger = logging.getLogger("sfu.worker")
 STATS_INTERVAL = 1.0
 # A source packet missing from the worker's cache is asked for again at most this often.
 NACK_MISS_INTERVAL = 0.1
+# A member's data channel this far behind misses messages (classroom.interactive.channel's limit).
+MAX_BUFFERED_BYTES = 4 * 1024 * 1024
 
 
 class RelayCache(PacketCache):
@@ -135,6 +139,10 @@ class Worker:
         self.packets = 0
         self.unknown_stream = 0
         self.bad_datagrams = 0
+        self._senders: dict[str, DataChannelSender] = {}
+        self.dc_sent = self.dc_dropped = self.dc_refused = 0
+        # What closed sessions' legs had counted, so the server's /metrics counters never go down.
+        self.closed_legs = dict.fromkeys(LEG_COUNTERS, 0)
         self._task: asyncio.Task | None = None
 
     # -- control ------------------------------------------------------------------------------
@@ -182,6 +190,8 @@ class Worker:
         try:
             if kind == "configure":
                 self.peers.ice = IceSettings(**message["ice"])
+                if "policy" in message:  # the server's capacity_legs and overload_control
+                    self.load.policy = OverloadPolicy(**message["policy"])
             elif kind == "track":
                 old = self.streams.pop(message["stream"], None)
                 if old is not None:
@@ -198,7 +208,7 @@ class Worker:
             elif kind == "whep":
                 # Registered now, answered in a task: a "bind" that follows must find the session.
                 sub = Subscriber(message.get("identity", message["session"]), self.peers, _no_offer,
-                                 data_channel_label=None)
+                                 data_channel_label=None, on_quality=self._quality_sender(message["session"]))
                 self.sessions[message["session"]] = sub
                 self.bindings[message["session"]] = message["tracks"]
                 asyncio.ensure_future(self._whep(message, sub))
@@ -207,6 +217,20 @@ class Worker:
                 if sub is not None:
                     self.bindings[message["session"]] = message["tracks"]
                     sub.bind(self._tracks(message["tracks"]))
+            elif kind == "subscribe":
+                self._subscribe(message)
+            elif kind == "answer":
+                asyncio.ensure_future(self._answer(message))
+            elif kind == "resend":
+                sub = self.sessions.get(message["session"])
+                if sub is not None:
+                    asyncio.ensure_future(sub.resend_offer())
+            elif kind == "trim":  # GET /debug/load?trim=1: tell freed memory from live memory
+                gc.collect()
+                release_memory()
+                self.send({"type": "reply", "id": message["id"], "ok": True})
+            elif kind == "dc_send":
+                self._dc_send(message["sessions"], message["text"])
             elif kind == "trickle":
                 asyncio.ensure_future(self._trickle(message))
             elif kind == "close":
@@ -220,7 +244,100 @@ class Worker:
 
     def _forget(self, sid: str) -> Subscriber | None:
         self.bindings.pop(sid, None)
-        return self.sessions.pop(sid, None)
+        self._senders.pop(sid, None)
+        sub = self.sessions.pop(sid, None)
+        for _, leg in sub.legs if sub is not None else ():
+            for name in LEG_COUNTERS:
+                self.closed_legs[name] += getattr(leg, name)
+        return sub
+
+    # -- room participants' subscriber connections (server-offered, with the data channel) ----------
+
+    def _subscribe(self, message: dict) -> None:
+        """Create the session's connection or change what it carries; offer when something changed."""
+        sid = message["session"]
+        sub = self.sessions.get(sid)
+        changed = sub is None
+        if sub is None:
+            sub = self.sessions[sid] = self._room_subscriber(sid, message.get("identity") or sid)
+        wanted = set(message["streams"])
+        for _, downtrack in list(sub.legs):
+            up = downtrack.uptrack
+            if up is not None and up.stream not in wanted:
+                sub.remove_track(downtrack.track_id)
+                changed = True
+        carried = {d.uptrack.stream for _, d in sub.legs if d.uptrack is not None}
+        for stream in message["streams"]:
+            track = self.streams.get(stream)
+            if track is not None and stream not in carried:
+                sub.add_track(track)
+                changed = True
+        if changed:
+            asyncio.ensure_future(sub.negotiate())
+
+    def _room_subscriber(self, sid: str, identity: str) -> Subscriber:
+        async def send_offer(sdp: str, tracks: list[dict]) -> None:
+            # The main process labels the sections with its own track descriptions (muted, names).
+            mids = [{"mid": t.mid, "stream": d.uptrack.stream} for t, d in sub.legs
+                    if d.uptrack is not None and t.mid is not None]
+            self.send({"type": "offer", "session": sid, "sdp": sdp, "mids": mids})
+
+        sub = Subscriber(identity, self.peers, send_offer, on_quality=self._quality_sender(sid))
+        channel = sub.data_channel
+        channel.on("open", lambda: self.send({"type": "dc_state", "session": sid, "state": "open"}))
+        channel.on("close", lambda: self.send({"type": "dc_state", "session": sid, "state": "closed"}))
+        channel.on("message", lambda text: self._dc_message(sid, text))
+        return sub
+
+    def _dc_message(self, sid: str, text) -> None:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        if len(text) > MAX_DC_TEXT:
+            self.dc_refused += 1
+            logger.warning("worker %d: a %d-character data channel message from %s was dropped (limit %d)",
+                           self.index, len(text), sid, MAX_DC_TEXT)
+            return
+        self.send({"type": "dc_message", "session": sid, "text": text})
+
+    def _dc_send(self, sessions: list[str], text: str) -> None:
+        for sid in sessions:
+            sub = self.sessions.get(sid)
+            channel = sub.data_channel if sub is not None else None
+            if channel is None or channel.readyState != "open" or channel.bufferedAmount > MAX_BUFFERED_BYTES:
+                self.dc_dropped += 1  # a member this far behind (or gone) misses it, as in-process
+                continue
+            sender = self._senders.get(sid)
+            if sender is None or sender.channel is not channel:
+                sender = self._senders[sid] = DataChannelSender(channel)
+            sender.send(text)
+            self.dc_sent += 1
+
+    async def _answer(self, message: dict) -> None:
+        await self._session_request(message, lambda sub: sub.on_answer(message["sdp"]))
+
+    async def _session_request(self, message: dict, apply) -> None:
+        """Run `apply(session's Subscriber)` for a request about one session; reply ok or the error."""
+        sub = self.sessions.get(message["session"])
+        error = None
+        if sub is None:
+            error = "no such session"
+        else:
+            try:
+                await apply(sub)
+            except SdpError as exc:
+                error = str(exc)
+            except Exception as exc:  # one session's failure never takes the worker down
+                logger.exception("worker %d: a %s request failed", self.index, message["type"])
+                error = f"internal error: {exc}"
+        self.send({"type": "reply", "id": message["id"], "ok": error is None, "error": error})
+
+    def _quality_sender(self, sid: str):
+        def changed(downtrack, change) -> None:
+            up = downtrack.uptrack
+            if up is not None:
+                self.send({"type": "quality", "session": sid, "stream": up.stream, "quality": change.quality,
+                           "previous": change.previous, "loss": change.loss, "rtt": change.rtt})
+        return changed
 
     def _tracks(self, streams: dict) -> dict[str, MirrorTrack]:
         return {kind: self.streams[s] for kind, s in streams.items() if s in self.streams}
@@ -245,17 +362,11 @@ class Worker:
         self.send({"type": "reply", "id": message["id"], "ok": True, "sdp": sdp})
 
     async def _trickle(self, message: dict) -> None:
-        sub = self.sessions.get(message["session"])
-        error = None
-        if sub is None:
-            error = "no such session"
-        else:
-            try:
-                for candidate in message["candidates"]:
-                    await add_remote_candidate(sub.pc, candidate)
-            except SdpError as exc:
-                error = str(exc)
-        self.send({"type": "reply", "id": message["id"], "ok": error is None, "error": error})
+        async def add(sub: Subscriber) -> None:
+            for candidate in message["candidates"]:
+                await add_remote_candidate(sub.pc, candidate)
+
+        await self._session_request(message, add)
 
     # -- media --------------------------------------------------------------------------------
 
@@ -302,10 +413,16 @@ class Worker:
                       "unknown_stream": self.unknown_stream, "bad_datagrams": self.bad_datagrams,
                       "repairs": sum(t.repairs for t in self.streams.values()),
                       "misses_asked": sum(t.misses_asked for t in self.streams.values())},
+            "load": {**self.load.stats(), "refusing": self.load.refusal()},
+            "data": {"sent": self.dc_sent, "dropped": self.dc_dropped, "refused": self.dc_refused},
+            "closed_legs": dict(self.closed_legs),
             "sessions": {sid: {"state": sub.pc.connectionState,
                                "legs": [d.stats() for _, d in sub.legs]}
                          for sid, sub in self.sessions.items()},
         }
+
+
+LEG_COUNTERS = ("packets_sent", "retransmits", "nack_misses")
 
 
 async def _no_offer(sdp: str, tracks: list[dict]) -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 from classroom.interactive import RoomRegistry
 from classroom.interactive.channel import MAX_BUFFERED_BYTES, ChannelMember
 from sfu.aiortc_seam import DataChannelSender
+from sfu.pool import RemoteChannel
 from signaling.room import Participant, Room
 from storage.store import STORE
 
@@ -41,6 +42,9 @@ class RoomMember(ChannelMember):
         self._channel_sender: DataChannelSender | None = None
 
     def write(self, text: str) -> None:
+        if isinstance(self.channel, RemoteChannel):  # on a media worker: queued for its control stream
+            self.channel.send(text)
+            return
         sender = self._channel_sender
         if sender is None or sender.channel is not self.channel:
             sender = self._channel_sender = DataChannelSender(self.channel)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from sfu.overload import burn_loop, release_memory
+from sfu.pool import WorkerUnavailable
 from shared.appkeys import SETTINGS
-from signaling.room import LOAD, ROOMS
+from signaling.room import LOAD, ROOMS, WORKERS
 
 
 async def burn(request: web.Request) -> web.Response:
@@ -41,6 +42,12 @@ async def load(request: web.Request) -> web.Response:
 
         gc.collect()
         release_memory()
+        pool = request.app.get(WORKERS)
+        for link in pool.running() if pool is not None else ():
+            try:
+                await link.request({"type": "trim"})  # the media workers do the same, answered when done
+            except WorkerUnavailable:
+                pass  # it died meanwhile: nothing of it to trim
     return web.json_response({**request.app[LOAD].stats(), "tasks": len(asyncio.all_tasks()),
                               "peer_connections": len(request.app[ROOMS].peers.live)})
 

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sfu.quality import LEVELS
-from signaling.room import LOAD, ROOMS, ClosedTotals
+from signaling.room import LOAD, ROOMS, WORKERS, ClosedTotals
 
 METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 
@@ -37,6 +37,21 @@ class RoomCollector:
                 for d in t.downtracks:
                     legs += 1
                     by_quality[d.quality.level] += 1
+        pool = self.app.get(WORKERS)
+        # Legs on media workers, from their last stats (a second old at most), live and closed; a worker
+        # that dies takes its totals along, which Prometheus reads as a counter reset.
+        for w in pool.describe() if pool is not None else ():
+            closed = w.get("closed_legs", {})
+            total.sent += closed.get("packets_sent", 0)
+            total.retransmits += closed.get("retransmits", 0)
+            total.nack_misses += closed.get("nack_misses", 0)
+            for session in w.get("sessions", {}).values():
+                for leg in session.get("legs", ()):
+                    legs += 1
+                    by_quality[leg.get("quality", LEVELS[0])] += 1
+                    total.sent += leg.get("packets_sent", 0)
+                    total.retransmits += leg.get("retransmits", 0)
+                    total.nack_misses += leg.get("nack_misses", 0)
         for k, v in by_transport.items():
             participants.add_metric([k], v)
         for k, v in by_kind.items():

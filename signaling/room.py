@@ -154,7 +154,7 @@ class Room:
     def __init__(self, name: str, peers: PeerFactory, *, max_participants: int = 500,
                  on_empty: Callable[["Room"], None] | None = None,
                  on_leg_quality: Callable[[QualityChange], None] | None = None,
-                 closed: ClosedTotals | None = None):
+                 closed: ClosedTotals | None = None, workers=None):
         self.name = name
         self.closed = closed if closed is not None else ClosedTotals()
         self._on_leg_quality = on_leg_quality
@@ -169,6 +169,7 @@ class Room:
         self.speakers = SpeakerDetector()
         self._speakers_task: asyncio.Task | None = None
         self.locks: dict[str, dict[str, str]] = {}  # identity -> the sources the staff muted (Participant.locked)
+        self.workers = workers  # the WorkerPool when media workers run
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -231,6 +232,10 @@ class Room:
         # Publishers (the teacher) are always let in; a reconnect replaces its own legs.
         if previous is None and load is not None and not participant.grants.can_publish:
             refused = load.admit()
+            if refused is None and self.workers is not None:
+                refused = self.workers.refusal()  # they would carry its media
+                if refused is not None:
+                    load.refuse(refused)
             if refused is not None:
                 if not self.participants:
                     self._emptied()  # a room made for this join alone does not linger
@@ -260,8 +265,14 @@ class Room:
         async def send_offer(sdp: str, tracks: list[dict]) -> None:
             await participant.send({"type": "offer", "sdp": sdp, "tracks": tracks})
 
-        sub = Subscriber(participant.identity, self.peers, send_offer,
-                         on_quality=self.quality_listener(participant))
+        on_quality = self.quality_listener(participant)
+        sub = None
+        if self.workers is not None:  # media worker processes carry it (docs/scaling.md)
+            sub = self.workers.room_subscriber(participant.identity, room=self.name,
+                                               session_id=participant.session_id, send_offer=send_offer,
+                                               on_quality=on_quality)
+        if sub is None:
+            sub = Subscriber(participant.identity, self.peers, send_offer, on_quality=on_quality)
         participant.subscriber = sub
         if participant.grants.can_subscribe:
             for track in self.tracks():
@@ -452,6 +463,7 @@ class RoomManager:
         self.room_listeners: list[Callable[[Room], None]] = []  # told of every new room
         self.quality_changes = dict.fromkeys(LEVELS, 0)  # legs that went to each level, ever (/metrics)
         self.closed = ClosedTotals()  # counters of every room's closed tracks and connections, ever (/metrics)
+        self.workers = None  # the WorkerPool (sfu/pool.py) when `--workers` runs media worker processes
 
     def find(self, name: str) -> Room | None:
         return self.rooms.get(name)
@@ -464,7 +476,7 @@ class RoomManager:
         if room is None:
             room = self.rooms[name] = Room(name, self.peers, max_participants=self.max_participants,
                                            on_empty=self._drop, on_leg_quality=self._count_quality,
-                                           closed=self.closed)
+                                           closed=self.closed, workers=self.workers)
             for listener in self.room_listeners:
                 listener(room)
         return room

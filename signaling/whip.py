@@ -198,10 +198,12 @@ def _viewer_subscriber(app: web.Application, room, participant: Participant):
     """A WHEP viewer's connection: on a media worker when the server runs them (docs/scaling.md)."""
     pool = app.get(WORKERS)
     remote = None
+    on_quality = room.quality_listener(participant)
     if pool is not None:
-        remote = pool.subscriber(participant.identity, room=room.name, session_id=participant.session_id)
+        remote = pool.subscriber(participant.identity, room=room.name, session_id=participant.session_id,
+                                 on_quality=on_quality)
     return remote or Subscriber(participant.identity, room.peers, _no_offer, data_channel_label=None,
-                                on_quality=room.quality_listener(participant))
+                                on_quality=on_quality)
 
 
 async def end_session(app: web.Application, room_name: str, session_id: str, *, reason: str) -> None:

@@ -10,6 +10,7 @@ import time
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sfu.peer import IceRestartRefused, SdpError, add_remote_candidate
+from sfu.pool import RemoteSubscriber
 from shared.appkeys import SETTINGS, active_api_keys
 from shared.auth import TokenError, verify_token
 from shared.ratelimit import TokenBucket
@@ -243,7 +244,10 @@ async def _handle(app, room, participant: Participant, message: dict, send) -> N
         target = participant.publisher if message["target"] == "publisher" else participant.subscriber
         if target is None:
             raise ProtocolError("invalid", f"there is no {message['target']} connection yet")
-        await add_remote_candidate(target.pc, message["candidate"])
+        if isinstance(target, RemoteSubscriber):  # its connection runs in a media worker
+            await target.trickle([message["candidate"]])
+        else:
+            await add_remote_candidate(target.pc, message["candidate"])
     elif kind == "mute":
         if not message["muted"] and room.locked_by(participant, message["track_id"]):
             raise ProtocolError("muted_by_moderator", "the teacher muted this track; send unmute_request "

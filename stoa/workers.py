@@ -13,7 +13,8 @@ from sfu.pool import WorkerPool
 from shared.appkeys import SETTINGS
 from signaling import whip
 from signaling.metrics import METRICS_REGISTRY
-from signaling.room import WORKERS
+from shared.appkeys import SETTINGS
+from signaling.room import ROOMS, WORKERS
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,11 @@ async def workers_ctx(app: web.Application):
     async def session_lost(sub) -> None:
         await whip.end_session(app, sub.room, sub.session_id, reason=f"media worker {sub.worker} died")
 
-    pool = WorkerPool(count, ice, log_level=settings.log_level, on_session_lost=session_lost)
+    pool = WorkerPool(count, ice, log_level=settings.log_level, on_session_lost=session_lost,
+                      policy={"max_legs": settings.capacity_legs, "react": settings.overload_control})
     await pool.start()
     app[WORKERS] = pool
+    app[ROOMS].workers = pool  # room participants' subscriber connections go to the workers too
     registry = app.get(METRICS_REGISTRY)
     collector = WorkerCollector(pool)
     if registry is not None:
@@ -42,6 +45,7 @@ async def workers_ctx(app: web.Application):
     finally:
         if registry is not None:
             registry.unregister(collector)
+        app[ROOMS].workers = None
         await pool.close()
 
 
@@ -67,9 +71,22 @@ class WorkerCollector:
         resent = CounterMetricFamily("stoa_media_worker_retransmitted_packets",
                                      "Packets a worker resent for its viewers' NACKs (live sessions)",
                                      labels=["worker"])
+        lag = GaugeMetricFamily("stoa_media_worker_lag_smoothed_seconds", "Smoothed event-loop lag of each worker",
+                                labels=["worker"])
+        level = GaugeMetricFamily("stoa_media_worker_overload_level", "Each worker's shedding level (0 normal)",
+                                  labels=["worker"])
+        shed = CounterMetricFamily("stoa_media_worker_shed_video_packets",
+                                   "Video packets a worker did not send to legs paused by its shedding", labels=["worker"])
+        shed_rtx = CounterMetricFamily("stoa_media_worker_shed_retransmits",
+                                       "NACKed packets a worker did not resend while behind", labels=["worker"])
         for w in self.pool.describe():
             if not w["running"]:
                 continue
+            load = w["load"]
+            lag.add_metric([str(w["index"])], load.get("lag", 0.0))
+            level.add_metric([str(w["index"])], load.get("level", 0))
+            shed.add_metric([str(w["index"])], load.get("shed_video_packets", 0))
+            shed_rtx.add_metric([str(w["index"])], load.get("shed_retransmits", 0))
             label = [str(w["index"])]
             viewers.add_metric(label, w["viewers"])
             relayed.add_metric(label, w["packets_relayed"])
@@ -79,4 +96,4 @@ class WorkerCollector:
             legs = [leg for s in w["sessions"].values() for leg in s.get("legs", [])]
             sent.add_metric(label, sum(leg.get("packets_sent", 0) for leg in legs))
             resent.add_metric(label, sum(leg.get("retransmits", 0) for leg in legs))
-        yield from (viewers, relayed, datagrams, dropped, cpu, sent, resent)
+        yield from (viewers, relayed, datagrams, dropped, cpu, sent, resent, lag, level, shed, shed_rtx)

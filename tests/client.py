@@ -99,6 +99,17 @@ class RoomClient:
             await apply_answer(self.pub, reply["sdp"])
         return reply
 
+    async def resubscribe(self) -> None:
+        """Replace the subscriber connection, as the room page does when its ICE fails."""
+        for c in self.collectors:
+            c.stop()
+        self.collectors, self.data_channel = [], None
+        await self.sub.close()
+        self.sub = client_pc()
+        self.sub.on("track", self._on_track)
+        self.sub.on("datachannel", self._on_datachannel)
+        await self.request({"type": "resubscribe"}, "resubscribed")
+
     def video(self) -> FrameCollector | None:
         return next((c for c in self.collectors if c.kind == "video"), None)
 

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from sfu.aiortc_seam import harden_consent
-from sfu.overload import AT_CAPACITY, LoadMonitor, OverloadPolicy
+from sfu.overload import AT_CAPACITY, LoadMonitor, OverloadPolicy, burn_loop
 from signaling.room import LOAD, ROOMS
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.peers import FrameCollector, apply_answer, client_pc, make_offer
@@ -94,8 +94,8 @@ def server_settings(tmp_path):
         "data_dir": str(tmp_path / "data"), "capacity_legs": 2, "overload_control": False})
 
 
-async def whep_post(http, base: str, room: str, token: str, offer: str):
-    async with http.post(f"{base}/whep/{room}", data=offer, headers={
+async def whep_post(http, base: str, room: str, token: str, offer: str, kind: str = "whep"):
+    async with http.post(f"{base}/{kind}/{room}", data=offer, headers={
             "Content-Type": SDP, "Authorization": f"Bearer {token}"}) as resp:
         return resp.status, await resp.text(), dict(resp.headers)
 
@@ -258,3 +258,67 @@ async def test_hardened_consent_keeps_being_answered_across_a_stalled_loop():
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hardened", [False, True], ids=["stock-consent", "hardened-consent"])
+async def test_consent_under_a_starved_loop_needs_the_hardening(stoa_server, monkeypatch, caplog, hardened):
+    """The server's loop is starved (burn_loop, what POST /debug/burn runs) with consent checks every 0.5 s.
+    Stock aioice sends each check once with a 0.5 s timeout: the loop answers it one turn (0.7 s) late, six
+    checks fail and the server closes its own publisher connection, as in the 250-viewer runs of issue 9.
+    Hardened (same interval, and the same 3 s budget as six stock checks), the publisher stays connected
+    and a viewer decodes its frames once the loop is free. The clients are robust peers, as browsers are."""
+    import functools
+
+    import aioice.ice
+
+    import sfu.peer
+
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.5)
+    monkeypatch.setattr(sfu.peer, "harden_consent",
+                        functools.partial(harden_consent, interval=0.5, expiry=3.0) if hardened else lambda pc: None)
+    caplog.set_level(logging.INFO, logger="aioice.ice")
+    room_name = "consent"
+    pcs = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            publisher = client_pc()
+            pcs.append(publisher)
+            publisher.addTransceiver(CounterVideoTrack(), direction="sendonly")
+            offer = await make_offer(publisher)
+            harden_consent(publisher)
+            status, body, _ = await whep_post(http, stoa_server.base, room_name,
+                                              stoa_server.token(room_name, "teacher", "instructor"), offer, "whip")
+            assert status == 201, body
+            await apply_answer(publisher, body)
+            room = stoa_server.app[ROOMS].rooms[room_name]
+            server_pc = room.participants["teacher"].publisher.pc
+            await eventually(lambda: server_pc.connectionState == "connected", 10)
+
+            # Six stock checks take about 12 loop turns (8.4 s) to fail; 14 s leaves a margin on a busy box.
+            burn = burn_loop(14.0, duty=0.9999, slice_s=0.7)
+            await burn
+            if not hardened:
+                await eventually(lambda: server_pc.connectionState in ("failed", "closed"), 10)
+                assert any("Consent to send expired" in r.getMessage() for r in caplog.records)
+                return
+            assert server_pc.connectionState == "connected"
+            assert not any("Consent to send expired" in r.getMessage() for r in caplog.records)
+            viewer = client_pc()
+            pcs.append(viewer)
+            viewer.addTransceiver("video", direction="recvonly")
+            frames = {}
+            viewer.on("track", lambda track: frames.setdefault(track.kind, FrameCollector(track)))
+            offer = await make_offer(viewer)
+            harden_consent(viewer)
+            status, body, _ = await whep_post(http, stoa_server.base, room_name,
+                                              stoa_server.token(room_name, "v1", "viewer"), offer)
+            assert status == 201, body
+            await apply_answer(viewer, body)
+            await eventually(lambda: "video" in frames, 10)
+            await frames["video"].wait_frames(20, timeout=15)
+            assert server_pc.connectionState == "connected"
+    finally:
+        for pc in pcs:
+            await pc.close()
+

@@ -6,6 +6,7 @@ viewers decode the publisher's frames (the counter read back from each picture).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -20,7 +21,9 @@ from sfu.pool import RelayStream
 from signaling.room import ROOMS, WORKERS
 from stoa.app import build_app
 from tests.fixtures.recording import read_audio, read_video, record_room
+from tests.client import RoomClient
 from tests.fixtures.server import RunningServer
+from tests.test_classroom_transport import wait_channel, wait_payload
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.test_whip_whep import (OffsetCounterTrack, WhepViewer, WhipPublisher, assert_counters_healthy,
                                   wait_until)
@@ -352,3 +355,202 @@ async def test_a_hung_worker_is_killed_and_replaced(workers_server, http, caplog
     await wait_until(lambda: ROOM not in rooms or "v" not in rooms[ROOM].participants, 10,
                      "the hung worker's viewer to be removed")
     await v.pc.close()
+
+
+async def test_room_participants_on_two_workers_decode_chat_once_and_hear_of_their_quality(workers_server, http):
+    """The room protocol with media workers: each participant's subscriber connection (the server-offered
+    one, data channel included) runs on a worker; the teacher publishes after the students joined."""
+    pool = workers_server.app[WORKERS]
+
+    async def join(identity: str, role: str) -> RoomClient:
+        client = await RoomClient(workers_server.ws_base, ROOM, workers_server.token(ROOM, identity, role)).connect()
+        assert client.joined["type"] == "joined", client.joined
+        return client
+
+    teacher = await join("teacher", "instructor")
+    students = [await join(f"s{i}", "student") for i in range(2)]
+    try:
+        workers = {c: participant(workers_server, c).subscriber.worker for c in ("teacher", "s0", "s1")}
+        assert {workers["s0"], workers["s1"]} == {0, 1}, f"students spread over both workers: {workers}"
+        video = CounterVideoTrack()
+        reply = await teacher.publish(video, ToneAudioTrack(), sources=["camera", "microphone"])
+        assert reply["type"] == "answer", reply
+        # The workers offer the new tracks to the students' existing connections (a renegotiation).
+        for s in students:
+            await (await s.wait_track("video", 15)).wait_frames(45, timeout=20)
+            await (await s.wait_track("audio", 10)).wait_frames(25, timeout=10)
+            assert {t["source"] for t in s.track_info.values()} >= {"camera", "microphone"}, s.track_info
+        sent_before = video.count
+        await asyncio.sleep(1.0)
+        for s in students:
+            assert_counters_healthy(s.video().counters)
+            assert s.video().counters[-1] >= sent_before - 15, "students keep up with the teacher"
+
+        # A chat line from a worker-hosted student, over its data channel, reaches each other member once.
+        for c in (teacher, *students):
+            await wait_channel(c, 10)
+        students[0].data_channel.send(json.dumps({"v": 1, "type": "chat.send", "id": "m1",
+                                                  "data": {"text": "Is the homework due Friday?"}}))
+        ack = await wait_payload(students[0], lambda p: p.get("type") == "ack" and p.get("id") == "m1")
+        assert ack["data"]
+        for other in (teacher, students[1]):
+            await wait_payload(other, lambda p: "Friday" in json.dumps(p) and p.get("type") != "ack")
+        await asyncio.sleep(0.5)
+        for other in (teacher, students[1]):
+            over_channel = [m for m in other.data_messages if "Friday" in json.dumps(m)]
+            over_socket = [e for e in other.events if e["type"] == "data" and "Friday" in json.dumps(e)]
+            assert len(over_channel) == 1 and not over_socket, (over_channel, over_socket)
+        await wait_until(lambda: all(pool.links[i].stats.get("data", {}).get("sent") for i in (0, 1)), 5,
+                         "both workers' stats to count the classroom messages they carried")
+
+        # Heavy loss on one student's link: its worker's leg judges it, and the room and /metrics hear of it.
+        simulate_receive_loss(students[1].sub, 0.4)
+        await wait_until(lambda: any(e["type"] == "connection_quality" and e["quality"] == "bad"
+                                     for e in students[1].events), 15, "connection_quality bad")
+        assert workers_server.app[ROOMS].quality_changes["bad"] >= 1
+        async with http.get(workers_server.base + "/metrics") as resp:
+            metrics = await resp.text()
+        bad = re.search(r'stoa_subscriber_quality_changes_total{quality="bad"} (\S+)', metrics)
+        assert bad and float(bad.group(1)) >= 1
+        legs = re.search(r"^stoa_subscriber_legs (\S+)", metrics, re.M)
+        assert legs and float(legs.group(1)) >= 4, "the workers' legs are counted in /metrics"
+
+        # The teacher stops its camera: the students' connections are renegotiated without it, and the
+        # relay lets go of the track once no worker carries it.
+        offers = [sum(e["type"] == "offer" for e in s.events) for s in students]
+        video_id = next(t.track_id for t in workers_server.app[ROOMS].rooms[ROOM].tracks() if t.kind == "video")
+        await teacher.send({"type": "unpublish", "track_id": video_id})
+        for s, before in zip(students, offers):
+            await wait_until(lambda s=s, before=before: sum(e["type"] == "offer" for e in s.events) > before, 10,
+                             "a new offer without the video")
+        await wait_until(lambda: all(s.uptrack.kind == "audio" for s in pool.streams.values()), 10,
+                         "the video relay stream to be released")
+    finally:
+        for c in (*students, teacher):
+            await c.close()
+    await wait_until(lambda: all(not link.sessions for link in pool.running()), 15, "sessions to close")
+
+
+async def test_each_worker_keeps_its_capacity_and_a_join_none_can_take_is_refused(server_settings, http):
+    """capacity_legs holds per worker (each has its own load monitor): viewers go to a worker that admits,
+    and when none does the join gets 503 / at capacity, nothing half-joined, until a seat frees."""
+    server_settings.workers = 2
+    server_settings.capacity_legs = 2  # one viewer of video + audio per worker
+    server = TestServer(build_app(server_settings), host="127.0.0.1", port=0)
+    await server.start_server(shutdown_timeout=2.0)
+    running = RunningServer(server, server_settings)
+    pool = running.app[WORKERS]
+    try:
+        pub, _ = await publish(running, http)
+        viewers = [await viewer(running, http, f"v{i}") for i in range(2)]
+        assert {participant(running, f"v{i}").subscriber.worker for i in range(2)} == {0, 1}
+        await wait_until(lambda: all(link.refusing() for link in pool.running()), 10,
+                         "both workers to report they are at capacity")
+        extra = WhepViewer(http, running.base, ROOM, running.token(ROOM, "extra", "viewer"))
+        with pytest.raises(AssertionError, match="503: room full: this server is at capacity"):
+            await extra.start()
+        await extra.pc.close()
+        assert "extra" not in running.app[ROOMS].rooms[ROOM].participants, "nothing is half-joined"
+        freed = participant(running, "v0").subscriber.worker
+        assert await viewers[0].stop() == 200
+        await wait_until(lambda: pool.links[freed].refusing() is None, 10, "the freed worker to admit again")
+        again = await viewer(running, http, "extra")
+        assert participant(running, "extra").subscriber.worker == freed
+        await wait_until(lambda: "video" in again.collectors, 15, "the video track")
+        await again.video.wait_frames(10, timeout=15)
+        for v in (viewers[1], again):
+            assert await v.stop() == 200
+        await pub.stop()
+    finally:
+        await server.close()
+
+
+async def test_a_room_participant_whose_worker_dies_stays_and_resubscribes(workers_server, http):
+    """A killed worker carried a student's subscriber connection: the student stays in the room, classroom
+    messages reach it over the WebSocket meanwhile, and its resubscribe lands on a running worker."""
+    pool = workers_server.app[WORKERS]
+    teacher = await RoomClient(workers_server.ws_base, ROOM, workers_server.token(ROOM, "teacher", "instructor")).connect()
+    student = await RoomClient(workers_server.ws_base, ROOM, workers_server.token(ROOM, "stu", "student")).connect()
+    try:
+        await teacher.publish(CounterVideoTrack(), sources=["camera"])
+        await (await student.wait_track("video", 15)).wait_frames(10, timeout=15)
+        doomed = participant(workers_server, "stu").subscriber.worker
+        assert participant(workers_server, "teacher").subscriber.worker != doomed
+        os.kill(pool.links[doomed].pid, signal.SIGKILL)
+        await wait_until(lambda: participant(workers_server, "stu").subscriber.lost, 15, "the loss to be seen")
+        assert "stu" in workers_server.app[ROOMS].rooms[ROOM].participants, "the student stays in the room"
+
+        await wait_channel(teacher, 10)
+        teacher.data_channel.send(json.dumps({"v": 1, "type": "chat.send", "id": "t1",
+                                              "data": {"text": "still with us?"}}))
+        await wait_payload(student, lambda p: "still with us?" in json.dumps(p) and p.get("type") != "ack")
+        assert any(e["type"] == "data" and "still with us?" in json.dumps(e) for e in student.events), \
+            "it came over the WebSocket: the data channel went with the worker"
+
+        await student.resubscribe()
+        assert participant(workers_server, "stu").subscriber.link.alive
+        await (await student.wait_track("video", 15)).wait_frames(30, timeout=15)
+        assert_counters_healthy(student.video().counters)
+        await wait_channel(student, 10)
+    finally:
+        await student.close()
+        await teacher.close()
+
+
+@pytest.mark.browser
+async def test_the_room_page_on_a_worker_decodes_and_chats(workers_server, chromium, artifacts_dir):
+    """Chromium's room page with its subscriber connection on a media worker (what `scripts/serve --dev`
+    runs on a 2-core box): it decodes the teacher's video and its chat goes both ways over the data channel."""
+    from tests.browser import screenshot, wait_frames_decoded, wait_js
+
+    teacher = await RoomClient(workers_server.ws_base, ROOM, workers_server.token(ROOM, "prof", "instructor")).connect()
+    try:
+        await teacher.publish(CounterVideoTrack(), ToneAudioTrack(), sources=["camera", "microphone"])
+        token = workers_server.token(ROOM, "stu", "student", name="Stu")
+        page = await chromium.page(f"{workers_server.base}/rooms/{ROOM}?token={token}", label="stu")
+        await wait_js(page, "window.stoa.state.dataChannel && window.stoa.state.dataChannel.readyState === 'open'",
+                      timeout=20)
+        assert isinstance(participant(workers_server, "stu").subscriber.worker, int)
+        await wait_frames_decoded(page, minimum=30, timeout=20)
+        await page.fill("#chat-input", "Can you repeat the last slide?")
+        await page.click("#chat-send")
+        await wait_payload(teacher, lambda p: "repeat the last slide" in json.dumps(p) and p.get("type") != "ack")
+        assert any("repeat the last slide" in json.dumps(m) for m in teacher.data_messages)
+        await wait_channel(teacher, 10)
+        teacher.data_channel.send(json.dumps({"v": 1, "type": "chat.send", "id": "t1", "data": {"text": "Sure"}}))
+        await wait_js(page, "[...document.querySelectorAll('#chat-list .msg')].some("
+                            "(li) => li.textContent.includes('Sure') && li.dataset.identity === 'prof')")
+        await screenshot(page, artifacts_dir, "room-page-on-a-media-worker")
+        assert not chromium.errors(), chromium.errors()
+    finally:
+        await teacher.close()
+
+
+async def test_a_resumed_participant_gets_its_pending_offer_again_from_its_worker(workers_server, http):
+    """The first offer went to a socket that dropped before it was answered: on resume the worker sends
+    the same offer again (`resend`), and answering it connects the same subscriber connection."""
+    from tests.peers import answer_offer, client_pc
+    from tests.test_room_resume import recv_type
+
+    url = f"{workers_server.ws_base}/ws/rooms/{ROOM}"
+    token = workers_server.token(ROOM, "ann", "student")
+    ws = await http.ws_connect(url)
+    await ws.send_json({"type": "join", "token": token, "resumable": True})
+    resume = (await recv_type(ws, "joined"))["resume"]
+    first = await recv_type(ws, "offer")
+    await ws.close()
+    kept = participant(workers_server, "ann")
+    await wait_until(lambda: kept.suspended is not None, 10, "the participant to be kept")
+    ws = await http.ws_connect(url)
+    pc = client_pc()
+    try:
+        await ws.send_json({"type": "join", "token": token, "resumable": True, "resume": resume})
+        assert (await recv_type(ws, "joined"))["resumed"] is True
+        again = await recv_type(ws, "offer")
+        assert again["sdp"] == first["sdp"], "the offer in flight, sent again"
+        await ws.send_json({"type": "answer", "sdp": await answer_offer(pc, again["sdp"])})
+        await wait_until(lambda: pc.connectionState == "connected", 15, "the subscriber connection")
+        assert participant(workers_server, "ann") is kept
+    finally:
+        await pc.close()
+        await ws.close()

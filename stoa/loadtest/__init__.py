@@ -97,12 +97,15 @@ async def run(test: LoadTest, *, say: Callable[[str], None] = print) -> dict:
     cmd = [sys.executable, "-m", "stoa.loadtest.worker"]
     workers: list[_Worker] = []
     shares: list[list] = [[] for _ in range(k)]
+    pub_worker: _Worker | None = None
+    published: dict[str, tuple[float, int]] = {}  # window start/end: (time, frames the publishers sent)
+    client_lag = 0.0  # the viewer processes' worst loop lag within the window
     for i in range(test.viewers):
         shares[i % k].append([i, test.viewer_tokens[i], 0.0])
     try:
         if pub_workers:
             proc = await _spawn(cmd)
-            w = _Worker(proc)
+            w = pub_worker = _Worker(proc)
             workers.append(w)
             pump = asyncio.ensure_future(w.pump())
             _send(proc, {"url": test.url, "room": test.room, "publishers": test.publisher_tokens,
@@ -143,6 +146,11 @@ async def run(test: LoadTest, *, say: Callable[[str], None] = print) -> dict:
             receiving = sum(w.progress.get("receiving", 0) for w in viewer_workers)
             lag = max((w.progress.get("lag_max", 0.0) for w in viewer_workers), default=0.0)
             phase = "joining" if now < start else ("measuring" if now < end else "leaving")
+            if phase == "measuring":
+                client_lag = max(client_lag, lag)
+            if pub_worker is not None and phase != "joining":
+                published.setdefault("start" if phase == "measuring" else "end",
+                                     (now, pub_worker.progress.get("published_frames", 0)))
             say(f"t={now - t0:5.1f}s {phase:9} joined {states.get('joined', 0)}/{test.viewers} "
                 f"receiving {receiving} refused {states.get('refused', 0)} failed {states.get('failed', 0)} "
                 f"| {(packets - last_packets) / max(1e-6, now - last_t):7.0f} pkt/s | client lag {lag * 1000:.0f} ms")
@@ -155,7 +163,13 @@ async def run(test: LoadTest, *, say: Callable[[str], None] = print) -> dict:
             raise RuntimeError(f"a viewer process exited without a result: {logs}")
     finally:
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
-    return summarize(test, results)
+    report = summarize(test, results)
+    if "start" in published and "end" in published:
+        (t0p, f0), (t1p, f1) = published["start"], published["end"]
+        # What the synthetic publishers encoded and sent: the ceiling of every viewer's fps.
+        report["summary"]["publisher_fps"] = (f1 - f0) / max(1e-6, t1p - t0p) / max(1, test.publishers)
+    report["summary"]["client_lag_max"] = client_lag
+    return report
 
 
 async def _spawn(cmd: list[str]) -> asyncio.subprocess.Process:
@@ -237,7 +251,10 @@ def format_report(report: dict, per_viewer: bool = False) -> str:
                f"({s['joins_measured']} measured); to the first video packet (a keyframe): "
                f"p50 {_fmt(s['join_video_p50'], ' s', digits=3)}, p95 {_fmt(s['join_video_p95'], ' s', digits=3)}")
     out.append(f"video fps (complete frames): p50 {_fmt(s['fps_p50'], digits=1)}, p5 {_fmt(s['fps_p5'], digits=1)}, "
-               f"min {_fmt(s['fps_min'], digits=1)}")
+               f"min {_fmt(s['fps_min'], digits=1)}"
+               + (f"; the publisher sent {s['publisher_fps']:.1f} fps" if s.get("publisher_fps") is not None else "")
+               + (f"; viewer processes' loop lag up to {s['client_lag_max'] * 1000:.0f} ms"
+                  if s.get("client_lag_max") is not None else ""))
     out.append(f"loss: p50 {_fmt(s['loss_p50'], '%', 100)}, p95 {_fmt(s['loss_p95'], '%', 100)}, "
                f"overall {_fmt(s['loss_overall'], '%', 100, 3)}")
     out.append(f"delivery: video {_fmt(s['video_kbps_p50'], ' kbps', digits=0)} per viewer (p50), "

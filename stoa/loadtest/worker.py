@@ -77,7 +77,8 @@ async def run(cfg: dict, stop: asyncio.Event) -> None:
                         "receiving": sum(1 for v in viewers.values() if v.video.packets or v.audio.packets),
                         "packets": sum(v.video.packets + v.audio.packets for v in viewers.values()),
                         "frames": sum(v.video.frames for v in viewers.values()),
-                        "lag_max": lag["max"]}})
+                        "lag_max": lag["max"],
+                        "published_frames": sum(p.video.count for p in publishers)}})
                     lag["max"] = 0.0
 
             progress_task = asyncio.ensure_future(progress())
