@@ -1,10 +1,11 @@
-"""The network path of a Chromium student really breaks and comes back; the room page recovers by itself.
+"""The network path of a Chromium page really breaks and comes back; the room page recovers by itself.
 
 Chromium runs in a network namespace of this test's own (tests/netns.py: a veth pair); the server listens and
 gathers ICE on the host end. The cut drops every UDP datagram either way on the pair (TCP, so the room
 socket, still flows): Chromium's ICE goes `disconnected`, and the page's own timers (web/static/room.js,
 `watchIce`) restart ICE after 2 s, or make a new connection when the restart has not reconnected in 10 s.
-Nothing is called from the test. The teacher is an aiortc publisher on loopback, outside the cut.
+Nothing is called on the page from the test. The other side (an aiortc teacher or student) is on loopback,
+outside the cut.
 """
 
 from __future__ import annotations
