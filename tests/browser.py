@@ -4,9 +4,11 @@ Fixtures:
 - `chromium`: a `Chromium` running for one test in the test's event loop. `await chromium.page(url)` opens a page
   in a fresh, isolated browser context; `chromium.logs` keeps every page's console output and errors.
 - `browser_args`: extra launch flags for one test (override it in a test module).
+- `browser_netns`: a tests.netns link whose namespace Chromium runs in (override it in a test module; None: here).
 
 Helpers: `stats(page, pc_expr)`, `wait_frames_decoded(page, pc_expr)`, `wait_js(page, expr)` (awaits async
-expressions, which Playwright's wait_for_function does not), `screenshot(page, artifacts_dir, name)`.
+expressions, which Playwright's wait_for_function does not), `screenshot(page, artifacts_dir, name)`;
+`UFRAGS_JS` / `ice_restarted(page, which, before)` for the room page's ICE restarts.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ BASE_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
     "--allow-loopback-in-peer-connection",
 ]
 OUR_DISABLED_FEATURES = ["WebRtcHideLocalIpsWithMdns"]
@@ -53,9 +54,12 @@ def playwright_disabled_features() -> list[str]:
     return features
 
 
-def chromium_args(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+def chromium_args(extra: list[str] | tuple[str, ...] = (), hosts: tuple[str, ...] = ()) -> list[str]:
+    """The launch flags; `hosts`: addresses besides 127.0.0.1 that pages may open (no name is ever looked up)."""
     features = playwright_disabled_features() + OUR_DISABLED_FEATURES
-    return [*BASE_ARGS, "--disable-features=" + ",".join(dict.fromkeys(features)), *extra]
+    rules = " , ".join(["MAP * ~NOTFOUND", *(f"EXCLUDE {h}" for h in ("127.0.0.1", *hosts))])
+    return [*BASE_ARGS, f"--host-resolver-rules={rules}",
+            "--disable-features=" + ",".join(dict.fromkeys(features)), *extra]
 
 
 def _browser_env(home: Path) -> dict[str, str]:
@@ -108,7 +112,21 @@ def browser_args() -> list[str]:
 
 
 @pytest.fixture
-async def chromium(tmp_path_factory, browser_args, request):
+def browser_netns():
+    """A tests.netns link whose namespace Chromium runs in; override in a test module (None: this namespace)."""
+    return None
+
+
+def _netns_wrapper(home: Path, namespace: str) -> str:
+    """An executable that starts Chromium inside `namespace` (Playwright's pipes are inherited)."""
+    path = home / "chromium-in-netns"
+    path.write_text(f'#!/bin/sh\nexec ip netns exec {namespace} {CHROMIUM} "$@"\n')
+    path.chmod(0o700)
+    return str(path)
+
+
+@pytest.fixture
+async def chromium(tmp_path_factory, browser_args, browser_netns, request):
     """Headless Chromium for one test (Playwright objects belong to one event loop: the test's)."""
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` "
@@ -117,10 +135,13 @@ async def chromium(tmp_path_factory, browser_args, request):
 
     home = Path(tempfile.mkdtemp(prefix="stoa-chromium-", dir=tmp_path_factory.getbasetemp()))
     profile = home / "profile"
+    executable, hosts = CHROMIUM, ()
+    if browser_netns is not None:
+        executable, hosts = _netns_wrapper(home, browser_netns.namespace), (browser_netns.host_address,)
     pw = await async_playwright().start()
     try:
         context = await pw.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=chromium_args(browser_args),
+            str(profile), executable_path=executable, headless=True, args=chromium_args(browser_args, hosts),
             env=_browser_env(home), viewport={"width": 1024, "height": 640},
         )
     except BaseException:
@@ -210,3 +231,26 @@ async def screenshot(page, artifacts_dir: str, name: str) -> str:
     path = os.path.join(artifacts_dir, f"{name}.png")
     await page.screenshot(path=path)
     return path
+
+
+# ---- ICE restarts of the room page (web/static/room.js) ---------------------------------------------
+
+UFRAGS_JS = """(which) => {
+  const pc = window.stoa.state[which];
+  const of = (d) => d && (/a=ice-ufrag:(\\S+)/.exec(d.sdp) || [])[1];
+  return pc ? {local: of(pc.localDescription), remote: of(pc.remoteDescription), ice: pc.iceConnectionState,
+               restarting: !!window.stoa.state.iceRestart[which]} : null;
+}"""
+
+
+async def ice_restarted(page, which: str, before: dict, timeout: float = 15.0) -> dict:
+    """Both ICE ufrags of the connection changed (an ICE restart, not a new connection) and it settled."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = await page.evaluate(UFRAGS_JS, which)
+        if (now and now["local"] != before["local"] and now["remote"] != before["remote"]
+                and now["ice"] in ("connected", "completed") and not now["restarting"]):
+            return now
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the {which} connection did not restart ICE in {timeout} s: {before} -> {now}")
+        await asyncio.sleep(0.1)

@@ -5,9 +5,14 @@
         link.peer_address   # 10.213.x.2, inside link.namespace
         link.qdisc_stats()  # what was offered to the link toward the namespace: sent + dropped
 
+    with ShapedLink(rate=None) as link:            # no limit; the UDP path can be broken
+        link.cut_udp()      # every UDP datagram either way is dropped silently (TCP still flows)
+        link.restore_udp()
+
 The limit is `tc qdisc ... tbf` on the host end (netem is not available on this kernel), so it
-shapes what this namespace sends to the other one. Everything is removed on exit, even after a
-failure: deleting the namespace deletes the pair.
+shapes what this namespace sends to the other one. The cut is an htb qdisc on both ends whose u32
+filter sends UDP to a class with a zero-length fifo (this kernel has no tc drop action, nft or
+iptables). Everything is removed on exit, even after a failure: deleting the namespace deletes the pair.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ def _run(*args: str) -> str:
 
 
 class ShapedLink:
-    def __init__(self, *, rate: str, burst: str = "8kb", latency: str = "100ms"):
+    def __init__(self, *, rate: str | None, burst: str = "8kb", latency: str = "100ms"):
         tag = f"{os.getpid() % 100000}{random.randrange(100)}"
         self.namespace = f"stoa-shaped-{tag}"
         self.host_if, self.peer_if = f"sh{tag}h"[:15], f"sh{tag}p"[:15]
@@ -75,8 +80,28 @@ class ShapedLink:
         _run(*ns, "addr", "add", f"{self.peer_address}/30", "dev", self.peer_if)
         _run(*ns, "link", "set", self.peer_if, "up")
         _run(*ns, "link", "set", "lo", "up")
-        _run("tc", "qdisc", "add", "dev", self.host_if, "root", "tbf", "rate", self.rate,
-             "burst", self.burst, "latency", self.latency)
+        if self.rate:
+            _run("tc", "qdisc", "add", "dev", self.host_if, "root", "tbf", "rate", self.rate,
+                 "burst", self.burst, "latency", self.latency)
+
+    def _ends(self) -> list[tuple[tuple[str, ...], str]]:
+        return [(("tc",), self.host_if), (("tc", "-n", self.namespace), self.peer_if)]
+
+    def cut_udp(self) -> None:
+        """Drop every UDP datagram between the two ends, silently, until restore_udp()."""
+        if self.rate:
+            raise RuntimeError("cut_udp() needs a link without a rate limit (rate=None)")
+        for tc, dev in self._ends():
+            _run(*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1")
+            for cls in ("1:1", "1:2"):
+                _run(*tc, "class", "add", "dev", dev, "parent", "1:", "classid", cls, "htb", "rate", "10gbit")
+            _run(*tc, "qdisc", "add", "dev", dev, "parent", "1:2", "pfifo", "limit", "0")
+            _run(*tc, "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "u32",
+                 "match", "ip", "protocol", "17", "0xff", "flowid", "1:2")
+
+    def restore_udp(self) -> None:
+        for tc, dev in self._ends():
+            _run(*tc, "qdisc", "del", "dev", dev, "root")
 
     def exec_prefix(self) -> list[str]:
         """Prepend to a command to run it inside the namespace."""

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.browser import inbound, screenshot, wait_js
+from tests.browser import UFRAGS_JS, ice_restarted, inbound, screenshot, wait_js
 
 pytestmark = pytest.mark.browser
 ROOM = "lesson"
@@ -167,27 +167,6 @@ async def test_resume_keeps_the_participant_its_hand_and_its_media(stoa_server, 
     assert not await teacher.evaluate("[...document.querySelectorAll('#participants li')]"
                                       ".some(li => li.dataset.identity === 'stud') === false")
     assert not chromium.errors(), chromium.errors()
-
-
-UFRAGS_JS = """(which) => {
-  const pc = window.stoa.state[which];
-  const of = (d) => d && (/a=ice-ufrag:(\\S+)/.exec(d.sdp) || [])[1];
-  return pc ? {local: of(pc.localDescription), remote: of(pc.remoteDescription), ice: pc.iceConnectionState,
-               restarting: !!window.stoa.state.iceRestart[which]} : null;
-}"""
-
-
-async def ice_restarted(page, which: str, before: dict, timeout: float = 15.0) -> dict:
-    """Both ICE ufrags of the connection changed (an ICE restart, not a new connection) and it settled."""
-    deadline = time.monotonic() + timeout
-    while True:
-        now = await page.evaluate(UFRAGS_JS, which)
-        if (now and now["local"] != before["local"] and now["remote"] != before["remote"]
-                and now["ice"] in ("connected", "completed") and not now["restarting"]):
-            return now
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the {which} connection did not restart ICE in {timeout} s: {before} -> {now}")
-        await asyncio.sleep(0.1)
 
 
 async def test_ice_restart_keeps_the_participant_its_hand_and_its_media(stoa_server, chromium, artifacts_dir):

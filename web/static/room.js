@@ -272,11 +272,13 @@ function replacePublisher() {
   state.offering = false;
 }
 
-// Connected only when nothing is stuck: the subscriber is connected and no publish awaits an answer.
+// Connected only when nothing is stuck: the subscriber is connected, no publish awaits an answer, and no
+// connection is cut off or restarting ICE (one connection's restart may end before the other's).
 function showConnected() {
   const sub = state.sub && state.sub.connectionState === "connected";
-  const pubStuck = state.pub && (state.pub.connectionState === "failed" || state.refusals > 0);
-  if (sub && !pubStuck) setBanner("ok", "Connected");
+  const pubStuck = state.pub && (["failed", "disconnected"].includes(state.pub.connectionState) || state.refusals > 0);
+  const restarting = state.iceRestart.pub || state.iceRestart.sub;
+  if (sub && !pubStuck && !restarting) setBanner("ok", "Connected");
 }
 
 // ---- ICE restart (docs/protocol.md, "ICE restart") -----------------------------------------------
