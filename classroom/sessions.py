@@ -33,7 +33,9 @@ Observer = Callable[[str, dict], Any]
 Clock = Callable[[], float]
 
 RECONNECT_GRACE_S = 30.0
-FEATURES = ("chat", "qa", "polls", "whiteboard", "quiz", "recording", "students_may_publish")
+# qa_anonymous_to_staff (default off): anonymous questions hide the asker from staff too, not only classmates.
+FEATURES = ("chat", "qa", "polls", "whiteboard", "quiz", "recording", "students_may_publish",
+            "qa_anonymous_to_staff")
 STAFF_ROLES = ("instructor", "moderator")
 PARTICIPANT_ROLES = ("instructor", "moderator", "student", "viewer")
 

@@ -22,9 +22,11 @@ import aiohttp_jinja2
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
+from classroom.feedback import report as feedback_report
 from recorder.service import RecordingError, RecordingManager
 from signaling.api.identity import active_api_keys
 from signaling.auth import Grants, TokenError, verify_token
+from signaling.classroom_bridge import session_key as classroom_key
 from stoa.appkeys import RECORDINGS, ROOMS, SETTINGS, STORE
 from storage.recordings import RecordingRow
 
@@ -425,26 +427,35 @@ async def page_player(request: web.Request) -> web.Response:
     t0 = min((f["start_time"] for f in files if f.get("start_time") and f.get("kind") != "composite"),
              default=row.started_at)
     end = max(row.ended_at or time.time(), t0 + (row.duration_s or 0))
-    timeline, report, engagement, chart, chart_data, session = [], None, {}, "", [], None
+    report, engagement, session, feedback = None, {}, None, None
+    # An ad hoc room (no session row) keeps its classroom history under a key derived from its name; the
+    # recording's time span picks this recording's part of it.
+    key = row.session_id or classroom_key(row.room, None)
+    events = await store.events.list(key, since=row.started_at - 1, until=end + 1, limit=5000)
+    timeline = await build_timeline(request.app[RECORDINGS].repo, key, events, t0)
+    intervals = await store.sessions.intervals(row.session_id) if row.session_id else []
     if row.session_id:
         session = await store.sessions.get(row.session_id)
-        events = await store.events.list(row.session_id, since=row.started_at - 1, until=end + 1, limit=5000)
-        timeline = await build_timeline(request.app[RECORDINGS].repo, row.session_id, events, t0)
-        intervals = await store.sessions.intervals(row.session_id)
         if session is not None:
             report = attendance.compute(session, intervals, now=time.time()).to_json()
+            staff = caller.identity == session.instructor or (
+                await store.sessions.role_of(session.id, caller.identity)) in ("instructor", "moderator")
+            if caller.sees_all or staff:  # ratings and comments are for the session's staff
+                feedback = (await feedback_report(store, [session]))[0]
         engagement = await store.sessions.engagement(row.session_id)
-        svg, chart_data = activity_svg(t0, end, events, intervals)
-        chart = Markup(svg)
+    svg, chart_data = activity_svg(t0, end, events, intervals)
+    chart = Markup(svg) if events or intervals else ""
     playable = [f for f in files if f.get("frames", 1) != 0 and f.get("status") != "empty"]
     playable.sort(key=lambda f: (f["kind"] != "composite", f["kind"] != "video", f["name"]))
     config = {"id": row.id, "token": request.query.get("token", ""), "t0": t0, "duration": row.duration_s or 0,
               "files": [{"name": f["name"], "kind": f["kind"], "participant": f.get("participant"),
+                         "label": f.get("label") or f"{f.get('participant')} {f['kind']}",
                          "offset": f.get("offset", 0.0) if f["kind"] != "composite" else 0.0,
                          "url": f"/recordings/{row.id}/files/{f['name']}"} for f in playable],
               "events": timeline, "progressInterval": 5}
     return aiohttp_jinja2.render_template("recordings_player.html", request, {
         "caller": caller, "row": row, "session": session, "timeline": timeline, "report": report,
+        "feedback": feedback,
         "engagement": engagement, "chart": chart, "chart_data": chart_data, "config": config,
         "fmt_time": _fmt_time, "fmt_duration": _fmt_duration, "token": request.query.get("token", "")})
 
