@@ -1,0 +1,53 @@
+"""Names on the recording pages, over a real recording through the SFU: files labelled by the source the
+publisher declared (camera / microphone), session titles on the list and the player, and an ad hoc room's
+chat on the review timeline (its classroom history lives under the room's derived key)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from stoa.appkeys import RECORDINGS
+from tests.client import RoomClient
+from tests.fixtures.recording import operator_token, record_room
+
+
+async def page(stoa_server, path: str) -> str:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{stoa_server.base}{path}?token={operator_token(stoa_server)}") as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.text()
+
+
+async def test_ad_hoc_room_has_a_timeline_and_labelled_files(stoa_server):
+    room = "adhoc-lab"
+    student = await RoomClient(stoa_server.ws_base, room, stoa_server.token(room, "sam", "student", name="Sam")).connect()
+    try:
+        async def chat_while_recording():
+            while stoa_server.app[RECORDINGS].status(room) is None:
+                await asyncio.sleep(0.05)
+            await student.send({"type": "data", "payload": {"v": 1, "type": "chat.send", "id": "c1",
+                                                             "data": {"text": "ad hoc hello"}}})
+
+        chatter = asyncio.ensure_future(chat_while_recording())
+        made = await record_room(stoa_server, room, 2.0, session=False)
+        await asyncio.wait_for(chatter, 5)
+    finally:
+        await student.close()
+    row = made["row"]
+    assert row.session_id is None
+    labels = {f["source"]: f["label"] for f in row.files}
+    assert labels == {"camera": "teacher · camera", "microphone": "teacher · microphone"}
+    html = await page(stoa_server, f"/recordings/{row.id}")
+    assert "ad hoc hello" in html and 'id="timeline"' in html and "timeline-empty" not in html
+    assert "no scheduled session" in html
+    assert '"label": "teacher \\u00b7 camera"' in html or "teacher · camera" in html
+
+
+async def test_session_title_on_the_list_and_the_player(stoa_server, short_recording):
+    row = short_recording["row"]
+    listing = await page(stoa_server, "/recordings")
+    assert "Lesson in review" in listing and "<th>Session</th>" in listing
+    player = await page(stoa_server, f"/recordings/{row.id}")
+    assert '<strong id="rec-title">Lesson in review</strong>' in player
