@@ -143,7 +143,7 @@ class RecordingRepo:
                             .where(c.session_id == session_id, c.id.in_(list(chat_ids)))))
         if question_ids:
             q = t.questions.c
-            queries.append(("question", sa.select(q.id, q.text, q.anonymous, q.answer)
+            queries.append(("question", sa.select(q.id, q.text, q.anonymous, q.answer, q.asker_name)
                             .where(q.session_id == session_id, q.id.in_(list(question_ids)))))
         if poll_ids:
             p = t.polls.c

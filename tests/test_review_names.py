@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from stoa.appkeys import RECORDINGS
+from tests.browser import screenshot, wait_js
 from tests.client import RoomClient
 from tests.fixtures.recording import operator_token, record_room
 
@@ -20,7 +22,9 @@ async def page(stoa_server, path: str) -> str:
             return await resp.text()
 
 
-async def test_ad_hoc_room_has_a_timeline_and_labelled_files(stoa_server):
+@pytest.mark.browser
+@pytest.mark.timeout(90)
+async def test_ad_hoc_room_has_a_timeline_and_labelled_files(stoa_server, chromium, artifacts_dir):
     room = "adhoc-lab"
     student = await RoomClient(stoa_server.ws_base, room, stoa_server.token(room, "sam", "student", name="Sam")).connect()
     try:
@@ -42,7 +46,14 @@ async def test_ad_hoc_room_has_a_timeline_and_labelled_files(stoa_server):
     html = await page(stoa_server, f"/recordings/{row.id}")
     assert "ad hoc hello" in html and 'id="timeline"' in html and "timeline-empty" not in html
     assert "no scheduled session" in html
-    assert '"label": "teacher \\u00b7 camera"' in html or "teacher · camera" in html
+    review = await chromium.page(f"{stoa_server.base}/recordings/{row.id}?token={operator_token(stoa_server)}",
+                                 label="review")
+    choices = await wait_js(review, "document.querySelectorAll('#files label').length === 2 && "
+                                    "[...document.querySelectorAll('#files label')].map((l) => l.textContent)")
+    assert sorted(choices) == ["teacher · camera", "teacher · microphone"]
+    timeline = await review.text_content("#timeline")
+    assert "ad hoc hello" in timeline and "Chat · Sam" in timeline
+    await screenshot(review, artifacts_dir, "review-ad-hoc-timeline-labels")
 
 
 async def test_session_title_on_the_list_and_the_player(stoa_server, short_recording):

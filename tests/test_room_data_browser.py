@@ -116,3 +116,28 @@ async def test_anonymous_question_notice_and_hiding(stoa_server, chromium, api, 
     await screenshot(student, artifacts_dir, "room-qa-notice-hidden-student")
     await screenshot(teacher, artifacts_dir, "room-qa-hidden-teacher")
     assert not chromium.errors(), chromium.errors()
+
+
+async def test_dev_form_room_carries_its_title_and_names(stoa_server, chromium, artifacts_dir):
+    async def join(name: str, role: str, title: str = ""):
+        page = await chromium.page(f"{stoa_server.base}/", label=role)
+        await page.fill("input[name=room]", "chem-3")
+        await page.fill("input[name=title]", title)
+        await page.fill("input[name=name]", name)
+        await page.select_option("select[name=role]", role)
+        await page.click("#dev-form button[type=submit]")
+        await page.wait_for_url("**/rooms/chem-3?token=*")
+        await wait_js(page, JOINED, timeout=15)
+        return page
+
+    teacher = await join("Ms Ada", "instructor", "Chemistry, period 3")
+    session = await stoa_server.app[STORE].sessions.get_by_room("chem-3")
+    assert (session.title, session.status, session.instructor) == ("Chemistry, period 3", "live", "Ms_Ada")
+    student = await join("Sam Roe", "student")
+    for page in (teacher, student):
+        assert await page.text_content("#room-title") == "Chemistry, period 3"
+    names = await wait_js(student, "document.querySelectorAll('#participants li').length === 2 && "
+                                   "document.getElementById('participants').textContent")
+    assert "Ms Ada" in names and "Sam Roe" in names and "Ms_Ada" not in names
+    await screenshot(student, artifacts_dir, "room-dev-form-title")
+    assert not chromium.errors(), chromium.errors()

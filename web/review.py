@@ -432,8 +432,10 @@ async def page_player(request: web.Request) -> web.Response:
     # recording's time span picks this recording's part of it.
     key = row.session_id or classroom_key(row.room, None)
     events = await store.events.list(key, since=row.started_at - 1, until=end + 1, limit=5000)
-    timeline = await build_timeline(request.app[RECORDINGS].repo, key, events, t0)
     intervals = await store.sessions.intervals(row.session_id) if row.session_id else []
+    names = {**{f.get("participant"): f.get("participant_name") for f in files if f.get("participant_name")},
+             **{iv.identity: iv.name for iv in intervals if iv.name}}
+    timeline = await build_timeline(request.app[RECORDINGS].repo, key, events, t0, names=names)
     if row.session_id:
         session = await store.sessions.get(row.session_id)
         if session is not None:
@@ -466,8 +468,11 @@ def _category(kind: str) -> str | None:
     return TIMELINE_PREFIXES.get(kind.split(".")[0]) if "." in kind else None
 
 
-async def build_timeline(repo, session_id: str, events: list, t0: float) -> list[dict]:
-    """Chat, Q&A and poll events with their text, at offsets (s) from the recording's start."""
+async def build_timeline(repo, session_id: str, events: list, t0: float, *,
+                         names: dict[str, str] | None = None) -> list[dict]:
+    """Chat, Q&A and poll events with their text, at offsets (s) from the recording's start. `actor` is a
+    display name: the one stored with the message or question, else from `names` (identity -> name)."""
+    names = names or {}
     chosen = [(e, _category(e.type)) for e in events]
     chosen = [(e, c) for e, c in chosen if c is not None]
     payload = lambda e: e.payload if isinstance(e.payload, dict) else {}  # noqa: E731
@@ -478,17 +483,20 @@ async def build_timeline(repo, session_id: str, events: list, t0: float) -> list
         poll_ids={str(payload(e)["poll_id"]) for e, c in chosen if c == "poll" and payload(e).get("poll_id")})
     out = []
     for e, category in chosen:
-        p, actor, text = payload(e), e.actor, None
+        p, actor, text = payload(e), names.get(e.actor, e.actor), None
         if category == "chat" and "message_id" in p:
             msg = texts["chat"].get(p["message_id"])
+            if msg is not None and msg["sender_name"]:
+                actor = msg["sender_name"]
             text = None if msg is None else ("(deleted)" if msg["deleted_at"] else msg["text"])
             if e.type == "chat_pin":
                 text = f"{'pinned' if p.get('pinned') else 'unpinned'}: {text or ''}"
         elif category == "qa" and "question_id" in p:
             q = texts["question"].get(str(p["question_id"]))
             if q is not None:
-                if q["anonymous"] and e.type == "question":
-                    actor = None  # anonymous stays anonymous in the review too
+                if e.type == "question":
+                    # anonymous stays anonymous in the review too
+                    actor = None if q["anonymous"] else (q["asker_name"] or actor)
                 text = (f"answered: {q['text']}" if e.type == "answer" else q["text"])
         elif category == "poll" and "poll_id" in p:
             poll = texts["poll"].get(str(p["poll_id"]))
