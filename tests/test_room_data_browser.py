@@ -17,6 +17,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 JOINED = "window.stoa && document.getElementById('banner').classList.contains('ok')"
 
 
+async def room_page(stoa_server, chromium, room: str, identity: str, role: str, name: str):
+    """A joined room page for a token of `room`."""
+    token = stoa_server.token(room, identity, role, name=name)
+    page = await chromium.page(f"{stoa_server.base}/rooms/{room}?token={token}", label=identity)
+    await wait_js(page, JOINED, timeout=15)
+    return page
+
+
 async def live_session(api, title: str, **features) -> dict:
     s = await api.ok("POST", "/api/sessions", auth=api.admin,
                      json={"title": title, "instructor": "prof", "features": features} if features else
@@ -55,10 +63,7 @@ async def test_quiz_bank_upload_from_the_dashboard(stoa_server, chromium, artifa
 async def test_feedback_form_when_a_student_leaves(stoa_server, chromium, api, artifacts_dir):
     s = await live_session(api, "Poetry, period 3")
     room = s["room"]
-    student = await chromium.page(
-        f"{stoa_server.base}/rooms/{room}?token={stoa_server.token(room, 'ann', 'student', name='Ann Lee')}",
-        label="student")
-    await wait_js(student, JOINED, timeout=15)
+    student = await room_page(stoa_server, chromium, room, "ann", "student", "Ann Lee")
     assert await student.text_content("#room-title") == "Poetry, period 3"
     assert await student.title() == "Poetry, period 3 · Stoa"
     await student.click("#btn-leave")
@@ -86,24 +91,16 @@ async def test_feedback_form_when_a_student_leaves(stoa_server, chromium, api, a
 async def test_anonymous_question_notice_and_hiding(stoa_server, chromium, api, artifacts_dir):
     note = "document.getElementById('qa-anon-note').textContent"
     # An ad hoc room: classmates don't see the name, the teacher does, and the page says so.
-    plain = await chromium.page(
-        f"{stoa_server.base}/rooms/adhoc?token={stoa_server.token('adhoc', 'bo', 'student', name='Bo')}",
-        label="adhoc")
-    await wait_js(plain, JOINED, timeout=15)
+    plain = await room_page(stoa_server, chromium, "adhoc", "bo", "student", "Bo")
     await plain.click("#cr-tabs [data-tab=qa]")
     assert "the teacher sees your name" in await wait_js(plain, f"document.getElementById('classroom').classList.contains('ready') && {note}")
     await screenshot(plain, artifacts_dir, "room-qa-notice-teacher-sees")
 
     s = await live_session(api, "Ethics", qa_anonymous_to_staff=True)
     room = s["room"]
-    teacher = await chromium.page(
-        f"{stoa_server.base}/rooms/{room}?token={stoa_server.token(room, 'prof', 'instructor', name='Prof')}",
-        label="teacher")
-    student = await chromium.page(
-        f"{stoa_server.base}/rooms/{room}?token={stoa_server.token(room, 'ann', 'student', name='Ann Lee')}",
-        label="student")
+    teacher = await room_page(stoa_server, chromium, room, "prof", "instructor", "Prof")
+    student = await room_page(stoa_server, chromium, room, "ann", "student", "Ann Lee")
     for page in (teacher, student):
-        await wait_js(page, JOINED, timeout=15)
         await page.click("#cr-tabs [data-tab=qa]")
     text = await wait_js(student, f"{note}.includes('everyone') && {note}")
     assert text == "Anonymous questions hide your name from everyone, the teacher included."
