@@ -62,3 +62,16 @@ async def test_session_title_on_the_list_and_the_player(stoa_server, short_recor
     assert "Lesson in review" in listing and "<th>Session</th>" in listing
     player = await page(stoa_server, f"/recordings/{row.id}")
     assert '<strong id="rec-title">Lesson in review</strong>' in player
+
+
+async def test_review_page_shows_the_sessions_feedback_to_staff_only(stoa_server, short_recording):
+    from stoa.appkeys import STORE
+
+    row, sid = short_recording["row"], short_recording["session_id"]
+    await stoa_server.app[STORE].feedback.put(sid, "sam", name="Sam", rating=4, comment="good pace", now=1.0)
+    player = await page(stoa_server, f"/recordings/{row.id}")
+    assert 'id="feedback"' in player and "4.0 / 5 from 1 person" in player and "Sam: good pace" in player
+    async with aiohttp.ClientSession() as http:  # a participant sees the recording, not the comments
+        async with http.get(f"{stoa_server.base}/recordings/{row.id}?token="
+                            f"{stoa_server.token('review', 'sam', 'student')}") as resp:
+            assert resp.status == 200 and 'id="feedback"' not in await resp.text()

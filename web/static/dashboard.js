@@ -172,7 +172,8 @@ function renderFeedback(report) {
     el("span", { className: "what" }, el("strong", {}, s.title),
       ` ${s.summary.average} / 5 from ${s.summary.count} ${s.summary.count === 1 ? "person" : "people"}`,
       el("ul", { className: "comments" }, ...s.items.filter((f) => f.comment).map((f) =>
-        el("li", {}, `${"★".repeat(f.rating)} ${f.name}: ${f.comment}`))))))
+        el("li", {}, el("span", { title: `${f.rating} of 5`, ariaLabel: `${f.rating} of 5` }, "★".repeat(f.rating)),
+          ` ${f.name}: ${f.comment}`))))))
     : [el("li", { className: "empty" }, "No feedback yet.")]));
 }
 
