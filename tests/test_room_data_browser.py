@@ -57,6 +57,17 @@ async def test_quiz_bank_upload_from_the_dashboard(stoa_server, chromium, artifa
     stored = await InteractiveRepository(stoa_server.app[STORE]).quiz_questions(bank="algebra")
     assert sorted(q["prompt"] for q in stored) == ["2+2?", "3*3?"]
     await screenshot(page, artifacts_dir, "dashboard-quiz-bank-imported")
+
+    # The room page's Quiz panel has the same upload for staff, and none for students.
+    (tmp_path / "geometry.json").write_text(json.dumps({**good, "bank": "geometry"}))
+    teacher = await room_page(stoa_server, chromium, "quizroom", "prof", "instructor", "Prof Ada")
+    student = await room_page(stoa_server, chromium, "quizroom", "sam", "student", "Sam")
+    await teacher.click("#cr-tabs [data-tab=quiz]")
+    await teacher.set_input_files("#cr-quiz #quiz-bank-upload input[type=file]", str(tmp_path / "geometry.json"))
+    await teacher.click("#cr-quiz #quiz-bank-upload button[type=submit]")
+    await wait_js(teacher, f"{status}.startsWith('Imported') && {status}.includes('geometry')")
+    assert await student.locator("#quiz-bank-upload").count() == 0
+    await screenshot(teacher, artifacts_dir, "room-quiz-bank-imported")
     assert not chromium.errors(), chromium.errors()
 
 
