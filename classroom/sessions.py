@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
 import jsonschema
+from aiohttp import web
 
 from classroom import attendance as attendance_mod
 from classroom.errors import (Banned, BadPassword, Conflict, InvalidInput, InvalidTransition, NotFound,
@@ -34,7 +35,9 @@ Observer = Callable[[str, dict], Any]
 Clock = Callable[[], float]
 
 RECONNECT_GRACE_S = 30.0
-FEATURES = ("chat", "qa", "polls", "whiteboard", "quiz", "recording", "students_may_publish")
+# qa_anonymous_to_staff (default off): anonymous questions hide the asker from staff too, not only classmates.
+FEATURES = ("chat", "qa", "polls", "whiteboard", "quiz", "recording", "students_may_publish",
+            "qa_anonymous_to_staff")
 
 # Allowed status changes and the verb that performs each.
 TRANSITIONS = {
@@ -431,3 +434,16 @@ def _session_event(rec: SessionRecord) -> dict:
     return {"session_id": rec.id, "room": rec.room, "title": rec.title, "type": rec.type,
             "instructor": rec.instructor, "status": rec.status, "actual_start": rec.actual_start,
             "actual_end": rec.actual_end}
+
+
+# The app's SessionService (created by signaling.api.services_ctx); here, beside its class, so web/ pages
+# may read it too without reaching sideways into signaling/.
+SESSIONS = web.AppKey("sessions", SessionService)
+
+
+def session_key(room_name: str, session) -> str:
+    """Where a room's classroom history is kept: its session, or for an ad-hoc room a key derived from
+    its name (32 characters, the width of the session_id columns)."""
+    if session is not None:
+        return str(session.id)
+    return "adhoc" + hashlib.sha256(room_name.encode()).hexdigest()[:27]

@@ -110,7 +110,7 @@ class TutoringService:
             session = await self.sessions.create_tutoring_session(
                 instructor=actor.identity, title=f"Tutoring: {about}", now=now)
             rec = await self._cas(rec, "accepted", instructor=actor.identity, accepted_at=now,
-                                  session_id=session.id)
+                                  session_id=session.id, instructor_name=actor.name or actor.identity)
         await self.sessions.announce_started(session)
         await self._emit("tutoring.accepted", rec, session.room)
         return rec, session
@@ -120,7 +120,8 @@ class TutoringService:
         if len(reason) > 1000:
             raise InvalidInput("reason is longer than 1000 characters")
         rec = await self._pending(request_id, self.clock())
-        rec = await self._cas(rec, "rejected", instructor=actor.identity, reason=reason,
+        rec = await self._cas(rec, "rejected", instructor=actor.identity, instructor_name=actor.name or actor.identity,
+                              reason=reason,
                               ended_at=self.clock(), ended_by=actor.identity)
         await self._emit("tutoring.rejected", rec)
         return rec

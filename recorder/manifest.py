@@ -55,6 +55,7 @@ SCHEMA = {
                     "track_id": {"type": "string", "minLength": 1},
                     "participant": {"type": "string"},
                     "kind": {"enum": ["audio", "video"]},
+                    "source": {"enum": ["camera", "microphone", "screen", "screen_audio", None]},
                     "codec": {"enum": ["video/VP8", "video/H264", "audio/opus"]},
                     "clock_rate": {"type": "integer", "minimum": 1},
                     "file": {"type": "string", "minLength": 1, "pattern": "^[^/\\\\]+$"},
@@ -133,3 +134,11 @@ def write_manifest(directory: str, data: dict) -> None:
             os.close(fd)
     except OSError:
         pass  # some filesystems cannot fsync a directory
+
+
+SOURCE_LABELS = {"camera": "camera", "microphone": "microphone", "screen": "screen", "screen_audio": "screen audio"}
+
+
+def track_label(name: str, kind: str, source: str | None) -> str:
+    """What a player shows for a track file: "Ada Lovelace · screen" (older manifests have no source)."""
+    return f"{name} · {SOURCE_LABELS.get(source or '', kind)}"

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from aiohttp import web
 
 from recorder.export import LAYOUTS
-from recorder.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from recorder.manifest import MANIFEST_NAME, ManifestError, read_manifest, track_label
 from recorder.recovery import finalize_unfinished
 from recorder.session import Recording
 from shared.appkeys import SETTINGS
@@ -88,6 +88,7 @@ def summarize(directory: str, manifest: dict | None = None) -> dict:
     tracks = [t for t in manifest["tracks"] if os.path.exists(os.path.join(directory, t["file"]))]
     starts = [t["start_time"] for t in tracks if t.get("start_time") is not None and t.get("frames", 0) > 0]
     t0 = min(starts) if starts else None
+    names = {p["identity"]: p["name"] for p in manifest.get("participants", [])}
     files, duration, size, errors = [], 0.0, 0, []
     for t in tracks:
         path = os.path.join(directory, t["file"])
@@ -99,7 +100,10 @@ def summarize(directory: str, manifest: dict | None = None) -> dict:
             duration = max(duration, offset + (t.get("duration") or 0.0))
         if t.get("error"):
             errors.append(f"{t['file']}: {t['error']}")
+        name = names.get(t["participant"]) or t["participant"]
         files.append({"name": t["file"], "kind": t["kind"], "participant": t["participant"],
+                      "participant_name": name, "source": t.get("source"),
+                      "label": track_label(name, t["kind"], t.get("source")),
                       "codec": t["codec"], "size": nbytes, "duration": t.get("duration") or 0.0,
                       "frames": t.get("frames", 0), "status": t["status"], "start_time": t.get("start_time"),
                       "offset": round(offset, 6)})
@@ -109,7 +113,8 @@ def summarize(directory: str, manifest: dict | None = None) -> dict:
 
 
 def composite_file_entry(path: str, layout: str, duration: float | None, t0: float | None) -> dict:
-    return {"name": os.path.basename(path), "kind": "composite", "participant": None, "codec": "video/mp4",
+    return {"name": os.path.basename(path), "kind": "composite", "participant": None, "label": "composite",
+            "codec": "video/mp4",
             "layout": layout, "size": os.path.getsize(path), "duration": duration, "frames": None,
             "status": "ready", "start_time": t0, "offset": 0.0}
 
@@ -256,7 +261,7 @@ class RecordingManager:
             recorder = active.recording.add_track(
                 track.track_id, track.publisher_id,
                 active.room.display_name(track.publisher_id) or track.publisher_id,
-                track.kind, track.mime_type, track.clock_rate, channels=2,
+                track.kind, track.mime_type, track.clock_rate, channels=2, source=track.source,
                 on_keyframe_needed=track.request_keyframe)
         except (ValueError, RuntimeError, OSError) as exc:
             log.error("recording %s: cannot record %s: %s", active.row.id, track.track_id, exc)

@@ -89,6 +89,7 @@ class Recording:
         width: Optional[int] = None,
         height: Optional[int] = None,
         channels: int = 2,
+        source: Optional[str] = None,
         on_keyframe_needed: Optional[Callable[[], None]] = None,
     ) -> TrackRecorder:
         if self._status != "recording":
@@ -124,6 +125,8 @@ class Recording:
                     "track_id": track_id,
                     "participant": identity,
                     "kind": kind,
+                    # camera | microphone | screen | screen_audio (the publisher's `tracks`), for labels
+                    "source": source,
                     "codec": _CANONICAL_MIME[codec],
                     "clock_rate": clock_rate,
                     "file": filename,

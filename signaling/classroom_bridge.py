@@ -7,12 +7,12 @@ either transport go through one ordered inbound queue, so a member's messages ar
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 from aiohttp import web
 
 from classroom.interactive import RoomRegistry
+from classroom.sessions import session_key
 from classroom.interactive.channel import MAX_BUFFERED_BYTES, ChannelMember
 from sfu.aiortc_seam import DataChannelSender
 from sfu.pool import RemoteChannel
@@ -20,14 +20,6 @@ from signaling.room import Participant, Room
 from storage.store import STORE
 
 logger = logging.getLogger(__name__)
-
-
-def session_key(room_name: str, session) -> str:
-    """Where a room's classroom history is kept: its session, or for an ad-hoc room a key derived from
-    its name (32 characters, the width of the session_id columns)."""
-    if session is not None:
-        return str(session.id)
-    return "adhoc" + hashlib.sha256(room_name.encode()).hexdigest()[:27]
 
 
 class RoomMember(ChannelMember):

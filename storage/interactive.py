@@ -98,13 +98,15 @@ class InteractiveRepository:
             return [_chat(r) for r in rows]
 
     # ---- Q&A -----------------------------------------------------------------------------------------------
-    async def add_question(self, session_id, *, identity, name, text, anonymous, at) -> dict:
+    async def add_question(self, session_id, *, identity, name, text, anonymous, at,
+                           hidden_from_staff=False) -> dict:
         qid = t.new_id()
         async with self.store.transaction() as conn:
             await conn.execute(t.questions.insert().values(
                 id=qid, session_id=session_id, asker=identity, asker_name=name or "", anonymous=anonymous,
-                text=text, status="open", created_at=at))
+                hidden_from_staff=hidden_from_staff, text=text, status="open", created_at=at))
         return {"id": qid, "identity": identity, "name": name, "text": text, "anonymous": anonymous,
+                "hidden_from_staff": hidden_from_staff,
                 "status": "open", "answer": None, "answered_live": False, "featured": False, "created_at": at,
                 "answered_at": None, "voters": set()}
 
@@ -132,7 +134,8 @@ class InteractiveRepository:
         for qid, identity in votes:
             voters.setdefault(qid, set()).add(identity)
         return [{"id": r.id, "identity": r.asker, "name": r.asker_name, "text": r.text,
-                 "anonymous": bool(r.anonymous), "status": r.status, "answer": r.answer,
+                 "anonymous": bool(r.anonymous), "hidden_from_staff": bool(r.hidden_from_staff),
+                 "status": r.status, "answer": r.answer,
                  "answered_live": bool(r.answered_live), "featured": bool(r.featured), "created_at": r.created_at,
                  "answered_at": r.answered_at, "voters": voters.get(r.id, set())} for r in rows]
 

@@ -33,6 +33,20 @@ class RecordingRow:
     error: str | None
     composite_path: str | None
     instructor: str | None = None   # from the session, when there is one
+    session_title: str | None = None
+
+    @property
+    def title(self) -> str:
+        """What pages call the recording: its session's title, else the room's name."""
+        return self.session_title or self.room
+
+    @property
+    def instructor_name(self) -> str | None:
+        """The instructor's display name, as the recording's manifest has it, else their identity."""
+        for f in self.files or []:
+            if f.get("participant") == self.instructor and f.get("participant_name"):
+                return f["participant_name"]
+        return self.instructor
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +67,7 @@ class RecordingView:
 
 def _select():
     r, s = t.recordings, t.sessions
-    return (sa.select(r, s.c.instructor)
+    return (sa.select(r, s.c.instructor, s.c.title.label("session_title"))
             .select_from(r.outerjoin(s, s.c.id == r.c.session_id)))
 
 
@@ -129,7 +143,7 @@ class RecordingRepo:
                             .where(c.session_id == session_id, c.id.in_(list(chat_ids)))))
         if question_ids:
             q = t.questions.c
-            queries.append(("question", sa.select(q.id, q.text, q.anonymous, q.answer)
+            queries.append(("question", sa.select(q.id, q.text, q.anonymous, q.answer, q.asker_name)
                             .where(q.session_id == session_id, q.id.in_(list(question_ids)))))
         if poll_ids:
             p = t.polls.c

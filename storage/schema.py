@@ -158,9 +158,25 @@ tutoring_requests = sa.Table(
     sa.Column("ended_at", Ts, nullable=True),
     sa.Column("ended_by", Ident, nullable=True),
     sa.Column("duration_s", Ts, nullable=True),
+    sa.Column("instructor_name", sa.Text, nullable=True),
     sa.Index(None, "student"),
     sa.Index(None, "status"),
     sa.Index(None, "instructor"),
+)
+
+FEEDBACK_MAX_COMMENT = 2000
+
+# One rating (1-5) and optional comment per participant and session; sending again replaces it.
+session_feedback = sa.Table(
+    "session_feedback", metadata,
+    sa.Column("session_id", Id, sa.ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("identity", Ident, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False, server_default=""),
+    sa.Column("rating", sa.Integer, nullable=False),
+    sa.Column("comment", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+    sa.CheckConstraint("rating >= 1 AND rating <= 5", name="rating_range"),
 )
 
 webhooks = sa.Table(
@@ -212,6 +228,8 @@ questions = sa.Table(
     sa.Column("asker", Ident, nullable=False),
     sa.Column("asker_name", sa.Text, nullable=False, server_default=""),
     sa.Column("anonymous", sa.Boolean, nullable=False, server_default=sa.false()),
+    # asked anonymously while the session hid askers from staff too (feature qa_anonymous_to_staff)
+    sa.Column("hidden_from_staff", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("status", sa.String(16), nullable=False, server_default="open"),
     sa.Column("answer", sa.Text, nullable=True),

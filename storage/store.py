@@ -144,6 +144,7 @@ class Store:
             f"stoa_store_txn_{id(self)}", default=None)
         from storage.apikeys import ApiKeyRepo
         from storage.events import EventRepo
+        from storage.feedback import FeedbackRepo
         from storage.sessions import SessionRepo
         from storage.tutoring import TutoringRepo
         from storage.webhooks import WebhookRepo
@@ -153,6 +154,7 @@ class Store:
         self.webhooks = WebhookRepo(self)
         self.api_keys = ApiKeyRepo(self)
         self.events = EventRepo(self)
+        self.feedback = FeedbackRepo(self)
 
     @property
     def is_sqlite(self) -> bool:

@@ -31,6 +31,7 @@ class TutoringRecord:
     ended_at: float | None
     ended_by: str | None
     duration_s: float | None
+    instructor_name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

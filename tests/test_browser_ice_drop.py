@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from stoa.config import load_settings
+from shared.config import load_settings
 from tests.browser import UFRAGS_JS, ice_restarted, screenshot, wait_frames_decoded, wait_js
 from tests.client import RoomClient
 from tests.media import CounterVideoTrack
@@ -95,7 +95,7 @@ async def decodes_again(page) -> None:
 
 async def kept_in_the_room(stoa_server, teacher: RoomClient, since: int, student, kept) -> None:
     """The same participant with its hand up, and the teacher heard of no leave or join since event `since`."""
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     assert stoa_server.app[ROOMS].rooms[ROOM].participants["stud"] is kept, "the student became a new participant"
     assert await student.evaluate(HAND_UP), "the hand went down"
@@ -106,7 +106,7 @@ async def kept_in_the_room(stoa_server, teacher: RoomClient, since: int, student
 
 async def test_a_short_cut_restarts_ice_on_the_same_connection(stoa_server, chromium, browser_netns, artifacts_dir):
     from sfu.aiortc_seam import ice_credentials
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     teacher, student = await student_decoding_with_hand_up(stoa_server, chromium)
     try:
@@ -132,7 +132,7 @@ async def test_a_short_cut_restarts_ice_on_the_same_connection(stoa_server, chro
 
 async def test_a_cut_longer_than_the_restart_timeout_falls_back_to_a_new_connection(stoa_server, chromium,
                                                                                    browser_netns):
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     teacher, student = await student_decoding_with_hand_up(stoa_server, chromium)
     try:
@@ -161,7 +161,7 @@ async def test_a_cut_longer_than_the_restart_timeout_falls_back_to_a_new_connect
 
 async def test_a_short_cut_restarts_ice_on_the_teachers_publisher_connection(stoa_server, chromium, browser_netns):
     """The publisher side: the teacher's Chromium is behind the cut, an aiortc student on loopback decodes it."""
-    from stoa.appkeys import ROOMS
+    from signaling.room import ROOMS
 
     token = stoa_server.token(ROOM, "teach", "instructor", name="Teacher")
     teacher = await chromium.page(f"{stoa_server.base}/rooms/{ROOM}?token={token}", label="teach")

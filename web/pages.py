@@ -11,6 +11,8 @@ from aiohttp import web
 from shared.appkeys import SETTINGS, active_api_keys
 from shared.auth import TokenError, mint_token, verify_token
 from shared.roles import SELF_JOIN_ROLES
+from classroom.errors import Conflict
+from classroom.sessions import SESSIONS, Actor
 from recorder.service import RECORDINGS
 from storage.store import STORE
 
@@ -48,9 +50,28 @@ async def dev_join(request: web.Request) -> web.Response:
     if role not in SELF_JOIN_ROLES or not name:
         raise web.HTTPBadRequest(text="give a name and pick a role")
     identity = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    title = str(form.get("title", "")).strip()[:200]
+    if role == "instructor":
+        await _dev_session(request.app, room, title or room, Actor(identity, name, instructor=True))
     token = mint_token(settings.api_key, settings.api_secret, room=room, identity=identity,
                        role=role, name=name)
     raise web.HTTPFound(f"/rooms/{room}?token={token}")
+
+
+async def _dev_session(app: web.Application, room: str, title: str, actor: Actor) -> None:
+    """An instructor's dev-form room becomes a live session with that title (so pages show the title, the
+    review page has attendance, participants can leave feedback), unless the room has a session already or
+    people are in it as an ad hoc room (they would end up in another classroom)."""
+    sessions = app[SESSIONS]
+    live = app[RECORDINGS].rooms.find(room) if RECORDINGS in app else None
+    if await app[STORE].sessions.get_by_room(room) is not None or (live is not None and not live.is_empty()):
+        return
+    features = {"chat": True, "qa": True, "polls": True, "whiteboard": True, "quiz": True}
+    try:
+        rec = await sessions.create(actor, {"title": title, "room": room, "features": features})
+    except Conflict:  # a second tab got there first
+        return
+    await sessions.start(actor, rec.id)
 
 
 async def room_page(request: web.Request) -> web.Response:
@@ -62,8 +83,10 @@ async def room_page(request: web.Request) -> web.Response:
         title = {"expired": "This link has expired", "other_room": "This link is for another class"}.get(exc.kind)
         return aiohttp_jinja2.render_template("error.html", request, {"message": exc.reason, "title": title},
                                               status=401)
+    session = await request.app[STORE].sessions.get_by_room(room)
     return aiohttp_jinja2.render_template("room.html", request, {
         "room": room, "token": token, "grants": grants, "recorded": await recording_notice(request.app, room),
+        "title": session.title if session else room, "session_id": session.id if session else None,
     })
 
 

@@ -20,8 +20,10 @@ import aiohttp_jinja2
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
+from classroom.feedback import report as feedback_report
+from classroom.sessions import session_key as classroom_key
 from recorder.service import RECORDINGS, RecordingError, RecordingManager
-from shared.appkeys import active_api_keys
+from shared.appkeys import SETTINGS, active_api_keys
 from shared.auth import Grants, TokenError, basic_credentials, bearer_token, verify_token
 from storage.recordings import RecordingRow
 from storage.store import STORE
@@ -386,26 +388,37 @@ async def page_player(request: web.Request) -> web.Response:
     t0 = min((f["start_time"] for f in files if f.get("start_time") and f.get("kind") != "composite"),
              default=row.started_at)
     end = max(row.ended_at or time.time(), t0 + (row.duration_s or 0))
-    timeline, report, engagement, chart, chart_data, session = [], None, {}, "", [], None
+    report, engagement, session, feedback = None, {}, None, None
+    # An ad hoc room (no session row) keeps its classroom history under a key derived from its name; the
+    # recording's time span picks this recording's part of it.
+    key = row.session_id or classroom_key(row.room, None)
+    events = await store.events.list(key, since=row.started_at - 1, until=end + 1, limit=5000)
+    intervals = await store.sessions.intervals(row.session_id) if row.session_id else []
+    names = {**{f.get("participant"): f.get("participant_name") for f in files if f.get("participant_name")},
+             **{iv.identity: iv.name for iv in intervals if iv.name}}
+    timeline = await build_timeline(request.app[RECORDINGS].repo, key, events, t0, names=names)
     if row.session_id:
         session = await store.sessions.get(row.session_id)
-        events = await store.events.list(row.session_id, since=row.started_at - 1, until=end + 1, limit=5000)
-        timeline = await build_timeline(request.app[RECORDINGS].repo, row.session_id, events, t0)
-        intervals = await store.sessions.intervals(row.session_id)
         if session is not None:
             report = attendance.compute(session, intervals, now=time.time()).to_json()
+            staff = caller.identity == session.instructor or (
+                await store.sessions.role_of(session.id, caller.identity)) in ("instructor", "moderator")
+            if caller.sees_all or staff:  # ratings and comments are for the session's staff
+                feedback = (await feedback_report(store, [session]))[0]
         engagement = await store.sessions.engagement(row.session_id)
-        svg, chart_data = activity_svg(t0, end, events, intervals)
-        chart = Markup(svg)
+    svg, chart_data = activity_svg(t0, end, events, intervals)
+    chart = Markup(svg) if events or intervals else ""
     playable = [f for f in files if f.get("frames", 1) != 0 and f.get("status") != "empty"]
     playable.sort(key=lambda f: (f["kind"] != "composite", f["kind"] != "video", f["name"]))
     config = {"id": row.id, "token": request.query.get("token", ""), "t0": t0, "duration": row.duration_s or 0,
               "files": [{"name": f["name"], "kind": f["kind"], "participant": f.get("participant"),
+                         "label": f.get("label") or f"{f.get('participant')} {f['kind']}",
                          "offset": f.get("offset", 0.0) if f["kind"] != "composite" else 0.0,
                          "url": f"/recordings/{row.id}/files/{f['name']}"} for f in playable],
               "events": timeline, "progressInterval": 5}
     return aiohttp_jinja2.render_template("recordings_player.html", request, {
         "caller": caller, "row": row, "session": session, "timeline": timeline, "report": report,
+        "feedback": feedback,
         "engagement": engagement, "chart": chart, "chart_data": chart_data, "config": config,
         "fmt_time": _fmt_time, "fmt_duration": _fmt_duration, "token": request.query.get("token", "")})
 
@@ -416,8 +429,11 @@ def _category(kind: str) -> str | None:
     return TIMELINE_PREFIXES.get(kind.split(".")[0]) if "." in kind else None
 
 
-async def build_timeline(repo, session_id: str, events: list, t0: float) -> list[dict]:
-    """Chat, Q&A and poll events with their text, at offsets (s) from the recording's start."""
+async def build_timeline(repo, session_id: str, events: list, t0: float, *,
+                         names: dict[str, str] | None = None) -> list[dict]:
+    """Chat, Q&A and poll events with their text, at offsets (s) from the recording's start. `actor` is a
+    display name: the one stored with the message or question, else from `names` (identity -> name)."""
+    names = names or {}
     chosen = [(e, _category(e.type)) for e in events]
     chosen = [(e, c) for e, c in chosen if c is not None]
     payload = lambda e: e.payload if isinstance(e.payload, dict) else {}  # noqa: E731
@@ -428,17 +444,20 @@ async def build_timeline(repo, session_id: str, events: list, t0: float) -> list
         poll_ids={str(payload(e)["poll_id"]) for e, c in chosen if c == "poll" and payload(e).get("poll_id")})
     out = []
     for e, category in chosen:
-        p, actor, text = payload(e), e.actor, None
+        p, actor, text = payload(e), names.get(e.actor, e.actor), None
         if category == "chat" and "message_id" in p:
             msg = texts["chat"].get(p["message_id"])
+            if msg is not None and msg["sender_name"]:
+                actor = msg["sender_name"]
             text = None if msg is None else ("(deleted)" if msg["deleted_at"] else msg["text"])
             if e.type == "chat_pin":
                 text = f"{'pinned' if p.get('pinned') else 'unpinned'}: {text or ''}"
         elif category == "qa" and "question_id" in p:
             q = texts["question"].get(str(p["question_id"]))
             if q is not None:
-                if q["anonymous"] and e.type == "question":
-                    actor = None  # anonymous stays anonymous in the review too
+                if e.type == "question":
+                    # anonymous stays anonymous in the review too
+                    actor = None if q["anonymous"] else (q["asker_name"] or actor)
                 text = (f"answered: {q['text']}" if e.type == "answer" else q["text"])
         elif category == "poll" and "poll_id" in p:
             poll = texts["poll"].get(str(p["poll_id"]))

@@ -11,10 +11,11 @@ ANONYMOUS_NAME = "Anonymous"
 
 
 def question_out(row: dict, viewer: Any) -> dict:
-    """A question as `viewer` may see it: an anonymous asker is hidden from everyone but moderators and
-    the asker."""
+    """A question as `viewer` may see it: an anonymous asker is hidden from everyone but the asker and, unless
+    it was asked while the session hid askers from staff too (`hidden_from_staff`), moderators."""
     mine = viewer is not None and row.get("identity") == viewer.identity
-    hidden = row.get("anonymous") and not mine and not is_moderator(viewer)
+    staff_sees = is_moderator(viewer) and not row.get("hidden_from_staff")
+    hidden = row.get("anonymous") and not mine and not staff_sees
     voters = row.get("voters") or set()
     return {
         "id": row["id"],
@@ -55,8 +56,10 @@ class QA(Feature):
     def state(self, member: Any) -> dict:
         if not self.room.features.get("qa"):
             return {"questions": []}
+        # What the ask form tells the asker: who sees the name of an anonymous question.
+        settings = {"anonymous_to_staff": self.room.anonymous_to_staff}
         rows = sorted((r for r in self.questions.values() if self.visible(r, member)), key=sort_key)
-        return {"questions": [question_out(r, member) for r in rows]}
+        return {"questions": [question_out(r, member) for r in rows], "qa": settings}
 
     def _get(self, question_id: int) -> dict:
         row = self.questions.get(question_id)
@@ -71,13 +74,17 @@ class QA(Feature):
     @handles("qa.ask", feature="qa", bucket="qa")
     async def ask(self, ctx: Context) -> dict:
         anonymous = bool(ctx.data.get("anonymous", False))
+        hidden = anonymous and self.room.anonymous_to_staff
         row = await self.repo.add_question(self.session_id, identity=ctx.identity, name=ctx.name,
-                                           text=ctx.data["text"], anonymous=anonymous, at=ctx.now)
+                                           text=ctx.data["text"], anonymous=anonymous, at=ctx.now,
+                                           hidden_from_staff=hidden)
         row.setdefault("status", "open")
+        row["hidden_from_staff"] = hidden
         row["voters"] = set()
         self.questions[row["id"]] = row
+        # Hidden from staff: no actor on the timeline and no per-person counter, which would name the asker.
         await self.room.record(ctx, "question", {"question_id": row["id"], "anonymous": anonymous},
-                               {"questions": 1})
+                               None if hidden else {"questions": 1}, anonymous=hidden)
         self._publish(ctx, row)
         return {"question_id": row["id"], "created_at": row["created_at"]}
 

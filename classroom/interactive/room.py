@@ -66,6 +66,8 @@ class InteractiveRoom:
         self.features = {name: True for name in FEATURE_FLAGS}
         # Session features may carry other flags (recording, ...): keep only the ones this layer knows.
         self.features.update({k: bool(v) for k, v in (features or {}).items() if k in FEATURE_FLAGS})
+        # Anonymous questions are anonymous to the instructor and moderators too (not only to classmates).
+        self.anonymous_to_staff = bool((features or {}).get("qa_anonymous_to_staff"))
         self.clock = clock
         self.options = options or RoomOptions()
         self.rng = rng or random.Random()
@@ -337,9 +339,11 @@ class InteractiveRoom:
             task.cancel()
 
     async def record(self, ctx: Context, event: str | None, data: dict, counters: dict[str, int] | None = None,
-                     identity: str | None = None) -> None:
-        """Append a session_events row and bump the actor's engagement counters."""
+                     identity: str | None = None, anonymous: bool = False) -> None:
+        """Append a session_events row and bump the actor's engagement counters (`anonymous`: no actor)."""
         who = identity if identity is not None else (ctx.member.identity if ctx.member is not None else None)
+        if anonymous:
+            who = None
         if event:
             await self.repo.add_event(self.session_id, event, identity=who, data=data, at=ctx.now)
         if counters and who is not None:

@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from classroom.sessions import SessionService
+from classroom.sessions import SESSIONS, SessionService
 from classroom.tutoring import TutoringService
 from classroom.webhooks import WebhookDispatcher
 from shared.appkeys import KEYRING, SETTINGS
@@ -23,7 +23,6 @@ from storage.store import STORE
 log = logging.getLogger(__name__)
 
 # The classroom services, created by services_ctx below.
-SESSIONS = web.AppKey("sessions", SessionService)
 TUTORING = web.AppKey("tutoring", TutoringService)
 WEBHOOKS = web.AppKey("webhooks", WebhookDispatcher)
 

@@ -45,6 +45,25 @@ TUTORING = {
         "expires_at": {"type": "number"}, "accepted_at": {"type": ["number", "null"]},
         "ended_at": {"type": ["number", "null"]}, "ended_by": {"type": ["string", "null"]},
         "duration_s": {"type": ["number", "null"]},
+        "instructor_name": {"type": ["string", "null"], "description": "the accepting instructor's name"},
+    },
+}
+FEEDBACK = {
+    "type": "object",
+    "properties": {"session_id": {"type": "string"}, "identity": {"type": "string"}, "name": {"type": "string"},
+                   "rating": {"type": "integer", "minimum": 1, "maximum": 5}, "comment": {"type": "string"},
+                   "created_at": {"type": "number"}, "updated_at": {"type": "number"}},
+}
+FEEDBACK_REPORT = {
+    "type": "object",
+    "properties": {
+        "session_id": {"type": "string"}, "room": {"type": "string"}, "title": {"type": "string"},
+        "instructor": {"type": "string"}, "status": {"type": "string"},
+        "summary": {"type": "object", "properties": {
+            "count": {"type": "integer"}, "average": {"type": ["number", "null"]},
+            "ratings": {"type": "object", "description": "how many gave each rating, keys \"1\" to \"5\"",
+                        "additionalProperties": {"type": "integer"}}}},
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Feedback"}},
     },
 }
 JOIN_LINK = {
@@ -129,7 +148,7 @@ def document(app: web.Application) -> dict:
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "info": {"title": "Stoa API", "version": __version__,
-                 "description": "Sessions, join tokens, participants, attendance, moderation, 1:1 tutoring, "
+                 "description": "Sessions, join tokens, participants, attendance, moderation, feedback, 1:1 tutoring, "
                                 "webhooks and API keys. Errors are application/problem+json. See docs/api.md."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}, {"apiKey": []}],
@@ -142,7 +161,7 @@ def document(app: web.Application) -> dict:
                            "description": "an API key and its secret: the caller is an admin"},
             },
             "schemas": {"Problem": PROBLEM, "Session": SESSION, "TutoringRequest": TUTORING,
-                        "JoinLink": JOIN_LINK},
+                        "JoinLink": JOIN_LINK, "Feedback": FEEDBACK, "FeedbackReport": FEEDBACK_REPORT},
             "responses": {f"E{code}": {"description": text, "content": {
                 "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
                 for code, text in _ERRORS.items()},

@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from classroom import sessions as sessions_mod, tutoring as tutoring_mod
+from classroom import feedback as feedback_mod, sessions as sessions_mod, tutoring as tutoring_mod
 from classroom.errors import InvalidInput, NotFound, PermissionDenied
 from classroom.webhooks import EVENTS as WEBHOOK_EVENTS
 from shared.appkeys import KEYRING, SETTINGS
@@ -282,6 +282,37 @@ async def mute_participant(ctx: Ctx):
     return {"identity": target, "muted": muted}
 
 
+# -- feedback -----------------------------------------------------------------------------------------------
+
+async def post_feedback(ctx: Ctx):
+    session = await _session(ctx)
+    if ctx.principal.room != session.room:
+        raise PermissionDenied(f"feedback comes from a token for the session's room {session.room!r}")
+    rec = await feedback_mod.submit(ctx.app[STORE], session, ctx.principal.actor, ctx.body,
+                                    now=ctx.app[SESSIONS].clock())
+    return rec.to_dict()
+
+
+async def get_feedback(ctx: Ctx):
+    session = await _session(ctx)
+    await _require_staff(ctx, session)
+    return (await feedback_mod.report(ctx.app[STORE], [session]))[0]
+
+
+async def list_feedback(ctx: Ctx):
+    p = ctx.principal
+    if not (p.admin or p.role == "instructor"):
+        raise PermissionDenied("feedback reports are for instructors (their own sessions) and admins")
+    try:
+        limit = max(1, min(200, int(ctx.request.query.get("limit", 50))))
+    except ValueError:
+        raise InvalidInput("limit must be a whole number") from None
+    sessions = await ctx.app[SESSIONS].list(instructor=None if p.admin else p.identity,
+                                            status=["live", "ended"], limit=500)
+    sessions = sorted(sessions, key=lambda s: s.actual_start or s.created_at, reverse=True)[:limit]
+    return {"sessions": await feedback_mod.report(ctx.app[STORE], sessions)}
+
+
 # -- tutoring -----------------------------------------------------------------------------------------------
 
 def _tutoring_role(p: Principal) -> str:
@@ -483,6 +514,16 @@ OPS: list[Op] = [
     Op("POST", S + "/bans", add_ban, "Ban a participant (disconnects them; they cannot come back)",
        "moderation", STAFF + " (a moderator cannot ban a moderator)", body=BAN_BODY, status=201, response=LIST),
     Op("DELETE", S + "/bans/{identity}", remove_ban, "Lift a ban", "moderation", STAFF, status=204),
+    Op("POST", S + "/feedback", post_feedback, "Rate the session 1-5 with an optional comment (sending again "
+       "replaces it)", "feedback", "a token for the session's room whose holder took part, not the instructor; "
+       "once the session is live or ended", body=feedback_mod.SCHEMA, response="Feedback"),
+    Op("GET", S + "/feedback", get_feedback, "The session's ratings and comments, with a summary", "feedback",
+       STAFF, response="FeedbackReport"),
+    Op("GET", "/api/feedback", list_feedback, "Feedback on my live and ended sessions (admin: everyone's), "
+       "newest sessions first", "feedback", "an instructor or admin",
+       response={"type": "object", "properties": {"sessions": {
+           "type": "array", "items": {"$ref": "#/components/schemas/FeedbackReport"}}}},
+       query=[{"name": "limit", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}]),
     Op("POST", "/api/tutoring", request_tutoring, "Ask for 1:1 tutoring", "tutoring", "a student",
        body=tutoring_mod.REQUEST_SCHEMA, body_required=False, status=201, response="TutoringRequest"),
     Op("GET", "/api/tutoring", tutoring_dashboard, "Dashboard JSON: my requests (student) or the queue and "

@@ -1,5 +1,7 @@
 // Tutoring dashboard: renders the view from GET /api/tutoring, then re-renders from every message on
 // /ws/notify (each carries a fresh view). No polling: a dropped socket reconnects with backoff.
+// Instructors also get the quiz bank upload and the feedback on their sessions (GET /api/feedback).
+import { quizBankForm } from "./quizbank.js";
 
 const cfg = JSON.parse(document.getElementById("dashboard-config").textContent);
 const $ = (id) => document.getElementById(id);
@@ -118,11 +120,11 @@ async function accept(r) {
 
 const WORDS = {
   "tutoring.requested": (r) => (cfg.role === "instructor" ? `${r.student_name || r.student} asked for help` : "Your request was sent"),
-  "tutoring.accepted": (r) => (cfg.role === "instructor" ? `${r.instructor} took ${r.student_name || r.student}'s request` : `${r.instructor} accepted your request`),
+  "tutoring.accepted": (r) => (cfg.role === "instructor" ? `${r.instructor_name || r.instructor} took ${r.student_name || r.student}'s request` : `${r.instructor_name || r.instructor} accepted your request`),
   "tutoring.rejected": (r) => (cfg.role === "instructor" ? `${r.student_name || r.student}'s request was rejected` : `Your request was rejected: ${r.reason || "no reason given"}`),
   "tutoring.cancelled": (r) => `${r.student_name || r.student} withdrew a request`,
   "tutoring.expired": (r) => (cfg.role === "instructor" ? `${r.student_name || r.student}'s request expired` : "Your request expired: nobody was free"),
-  "tutoring.ended": (r) => `The session with ${cfg.role === "instructor" ? r.student_name || r.student : r.instructor} ended`,
+  "tutoring.ended": (r) => `The session with ${cfg.role === "instructor" ? r.student_name || r.student : r.instructor_name || r.instructor} ended`,
 };
 
 function connect() {
@@ -162,6 +164,22 @@ if (form) {
       $("form-error").hidden = false;
     }
   });
+}
+
+function renderFeedback(report) {
+  const sessions = (report.sessions || []).filter((s) => s.summary.count);
+  $("feedback-sessions").replaceChildren(...(sessions.length ? sessions.map((s) => el("li", { dataset: { session: s.session_id } },
+    el("span", { className: "what" }, el("strong", {}, s.title),
+      ` ${s.summary.average} / 5 from ${s.summary.count} ${s.summary.count === 1 ? "person" : "people"}`,
+      el("ul", { className: "comments" }, ...s.items.filter((f) => f.comment).map((f) =>
+        el("li", {}, el("span", { title: `${f.rating} of 5`, ariaLabel: `${f.rating} of 5` }, "★".repeat(f.rating)),
+          ` ${f.name}: ${f.comment}`))))))
+    : [el("li", { className: "empty" }, "No feedback yet.")]));
+}
+
+if (cfg.role === "instructor") {
+  $("quiz-banks").append(quizBankForm(cfg.token, { id: "quiz-bank-upload" }));
+  api("GET", "/api/feedback").then(renderFeedback).catch((e) => report(`Feedback could not be loaded: ${e.message}`));
 }
 
 api("GET", "/api/tutoring").then(render).catch((e) => setBanner("bad", e.message));

@@ -79,7 +79,7 @@ function renderChoices() {
     const box = document.createElement("input");
     box.type = "checkbox"; box.value = f.name; box.checked = initial.has(f.name);
     box.addEventListener("change", () => build(chosenFiles()));
-    label.append(box, `${f.kind === "composite" ? "composite" : `${f.participant} ${f.kind}`}`);
+    label.append(box, f.label || `${f.participant} ${f.kind}`);
     label.title = f.name;
     filesBox.appendChild(label);
   }

@@ -6,10 +6,19 @@ const questions = new Map();
 
 export function mount(root) {
   const text = h("textarea", { id: "qa-text", maxlength: "1000", rows: "2", placeholder: "Ask a question" });
-  const anon = h("label", { class: "inline" }, h("input", { type: "checkbox", id: "qa-anon" }), " Ask anonymously");
+  const anon = h("label", { class: "inline" },
+    h("input", { type: "checkbox", id: "qa-anon", "aria-describedby": "qa-anon-note" }), " Ask anonymously");
+  // Who sees the asker's name: the server decides (session setting qa_anonymous_to_staff) and says so in state.
+  const note = h("p", { id: "qa-anon-note", class: "hint", "aria-live": "polite" }, anonNote(false));
   const form = h("form", { id: "qa-form", class: "cr-stack", onsubmit: ask }, text,
-    h("div", { class: "cr-row" }, anon, h("button", { type: "submit", id: "qa-ask" }, "Ask")));
+    h("div", { class: "cr-row" }, anon, h("button", { type: "submit", id: "qa-ask" }, "Ask")), note);
   root.append(readOnly() ? "" : form, h("ol", { id: "qa-list", class: "cr-list qa-list" }));
+}
+
+function anonNote(toStaff) {
+  return toStaff
+    ? "Anonymous questions hide your name from everyone, the teacher included."
+    : "Anonymous questions hide your name from classmates; the teacher sees your name.";
 }
 
 async function ask(e) {
@@ -38,7 +47,7 @@ function item(q) {
                        dataset: { id: q.id, votes: q.votes } },
     vote, " ",
     h("span", { class: "text" }, q.text),
-    h("div", { class: "hint" }, `${q.name || "Anonymous"}${q.anonymous && isMod() ? " (asked anonymously)" : ""} · ${status}`,
+    h("div", { class: "hint" }, `${q.name || "Anonymous"}${q.anonymous && isMod() && q.identity ? " (asked anonymously)" : ""}${q.mine && q.anonymous ? " (you, anonymously)" : ""} · ${status}`,
       q.featured ? " · ★ featured" : ""),
     q.answer ? h("div", { class: "answer" }, q.answer) : null);
   if (isMod()) {
@@ -54,6 +63,8 @@ function item(q) {
 }
 
 on("state", (s) => {
+  const note = $("qa-anon-note");
+  if (note) note.textContent = anonNote(Boolean(s.qa && s.qa.anonymous_to_staff));
   questions.clear();
   for (const q of s.questions || []) questions.set(q.id, q);
   render();

@@ -1,6 +1,7 @@
 // Quizzes: instructors start a round (each student gets a different question) and watch live results;
 // students answer in a popup with a countdown and see whether they were right.
-import { $, act, h, isMod, on, serverNow } from "./core.js";
+import { $, act, cfg, h, isMod, on, serverNow } from "./core.js";
+import { quizBankForm } from "../quizbank.js";
 
 let question = null;     // the student's current quiz.question (+ choice/correct once answered)
 let progress = null;     // moderators: latest quiz.progress
@@ -14,7 +15,8 @@ export function mount(root) {
         h("input", { id: "quiz-duration", type: "number", min: "5", max: "3600", value: "30", class: "short" }),
         h("button", { type: "submit", id: "quiz-start" }, "Start round"),
         h("button", { type: "button", id: "quiz-end", onclick: end }, "End round")),
-      h("div", { id: "quiz-progress" }));
+      h("div", { id: "quiz-progress" }),
+      quizBankForm(cfg.token, { id: "quiz-bank-upload" }));
   } else {
     root.append(h("p", { class: "hint", id: "quiz-hint" }, "When the instructor starts a quiz round, your question pops up."));
   }
