@@ -1,5 +1,8 @@
 // Room page: joins over the room protocol (docs/protocol.md), publishes on one peer connection and
-// receives on another that the server offers, so renegotiation never glares.
+// receives on another that the server offers, so renegotiation never glares. Tiles and layout: stage.js;
+// device choice: devices.js.
+import { removeTile, startStage, tileFor } from "./stage.js";
+import { applySink, cameraConstraints, prejoinDone, startDevices } from "./devices.js";
 
 const cfg = JSON.parse(document.getElementById("room-config").textContent);
 const $ = (id) => document.getElementById(id);
@@ -38,6 +41,8 @@ export function send(msg) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(msg));
 }
 window.stoa = { state, on, send, cfg, publish, stopCamera, restartMedia };
+startStage(window.stoa);
+startDevices(window.stoa);
 
 function setBanner(kind, text) {
   banner.className = `banner ${kind}`;
@@ -56,28 +61,10 @@ function renderParticipants() {
   }
 }
 
-function tile(id, label) {
-  let el = document.getElementById(`tile-${id}`);
-  if (!el) {
-    el = document.createElement("figure");
-    el.id = `tile-${id}`;
-    el.className = "tile";
-    const video = document.createElement("video");
-    video.autoplay = true;
-    video.playsInline = true;
-    video.muted = true;
-    const cap = document.createElement("figcaption");
-    el.append(video, cap);
-    state.media.add(video);
-    stage.append(el);
-  }
-  el.querySelector("figcaption").textContent = label;
+function tile(id, desc) {
+  const el = tileFor(id, desc);
+  state.media.add(el.querySelector("video"));
   return el;
-}
-
-function removeTile(id) {
-  const el = document.getElementById(`tile-${id}`);
-  if (el) el.remove();
 }
 
 // ---- subscribing -------------------------------------------------------------------------------
@@ -93,7 +80,8 @@ function newSubscriber() {
     const participant = state.participants.get(info.participant) || {};
     const key = `${info.participant || "remote"}-${info.source || e.track.kind}`;
     if (e.track.kind === "video") {
-      const el = tile(key, `${participant.name || info.participant || ""} ${info.source || ""}`);
+      const el = tile(key, { participant: info.participant || "", source: info.source || "camera",
+                             name: participant.name || info.participant || "" });
       el.dataset.trackId = info.track_id || "";
       el.dataset.participant = info.participant || "";
       const video = el.querySelector("video");
@@ -106,6 +94,7 @@ function newSubscriber() {
         audio.id = `audio-${mid}`;
         document.body.append(audio);
         state.media.add(audio);
+        applySink(audio);
       }
       audio.srcObject = new MediaStream([e.track]);
       play(audio);
@@ -284,13 +273,13 @@ function restartMedia() {
 
 async function startCamera() {
   try {
-    state.camera = await navigator.mediaDevices.getUserMedia({
-      video: { width: { ideal: 1280 }, height: { ideal: 720 } }, audio: true });
+    prejoinDone();
+    state.camera = await navigator.mediaDevices.getUserMedia(cameraConstraints());
   } catch (err) {
     setBanner("bad", `Camera/microphone unavailable: ${err.message}`);
     return;
   }
-  tile("self", "You").querySelector("video").srcObject = state.camera;
+  tile("self", { participant: cfg.identity, source: "camera", name: "You" }).querySelector("video").srcObject = state.camera;
   $("btn-camera").textContent = "Stop camera";
   $("btn-mic").disabled = false;
   await publish();
@@ -325,6 +314,7 @@ async function stopCamera() {
 }
 
 async function shareScreen() {
+  prejoinDone();
   try {
     state.screen = await navigator.mediaDevices.getDisplayMedia({
       video: { width: { ideal: 1920 }, height: { ideal: 1080 } }, audio: false });
@@ -334,8 +324,9 @@ async function shareScreen() {
     setBanner("bad", `Screen sharing was not started: ${err.message}`);
     return;
   }
-  tile("self-screen", "Your screen").querySelector("video").srcObject = state.screen;
+  tile("self-screen", { participant: cfg.identity, source: "screen", name: "You" }).querySelector("video").srcObject = state.screen;
   state.screen.getVideoTracks()[0].addEventListener("ended", stopScreen);
+  setShareButton(true);
   await publish();
 }
 
@@ -345,7 +336,14 @@ async function stopScreen() {
   state.screen = null;
   await stopSource(screen);
   removeTile("self-screen");
+  setShareButton(false);
   if (state.pub) await publish();
+}
+
+function setShareButton(sharing) {
+  const btn = $("btn-screen");
+  btn.textContent = sharing ? "Stop sharing" : "Share screen";
+  btn.setAttribute("aria-pressed", String(sharing));
 }
 
 function toggleMic() {
