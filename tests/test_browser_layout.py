@@ -24,8 +24,9 @@ AXE = Path(__file__).parent / "node" / "node_modules" / "axe-core" / "axe.min.js
 
 @pytest.fixture
 def browser_args():
-    # Two fake cameras, so a device can be switched mid-session.
-    return ["--use-fake-device-for-media-stream=device-count=2"]
+    # Three fake cameras, so a device can be switched mid-session. fake_device_1 is a depth camera (Y16) whose
+    # frames WebRTC does not encode; the test switches from fake_device_0 to fake_device_2 (MJPEG).
+    return ["--use-fake-device-for-media-stream=device-count=3"]
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +104,12 @@ async def test_classroom_fits_a_laptop_and_a_phone_and_a_share_takes_the_stage(s
 
     # The camera on, a chat, two questions and a poll with a vote: the instructor's busy page.
     await teacher.click("#prejoin-start")
-    for text in ("Is this on the test?", "Can you go over the second example again, more slowly please?"):
-        await cleo.click("[data-tab=qa]")
+    await cleo.click("[data-tab=qa]")
+    for n, text in enumerate(("Is this on the test?", "Can you go over the second example again, more slowly?"), 1):
         await cleo.fill("#qa-text", text)
         await cleo.click("#qa-ask")
+        await wait_js(cleo, f"document.querySelectorAll('#qa-list .question').length === {n} || "
+                            "document.getElementById('cr-toasts').textContent")
     await ben.fill("#chat-input", "Hello from Ben")
     await ben.click("#chat-send")
     await teacher.click("[data-tab=qa]")
@@ -215,8 +218,9 @@ async def test_device_switch_keeps_the_sender_and_the_pages_pass_axe(stoa_server
     # The pre-join check: preview, two cameras to pick from, the microphone level moves (the fake one beeps).
     await teacher.click("#dev-test")
     await wait_js(teacher, "document.getElementById('dev-preview').videoWidth > 0", timeout=10)
-    cameras = await wait_js(teacher, "document.querySelectorAll('#dev-camera option').length >= 2 && "
-                                     "[...document.querySelectorAll('#dev-camera option')].map((o) => o.value)")
+    options = await wait_js(teacher, "document.querySelectorAll('#dev-camera option').length === 3 && Object.fromEntries("
+                                     "[...document.querySelectorAll('#dev-camera option')].map((o) => [o.textContent, o.value]))")
+    cameras = [options["fake_device_0"], options["fake_device_2"]]
     await wait_js(teacher, "document.getElementById('mic-level').value > 0", timeout=10)
     await screenshot(teacher, artifacts_dir, "layout-prejoin-preview")
     await assert_accessible(teacher, axe_js)
@@ -225,6 +229,7 @@ async def test_device_switch_keeps_the_sender_and_the_pages_pass_axe(stoa_server
     await wait_js(teacher, "window.stoa.state.ownTracks.size === 2 && window.stoa.state.pub.signalingState === 'stable'",
                   timeout=20)
     entry = await wait_frames_decoded(student, minimum=5, timeout=20)
+    entry = await wait_frames_decoded(student, minimum=30, above=entry["framesDecoded"], timeout=20)
     before = await teacher.evaluate(SENDERS)
     video_before = next(s for s in before if s["kind"] == "video")
     assert video_before["device"] == cameras[0]
