@@ -200,6 +200,7 @@ export function startDevices(s) {
   $("btn-devices").addEventListener("click", async () => {
     prejoinDone();
     $("devices-slot").append(form);
+    $("dev-test").hidden = Boolean(stoa.state.camera);   // live: the form shows the published camera
     dialog.showModal();
     await listDevices();
     if (stoa.state.camera) showPreview(stoa.state.camera);
