@@ -46,7 +46,7 @@ export function mount(root) {
   const textBox = h("input", { id: "wb-text", class: "wb-text", hidden: true, maxlength: "500", "aria-label":
     "Text for the whiteboard (Enter places it, Escape cancels)", onkeydown: textKey, onblur: () => placeText(false) });
   root.append(tools, h("div", { id: "wb-status", class: "hint" }),
-    h("div", { class: "wb-surface" }, canvas, textBox), permit);
+    h("div", { class: "wb-surface" }, canvas, textBox), permit || "");
 }
 
 // The text tool: a box where the board was clicked; Enter draws its text there (no window.prompt).
