@@ -7,6 +7,8 @@
 // future; `controls` is the tile's empty `.tile-controls` element, info is {key, participant, source}. The
 // same is dispatched as a "stoa:tile" DOM event on document (detail {tile, controls, participant, source}).
 
+import { prejoinDone } from "./devices.js";
+
 const stage = document.getElementById("stage");
 const main = document.getElementById("stage-main");
 const strip = document.getElementById("tiles");
@@ -103,6 +105,7 @@ function fullscreen(el) {
 // The whiteboard on the stage (the Board tab toggles it); it takes the stage like a screen share.
 export function setBoard(open) {
   boardOpen = open;
+  if (open) prejoinDone();   // the device check would cover the board: opening it means "not now"
   const board = document.getElementById("cr-board");
   if (board && board.parentElement !== main) main.append(board);
   if (board) board.hidden = !open;
