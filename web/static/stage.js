@@ -73,6 +73,8 @@ export function tileFor(key, { participant = "", source = "camera", name = "" } 
     strip.append(el);
     el.dataset.participant = participant;
     el.dataset.source = source;
+    // Someone's video arrives: the device check steps aside (the Devices button still has it).
+    if (!key.startsWith("self")) prejoinDone();
     for (const fn of tileHooks) fn(el, controls, info(el));
     document.dispatchEvent(new CustomEvent("stoa:tile", { detail: { tile: el, controls, participant, source } }));
   }
