@@ -67,7 +67,7 @@ ensure_services() {
 }
 
 ensure_node_clients() {
-  # libdatachannel (npm node-datachannel) for tests/test_outside_clients.py, pinned by its lock file.
+  # npm node-datachannel (tests/test_outside_clients.py) and axe-core (tests/test_browser_layout.py), pinned by the lock file.
   if ! command -v npm >/dev/null 2>&1; then
     if [ "$(id -u)" -ne 0 ]; then
       say "Node.js is needed for the outside-client tests: sudo apt-get install -y nodejs npm"

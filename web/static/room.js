@@ -1,5 +1,8 @@
 // Room page: joins over the room protocol (docs/protocol.md), publishes on one peer connection and
-// receives on another that the server offers, so renegotiation never glares.
+// receives on another that the server offers, so renegotiation never glares. Tiles and layout: stage.js;
+// device choice: devices.js.
+import { removeTile, startStage, tileFor } from "./stage.js";
+import { applySink, cameraConstraints, prejoinDone, startDevices } from "./devices.js";
 
 const cfg = JSON.parse(document.getElementById("room-config").textContent);
 const $ = (id) => document.getElementById(id);
@@ -43,6 +46,8 @@ window.stoa = { state, on, send, cfg, publish, stopCamera, restartMedia, restart
 
 // A join refused with one of these is final: the page shows its screen (admission.js), no reconnect.
 const REFUSALS = ["unauthorized", "room_full", "session_full", "banned", "session_not_live", "forbidden", "bad_password"];
+startStage(window.stoa);
+startDevices(window.stoa);
 
 function setBanner(kind, text) {
   banner.className = `banner ${kind}`;
@@ -61,28 +66,10 @@ function renderParticipants() {
   }
 }
 
-function tile(id, label) {
-  let el = document.getElementById(`tile-${id}`);
-  if (!el) {
-    el = document.createElement("figure");
-    el.id = `tile-${id}`;
-    el.className = "tile";
-    const video = document.createElement("video");
-    video.autoplay = true;
-    video.playsInline = true;
-    video.muted = true;
-    const cap = document.createElement("figcaption");
-    el.append(video, cap);
-    state.media.add(video);
-    stage.append(el);
-  }
-  el.querySelector("figcaption").textContent = label;
+function tile(id, desc) {
+  const el = tileFor(id, desc);
+  state.media.add(el.querySelector("video"));
   return el;
-}
-
-function removeTile(id) {
-  const el = document.getElementById(`tile-${id}`);
-  if (el) el.remove();
 }
 
 // ---- subscribing -------------------------------------------------------------------------------
@@ -98,7 +85,8 @@ function newSubscriber() {
     const participant = state.participants.get(info.participant) || {};
     const key = `${info.participant || "remote"}-${info.source || e.track.kind}`;
     if (e.track.kind === "video") {
-      const el = tile(key, `${participant.name || info.participant || ""} ${info.source || ""}`);
+      const el = tile(key, { participant: info.participant || "", source: info.source || "camera",
+                             name: participant.name || info.participant || "" });
       el.dataset.trackId = info.track_id || "";
       el.dataset.participant = info.participant || "";
       const video = el.querySelector("video");
@@ -111,6 +99,7 @@ function newSubscriber() {
         audio.id = `audio-${mid}`;
         document.body.append(audio);
         state.media.add(audio);
+        applySink(audio);
       }
       audio.srcObject = new MediaStream([e.track]);
       play(audio);
@@ -351,13 +340,13 @@ function restartMedia() {
 
 async function startCamera() {
   try {
-    state.camera = await navigator.mediaDevices.getUserMedia({
-      video: { width: { ideal: 1280 }, height: { ideal: 720 } }, audio: true });
+    prejoinDone();
+    state.camera = await navigator.mediaDevices.getUserMedia(cameraConstraints());
   } catch (err) {
     setBanner("bad", `Camera/microphone unavailable: ${err.message}`);
     return;
   }
-  tile("self", "You").querySelector("video").srcObject = state.camera;
+  tile("self", { participant: cfg.identity, source: "camera", name: "You" }).querySelector("video").srcObject = state.camera;
   $("btn-camera").textContent = "Stop camera";
   $("btn-mic").disabled = false;
   await publish();
@@ -392,6 +381,7 @@ async function stopCamera() {
 }
 
 async function shareScreen() {
+  prejoinDone();
   try {
     state.screen = await navigator.mediaDevices.getDisplayMedia({
       video: { width: { ideal: 1920 }, height: { ideal: 1080 } }, audio: false });
@@ -401,8 +391,9 @@ async function shareScreen() {
     setBanner("bad", `Screen sharing was not started: ${err.message}`);
     return;
   }
-  tile("self-screen", "Your screen").querySelector("video").srcObject = state.screen;
+  tile("self-screen", { participant: cfg.identity, source: "screen", name: "You" }).querySelector("video").srcObject = state.screen;
   state.screen.getVideoTracks()[0].addEventListener("ended", stopScreen);
+  setShareButton(true);
   await publish();
 }
 
@@ -412,7 +403,14 @@ async function stopScreen() {
   state.screen = null;
   await stopSource(screen);
   removeTile("self-screen");
+  setShareButton(false);
   if (state.pub) await publish();
+}
+
+function setShareButton(sharing) {
+  const btn = $("btn-screen");
+  btn.textContent = sharing ? "Stop sharing" : "Share screen";
+  btn.setAttribute("aria-pressed", String(sharing));
 }
 
 function toggleMic() {

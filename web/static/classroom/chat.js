@@ -18,7 +18,7 @@ export function mount(root) {
   const older = h("button", { id: "chat-older", type: "button", class: "link", onclick: loadOlder }, "Load earlier messages");
   const pins = h("div", { id: "chat-pinned", class: "cr-pinned" });
   const context = h("div", { id: "chat-context", class: "cr-context", hidden: true });
-  const input = h("input", { id: "chat-input", maxlength: "4096", placeholder: "Message", autocomplete: "off",
+  const input = h("input", { id: "chat-input", maxlength: "4096", placeholder: "Message", "aria-label": "Chat message", autocomplete: "off",
                              oninput: onTypingInput });
   const form = h("form", { id: "chat-form", class: "cr-row", onsubmit: submit },
     input, h("button", { type: "submit", id: "chat-send" }, "Send"));

@@ -46,7 +46,7 @@ function route(msg) {
     else p.reject(Object.assign(new Error(msg.message || msg.code), { code: msg.code }));
     return;
   }
-  if (msg.type === "error") notify(`${msg.code}: ${msg.message}`, "bad");
+  if (msg.type === "error") notify(msg.message || "The server refused that.", "bad");
   for (const fn of handlers.get(msg.type) || []) {
     try { fn(msg.data || {}, msg); } catch (err) { console.error(err); }
   }
@@ -84,12 +84,24 @@ export function send(type, data = {}) {
   });
 }
 
-// send() that reports a refusal to the user instead of throwing.
+// What each action is called in a toast ("Could not start the quiz: ...").
+const DOING = {
+  "chat.send": "send the message", "chat.edit": "edit the message", "chat.delete": "delete the message",
+  "chat.pin": "pin the message", "hand.raise": "raise your hand", "hand.lower": "lower the hand",
+  "poll.create": "create the poll", "poll.start": "open the poll", "poll.vote": "send your vote",
+  "poll.close": "close the poll", "qa.ask": "send the question", "qa.answer": "send the answer",
+  "qa.dismiss": "dismiss the question", "qa.feature": "feature the question", "qa.upvote": "vote for the question",
+  "quiz.start": "start the quiz", "quiz.answer": "send your answer", "quiz.end": "end the quiz",
+  "reaction.send": "send the reaction", "whiteboard.stroke": "draw on the whiteboard",
+  "whiteboard.undo": "undo", "whiteboard.clear": "clear the whiteboard", "whiteboard.permit": "change who may draw",
+};
+
+// send() that reports a refusal to the user, in words, instead of throwing.
 export async function act(type, data = {}) {
   try {
     return await send(type, data);
   } catch (err) {
-    notify(`${type}: ${err.message}`, "bad");
+    notify(`Could not ${DOING[type] || "do that"}: ${err.message}`, "bad");
     return null;
   }
 }

@@ -5,8 +5,9 @@ import { $, act, h, isMod, on, readOnly, serverNow } from "./core.js";
 const polls = new Map();
 
 export function mount(root) {
-  if (isMod()) root.append(createForm());
+  // Results first; the form folds away once a poll is made, so the results stay in view (docs/room-page.md).
   root.append(h("div", { id: "poll-list" }));
+  if (isMod()) root.append(h("details", { id: "poll-new", open: true }, h("summary", {}, "New poll"), createForm()));
   setInterval(tickCountdowns, 1000);
 }
 
@@ -18,7 +19,7 @@ function createForm() {
       h("label", { class: "inline" }, h("input", { type: "checkbox", id: "poll-multiple" }), " multiple choice"),
       h("label", { class: "inline" }, h("input", { type: "checkbox", id: "poll-anonymous" }), " anonymous")),
     h("div", { class: "cr-row wrap" },
-      h("select", { id: "poll-results" }, h("option", { value: "live" }, "results live"),
+      h("select", { id: "poll-results", "aria-label": "When students see the results" }, h("option", { value: "live" }, "results live"),
         h("option", { value: "after_close" }, "results after close")),
       h("input", { id: "poll-duration", type: "number", min: "5", max: "86400", placeholder: "duration s", class: "short" }),
       h("label", { class: "inline" }, h("input", { type: "checkbox", id: "poll-start", checked: true }), " start now")),
@@ -40,7 +41,10 @@ async function create(e) {
                  start: $("poll-start").checked };
   const duration = parseInt($("poll-duration").value, 10);
   if (Number.isFinite(duration)) data.duration_s = duration;
-  if (await act("poll.create", data)) $("poll-form").reset();
+  if (await act("poll.create", data)) {
+    $("poll-form").reset();
+    $("poll-new").open = false;
+  }
 }
 
 const drafts = new Map();  // poll id -> choices ticked but not sent yet (survive re-rendering)

@@ -7,6 +7,8 @@ const H = 563;               // 16:9, like the server's PNG
 const MAX_POINTS = 2000;
 const COLORS = ["#111111", "#e53935", "#1e88e5", "#43a047", "#fb8c00", "#8e24aa"];
 const SIZES = [2, 4, 8, 16];
+const COLOR_NAMES = { "#111111": "black", "#e53935": "red", "#1e88e5": "blue", "#43a047": "green",
+                      "#fb8c00": "orange", "#8e24aa": "purple" };
 
 let strokes = [];
 const pendingStrokes = [];   // drawn here, not yet echoed by the server
@@ -17,17 +19,20 @@ let color = COLORS[0];
 let size = SIZES[1];
 
 export function mount(root) {
-  const canvas = h("canvas", { id: "wb-canvas", width: String(W), height: String(H), class: "wb-canvas" });
+  const canvas = h("canvas", { id: "wb-canvas", width: String(W), height: String(H), class: "wb-canvas", role: "img",
+                               "aria-label": "Whiteboard" });
   canvas.addEventListener("pointerdown", down);
   canvas.addEventListener("pointermove", move);
   canvas.addEventListener("pointerup", up);
   canvas.addEventListener("pointercancel", up);
   const tools = h("div", { id: "wb-tools", class: "cr-row wrap wb-tools" },
     ["pen", "line", "rectangle", "text", "eraser"].map((t) =>
-      h("button", { type: "button", class: `tool${t === tool ? " active" : ""}`, dataset: { tool: t }, onclick: () => pickTool(t) }, t)),
+      h("button", { type: "button", class: `tool${t === tool ? " active" : ""}`, dataset: { tool: t },
+                    "aria-pressed": String(t === tool), onclick: () => pickTool(t) }, t)),
     COLORS.map((c) => h("button", { type: "button", class: `swatch${c === color ? " active" : ""}`, dataset: { color: c },
-                                    style: `background:${c}`, title: c, onclick: () => pickColor(c) })),
-    h("select", { id: "wb-size", onchange: (e) => { size = Number(e.target.value); } },
+                                    style: `background:${c}`, title: c, "aria-label": `Color ${COLOR_NAMES[c]}`,
+                                    "aria-pressed": String(c === color), onclick: () => pickColor(c) })),
+    h("select", { id: "wb-size", "aria-label": "Pen size", onchange: (e) => { size = Number(e.target.value); } },
       SIZES.map((s) => h("option", { value: String(s), selected: s === size }, `${s}px`))),
     h("button", { type: "button", id: "wb-undo", onclick: () => act("whiteboard.undo", {}) }, "Undo"),
     isMod() ? h("button", { type: "button", id: "wb-clear", onclick: () => act("whiteboard.clear", {}) }, "Clear") : null);
@@ -35,19 +40,58 @@ export function mount(root) {
     h("span", { class: "hint" }, "Who may draw:"),
     h("button", { type: "button", onclick: () => act("whiteboard.permit", { identities: [] }) }, "Moderators only"),
     h("button", { type: "button", id: "wb-permit-all", onclick: () => act("whiteboard.permit", { identities: "all" }) }, "Everyone"),
-    h("input", { id: "wb-permit-ids", placeholder: "identities, comma separated" }),
+    h("input", { id: "wb-permit-ids", placeholder: "identities, comma separated", "aria-label": "Who may draw (identities, comma separated)" }),
     h("button", { type: "submit" }, "Allow"),
     h("span", { id: "wb-permitted", class: "hint" })) : null;
-  root.append(tools, h("div", { id: "wb-status", class: "hint" }), canvas, permit);
+  const textBox = h("input", { id: "wb-text", class: "wb-text", hidden: true, maxlength: "500", "aria-label":
+    "Text for the whiteboard (Enter places it, Escape cancels)", onkeydown: textKey, onblur: () => placeText(false) });
+  root.append(tools, h("div", { id: "wb-status", class: "hint" }),
+    h("div", { class: "wb-surface" }, canvas, textBox), permit || "");
 }
+
+// The text tool: a box where the board was clicked; Enter draws its text there (no window.prompt).
+let textAt = null;
+function openText(p, e) {
+  const box = $("wb-text");
+  const r = e.currentTarget.getBoundingClientRect();
+  const surface = box.parentElement.getBoundingClientRect();   // the box is placed in the canvas's wrapper
+  textAt = p;
+  box.value = "";
+  box.hidden = false;
+  box.style.left = `${r.left - surface.left + p[0] * r.width}px`;
+  box.style.top = `${r.top - surface.top + p[1] * r.height}px`;
+  box.style.color = color;
+  box.style.fontSize = `${textWidth() * 4 * (r.width / W)}px`;
+  setTimeout(() => box.focus(), 0);
+}
+function textKey(e) {
+  if (e.key === "Enter") { e.preventDefault(); placeText(true); }
+  if (e.key === "Escape") { e.preventDefault(); placeText(false); }
+}
+function placeText(keep) {
+  const box = $("wb-text");
+  if (box.hidden) return;
+  const text = box.value.trim();
+  box.hidden = true;
+  if (keep && text && textAt) submit({ tool: "text", points: [textAt], color, width: textWidth(), text: text.slice(0, 500) });
+  textAt = null;
+}
+// Text is 4x its width in board pixels (the server's PNG agrees): at least 28 px on the 1000-wide board.
+const textWidth = () => Math.max(7, size * 2);
 
 function pickTool(t) {
   tool = t;
-  for (const b of document.querySelectorAll("#wb-tools .tool")) b.classList.toggle("active", b.dataset.tool === t);
+  for (const b of document.querySelectorAll("#wb-tools .tool")) {
+    b.classList.toggle("active", b.dataset.tool === t);
+    b.setAttribute("aria-pressed", String(b.dataset.tool === t));
+  }
 }
 function pickColor(c) {
   color = c;
-  for (const b of document.querySelectorAll("#wb-tools .swatch")) b.classList.toggle("active", b.dataset.color === c);
+  for (const b of document.querySelectorAll("#wb-tools .swatch")) {
+    b.classList.toggle("active", b.dataset.color === c);
+    b.setAttribute("aria-pressed", String(b.dataset.color === c));
+  }
 }
 
 function permitSome(e) {
@@ -77,8 +121,8 @@ function down(e) {
   e.currentTarget.setPointerCapture(e.pointerId);
   const p = point(e);
   if (tool === "text") {
-    const text = window.prompt("Text");
-    if (text) submit({ tool: "text", points: [p], color, width: size, text: text.slice(0, 500) });
+    e.preventDefault();   // keep the focus for the text box
+    openText(p, e);
     return;
   }
   current = { tool, points: [p], color, width: size, identity: me.identity };
