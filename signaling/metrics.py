@@ -33,7 +33,7 @@ class RoomCollector:
                 by_kind[t.kind] = by_kind.get(t.kind, 0) + 1
                 received += t.packets_received
                 plis += t.plis_sent
-                for d in t.downtracks:
+                for d in t.legs():
                     legs += 1
                     by_quality[d.quality.level] += 1
                     sent += d.packets_sent

@@ -62,6 +62,11 @@ CLIENT_MESSAGES: dict[str, dict] = {
     },
     "mute": {"properties": {"track_id": _ID, "muted": {"type": "boolean"}}, "required": ["track_id", "muted"]},
     "unpublish": {"properties": {"track_id": _ID}, "required": ["track_id"]},
+    # The size (device pixels) at which this page renders a remote video; 0 x 0 while it is hidden.
+    # The server gives a simulcast track's viewer the smallest layer at least that tall.
+    "video_size": {"properties": {"track_id": _ID, "width": {"type": "integer", "minimum": 0, "maximum": 16384},
+                                  "height": {"type": "integer", "minimum": 0, "maximum": 16384}},
+                   "required": ["track_id", "width", "height"]},
     "leave": {"properties": {}},
     # The subscriber connection failed: the server replaces it and offers every track again.
     "resubscribe": {"properties": {}},

@@ -254,6 +254,11 @@ async def _handle(app, room, participant: Participant, message: dict, send) -> N
     elif kind == "mute":
         if not await room.set_muted(participant, message["track_id"], message["muted"]):
             raise ProtocolError("not_found", f"you publish no track {message['track_id']!r}")
+    elif kind == "video_size":
+        leg = participant.subscriber.downtrack(message["track_id"]) if participant.subscriber else None
+        if leg is None:
+            raise ProtocolError("not_found", f"you receive no track {message['track_id']!r}")
+        leg.render_height = message["height"]
     elif kind == "unpublish":
         if participant.publisher is None or not participant.publisher.unpublish(message["track_id"]):
             raise ProtocolError("not_found", f"you publish no track {message['track_id']!r}")

@@ -9,7 +9,8 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from sfu.aiortc_seam import check_compatibility, enable_transport_cc, prefer_aes128_gcm, register_h264_profiles
+from sfu.aiortc_seam import (check_compatibility, enable_simulcast_extensions, enable_transport_cc, prefer_aes128_gcm,
+                             register_h264_profiles)
 from sfu.overload import LoadMonitor, OverloadPolicy
 from sfu.peer import IceSettings, PeerFactory
 from signaling import api, classroom_api, classroom_bridge, debug, metrics, whip, ws
@@ -27,6 +28,7 @@ def build_app(settings: Settings) -> web.Application:
     check_compatibility()
     prefer_aes128_gcm()
     enable_transport_cc()
+    enable_simulcast_extensions()
     register_h264_profiles()
     app = web.Application(client_max_size=1024 * 1024, middlewares=[whip.cors_middleware])
     app[SETTINGS] = settings
