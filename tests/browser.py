@@ -210,3 +210,12 @@ async def screenshot(page, artifacts_dir: str, name: str) -> str:
     path = os.path.join(artifacts_dir, f"{name}.png")
     await page.screenshot(path=path)
     return path
+
+
+async def render_remote_video_at(page, width: int, height: int, selector: str = "figure.tile[data-track-id] video"):
+    """Make a room page render a remote video at width x height CSS pixels; the page reports the size to the
+    server (`video_size`), which picks a simulcast layer from it."""
+    await page.evaluate("""([sel, w, h]) => {
+        const v = document.querySelector(sel);
+        v.style.width = w + 'px'; v.style.height = h + 'px'; v.style.maxWidth = 'none'; v.style.maxHeight = 'none';
+    }""", [selector, width, height])

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.browser import inbound, screenshot, wait_js
+from tests.browser import inbound, render_remote_video_at, screenshot, wait_js
+from tests.test_browser_bandwidth import eventually
 from tests.test_browser_room import ROOM, teacher_and_student
 
 pytestmark = pytest.mark.browser
@@ -22,25 +23,6 @@ async def camera_stats(page) -> dict:
     """The student's inbound camera video: frameWidth, framesDecoded, freezeCount, ... ({} before)."""
     entries = await inbound(page, "video")
     return entries[0] if entries else {}
-
-
-async def eventually(check, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout} s (last: {last!r})")
-        await asyncio.sleep(interval)
-
-
-async def render_at(page, width: int, height: int) -> None:
-    """Make the page render the remote camera at width x height CSS pixels (the page reports it)."""
-    await page.evaluate(f"""() => {{
-        const v = document.querySelector('figure.tile[data-track-id] video');
-        v.style.width = '{width}px'; v.style.height = '{height}px'; v.style.maxWidth = 'none'; }}""")
 
 
 async def width_reaches(page, width: int, timeout: float) -> dict:
@@ -76,13 +58,13 @@ async def test_chromium_simulcast_follows_the_viewers_render_size(stoa_server, c
     assert [layer.rid for layer in track.layers] == ["q", "h", "f"]
 
     # A large video on a wide link: the full layer.
-    await render_at(student, 1280, 720)
+    await render_remote_video_at(student, 1280, 720)
     full = await width_reaches(student, 1280, 15)
     assert all(layer.packets_received > 0 for layer in track.layers), track.stats()
     await screenshot(student, artifacts_dir, "simulcast-student-full")
 
     # The page now renders it small: the low layer, without a freeze, on the same stream.
-    await render_at(student, 160, 90)
+    await render_remote_video_at(student, 160, 90)
     started = time.monotonic()
     small = await width_reaches(student, 320, 5)
     took = time.monotonic() - started
