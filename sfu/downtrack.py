@@ -27,7 +27,8 @@ class DownTrack:
                  "_rtx_seq", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
                  "packets_sent", "retransmits", "nack_misses", "keyframe_requests",
                  "retransmit", "quality", "pacer", "on_quality", "keyframes_for_viewer", "_load", "_shed",
-                 "oversize_drops", "replayed", "vp8", "layer_choice", "remb", "render_height")
+                 "oversize_drops", "replayed", "vp8", "layer_choice", "remb", "render_height",
+                 "probe_bytes", "_probe_credit")
 
     def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str, load=None):
         self.subscriber_id = subscriber_id
@@ -65,6 +66,8 @@ class DownTrack:
         self.layer_choice = None
         self.remb: float | None = None
         self.render_height: int | None = None
+        self.probe_bytes = 0
+        self._probe_credit = 0
 
     @property
     def track_id(self) -> str | None:
@@ -231,6 +234,38 @@ class DownTrack:
         if policy.suspended:
             self._keyframe_for_bad_viewer(now)
 
+    def can_probe(self) -> bool:
+        params = self.seam.params
+        return params is not None and params.rtx_payload_type is not None
+
+    def send_probe(self, nbytes: int) -> None:
+        """Padding that tests whether the viewer's link carries more (simulcast, before a step up): RTX
+        copies of the packets last sent, with a fresh abs-send-time so the viewer's estimator counts
+        them. The viewer drops them as duplicates."""
+        fwd, up, params = self.forwarder, self.uptrack, self.seam.params
+        if fwd is None or not fwd.started or up is None or params is None or params.rtx_payload_type is None:
+            return
+        # A credit, so that a packet larger than one step's share does not make the probe overshoot.
+        credit = self._probe_credit = min(self._probe_credit + nbytes, 8 * nbytes + 1500)
+        sent, back, send_time = 0, 0, abs_send_time()
+        while sent < credit and back < 32:
+            src = fwd.source_seq((fwd.last_out_seq - back) & 0xFFFF)
+            back += 1
+            packet = up.cache.get(src) if src is not None else None
+            if packet is None:
+                continue
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            out_seq = (src + fwd.seq_offset) & 0xFFFF
+            ext = build_extensions(self._ext_ids, self._mid, send_time, None)
+            payload = packet.payload if self.vp8 is None else self.vp8.rewrite(packet.payload)
+            data = build_header(bool(ext), packet.marker, params.rtx_payload_type, self._rtx_seq,
+                                fwd.out_timestamp(src, packet.timestamp), self.seam.rtx_ssrc) \
+                + ext + rtx_payload(out_seq, payload)
+            if len(data) <= MAX_RTP_PACKET and self.seam.send_rtp_now(data):
+                sent += len(data)
+        self._probe_credit = credit - sent
+        self.probe_bytes += sent
+
     def _on_remb(self, bitrate: float) -> None:
         self.remb = bitrate
 
@@ -313,6 +348,7 @@ class DownTrack:
             "paced": self.pacer.paced,
             "oversize_drops": self.oversize_drops,
             "replayed": self.replayed,
-            **({"layer": self.uptrack.rid, "remb": self.remb, "render_height": self.render_height}
+            **({"layer": self.uptrack.rid, "remb": self.remb, "render_height": self.render_height,
+                "probe_bytes": self.probe_bytes}
                if self.layer_choice is not None and self.uptrack is not None else {}),
         }

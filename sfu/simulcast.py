@@ -38,6 +38,10 @@ SETTLE = 1.5             # s after a switch before the next step down (loss is m
 DOWN_LOSS = 0.10         # a window with this much loss steps the leg down
 UP_LOSS = 0.02           # more than this and it does not try to go up
 ESTIMATE_MARGIN = 0.9    # a layer fits when its bitrate is at most this share of the estimate
+PROBE_TIME = 2.0         # s of padding at the next layer's rate before a step up
+PROBE_EXTRA = 1.2        # the probe sends next x this - current
+PROBE_STEP = 0.02        # s between two probe bursts
+PROBE_GRACE = 1.5        # s added to SETTLE after a failed probe
 SWITCH_TIMEOUT = 2.0     # s to wait for the target layer's keyframe before asking again
 STALE = 2.0              # s without packets: the layer is not sent (paused, or the publisher's BWE)
 _KNOWN_ORDER = ("q", "h", "f")  # the room page's names, lowest first
@@ -114,12 +118,15 @@ def ceiling(layers: list[Layer], render_height: int | None) -> int:
 
 class LayerChoice:
     """One leg's layer, with hysteresis: down at once on loss or a low estimate (then SETTLE before
-    the next step), up one layer after a hold with no loss; a step up that fails within PROBE_WINDOW
-    doubles the hold (up to MAX_HOLD), one that holds resets it. Without probing, the viewer's REMB
-    follows what it receives (at most ~1.5x), so it vetoes a step up when it is below what the leg
-    gets now, and allows a larger step at once when it is high enough; the try itself is the probe."""
+    the next step), up one layer after a hold with no loss. A viewer's REMB follows what it receives,
+    so it cannot say whether a higher layer would fit: before a step up the leg is probed (`probe`:
+    padding at the difference in rate for PROBE_TIME), and it moves up only if that passed without
+    loss and without its REMB falling (a queue growing on the way); a leg that cannot be probed (no RTX) just tries. A failed probe, or a step up undone within
+    PROBE_WINDOW, doubles the hold (up to MAX_HOLD); one that holds resets it. Right after a step up
+    only loss can take it down (the estimate lags)."""
 
-    __slots__ = ("current", "target", "changed_at", "up_at", "hold", "switches", "failed_tries")
+    __slots__ = ("current", "target", "changed_at", "up_at", "hold", "switches", "failed_tries", "probe",
+                 "probes")
 
     def __init__(self, current: int, now: float):
         self.current = current
@@ -129,10 +136,38 @@ class LayerChoice:
         self.hold = BASE_HOLD
         self.switches = 0
         self.failed_tries = 0
+        # While probing: (layer, until, bit/s of padding, packets sent and NACKed by then, the estimate then)
+        self.probe: tuple | None = None
+        self.probes = 0
+
+    def _fail(self, now: float) -> None:
+        self.failed_tries += 1
+        self.hold = min(self.hold * 2, MAX_HOLD)
+        self.up_at = None
+        # The loss the probe caused is still in the next loss windows: it must not take the leg down.
+        self.changed_at = now + PROBE_GRACE
 
     def decide(self, layers: list[Layer], *, now: float, loss: float = 0.0, estimate: float | None = None,
-               render_height: int | None = None) -> int:
-        """The layer this leg should be on now (may equal `current`)."""
+               render_height: int | None = None, can_probe: bool = False,
+               counts: tuple[int, int] = (0, 0)) -> int:
+        """The layer this leg should be on now (may equal `current`); may start or end a probe.
+        `counts`: the leg's packets sent and NACKed so far (a probe is judged on the NACKs during it,
+        which come at once, not on the loss windows, which close a second or more later)."""
+        probe = self.probe
+        if probe is not None:
+            self.probe = None
+            sent, nacked = counts[0] - probe[3][0], counts[1] - probe[3][1]
+            lossy = loss >= DOWN_LOSS or (sent > 0 and nacked / sent > UP_LOSS)
+            # A REMB that falls while the probe runs: the viewer's estimator saw the queue grow.
+            falling = estimate is not None and probe[4] is not None and estimate < probe[4] * 0.97
+            if lossy or falling or (estimate is not None
+                                    and estimate < layers[self.current].bitrate * ESTIMATE_MARGIN):
+                self._fail(now)  # the link did not carry it
+                return self.current
+            if now < probe[1]:
+                self.probe = probe
+                return self.current
+            return probe[0]
         n = len(layers)
         cur = min(self.current, n - 1)
         top = ceiling(layers, render_height)
@@ -145,7 +180,9 @@ class LayerChoice:
         if self.up_at is not None and now - self.up_at >= PROBE_WINDOW:
             self.up_at, self.hold = None, BASE_HOLD  # the last step up held
         rate = layers[cur].bitrate
-        congested = loss >= DOWN_LOSS or (estimate is not None and rate > 0 and estimate < rate * ESTIMATE_MARGIN)
+        # Right after a step up the estimate still reflects the old layer: only loss counts then.
+        trust = estimate is not None and rate > 0 and now - self.changed_at >= PROBE_WINDOW
+        congested = loss >= DOWN_LOSS or (trust and estimate < rate * ESTIMATE_MARGIN)
         if congested and cur > live[0]:
             if now - self.changed_at < SETTLE:
                 return cur
@@ -154,25 +191,28 @@ class LayerChoice:
             return min(fit[-1] if fit else lower[0], top) if estimate is not None else min(lower[-1], top)
         if cur > top:
             return top
-        if congested or cur >= top or loss > UP_LOSS or now - self.changed_at < self.hold:
-            return cur
-        if estimate is not None and rate > 0 and estimate < rate:
+        # Until a viewer's first REMB (aiortc and WHEP tools send one), or when it sends none (browsers
+        # send transport-cc), the first probe waits twice as long.
+        hold = self.hold if estimate is not None else 2 * self.hold
+        if congested or cur >= top or loss > UP_LOSS or now - self.changed_at < hold:
             return cur
         up = [i for i in live if cur < i <= top]
         if not up:
             return cur
-        if estimate is not None:
-            fit = [i for i in up if layers[i].bitrate <= estimate * ESTIMATE_MARGIN]
-            if fit:
-                return fit[-1]
-        return up[0]
+        if estimate is not None and rate > 0 and estimate < rate:
+            return cur  # the viewer's estimate is below what it gets now
+        if not can_probe:
+            return up[0]
+        self.probes += 1
+        self.probe = (up[0], now + PROBE_TIME, max(0.0, layers[up[0]].bitrate * PROBE_EXTRA - rate), counts,
+                      estimate)
+        return cur
 
     def switched(self, layer: int, now: float) -> None:
         """The leg now forwards `layer` (its keyframe arrived)."""
+        self.probe = None
         if layer < self.current and self.up_at is not None and now - self.up_at < PROBE_WINDOW:
-            self.failed_tries += 1
-            self.hold = min(self.hold * 2, MAX_HOLD)
-            self.up_at = None
+            self._fail(now)
         elif layer > self.current:
             self.up_at = now
         self.current = self.target = layer
@@ -206,6 +246,7 @@ class SimulcastUpTrack(UpTrack):
         self._last_packet = {rid: 0.0 for rid in rids}
         self._pending: dict = {}  # leg -> (target layer index, when asked)
         self._mark = self._monotonic()
+        self._prober: asyncio.Task | None = None
         for layer in self.layers:
             layer.on_keyframe = self._on_keyframe
         self._ticker = asyncio.ensure_future(self._tick_forever())
@@ -322,13 +363,36 @@ class SimulcastUpTrack(UpTrack):
             if pending is not None and now - pending[1] < SWITCH_TIMEOUT:
                 continue
             target = choice.decide(layers, now=now, loss=leg.quality.loss, estimate=leg.remb,
-                                   render_height=leg.render_height)
+                                   render_height=leg.render_height, can_probe=leg.can_probe(),
+                                   counts=(leg.packets_sent, leg.retransmit.new_losses))
+            if choice.probe is not None and self._prober is None:
+                self._prober = asyncio.ensure_future(self._probe_legs())
             if target == choice.current:
                 self._pending.pop(leg, None)
                 continue
             choice.target = target
             self._pending[leg] = (target, now)
             self.layers[target].request_keyframe()
+
+    async def _probe_legs(self) -> None:
+        """Padding for every leg that is being probed, in small steps (a burst would be lost in any
+        queue on the way, and the probe would fail for that alone), by the time that really passed."""
+        try:
+            last = self._monotonic()
+            while not self.closed:
+                probing = [leg for leg in self.legs() if leg.layer_choice is not None
+                           and leg.layer_choice.probe is not None]
+                if not probing:
+                    return
+                now = self._monotonic()
+                elapsed, last = min(now - last, 0.1), now
+                for leg in probing:
+                    leg.send_probe(int(leg.layer_choice.probe[2] * elapsed / 8))
+                await asyncio.sleep(PROBE_STEP)
+        except Exception:
+            logger.exception("probing failed on %s", self.track_id)
+        finally:
+            self._prober = None
 
     async def _tick_forever(self) -> None:
         while not self.closed:
@@ -346,6 +410,8 @@ class SimulcastUpTrack(UpTrack):
 
     def close(self) -> None:
         self._ticker.cancel()
+        if self._prober is not None:
+            self._prober.cancel()
         for layer in self._lower:
             layer.close()
         self._pending.clear()

@@ -9,7 +9,7 @@ from aiortc.rtp import RtpPacket
 
 from sfu.forwarder import Forwarder, Vp8Munger
 from sfu.rtp import vp8_descriptor, vp8_ids, vp8_is_keyframe, vp8_keyframe_size, vp8_rewrite
-from sfu.simulcast import (BASE_HOLD, MAX_HOLD, SETTLE, Layer, LayerChoice, SimulcastUpTrack, ceiling,
+from sfu.simulcast import (BASE_HOLD, MAX_HOLD, PROBE_GRACE, PROBE_TIME, SETTLE, Layer, LayerChoice, SimulcastUpTrack, ceiling,
                            simulcast_offer, with_simulcast)
 from sfu.uptrack import PublisherClock
 from tests.test_sfu_uptrack import FakeTimers
@@ -128,6 +128,7 @@ def test_answer_gets_rid_and_simulcast_lines_in_that_section_only():
 # --- the selector ----------------------------------------------------------------------------------
 
 LAYERS = [Layer(145_000, 180), Layer(366_000, 360), Layer(800_000, 720)]
+BIG = 10_000_000  # a viewer's estimate that vetoes nothing
 
 
 def test_ceiling_follows_the_render_size():
@@ -141,15 +142,16 @@ def test_ceiling_follows_the_render_size():
 
 def test_steps_up_one_layer_per_hold_on_a_clean_link():
     choice, now = LayerChoice(0, 0.0), 0.0
-    assert choice.decide(LAYERS, now=BASE_HOLD - 0.1) == 0, "holds first"
+    assert choice.decide(LAYERS, now=BASE_HOLD - 0.1, estimate=BIG) == 0, "holds first"
+    assert choice.decide(LAYERS, now=BASE_HOLD) == 0, "twice as long while the viewer sends no estimate"
     now = BASE_HOLD
-    assert choice.decide(LAYERS, now=now) == 1
+    assert choice.decide(LAYERS, now=now, estimate=BIG) == 1
     choice.switched(1, now)
-    assert choice.decide(LAYERS, now=now + 1) == 1
+    assert choice.decide(LAYERS, now=now + 1, estimate=BIG) == 1
     now += BASE_HOLD
-    assert choice.decide(LAYERS, now=now) == 2
+    assert choice.decide(LAYERS, now=now, estimate=BIG) == 2
     choice.switched(2, now)
-    assert choice.decide(LAYERS, now=now + 60) == 2
+    assert choice.decide(LAYERS, now=now + 60, estimate=BIG) == 2
 
 
 def test_render_size_caps_it_and_a_smaller_size_takes_it_down_at_once():
@@ -167,8 +169,8 @@ def test_loss_steps_down_after_settling_and_a_failed_try_doubles_the_hold():
     assert choice.decide(LAYERS, now=t, loss=0.3) == 0
     choice.switched(0, t)
     assert choice.failed_tries == 1 and choice.hold == 2 * BASE_HOLD
-    assert choice.decide(LAYERS, now=t + BASE_HOLD) == 0
-    assert choice.decide(LAYERS, now=t + 2 * BASE_HOLD) == 1
+    assert choice.decide(LAYERS, now=t + BASE_HOLD, estimate=BIG) == 0
+    assert choice.decide(LAYERS, now=t + 2 * BASE_HOLD, estimate=BIG) == 1
     for _ in range(10):                                 # it keeps failing: the hold stops at MAX_HOLD
         choice.switched(1, t)
         choice.switched(0, t + 1)
@@ -185,13 +187,54 @@ def test_a_held_step_up_resets_the_hold():
     assert choice.decide(LAYERS, now=20.0) == 2 and choice.hold == BASE_HOLD
 
 
-def test_the_estimate_vetoes_a_try_picks_a_fitting_layer_and_jumps_when_high():
+def test_the_estimate_takes_it_down_to_a_layer_that_fits_and_vetoes_a_try():
     choice = LayerChoice(2, 0.0)
     assert choice.decide(LAYERS, now=5.0, estimate=300_000) == 0, "f does not fit 300k; h neither"
     assert choice.decide(LAYERS, now=5.0, estimate=600_000) == 1
     low = LayerChoice(0, 0.0)
     assert low.decide(LAYERS, now=5.0, estimate=140_000) == 0, "an estimate below what it gets: no try"
-    assert low.decide(LAYERS, now=5.0, estimate=2_000_000) == 2, "a high estimate: straight to f"
+    assert low.decide(LAYERS, now=5.0, estimate=2_000_000) == 1, "one layer at a time"
+
+
+def test_a_step_up_waits_for_a_clean_probe():
+    choice = LayerChoice(0, 0.0)
+    assert choice.decide(LAYERS, now=BASE_HOLD, estimate=BIG, can_probe=True) == 0
+    layer, until, rate, _, _ = choice.probe
+    assert layer == 1 and until == BASE_HOLD + PROBE_TIME and rate == pytest.approx(366_000 * 1.2 - 145_000)
+    assert choice.decide(LAYERS, now=BASE_HOLD + 0.5, estimate=BIG, can_probe=True) == 0 and choice.probe
+    assert choice.decide(LAYERS, now=until, estimate=BIG, can_probe=True) == 1, "the link carried it: up"
+    choice.switched(1, until)
+    assert choice.probe is None
+    # The next probe (h -> f) sees NACKs: no step, the hold doubles, and the loss it caused is let pass.
+    t = until + BASE_HOLD
+    assert choice.decide(LAYERS, now=t, estimate=BIG, can_probe=True, counts=(100, 0)) == 1
+    assert choice.probe[0] == 2
+    assert choice.decide(LAYERS, now=t + 0.5, estimate=BIG, can_probe=True, counts=(130, 3)) == 1, "3 of 30"
+    assert choice.probe is None and choice.failed_tries == 1 and choice.hold == 2 * BASE_HOLD
+    assert choice.decide(LAYERS, now=t + 0.5 + SETTLE, loss=0.3, estimate=BIG) == 1, "its own loss"
+    resumed = t + 0.5 + PROBE_GRACE
+    assert choice.decide(LAYERS, now=resumed + 2 * BASE_HOLD - 0.1, estimate=BIG, can_probe=True) == 1
+    assert not choice.probe
+    assert choice.decide(LAYERS, now=resumed + 2 * BASE_HOLD, estimate=BIG, can_probe=True) == 1
+    assert choice.probe[0] == 2
+
+
+def test_a_probe_fails_when_the_viewers_estimate_falls():
+    choice = LayerChoice(0, 0.0)
+    assert choice.decide(LAYERS, now=5.0, estimate=230_000, can_probe=True) == 0 and choice.probe
+    assert choice.decide(LAYERS, now=5.0 + PROBE_TIME, estimate=200_000, can_probe=True) == 0
+    assert choice.failed_tries == 1
+    grows = LayerChoice(0, 0.0)
+    grows.decide(LAYERS, now=5.0, estimate=230_000, can_probe=True)
+    assert grows.decide(LAYERS, now=5.0 + PROBE_TIME, estimate=260_000, can_probe=True) == 1
+
+
+def test_right_after_a_step_up_only_loss_takes_it_down():
+    choice = LayerChoice(1, 0.0)
+    choice.switched(2, 10.0)
+    assert choice.decide(LAYERS, now=11.6, estimate=500_000) == 2, "the estimate still follows h"
+    assert choice.decide(LAYERS, now=11.6, estimate=500_000, loss=0.2) == 1
+    assert choice.decide(LAYERS, now=14.5, estimate=500_000) == 1, "later the estimate counts"
 
 
 def test_a_layer_that_stops_is_left_at_once():
@@ -214,6 +257,11 @@ class Leg:
         self.render_height = None
         self.forwarder = Forwarder(90000, video=True)
         self.subscriber_id = "viewer"
+        self.packets_sent = 0
+
+        class Retransmit:
+            new_losses = 0
+        self.retransmit = Retransmit()
         self.got: list[tuple[str, int]] = []
 
         class Quality:
@@ -222,6 +270,9 @@ class Leg:
 
     def forward(self, packet, ntp, send_time, tails) -> None:
         self.got.append((self.uptrack.rid, packet.seq))
+
+    def can_probe(self) -> bool:
+        return False
 
     def detach(self, uptrack=None) -> None:
         self.uptrack = None
@@ -253,8 +304,8 @@ async def test_a_leg_moves_on_the_target_layers_keyframe_and_rtx_probes_are_drop
         assert track.sizes == {"q": (320, 180), "h": (640, 360), "f": (1280, 720)}
         assert track.legs() == [leg]
 
-        timers.advance(BASE_HOLD + 0.1)
-        track.tick(timers.now)                             # clean link, no size known: try h
+        timers.advance(2 * BASE_HOLD + 0.1)
+        track.tick(timers.now)                             # clean link, no size, no estimate: try h
         assert leg.layer_choice.target == 1 and leg.uptrack.rid == "q"
         await track.on_layer_rtp("h", layer_packet(2, 3, keyframe=False), False)
         await track.on_layer_rtp("q", layer_packet(1, 3, keyframe=False), False)
@@ -299,7 +350,7 @@ async def test_a_render_size_picks_the_layer(render_height, layer):
         leg.render_height = render_height
         track.add_downtrack(leg)
         seq = 0
-        for _ in range(4):                                 # at most two steps up, one per hold
+        for _ in range(6):                                 # at most two steps up, one per (doubled) hold
             seq += 1
             for ssrc, rid in ((1, "q"), (2, "h"), (4, "f")):
                 await track.on_layer_rtp(rid, layer_packet(ssrc, seq, keyframe=True), False)
