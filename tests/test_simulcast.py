@@ -283,16 +283,20 @@ def layer_packet(ssrc: int, seq: int, keyframe: bool) -> RtpPacket:
                      payload=vp8(seq, seq // 3, keyframe, size=(ssrc * 320, ssrc * 180)))
 
 
-async def test_a_leg_moves_on_the_target_layers_keyframe_and_rtx_probes_are_dropped():
-    timers, plis = FakeTimers(), []
-
+def simulcast_track(timers: FakeTimers, plis: list | None = None) -> SimulcastUpTrack:
     async def send_pli(ssrc: int) -> None:
-        plis.append(ssrc)
+        if plis is not None:
+            plis.append(ssrc)
 
-    track = SimulcastUpTrack(rids=["q", "h", "f"], track_id="TR_sim", kind="video", mime_type="video/VP8",
-                             clock_rate=90000, payload_type=96, publisher_id="pub", source="camera",
-                             clock=PublisherClock(), send_pli=send_pli, monotonic=timers.monotonic,
-                             call_later=timers.call_later)
+    return SimulcastUpTrack(rids=["q", "h", "f"], track_id="TR_sim", kind="video", mime_type="video/VP8",
+                            clock_rate=90000, payload_type=96, publisher_id="pub", source="camera",
+                            clock=PublisherClock(), send_pli=send_pli, monotonic=timers.monotonic,
+                            call_later=timers.call_later)
+
+
+async def test_a_leg_moves_on_the_target_layers_keyframe_and_rtx_probes_are_dropped():
+    timers = FakeTimers()
+    track = simulcast_track(timers)
     try:
         leg = Leg()
         track.add_downtrack(leg)
@@ -337,14 +341,7 @@ async def test_a_leg_moves_on_the_target_layers_keyframe_and_rtx_probes_are_drop
 @pytest.mark.parametrize("render_height, layer", [(180, "q"), (360, "h"), (720, "f")])
 async def test_a_render_size_picks_the_layer(render_height, layer):
     timers = FakeTimers()
-
-    async def send_pli(ssrc: int) -> None:
-        pass
-
-    track = SimulcastUpTrack(rids=["q", "h", "f"], track_id="TR_sim", kind="video", mime_type="video/VP8",
-                             clock_rate=90000, payload_type=96, publisher_id="pub", source="camera",
-                             clock=PublisherClock(), send_pli=send_pli, monotonic=timers.monotonic,
-                             call_later=timers.call_later)
+    track = simulcast_track(timers)
     try:
         leg = Leg()
         leg.render_height = render_height
