@@ -187,13 +187,11 @@ def test_a_held_step_up_resets_the_hold():
     assert choice.decide(LAYERS, now=20.0) == 2 and choice.hold == BASE_HOLD
 
 
-def test_the_estimate_takes_it_down_to_a_layer_that_fits_and_vetoes_a_try():
+def test_a_low_estimate_alone_does_not_take_it_down():
+    # A viewer's REMB starts low and lags behind every step up: only loss counts.
     choice = LayerChoice(2, 0.0)
-    assert choice.decide(LAYERS, now=5.0, estimate=300_000) == 0, "f does not fit 300k; h neither"
-    assert choice.decide(LAYERS, now=5.0, estimate=600_000) == 1
-    low = LayerChoice(0, 0.0)
-    assert low.decide(LAYERS, now=5.0, estimate=140_000) == 0, "an estimate below what it gets: no try"
-    assert low.decide(LAYERS, now=5.0, estimate=2_000_000) == 1, "one layer at a time"
+    assert choice.decide(LAYERS, now=5.0, estimate=150_000) == 2
+    assert choice.decide(LAYERS, now=5.0, estimate=150_000, loss=0.2) == 1, "one layer at a time"
 
 
 def test_a_step_up_waits_for_a_clean_probe():
@@ -227,14 +225,6 @@ def test_a_probe_fails_when_the_viewers_estimate_falls():
     grows = LayerChoice(0, 0.0)
     grows.decide(LAYERS, now=5.0, estimate=230_000, can_probe=True)
     assert grows.decide(LAYERS, now=5.0 + PROBE_TIME, estimate=260_000, can_probe=True) == 1
-
-
-def test_right_after_a_step_up_only_loss_takes_it_down():
-    choice = LayerChoice(1, 0.0)
-    choice.switched(2, 10.0)
-    assert choice.decide(LAYERS, now=11.6, estimate=500_000) == 2, "the estimate still follows h"
-    assert choice.decide(LAYERS, now=11.6, estimate=500_000, loss=0.2) == 1
-    assert choice.decide(LAYERS, now=14.5, estimate=500_000) == 1, "later the estimate counts"
 
 
 def test_a_layer_that_stops_is_left_at_once():
