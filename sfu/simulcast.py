@@ -117,12 +117,12 @@ def ceiling(layers: list[Layer], render_height: int | None) -> int:
 
 class LayerChoice:
     """One leg's layer, with hysteresis: down one layer on loss (then SETTLE before the next step), up
-    one layer after a hold with no loss. A viewer's REMB follows what it receives,
-    so it cannot say whether a higher layer would fit: before a step up the leg is probed (`probe`:
-    padding at the difference in rate for PROBE_TIME), and it moves up only if that passed without
-    loss and without its REMB falling (a queue growing on the way); a leg that cannot be probed (no RTX) just tries. A failed probe, or a step up undone within
-    PROBE_WINDOW, doubles the hold (up to MAX_HOLD); one that holds resets it. Right after a step up
-    only loss can take it down (the estimate lags)."""
+    one layer after a hold with no loss. A viewer's REMB follows what it receives, so it cannot say
+    whether a higher layer would fit: before a step up the leg is probed (`probe`: padding at the
+    difference in rate for PROBE_TIME), and it moves up only if that passed without loss and without
+    its REMB falling (a queue growing on the way); a leg that cannot be probed (no RTX) just tries.
+    A failed probe, or a step up undone within PROBE_WINDOW, doubles the hold (up to MAX_HOLD); one
+    that holds resets it."""
 
     __slots__ = ("current", "target", "changed_at", "up_at", "hold", "switches", "failed_tries", "probe",
                  "probes")
