@@ -9,7 +9,8 @@ from aiortc.rtp import RtpPacket
 
 from sfu.forwarder import Forwarder, Vp8Munger
 from sfu.rtp import vp8_descriptor, vp8_ids, vp8_is_keyframe, vp8_keyframe_size, vp8_rewrite
-from sfu.simulcast import (BASE_HOLD, MAX_HOLD, PROBE_GRACE, PROBE_TIME, SETTLE, Layer, LayerChoice, SimulcastUpTrack, ceiling,
+from sfu.simulcast import (BASE_HOLD, MAX_HOLD, PROBE_GRACE, PROBE_TIME, SETTLE, Layer, LayerChoice,
+                           SimulcastUpTrack, ceiling,
                            simulcast_offer, with_simulcast)
 from sfu.uptrack import PublisherClock
 from tests.test_sfu_uptrack import FakeTimers

@@ -1,7 +1,8 @@
 """Chromium publishes its camera as three layers; three aiortc viewers behind different links each decode
 the layer that fits: one behind 300 kbit/s, one behind 600 kbit/s (network namespaces, veth, tbf), one on
 loopback. Then the 600 kbit/s link narrows to 300 kbit/s and widens again: its viewer steps down (and
-whether it comes back up is printed). Widths are read from decoded frames; a freeze is the longest wait between two decoded frames."""
+whether it comes back up is printed). Widths are read from decoded frames; a freeze is the longest wait
+between two decoded frames."""
 
 from __future__ import annotations
 
