@@ -166,3 +166,80 @@ def is_keyframe(mime_type: str, payload: bytes) -> bool:
 def rtx_payload(original_seq: int, payload: bytes) -> bytes:
     """RFC 4588: the RTX payload is the original sequence number, then the original payload."""
     return original_seq.to_bytes(2, "big") + payload
+
+
+# --- VP8 payload descriptor (RFC 7741 section 4.2) -------------------------------------------
+
+def vp8_descriptor(payload: bytes) -> tuple[int, int, int, int] | None:
+    """(offset of the PictureID, its width in bits: 0, 7 or 15, offset of TL0PICIDX or -1, offset of
+    the VP8 payload) of a VP8 RTP payload; None if it is too short to hold what its bits announce."""
+    n = len(payload)
+    if n < 1:
+        return None
+    pid_at, pid_bits, tl0_at, i = 0, 0, -1, 1
+    if payload[0] & 0x80:
+        if n < 2:
+            return None
+        x = payload[1]
+        i = 2
+        if x & 0x80:
+            if i >= n:
+                return None
+            pid_at = i
+            if payload[i] & 0x80:
+                pid_bits, i = 15, i + 2
+            else:
+                pid_bits, i = 7, i + 1
+        if x & 0x40:
+            tl0_at, i = i, i + 1
+        if x & 0x30:
+            i += 1
+    if i > n:
+        return None
+    return pid_at, pid_bits, tl0_at, i
+
+
+def vp8_ids(payload: bytes) -> tuple[int | None, int | None]:
+    """(PictureID, TL0PICIDX) of a VP8 payload, None where absent."""
+    d = vp8_descriptor(payload)
+    if d is None:
+        return None, None
+    pid_at, bits, tl0_at, _ = d
+    pid = None
+    if bits == 15:
+        pid = ((payload[pid_at] & 0x7F) << 8) | payload[pid_at + 1]
+    elif bits == 7:
+        pid = payload[pid_at] & 0x7F
+    return pid, (payload[tl0_at] if tl0_at >= 0 else None)
+
+
+def vp8_rewrite(payload: bytes, pid_delta: int, tl0_delta: int) -> bytes:
+    """The payload with PictureID + pid_delta and TL0PICIDX + tl0_delta (each modulo its width); the
+    descriptor keeps its length, so nothing else moves."""
+    d = vp8_descriptor(payload)
+    if d is None or (not d[1] and d[2] < 0):
+        return payload
+    pid_at, bits, tl0_at, _ = d
+    out = bytearray(payload)
+    if bits == 15:
+        pid = ((((out[pid_at] & 0x7F) << 8) | out[pid_at + 1]) + pid_delta) & 0x7FFF
+        out[pid_at], out[pid_at + 1] = 0x80 | (pid >> 8), pid & 0xFF
+    elif bits == 7:
+        out[pid_at] = ((out[pid_at] & 0x7F) + pid_delta) & 0x7F
+    if tl0_at >= 0:
+        out[tl0_at] = (out[tl0_at] + tl0_delta) & 0xFF
+    return bytes(out)
+
+
+def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first packet of a VP8 keyframe (RFC 6386 9.1: frame tag, start code
+    9d 01 2a, 14-bit width and height), else None."""
+    d = vp8_descriptor(payload)
+    if d is None:
+        return None
+    i = d[3]
+    if len(payload) < i + 10 or payload[i] & 0x01 or payload[i + 3:i + 6] != b"\x9d\x01\x2a":
+        return None
+    width = int.from_bytes(payload[i + 6:i + 8], "little") & 0x3FFF
+    height = int.from_bytes(payload[i + 8:i + 10], "little") & 0x3FFF
+    return width, height
