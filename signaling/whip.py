@@ -25,6 +25,7 @@ from signaling.api import roomhooks
 from signaling.api.identity import active_api_keys
 from signaling.auth import Grants, TokenError, verify_token
 from signaling.room import Participant, RoomFull
+from signaling.routing import elsewhere, remote_home
 from signaling.schemas import ProtocolError
 from stoa.appkeys import ROOMS, WORKERS
 
@@ -140,6 +141,10 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         return problem(403, "forbidden: this token is not allowed to publish")
     if kind == "whep" and not grants.can_subscribe:
         return problem(403, "forbidden: this token is not allowed to subscribe")
+    home = await remote_home(request.app, room_name)
+    if home is not None:  # RFC 9725 4.5: the client repeats the POST there; its session URL is on that node
+        location = elsewhere(home, request.rel_url.raw_path, request.rel_url.raw_query_string)
+        return problem(307, f"room {room_name} is served by node {home.id}: {location}", Location=location)
     offer = await _sdp_body(request)
     try:
         _check_offer(offer)

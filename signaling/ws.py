@@ -14,6 +14,7 @@ from signaling.api import roomhooks
 from signaling.api.identity import active_api_keys
 from signaling.auth import TokenError, verify_token
 from signaling.room import Participant, RoomFull
+from signaling.routing import CLOSE_REDIRECT, Redirected, remote_home
 from signaling.schemas import MAX_FRAME_BYTES, ProtocolError, parse_client_message
 from stoa.appkeys import DATA_HANDLER, ROOMS, SETTINGS
 
@@ -131,10 +132,15 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
                     break
             except SdpError as exc:
                 await send(error("bad_sdp", str(exc), ref=_ref(msg.data)))
+            except Redirected:
+                raise
             except Exception:
                 logger.exception("room %s: handling a message from %s failed", room_name,
                                  participant.identity if participant else "?")
                 await send(error("internal", "the server failed to handle that message; it was logged"))
+    except Redirected as moved:  # the room lives on another node: the page follows `redirect`
+        await send(moved.message())
+        await ws.close(code=CLOSE_REDIRECT, message=b"redirect")
     finally:
         if participant is not None and room is not None and participant.owned_by(send):
             # Shielded: aiohttp may cancel this handler when the peer vanishes mid-cleanup.
@@ -167,6 +173,9 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
         grants = verify_token(token, await active_api_keys(app), room=room_name)
     except TokenError as exc:
         raise ProtocolError("unauthorized", exc.reason) from None
+    home = await remote_home(app, room_name)
+    if home is not None:
+        raise Redirected(home, room_name)
     if resume is not None:
         resumed = await _resume(app, room_name, grants, resume, send, disconnect)
         if resumed is not None:

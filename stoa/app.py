@@ -37,6 +37,9 @@ def build_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(workers_ctx)  # media worker processes for viewers (docs/scaling.md)
     app.on_shutdown.append(_disconnect_everyone)
     app.cleanup_ctx.append(_store_ctx)
+    if settings.redis:  # several nodes as one service (docs/scaling.md); no Redis code otherwise
+        from signaling.cluster import cluster_ctx
+        app.cleanup_ctx.append(cluster_ctx)
     app.cleanup_ctx.append(api.services_ctx)  # sessions, tutoring, webhooks, notifications (needs the store)
 
     r = app.router

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from recorder.service import RecordingManager
     from sfu.pool import WorkerPool
     from sfu.overload import LoadMonitor
+    from signaling.cluster import Cluster
     from signaling.room import RoomManager
     from stoa.config import Settings
 
@@ -31,3 +32,5 @@ NOTIFY: web.AppKey[Any] = web.AppKey("notify")              # signaling.notify.N
 WORKERS: web.AppKey["WorkerPool"] = web.AppKey("workers")
 # This process's event-loop lag probe, shedding and admission (sfu/overload.py).
 LOAD: web.AppKey["LoadMonitor"] = web.AppKey("load")
+# This node in a cluster of nodes on Redis (signaling/cluster.py); absent without `redis`.
+CLUSTER: web.AppKey["Cluster"] = web.AppKey("cluster")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import socket
@@ -20,10 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def eventually(check, timeout: float = 20.0, what: str | None = None, interval: float = 0.1):
-    """Poll `check` until it returns something true (and return that), for at most `timeout` seconds."""
+    """Poll `check` until it returns something true (and return that), for at most `timeout` seconds.
+    `check` may be a coroutine function."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         if time.monotonic() > deadline:

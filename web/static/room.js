@@ -440,6 +440,12 @@ async function handle(msg) {
         setBanner("bad", `Not allowed in: ${msg.message}`);
       }
       break;
+    case "redirect":
+      // The room lives on another node (docs/scaling.md): load the page there, with the same token.
+      state.leaving = true;
+      setBanner("connecting", "Moving to the room's server…");
+      location.replace(`${msg.page}?token=${encodeURIComponent(cfg.token)}`);
+      break;
     case "left":
       state.leaving = true;
       setBanner("bad", `Disconnected: ${msg.reason}`);

@@ -1,0 +1,291 @@
+"""Several `stoa serve` nodes on one Redis (docs/scaling.md, "Several nodes"): the node registry, the Redis
+heartbeat and /readyz, and routing a room's joins to its home node. Real Redis; each test keys its data
+under its own prefix, and the outage tests stop a private redis-server of their own, never the shared one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from signaling.cluster import GONE_S, Cluster, Node
+from tests.serve import ServeProcess, eventually, free_port
+
+pytestmark = pytest.mark.slow
+SDP = "application/sdp"
+
+
+def node(tmp_path, name: str, redis_url: str, prefix: str) -> ServeProcess:
+    (tmp_path / name).mkdir()
+    return ServeProcess(tmp_path / name, "--workers", "0", "--redis", redis_url, "--node-id", name,
+                        env={"STOA_REDIS_PREFIX": prefix, "STOA_LOG_LEVEL": "info"})
+
+
+async def records(client, prefix: str) -> dict[str, Node]:
+    return {k: Node.from_json(v) for k, v in (await client.hgetall(prefix + "nodes")).items()}
+
+
+def readiness(http, server, status: int):
+    """A check for eventually(): /readyz's body once it answers `status`."""
+    async def check():
+        got, body = await readyz(http, server)
+        return body if got == status else None
+    return check
+
+
+async def readyz(http, server) -> tuple[int, dict]:
+    try:
+        async with http.get(server.base + "/readyz", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            return resp.status, await resp.json()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        return 0, {"error": repr(exc)}
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, to stop, pause and restart."""
+
+    def __init__(self, tmp_path):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tmp_path / f"redis-{self.port}"
+        self.dir.mkdir()
+        self.proc = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def wait_up(self) -> None:
+        client = aioredis.Redis.from_url(self.url, socket_timeout=1)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    if await client.ping():
+                        return
+                except (OSError, aioredis.ConnectionError):
+                    assert time.monotonic() < deadline, "the private redis-server did not start"
+                    await asyncio.sleep(0.1)
+        finally:
+            await client.aclose()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+async def redis_client(redis_url, redis_prefix):
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    keys = [k async for k in client.scan_iter(match=redis_prefix + "*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def test_two_nodes_agree_on_each_rooms_home(redis_url, redis_prefix, redis_client):
+    """Placement is one Lua script: nodes placing the same rooms at the same moment get one home each."""
+    census = {"a": {}, "b": {"busy-room": 3}}
+    clusters = [Cluster(aioredis.Redis.from_url(redis_url, decode_responses=True), node_id=n,
+                        address=f"http://{n}.example:8080", prefix=redis_prefix, census=lambda n=n: census[n])
+                for n in ("a", "b")]
+    for c in clusters:
+        await c.start()
+    try:
+        rooms = [f"room{i}" for i in range(20)]
+        homes = await asyncio.gather(*(c.home(r) for r in rooms for c in clusters))
+        seen = {}
+        for (room, c), home in zip(((r, c) for r in rooms for c in clusters), homes):
+            seen.setdefault(room, set()).add(c.node_id if home is None else home.id)
+        assert all(len(h) == 1 for h in seen.values()), seen
+        stored = await redis_client.hgetall(redis_prefix + "room_node_map")
+        assert {r: h.pop() for r, h in seen.items()} == stored
+        # b carries 3 participants and a none: a takes the new rooms, whichever node was asked first.
+        assert set(stored.values()) == {"a"}
+        # A node counted gone loses its rooms to the next one asked.
+        census["a"] = {}
+        await clusters[0].close()
+        clusters = clusters[1:]
+        await asyncio.sleep(0)
+        assert await clusters[0].home("room0") is None  # deleted with a's record at its shutdown
+        assert (await redis_client.hget(redis_prefix + "room_node_map", "room0")) == "b"
+    finally:
+        for c in clusters:
+            await c.close()
+
+
+async def test_nodes_register_refresh_and_are_gone_5_s_after_their_last_refresh(
+        tmp_path, redis_url, redis_prefix, redis_client):
+    a, b = node(tmp_path, "a", redis_url, redis_prefix), node(tmp_path, "b", redis_url, redis_prefix)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(a.wait_up(http), b.wait_up(http))
+            found = await records(redis_client, redis_prefix)
+            assert set(found) == {"a", "b"}
+            assert found["a"].address == a.base and found["b"].address == b.base
+            assert found["a"].participants == 0 and found["a"].rooms == {}
+            first = found["b"].updated_at
+            await asyncio.sleep(2.5)
+            assert (await records(redis_client, redis_prefix))["b"].updated_at > first, "refreshed every 2 s"
+            assert await readyz(http, a) == (200, {"status": "ready", "node": "a", "redis": "ok",
+                                                   "draining": False})
+            b.proc.send_signal(signal.SIGKILL)
+            b.proc.wait(10)
+            killed = time.time()
+            last = (await records(redis_client, redis_prefix))["b"]
+            assert last.alive(killed), "a killed node counts as alive until GONE_S after its last refresh"
+            await asyncio.sleep(max(0.0, last.updated_at + GONE_S - time.time()) + 0.1)
+            assert not (await records(redis_client, redis_prefix))["b"].alive(time.time())
+            assert (await records(redis_client, redis_prefix))["a"].alive(time.time())
+        a.stop()
+        assert "a" not in await records(redis_client, redis_prefix), "a stopped node removes its record"
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_a_hung_or_restarted_redis_is_detected_and_the_node_serves_on(tmp_path, redis_prefix):
+    from tests.client import RoomClient
+
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    await redis.wait_up()
+    a = node(tmp_path, "a", redis.url, redis_prefix)
+    clients = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await a.wait_up(http)
+            ws = a.base.replace("http", "ws")
+            teacher = await RoomClient(ws, "lecture", a.token("lecture", "t", "instructor")).connect()
+            clients.append(teacher)
+            assert teacher.joined["type"] == "joined"
+
+            redis.proc.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+            stopped = time.monotonic()
+            body = await eventually(readiness(http, a, 503), 8, "/readyz to say 503")
+            assert time.monotonic() - stopped < 5.0
+            assert body["redis"] == "down" and body["status"] == "degraded"
+            assert "Redis is not answering" in a.log.read_text()
+            # The node serves on: the room it hosts, and a new room, placed here without Redis.
+            pong = await teacher.request({"type": "ping", "t": 1}, "pong")
+            assert pong["t"] == 1
+            student = await RoomClient(ws, "other", a.token("other", "s", "student")).connect()
+            clients.append(student)
+            assert student.joined["type"] == "joined"
+            await asyncio.sleep(3)
+            redis.proc.send_signal(signal.SIGCONT)
+            await eventually(readiness(http, a, 200), 8, "/readyz to say 200")
+            assert "Redis answers again after" in a.log.read_text()
+
+            redis.kill()  # a restart: everything it held is gone
+            await eventually(readiness(http, a, 503), 8, "/readyz to say 503")
+            redis.start()
+            await redis.wait_up()
+            await eventually(readiness(http, a, 200), 8, "/readyz to say 200")
+            client = aioredis.Redis.from_url(redis.url, decode_responses=True)
+            try:
+                # Registered again, with the rooms it served meanwhile claimed as its own.
+                record = (await records(client, redis_prefix))["a"]
+                assert record.rooms == {"lecture": 1, "other": 1}
+                assert await client.hgetall(redis_prefix + "room_node_map") == {"lecture": "a", "other": "a"}
+            finally:
+                await client.aclose()
+    finally:
+        for c in clients:
+            await c.close()
+        a.stop()
+        redis.kill()
+
+
+async def test_joins_are_sent_to_the_rooms_home_node(tmp_path, redis_url, redis_prefix, redis_client):
+    from tests.client import RoomClient
+
+    a, b = node(tmp_path, "a", redis_url, redis_prefix), node(tmp_path, "b", redis_url, redis_prefix)
+    clients = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(a.wait_up(http), b.wait_up(http))
+            teacher = await RoomClient(a.base.replace("http", "ws"), "physics",
+                                       a.token("physics", "t", "instructor")).connect()
+            clients.append(teacher)
+            assert teacher.joined["type"] == "joined"  # asked first, and no busier than b: a is home
+            assert await redis_client.hget(redis_prefix + "room_node_map", "physics") == "a"
+
+            # The room protocol on b: a `redirect` message, then close code 4307.
+            student = RoomClient(b.base.replace("http", "ws"), "physics", b.token("physics", "s", "student"))
+            clients.append(student)
+            await student.connect(join=False)
+            moved = await student.request({"type": "join", "token": student.token}, "redirect", "joined", "error")
+            assert moved == {
+                "type": "redirect", "node": "a", "reason": "room physics is served by node a",
+                "page": f"{a.base}/rooms/physics", "url": f"{a.base.replace('http', 'ws')}/ws/rooms/physics"}
+            await eventually(lambda: student.ws.closed, 5, "the redirected socket to close")
+            assert student.ws.close_code == 4307
+
+            # WHIP/WHEP on b: 307 to the same path on a, the query kept (RFC 9725 4.5).
+            token = b.token("physics", "v", "viewer")
+            async with http.post(f"{b.base}/whep/physics?password=x", data="v=0\r\n", allow_redirects=False,
+                                 headers={"Content-Type": SDP, "Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 307
+                assert resp.headers["Location"] == f"{a.base}/whep/physics?password=x"
+                assert resp.headers["Access-Control-Allow-Origin"] == "*"
+            # The page on b: 307 to the page on a.
+            async with http.get(f"{b.base}/rooms/physics?token={token}", allow_redirects=False) as resp:
+                assert resp.status == 307 and resp.headers["Location"] == f"{a.base}/rooms/physics?token={token}"
+            # A bad token is refused where it lands; nothing is placed for it.
+            async with http.post(f"{b.base}/whep/chemistry", data="v=0\r\n",
+                                 headers={"Content-Type": SDP, "Authorization": "Bearer nope"}) as resp:
+                assert resp.status == 401
+            assert await redis_client.hget(redis_prefix + "room_node_map", "chemistry") is None
+
+            # a's record says what it carries; a new room asked for on a goes to the less loaded b.
+            async def a_carries_physics():
+                return (await records(redis_client, redis_prefix))["a"].rooms == {"physics": 1}
+            await eventually(a_carries_physics, 5, "a's record to list the room")
+            async with http.get(f"{a.base}/rooms/chemistry?token={a.token('chemistry', 's', 'student')}",
+                                allow_redirects=False) as resp:
+                assert resp.status == 307 and resp.headers["Location"].startswith(f"{b.base}/rooms/chemistry?")
+            assert await redis_client.hget(redis_prefix + "room_node_map", "chemistry") == "b"
+            chem = await RoomClient(b.base.replace("http", "ws"), "chemistry",
+                                    b.token("chemistry", "s", "student")).connect()
+            clients.append(chem)
+            assert chem.joined["type"] == "joined"
+    finally:
+        for c in clients:
+            await c.close()
+        a.stop()
+        b.stop()
+
+
+def test_one_node_without_redis_loads_no_redis_code(tmp_path):
+    """No `redis` setting: no cluster code path at all, and /readyz says ready."""
+    script = (
+        "import sys, asyncio\n"
+        "from aiohttp.test_utils import TestClient, TestServer\n"
+        "from stoa.app import build_app\n"
+        "from stoa.config import load_settings\n"
+        f"s = load_settings(environ={{}}, overrides={{'dev': True, 'data_dir': {str(tmp_path)!r}}})\n"
+        "async def main():\n"
+        "    async with TestClient(TestServer(build_app(s))) as c:\n"
+        "        r = await c.get('/readyz')\n"
+        "        print(r.status, await r.text())\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith(('redis.', 'signaling.cluster'))))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2] == '200 {"status": "ready"}' and lines[-1] == "[]", out.stdout
