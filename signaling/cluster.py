@@ -37,6 +37,7 @@ HEARTBEAT_S = 1.0      # PING this often
 PING_TIMEOUT_S = 1.0   # a PING not answered within this is a failure
 DOWN_AFTER_S = 3.0     # no answer for this long: Redis is down (detected within 3-4 s, under the 5 s asked)
 ROUTE_TIMEOUT_S = 1.0  # a join waits at most this long for Redis before the room is served here
+BUSY_NODE = 0.8        # a node whose event loop is this busy is placed on last
 RELEASE_AFTER_S = 15.0  # a claimed room with nobody in it on its home is given back after this long
 
 # KEYS[1] room_node_map, KEYS[2] nodes; ARGV room, now, candidate, gone_s. Returns the room's home: the one
@@ -111,6 +112,7 @@ class Cluster:
         self.node_id, self.address, self.capacity = node_id, address.rstrip("/"), capacity
         self.nodes_key, self.map_key = prefix + "nodes", prefix + "room_node_map"
         self.census, self.busy, self.clock = census, busy, clock
+        self.is_edge: Callable[[str], bool] = lambda room: False  # rooms relayed here from their home
         self.draining = False
         self.healthy = False
         self.last_ok = time.monotonic()
@@ -209,7 +211,8 @@ class Cluster:
             await asyncio.wait_for(self.refresh(), REFRESH_S)
             # Rooms this node served on its own meanwhile become its own in the map, unless placed elsewhere.
             for room in self.census():
-                await self._claim(room)
+                if not self.is_edge(room):
+                    await self._claim(room)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             logger.debug("cluster: re-registering failed: %r", exc)
             return
@@ -247,7 +250,8 @@ class Cluster:
         mine = self.record()
         candidates = {**nodes, self.node_id: mine}
         usable = [n for n in candidates.values() if not n.draining] or [mine]
-        return min(usable, key=lambda n: (n.load, n.busy, n.id != self.node_id, n.id)).id
+        # A loop near saturation counts against a node; small differences in busy are noise, not load.
+        return min(usable, key=lambda n: (n.load, n.busy > BUSY_NODE, n.id != self.node_id, n.id)).id
 
     async def home(self, room: str) -> Node | None:
         """Where `room` is served: None for here, else the home node. Placed by load the first time."""
@@ -281,7 +285,7 @@ class Cluster:
 
 async def cluster_ctx(app):
     """cleanup_ctx of an app with `redis` set: register this node, keep it registered, leave on shutdown."""
-    from stoa.appkeys import CLUSTER, LOAD, ROOMS, SETTINGS
+    from stoa.appkeys import CASCADE, CLUSTER, LOAD, ROOMS, SETTINGS
 
     settings = app[SETTINGS]
 
@@ -291,6 +295,7 @@ async def cluster_ctx(app):
     cluster = Cluster(connect(settings.redis), node_id=settings.node_id, address=settings.public_address,
                       prefix=settings.redis_prefix, capacity=settings.node_capacity, census=census,
                       busy=lambda: app[LOAD].busy)
+    cluster.is_edge = lambda room: CASCADE in app and app[CASCADE].is_edge(room)
     await cluster.start()
     app[CLUSTER] = cluster
     try:

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from stoa.appkeys import CLUSTER, ROOMS
+from stoa.appkeys import CASCADE, CLUSTER, ROOMS
 
 class ClusterError(Exception):
     """This node cannot join the cluster (Redis unreachable at start-up); the message says what to do."""
@@ -24,7 +24,8 @@ async def remote_home(app: web.Application, room: str):
     if cluster is None:
         return None
     local = app[ROOMS].rooms.get(room)
-    if local is not None and local.participants:
+    cascade = app.get(CASCADE)
+    if local is not None and local.participants and not (cascade is not None and cascade.is_edge(room)):
         return None
     return await cluster.home(room)
 

@@ -38,8 +38,10 @@ def build_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_disconnect_everyone)
     app.cleanup_ctx.append(_store_ctx)
     if settings.redis:  # several nodes as one service (docs/scaling.md); no Redis code otherwise
+        from signaling import cascade
         from signaling.cluster import cluster_ctx
         app.cleanup_ctx.append(cluster_ctx)
+        cascade.setup(app)  # a room's broadcast relayed to the nodes its viewers are on
     app.cleanup_ctx.append(api.services_ctx)  # sessions, tutoring, webhooks, notifications (needs the store)
 
     r = app.router

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from recorder.service import RecordingManager
     from sfu.pool import WorkerPool
     from sfu.overload import LoadMonitor
+    from signaling.cascade import Cascade
     from signaling.cluster import Cluster
     from signaling.room import RoomManager
     from stoa.config import Settings
@@ -34,3 +35,5 @@ WORKERS: web.AppKey["WorkerPool"] = web.AppKey("workers")
 LOAD: web.AppKey["LoadMonitor"] = web.AppKey("load")
 # This node in a cluster of nodes on Redis (signaling/cluster.py); absent without `redis`.
 CLUSTER: web.AppKey["Cluster"] = web.AppKey("cluster")
+# The relay of rooms' broadcasts between nodes (signaling/cascade.py); absent without `redis`.
+CASCADE: web.AppKey["Cascade"] = web.AppKey("cascade")

@@ -49,6 +49,11 @@ class Settings:
     public_address: str = ""
     redis_prefix: str = "stoa:"
     node_capacity: int = 0
+    # The relay between nodes (docs/scaling.md): the UDP port media arrives on (0: any free port; set one
+    # to open it in a firewall), and the key relay requests and datagrams are authenticated with (empty:
+    # derived from api_secret, which the nodes share anyway).
+    relay_port: int = 0
+    cluster_secret: str = ""
     max_participants: int = 500
     # Media worker processes for viewers (docs/scaling.md). 0 or 1: everything in this process. None (unset):
     # `stoa serve` starts one per core; an app built by hand (tests) stays in-process.
@@ -121,6 +126,8 @@ class Settings:
             raise ConfigError("redis must be a redis://, rediss:// or unix:// URL")
         if self.public_address and not self.public_address.startswith(("http://", "https://")):
             raise ConfigError(f"public_address must be an http:// or https:// base URL, got {self.public_address!r}")
+        if not 0 <= self.relay_port < 65536:
+            raise ConfigError(f"relay_port {self.relay_port} is out of range 0-65535")
         if self.node_capacity < 0:
             raise ConfigError("node_capacity must be 0 (compare participant counts) or a positive number")
         if not self.node_id:
