@@ -106,6 +106,7 @@ class Cascade:
         self.home_links: dict[str, dict[str, HomeLink]] = {}  # room -> edge node -> link
         self.edges: dict[str, "EdgeSubscription"] = {}       # room -> its relay from the home
         self.http = aiohttp.ClientSession()
+        self.loss = 0.0  # debug hook: share of relay datagrams dropped on purpose
         self._janitor = asyncio.ensure_future(self._sweep())
 
     async def close(self) -> None:
@@ -115,6 +116,12 @@ class Cascade:
             await sub.close(end_sessions=False)
         await self.http.close()
         self.endpoint.close()
+
+    def impair(self, rate: float) -> None:
+        self.loss = rate
+        for links in self.home_links.values():
+            for link in links.values():
+                link.impair(rate)
 
     def is_edge(self, room: str) -> bool:
         return room in self.edges
@@ -267,6 +274,7 @@ async def relay_socket(request: web.Request) -> web.StreamResponse:
     if previous is not None:
         previous.close()
     cascade.home_links[room_name][node] = link
+    link.impair(cascade.loss)
     manager = app[ROOMS]
     attached = []
 
@@ -344,6 +352,10 @@ class CascadeCollector:
             sent.add_metric([node], sum(link.packets_relayed for link in node_links))
         yield links
         yield sent
+        yield CounterMetricFamily("stoa_relay_node_repairs", "Packets resent to edge nodes for their NACK misses "
+                                  "(live links)", value=sum(link.describe()["repairs"] for links in
+                                                            self.cascade.home_links.values()
+                                                            for link in links.values()))
         yield GaugeMetricFamily("stoa_relay_edge_rooms", "Rooms relayed to this node from their home",
                                 value=len(self.cascade.edges))
         yield CounterMetricFamily("stoa_relay_rejected_datagrams",

@@ -27,7 +27,7 @@ SDP = "application/sdp"
 def node(tmp_path, name: str, redis_url: str, prefix: str) -> ServeProcess:
     (tmp_path / name).mkdir()
     return ServeProcess(tmp_path / name, "--workers", "0", "--redis", redis_url, "--node-id", name,
-                        env={"STOA_REDIS_PREFIX": prefix, "STOA_LOG_LEVEL": "info",
+                        env={"STOA_REDIS_PREFIX": prefix, "STOA_LOG_LEVEL": "info", "STOA_DEBUG_HOOKS": "true",
                              "STOA_OVERLOAD_CONTROL": "false"})  # a loaded CI box is not a full node
 
 
@@ -296,7 +296,8 @@ async def metric(http, server, name: str, labels: str = "") -> float:
     async with http.get(server.base + "/metrics") as resp:
         text = await resp.text()
     line = next((l for l in text.splitlines() if l.startswith(f"{name}{labels} ")), None)
-    return float(line.split()[-1]) if line else 0.0
+    assert line is not None, f"{name}{labels} is not in /metrics"
+    return float(line.split()[-1])
 
 
 async def test_a_teachers_broadcast_on_a_is_decoded_by_viewers_on_b_and_c(
@@ -313,6 +314,8 @@ async def test_a_teachers_broadcast_on_a_is_decoded_by_viewers_on_b_and_c(
     try:
         async with aiohttp.ClientSession() as http:
             await asyncio.gather(*(n.wait_up(http) for n in nodes.values()))
+            async with http.post(f"{a.base}/debug/relay-loss?rate=0.05") as resp:
+                assert resp.status == 200  # 5% of the datagrams from a to the edges are lost
             teacher = await WhipPublisher(http, a.base, room, a.token(room, "teacher", "instructor")).publish(
                 CounterVideoTrack(), ToneAudioTrack())
             peers.append(teacher.pc)
@@ -332,7 +335,8 @@ async def test_a_teachers_broadcast_on_a_is_decoded_by_viewers_on_b_and_c(
             assert await metric(http, a, "stoa_relay_node_links", '{node="b"}') == 1
             assert await metric(http, a, "stoa_relay_node_links", '{node="c"}') == 1
             assert await metric(http, b, "stoa_relay_edge_rooms") == 1
-            assert await metric(http, b, "stoa_relay_rejected_datagrams") == 0
+            assert await metric(http, b, "stoa_relay_rejected_datagrams_total") == 0
+            assert await metric(http, a, "stoa_relay_node_repairs_total") > 0, "the edges' NACK misses were resent"
             # The viewers' sessions are b's and c's: their session URLs answer there.
             assert viewers[0].location.startswith(f"/whep/{room}/")
             async with http.delete(b.base + viewers[1].location,
