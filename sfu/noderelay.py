@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import socket
 import struct
 import time
 from typing import Callable
@@ -45,6 +46,7 @@ TAG_BYTES = 16
 REPLAY_WINDOW = 4096
 # Between machines a datagram must not fragment: keep a batch within a common path MTU.
 MAX_SEALED_BATCH = 1200
+SOCKET_BUFFER = 4 * 1024 * 1024
 
 _STREAM = CONTROL_MESSAGES["pli"]["properties"]["stream"]
 NODE_MESSAGES: dict[str, dict] = {
@@ -125,27 +127,44 @@ class ReplayWindow:
         return True
 
 
-class RelayEndpoint(asyncio.DatagramProtocol):
-    """This node's UDP socket for the relay: it sends the links out, and receives the links in."""
+class RelayEndpoint:
+    """This node's UDP socket for the relay: it sends the links out, and receives the links in. Each wake-up
+    drains the socket until EAGAIN (asyncio's datagram transport reads one datagram per loop turn, which
+    loses a video burst at the kernel buffer)."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.inbound: dict[int, "EdgeRelay"] = {}
         self.rejected = 0
+        self.send_failures = 0
         self._rejected_logged = 0.0
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self.closed = False
 
     @property
     def port(self) -> int:
-        return self.transport.get_extra_info("sockname")[1]
+        return self.sock.getsockname()[1]
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(data, addr)
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError, OSError):
+            self.send_failures += 1  # a full buffer or an unreachable edge: the edge NACKs, PLIs
 
-    def datagram_received(self, data: bytes, addr) -> None:
+    def _on_readable(self) -> None:
+        recv = self.sock.recvfrom
+        arrival = time.time()
+        while True:
+            try:
+                data, addr = recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # ICMP port unreachable reported on the socket, and such
+            self.datagram_received(data, addr, arrival)
+
+    def datagram_received(self, data: bytes, addr, arrival: float) -> None:
         try:
             link, counter = unseal_head(data)
             edge = self.inbound.get(link)
@@ -163,19 +182,30 @@ class RelayEndpoint(asyncio.DatagramProtocol):
                 logger.warning("relay: dropped a datagram from %s:%s: %s (%d dropped so far)",
                                addr[0], addr[1], exc, self.rejected)
             return
-        edge.on_packets(packets, time.time())
-
-    def error_received(self, exc) -> None:
-        logger.debug("relay socket: %s", exc)
+        edge.on_packets(packets, arrival)
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        if not self.closed:
+            self.closed = True
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
 
 
 async def open_endpoint(host: str, port: int = 0) -> RelayEndpoint:
-    _, endpoint = await asyncio.get_running_loop().create_datagram_endpoint(RelayEndpoint, local_addr=(host, port))
-    return endpoint
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        except OSError:
+            pass
+    sock.setblocking(False)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return RelayEndpoint(sock)
 
 
 class HomeLink:
