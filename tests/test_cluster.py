@@ -345,6 +345,25 @@ async def test_a_teachers_broadcast_on_a_is_decoded_by_viewers_on_b_and_c(
             before = len(viewers[0].collectors["video"].counters)
             await eventually(lambda: len(viewers[0].collectors["video"].counters) > before + 20, 10,
                              "b's remaining viewer to keep decoding")
+
+            # SIGKILL c: the home stops its link; c's viewer POSTs again on b and decodes there within 5 s.
+            c.proc.send_signal(signal.SIGKILL)
+            c.proc.wait(10)
+            killed = time.monotonic()
+            again = await WhepViewer(http, b.base, room, b.token(room, "c1", "viewer")).start()
+            peers.append(again.pc)
+            await eventually(lambda: "video" in again.collectors and again.collectors["video"].counters, 10,
+                             "c's viewer decoding on b")
+            assert time.monotonic() - killed < 5.0
+            assert await metric(http, b, "stoa_relay_edge_rooms") == 1, "b's one link carries it"
+
+            async def c_link_gone():
+                async with http.get(a.base + "/metrics") as resp:
+                    return 'stoa_relay_node_links{node="c"}' not in await resp.text()
+            await eventually(c_link_gone, 15, "a to stop relaying to the dead node")
+            before = len(viewers[0].collectors["video"].counters)
+            await eventually(lambda: len(viewers[0].collectors["video"].counters) > before + 20, 10,
+                             "the room to go on on a")
     finally:
         for pc in peers:
             await pc.close()
