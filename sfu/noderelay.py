@@ -33,7 +33,7 @@ from typing import Callable
 
 from jsonschema import Draft202012Validator
 
-from sfu.pool import RelayStream
+from sfu.pool import RelayStream, WorkerLink
 from sfu.relay import CONTROL_MESSAGES, Batcher, RelayError, check_control, decode_datagram
 from sfu.uptrack import UpTrack
 from sfu.worker import MirrorTrack
@@ -228,28 +228,10 @@ class HomeLink:
         self.packets_relayed = self.datagrams_sent = 0
         self._loss = None
 
-    def push(self, entry: bytes) -> None:
-        if not self.alive:
-            return
-        self.packets_relayed += 1
-        full = self._batcher.add(entry)
-        if full is not None:
-            self._send(full)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_event_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._flush_scheduled = False
-        data = self._batcher.take()
-        if data is not None and self.alive:
-            self._send(data)
-
-    def impair(self, rate: float, *, seed: int = 1) -> None:
-        """Drop a fraction of the datagrams (tests, benches): the NACK-miss and PLI paths across nodes."""
-        import random
-
-        self._loss = (random.Random(seed), rate) if rate > 0 else None
+    # The worker link's batching and impairment, as they are: they only use the attributes set above.
+    push = WorkerLink.push
+    flush = WorkerLink.flush
+    impair = WorkerLink.impair
 
     def _send(self, data: bytes) -> None:
         self._counter += 1

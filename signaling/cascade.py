@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sfu.noderelay import (EDGE_TO_HOME, HOME_TO_EDGE, EdgeRelay, HomeLink, RelayEndpoint, check_node_message,
                            open_endpoint)
 from sfu.relay import RelayError
-from signaling.metrics import METRICS_REGISTRY
+from signaling.metrics import collecting
 from stoa.appkeys import CASCADE, ROOMS, SETTINGS
 
 logger = logging.getLogger(__name__)
@@ -320,16 +320,11 @@ async def cascade_ctx(app: web.Application):
     host = urlsplit(settings.public_address).hostname or settings.host
     cascade = app[CASCADE] = Cascade(app, endpoint, cluster_secret(settings), node_id=settings.node_id,
                                      advertise=f"{host}:{endpoint.port}")
-    registry = app.get(METRICS_REGISTRY)
-    collector = CascadeCollector(cascade)
-    if registry is not None:
-        registry.register(collector)
-    try:
-        yield
-    finally:
-        if registry is not None:
-            registry.unregister(collector)
-        await cascade.close()
+    with collecting(app, CascadeCollector(cascade)):
+        try:
+            yield
+        finally:
+            await cascade.close()
 
 
 class CascadeCollector:

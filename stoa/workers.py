@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sfu.peer import IceSettings
 from sfu.pool import WorkerPool
 from signaling import whip
-from signaling.metrics import METRICS_REGISTRY
+from signaling.metrics import collecting
 from stoa.appkeys import SETTINGS, WORKERS
 
 logger = logging.getLogger(__name__)
@@ -32,16 +32,11 @@ async def workers_ctx(app: web.Application):
     pool = WorkerPool(count, ice, log_level=settings.log_level, on_session_lost=session_lost)
     await pool.start()
     app[WORKERS] = pool
-    registry = app.get(METRICS_REGISTRY)
-    collector = WorkerCollector(pool)
-    if registry is not None:
-        registry.register(collector)
-    try:
-        yield
-    finally:
-        if registry is not None:
-            registry.unregister(collector)
-        await pool.close()
+    with collecting(app, WorkerCollector(pool)):
+        try:
+            yield
+        finally:
+            await pool.close()
 
 
 class WorkerCollector:

@@ -236,21 +236,27 @@ async def test_joins_are_sent_to_the_rooms_home_node(tmp_path, redis_url, redis_
             await eventually(lambda: student.ws.closed, 5, "the redirected socket to close")
             assert student.ws.close_code == 4307
 
-            # WHIP/WHEP on b: 307 to the same path on a, the query kept (RFC 9725 4.5).
-            token = b.token("physics", "v", "viewer")
-            async with http.post(f"{b.base}/whep/physics?password=x", data="v=0\r\n", allow_redirects=False,
-                                 headers={"Content-Type": SDP, "Authorization": f"Bearer {token}"}) as resp:
+            # WHIP on b: 307 to the same path on a, the query kept (RFC 9725 4.5). (WHEP is served on b:
+            # test_a_teachers_broadcast_on_a_is_decoded_by_viewers_on_b_and_c.)
+            publisher = b.token("physics", "obs", "instructor")
+            async with http.post(f"{b.base}/whip/physics?password=x", data="v=0\r\n", allow_redirects=False,
+                                 headers={"Content-Type": SDP, "Authorization": f"Bearer {publisher}"}) as resp:
                 assert resp.status == 307
-                assert resp.headers["Location"] == f"{a.base}/whep/physics?password=x"
+                assert resp.headers["Location"] == f"{a.base}/whip/physics?password=x"
                 assert resp.headers["Access-Control-Allow-Origin"] == "*"
             # The page on b: 307 to the page on a.
+            token = b.token("physics", "v", "viewer")
             async with http.get(f"{b.base}/rooms/physics?token={token}", allow_redirects=False) as resp:
                 assert resp.status == 307 and resp.headers["Location"] == f"{a.base}/rooms/physics?token={token}"
             # A bad token is refused where it lands; nothing is placed for it.
-            async with http.post(f"{b.base}/whep/chemistry", data="v=0\r\n",
+            async with http.post(f"{b.base}/whip/chemistry", data="v=0\r\n",
                                  headers={"Content-Type": SDP, "Authorization": "Bearer nope"}) as resp:
                 assert resp.status == 401
             assert await redis_client.hget(redis_prefix + "room_node_map", "chemistry") is None
+            # The relay between nodes takes only requests signed with the cluster's key.
+            async with http.get(f"{a.base}/cluster/relay/physics?node=x&udp=127.0.0.1:9&ts={int(time.time())}"
+                                "&sig=00") as resp:
+                assert resp.status == 403
 
             # a's record says what it carries; a new room asked for on a goes to the less loaded b.
             async def a_carries_physics():
