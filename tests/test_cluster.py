@@ -277,6 +277,39 @@ async def test_joins_are_sent_to_the_rooms_home_node(tmp_path, redis_url, redis_
         b.stop()
 
 
+async def test_sigterm_sends_a_nodes_room_participants_to_another_node(tmp_path, redis_url, redis_prefix,
+                                                                       redis_client):
+    from tests.client import RoomClient
+
+    a, b = node(tmp_path, "a", redis_url, redis_prefix), node(tmp_path, "b", redis_url, redis_prefix)
+    clients = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(a.wait_up(http), b.wait_up(http))
+            for identity, role in (("t", "instructor"), ("s", "student")):
+                client = await RoomClient(a.base.replace("http", "ws"), "history",
+                                          a.token("history", identity, role)).connect()
+                clients.append(client)
+                assert client.joined["type"] == "joined"
+            a.proc.send_signal(signal.SIGTERM)
+            for client in clients:
+                moved = await client.expect("redirect", timeout=10)
+                assert moved["node"] == "b" and moved["page"] == f"{b.base}/rooms/history"
+                await eventually(lambda c=client: c.ws.closed, 5, "the drained socket to close")
+                assert client.ws.close_code == 4307
+            assert await redis_client.hget(redis_prefix + "room_node_map", "history") == "b"
+            assert a.proc.wait(15) == 0
+            again = await RoomClient(b.base.replace("http", "ws"), "history",
+                                     b.token("history", "t", "instructor")).connect()
+            clients.append(again)
+            assert again.joined["type"] == "joined"
+    finally:
+        for c in clients:
+            await c.close()
+        a.stop()
+        b.stop()
+
+
 def test_one_node_without_redis_loads_no_redis_code(tmp_path):
     """No `redis` setting: no cluster code path at all, and /readyz says ready."""
     script = (
