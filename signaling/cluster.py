@@ -166,6 +166,10 @@ class Cluster:
     async def refresh(self) -> None:
         record = self.record()
         await self.redis.hset(self.nodes_key, self.node_id, record.to_json())
+        # Rooms served here stay in the map (a restarted Redis forgot them), unless another node has them.
+        for room, participants in record.rooms.items():
+            if participants and not self.is_edge(room):
+                await self._claim(room)
         await self._release_empty(record.rooms)
 
     async def _release_empty(self, rooms: dict[str, int]) -> None:
@@ -208,11 +212,7 @@ class Cluster:
 
     async def _recover(self) -> None:
         try:
-            await asyncio.wait_for(self.refresh(), REFRESH_S)
-            # Rooms this node served on its own meanwhile become its own in the map, unless placed elsewhere.
-            for room in self.census():
-                if not self.is_edge(room):
-                    await self._claim(room)
+            await asyncio.wait_for(self.refresh(), REFRESH_S)  # also claims the rooms it served meanwhile
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             logger.debug("cluster: re-registering failed: %r", exc)
             return

@@ -113,6 +113,7 @@ async def test_two_nodes_agree_on_each_rooms_home(redis_url, redis_prefix, redis
             seen.setdefault(room, set()).add(c.node_id if home is None else home.id)
         assert all(len(h) == 1 for h in seen.values()), seen
         stored = await redis_client.hgetall(redis_prefix + "room_node_map")
+        assert stored.pop("busy-room") == "b", "a node's record claims the rooms it serves"
         assert {r: h.pop() for r, h in seen.items()} == stored
         # b carries 3 participants and a none: a takes the new rooms, whichever node was asked first.
         assert set(stored.values()) == {"a"}
