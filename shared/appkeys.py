@@ -26,8 +26,19 @@ class KeySource(Protocol):
     async def verify(self, token: str, *, room: str | None = None) -> Grants: ...
 
 
+class Placement(Protocol):
+    """Which node serves a room when several nodes share Redis (signaling.routing.ClusterPlacement); the
+    key is absent on a single node. web/ pages read it to redirect and to answer /readyz."""
+
+    def health(self) -> dict: ...
+
+    async def elsewhere(self, room: str, path: str, query: str = "") -> str | None:
+        """The URL of `path` on the room's home node when that is another node, else None (serve here)."""
+
+
 SETTINGS = web.AppKey("settings", Settings)
 KEYRING = web.AppKey("keyring", KeySource)
+PLACEMENT = web.AppKey("placement", Placement)
 
 
 async def active_api_keys(app: web.Application) -> dict[str, str]:

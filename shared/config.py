@@ -42,7 +42,18 @@ class Settings:
     database: str | None = None
     # None: one node with an in-process bus. Else redis://...
     redis: str | None = None
+    # With redis: this node's name in the cluster (default host-port), the base URL clients reach it at
+    # (redirects point there; default http://host:port), the key prefix of everything it keeps in Redis,
+    # and how many participants it is meant to carry (placement compares shares of it; 0: counts).
     node_id: str = ""
+    public_address: str = ""
+    redis_prefix: str = "stoa:"
+    node_capacity: int = 0
+    # The relay between nodes (docs/scaling.md): the UDP port media arrives on (0: any free port; set one
+    # to open it in a firewall), and the key relay requests and datagrams are authenticated with (empty:
+    # derived from api_secret, which the nodes share anyway).
+    relay_port: int = 0
+    cluster_secret: str = ""
     max_participants: int = 500
     # Media worker processes for viewers (docs/scaling.md). 0 or 1: everything in this process. None (unset):
     # `stoa serve` starts one per core; an app built by hand (tests) stays in-process.
@@ -111,8 +122,19 @@ class Settings:
             raise ConfigError("capacity_legs must be 0 (measured capacity only) or a positive number of legs")
         if self.tutoring_ttl <= 0 or self.tutoring_expire_interval <= 0:
             raise ConfigError("tutoring_ttl and tutoring_expire_interval must be positive")
+        if self.redis is not None and not self.redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("redis must be a redis://, rediss:// or unix:// URL")
+        if self.public_address and not self.public_address.startswith(("http://", "https://")):
+            raise ConfigError(f"public_address must be an http:// or https:// base URL, got {self.public_address!r}")
+        if not 0 <= self.relay_port < 65536:
+            raise ConfigError(f"relay_port {self.relay_port} is out of range 0-65535")
+        if self.node_capacity < 0:
+            raise ConfigError("node_capacity must be 0 (compare participant counts) or a positive number")
         if not self.node_id:
             self.node_id = f"{os.uname().nodename}-{self.port}"
+        if not self.public_address:
+            self.public_address = f"http://{self.host}:{self.port}"
+        self.public_address = self.public_address.rstrip("/")
         return self
 
 

@@ -4,6 +4,8 @@ POST /debug/burn?seconds=S&duty=D  keeps this process's event loop busy (D of th
                                    which is what an overloaded forwarding loop looks like from inside.
 GET /debug/load[?trim=1]           the overload monitor's figures, asyncio tasks, peer connections
                                    (trim=1: gc.collect() and malloc_trim(0) first).
+POST /debug/relay-loss?rate=R      drop a share R of the relay datagrams this node sends to other nodes
+                                   (with redis): the NACK-miss repair path between nodes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from aiohttp import web
 from sfu.overload import burn_loop, release_memory
 from sfu.pool import WorkerUnavailable
 from shared.appkeys import SETTINGS
+from signaling.routing import CASCADE
 from signaling.room import LOAD, ROOMS, WORKERS
 
 
@@ -52,7 +55,22 @@ async def load(request: web.Request) -> web.Response:
                               "peer_connections": len(request.app[ROOMS].peers.live)})
 
 
+async def relay_loss(request: web.Request) -> web.Response:
+    cascade = request.app.get(CASCADE)
+    if cascade is None:
+        return web.json_response({"error": "no relay between nodes here (no redis setting)"}, status=404)
+    try:
+        rate = float(request.query.get("rate", ""))
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate < 1:
+        return web.json_response({"error": "rate must be a number from 0 to below 1"}, status=400)
+    cascade.impair(rate)
+    return web.json_response({"relay_loss": rate})
+
+
 def setup(app: web.Application) -> None:
     if app[SETTINGS].debug_hooks:
+        app.router.add_post("/debug/relay-loss", relay_loss)
         app.router.add_post("/debug/burn", burn)
         app.router.add_get("/debug/load", load)

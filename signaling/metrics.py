@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -108,6 +110,19 @@ def _load_metrics(load):
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS_REGISTRY])
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+@contextlib.contextmanager
+def collecting(app: web.Application, collector):
+    """Export `collector` in /metrics while the block runs (a cleanup_ctx's lifetime)."""
+    registry = app.get(METRICS_REGISTRY)
+    if registry is not None:
+        registry.register(collector)
+    try:
+        yield
+    finally:
+        if registry is not None:
+            registry.unregister(collector)
 
 
 def setup(app: web.Application) -> None:

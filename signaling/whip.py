@@ -24,7 +24,9 @@ from shared.appkeys import active_api_keys
 from shared.auth import Grants, TokenError, bearer_token, verify_token
 from signaling import sdpfrag
 from signaling.api import roomhooks
+from signaling.cascade import CASCADE, CascadeError
 from signaling.room import ROOMS, WORKERS, Participant, RoomFull
+from signaling.routing import elsewhere, remote_home
 from signaling.schemas import ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -139,6 +141,18 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         return problem(403, "forbidden: this token is not allowed to publish")
     if kind == "whep" and not grants.can_subscribe:
         return problem(403, "forbidden: this token is not allowed to subscribe")
+    home = await remote_home(request.app, room_name)
+    edge = None
+    cascade = request.app.get(CASCADE)
+    if home is not None and kind == "whep" and cascade is not None:
+        # A viewer is served where it lands; the broadcast is relayed here from the home (docs/scaling.md).
+        try:
+            edge = await cascade.edge_for(room_name, home)
+        except CascadeError as exc:
+            return problem(503, f"relay unavailable: {exc}; try again", **{"Retry-After": "1"})
+    elif home is not None:  # RFC 9725 4.5: the client repeats the POST there; its session URL is on that node
+        location = elsewhere(home, request.rel_url.raw_path, request.rel_url.raw_query_string)
+        return problem(307, f"room {room_name} is served by node {home.id}: {location}", Location=location)
     offer = await _sdp_body(request)
     try:
         _check_offer(offer)
@@ -165,8 +179,9 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         if kind == "whip":
             answer = await room.publisher_for(participant).negotiate(offer)
         else:
-            participant.subscriber = _viewer_subscriber(request.app, room, participant)
-            answer = await participant.subscriber.answer(offer, room.broadcast_tracks())
+            participant.subscriber = _viewer_subscriber(request.app, room, participant, relayed=edge is not None)
+            tracks = edge.broadcast_tracks() if edge is not None else room.broadcast_tracks()
+            answer = await participant.subscriber.answer(offer, tracks)
     except SdpError as exc:
         await room.leave(participant.identity, session_id=participant.session_id)
         await roomhooks.left(request.app, session, participant)
@@ -194,12 +209,13 @@ def _if_match(header: str, etag: str) -> bool:
     return any(tag.strip() == etag for tag in header.split(","))
 
 
-def _viewer_subscriber(app: web.Application, room, participant: Participant):
-    """A WHEP viewer's connection: on a media worker when the server runs them (docs/scaling.md)."""
+def _viewer_subscriber(app: web.Application, room, participant: Participant, *, relayed: bool = False):
+    """A WHEP viewer's connection: on a media worker when the server runs them (docs/scaling.md), except
+    for a room relayed from another node, whose MirrorTracks live in this process."""
     pool = app.get(WORKERS)
     remote = None
     on_quality = room.quality_listener(participant)
-    if pool is not None:
+    if pool is not None and not relayed:
         remote = pool.subscriber(participant.identity, room=room.name, session_id=participant.session_id,
                                  on_quality=on_quality)
     return remote or Subscriber(participant.identity, room.peers, _no_offer, data_channel_label=None,

@@ -17,6 +17,7 @@ from shared.ratelimit import TokenBucket
 from signaling.api import roomhooks
 from signaling.classroom_bridge import DATA_HANDLER
 from signaling.room import ROOMS, Participant, RoomFull
+from signaling.routing import CLOSE_REDIRECT, Redirected, remote_home
 from signaling.schemas import MAX_FRAME_BYTES, ProtocolError, parse_client_message
 
 logger = logging.getLogger(__name__)
@@ -119,10 +120,15 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
                 await send(error("ice_restart_refused", str(exc), ref=_ref(msg.data)))
             except SdpError as exc:
                 await send(error("bad_sdp", str(exc), ref=_ref(msg.data)))
+            except Redirected:
+                raise
             except Exception:
                 logger.exception("room %s: handling a message from %s failed", room_name,
                                  participant.identity if participant else "?")
                 await send(error("internal", "the server failed to handle that message; it was logged"))
+    except Redirected as moved:  # the room lives on another node: the page follows `redirect`
+        await send(moved.message())
+        await ws.close(code=CLOSE_REDIRECT, message=b"redirect")
     finally:
         if participant is not None and room is not None and participant.owned_by(send):
             # Shielded: aiohttp may cancel this handler when the peer vanishes mid-cleanup.
@@ -155,6 +161,9 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
         grants = verify_token(token, await active_api_keys(app), room=room_name)
     except TokenError as exc:
         raise ProtocolError("unauthorized", exc.reason, reason=exc.kind) from None
+    home = await remote_home(app, room_name)
+    if home is not None:
+        raise Redirected(home, room_name)
     if resume is not None:
         resumed = await _resume(app, room_name, grants, resume, send, disconnect)
         if resumed is not None:

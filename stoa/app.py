@@ -39,6 +39,12 @@ def build_app(settings: Settings) -> web.Application:
     app[aiohttp_jinja2.static_root_key] = "/static"
     app.cleanup_ctx.append(_rooms_ctx)
     app.cleanup_ctx.append(workers_ctx)  # media worker processes for viewers (docs/scaling.md)
+    if settings.redis:  # several nodes as one service (docs/scaling.md); no Redis code otherwise
+        from signaling import cascade
+        from signaling.cluster import cluster_ctx, drain
+        app.cleanup_ctx.append(cluster_ctx)
+        cascade.setup(app)  # a room's broadcast relayed to the nodes its viewers are on
+        app.on_shutdown.append(drain)  # SIGTERM: the rooms' participants go to other nodes first
     app.on_shutdown.append(_disconnect_everyone)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(api.services_ctx)  # sessions, tutoring, webhooks, notifications (needs the store)

@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, metavar="N",
                        help="media worker processes for viewers (default: one per core; 0 or 1: all in one "
                             "process; see docs/scaling.md)")
+    serve.add_argument("--redis", metavar="URL",
+                       help="redis://... : join the nodes sharing this Redis as one service (docs/scaling.md)")
+    serve.add_argument("--node-id", metavar="ID", help="this node's name in the cluster (default host-port)")
+    serve.add_argument("--public-address", metavar="URL",
+                       help="base URL clients reach this node at, for redirects (default http://host:port)")
     serve.add_argument("--record", action="store_true", dest="record_all", default=None,
                        help="record every room from its first published track (see docs/recording.md)")
 
@@ -209,12 +214,14 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args) -> int:
     from aiohttp import web
 
+    from signaling.routing import ClusterError
     from stoa.app import build_app
     from storage import StorageError
 
     settings = _settings(args, host=args.host, port=args.port, ice_addresses=args.ice_addresses,
                          ice_servers=args.ice_servers, data_dir=args.data_dir, database=args.database,
-                         log_level=args.log_level, record_all=args.record_all, workers=args.workers)
+                         log_level=args.log_level, record_all=args.record_all, workers=args.workers,
+                         redis=args.redis, node_id=args.node_id, public_address=args.public_address)
     if settings.workers is None:
         import os
         settings.workers = os.cpu_count() or 1
@@ -247,6 +254,8 @@ def _serve(args) -> int:
         workers = settings.workers if settings.workers >= 2 else 0
         print(f"  media: {workers} worker process(es) for viewers" if workers else
               "  media: viewers in the main process (--workers 0/1)")
+        if settings.redis:
+            print(f"  cluster: node {settings.node_id!r} at {settings.public_address}, registered in Redis")
 
     app.on_startup.append(freeze_startup_objects)
     app.on_startup.append(announce)
@@ -254,6 +263,9 @@ def _serve(args) -> int:
         web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
     except StorageError as exc:  # raised by the store's start-up hook: schema mismatch, unreachable server
         print(f"stoa serve: {_database_problem(exc)}", file=sys.stderr)
+        return 2
+    except ClusterError as exc:
+        print(f"stoa serve: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -12,8 +12,8 @@ from sfu.peer import IceSettings
 from sfu.pool import WorkerPool
 from shared.appkeys import SETTINGS
 from signaling import whip
-from signaling.metrics import METRICS_REGISTRY
 from shared.appkeys import SETTINGS
+from signaling.metrics import collecting
 from signaling.room import ROOMS, WORKERS
 
 logger = logging.getLogger(__name__)
@@ -36,17 +36,12 @@ async def workers_ctx(app: web.Application):
     await pool.start()
     app[WORKERS] = pool
     app[ROOMS].workers = pool  # room participants' subscriber connections go to the workers too
-    registry = app.get(METRICS_REGISTRY)
-    collector = WorkerCollector(pool)
-    if registry is not None:
-        registry.register(collector)
-    try:
-        yield
-    finally:
-        if registry is not None:
-            registry.unregister(collector)
-        app[ROOMS].workers = None
-        await pool.close()
+    with collecting(app, WorkerCollector(pool)):
+        try:
+            yield
+        finally:
+            app[ROOMS].workers = None
+            await pool.close()
 
 
 class WorkerCollector:

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp_jinja2
 from aiohttp import web
 
-from shared.appkeys import SETTINGS, active_api_keys
+from shared.appkeys import PLACEMENT, SETTINGS, active_api_keys
 from shared.auth import TokenError, mint_token, verify_token
 from shared.roles import SELF_JOIN_ROLES
 from classroom.errors import Conflict
@@ -25,11 +25,22 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/dev/join", dev_join)
     app.router.add_get("/rooms/{room}", room_page)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_static("/static/", STATIC, append_version=True)
 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for new joins: 503 while this node's Redis is not answering or it drains (its rooms go on)."""
+    placement = request.app.get(PLACEMENT)
+    if placement is None:
+        return web.json_response({"status": "ready"})
+    health = placement.health()
+    ready = health["redis"] == "ok" and not health["draining"]
+    return web.json_response({"status": "ready" if ready else "degraded", **health}, status=200 if ready else 503)
 
 
 @aiohttp_jinja2.template("index.html")
@@ -84,6 +95,11 @@ async def room_page(request: web.Request) -> web.Response:
         return aiohttp_jinja2.render_template("error.html", request, {"message": exc.reason, "title": title},
                                               status=401)
     session = await request.app[STORE].sessions.get_by_room(room)
+    placement = request.app.get(PLACEMENT)
+    home = await placement.elsewhere(room, request.rel_url.raw_path, request.rel_url.raw_query_string) \
+        if placement is not None else None
+    if home is not None:  # the room lives on another node: the page and its WebSocket go there
+        raise web.HTTPTemporaryRedirect(home)
     return aiohttp_jinja2.render_template("room.html", request, {
         "room": room, "token": token, "grants": grants, "recorded": await recording_notice(request.app, room),
         "title": session.title if session else room, "session_id": session.id if session else None,

@@ -555,6 +555,12 @@ async function handle(msg) {
         setBanner("bad", `Not let in: ${msg.message}`);
       }
       break;
+    case "redirect":
+      // The room lives on another node (docs/scaling.md): load the page there, with the same token.
+      state.leaving = true;
+      setBanner("connecting", "Moving to the room's server…");
+      location.replace(`${msg.page}?token=${encodeURIComponent(cfg.token)}`);
+      break;
     case "left":
       state.leaving = true;
       state.joined = false;

@@ -1,0 +1,365 @@
+"""A room's broadcast across nodes (docs/scaling.md): WHEP viewers are served on the node they reach, and
+that node (the edge) gets the room's broadcast from the room's home node once, however many of its
+viewers watch it. Media travels over UDP in authenticated datagrams (sfu/noderelay.py); the control
+messages over a WebSocket the edge opens to the home, `GET /cluster/relay/{room}`, signed with the
+cluster secret. Present only with `redis` set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from urllib.parse import quote, urlencode, urlsplit
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from sfu.noderelay import (EDGE_TO_HOME, HOME_TO_EDGE, EdgeRelay, HomeLink, RelayEndpoint, check_node_message,
+                           open_endpoint)
+from sfu.relay import RelayError
+from signaling.metrics import collecting
+from shared.appkeys import SETTINGS
+from signaling.room import ROOMS
+from signaling.routing import CASCADE
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_TTL = 60.0    # a signed relay request is good for this long (clock skew between nodes included)
+SYNC_TIMEOUT = 5.0      # an edge waits this long for the home's first `broadcast`
+IDLE_CLOSE_S = 5.0      # an edge link with no viewer left is closed after this long
+MAX_CONTROL = 256 * 1024
+
+
+class CascadeError(Exception):
+    """The room's home node cannot relay its broadcast here now (unreachable, refused)."""
+
+
+def cluster_secret(settings) -> bytes:
+    """The key nodes sign relay requests with and derive link keys from: `cluster_secret`, else derived
+    from the API secret, which every node of a cluster shares anyway to verify the same tokens."""
+    if settings.cluster_secret:
+        return settings.cluster_secret.encode()
+    return hashlib.sha256(b"stoa cluster secret|" + settings.api_secret.encode()).digest()
+
+
+def sign(secret: bytes, room: str, node: str, udp: str, ts: str) -> str:
+    return hmac.new(secret, f"{room}|{node}|{udp}|{ts}".encode(), hashlib.sha256).hexdigest()
+
+
+class Sender:
+    """Control messages to one WebSocket, in order, from synchronous callers (the relay's callbacks)."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue = asyncio.Queue(4096)
+        self.task = asyncio.ensure_future(self._run())
+
+    def __call__(self, message: dict) -> None:
+        try:
+            self.queue.put_nowait(json.dumps(message, separators=(",", ":")))
+        except asyncio.QueueFull:
+            logger.warning("relay control: %s dropped, the other node is not reading", message.get("type"))
+
+    async def _run(self) -> None:
+        while True:
+            text = await self.queue.get()
+            if self.ws.closed:
+                return
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def read_messages(ws, allowed: tuple[str, ...], where: str):
+    """The checked control messages of a relay WebSocket; a bad one is logged and skipped."""
+    async for msg in ws:
+        if msg.type != WSMsgType.TEXT:
+            if msg.type == WSMsgType.ERROR:
+                return
+            continue
+        try:
+            message = json.loads(msg.data)
+            check_node_message(message, allowed)
+        except (ValueError, RelayError) as exc:
+            logger.warning("relay control from %s: ignored a message: %s", where, exc)
+            continue
+        yield message
+
+
+class Cascade:
+    """app[CASCADE]: this node's relay endpoint, the links it sends as a home, the rooms it receives."""
+
+    def __init__(self, app: web.Application, endpoint: RelayEndpoint, secret: bytes, *, node_id: str,
+                 advertise: str):
+        self.app, self.endpoint, self.secret = app, endpoint, secret
+        self.node_id, self.advertise = node_id, advertise  # host:port the homes send our media to
+        self.home_links: dict[str, dict[str, HomeLink]] = {}  # room -> edge node -> link
+        self.edges: dict[str, "EdgeSubscription"] = {}       # room -> its relay from the home
+        self.http = aiohttp.ClientSession()
+        self.loss = 0.0  # debug hook: share of relay datagrams dropped on purpose
+        self._janitor = asyncio.ensure_future(self._sweep())
+
+    async def close(self) -> None:
+        self._janitor.cancel()
+        await asyncio.gather(self._janitor, return_exceptions=True)
+        for sub in list(self.edges.values()):
+            await sub.close(end_sessions=False)
+        await self.http.close()
+        self.endpoint.close()
+
+    def impair(self, rate: float) -> None:
+        self.loss = rate
+        for links in self.home_links.values():
+            for link in links.values():
+                link.impair(rate)
+
+    def is_edge(self, room: str) -> bool:
+        return room in self.edges
+
+    async def edge_for(self, room: str, home) -> EdgeRelay:
+        """The relay of `room`'s broadcast from `home` to this node: opened by the first viewer here."""
+        sub = self.edges.get(room)
+        if sub is not None and sub.home_id != home.id:
+            await sub.close(end_sessions=True)
+            sub = None
+        if sub is None:
+            sub = self.edges[room] = EdgeSubscription(self, room, home)
+        try:
+            await sub.opened()
+        except CascadeError:
+            if self.edges.get(room) is sub:
+                del self.edges[room]
+            raise
+        return sub.relay
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for room, sub in list(self.edges.items()):
+                local = self.app[ROOMS].rooms.get(room)
+                if local is not None and any(p.transport == "whep" for p in local.participants.values()):
+                    sub.last_used = now
+                elif now - sub.last_used > IDLE_CLOSE_S:
+                    await sub.close(end_sessions=False)
+
+    def status(self) -> dict:
+        return {"home_links": {room: {node: link.describe() for node, link in links.items()}
+                               for room, links in self.home_links.items()},
+                "edge_rooms": {room: {"home": sub.home_id, "packets": sub.relay.packets}
+                               for room, sub in self.edges.items()},
+                "rejected_datagrams": self.endpoint.rejected}
+
+
+class EdgeSubscription:
+    """On an edge: the WebSocket to the room's home and the EdgeRelay its messages drive."""
+
+    def __init__(self, cascade: Cascade, room: str, home) -> None:
+        self.cascade, self.room, self.home_id = cascade, room, home.id
+        self.home_address = home.address
+        self.ws = None
+        self.sender: Sender | None = None
+        self.relay = EdgeRelay(cascade.endpoint, cascade.secret, self._send, self._rebind)
+        self.last_used = time.monotonic()
+        self.closed = False
+        self._open = asyncio.ensure_future(self._connect())
+        self._reader: asyncio.Task | None = None
+
+    def _send(self, message: dict) -> None:
+        if self.sender is not None:
+            self.sender(message)
+
+    def _rebind(self, tracks) -> None:
+        local = self.cascade.app[ROOMS].rooms.get(self.room)
+        if local is None:
+            return
+        for p in local.participants.values():
+            if p.transport == "whep" and p.subscriber is not None:
+                p.subscriber.bind(tracks)
+
+    async def opened(self) -> None:
+        await asyncio.shield(self._open)
+
+    async def _connect(self) -> None:
+        c = self.cascade
+        ts = str(int(time.time()))
+        query = urlencode({"node": c.node_id, "udp": c.advertise, "ts": ts,
+                           "sig": sign(c.secret, self.room, c.node_id, c.advertise, ts)})
+        base = "ws" + self.home_address[4:]  # http -> ws, https -> wss
+        url = f"{base}/cluster/relay/{quote(self.room, safe='')}?{query}"
+        try:
+            self.ws = await c.http.ws_connect(url, heartbeat=5.0, max_msg_size=MAX_CONTROL,
+                                              timeout=aiohttp.ClientWSTimeout(ws_close=2.0))
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise CascadeError(f"cannot reach node {self.home_id} to relay room {self.room}: {exc}") from None
+        self.sender = Sender(self.ws)
+        self._reader = asyncio.ensure_future(self._read())
+        try:
+            await asyncio.wait_for(asyncio.shield(self.relay.synced), SYNC_TIMEOUT)
+        except asyncio.TimeoutError:
+            await self.close(end_sessions=False)
+            raise CascadeError(f"node {self.home_id} did not start relaying room {self.room} "
+                               f"within {SYNC_TIMEOUT:.0f} s") from None
+        logger.info("relay: room %s comes from node %s (link %s)", self.room, self.home_id, self.relay.link)
+
+    async def _read(self) -> None:
+        try:
+            async for message in read_messages(self.ws, HOME_TO_EDGE, f"node {self.home_id}"):
+                self.relay.on_control(message)
+        finally:
+            if not self.closed:
+                logger.warning("relay: node %s stopped relaying room %s; its viewers here are ended "
+                               "so they join again", self.home_id, self.room)
+                asyncio.ensure_future(self.close(end_sessions=True))
+
+    async def close(self, *, end_sessions: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.cascade.edges.get(self.room) is self:
+            del self.cascade.edges[self.room]
+        self.relay.close()
+        if self.sender is not None:
+            await self.sender.close()
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        if end_sessions:
+            await self._end_sessions()
+
+    async def _end_sessions(self) -> None:
+        from signaling import whip  # whip uses this module to place viewers
+
+        app = self.cascade.app
+        local = app[ROOMS].rooms.get(self.room)
+        for p in list(local.participants.values()) if local is not None else []:
+            if p.transport == "whep":
+                await whip.end_session(app, self.room, p.session_id, reason=f"node {self.home_id} stopped relaying")
+
+
+async def relay_socket(request: web.Request) -> web.StreamResponse:
+    """On the home node: an edge asks for a room's broadcast; it goes out over UDP while this socket lives."""
+    app = request.app
+    cascade = app.get(CASCADE)
+    if cascade is None:
+        raise web.HTTPNotFound(text="this node relays nothing (no redis setting)\n")
+    room_name = request.match_info["room"]
+    q = request.query
+    node, udp, ts, sig = q.get("node", ""), q.get("udp", ""), q.get("ts", ""), q.get("sig", "")
+    try:
+        fresh = abs(time.time() - int(ts)) < SIGNATURE_TTL
+    except ValueError:
+        fresh = False
+    if not fresh or not hmac.compare_digest(sign(cascade.secret, room_name, node, udp, ts), sig):
+        raise web.HTTPForbidden(text="relay request not signed with this cluster's secret (or expired)\n")
+    host, _, port = udp.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise web.HTTPBadRequest(text="udp must be host:port\n")
+    ws = web.WebSocketResponse(heartbeat=5.0, max_msg_size=MAX_CONTROL)
+    await ws.prepare(request)
+    sender = Sender(ws)
+    link = HomeLink(cascade.endpoint, cascade.secret, (host.strip("[]"), int(port)), sender)
+    previous = cascade.home_links.setdefault(room_name, {}).get(node)
+    if previous is not None:
+        previous.close()
+    cascade.home_links[room_name][node] = link
+    link.impair(cascade.loss)
+    manager = app[ROOMS]
+    attached = []
+
+    def rebind(event: str | None = None, track=None) -> None:
+        room = manager.rooms.get(room_name)
+        link.bind(room.broadcast_tracks(exclude=track if event == "unpublished" else None) if room else {})
+
+    def attach(room) -> None:
+        if room.name == room_name and room not in attached:
+            room.track_listeners.append(rebind)
+            attached.append(room)
+            rebind()
+
+    sender(link.hello)
+    manager.room_listeners.append(attach)
+    if room_name in manager.rooms:
+        attach(manager.rooms[room_name])
+    else:
+        rebind()
+    logger.info("relay: sending room %s to node %s at %s (link %d)", room_name, node, udp, link.link)
+    try:
+        async for message in read_messages(ws, EDGE_TO_HOME, f"node {node}"):
+            link.on_control(message)
+    finally:
+        link.close()
+        manager.room_listeners.remove(attach)
+        for room in attached:
+            with contextlib.suppress(ValueError):
+                room.track_listeners.remove(rebind)
+        if cascade.home_links.get(room_name, {}).get(node) is link:
+            del cascade.home_links[room_name][node]
+            if not cascade.home_links[room_name]:
+                del cascade.home_links[room_name]
+        await sender.close()
+        await ws.close()
+        logger.info("relay: stopped sending room %s to node %s", room_name, node)
+    return ws
+
+
+async def cascade_ctx(app: web.Application):
+    settings = app[SETTINGS]
+    endpoint = await open_endpoint(settings.host, settings.relay_port)
+    host = urlsplit(settings.public_address).hostname or settings.host
+    cascade = app[CASCADE] = Cascade(app, endpoint, cluster_secret(settings), node_id=settings.node_id,
+                                     advertise=f"{host}:{endpoint.port}")
+    with collecting(app, CascadeCollector(cascade)):
+        try:
+            yield
+        finally:
+            await cascade.close()
+
+
+class CascadeCollector:
+    """/metrics: the links this node sends as a home (one per room and edge node) and receives as an edge."""
+
+    def __init__(self, cascade: Cascade):
+        self.cascade = cascade
+
+    def collect(self):
+        links = GaugeMetricFamily("stoa_relay_node_links", "Rooms relayed from this node, per edge node",
+                                  labels=["node"])
+        sent = CounterMetricFamily("stoa_relay_node_packets", "RTP packets relayed to each edge node (live links)",
+                                   labels=["node"])
+        per_node: dict[str, list] = {}
+        for room_links in self.cascade.home_links.values():
+            for node, link in room_links.items():
+                per_node.setdefault(node, []).append(link)
+        for node, node_links in sorted(per_node.items()):
+            links.add_metric([node], len(node_links))
+            sent.add_metric([node], sum(link.packets_relayed for link in node_links))
+        yield links
+        yield sent
+        yield CounterMetricFamily("stoa_relay_node_repairs", "Packets resent to edge nodes for their NACK misses "
+                                  "(live links)", value=sum(link.describe()["repairs"] for links in
+                                                            self.cascade.home_links.values()
+                                                            for link in links.values()))
+        yield GaugeMetricFamily("stoa_relay_edge_rooms", "Rooms relayed to this node from their home",
+                                value=len(self.cascade.edges))
+        yield CounterMetricFamily("stoa_relay_rejected_datagrams",
+                                  "Relay datagrams dropped: bad tag, replayed, unknown link, malformed",
+                                  value=self.cascade.endpoint.rejected)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/cluster/relay/{room}", relay_socket)
+    app.cleanup_ctx.append(cascade_ctx)

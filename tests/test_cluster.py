@@ -1,0 +1,411 @@
+"""Several `stoa serve` nodes on one Redis (docs/scaling.md, "Several nodes"): the node registry, the Redis
+heartbeat and /readyz, and routing a room's joins to its home node. Real Redis; each test keys its data
+under its own prefix, and the outage tests stop a private redis-server of their own, never the shared one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from signaling.cluster import GONE_S, Cluster, Node
+from tests.serve import ServeProcess, eventually, free_port
+
+pytestmark = pytest.mark.slow
+SDP = "application/sdp"
+
+
+def node(tmp_path, name: str, redis_url: str, prefix: str) -> ServeProcess:
+    (tmp_path / name).mkdir()
+    return ServeProcess(tmp_path / name, "--workers", "0", "--redis", redis_url, "--node-id", name,
+                        env={"STOA_REDIS_PREFIX": prefix, "STOA_LOG_LEVEL": "info", "STOA_DEBUG_HOOKS": "true",
+                             "STOA_OVERLOAD_CONTROL": "false"})  # a loaded CI box is not a full node
+
+
+async def records(client, prefix: str) -> dict[str, Node]:
+    return {k: Node.from_json(v) for k, v in (await client.hgetall(prefix + "nodes")).items()}
+
+
+def readiness(http, server, status: int):
+    """A check for eventually(): /readyz's body once it answers `status`."""
+    async def check():
+        got, body = await readyz(http, server)
+        return body if got == status else None
+    return check
+
+
+async def readyz(http, server) -> tuple[int, dict]:
+    try:
+        async with http.get(server.base + "/readyz", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            return resp.status, await resp.json()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        return 0, {"error": repr(exc)}
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, to stop, pause and restart."""
+
+    def __init__(self, tmp_path):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tmp_path / f"redis-{self.port}"
+        self.dir.mkdir()
+        self.proc = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def wait_up(self) -> None:
+        client = aioredis.Redis.from_url(self.url, socket_timeout=1)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    if await client.ping():
+                        return
+                except (OSError, aioredis.ConnectionError):
+                    assert time.monotonic() < deadline, "the private redis-server did not start"
+                    await asyncio.sleep(0.1)
+        finally:
+            await client.aclose()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+async def redis_client(redis_url, redis_prefix):
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    keys = [k async for k in client.scan_iter(match=redis_prefix + "*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def test_two_nodes_agree_on_each_rooms_home(redis_url, redis_prefix, redis_client):
+    """Placement is one Lua script: nodes placing the same rooms at the same moment get one home each."""
+    census = {"a": {}, "b": {"busy-room": 3}}
+    clusters = [Cluster(aioredis.Redis.from_url(redis_url, decode_responses=True), node_id=n,
+                        address=f"http://{n}.example:8080", prefix=redis_prefix, census=lambda n=n: census[n])
+                for n in ("a", "b")]
+    for c in clusters:
+        await c.start()
+    try:
+        rooms = [f"room{i}" for i in range(20)]
+        homes = await asyncio.gather(*(c.home(r) for r in rooms for c in clusters))
+        seen = {}
+        for (room, c), home in zip(((r, c) for r in rooms for c in clusters), homes):
+            seen.setdefault(room, set()).add(c.node_id if home is None else home.id)
+        assert all(len(h) == 1 for h in seen.values()), seen
+        stored = await redis_client.hgetall(redis_prefix + "room_node_map")
+        assert stored.pop("busy-room") == "b", "a node's record claims the rooms it serves"
+        assert {r: h.pop() for r, h in seen.items()} == stored
+        # b carries 3 participants and a none: a takes the new rooms, whichever node was asked first.
+        assert set(stored.values()) == {"a"}
+        # A node counted gone loses its rooms to the next one asked.
+        census["a"] = {}
+        await clusters[0].close()
+        clusters = clusters[1:]
+        await asyncio.sleep(0)
+        assert await clusters[0].home("room0") is None  # deleted with a's record at its shutdown
+        assert (await redis_client.hget(redis_prefix + "room_node_map", "room0")) == "b"
+    finally:
+        for c in clusters:
+            await c.close()
+
+
+async def test_nodes_register_refresh_and_are_gone_5_s_after_their_last_refresh(
+        tmp_path, redis_url, redis_prefix, redis_client):
+    a, b = node(tmp_path, "a", redis_url, redis_prefix), node(tmp_path, "b", redis_url, redis_prefix)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(a.wait_up(http), b.wait_up(http))
+            found = await records(redis_client, redis_prefix)
+            assert set(found) == {"a", "b"}
+            assert found["a"].address == a.base and found["b"].address == b.base
+            assert found["a"].participants == 0 and found["a"].rooms == {}
+            first = found["b"].updated_at
+            await asyncio.sleep(2.5)
+            assert (await records(redis_client, redis_prefix))["b"].updated_at > first, "refreshed every 2 s"
+            assert await readyz(http, a) == (200, {"status": "ready", "node": "a", "redis": "ok",
+                                                   "draining": False})
+            b.proc.send_signal(signal.SIGKILL)
+            b.proc.wait(10)
+            killed = time.time()
+            last = (await records(redis_client, redis_prefix))["b"]
+            assert last.alive(killed), "a killed node counts as alive until GONE_S after its last refresh"
+            await asyncio.sleep(max(0.0, last.updated_at + GONE_S - time.time()) + 0.1)
+            assert not (await records(redis_client, redis_prefix))["b"].alive(time.time())
+            assert (await records(redis_client, redis_prefix))["a"].alive(time.time())
+        a.stop()
+        assert "a" not in await records(redis_client, redis_prefix), "a stopped node removes its record"
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_a_hung_or_restarted_redis_is_detected_and_the_node_serves_on(tmp_path, redis_prefix):
+    from tests.client import RoomClient
+
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    await redis.wait_up()
+    a = node(tmp_path, "a", redis.url, redis_prefix)
+    clients = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await a.wait_up(http)
+            ws = a.base.replace("http", "ws")
+            teacher = await RoomClient(ws, "lecture", a.token("lecture", "t", "instructor")).connect()
+            clients.append(teacher)
+            assert teacher.joined["type"] == "joined"
+
+            redis.proc.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+            stopped = time.monotonic()
+            body = await eventually(readiness(http, a, 503), 8, "/readyz to say 503")
+            assert time.monotonic() - stopped < 5.0
+            assert body["redis"] == "down" and body["status"] == "degraded"
+            assert "Redis is not answering" in a.log.read_text()
+            # The node serves on: the room it hosts, and a new room, placed here without Redis.
+            pong = await teacher.request({"type": "ping", "t": 1}, "pong")
+            assert pong["t"] == 1
+            student = await RoomClient(ws, "other", a.token("other", "s", "student")).connect()
+            clients.append(student)
+            assert student.joined["type"] == "joined"
+            await asyncio.sleep(3)
+            redis.proc.send_signal(signal.SIGCONT)
+            await eventually(readiness(http, a, 200), 8, "/readyz to say 200")
+            assert "Redis answers again after" in a.log.read_text()
+
+            redis.kill()  # a restart: everything it held is gone
+            await eventually(readiness(http, a, 503), 8, "/readyz to say 503")
+            redis.start()
+            await redis.wait_up()
+            await eventually(readiness(http, a, 200), 8, "/readyz to say 200")
+            client = aioredis.Redis.from_url(redis.url, decode_responses=True)
+            try:
+                # Registered again, with the rooms it served meanwhile claimed as its own.
+                record = (await records(client, redis_prefix))["a"]
+                assert record.rooms == {"lecture": 1, "other": 1}
+                assert await client.hgetall(redis_prefix + "room_node_map") == {"lecture": "a", "other": "a"}
+            finally:
+                await client.aclose()
+    finally:
+        for c in clients:
+            await c.close()
+        a.stop()
+        redis.kill()
+
+
+async def test_joins_are_sent_to_the_rooms_home_node(tmp_path, redis_url, redis_prefix, redis_client):
+    from tests.client import RoomClient
+
+    a, b = node(tmp_path, "a", redis_url, redis_prefix), node(tmp_path, "b", redis_url, redis_prefix)
+    clients = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(a.wait_up(http), b.wait_up(http))
+            teacher = await RoomClient(a.base.replace("http", "ws"), "physics",
+                                       a.token("physics", "t", "instructor")).connect()
+            clients.append(teacher)
+            assert teacher.joined["type"] == "joined"  # asked first, and no busier than b: a is home
+            assert await redis_client.hget(redis_prefix + "room_node_map", "physics") == "a"
+
+            # The room protocol on b: a `redirect` message, then close code 4307.
+            student = RoomClient(b.base.replace("http", "ws"), "physics", b.token("physics", "s", "student"))
+            clients.append(student)
+            await student.connect(join=False)
+            moved = await student.request({"type": "join", "token": student.token}, "redirect", "joined", "error")
+            assert moved == {
+                "type": "redirect", "node": "a", "reason": "room physics is served by node a",
+                "page": f"{a.base}/rooms/physics", "url": f"{a.base.replace('http', 'ws')}/ws/rooms/physics"}
+            await eventually(lambda: student.ws.closed, 5, "the redirected socket to close")
+            assert student.ws.close_code == 4307
+
+            # WHIP on b: 307 to the same path on a, the query kept (RFC 9725 4.5). (WHEP is served on b:
+            # test_a_teachers_broadcast_on_a_is_decoded_by_viewers_on_b_and_c.)
+            publisher = b.token("physics", "obs", "instructor")
+            async with http.post(f"{b.base}/whip/physics?password=x", data="v=0\r\n", allow_redirects=False,
+                                 headers={"Content-Type": SDP, "Authorization": f"Bearer {publisher}"}) as resp:
+                assert resp.status == 307
+                assert resp.headers["Location"] == f"{a.base}/whip/physics?password=x"
+                assert resp.headers["Access-Control-Allow-Origin"] == "*"
+            # The page on b: 307 to the page on a.
+            token = b.token("physics", "v", "viewer")
+            async with http.get(f"{b.base}/rooms/physics?token={token}", allow_redirects=False) as resp:
+                assert resp.status == 307 and resp.headers["Location"] == f"{a.base}/rooms/physics?token={token}"
+            # A bad token is refused where it lands; nothing is placed for it.
+            async with http.post(f"{b.base}/whip/chemistry", data="v=0\r\n",
+                                 headers={"Content-Type": SDP, "Authorization": "Bearer nope"}) as resp:
+                assert resp.status == 401
+            assert await redis_client.hget(redis_prefix + "room_node_map", "chemistry") is None
+            # The relay between nodes takes only requests signed with the cluster's key.
+            async with http.get(f"{a.base}/cluster/relay/physics?node=x&udp=127.0.0.1:9&ts={int(time.time())}"
+                                "&sig=00") as resp:
+                assert resp.status == 403
+
+            # a's record says what it carries; a new room asked for on a goes to the less loaded b.
+            async def a_carries_physics():
+                return (await records(redis_client, redis_prefix))["a"].rooms == {"physics": 1}
+            await eventually(a_carries_physics, 5, "a's record to list the room")
+            async with http.get(f"{a.base}/rooms/chemistry?token={a.token('chemistry', 's', 'student')}",
+                                allow_redirects=False) as resp:
+                assert resp.status == 307 and resp.headers["Location"].startswith(f"{b.base}/rooms/chemistry?")
+            assert await redis_client.hget(redis_prefix + "room_node_map", "chemistry") == "b"
+            chem = await RoomClient(b.base.replace("http", "ws"), "chemistry",
+                                    b.token("chemistry", "s", "student")).connect()
+            clients.append(chem)
+            assert chem.joined["type"] == "joined"
+    finally:
+        for c in clients:
+            await c.close()
+        a.stop()
+        b.stop()
+
+
+async def test_sigterm_sends_a_nodes_room_participants_to_another_node(tmp_path, redis_url, redis_prefix,
+                                                                       redis_client):
+    from tests.client import RoomClient
+
+    a, b = node(tmp_path, "a", redis_url, redis_prefix), node(tmp_path, "b", redis_url, redis_prefix)
+    clients = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(a.wait_up(http), b.wait_up(http))
+            for identity, role in (("t", "instructor"), ("s", "student")):
+                client = await RoomClient(a.base.replace("http", "ws"), "history",
+                                          a.token("history", identity, role)).connect()
+                clients.append(client)
+                assert client.joined["type"] == "joined"
+            a.proc.send_signal(signal.SIGTERM)
+            for client in clients:
+                moved = await client.expect("redirect", timeout=10)
+                assert moved["node"] == "b" and moved["page"] == f"{b.base}/rooms/history"
+                await eventually(lambda c=client: c.ws.closed, 5, "the drained socket to close")
+                assert client.ws.close_code == 4307
+            assert await redis_client.hget(redis_prefix + "room_node_map", "history") == "b"
+            assert a.proc.wait(15) == 0
+            again = await RoomClient(b.base.replace("http", "ws"), "history",
+                                     b.token("history", "t", "instructor")).connect()
+            clients.append(again)
+            assert again.joined["type"] == "joined"
+    finally:
+        for c in clients:
+            await c.close()
+        a.stop()
+        b.stop()
+
+
+def test_one_node_without_redis_loads_no_redis_code(tmp_path):
+    """No `redis` setting: no cluster code path at all, and /readyz says ready."""
+    script = (
+        "import sys, asyncio\n"
+        "from aiohttp.test_utils import TestClient, TestServer\n"
+        "from stoa.app import build_app\n"
+        "from stoa.config import load_settings\n"
+        f"s = load_settings(environ={{}}, overrides={{'dev': True, 'data_dir': {str(tmp_path)!r}}})\n"
+        "async def main():\n"
+        "    async with TestClient(TestServer(build_app(s))) as c:\n"
+        "        r = await c.get('/readyz')\n"
+        "        print(r.status, await r.text())\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith(('redis.', 'signaling.cluster'))))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2] == '200 {"status": "ready"}' and lines[-1] == "[]", out.stdout
+
+
+async def metric(http, server, name: str, labels: str = "") -> float:
+    async with http.get(server.base + "/metrics") as resp:
+        text = await resp.text()
+    line = next((l for l in text.splitlines() if l.startswith(f"{name}{labels} ")), None)
+    assert line is not None, f"{name}{labels} is not in /metrics"
+    return float(line.split()[-1])
+
+
+async def test_a_teachers_broadcast_on_a_is_decoded_by_viewers_on_b_and_c(
+        tmp_path, redis_url, redis_prefix, redis_client):
+    """WHEP viewers are served where they land; the home relays the broadcast once per node, over UDP in
+    authenticated datagrams; keyframe requests come back from the edges, and a lossy link is repaired."""
+    from tests.media import CounterVideoTrack, ToneAudioTrack
+    from tests.test_whip_whep import WhepViewer, WhipPublisher, assert_counters_healthy
+
+    room = "lecture"
+    nodes = {n: node(tmp_path, n, redis_url, redis_prefix) for n in ("a", "b", "c")}
+    a, b, c = nodes.values()
+    peers = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(n.wait_up(http) for n in nodes.values()))
+            async with http.post(f"{a.base}/debug/relay-loss?rate=0.05") as resp:
+                assert resp.status == 200  # 5% of the datagrams from a to the edges are lost
+            teacher = await WhipPublisher(http, a.base, room, a.token(room, "teacher", "instructor")).publish(
+                CounterVideoTrack(), ToneAudioTrack())
+            peers.append(teacher.pc)
+            assert await redis_client.hget(redis_prefix + "room_node_map", room) == "a"
+            viewers = []
+            for name, server in (("b1", b), ("b2", b), ("c1", c)):
+                viewer = await WhepViewer(http, server.base, room, server.token(room, name, "viewer")).start()
+                peers.append(viewer.pc)
+                viewers.append(viewer)
+            for viewer in viewers:
+                await eventually(lambda v=viewer: "video" in v.collectors, 15, "the relayed video track")
+                await viewer.collectors["video"].wait_frames(30, timeout=20)
+            for viewer in viewers:
+                assert_counters_healthy(viewer.collectors["video"].counters)
+                assert viewer.collectors["audio"].frames > 0
+            # Once per node: b carries two viewers over one link.
+            assert await metric(http, a, "stoa_relay_node_links", '{node="b"}') == 1
+            assert await metric(http, a, "stoa_relay_node_links", '{node="c"}') == 1
+            assert await metric(http, b, "stoa_relay_edge_rooms") == 1
+            assert await metric(http, b, "stoa_relay_rejected_datagrams_total") == 0
+            assert await metric(http, a, "stoa_relay_node_repairs_total") > 0, "the edges' NACK misses were resent"
+            # The viewers' sessions are b's and c's: their session URLs answer there.
+            assert viewers[0].location.startswith(f"/whep/{room}/")
+            async with http.delete(b.base + viewers[1].location,
+                                   headers={"Authorization": f"Bearer {viewers[1].token}"}) as resp:
+                assert resp.status == 200
+            before = len(viewers[0].collectors["video"].counters)
+            await eventually(lambda: len(viewers[0].collectors["video"].counters) > before + 20, 10,
+                             "b's remaining viewer to keep decoding")
+
+            # SIGKILL c: the home stops its link; c's viewer POSTs again on b and decodes there within 5 s.
+            c.proc.send_signal(signal.SIGKILL)
+            c.proc.wait(10)
+            killed = time.monotonic()
+            again = await WhepViewer(http, b.base, room, b.token(room, "c1", "viewer")).start()
+            peers.append(again.pc)
+            await eventually(lambda: "video" in again.collectors and again.collectors["video"].counters, 10,
+                             "c's viewer decoding on b")
+            assert time.monotonic() - killed < 5.0
+            assert await metric(http, b, "stoa_relay_edge_rooms") == 1, "b's one link carries it"
+
+            async def c_link_gone():
+                async with http.get(a.base + "/metrics") as resp:
+                    return 'stoa_relay_node_links{node="c"}' not in await resp.text()
+            await eventually(c_link_gone, 15, "a to stop relaying to the dead node")
+            before = len(viewers[0].collectors["video"].counters)
+            await eventually(lambda: len(viewers[0].collectors["video"].counters) > before + 20, 10,
+                             "the room to go on on a")
+    finally:
+        for pc in peers:
+            await pc.close()
+        for server in nodes.values():
+            server.stop()
