@@ -150,6 +150,7 @@ async def test_teacher_mutes_a_student_from_the_page(stoa_server, chromium, arti
 
     mute = "#participants li[data-identity=ann] .tile-controls button[data-action=mute-mic]"
     await wait_js(teacher, f"document.querySelector({mute!r}) && !document.querySelector({mute!r}).disabled", timeout=15)
+    await teacher.click("[data-tab=people]")  # the participant list is the People tab
     await screenshot(teacher, artifacts_dir, "controls-teacher")
     await teacher.click(mute)
 
@@ -239,6 +240,8 @@ async def test_remove_ban_leave_and_end_states(stoa_server, api, chromium, artif
     for page in (teacher, ann, bo, cy):
         await joined(page)
     await wait_js(teacher, "document.querySelectorAll('#participants li .tile-controls').length === 3", timeout=15)
+
+    await teacher.click("[data-tab=people]")  # the participant list is the People tab
 
     async def moderate(action, identity, reason):
         await teacher.click(f"#participants li[data-identity={identity}] .tile-controls button[data-action={action}]")

@@ -317,7 +317,7 @@ def test_one_node_without_redis_loads_no_redis_code(tmp_path):
         "import sys, asyncio\n"
         "from aiohttp.test_utils import TestClient, TestServer\n"
         "from stoa.app import build_app\n"
-        "from stoa.config import load_settings\n"
+        "from shared.config import load_settings\n"
         f"s = load_settings(environ={{}}, overrides={{'dev': True, 'data_dir': {str(tmp_path)!r}}})\n"
         "async def main():\n"
         "    async with TestClient(TestServer(build_app(s))) as c:\n"

@@ -230,6 +230,7 @@ def _valid_data(type_: str, r, pools: dict, bank: str) -> dict:
         "quiz.end": lambda: {"round_id": uid("rounds")},
         "hand.raise": lambda: {},
         "hand.lower": lambda: r.choice([{}, {"identity": r.choice(["s0", "s1", "s2"])}]),
+        "hand.lower_all": lambda: {},
         "reaction.send": lambda: {"emoji": r.choice(["👍", "🎉", "❤️"])},
     }[type_]()
 

@@ -112,16 +112,19 @@ function decorate(li, identity, mic, cam) {
     li.append(box);
   }
   const name = nameOf(identity);
+  // Accessible names start with the visible text (WCAG 2.5.3), then say whose.
+  const micText = mic && mic.muted ? "Mic muted" : "Mute mic";
+  const camText = cam && cam.muted ? "Camera stopped" : "Stop camera";
   const buttons = [
     h("button", { type: "button", class: "ctl", dataset: { action: "mute-mic" }, disabled: !mic || mic.muted,
-                  "aria-label": `Mute ${name}'s microphone`, onclick: () => moderate("mute", identity, { track_id: mic.track_id }) },
-      mic && mic.muted ? "Mic muted" : "Mute mic"),
+                  "aria-label": `${micText}: ${name}`, onclick: () => moderate("mute", identity, { track_id: mic.track_id }) },
+      micText),
     h("button", { type: "button", class: "ctl", dataset: { action: "stop-camera" }, disabled: !cam || cam.muted,
-                  "aria-label": `Stop ${name}'s camera`, onclick: () => moderate("mute", identity, { track_id: cam.track_id }) },
-      cam && cam.muted ? "Camera stopped" : "Stop camera"),
-    h("button", { type: "button", class: "ctl", dataset: { action: "remove" }, "aria-label": `Remove ${name}`,
+                  "aria-label": `${camText}: ${name}`, onclick: () => moderate("mute", identity, { track_id: cam.track_id }) },
+      camText),
+    h("button", { type: "button", class: "ctl", dataset: { action: "remove" }, "aria-label": `Remove: ${name}`,
                   onclick: () => confirmAction("remove", identity) }, "Remove"),
-    h("button", { type: "button", class: "ctl danger", dataset: { action: "ban" }, "aria-label": `Ban ${name}`,
+    h("button", { type: "button", class: "ctl danger", dataset: { action: "ban" }, "aria-label": `Ban: ${name}`,
                   onclick: () => confirmAction("ban", identity) }, "Ban"),
   ];
   if (state.leaving) for (const b of buttons) b.disabled = true;
