@@ -332,7 +332,7 @@ def watch_transport_rtp(dtls: RTCDtlsTransport, on_packet: Callable[[int, int], 
     if getattr(dtls, "_stoa_transport_cc_watched", False):
         return False
     router = dtls._rtp_router
-    router._stoa_inner_route = router.route_rtp  # a simulcast demux may go in beneath (demux_simulcast)
+    stock_route = router.route_rtp
 
     def route_rtp(packet: RtpPacket):
         seq = packet.extensions.transport_sequence_number
@@ -340,91 +340,12 @@ def watch_transport_rtp(dtls: RTCDtlsTransport, on_packet: Callable[[int, int], 
             if not dtls._stoa_transport_cc:
                 dtls._stoa_transport_cc = True
             on_packet(seq, packet.ssrc)
-        return router._stoa_inner_route(packet)
+        return stock_route(packet)
 
     dtls._stoa_transport_cc = False
     dtls._stoa_transport_cc_watched = True
     router.route_rtp = route_rtp
     return True
-
-
-# --- simulcast from browsers -------------------------------------------------------------------
-
-URI_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
-URI_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
-RID_EXTENSION_IDS = (10, 11)  # Chromium's numbers; free in aiortc's table (1-3, transport-cc 5)
-
-OnLayerRtp = Callable[[str, RtpPacket, bool], Awaitable[None]]  # (rid, packet, repaired)
-
-
-def enable_simulcast_extensions() -> None:
-    """Make aiortc's video answers keep the RID and repaired-RID header extensions a simulcast offer
-    carries (Chromium refuses `a=simulcast` without them) and parse them. Idempotent."""
-    table = _codecs.HEADER_EXTENSIONS["video"]
-    for ext_id, uri in zip(RID_EXTENSION_IDS, (URI_RID, URI_REPAIRED_RID)):
-        if not any(e.uri == uri for e in table):
-            table.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
-
-
-class _LayerSink:
-    """What the demux hands back to `_handle_rtp_data` in place of a receiver."""
-
-    __slots__ = ("handler", "rid", "repaired")
-
-    def __init__(self, handler: OnLayerRtp, rid: str, repaired: bool):
-        self.handler, self.rid, self.repaired = handler, rid, repaired
-
-    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        try:
-            await self.handler(self.rid, packet, self.repaired)
-        except Exception:  # raised into the transport's receive loop it would end the publisher
-            logger.exception("simulcast layer %s: forwarding failed", self.rid)
-
-
-class _Discard:
-    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        pass
-
-
-_DISCARD = _Discard()
-
-
-def demux_simulcast(dtls: RTCDtlsTransport, mid: str, on_layer_rtp: OnLayerRtp) -> None:
-    """Route the RTP of simulcast section `mid` on `dtls` to `on_layer_rtp` by layer, bypassing aiortc's
-    receiver (its router would learn every SSRC into one receiver by payload type). An SSRC is
-    mapped from its first packets' mid and RID (media) or repaired RID (its RTX) extensions, and
-    kept: Chromium stops sending them after a while. Goes beneath the transport-cc watch, so that
-    still sees every packet. Again for the same transport only adds `mid`."""
-    router = dtls._rtp_router
-    demux = getattr(router, "_stoa_simulcast", None)
-    if demux is None:
-        mids: dict[str, OnLayerRtp] = {}
-        ssrcs: dict[int, object] = {}
-        demux = router._stoa_simulcast = (mids, ssrcs)
-        watched = hasattr(router, "_stoa_inner_route")
-        inner = router._stoa_inner_route if watched else router.route_rtp
-
-        def route_rtp(packet: RtpPacket):
-            sink = ssrcs.get(packet.ssrc)
-            if sink is not None:
-                return sink
-            ext = packet.extensions
-            handler = mids.get(ext.mid) if ext.mid is not None else None
-            if handler is None:
-                return inner(packet)
-            if ext.rtp_stream_id is not None:
-                sink = ssrcs[packet.ssrc] = _LayerSink(handler, ext.rtp_stream_id, False)
-            elif ext.repaired_rtp_stream_id is not None:
-                sink = ssrcs[packet.ssrc] = _LayerSink(handler, ext.repaired_rtp_stream_id, True)
-            else:
-                return _DISCARD  # a simulcast section's packet with no RID: nothing to map it to
-            return sink
-
-        if watched:
-            router._stoa_inner_route = route_rtp
-        else:
-            router.route_rtp = route_rtp
-    demux[0][mid] = on_layer_rtp
 
 
 def transport_connected(dtls: RTCDtlsTransport) -> bool:
@@ -480,8 +401,7 @@ class SenderSeam:
                  "_on_keyframe_request", "_fast")
 
     def __init__(self, sender: RTCRtpSender, on_nack: Callable[[list[int]], Awaitable[None]],
-                 on_keyframe_request: Callable[[], None], on_report: OnReceiverReport | None = None,
-                 on_remb: Callable[[float], None] | None = None):
+                 on_keyframe_request: Callable[[], None], on_report: OnReceiverReport | None = None):
         self.sender = sender
         self.ssrc: int = sender._ssrc
         self.rtx_ssrc: int = sender._rtx_ssrc
@@ -520,12 +440,7 @@ class SenderSeam:
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
                 self._on_keyframe_request()
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-                # REMB: no encoder to steer on a forwarded leg; the simulcast layer selector reads it.
-                if on_remb is not None:
-                    try:
-                        on_remb(float(unpack_remb_fci(packet.fci)[0]))
-                    except ValueError:
-                        pass
+                return  # REMB: there is no encoder to steer on a forwarded leg
             else:
                 await stock_rtcp(packet)  # receiver reports: aiortc updates its RTT estimate
                 if on_report is not None and isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):

@@ -28,8 +28,7 @@ class DownTrack:
                  "_rtx_seq", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
                  "packets_sent", "retransmits", "nack_misses", "keyframe_requests",
                  "retransmit", "quality", "pacer", "on_quality", "keyframes_for_viewer", "_load", "_shed",
-                 "oversize_drops", "replayed", "vp8", "layer_choice", "remb", "render_height",
-                 "probe_bytes", "_probe_credit")
+                 "oversize_drops", "replayed")
 
     def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str, load=None):
         self.subscriber_id = subscriber_id
@@ -38,7 +37,7 @@ class DownTrack:
         self._load = load  # sfu.overload.LoadMonitor of this process, or None
         self._shed = False
         self.seam = SenderSeam(sender, self._nack_unless_overloaded if load is not None else self._on_nack,
-                               self._on_keyframe_request, self._on_report, self._on_remb)
+                               self._on_keyframe_request, self._on_report)
         self.forwarder: Forwarder | None = None
         self._ext_ids: ExtensionIds | None = None
         self._mid = b""
@@ -61,14 +60,6 @@ class DownTrack:
         self.keyframe_requests = 0
         self.oversize_drops = 0
         self.replayed = 0  # packets sent from the GOP cache when this leg started
-        # Simulcast (sfu/simulcast.py): PictureID continuity over layer switches, the layer selector's
-        # state, the viewer's REMB (bit/s) and the height its page renders the video at.
-        self.vp8 = None
-        self.layer_choice = None
-        self.remb: float | None = None
-        self.render_height: int | None = None
-        self.probe_bytes = 0
-        self._probe_credit = 0
 
     @property
     def track_id(self) -> str | None:
@@ -76,8 +67,8 @@ class DownTrack:
 
     def attach(self, uptrack) -> None:
         """Forward `uptrack` on this leg; a leg that carried another source continues seamlessly."""
-        if self.uptrack is not None and self.uptrack.group is uptrack.group:
-            return  # already on it (a simulcast leg sits on one of its layers)
+        if self.uptrack is uptrack:
+            return
         if self.uptrack is not None:
             self.uptrack.remove_downtrack(self)
         self.uptrack = uptrack
@@ -138,14 +129,10 @@ class DownTrack:
                 self.uptrack.request_keyframe()
             return
         seq, ts = munged
-        if self.vp8 is None:
-            tail = tails.get(self._key)
-            if tail is None:
-                ext = build_extensions(self._ext_ids, self._mid, send_time, packet.audio_level)
-                tail = tails[self._key] = (bool(ext), ext + packet.payload)
-        else:  # simulcast: this leg's own PictureIDs
+        tail = tails.get(self._key)
+        if tail is None:
             ext = build_extensions(self._ext_ids, self._mid, send_time, packet.audio_level)
-            tail = (bool(ext), ext + self.vp8.munge(packet.payload, self.forwarder.epoch))
+            tail = tails[self._key] = (bool(ext), ext + packet.payload)
         seam = self.seam
         data = build_header(tail[0], packet.marker, seam.params.payload_type, seq, ts, seam.ssrc) + tail[1]
         if len(data) > MAX_RTP_PACKET:
@@ -176,9 +163,8 @@ class DownTrack:
         seq, ts = munged
         seam = self.seam
         ext = build_extensions(self._ext_ids, self._mid, abs_send_time(), packet.audio_level)
-        payload = packet.payload if self.vp8 is None else self.vp8.munge(packet.payload, self.forwarder.epoch)
         data = build_header(bool(ext), packet.marker, seam.params.payload_type, seq, ts, seam.ssrc) + ext \
-            + payload
+            + packet.payload
         if len(data) > MAX_RTP_PACKET:
             self._drop_oversize(len(data))
         elif seam.send_rtp_now(data):
@@ -218,57 +204,21 @@ class DownTrack:
                 continue
             out_ts = fwd.out_timestamp(src, packet.timestamp)
             ext = build_extensions(self._ext_ids, self._mid, b"\x00\x00\x00", packet.audio_level)
-            payload = packet.payload if self.vp8 is None else self.vp8.rewrite(packet.payload)
             if params.rtx_payload_type is not None:
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
                 header = build_header(bool(ext), packet.marker, params.rtx_payload_type,
                                       self._rtx_seq, out_ts, self.seam.rtx_ssrc)
-                data = header + ext + rtx_payload(out_seq, payload)
+                data = header + ext + rtx_payload(out_seq, packet.payload)
             else:
                 header = build_header(bool(ext), packet.marker, params.payload_type, out_seq, out_ts,
                                       self.seam.ssrc)
-                data = header + ext + payload
+                data = header + ext + packet.payload
             if len(data) > MAX_RTP_PACKET:
                 continue  # never forwarded either (counted there); protecting it would raise in RTCP handling
             self.pacer.send(data, now, rtx=True)
             self.retransmits += 1
         if policy.suspended:
             self._keyframe_for_bad_viewer(now)
-
-    def can_probe(self) -> bool:
-        params = self.seam.params
-        return params is not None and params.rtx_payload_type is not None
-
-    def send_probe(self, nbytes: int) -> None:
-        """Padding that tests whether the viewer's link carries more (simulcast, before a step up): RTX
-        copies of the packets last sent, with a fresh abs-send-time so the viewer's estimator counts
-        them. The viewer drops them as duplicates."""
-        fwd, up, params = self.forwarder, self.uptrack, self.seam.params
-        if fwd is None or not fwd.started or up is None or params is None or params.rtx_payload_type is None:
-            return
-        # A credit, so that a packet larger than one step's share does not make the probe overshoot.
-        credit = self._probe_credit = min(self._probe_credit + nbytes, 8 * nbytes + 1500)
-        sent, back, send_time = 0, 0, abs_send_time()
-        while sent < credit and back < 32:
-            src = fwd.source_seq((fwd.last_out_seq - back) & 0xFFFF)
-            back += 1
-            packet = up.cache.get(src) if src is not None else None
-            if packet is None:
-                continue
-            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-            out_seq = (src + fwd.seq_offset) & 0xFFFF
-            ext = build_extensions(self._ext_ids, self._mid, send_time, None)
-            payload = packet.payload if self.vp8 is None else self.vp8.rewrite(packet.payload)
-            data = build_header(bool(ext), packet.marker, params.rtx_payload_type, self._rtx_seq,
-                                fwd.out_timestamp(src, packet.timestamp), self.seam.rtx_ssrc) \
-                + ext + rtx_payload(out_seq, payload)
-            if len(data) <= MAX_RTP_PACKET and self.seam.send_rtp_now(data):
-                sent += len(data)
-        self._probe_credit = credit - sent
-        self.probe_bytes += sent
-
-    def _on_remb(self, bitrate: float) -> None:
-        self.remb = bitrate
 
     def _on_report(self, fraction_lost: float, rtt: float | None) -> None:
         if rtt is not None:
@@ -349,7 +299,4 @@ class DownTrack:
             "paced": self.pacer.paced,
             "oversize_drops": self.oversize_drops,
             "replayed": self.replayed,
-            **({"layer": self.uptrack.rid, "remb": self.remb, "render_height": self.render_height,
-                "probe_bytes": self.probe_bytes}
-               if self.layer_choice is not None and self.uptrack is not None else {}),
         }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 
-from sfu.rtp import vp8_ids, vp8_rewrite
 from sfu.seqnum import seq_diff, ts_diff
 
 
@@ -124,44 +123,3 @@ class Forwarder:
 
 def _compressed(replay: list, ts: int) -> int:
     return (replay[1] + int(ts_diff(ts, replay[0]) / replay[2])) & 0xFFFFFFFF
-
-
-class Vp8Munger:
-    """VP8 PictureID and TL0PICIDX continuity for a leg whose source changes (a simulcast layer switch):
-    each layer numbers its pictures on its own, and a receiver that sees PictureID jump back takes the
-    new frames for old ones. Like the Forwarder's offsets: constant within an epoch (so retransmissions
-    map the same way), recomputed on the first packet of a new epoch so the new layer's keyframe gets
-    last + 1 (mediasoup's and LiveKit's VP8 munger do the same)."""
-
-    __slots__ = ("epoch", "pid_delta", "tl0_delta", "last_pid", "last_tl0")
-
-    def __init__(self) -> None:
-        self.epoch = -1
-        self.pid_delta = self.tl0_delta = 0
-        self.last_pid: int | None = None
-        self.last_tl0: int | None = None
-
-    def munge(self, payload: bytes, epoch: int) -> bytes:
-        """Rewrite a packet being forwarded now (the forwarder's current epoch)."""
-        pid, tl0 = vp8_ids(payload)
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self.pid_delta = 0 if pid is None or self.last_pid is None else self.last_pid + 1 - pid
-            self.tl0_delta = 0 if tl0 is None or self.last_tl0 is None else self.last_tl0 + 1 - tl0
-        if pid is not None:
-            out = (pid + self.pid_delta) & 0x7FFF
-            if self.last_pid is None or 0 < (out - self.last_pid) & 0x7FFF < 0x4000:
-                self.last_pid = out
-        if tl0 is not None:
-            out = (tl0 + self.tl0_delta) & 0xFF
-            if self.last_tl0 is None or 0 < (out - self.last_tl0) & 0xFF < 0x80:
-                self.last_tl0 = out
-        if not self.pid_delta and not self.tl0_delta:
-            return payload
-        return vp8_rewrite(payload, self.pid_delta, self.tl0_delta)
-
-    def rewrite(self, payload: bytes) -> bytes:
-        """A retransmission: the current epoch's deltas, nothing remembered."""
-        if not self.pid_delta and not self.tl0_delta:
-            return payload
-        return vp8_rewrite(payload, self.pid_delta, self.tl0_delta)

@@ -8,20 +8,15 @@ from typing import Callable
 
 from aiortc import RTCPeerConnection
 
-from sfu.aiortc_seam import demux_simulcast, send_pli, tap_receiver
+from sfu.aiortc_seam import send_pli, tap_receiver
 from sfu.congestion import TransportCcResponder, with_start_bitrate
 from sfu.jsep import rejected_mids
 from sfu.peer import PeerFactory, SdpError, negotiated_codecs
-from sfu.simulcast import SimulcastUpTrack, simulcast_offer, with_simulcast
 from sfu.uptrack import PublisherClock, UpTrack
 
 logger = logging.getLogger(__name__)
 
 SOURCES = ("camera", "microphone", "screen", "screen_audio")
-
-
-async def _drop(packet, arrival: float) -> None:
-    """A simulcast section's stock receiver: whatever still reaches it is not a layer's."""
 
 
 class Publisher:
@@ -49,8 +44,7 @@ class Publisher:
         """Answer the publisher's offer; new send sections become tracks, stopped ones are removed."""
         if self.closed:
             raise SdpError("the publisher is closed")
-        simulcast = simulcast_offer(offer_sdp)
-        answer = with_simulcast(with_start_bitrate(await self.peers.answer(self.pc, offer_sdp)), simulcast)
+        answer = with_start_bitrate(await self.peers.answer(self.pc, offer_sdp))
         offered = negotiated_codecs(self.pc.remoteDescription.sdp)
         codecs = negotiated_codecs(answer)
         sources = sources or {}
@@ -63,8 +57,7 @@ class Publisher:
         for transceiver in self.pc.getTransceivers():
             mid = transceiver.mid
             if mid in sending and mid not in self.tracks and mid in codecs:
-                rids = simulcast.get(mid) if codecs[mid].kind == "video" else None
-                self._publish(transceiver, codecs[mid], sources.get(mid), rids)
+                self._publish(transceiver, codecs[mid], sources.get(mid))
         return answer
 
     def _answer_transport_cc(self) -> None:
@@ -75,25 +68,19 @@ class Publisher:
                 if responder.attached:
                     self.transport_cc.append(responder)
 
-    def _publish(self, transceiver, codec, source: str | None, rids: list[str] | None = None) -> None:
+    def _publish(self, transceiver, codec, source: str | None) -> None:
         kind = codec.kind
         if source not in SOURCES:
             source = "camera" if kind == "video" else "microphone"
         receiver = transceiver.receiver
-        args = dict(
+        uptrack = UpTrack(
             track_id="TR_" + uuid.uuid4().hex[:12],
             kind=kind, mime_type=codec.mime_type, clock_rate=codec.clock_rate,
             payload_type=codec.payload_type, publisher_id=self.participant_id, source=source,
             clock=self.clock, send_pli=lambda ssrc: send_pli(receiver, ssrc), codec_parameters=codec.parameters,
             mid=transceiver.mid, receiver=receiver,
         )
-        uptrack = SimulcastUpTrack(rids=rids, **args) if rids else UpTrack(**args)
-        if rids and receiver.transport is not None:
-            # The layers come through the demux; the stock receiver gets none (it still stops decoding).
-            demux_simulcast(receiver.transport, transceiver.mid, uptrack.on_layer_rtp)
-            tap_receiver(receiver, _drop, uptrack.on_sender_report)
-        else:
-            tap_receiver(receiver, uptrack.on_rtp, uptrack.on_sender_report)
+        tap_receiver(receiver, uptrack.on_rtp, uptrack.on_sender_report)
         self.tracks[transceiver.mid] = uptrack
         logger.info("%s published %s %s (%s)", self.participant_id, kind, uptrack.track_id, codec.mime_type)
         self._on_published(uptrack)

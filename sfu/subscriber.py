@@ -178,7 +178,7 @@ class Subscriber:
             track = tracks.get(downtrack.kind)
             if track is None:
                 downtrack.detach()
-            elif downtrack.uptrack is None or downtrack.uptrack.group is not track:
+            elif downtrack.uptrack is not track:
                 downtrack.attach(track)
 
     async def close(self) -> None:

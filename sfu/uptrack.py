@@ -89,9 +89,6 @@ class UpTrack:
         self._pli_task: asyncio.Task | None = None
         self._pli_deferred = None  # the timer that sends a request made inside the interval
         self.closed = False
-        self.group = self  # a simulcast layer's is the track the room sees (sfu/simulcast.py)
-        self.rid: str | None = None
-        self.on_keyframe: Callable[[UpTrack, CachedPacket], None] | None = None
         # counters
         self.packets_received = 0
         self.keyframes_received = 0
@@ -100,10 +97,6 @@ class UpTrack:
         self.payload_mismatches = 0
         self.forward_errors = 0
         self.replays = 0
-
-    def legs(self) -> list:
-        """Every subscriber leg forwarding this track (a simulcast track's, on all its layers)."""
-        return self.downtracks
 
     def describe(self) -> dict:
         return {
@@ -155,8 +148,6 @@ class UpTrack:
         self.cache.add(cached)
         if self.gop is not None:
             self.gop.add(cached)
-        if keyframe and self.on_keyframe is not None:
-            self.on_keyframe(self, cached)  # before the fan-out: a leg switched here gets this keyframe
         if self.muted:
             return
         ntp = unix_to_ntp(self.capture_time(packet.timestamp, arrival))

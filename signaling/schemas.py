@@ -64,11 +64,6 @@ CLIENT_MESSAGES: dict[str, dict] = {
     "unpublish": {"properties": {"track_id": _ID}, "required": ["track_id"]},
     # A track the staff muted: ask them to allow unmuting it (they answer with moderate allow_unmute).
     "unmute_request": {"properties": {"track_id": _ID}, "required": ["track_id"]},
-    # The size (device pixels) at which this page renders a remote video; 0 x 0 while it is hidden.
-    # The server gives a simulcast track's viewer the smallest layer at least that tall.
-    "video_size": {"properties": {"track_id": _ID, "width": {"type": "integer", "minimum": 0, "maximum": 16384},
-                                  "height": {"type": "integer", "minimum": 0, "maximum": 16384}},
-                   "required": ["track_id", "width", "height"]},
     "leave": {"properties": {}},
     # The subscriber connection failed: the server replaces it and offers every track again.
     "resubscribe": {"properties": {}},

@@ -266,11 +266,6 @@ async def _handle(app, room, participant: Participant, message: dict, send) -> N
     elif kind == "unmute_request":
         await roomhooks.request_unmute(room, participant, message["track_id"])
         await send({"type": "unmute_requested", "track_id": message["track_id"], "ref": message.get("id")})
-    elif kind == "video_size":
-        leg = participant.subscriber.downtrack(message["track_id"]) if participant.subscriber else None
-        if leg is None:
-            raise ProtocolError("not_found", f"you receive no track {message['track_id']!r}")
-        leg.render_height = message["height"]
     elif kind == "unpublish":
         if participant.publisher is None or not participant.publisher.unpublish(message["track_id"]):
             raise ProtocolError("not_found", f"you publish no track {message['track_id']!r}")

@@ -10,8 +10,7 @@ import jinja2
 from aiohttp import web
 
 from recorder.service import recordings_ctx
-from sfu.aiortc_seam import (check_compatibility, enable_simulcast_extensions, enable_transport_cc, prefer_aes128_gcm,
-                             register_h264_profiles)
+from sfu.aiortc_seam import check_compatibility, enable_transport_cc, prefer_aes128_gcm, register_h264_profiles
 from sfu.overload import LoadMonitor, OverloadPolicy
 from sfu.peer import IceSettings, PeerFactory
 from shared.appkeys import SETTINGS
@@ -30,7 +29,6 @@ def build_app(settings: Settings) -> web.Application:
     check_compatibility()
     prefer_aes128_gcm()
     enable_transport_cc()
-    enable_simulcast_extensions()
     register_h264_profiles()
     app = web.Application(client_max_size=1024 * 1024, middlewares=[whip.cors_middleware])
     app[SETTINGS] = settings

@@ -254,12 +254,3 @@ async def ice_restarted(page, which: str, before: dict, timeout: float = 15.0) -
         if time.monotonic() > deadline:
             raise TimeoutError(f"the {which} connection did not restart ICE in {timeout} s: {before} -> {now}")
         await asyncio.sleep(0.1)
-
-
-async def render_remote_video_at(page, width: int, height: int, selector: str = "figure.tile[data-track-id] video"):
-    """Make a room page render a remote video at width x height CSS pixels; the page reports the size to the
-    server (`video_size`), which picks a simulcast layer from it."""
-    await page.evaluate("""([sel, w, h]) => {
-        const v = document.querySelector(sel);
-        v.style.width = w + 'px'; v.style.height = h + 'px'; v.style.maxWidth = 'none'; v.style.maxHeight = 'none';
-    }""", [selector, width, height])

@@ -103,12 +103,6 @@ class ShapedLink:
         for tc, dev in self._ends():
             _run(*tc, "qdisc", "del", "dev", dev, "root")
 
-    def set_rate(self, rate: str) -> None:
-        """Narrow or widen the link mid-test."""
-        _run("tc", "qdisc", "change", "dev", self.host_if, "root", "tbf", "rate", rate,
-             "burst", self.burst, "latency", self.latency)
-        self.rate = rate
-
     def exec_prefix(self) -> list[str]:
         """Prepend to a command to run it inside the namespace."""
         return ["ip", "netns", "exec", self.namespace]

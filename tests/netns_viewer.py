@@ -3,9 +3,7 @@
     ip netns exec NS python -m tests.netns_viewer 10.213.7.2
 
   {"offer": SDP}    -> {"answer": SDP}   (ICE gathers only on the given address)
-  {"cmd": "stats"}  -> {"video_frames": n, "audio_frames": n, "state": connectionState,
-                        "video_width": of the last decoded frame, "max_gap": longest wait between two
-                        video frames since the last stats, s}
+  {"cmd": "stats"}  -> {"video_frames": n, "audio_frames": n, "state": connectionState}
   {"cmd": "quit"}   (or end of input) -> closes the peer and exits
 
 The parent does the room protocol (its WebSocket stays on 127.0.0.1) and relays the SDP, so only
@@ -50,16 +48,11 @@ async def main(address: str) -> None:
                 await pc.setLocalDescription(await pc.createAnswer())
                 _reply({"answer": pc.localDescription.sdp})
             elif message.get("cmd") == "stats":
-                video = [c for c in collectors if c.kind == "video"]
                 _reply({
-                    "video_frames": sum(c.frames for c in video),
+                    "video_frames": sum(c.frames for c in collectors if c.kind == "video"),
                     "audio_frames": sum(c.frames for c in collectors if c.kind == "audio"),
                     "state": pc.connectionState,
-                    "video_width": video[0].size[0] if video and video[0].size else 0,
-                    "max_gap": max((c.max_gap for c in video), default=0.0),
                 })
-                for c in video:
-                    c.reset_gap()
             elif message.get("cmd") == "quit":
                 break
     finally:

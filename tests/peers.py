@@ -60,9 +60,6 @@ class FrameCollector:
         self.frames = 0
         self.first_frame_at: float | None = None
         self.sizes: set[tuple[int, int]] = set()
-        self.size: tuple[int, int] | None = None  # of the last decoded frame
-        self.last_frame_at: float | None = None
-        self.max_gap = 0.0  # the longest wait between two frames since reset_gap() (a freeze)
         self.task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -70,16 +67,11 @@ class FrameCollector:
         try:
             while True:
                 frame = await self.track.recv()
-                now = loop.time()
                 if self.first_frame_at is None:
-                    self.first_frame_at = now
-                if self.last_frame_at is not None:
-                    self.max_gap = max(self.max_gap, now - self.last_frame_at)
-                self.last_frame_at = now
+                    self.first_frame_at = loop.time()
                 self.frames += 1
                 if self.kind == "video":
-                    self.size = (frame.width, frame.height)
-                    self.sizes.add(self.size)
+                    self.sizes.add((frame.width, frame.height))
                     self.counters.append(read_counter(frame))
         except (MediaStreamError, asyncio.CancelledError):
             pass
@@ -89,9 +81,6 @@ class FrameCollector:
             while self.frames < n:
                 await asyncio.sleep(0.02)
         await asyncio.wait_for(poll(), timeout)
-
-    def reset_gap(self) -> None:
-        self.max_gap = 0.0
 
     def stop(self) -> None:
         self.task.cancel()

@@ -91,7 +91,6 @@ function newSubscriber() {
       el.dataset.participant = info.participant || "";
       const video = el.querySelector("video");
       video.srcObject = new MediaStream([e.track]);
-      reportVideoSize(video, () => el.dataset.trackId);
       play(video);
     } else {
       let audio = document.getElementById(`audio-${mid}`);
@@ -179,47 +178,6 @@ function newPublisher() {
 }
 
 // The source of a track, from the stream it belongs to (so a retried offer labels every section again).
-// ---- simulcast: the camera goes out as three layers; each remote video reports the size it renders at,
-// so the server sends the smallest layer that fills it (docs/simulcast.md, `video_size` in protocol.md).
-function sendEncodingsFor(track) {
-  if (track.kind !== "video" || sourceOf(track) !== "camera") return undefined;
-  return [
-    { rid: "q", scaleResolutionDownBy: 4 },
-    { rid: "h", scaleResolutionDownBy: 2 },
-    { rid: "f", scaleResolutionDownBy: 1 },
-  ];
-}
-
-const sizeObserved = new WeakMap();  // <video> -> {trackId(), sent: "WxH", timer}
-const sizeObserver = typeof ResizeObserver === "function" ? new ResizeObserver((entries) => {
-  for (const entry of entries) queueVideoSize(entry.target);
-}) : null;
-
-function queueVideoSize(video) {
-  const s = sizeObserved.get(video);
-  if (!s || s.timer) return;
-  s.timer = setTimeout(() => {  // at most twice a second per video
-    s.timer = null;
-    const trackId = s.trackId();
-    const ratio = window.devicePixelRatio || 1;
-    const width = video.isConnected ? Math.round(video.clientWidth * ratio) : 0;
-    const height = video.isConnected ? Math.round(video.clientHeight * ratio) : 0;
-    const size = `${trackId} ${width}x${height}`;
-    if (!trackId || size === s.sent) return;
-    s.sent = size;
-    send({ type: "video_size", track_id: trackId, width, height });
-  }, 500);
-}
-
-function reportVideoSize(video, trackId) {
-  if (!sizeObserver) return;
-  const s = sizeObserved.get(video);
-  if (s) { s.trackId = trackId; s.sent = null; queueVideoSize(video); return; }
-  sizeObserved.set(video, { trackId, sent: null, timer: null });
-  sizeObserver.observe(video);
-  queueVideoSize(video);
-}
-
 function sourceOf(track) {
   if (state.camera && state.camera.getTracks().includes(track)) return track.kind === "audio" ? "microphone" : "camera";
   if (state.screen && state.screen.getTracks().includes(track)) return track.kind === "audio" ? "screen_audio" : "screen";
@@ -241,7 +199,7 @@ async function offerTracks() {
         idle.sender.setStreams(stream);
         idle.direction = "sendonly";
       } else {
-        pc.addTransceiver(track, { direction: "sendonly", streams: [stream], sendEncodings: sendEncodingsFor(track) });
+        pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
       }
     }
   };
