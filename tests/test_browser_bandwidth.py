@@ -58,7 +58,7 @@ async def test_camera_keeps_its_resolution_when_a_share_starts(stoa_server, chro
           if (s.type === 'outbound-rtp' && s.kind === 'video')
             out.push([s.mid, s.frameWidth, s.qualityLimitationReason, s.qualityLimitationDurations]); });
         return out; }""")
-    assert widths[0] == width and min(widths) >= width * 3 // 4, (f"camera frame widths at the student after the share started: {widths}; "
+    assert min(widths) >= width * 3 // 4, (f"camera frame widths at the student after the share started: {widths}; "
                                   f"the teacher's video senders (mid, width, limitation, durations): {sender}")
     assert frames[-1] > frames[0], "the camera kept decoding"
     screen_width = (await decoded_by_source(student))["screen"][0]
