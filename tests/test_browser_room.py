@@ -29,7 +29,7 @@ async def teacher_and_student(stoa_server, chromium):
 async def test_instructor_camera_reaches_student_page(stoa_server, chromium, artifacts_dir):
     teacher, student = await teacher_and_student(stoa_server, chromium)
     await teacher.click("#btn-camera")
-    entry = await wait_frames_decoded(student, timeout=20)
+    entry = await wait_frames_decoded(student, minimum=5, timeout=20)  # frameWidth lags the first frame
     assert entry["framesDecoded"] > 0 and entry.get("frameWidth", 0) > 0
     names = await wait_js(student, "document.querySelectorAll('#participants li').length >= 2 && "
                                    "[...document.querySelectorAll('#participants li')].map(li => li.textContent)")
