@@ -64,20 +64,25 @@ async def test_large_packets_are_forwarded_and_decoded(stoa_server, http, packet
     await wait_no_peers(stoa_server)
 
 
+async def oversized_publisher(stoa_server, http):
+    """A WHIP publisher (counter video and tone) whose sender protects what no WebRTC receiver takes."""
+    pc = client_pc()
+    pc.addTransceiver(CounterVideoTrack(640, 480), direction="sendonly")
+    pc.addTransceiver(ToneAudioTrack(), direction="sendonly")
+    allow_large_rtp(pc, 4096)
+    offer = await make_offer(pc)
+    async with http.post(f"{stoa_server.base}/whip/{ROOM}", data=offer, headers={
+            "Content-Type": SDP, "Authorization": f"Bearer {token(stoa_server, 'big', 'instructor')}"}) as r:
+        assert r.status == 201, await r.text()
+        location = r.headers["Location"]
+        await apply_answer(pc, await r.text())
+    return pc, location
+
+
 async def test_packets_over_the_srtp_limit_are_dropped_and_counted_and_the_publisher_stays(stoa_server, http):
     """Payloads of 2100 bytes make packets over MAX_RTP_PACKET: the leg drops them, the rest flows."""
     with rtp_payload_limit(2100):
-        pc = client_pc()
-        video = CounterVideoTrack(640, 480)
-        pc.addTransceiver(video, direction="sendonly")
-        pc.addTransceiver(ToneAudioTrack(), direction="sendonly")
-        allow_large_rtp(pc, 4096)  # a sender that protects what no WebRTC receiver takes
-        offer = await make_offer(pc)
-        async with http.post(f"{stoa_server.base}/whip/{ROOM}", data=offer, headers={
-                "Content-Type": SDP, "Authorization": f"Bearer {token(stoa_server, 'big', 'instructor')}"}) as r:
-            assert r.status == 201, await r.text()
-            location = r.headers["Location"]
-            await apply_answer(pc, await r.text())
+        pc, location = await oversized_publisher(stoa_server, http)
         room = stoa_server.app[ROOMS].rooms[ROOM]
         await wait_until(lambda: any(t.kind == "video" for t in room.tracks()), 10, "the video track")
         up = video_track(room)
@@ -104,16 +109,7 @@ async def test_packets_over_the_srtp_limit_are_dropped_and_counted_and_the_publi
 async def test_srtp_datagrams_too_large_to_unprotect_are_dropped_not_fatal(stoa_server, http):
     """3000-byte payloads exceed even the widened receive buffer: counted, skipped, transport up."""
     with rtp_payload_limit(3000):
-        pc = client_pc()
-        pc.addTransceiver(CounterVideoTrack(640, 480), direction="sendonly")
-        pc.addTransceiver(ToneAudioTrack(), direction="sendonly")
-        allow_large_rtp(pc, 4096)
-        offer = await make_offer(pc)
-        async with http.post(f"{stoa_server.base}/whip/{ROOM}", data=offer, headers={
-                "Content-Type": SDP, "Authorization": f"Bearer {token(stoa_server, 'big', 'instructor')}"}) as r:
-            assert r.status == 201, await r.text()
-            location = r.headers["Location"]
-            await apply_answer(pc, await r.text())
+        pc, location = await oversized_publisher(stoa_server, http)
         room = stoa_server.app[ROOMS].rooms[ROOM]
         participant = room.participants["big"]
         await wait_until(lambda: srtp_oversize(participant.publisher.pc)["dropped"] > 3, 15,
