@@ -5,6 +5,7 @@ under its own prefix, and the outage tests stop a private redis-server of their 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,22 @@ def node(tmp_path, name: str, redis_url: str, prefix: str) -> ServeProcess:
     return ServeProcess(tmp_path / name, "--workers", "0", "--redis", redis_url, "--node-id", name,
                         env={"STOA_REDIS_PREFIX": prefix, "STOA_LOG_LEVEL": "info", "STOA_DEBUG_HOOKS": "true",
                              "STOA_OVERLOAD_CONTROL": "false"})  # a loaded CI box is not a full node
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(tmp_path, redis_url: str, prefix: str):
+    """Nodes a and b up, an HTTP session, and a list of room clients closed (then the nodes stopped) at the end."""
+    a, b = node(tmp_path, "a", redis_url, prefix), node(tmp_path, "b", redis_url, prefix)
+    clients: list = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(a.wait_up(http), b.wait_up(http))
+            yield a, b, http, clients
+    finally:
+        for c in clients:
+            await c.close()
+        a.stop()
+        b.stop()
 
 
 async def records(client, prefix: str) -> dict[str, Node]:
@@ -215,100 +232,82 @@ async def test_a_hung_or_restarted_redis_is_detected_and_the_node_serves_on(tmp_
 async def test_joins_are_sent_to_the_rooms_home_node(tmp_path, redis_url, redis_prefix, redis_client):
     from tests.client import RoomClient
 
-    a, b = node(tmp_path, "a", redis_url, redis_prefix), node(tmp_path, "b", redis_url, redis_prefix)
-    clients = []
-    try:
-        async with aiohttp.ClientSession() as http:
-            await asyncio.gather(a.wait_up(http), b.wait_up(http))
-            teacher = await RoomClient(a.base.replace("http", "ws"), "physics",
-                                       a.token("physics", "t", "instructor")).connect()
-            clients.append(teacher)
-            assert teacher.joined["type"] == "joined"  # asked first, and no busier than b: a is home
-            assert await redis_client.hget(redis_prefix + "room_node_map", "physics") == "a"
+    async with two_nodes(tmp_path, redis_url, redis_prefix) as (a, b, http, clients):
+        teacher = await RoomClient(a.base.replace("http", "ws"), "physics",
+                                   a.token("physics", "t", "instructor")).connect()
+        clients.append(teacher)
+        assert teacher.joined["type"] == "joined"  # asked first, and no busier than b: a is home
+        assert await redis_client.hget(redis_prefix + "room_node_map", "physics") == "a"
 
-            # The room protocol on b: a `redirect` message, then close code 4307.
-            student = RoomClient(b.base.replace("http", "ws"), "physics", b.token("physics", "s", "student"))
-            clients.append(student)
-            await student.connect(join=False)
-            moved = await student.request({"type": "join", "token": student.token}, "redirect", "joined", "error")
-            assert moved == {
-                "type": "redirect", "node": "a", "reason": "room physics is served by node a",
-                "page": f"{a.base}/rooms/physics", "url": f"{a.base.replace('http', 'ws')}/ws/rooms/physics"}
-            await eventually(lambda: student.ws.closed, 5, "the redirected socket to close")
-            assert student.ws.close_code == 4307
+        # The room protocol on b: a `redirect` message, then close code 4307.
+        student = RoomClient(b.base.replace("http", "ws"), "physics", b.token("physics", "s", "student"))
+        clients.append(student)
+        await student.connect(join=False)
+        moved = await student.request({"type": "join", "token": student.token}, "redirect", "joined", "error")
+        assert moved == {
+            "type": "redirect", "node": "a", "reason": "room physics is served by node a",
+            "page": f"{a.base}/rooms/physics", "url": f"{a.base.replace('http', 'ws')}/ws/rooms/physics"}
+        await eventually(lambda: student.ws.closed, 5, "the redirected socket to close")
+        assert student.ws.close_code == 4307
 
-            # WHIP on b: 307 to the same path on a, the query kept (RFC 9725 4.5). (WHEP is served on b:
-            # test_a_teachers_broadcast_on_a_is_decoded_by_viewers_on_b_and_c.)
-            publisher = b.token("physics", "obs", "instructor")
-            async with http.post(f"{b.base}/whip/physics?password=x", data="v=0\r\n", allow_redirects=False,
-                                 headers={"Content-Type": SDP, "Authorization": f"Bearer {publisher}"}) as resp:
-                assert resp.status == 307
-                assert resp.headers["Location"] == f"{a.base}/whip/physics?password=x"
-                assert resp.headers["Access-Control-Allow-Origin"] == "*"
-            # The page on b: 307 to the page on a.
-            token = b.token("physics", "v", "viewer")
-            async with http.get(f"{b.base}/rooms/physics?token={token}", allow_redirects=False) as resp:
-                assert resp.status == 307 and resp.headers["Location"] == f"{a.base}/rooms/physics?token={token}"
-            # A bad token is refused where it lands; nothing is placed for it.
-            async with http.post(f"{b.base}/whip/chemistry", data="v=0\r\n",
-                                 headers={"Content-Type": SDP, "Authorization": "Bearer nope"}) as resp:
-                assert resp.status == 401
-            assert await redis_client.hget(redis_prefix + "room_node_map", "chemistry") is None
-            # The relay between nodes takes only requests signed with the cluster's key.
-            async with http.get(f"{a.base}/cluster/relay/physics?node=x&udp=127.0.0.1:9&ts={int(time.time())}"
-                                "&sig=00") as resp:
-                assert resp.status == 403
+        # WHIP on b: 307 to the same path on a, the query kept (RFC 9725 4.5). (WHEP is served on b:
+        # test_a_teachers_broadcast_on_a_is_decoded_by_viewers_on_b_and_c.)
+        publisher = b.token("physics", "obs", "instructor")
+        async with http.post(f"{b.base}/whip/physics?password=x", data="v=0\r\n", allow_redirects=False,
+                             headers={"Content-Type": SDP, "Authorization": f"Bearer {publisher}"}) as resp:
+            assert resp.status == 307
+            assert resp.headers["Location"] == f"{a.base}/whip/physics?password=x"
+            assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        # The page on b: 307 to the page on a.
+        token = b.token("physics", "v", "viewer")
+        async with http.get(f"{b.base}/rooms/physics?token={token}", allow_redirects=False) as resp:
+            assert resp.status == 307 and resp.headers["Location"] == f"{a.base}/rooms/physics?token={token}"
+        # A bad token is refused where it lands; nothing is placed for it.
+        async with http.post(f"{b.base}/whip/chemistry", data="v=0\r\n",
+                             headers={"Content-Type": SDP, "Authorization": "Bearer nope"}) as resp:
+            assert resp.status == 401
+        assert await redis_client.hget(redis_prefix + "room_node_map", "chemistry") is None
+        # The relay between nodes takes only requests signed with the cluster's key.
+        async with http.get(f"{a.base}/cluster/relay/physics?node=x&udp=127.0.0.1:9&ts={int(time.time())}"
+                            "&sig=00") as resp:
+            assert resp.status == 403
 
-            # a's record says what it carries; a new room asked for on a goes to the less loaded b.
-            async def a_carries_physics():
-                return (await records(redis_client, redis_prefix))["a"].rooms == {"physics": 1}
-            await eventually(a_carries_physics, 5, "a's record to list the room")
-            async with http.get(f"{a.base}/rooms/chemistry?token={a.token('chemistry', 's', 'student')}",
-                                allow_redirects=False) as resp:
-                assert resp.status == 307 and resp.headers["Location"].startswith(f"{b.base}/rooms/chemistry?")
-            assert await redis_client.hget(redis_prefix + "room_node_map", "chemistry") == "b"
-            chem = await RoomClient(b.base.replace("http", "ws"), "chemistry",
-                                    b.token("chemistry", "s", "student")).connect()
-            clients.append(chem)
-            assert chem.joined["type"] == "joined"
-    finally:
-        for c in clients:
-            await c.close()
-        a.stop()
-        b.stop()
+        # a's record says what it carries; a new room asked for on a goes to the less loaded b.
+        async def a_carries_physics():
+            return (await records(redis_client, redis_prefix))["a"].rooms == {"physics": 1}
+        await eventually(a_carries_physics, 5, "a's record to list the room")
+        async with http.get(f"{a.base}/rooms/chemistry?token={a.token('chemistry', 's', 'student')}",
+                            allow_redirects=False) as resp:
+            assert resp.status == 307 and resp.headers["Location"].startswith(f"{b.base}/rooms/chemistry?")
+        assert await redis_client.hget(redis_prefix + "room_node_map", "chemistry") == "b"
+        chem = await RoomClient(b.base.replace("http", "ws"), "chemistry",
+                                b.token("chemistry", "s", "student")).connect()
+        clients.append(chem)
+        assert chem.joined["type"] == "joined"
 
 
 async def test_sigterm_sends_a_nodes_room_participants_to_another_node(tmp_path, redis_url, redis_prefix,
                                                                        redis_client):
     from tests.client import RoomClient
 
-    a, b = node(tmp_path, "a", redis_url, redis_prefix), node(tmp_path, "b", redis_url, redis_prefix)
-    clients = []
-    try:
-        async with aiohttp.ClientSession() as http:
-            await asyncio.gather(a.wait_up(http), b.wait_up(http))
-            for identity, role in (("t", "instructor"), ("s", "student")):
-                client = await RoomClient(a.base.replace("http", "ws"), "history",
-                                          a.token("history", identity, role)).connect()
-                clients.append(client)
-                assert client.joined["type"] == "joined"
-            a.proc.send_signal(signal.SIGTERM)
-            for client in clients:
-                moved = await client.expect("redirect", timeout=10)
-                assert moved["node"] == "b" and moved["page"] == f"{b.base}/rooms/history"
-                await eventually(lambda c=client: c.ws.closed, 5, "the drained socket to close")
-                assert client.ws.close_code == 4307
-            assert await redis_client.hget(redis_prefix + "room_node_map", "history") == "b"
-            assert a.proc.wait(15) == 0
-            again = await RoomClient(b.base.replace("http", "ws"), "history",
-                                     b.token("history", "t", "instructor")).connect()
-            clients.append(again)
-            assert again.joined["type"] == "joined"
-    finally:
-        for c in clients:
-            await c.close()
-        a.stop()
-        b.stop()
+    async with two_nodes(tmp_path, redis_url, redis_prefix) as (a, b, http, clients):
+        for identity, role in (("t", "instructor"), ("s", "student")):
+            client = await RoomClient(a.base.replace("http", "ws"), "history",
+                                      a.token("history", identity, role)).connect()
+            clients.append(client)
+            assert client.joined["type"] == "joined"
+        a.proc.send_signal(signal.SIGTERM)
+        for client in clients:
+            moved = await client.expect("redirect", timeout=10)
+            assert moved["node"] == "b" and moved["page"] == f"{b.base}/rooms/history"
+            await eventually(lambda c=client: c.ws.closed, 5, "the drained socket to close")
+            assert client.ws.close_code == 4307
+        assert await redis_client.hget(redis_prefix + "room_node_map", "history") == "b"
+        assert a.proc.wait(15) == 0
+        again = await RoomClient(b.base.replace("http", "ws"), "history",
+                                 b.token("history", "t", "instructor")).connect()
+        clients.append(again)
+        assert again.joined["type"] == "joined"
 
 
 def test_one_node_without_redis_loads_no_redis_code(tmp_path):
