@@ -40,11 +40,13 @@ _SAFE_ROOM = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class RecordingError(Exception):
-    """A recording request cannot be done; `status` is the HTTP status, the message says why."""
+    """A recording request cannot be done: `status` is the HTTP status, `code` the problem code of the REST
+    API (docs/recording.md, "HTTP API"), the message says why."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
         self.status = status
+        self.code = code
         self.message = message
 
 
@@ -207,21 +209,21 @@ class RecordingManager:
 
     async def start(self, room_name: str, *, by: str | None = None) -> RecordingRow:
         if self._closed:
-            raise RecordingError(503, "the server is shutting down")
+            raise RecordingError(503, "shutting_down", "the server is shutting down")
         async with self._lock(room_name):
             if room_name in self.active:
-                raise RecordingError(409, f"room {room_name!r} is already being recorded "
+                raise RecordingError(409, "already_recording", f"room {room_name!r} is already being recorded "
                                           f"(recording {self.active[room_name].row.id})")
             room = self.rooms.find(room_name)
             if room is None or room.is_empty():
-                raise RecordingError(409, f"room {room_name!r} has nobody in it; there is nothing to record")
+                raise RecordingError(409, "room_empty", f"room {room_name!r} has nobody in it; there is nothing to record")
             session = await self.store.sessions.get_by_room(room_name)
             rec_id = uuid.uuid4().hex
             directory = os.path.join(self.root, rec_id)
             try:
                 recording = await asyncio.to_thread(Recording, directory, rec_id, room_name)
             except OSError as exc:  # permissions, full disk: say so, record nothing
-                raise RecordingError(507 if exc.errno == errno.ENOSPC else 500,
+                raise RecordingError(507 if exc.errno == errno.ENOSPC else 500, "storage_failed",
                                      f"cannot create the recording directory {directory}: {exc.strerror or exc}")
             row = await self.repo.create(id=rec_id, room=room_name, started_at=time.time(), directory=directory,
                                          manifest_path=os.path.join(directory, MANIFEST_NAME),
@@ -283,9 +285,22 @@ class RecordingManager:
 
         unwatch = room.watch_tracks(listener)
 
-    async def _start_quietly(self, room_name: str) -> None:
+    async def session_joined(self, session) -> None:
+        """Someone joined `session`'s room (a `sessions` row): a live session whose `recording` feature is on
+        records from its first participant until it ends (`session_ended`). Never raises."""
+        if (session.status != "live" or not (session.features or {}).get("recording")
+                or self.status(session.room) is not None or self._closed):
+            return
+        await self._start_quietly(session.room, by="auto (session flag)")
+
+    async def session_ended(self, room_name: str) -> None:
+        """The session of `room_name` ended: whatever records the room stops. Never raises."""
+        if self.status(room_name) is not None:
+            await self._stop_quietly(room_name, "the session ended")
+
+    async def _start_quietly(self, room_name: str, by: str = "stoa serve --record") -> None:
         try:
-            await self.start(room_name, by="stoa serve --record")
+            await self.start(room_name, by=by)
         except Exception as exc:  # recording trouble never disturbs the class
             log.warning("recording %s did not start: %s", room_name, exc)
 
@@ -342,7 +357,7 @@ class RecordingManager:
         async with self._lock(room_name):
             active = self.active.pop(room_name, None)
             if active is None:
-                raise RecordingError(409, f"room {room_name!r} is not being recorded")
+                raise RecordingError(409, "not_recording", f"room {room_name!r} is not being recorded")
             for unwatch in active.unwatch:
                 unwatch()
             for track, recorder in active.tracks.values():
@@ -374,13 +389,7 @@ class RecordingManager:
     # -- composite export jobs --------------------------------------------------------------
 
     async def export(self, recording_id: str, layout: str = "grid") -> ExportJob:
-        if layout not in LAYOUTS:
-            raise RecordingError(400, f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-        row = await self.repo.get(recording_id)
-        if row is None:
-            raise RecordingError(404, f"there is no recording {recording_id!r}")
-        if row.status != "ready":
-            raise RecordingError(409, f"recording {recording_id} is {row.status}; only a ready one can be exported")
+        row = await exportable(self.repo, recording_id, layout)
         for job in self.jobs.values():
             if job.recording_id == recording_id and job.layout == layout and job.status in ("queued", "running"):
                 return job
@@ -448,6 +457,19 @@ def recordings_ctx(rooms: "Callable[[web.Application], RoomDirectory]"):
     return ctx
 
 
+async def exportable(repo: RecordingRepo, recording_id: str, layout: str) -> RecordingRow:
+    """The row of a recording that can be exported in `layout`, else RecordingError saying why not."""
+    if layout not in LAYOUTS:
+        raise RecordingError(400, "invalid_input", f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    row = await repo.get(recording_id)
+    if row is None:
+        raise RecordingError(404, "not_found", f"there is no recording {recording_id!r}")
+    if row.status != "ready":
+        raise RecordingError(409, "not_ready",
+                             f"recording {recording_id} is {row.status}; only a ready one can be exported")
+    return row
+
+
 async def record_composite(repo: RecordingRepo, recording_id: str, out: str, layout: str, result: dict) -> None:
     """List a finished composite among the recording's files (replacing an older one of that layout)."""
     entry = composite_file_entry(out, layout, result.get("duration"), None)
@@ -463,14 +485,8 @@ async def export_offline(store, recording_id: str, layout: str,
     """What `stoa recording export` runs: the composite export in a worker thread of this process."""
     from recorder.export import export_composite
 
-    if layout not in LAYOUTS:
-        raise RecordingError(400, f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     repo = RecordingRepo(store)
-    row = await repo.get(recording_id)
-    if row is None:
-        raise RecordingError(404, f"there is no recording {recording_id!r}")
-    if row.status != "ready":
-        raise RecordingError(409, f"recording {recording_id} is {row.status}; only a ready one can be exported")
+    row = await exportable(repo, recording_id, layout)
     directory = row.directory or ""
     out = os.path.join(directory, COMPOSITE_NAME.format(layout=layout))
     result = await asyncio.to_thread(export_composite, directory, out, layout, progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import time
 from dataclasses import dataclass, asdict
 from typing import Mapping
@@ -157,3 +158,34 @@ def bearer_token(header: str) -> str:
     """The token of `Authorization: Bearer <token>`; "" for any other header."""
     scheme, _, value = header.partition(" ")
     return value.strip() if scheme.lower() == "bearer" else ""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who an HTTP request says it is: an API key (Basic credentials: an admin) or an access token's grants."""
+    key: str | None = None
+    grants: Grants | None = None
+
+
+def secret_matches(api_keys: Mapping[str, str], key: str, secret: str) -> bool:
+    expected = api_keys.get(key)
+    return expected is not None and hmac.compare_digest(expected.encode(), secret.encode())
+
+
+def identify(header: str, api_keys: Mapping[str, str], *, query_token: str | None = None) -> Caller:
+    """The caller of an `Authorization` header: Basic base64(key:secret) checked against `api_keys` (the
+    active ones), else a Bearer token, else `query_token` (a `?token=` where the route takes one; None where
+    it does not). TokenError naming what is missing or wrong. Every HTTP route that takes credentials reads
+    them here; each renders the error its own way (problem+json under /api/, an HTML page on pages)."""
+    basic = basic_credentials(header)
+    if basic is not None:
+        key, secret = basic
+        if not secret_matches(api_keys, key, secret):
+            raise TokenError("unknown or revoked API key, or wrong secret")
+        return Caller(key=key)
+    token = bearer_token(header) or query_token
+    if not token:
+        where = ", or ?token=<token>" if query_token is not None else ""
+        raise TokenError(f"no credentials: send 'Authorization: Bearer <token>' or 'Authorization: Basic "
+                         f"base64(key:secret)'{where}")
+    return Caller(grants=verify_token(token, api_keys))

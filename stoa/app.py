@@ -61,7 +61,7 @@ def build_app(settings: Settings) -> web.Application:
     classroom_bridge.setup(app)  # chat, Q&A, polls, ... over data channels and the WebSocket
     api.setup(app)  # REST API under /api/, /ws/notify
     dashboards.setup_routes(app)  # /dashboard (tutoring), reads /api/tutoring
-    review.setup(app)  # recording API and review pages
+    review.setup(app)  # the recordings' review pages (their REST API is in the OPS table)
     # The recorder sees the rooms through recorder.rooms.RoomDirectory, which the RoomManager implements.
     app.cleanup_ctx.append(recordings_ctx(lambda app: app[ROOMS]))
     return app

@@ -16,6 +16,7 @@ from recorder.service import RECORDINGS
 from storage.store import STORE
 from tests.client import RoomClient
 from tests.fixtures.recording import basic, operator_token
+from tests.serve import eventually
 
 PROBLEM = "application/problem+json"
 
@@ -43,7 +44,7 @@ async def _problem(resp, status):
     assert resp.status == status, await resp.text()
     assert resp.content_type == PROBLEM
     body = await resp.json()
-    assert body["status"] == status and body["detail"]
+    assert body["status"] == status and body["detail"] and body["code"]
     return body["detail"]
 
 
@@ -157,13 +158,14 @@ async def test_composite_export_job(stoa_server, short_recording):
             assert resp.status == 202
             job = (await resp.json())["job"]
         seen = []
-        deadline = time.monotonic() + 90
-        while job["status"] in ("queued", "running"):
-            assert time.monotonic() < deadline, job
-            await asyncio.sleep(0.1)
+
+        async def finished():
             async with http.get(f"{base}/api/jobs/{job['id']}", headers=op) as resp:
-                job = (await resp.json())["job"]
-                seen.append(job["progress"])
+                polled = (await resp.json())["job"]
+            seen.append(polled["progress"])
+            return polled if polled["status"] not in ("queued", "running") else None
+
+        job = await eventually(finished, timeout=90, what="the export job")
         assert job["status"] == "done", job
         assert seen == sorted(seen) and seen[-1] == 1.0
         async with http.get(f"{base}/api/jobs/nope", headers=op) as resp:
@@ -241,11 +243,12 @@ async def test_start_and_stop_over_http(stoa_server):
             await teacher.close()
             await student.close()
         manager = stoa_server.app[RECORDINGS]
-        for _ in range(100):
+
+        async def settled():
             row = await manager.repo.get(rec["id"])
-            if row.status not in ("recording", "processing") and "lab" not in manager.active:
-                break
-            await asyncio.sleep(0.1)
+            return row if row.status not in ("recording", "processing") and "lab" not in manager.active else None
+
+        row = await eventually(settled, what="the recording of the emptied room to stop")
         assert row.status in ("ready", "failed") and "lab" not in manager.active
 
 
@@ -314,5 +317,12 @@ async def test_review_pages_ask_a_browser_for_the_admin_login(stoa_server):
                     assert resp.status == 401 and "WWW-Authenticate" not in resp.headers
         async with http.get(f"{base}/recordings?token={operator_token(stoa_server)}") as resp:
             assert resp.status == 200 and row.id in await resp.text()
-        async with http.get(f"{base}/api/recordings") as resp:  # the JSON API is unchanged
+        async with http.get(f"{base}/api/recordings") as resp:  # the JSON API: as every /api/ route
             await _problem(resp, 401)
+            assert "Basic" in resp.headers["WWW-Authenticate"]
+        # A bad token never gets a Basic challenge: the player's fetch and <video> must not pop up a login.
+        for url in ("/api/recordings?token=abc.def.ghi", f"/recordings/{row.id}/files/x.webm?token=abc.def.ghi"):
+            async with http.get(base + url) as resp:
+                assert (await resp.json())["code"] == "unauthorized"
+                assert resp.headers["WWW-Authenticate"].startswith("Bearer") and "Basic" not in resp.headers[
+                    "WWW-Authenticate"], url

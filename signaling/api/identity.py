@@ -8,7 +8,6 @@ table, also for a key that came from the config file) neither authenticates nor 
 
 from __future__ import annotations
 
-import hmac
 import time
 from dataclasses import dataclass
 
@@ -16,7 +15,7 @@ from aiohttp import web
 
 from classroom.errors import Conflict, NotFound
 from classroom.sessions import Actor
-from shared.auth import Grants, TokenError, basic_credentials, bearer_token, verify_token
+from shared.auth import Grants, TokenError, bearer_token, identify, secret_matches, verify_token
 from signaling.api.problems import Problem
 
 ADMIN = "admin"
@@ -116,40 +115,31 @@ class KeyRing:
         await self.store.api_keys.revoke(key, now=self.clock())
 
     async def check_secret(self, key: str, secret: str) -> bool:
-        expected = (await self.active()).get(key)
-        return expected is not None and hmac.compare_digest(expected.encode(), secret.encode())
+        return secret_matches(await self.active(), key, secret)
 
     async def verify(self, token: str, *, room: str | None = None) -> Grants:
         return verify_token(token, await self.active(), room=room)
 
 
-def _unauthorized(detail: str) -> Problem:
-    return Problem(401, "unauthorized", detail,
-                   headers={"WWW-Authenticate": 'Bearer realm="stoa", Basic realm="stoa"'})
+def _unauthorized(detail: str, *, token_offered: bool = False) -> Problem:
+    # A bad token gets a Bearer challenge only: a Basic one would make a browser page's fetch or <video>
+    # (the room page, the review player, ?token= links) pop up a login dialog.
+    challenge = ('Bearer realm="stoa", error="invalid_token"' if token_offered
+                 else 'Bearer realm="stoa", Basic realm="stoa"')
+    return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
 async def authenticate(request: web.Request, keyring: KeyRing, *, allow_query_token: bool = False) -> Principal:
     """The caller, from the Authorization header (or ?token= when allowed); Problem(401) otherwise."""
-    auth = request.headers.get("Authorization", "")
+    header = request.headers.get("Authorization", "")
+    query_token = request.query.get("token", "") if allow_query_token else None
     try:
-        basic = basic_credentials(auth)
+        caller = identify(header, await keyring.active(), query_token=query_token)
     except TokenError as exc:
-        raise _unauthorized(exc.reason) from None
-    if basic is not None:
-        key, secret = basic
-        if not await keyring.check_secret(key, secret):
-            raise _unauthorized("unknown or revoked API key, or wrong secret")
-        return Principal(identity=f"apikey:{key}", role=ADMIN, name=key, key=key)
-    token = bearer_token(auth)
-    if not token and allow_query_token:
-        token = request.query.get("token", "")
-    if not token:
-        raise _unauthorized("send 'Authorization: Bearer <token>' or 'Authorization: Basic "
-                            "base64(key:secret)'")
-    try:
-        grants = await keyring.verify(token)
-    except TokenError as exc:
-        raise _unauthorized(exc.reason) from None
+        raise _unauthorized(exc.reason, token_offered=bool(bearer_token(header) or query_token)) from None
+    if caller.key is not None:
+        return Principal(identity=f"apikey:{caller.key}", role=ADMIN, name=caller.key, key=caller.key)
+    grants = caller.grants
     return Principal(identity=grants.identity, role=grants.role, name=grants.name, room=grants.room,
                      grants=grants)
 

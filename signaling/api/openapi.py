@@ -1,6 +1,5 @@
 """The OpenAPI 3.1 document, generated from the route table (signaling.api.routes.OPS) and the same JSON
-Schemas the handlers validate with. /api/ routes that other modules add (e.g. recordings) are listed too,
-with a pointer to their docs, so the document never omits an endpoint the server answers."""
+Schemas the handlers validate with. Every /api/ route is in that table (tests/test_api_sessions.py checks)."""
 
 from __future__ import annotations
 
@@ -11,13 +10,14 @@ from aiohttp import web
 
 from classroom.tutoring import REQUEST_SCHEMA
 from shared import __version__
+from signaling import recordings_api
 
 PROBLEM = {
     "type": "object",
     "description": "RFC 9457 problem details",
     "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
                    "detail": {"type": "string"}, "code": {"type": "string"}},
-    "required": ["type", "title", "status", "detail"],
+    "required": ["type", "title", "status", "detail", "code"],
 }
 SESSION = {
     "type": "object",
@@ -107,7 +107,8 @@ def _operation(op) -> dict:
                    if op.content == "application/json" else {op.content: {}})
         if op.csv:
             content["text/csv"] = {"schema": {"type": "string"}}
-        out["responses"][str(op.status)] = {"description": "success", "content": content}
+        for status in (op.status, *op.also):
+            out["responses"][str(status)] = {"description": "success", "content": content}
     errors = op.errors + ((413, 415) if op.body is not None else ())
     for status in errors:
         out["responses"][str(status)] = {"$ref": f"#/components/responses/E{status}"}
@@ -116,7 +117,10 @@ def _operation(op) -> dict:
 
 _ERRORS = {400: "invalid input", 401: "no or bad credentials", 403: "not allowed for this caller",
            404: "no such resource", 409: "conflicts with the current state (e.g. invalid transition, full)",
-           413: "the body is larger than 64 KiB", 415: "the body is not application/json"}
+           410: "gone (a recording's file is no longer on disk)",
+           413: "the body is larger than 64 KiB", 415: "the body is not application/json",
+           500: "the server failed (e.g. cannot create a recording's directory)",
+           503: "the server is shutting down", 507: "no space left for a recording"}
 
 
 def document(app: web.Application) -> dict:
@@ -125,31 +129,13 @@ def document(app: web.Application) -> dict:
     paths: dict[str, dict] = {}
     for op in OPS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
-    for route in app.router.routes():
-        info = route.resource.get_info() if route.resource is not None else {}
-        path = info.get("path") or info.get("formatter")
-        if not path or not path.startswith("/api/") or route.method in ("HEAD", "OPTIONS", "*"):
-            continue
-        if route.method.lower() not in paths.get(path, {}):
-            doc = (route.handler.__doc__ or route.handler.__name__).strip()
-            operation = {
-                "summary": doc.splitlines()[0],
-                "description": doc + "\n\nServed by another module; see docs/recording.md (recordings).",
-                "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                               for n in re.findall(r"{(\w+)}", path)],
-                "responses": {"default": {"description": "see the module's documentation"}},
-            }
-            # A handler may describe itself further: `handler.openapi = {"parameters": [...], ...}`.
-            extra = getattr(route.handler, "openapi", None) or {}
-            operation["parameters"] += extra.get("parameters", [])
-            operation.update({k: v for k, v in extra.items() if k != "parameters"})
-            paths.setdefault(path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "info": {"title": "Stoa API", "version": __version__,
                  "description": "Sessions, join tokens, participants, attendance, moderation, feedback, 1:1 tutoring, "
-                                "webhooks and API keys. Errors are application/problem+json. See docs/api.md."},
+                                "webhooks, API keys, classroom history and recordings. Errors are "
+                                "application/problem+json. See docs/api.md."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}, {"apiKey": []}],
         "paths": paths,
@@ -161,7 +147,8 @@ def document(app: web.Application) -> dict:
                            "description": "an API key and its secret: the caller is an admin"},
             },
             "schemas": {"Problem": PROBLEM, "Session": SESSION, "TutoringRequest": TUTORING,
-                        "JoinLink": JOIN_LINK, "Feedback": FEEDBACK, "FeedbackReport": FEEDBACK_REPORT},
+                        "JoinLink": JOIN_LINK, "Feedback": FEEDBACK, "FeedbackReport": FEEDBACK_REPORT,
+                        "Recording": recordings_api.RECORDING, "RecordingView": recordings_api.VIEW},
             "responses": {f"E{code}": {"description": text, "content": {
                 "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
                 for code, text in _ERRORS.items()},

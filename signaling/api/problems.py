@@ -1,8 +1,9 @@
 """RFC 9457 problem details (`application/problem+json`) for every HTTP API under /api/.
 
 Shared: any handler can `raise Problem(404, "not_found", "no such recording")`, or return `problem(...)`.
-`problem_middleware` turns `Problem`, `classroom.errors.ClassroomError` and aiohttp's HTTP errors raised
-under /api/ into problem+json bodies: {"type", "title", "status", "detail", "code"}.
+`answer` turns `Problem`, `classroom.errors.ClassroomError`, `recorder.service.RecordingError` and aiohttp's
+HTTP errors into problem+json bodies: {"type", "title", "status", "detail", "code"}; every `OPS` route answers
+with it, and `problem_middleware` for anything else under /api/.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from classroom.errors import ClassroomError
+from recorder.service import RecordingError
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +55,34 @@ def _title(status: int) -> str:
         return "Error"
 
 
-def from_classroom(err: ClassroomError) -> web.Response:
-    return problem(err.status, err.code, err.message)
-
-
-@web.middleware
-async def problem_middleware(request: web.Request, handler):
-    if not request.path.startswith(API_PREFIX):
-        return await handler(request)
-    try:
-        return await handler(request)
-    except Problem as exc:
+def answer(request: web.Request, exc: Exception) -> web.Response | None:
+    """The problem+json answer to an exception a handler raised: `Problem`, the classroom's and the recorder's
+    errors (each with its own code), aiohttp's HTTP errors, and 500 `internal` (logged) for anything else.
+    None for what is not an error (a redirect): let it propagate."""
+    if isinstance(exc, Problem):
         return exc.response()
-    except ClassroomError as exc:
-        return from_classroom(exc)
-    except web.HTTPException as exc:
+    if isinstance(exc, (ClassroomError, RecordingError)):
+        return problem(exc.status, exc.code, exc.message)
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large",
                 415: "unsupported_media_type"}.get(exc.status, "http_error")
         detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         return problem(exc.status, code, detail)
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return problem(500, "internal", "the server failed to handle this request; it was logged")
+    log.error("%s %s failed", request.method, request.path, exc_info=exc)
+    return problem(500, "internal", "the server failed to handle this request; it was logged")
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler):
+    """Every error under /api/ (unknown paths and methods included) is problem+json."""
+    if not request.path.startswith(API_PREFIX):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except Exception as exc:
+        response = answer(request, exc)
+        if response is None:
+            raise
+        return response

@@ -158,19 +158,9 @@ async def joined(app: web.Application, session, participant) -> None:
                                    role=participant.role)
     except Exception:
         log.exception("presence: recording %s joining %s failed", participant.identity, session.room)
-    await auto_record(app, session)
-
-
-async def auto_record(app: web.Application, session) -> None:
-    """A live session whose `recording` flag is on records from its first participant to its end."""
     manager = app.get(RECORDINGS)
-    if (manager is None or session.status != "live" or not (session.features or {}).get("recording")
-            or manager.status(session.room) is not None):
-        return
-    try:
-        await manager.start(session.room, by="auto (session flag)")
-    except Exception as exc:  # a recording problem never keeps anyone out of class
-        log.warning("automatic recording of %s did not start: %s", session.room, exc)
+    if manager is not None:  # the session's recording flag (recorder.service: the auto-record rules)
+        await manager.session_joined(session)
 
 
 async def left(app: web.Application, session, participant) -> None:
@@ -307,11 +297,8 @@ def transport_observer(app: web.Application):
                                  kind="banned", ban_reason=reason)
         elif event == "session.ended":
             manager = app.get(RECORDINGS)
-            if manager is not None and manager.status(data["room"]) is not None:
-                try:
-                    await manager.stop(data["room"], reason="the session ended")
-                except Exception as exc:
-                    log.warning("stopping the recording of %s failed: %s", data["room"], exc)
+            if manager is not None:
+                await manager.session_ended(data["room"])
             room = app[ROOMS].rooms.get(data["room"])
             if room is not None:
                 for identity in list(room.participants):

@@ -15,10 +15,10 @@ from classroom.errors import InvalidInput, NotFound, PermissionDenied
 from classroom.webhooks import EVENTS as WEBHOOK_EVENTS
 from shared.appkeys import KEYRING, SETTINGS
 from shared.roles import PARTICIPANT_ROLES
-from signaling import classroom_api
+from signaling import classroom_api, recordings_api as rec_api
 from signaling.api import SESSIONS, TUTORING, WEBHOOKS, roomhooks
 from signaling.api.identity import Principal, authenticate, join_link
-from signaling.api.problems import Problem
+from signaling.api.problems import Problem, answer
 from signaling.room import ROOMS
 from storage.store import STORE
 
@@ -55,6 +55,7 @@ class Op:
     body: dict | None = None        # JSON Schema of the request body
     body_required: bool = True
     status: int = 200
+    also: tuple[int, ...] = ()      # other success statuses, with the same response (e.g. 206 for a Range)
     response: dict | str = "object"  # a schema, or a component name
     query: list[dict] = field(default_factory=list)
     public: bool = False
@@ -568,6 +569,31 @@ OPS: list[Op] = [
     Op("POST", "/api/quiz/banks", classroom_api.post_quiz_bank,
        "Import a quiz question bank (JSON as for `stoa quiz import`)", "classroom", "admin or an instructor",
        body=classroom_api.BANK_BODY, max_body=classroom_api.MAX_BANK_BYTES, status=201, errors=(400, 401, 403)),
+    # Recordings (signaling/recordings_api.py, docs/recording.md). Who may see one: recorder.access.
+    Op("POST", "/api/rooms/{room}/recording", rec_api.start_stop_recording,
+       "Start (201) or stop (200) recording the room", "recordings",
+       "the room's instructors and moderators, or admin", body=rec_api.START_STOP_BODY, status=201, also=(200,),
+       response="Recording", query_token=True, errors=(400, 401, 403, 409, 500, 503, 507)),
+    Op("GET", "/api/rooms/{room}/recording", rec_api.recording_status, "Whether the room is being recorded",
+       "recordings", "a token for the room, an operator, or admin", query_token=True, errors=(401, 403),
+       response=rec_api.STATUS),
+    Op("GET", "/api/recordings", rec_api.list_recordings, "The recordings the caller may see, newest first",
+       "recordings", "anyone authenticated (each sees what they may)", query=rec_api.LIST_QUERY,
+       query_token=True, errors=(400, 401), response={"type": "object", "properties": {"recordings": {
+           "type": "array", "items": {"$ref": "#/components/schemas/Recording"}}}}),
+    Op("GET", "/api/recordings/{id}", rec_api.get_recording, "A recording, its files and views", "recordings",
+       rec_api.MAY_SEE, query_token=True, errors=(401, 403, 404), response="Recording"),
+    Op("POST", "/api/recordings/{id}/export", rec_api.export_recording,
+       "Export a composite (runs in the background; poll the job)", "recordings", "an operator or admin",
+       body=rec_api.EXPORT_BODY, body_required=False, status=202, query_token=True, response=rec_api.JOB),
+    Op("POST", "/api/recordings/{id}/progress", rec_api.post_progress, "Record the caller's watch progress",
+       "recordings", rec_api.MAY_SEE, body=rec_api.PROGRESS_BODY, query_token=True, errors=(400, 401, 403, 404),
+       response=rec_api.VIEW),
+    Op("GET", "/api/jobs/{id}", rec_api.get_job, "An export job's status and progress", "recordings",
+       "an operator or admin", query_token=True, errors=(401, 403, 404), response=rec_api.JOB),
+    Op("GET", "/recordings/{id}/files/{name}", rec_api.download_file,
+       "One file of a recording (Range requests get 206)", "recordings", rec_api.MAY_SEE, also=(206,),
+       query_token=True, content="video/*", errors=(401, 403, 404, 410)),
 ]
 
 
@@ -585,6 +611,16 @@ def make_handler(op: Op):
     validator = op.validator()
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        # Errors are problem+json wherever the op is mounted (a recording's files are outside /api/).
+        try:
+            return await run(request)
+        except Exception as exc:
+            response = answer(request, exc)
+            if response is None:
+                raise
+            return response
+
+    async def run(request: web.Request) -> web.StreamResponse:
         principal = None if op.public else await authenticate(request, request.app[KEYRING],
                                                               allow_query_token=op.query_token)
         body = None
