@@ -377,6 +377,10 @@ class SessionService:
         await self._require_owner(actor, session, "remove moderators")
         removed = await self.repo.remove_role(session_id, identity)
         if removed:
+            # Recorded so that a moderator token for the room does not name its holder again
+            # (signaling/api/roomhooks.staff_role).
+            await self.store.events.append(session_id, "moderator.removed", ts=self.clock(), actor=actor.identity,
+                                           payload={"identity": identity})
             await self._emit("moderator.removed", {"session_id": session_id, "identity": identity})
         return removed
 

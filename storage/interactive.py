@@ -327,9 +327,7 @@ class InteractiveRepository:
             return {r.identity: {k: getattr(r, k) for k in t.ENGAGEMENT_COUNTERS} for r in rows}
 
     async def add_event(self, session_id, type, *, identity, data, at) -> None:
-        async with self.store.transaction() as conn:
-            await conn.execute(t.session_events.insert().values(session_id=session_id, ts=at, type=type,
-                                                                actor=identity, payload=data))
+        await self.store.events.append(session_id, type, ts=at, actor=identity, payload=data)
 
     async def last_event(self, session_id, type) -> dict | None:
         s = t.session_events.c

@@ -632,8 +632,8 @@ async def test_engagement_counters_and_session_events(make_room, interactive_sto
                              "strokes": 0, "quiz_answers": 0}
     assert counters["teacher"]["votes"] == 1
     types = [e.type for e in await store.events.list(room.session_id)]
-    assert types == ["chat", "chat", "question", "question_vote", "poll_create", "poll_open", "vote", "hand",
-                     "reaction", "poll_close"]
+    assert types == ["chat.sent", "chat.sent", "question.asked", "question.voted", "poll.created", "poll.opened",
+                     "poll.voted", "hand.raised", "reaction.sent", "poll.closed"]
 
 
 async def test_engagement_counts_strokes_and_quiz_answers(make_room, interactive_store):

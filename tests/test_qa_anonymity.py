@@ -35,7 +35,7 @@ async def test_hidden_asker_reaches_no_staff_client(make_room):
     finally:
         await fresh.close()
     # analytics: the event has no actor and nobody's `questions` counter moved
-    events = await room.repo.store.events.list(room.session_id, types=["question"])
+    events = await room.repo.store.events.list(room.session_id, types=["question.asked"])
     assert [e.actor for e in events] == [None]
     engagement = await room.repo.store.sessions.engagement(room.session_id)
     assert engagement.get("asker", {}).get("questions", 0) == 0
@@ -47,7 +47,7 @@ async def test_without_the_feature_staff_see_the_name_and_the_form_says_so(make_
     assert (await room.state_for(asker))["qa"] == {"anonymous_to_staff": False}
     ok(await request(room, asker, "qa.ask", {"text": "Is this graded?", "anonymous": True}))
     assert teacher.last("qa.question")["data"]["name"] == "Ann Asker"
-    events = await room.repo.store.events.list(room.session_id, types=["question"])
+    events = await room.repo.store.events.list(room.session_id, types=["question.asked"])
     assert [e.actor for e in events] == ["asker"]
     # a question asked openly in a hiding session keeps its name for everyone
     hiding = make_room(features=HIDE)

@@ -134,7 +134,7 @@ async def test_access_range_progress_and_lists(stoa_server, short_recording):
             assert "secret question" in page and page.count('data-category="qa"') == 1
             question = re.search(r"<li[^>]*data-category=\"qa\".*?</li>", page, re.S).group(0)
             assert "secret question" in question and "sam" not in question, "anonymous stays anonymous"
-            assert 'data-type="vote"' not in page
+            assert 'data-type="poll.voted"' not in page and 'data-type="poll.opened"' in page
             assert "Sam" in page  # attendance
         async with http.get(f"{base}/recordings/{row.id}") as resp:
             assert resp.status == 401

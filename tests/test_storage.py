@@ -140,14 +140,16 @@ async def test_api_keys(store):
 
 
 async def test_session_events_timeline(store):
-    for i, kind in enumerate(["session.started", "chat.message", "poll.opened", "session.ended"]):
+    for i, kind in enumerate(["session.started", "chat.sent", "poll.opened", "session.ended"]):
         await store.events.append("s1", kind, ts=100.0 + i, actor="alice", payload={"i": i})
-    await store.events.append("s2", "other", ts=100.0)
+    await store.events.append("s2", "session.started", ts=100.0)
+    with pytest.raises(ValueError, match="unknown session event 'chat'"):  # one vocabulary: storage.events.EVENTS
+        await store.events.append("s1", "chat", ts=100.0)
     events = await store.events.list("s1")
-    assert [e.type for e in events] == ["session.started", "chat.message", "poll.opened", "session.ended"]
+    assert [e.type for e in events] == ["session.started", "chat.sent", "poll.opened", "session.ended"]
     assert events[1].payload == {"i": 1}
     assert [e.type for e in await store.events.list("s1", since=101.5)] == ["poll.opened", "session.ended"]
-    assert [e.type for e in await store.events.list("s1", types=["chat.message"])] == ["chat.message"]
+    assert [e.type for e in await store.events.list("s1", types=["chat.sent"])] == ["chat.sent"]
     assert len(await store.events.list("s1", after_id=events[2].id)) == 1
 
 
@@ -208,3 +210,29 @@ async def test_close_open_intervals_after_crash(store):
     by = {iv.identity: iv.left_at for iv in await store.sessions.intervals("s")
           + await store.sessions.intervals("s2")}
     assert by == {"a": 40.0, "b": 50.0}  # never before the join
+
+
+async def test_old_event_names_are_renamed_by_the_migration(store_url):
+    """Rows the interactive layer wrote before one vocabulary (`chat`, `hand`, ...) read as the new names."""
+    from storage import schema as t
+    from storage.events import EVENTS
+
+    store = await open_store(store_url, check=False)
+    try:
+        await store.upgrade("0002_feedback")
+        old = [("chat", {"message_id": 1}), ("chat_pin", {"message_id": 1, "pinned": False}),
+               ("hand", {"raised": True}), ("hand", {"raised": False, "identity": "a"}),
+               ("question_vote", {"question_id": "q", "on": False}), ("poll_open", {"poll_id": "p"}),
+               ("whiteboard_permit", {"identities": ["a"]}), ("session.started", None)]
+        async with store.transaction() as conn:
+            for i, (kind, payload) in enumerate(old):
+                await conn.execute(t.session_events.insert().values(session_id="s", ts=float(i), type=kind,
+                                                                    actor="a", payload=payload))
+        await store.upgrade()
+        events = await store.events.list("s")
+        assert [e.type for e in events] == ["chat.sent", "chat.unpinned", "hand.raised", "hand.lowered",
+                                            "question.unvoted", "poll.opened", "whiteboard.permitted",
+                                            "session.started"]
+        assert all(e.type in EVENTS for e in events) and events[3].payload == {"raised": False, "identity": "a"}
+    finally:
+        await store.close()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-# session_events types the timeline shows, by category (the vocabulary: docs/storage.md, "Session events").
-TIMELINE_TYPES = {"chat": "chat", "chat_pin": "chat", "question": "qa", "answer": "qa", "question_feature": "qa",
-                  "poll_open": "poll", "poll_close": "poll"}
-TIMELINE_PREFIXES = {"chat": "chat", "qa": "qa", "question": "qa", "poll": "poll"}
+# session_events types the timeline shows, by category (the vocabulary: storage.events.EVENTS).
+TIMELINE_TYPES = {"chat.sent": "chat", "chat.pinned": "chat", "chat.unpinned": "chat",
+                  "question.asked": "qa", "question.answered": "qa", "question.featured": "qa",
+                  "question.unfeatured": "qa", "poll.opened": "poll", "poll.closed": "poll"}
 
 
 def fmt_time(ts: float | None) -> str:
@@ -53,18 +53,12 @@ def activity_svg(start: float, end: float, events: list, intervals: list, *, buc
     return "".join(parts), data
 
 
-def _category(kind: str) -> str | None:
-    if kind in TIMELINE_TYPES:
-        return TIMELINE_TYPES[kind]
-    return TIMELINE_PREFIXES.get(kind.split(".")[0]) if "." in kind else None
-
-
 async def build_timeline(repo, session_id: str, events: list, t0: float, *,
                          names: dict[str, str] | None = None) -> list[dict]:
     """Chat, Q&A and poll events with their text, at offsets (s) from the recording's start. `actor` is a
     display name: the one stored with the message or question, else from `names` (identity -> name)."""
     names = names or {}
-    chosen = [(e, _category(e.type)) for e in events]
+    chosen = [(e, TIMELINE_TYPES.get(e.type)) for e in events]
     chosen = [(e, c) for e, c in chosen if c is not None]
     payload = lambda e: e.payload if isinstance(e.payload, dict) else {}  # noqa: E731
     texts = await repo.timeline_texts(
@@ -80,19 +74,19 @@ async def build_timeline(repo, session_id: str, events: list, t0: float, *,
             if msg is not None and msg["sender_name"]:
                 actor = msg["sender_name"]
             text = None if msg is None else ("(deleted)" if msg["deleted_at"] else msg["text"])
-            if e.type == "chat_pin":
-                text = f"{'pinned' if p.get('pinned') else 'unpinned'}: {text or ''}"
+            if e.type != "chat.sent":
+                text = f"{e.type.removeprefix('chat.')}: {text or ''}"
         elif category == "qa" and "question_id" in p:
             q = texts["question"].get(str(p["question_id"]))
             if q is not None:
-                if e.type == "question":
+                if e.type == "question.asked":
                     # anonymous stays anonymous in the review too
                     actor = None if q["anonymous"] else (q["asker_name"] or actor)
-                text = (f"answered: {q['text']}" if e.type == "answer" else q["text"])
+                text = (f"answered: {q['text']}" if e.type == "question.answered" else q["text"])
         elif category == "poll" and "poll_id" in p:
             poll = texts["poll"].get(str(p["poll_id"]))
             question = p.get("question") or (poll["question"] if poll else "")
-            text = f"{'poll opened' if e.type == 'poll_open' else 'poll closed'}: {question}"
+            text = f"{'poll opened' if e.type == 'poll.opened' else 'poll closed'}: {question}"
         out.append({"id": e.id, "type": e.type, "category": category, "actor": actor, "ts": e.ts,
                     "offset": round(e.ts - t0, 3), "text": (text or _event_text(e))[:300]})
     return out

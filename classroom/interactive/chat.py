@@ -78,7 +78,7 @@ class Chat(Feature):
         row = await self.repo.add_chat(self.session_id, identity=ctx.identity, name=ctx.name,
                                        text=ctx.data["text"], reply_to=reply_to, kind="user", at=ctx.now)
         self._remember(row)
-        await self.room.record(ctx, "chat", {"message_id": row["id"]}, {"chat_messages": 1})
+        await self.room.record(ctx, "chat.sent", {"message_id": row["id"]}, {"chat_messages": 1})
         ctx.fanout({"type": "chat.message", "data": chat_out(row)})
         return {"message_id": row["id"], "created_at": row["created_at"]}
 
@@ -111,7 +111,7 @@ class Chat(Feature):
         if row["id"] in self.recent:
             await self._forget(row["id"])
         self.pinned.pop(row["id"], None)
-        await self.room.record(ctx, "chat_delete", {"message_id": row["id"], "own": own})
+        await self.room.record(ctx, "chat.deleted", {"message_id": row["id"], "own": own})
         ctx.fanout({"type": "chat.deleted", "data": {"message_id": row["id"], "by": ctx.identity}})
         return {"message_id": row["id"]}
 
@@ -126,7 +126,7 @@ class Chat(Feature):
             self.pinned[row["id"]] = self.recent.get(row["id"], row)
         else:
             self.pinned.pop(row["id"], None)
-        await self.room.record(ctx, "chat_pin", {"message_id": row["id"], "pinned": pinned})
+        await self.room.record(ctx, "chat.pinned" if pinned else "chat.unpinned", {"message_id": row["id"], "pinned": pinned})
         ctx.fanout({"type": "chat.pinned", "data": {"message_id": row["id"], "pinned": pinned,
                                                     "message": chat_out(row)}})
         return {"message_id": row["id"], "pinned": pinned}

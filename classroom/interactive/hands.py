@@ -49,7 +49,7 @@ class Hands(Feature):
             return {"raised": True, "position": self._position(ctx.identity), "already": True}
         await self.repo.raise_hand(self.session_id, identity=ctx.identity, name=ctx.name, at=ctx.now)
         self.queue[ctx.identity] = {"identity": ctx.identity, "name": ctx.name, "raised_at": ctx.now}
-        await self.room.record(ctx, "hand", {"raised": True}, {"hand_raises": 1})
+        await self.room.record(ctx, "hand.raised", {"raised": True}, {"hand_raises": 1})
         self._publish(ctx)
         return {"raised": True, "position": self._position(ctx.identity)}
 
@@ -62,7 +62,7 @@ class Hands(Feature):
             raise ProtocolError("not_found", f"{target} has no raised hand")
         await self.repo.lower_hand(self.session_id, identity=target, by=ctx.identity, at=ctx.now)
         del self.queue[target]
-        await self.room.record(ctx, "hand", {"raised": False, "identity": target})
+        await self.room.record(ctx, "hand.lowered", {"raised": False, "identity": target})
         self._publish(ctx)
         return {"identity": target, "raised": False}
 
@@ -73,7 +73,7 @@ class Hands(Feature):
         lowered = list(self.queue)
         for identity in lowered:
             await self.repo.lower_hand(self.session_id, identity=identity, by=ctx.identity, at=ctx.now)
-            await self.room.record(ctx, "hand", {"raised": False, "identity": identity})
+            await self.room.record(ctx, "hand.lowered", {"raised": False, "identity": identity})
         self.queue.clear()
         self._publish(ctx)
         return {"lowered": lowered}
@@ -81,7 +81,7 @@ class Hands(Feature):
     @handles("reaction.send", feature="reactions", bucket="reaction")
     async def reaction(self, ctx: Context) -> dict:
         emoji = ctx.data["emoji"]
-        await self.room.record(ctx, "reaction", {"emoji": emoji}, {"reactions": 1})
+        await self.room.record(ctx, "reaction.sent", {"emoji": emoji}, {"reactions": 1})
         ctx.fanout({"type": "reaction", "data": {"identity": ctx.identity, "name": ctx.name, "emoji": emoji,
                                                  "at": ctx.now}})
         return {"emoji": emoji}

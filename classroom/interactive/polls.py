@@ -100,7 +100,7 @@ class Polls(Feature):
             results=d.get("results", "live"), duration_s=d.get("duration_s"), at=ctx.now)
         poll["votes"] = {}
         self.polls[poll["id"]] = poll
-        await self.room.record(ctx, "poll_create", {"poll_id": poll["id"]})
+        await self.room.record(ctx, "poll.created", {"poll_id": poll["id"]})
         if d.get("start"):
             await self._open(ctx, poll)
         else:
@@ -111,7 +111,7 @@ class Polls(Feature):
         closes_at = ctx.now + poll["duration_s"] if poll.get("duration_s") else None
         await self.repo.update_poll(poll["id"], status="open", opened_at=ctx.now, closes_at=closes_at)
         poll.update(status="open", opened_at=ctx.now, closes_at=closes_at)
-        await self.room.record(ctx, "poll_open", {"poll_id": poll["id"], "question": poll["question"]})
+        await self.room.record(ctx, "poll.opened", {"poll_id": poll["id"], "question": poll["question"]})
         if closes_at is not None:
             self._arm(poll)
         self._publish(ctx, poll, "poll.opened")
@@ -130,7 +130,7 @@ class Polls(Feature):
         final = tally(poll)
         await self.repo.update_poll(poll["id"], status="closed", closed_at=ctx.now, final_results=final)
         poll.update(status="closed", closed_at=ctx.now, final_results=final)
-        await self.room.record(ctx, "poll_close", {"poll_id": poll["id"], "results": final, "by": by},
+        await self.room.record(ctx, "poll.closed", {"poll_id": poll["id"], "results": final, "by": by},
                                identity=by)
         self._publish(ctx, poll, "poll.closed")
 
@@ -160,7 +160,7 @@ class Polls(Feature):
         previous = poll["votes"].get(ctx.identity)
         await self.repo.set_poll_vote(poll["id"], identity=ctx.identity, name=ctx.name, choices=choices, at=ctx.now)
         poll["votes"][ctx.identity] = choices
-        await self.room.record(ctx, "vote", {"poll_id": poll["id"], "changed": previous is not None},
+        await self.room.record(ctx, "poll.voted", {"poll_id": poll["id"], "changed": previous is not None},
                                {"votes": 1} if previous is None else None)
         interval = self.room.options.poll_results_interval_s
         if interval > 0:

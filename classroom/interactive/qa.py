@@ -83,7 +83,7 @@ class QA(Feature):
         row["voters"] = set()
         self.questions[row["id"]] = row
         # Hidden from staff: no actor on the timeline and no per-person counter, which would name the asker.
-        await self.room.record(ctx, "question", {"question_id": row["id"], "anonymous": anonymous},
+        await self.room.record(ctx, "question.asked", {"question_id": row["id"], "anonymous": anonymous},
                                None if hidden else {"questions": 1}, anonymous=hidden)
         self._publish(ctx, row)
         return {"question_id": row["id"], "created_at": row["created_at"]}
@@ -98,7 +98,7 @@ class QA(Feature):
         if on != voted:
             await self.repo.set_question_vote(row["id"], ctx.identity, on, ctx.now)
             (row["voters"].add if on else row["voters"].discard)(ctx.identity)
-            await self.room.record(ctx, "question_vote", {"question_id": row["id"], "on": on},
+            await self.room.record(ctx, "question.voted" if on else "question.unvoted", {"question_id": row["id"], "on": on},
                                    {"votes": 1} if on else None)
             self._publish(ctx, row)
         return {"question_id": row["id"], "voted": on, "votes": len(row["voters"])}
@@ -111,7 +111,7 @@ class QA(Feature):
                   "answered_by": ctx.identity}
         await self.repo.update_question(row["id"], **fields)
         row.update(fields)
-        await self.room.record(ctx, "answer", {"question_id": row["id"], "live": fields["answered_live"]})
+        await self.room.record(ctx, "question.answered", {"question_id": row["id"], "live": fields["answered_live"]})
         self._publish(ctx, row)
         return {"question_id": row["id"], "status": "answered"}
 
@@ -120,7 +120,7 @@ class QA(Feature):
         row = self._get(ctx.data["question_id"])
         await self.repo.update_question(row["id"], status="dismissed")
         row["status"] = "dismissed"
-        await self.room.record(ctx, "question_dismiss", {"question_id": row["id"]})
+        await self.room.record(ctx, "question.dismissed", {"question_id": row["id"]})
         self._publish(ctx, row)
         return {"question_id": row["id"], "status": "dismissed"}
 
@@ -130,6 +130,6 @@ class QA(Feature):
         featured = ctx.data.get("featured", True)
         await self.repo.update_question(row["id"], featured=featured)
         row["featured"] = featured
-        await self.room.record(ctx, "question_feature", {"question_id": row["id"], "featured": featured})
+        await self.room.record(ctx, "question.featured" if featured else "question.unfeatured", {"question_id": row["id"], "featured": featured})
         self._publish(ctx, row)
         return {"question_id": row["id"], "featured": featured}

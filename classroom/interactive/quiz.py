@@ -185,7 +185,7 @@ class Quiz(Feature):
                                for a in assignments}}
         self.active = rnd
         self._arm(rnd)
-        await self.room.record(ctx, "quiz_round", {"round_id": round_id, "students": len(assignments),
+        await self.room.record(ctx, "quiz.round_started", {"round_id": round_id, "students": len(assignments),
                                                    "questions": len(rnd["questions"])})
         for a in rnd["assignments"].values():
             ctx.fanout({"type": "quiz.question", "data": self._question_msg(rnd, a)},
@@ -215,7 +215,7 @@ class Quiz(Feature):
         correct = choice == q["answer"]
         await self.repo.answer_quiz(round_id, ctx.identity, choice=choice, correct=correct, at=ctx.now)
         a.update(choice=choice, correct=correct, answered_at=ctx.now)
-        await self.room.record(ctx, "quiz_answer", {"round_id": round_id, "question_id": q["id"],
+        await self.room.record(ctx, "quiz.answered", {"round_id": round_id, "question_id": q["id"],
                                                     "correct": correct},
                                {"quiz_answers": 1})
         result = {"round_id": round_id, "question_id": q["id"], "choice": choice, "correct": correct,
@@ -235,7 +235,7 @@ class Quiz(Feature):
         if self.active is rnd:
             self.active = None
         progress = self.progress(rnd)
-        await self.room.record(ctx, "quiz_round_end", {"round_id": rnd["id"], "by": by,
+        await self.room.record(ctx, "quiz.round_ended", {"round_id": rnd["id"], "by": by,
                                                        "answered": sum(q["answered"] for q in progress["questions"]),
                                                        "correct": sum(q["correct"] for q in progress["questions"])},
                                identity=by)

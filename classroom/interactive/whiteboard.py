@@ -35,7 +35,7 @@ class Whiteboard(Feature):
 
     async def load(self) -> None:
         self.strokes = list(await self.repo.board(self.session_id))
-        last = await self.repo.last_event(self.session_id, "whiteboard_permit")
+        last = await self.repo.last_event(self.session_id, "whiteboard.permitted")
         identities = (last or {}).get("data", {}).get("identities", [])
         self.permitted = "all" if identities == "all" else set(identities)
 
@@ -75,7 +75,7 @@ class Whiteboard(Feature):
     async def clear(self, ctx: Context) -> dict:
         clear_id = await self.repo.clear_board(self.session_id, identity=ctx.identity, at=ctx.now)
         self.strokes = []
-        await self.room.record(ctx, "whiteboard_clear", {"clear_id": clear_id})
+        await self.room.record(ctx, "whiteboard.cleared", {"clear_id": clear_id})
         ctx.fanout({"type": "whiteboard.cleared", "data": {"by": ctx.identity, "at": ctx.now}})
         return {"clear_id": clear_id}
 
@@ -97,7 +97,7 @@ class Whiteboard(Feature):
     async def permit(self, ctx: Context) -> dict:
         identities = ctx.data["identities"]
         self.permitted = "all" if identities == "all" else set(identities)
-        await self.room.record(ctx, "whiteboard_permit", {"identities": self._permitted_out()})
+        await self.room.record(ctx, "whiteboard.permitted", {"identities": self._permitted_out()})
         permitted = self._permitted_out()
         ctx.fanout(lambda m: {"type": "whiteboard.permissions",
                               "data": {"permitted": permitted, "may_draw": self.may_draw(m)}})

@@ -233,9 +233,6 @@ async def remove_moderator(ctx: Ctx):
     sid = ctx.param("session_id")
     if not await ctx.app[SESSIONS].remove_moderator(ctx.principal.actor, sid, ctx.param("identity")):
         raise NotFound(f"{ctx.param('identity')} is not a moderator of this session")
-    # Recorded so that a moderator token for the room does not name its holder again (roomhooks.staff_role).
-    await ctx.app[STORE].events.append(sid, "moderator.removed", ts=ctx.app[SESSIONS].clock(),
-                                       actor=ctx.principal.identity, payload={"identity": ctx.param("identity")})
     return web.Response(status=204)
 
 
