@@ -216,7 +216,8 @@ class RecordingManager:
                                           f"(recording {self.active[room_name].row.id})")
             room = self.rooms.find(room_name)
             if room is None or room.is_empty():
-                raise RecordingError(409, "room_empty", f"room {room_name!r} has nobody in it; there is nothing to record")
+                raise RecordingError(409, "room_empty",
+                                     f"room {room_name!r} has nobody in it; there is nothing to record")
             session = await self.store.sessions.get_by_room(room_name)
             rec_id = uuid.uuid4().hex
             directory = os.path.join(self.root, rec_id)

@@ -126,7 +126,8 @@ class Chat(Feature):
             self.pinned[row["id"]] = self.recent.get(row["id"], row)
         else:
             self.pinned.pop(row["id"], None)
-        await self.room.record(ctx, "chat.pinned" if pinned else "chat.unpinned", {"message_id": row["id"], "pinned": pinned})
+        await self.room.record(ctx, "chat.pinned" if pinned else "chat.unpinned",
+                               {"message_id": row["id"], "pinned": pinned})
         ctx.fanout({"type": "chat.pinned", "data": {"message_id": row["id"], "pinned": pinned,
                                                     "message": chat_out(row)}})
         return {"message_id": row["id"], "pinned": pinned}

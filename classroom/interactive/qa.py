@@ -98,7 +98,8 @@ class QA(Feature):
         if on != voted:
             await self.repo.set_question_vote(row["id"], ctx.identity, on, ctx.now)
             (row["voters"].add if on else row["voters"].discard)(ctx.identity)
-            await self.room.record(ctx, "question.voted" if on else "question.unvoted", {"question_id": row["id"], "on": on},
+            await self.room.record(ctx, "question.voted" if on else "question.unvoted",
+                                   {"question_id": row["id"], "on": on},
                                    {"votes": 1} if on else None)
             self._publish(ctx, row)
         return {"question_id": row["id"], "voted": on, "votes": len(row["voters"])}
@@ -130,6 +131,7 @@ class QA(Feature):
         featured = ctx.data.get("featured", True)
         await self.repo.update_question(row["id"], featured=featured)
         row["featured"] = featured
-        await self.room.record(ctx, "question.featured" if featured else "question.unfeatured", {"question_id": row["id"], "featured": featured})
+        await self.room.record(ctx, "question.featured" if featured else "question.unfeatured",
+                               {"question_id": row["id"], "featured": featured})
         self._publish(ctx, row)
         return {"question_id": row["id"], "featured": featured}

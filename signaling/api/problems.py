@@ -74,11 +74,8 @@ def answer(request: web.Request, exc: Exception) -> web.Response | None:
     return problem(500, "internal", "the server failed to handle this request; it was logged")
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler):
-    """Every error under /api/ (unknown paths and methods included) is problem+json."""
-    if not request.path.startswith(API_PREFIX):
-        return await handler(request)
+async def answered(request: web.Request, handler) -> web.StreamResponse:
+    """`handler`'s response, or the problem+json `answer` to what it raised."""
     try:
         return await handler(request)
     except Exception as exc:
@@ -86,3 +83,11 @@ async def problem_middleware(request: web.Request, handler):
         if response is None:
             raise
         return response
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler):
+    """Every error under /api/ (unknown paths and methods included) is problem+json."""
+    if not request.path.startswith(API_PREFIX):
+        return await handler(request)
+    return await answered(request, handler)

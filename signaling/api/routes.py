@@ -18,7 +18,7 @@ from shared.roles import PARTICIPANT_ROLES
 from signaling import classroom_api, recordings_api as rec_api
 from signaling.api import SESSIONS, TUTORING, WEBHOOKS, roomhooks
 from signaling.api.identity import Principal, authenticate, join_link
-from signaling.api.problems import Problem, answer
+from signaling.api.problems import Problem, answered
 from signaling.room import ROOMS
 from storage.store import STORE
 
@@ -609,13 +609,7 @@ def make_handler(op: Op):
 
     async def handle(request: web.Request) -> web.StreamResponse:
         # Errors are problem+json wherever the op is mounted (a recording's files are outside /api/).
-        try:
-            return await run(request)
-        except Exception as exc:
-            response = answer(request, exc)
-            if response is None:
-                raise
-            return response
+        return await answered(request, run)
 
     async def run(request: web.Request) -> web.StreamResponse:
         principal = None if op.public else await authenticate(request, request.app[KEYRING],
