@@ -19,6 +19,7 @@ from shared.auth import mint_token
 from signaling.room import ROOMS
 from storage.store import STORE
 from tests.client import RoomClient
+from tests.serve import eventually
 
 
 async def make_session(api, instructor="prof", **extra):
@@ -151,13 +152,6 @@ async def test_ws_admission_codes_and_no_half_join(stoa_server, api):
         await c.close()
 
 
-async def wait_until(predicate, timeout=10.0):
-    async def loop():
-        while not await predicate():
-            await asyncio.sleep(0.05)
-    await asyncio.wait_for(loop(), timeout)
-
-
 async def test_attendance_json_and_csv_after_a_real_session(stoa_server, api):
     s = await make_session(api)
     sid, room = s["id"], s["room"]
@@ -174,7 +168,7 @@ async def test_attendance_json_and_csv_after_a_real_session(stoa_server, api):
     async def stu_left():
         ivs = await store.sessions.intervals(sid, "stu")
         return ivs and ivs[-1].left_at is not None
-    await wait_until(stu_left)
+    await eventually(stu_left, timeout=10, what="the student's presence to close")
     await api.ok("POST", f"/api/sessions/{sid}/end", auth=api.bearer(room, "prof", "instructor"))
     gone = await prof.expect("left")
     assert "ended" in gone["reason"]
@@ -280,7 +274,7 @@ async def test_reconnect_within_grace_continues_the_same_interval(stoa_server, a
     async def closed():
         ivs = await store.sessions.intervals(s["id"], "stu")
         return len(ivs) == 1 and ivs[0].left_at is not None
-    await wait_until(closed)
+    await eventually(closed, timeout=10, what="the presence interval to close")
     again = await RoomClient(stoa_server.ws_base, room, token).connect()
     assert again.joined["type"] == "joined"
     [interval] = await store.sessions.intervals(s["id"], "stu")
