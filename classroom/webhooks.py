@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import aiohttp
 
 from classroom.errors import InvalidInput, NotFound
-from classroom.sessions import Clock
+from shared.clock import SYSTEM_CLOCK, Clock
 from storage.webhooks import DeliveryRecord, WebhookRecord
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class WebhookDispatcher:
     SessionService(observers=[dispatcher.emit]); events outside EVENTS are ignored.
     """
 
-    def __init__(self, store, *, http: aiohttp.ClientSession | None = None, clock: Clock = time.time,
+    def __init__(self, store, *, http: aiohttp.ClientSession | None = None, clock: Clock = SYSTEM_CLOCK,
                  max_attempts: int = 8, base_delay: float = 2.0, max_delay: float = 3600.0,
                  timeout: float = 10.0, lease_s: float = 60.0, poll_interval: float = 30.0,
                  jitter: float = 0.1, concurrency: int = 8, rng: random.Random | None = None):

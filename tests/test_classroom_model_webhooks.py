@@ -13,16 +13,9 @@ from classroom.errors import InvalidInput
 from classroom.sessions import Actor, SessionService
 from classroom.webhooks import WebhookDispatcher, sign, verify_signature
 from storage import open_store
+from tests.fixtures.clock import FakeClock
 
 SECRET = "whsec-0123456789abcdef"
-
-
-class Clock:
-    def __init__(self, now=3_000_000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 class Receiver:
@@ -81,7 +74,7 @@ async def test_add_webhook_validation(store):
 
 
 async def test_signed_delivery_and_retry_after_500(store, receiver):
-    clock = Clock()
+    clock = FakeClock(3_000_000.0)
     receiver.statuses = [500]
     d = WebhookDispatcher(store, clock=clock, base_delay=10, jitter=0)
     hook = await d.add_webhook(receiver.url, ["session.started", "session.ended"], secret=SECRET)
@@ -114,7 +107,7 @@ async def test_signed_delivery_and_retry_after_500(store, receiver):
 
 
 async def test_gives_up_after_max_attempts(store):
-    clock = Clock()
+    clock = FakeClock(3_000_000.0)
     d = WebhookDispatcher(store, clock=clock, base_delay=1, jitter=0, max_attempts=3, timeout=2)
     # Nothing listens on port 9 of loopback: connection refused.
     hook = await d.add_webhook("http://127.0.0.1:9/none", secret=SECRET)
