@@ -202,10 +202,17 @@ class WebhookDispatcher:
             wait = self.poll_interval
             if next_due is not None:
                 wait = max(0.0, min(wait, next_due - self.clock()))
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-            except asyncio.TimeoutError:
-                pass
+            await self._idle(wait)
+
+    async def _idle(self, seconds: float) -> None:
+        """Until `seconds` of the dispatcher's clock (the one retries are due by) pass, or an emit wakes it."""
+        timer = asyncio.ensure_future(self.clock.sleep(seconds))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((timer, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            woken.cancel()
 
     async def stop(self) -> None:
         if self._task is not None:
