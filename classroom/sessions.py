@@ -15,7 +15,6 @@ import inspect
 import logging
 import re
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -25,6 +24,7 @@ from aiohttp import web
 from classroom import attendance as attendance_mod
 from classroom.errors import (Banned, BadPassword, Conflict, InvalidInput, InvalidTransition, NotFound,
                               PermissionDenied, SessionClosed, SessionFull)
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.roles import PARTICIPANT_ROLES, STAFF_ROLES
 from storage import schema as t
 from storage.sessions import PresenceInterval, SessionRecord
@@ -32,7 +32,6 @@ from storage.sessions import PresenceInterval, SessionRecord
 log = logging.getLogger(__name__)
 
 Observer = Callable[[str, dict], Any]
-Clock = Callable[[], float]
 
 RECONNECT_GRACE_S = 30.0
 # qa_anonymous_to_staff (default off): anonymous questions hide the asker from staff too, not only classmates.
@@ -150,7 +149,7 @@ async def notify(observers: Iterable[Observer], event: str, data: dict) -> None:
 
 
 class SessionService:
-    def __init__(self, store, *, clock: Clock = time.time, grace_s: float = RECONNECT_GRACE_S,
+    def __init__(self, store, *, clock: Clock = SYSTEM_CLOCK, grace_s: float = RECONNECT_GRACE_S,
                  observers: Iterable[Observer] = (), present_threshold: float = attendance_mod.PRESENT_THRESHOLD):
         self.store = store
         self.repo = store.sessions

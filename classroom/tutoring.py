@@ -8,11 +8,11 @@ the student and to instructors' dashboards.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Iterable
 
 from classroom.errors import Conflict, InvalidInput, InvalidTransition, NotFound, PermissionDenied
-from classroom.sessions import Actor, Clock, Observer, SessionService, notify, validate
+from classroom.sessions import Actor, Observer, SessionService, notify, validate
+from shared.clock import SYSTEM_CLOCK, Clock
 from storage.sessions import SessionRecord
 from storage.tutoring import TutoringRecord
 
@@ -32,7 +32,7 @@ REQUEST_SCHEMA = {
 
 
 class TutoringService:
-    def __init__(self, store, sessions: SessionService, *, clock: Clock = time.time,
+    def __init__(self, store, sessions: SessionService, *, clock: Clock = SYSTEM_CLOCK,
                  ttl_s: float = DEFAULT_TTL_S, observers: Iterable[Observer] = ()):
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")

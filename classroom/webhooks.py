@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import aiohttp
 
 from classroom.errors import InvalidInput, NotFound
-from classroom.sessions import Clock
+from shared.clock import SYSTEM_CLOCK, Clock
 from storage.webhooks import DeliveryRecord, WebhookRecord
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class WebhookDispatcher:
     SessionService(observers=[dispatcher.emit]); events outside EVENTS are ignored.
     """
 
-    def __init__(self, store, *, http: aiohttp.ClientSession | None = None, clock: Clock = time.time,
+    def __init__(self, store, *, http: aiohttp.ClientSession | None = None, clock: Clock = SYSTEM_CLOCK,
                  max_attempts: int = 8, base_delay: float = 2.0, max_delay: float = 3600.0,
                  timeout: float = 10.0, lease_s: float = 60.0, poll_interval: float = 30.0,
                  jitter: float = 0.1, concurrency: int = 8, rng: random.Random | None = None):
@@ -202,10 +202,17 @@ class WebhookDispatcher:
             wait = self.poll_interval
             if next_due is not None:
                 wait = max(0.0, min(wait, next_due - self.clock()))
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-            except asyncio.TimeoutError:
-                pass
+            await self._idle(wait)
+
+    async def _idle(self, seconds: float) -> None:
+        """Until `seconds` of the dispatcher's clock (the one retries are due by) pass, or an emit wakes it."""
+        timer = asyncio.ensure_future(self.clock.sleep(seconds))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((timer, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            woken.cancel()
 
     async def stop(self) -> None:
         if self._task is not None:

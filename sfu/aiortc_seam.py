@@ -657,12 +657,13 @@ class DataChannelSender:
         self._route: tuple | None = None
         self.fast_sends = 0
 
-    def send(self, text: str) -> None:
-        """Like RTCDataChannel.send(text): raises InvalidStateError unless the channel is open."""
-        if not self._send_now(text):
+    def send(self, text: str, utf8: bytes | None = None) -> None:
+        """Like RTCDataChannel.send(text): raises InvalidStateError unless the channel is open. `utf8`:
+        `text` already encoded (a message fanned out to many channels is encoded once)."""
+        if not self._send_now(text, utf8):
             self.channel.send(text)
 
-    def _send_now(self, text: str) -> bool:
+    def _send_now(self, text: str, utf8: bytes | None) -> bool:
         channel = self.channel
         sctp = channel.transport
         stream_id = channel.id
@@ -671,7 +672,7 @@ class DataChannelSender:
                 or sctp._data_channel_queue or sctp._outbound_queue or sctp._forward_tsn_chunk is not None
                 or sctp._flight_size >= sctp._cwnd):
             return False
-        user_data = text.encode("utf8")
+        user_data = text.encode("utf8") if utf8 is None else utf8
         size = len(user_data)
         if size == 0 or size > _sctp.USERDATA_MAX_LENGTH or (
                 sctp._remote_max_message_size and size > sctp._remote_max_message_size):

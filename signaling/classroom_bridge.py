@@ -13,7 +13,8 @@ from aiohttp import web
 
 from classroom.interactive import RoomRegistry
 from classroom.sessions import session_key
-from classroom.interactive.channel import MAX_BUFFERED_BYTES, ChannelMember
+from classroom.interactive.channel import ChannelMember
+from classroom.interactive.envelope import Decoded, Outgoing, encode, encode_utf8
 from sfu.aiortc_seam import DataChannelSender
 from sfu.pool import RemoteChannel
 from signaling.room import Participant, Room
@@ -22,9 +23,16 @@ from storage.store import STORE
 logger = logging.getLogger(__name__)
 
 
+def ws_frame(payload: bytes) -> bytes:
+    """The room WebSocket's `{"type": "data", "payload": ...}` frame around an encoded classroom message."""
+    return b'{"type":"data","payload":' + payload + b"}"
+
+
 class RoomMember(ChannelMember):
-    """The member the interactive layer sees for one participant: the data channel when it is open,
-    else the room WebSocket."""
+    """The member the interactive layer sees for one participant. The bridge owns its data channel (the
+    subscriber connection's "stoa" channel, attached on join and on every new subscriber connection):
+    ChannelMember.send_now writes on it while it is open and keeps up, else `fallback` sends the message
+    on the room WebSocket. A message fanned out to many members is encoded once (Outgoing)."""
 
     def __init__(self, participant: Participant, room):
         super().__init__(room, None, identity=participant.identity, name=participant.name,
@@ -33,21 +41,21 @@ class RoomMember(ChannelMember):
         self.grants = participant.grants
         self._channel_sender: DataChannelSender | None = None
 
-    def write(self, text: str) -> None:
-        if isinstance(self.channel, RemoteChannel):  # on a media worker: queued for its control stream
-            self.channel.send(text)
-            return
-        sender = self._channel_sender
-        if sender is None or sender.channel is not self.channel:
-            sender = self._channel_sender = DataChannelSender(self.channel)
-        sender.send(text)
+    def use_channel(self, channel) -> None:
+        super().use_channel(channel)
+        # On a media worker the channel is a RemoteChannel: queued for the worker's control stream as text.
+        self._channel_sender = None if isinstance(channel, RemoteChannel) else DataChannelSender(channel)
 
-    async def send(self, message: dict) -> None:
-        channel = self.channel
-        if channel is not None and channel.readyState == "open" and channel.bufferedAmount < MAX_BUFFERED_BYTES:
-            await super().send(message)
+    def write(self, message: dict) -> None:
+        sender = self._channel_sender
+        if sender is None:
+            self.channel.send(encode(message))
         else:
-            await self.participant.send({"type": "data", "payload": message})
+            sender.send(encode(message), encode_utf8(message))
+
+    async def fallback(self, message: dict) -> None:
+        frame = message.framed(ws_frame) if type(message) is Outgoing else ws_frame(encode_utf8(message))
+        await self.participant.send(frame)
 
 
 class ClassroomBridge:
@@ -66,19 +74,28 @@ class ClassroomBridge:
         iroom = await self.registry.get(session_id, room.name, features)
         member = RoomMember(participant, iroom)
         participant.classroom_member = member
-        if participant.subscriber is not None and participant.subscriber.data_channel is not None:
-            member.use_channel(participant.subscriber.data_channel)
+        self.on_subscriber(participant)
         await member.start()
         if participant.role != "viewer":
             await iroom.system_message(f"{participant.name} joined")
 
-    async def on_message(self, room: Room, participant: Participant, payload: dict) -> None:
+    def on_subscriber(self, participant: Participant) -> None:
+        """The participant has a new subscriber connection (resubscribe): its member moves to that one's
+        data channel."""
+        member = participant.classroom_member
+        if member is not None and participant.subscriber is not None \
+                and participant.subscriber.data_channel is not None:
+            member.use_channel(participant.subscriber.data_channel)
+
+    async def on_message(self, room: Room, participant: Participant, payload: dict, size: int) -> None:
+        """A classroom message from the room WebSocket: `payload` came from a frame of `size` bytes, already
+        decoded; the interactive room validates it (once) in the member's inbound order."""
         member = participant.classroom_member
         if member is None:
             await participant.send({"type": "error", "code": "not_joined",
                                     "message": "classroom messages need a joined participant"})
             return
-        member.feed(payload)
+        member.feed(Decoded(payload, size))
 
     async def on_replaced(self, room: Room, participant: Participant) -> None:
         """A newer connection of the same identity took over: detach the old member without "X left"."""

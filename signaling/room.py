@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[[dict], Awaitable[None]]
+Send = Callable[[dict | bytes], Awaitable[None]]  # bytes: a message encoded as UTF-8 JSON
 
 SPEAKERS_TICK = 0.2  # s between two looks at the audio levels
 
@@ -86,7 +86,8 @@ class Participant:
             self.suspended[0].cancel()
             self.suspended = None
 
-    async def send(self, message: dict) -> None:
+    async def send(self, message: dict | bytes) -> None:
+        """`message`: a dict, or a message already encoded as UTF-8 JSON (sent as a text frame)."""
         if self._send is None:
             return
         try:
@@ -310,14 +311,12 @@ class Room:
 
     async def restart_subscriber(self, participant: Participant) -> None:
         """Replace the participant's subscriber connection (its ICE failed) with a new one offering
-        every track; the classroom keeps the same member, on the new data channel."""
+        every track; the transport then moves the classroom member to the new data channel
+        (ClassroomBridge.on_subscriber)."""
         if participant.subscriber is not None:
             await participant.subscriber.close()
             self.closed.add_legs(participant.subscriber)
         await self.start_subscriber(participant)
-        member = participant.classroom_member
-        if member is not None and participant.subscriber.data_channel is not None:
-            member.use_channel(participant.subscriber.data_channel)
 
     async def replace_publisher(self, participant: Participant) -> None:
         """The client publishes from a new peer connection: the old one and its tracks go."""

@@ -104,14 +104,21 @@ class ProtocolError(Exception):
         self.extra = extra
 
 
+def _reject_constant(name: str):
+    # NaN and Infinity are not JSON; refused here, so no layer behind this one needs to look for them.
+    raise ProtocolError("bad_json", f"message is not valid JSON: {name} is not allowed")
+
+
 def parse_client_message(raw: str | bytes) -> dict:
     """Decode and validate one client message; raise ProtocolError naming the problem."""
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ProtocolError("too_large", f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")
     try:
-        msg = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("bad_json", f"message is not valid JSON: {exc}") from None
+        msg = json.loads(raw, parse_constant=_reject_constant)
+    except ProtocolError:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError("bad_json", f"message is not valid JSON: {exc}"[:300]) from None
     if not isinstance(msg, dict):
         raise ProtocolError("invalid", "message must be a JSON object")
     kind = msg.get("type")

@@ -59,11 +59,14 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     send_lock = asyncio.Lock()
 
-    async def send(message: dict) -> None:
+    async def send(message: dict | bytes) -> None:
         if ws.closed:
             return
         async with send_lock:
-            await ws.send_str(json.dumps(message))
+            if isinstance(message, bytes):  # already encoded (a classroom fan-out: once for every member)
+                await ws.send_frame(message, WSMsgType.TEXT)
+            else:
+                await ws.send_str(json.dumps(message))
 
     async def disconnect(note: dict, code: int = WSCloseCode.OK) -> None:
         await send(note)  # {"type": "left", "code": ..., "reason": ...} (Participant.disconnect)
@@ -111,7 +114,7 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
                 if message["type"] == "leave":
                     left_on_purpose = True
                     break
-                await _handle(app, room, participant, message, send)
+                await _handle(app, room, participant, message, send, msg.data)
             except ProtocolError as exc:
                 await send(error(exc.code, exc.message, ref=_ref(msg.data), **exc.extra))
                 if participant is None and exc.code in REFUSALS:
@@ -226,7 +229,7 @@ async def _resume(app: web.Application, room_name: str, grants, resume: str, sen
     return participant, room
 
 
-async def _handle(app, room, participant: Participant, message: dict, send) -> None:
+async def _handle(app, room, participant: Participant, message: dict, send, raw: str | bytes) -> None:
     kind = message["type"]
     if kind == "ping":
         await send({"type": "pong", "t": message.get("t")})
@@ -241,6 +244,9 @@ async def _handle(app, room, participant: Participant, message: dict, send) -> N
     elif kind == "resubscribe":
         await send({"type": "resubscribed"})  # offers before this one belong to the old connection
         await room.restart_subscriber(participant)
+        handler = app.get(DATA_HANDLER)
+        if handler is not None:
+            handler.on_subscriber(participant)
     elif kind == "restart_ice":
         if participant.subscriber is None:
             raise ProtocolError("invalid", "there is no subscriber connection to restart")
@@ -277,7 +283,9 @@ async def _handle(app, room, participant: Participant, message: dict, send) -> N
         handler = app.get(DATA_HANDLER)
         if handler is None:
             raise ProtocolError("unavailable", "classroom messages are not enabled on this server")
-        await handler.on_message(room, participant, message["payload"])
+        # The frame's size bounds the payload's: the classroom need not encode it again to measure it.
+        size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+        await handler.on_message(room, participant, message["payload"], size)
 
 
 def recording_state(app, room_name: str) -> dict | None:

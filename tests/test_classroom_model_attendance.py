@@ -11,6 +11,7 @@ import pytest
 
 from classroom.attendance import clip, compute, covered_seconds, merge_intervals
 from classroom.sessions import Actor, SessionService
+from tests.fixtures.clock import FakeClock
 
 pytestmark = pytest.mark.unit  # the fast lane: no server, no browser (README)
 
@@ -106,17 +107,9 @@ def test_exports():
     assert rows[1]["name"] == "Bob, Jr." and rows[1]["present"] == "no"
 
 
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
 async def test_reconnect_grace_end_to_end(store):
     """Drops shorter than the grace period cost nothing; longer ones are absent time."""
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     svc = SessionService(store, clock=clock, grace_s=30)
     teach = Actor("teach", instructor=True)
     rec = await svc.create(teach, {"title": "Grace"})

@@ -9,17 +9,7 @@ import pytest
 from classroom.errors import (Banned, BadPassword, Conflict, InvalidInput, InvalidTransition, NotFound,
                               PermissionDenied, SessionClosed, SessionFull)
 from classroom.sessions import Actor, SessionService, hash_password, verify_password
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.fixtures.clock import FakeClock
 
 
 TEACH = Actor("teach", instructor=True)
@@ -29,7 +19,7 @@ STUDENT = Actor("stu")
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return FakeClock(1_000_000.0)
 
 
 @pytest.fixture

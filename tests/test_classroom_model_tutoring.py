@@ -9,16 +9,9 @@ import pytest
 from classroom.errors import Conflict, InvalidInput, InvalidTransition, NotFound, PermissionDenied, SessionFull
 from classroom.sessions import Actor, SessionService
 from classroom.tutoring import TutoringService
+from tests.fixtures.clock import FakeClock
 
 T0 = 2_000_000.0
-
-
-class Clock:
-    def __init__(self, now=T0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 ANN = Actor("ann", name="Ann")
@@ -29,7 +22,7 @@ PROF2 = Actor("prof2", instructor=True)
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

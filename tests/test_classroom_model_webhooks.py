@@ -13,16 +13,10 @@ from classroom.errors import InvalidInput
 from classroom.sessions import Actor, SessionService
 from classroom.webhooks import WebhookDispatcher, sign, verify_signature
 from storage import open_store
+from tests.fixtures.clock import FakeClock
+from tests.serve import eventually
 
 SECRET = "whsec-0123456789abcdef"
-
-
-class Clock:
-    def __init__(self, now=3_000_000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 class Receiver:
@@ -81,7 +75,7 @@ async def test_add_webhook_validation(store):
 
 
 async def test_signed_delivery_and_retry_after_500(store, receiver):
-    clock = Clock()
+    clock = FakeClock(3_000_000.0)
     receiver.statuses = [500]
     d = WebhookDispatcher(store, clock=clock, base_delay=10, jitter=0)
     hook = await d.add_webhook(receiver.url, ["session.started", "session.ended"], secret=SECRET)
@@ -114,7 +108,7 @@ async def test_signed_delivery_and_retry_after_500(store, receiver):
 
 
 async def test_gives_up_after_max_attempts(store):
-    clock = Clock()
+    clock = FakeClock(3_000_000.0)
     d = WebhookDispatcher(store, clock=clock, base_delay=1, jitter=0, max_attempts=3, timeout=2)
     # Nothing listens on port 9 of loopback: connection refused.
     hook = await d.add_webhook("http://127.0.0.1:9/none", secret=SECRET)
@@ -150,6 +144,25 @@ async def test_queue_survives_restart(store_url, receiver):
     finally:
         await d2.stop()
         await second.close()
+
+
+async def test_the_background_loop_retries_on_its_clock(store, receiver):
+    """A failed delivery is retried when the dispatcher's clock says it is due, not after real seconds."""
+    clock = FakeClock(3_000_000.0)
+    receiver.statuses = [500]
+    d = WebhookDispatcher(store, clock=clock, base_delay=10, jitter=0)
+    await d.add_webhook(receiver.url, secret=SECRET)
+    d.start()
+    try:
+        await d.emit("session.started", {"session_id": "s1", "room": "r"})
+        await eventually(lambda: len(receiver.got) == 1, what="the first attempt")
+        await eventually(lambda: clock.sleepers, what="the loop waiting on its clock for the retry")
+        assert len(receiver.got) == 1
+        clock.advance(10)
+        await eventually(lambda: len(receiver.got) == 2, what="the retry, 10 s later by the clock")
+        assert receiver.got[1]["body"] == receiver.got[0]["body"]
+    finally:
+        await d.stop()
 
 
 async def test_background_loop_with_session_service(store, receiver):

@@ -14,6 +14,7 @@ from classroom.interactive.quiz import import_bank
 from storage import open_store
 from storage.interactive import InteractiveRepository
 from tests.fixtures.interactive import Client, FakeClock, request
+from tests.serve import eventually
 
 
 async def joined(room, *clients):
@@ -23,9 +24,11 @@ async def joined(room, *clients):
     return clients
 
 
-async def settle(room):
-    """Wait out the live poll results interval, then for delivery."""
-    await asyncio.sleep(room.options.poll_results_interval_s + 0.1)
+async def results_interval(room, clock, watcher):
+    """Move the room's clock past the live poll results interval: the coalesced poll.results goes out."""
+    seen = len(watcher.of_type("poll.results"))
+    clock.advance(room.options.poll_results_interval_s)
+    await eventually(lambda: len(watcher.of_type("poll.results")) > seen, what="the coalesced poll.results")
     await room.flush()
 
 
@@ -244,7 +247,8 @@ async def test_qa_votes_toggle_ordering_answer_dismiss_feature(make_room):
 
 # ---- polls -------------------------------------------------------------------------------------------------
 async def test_poll_with_30_members_gives_exact_counts(make_room):
-    room = make_room()
+    clock = FakeClock()
+    room = make_room(clock=clock)
     teacher = Client("teacher", "instructor")
     class_ = students(30)
     await joined(room, teacher, *class_)
@@ -257,9 +261,9 @@ async def test_poll_with_30_members_gives_exact_counts(make_room):
                            for i, s in enumerate(class_)))
     await room.flush()
     assert all(s.of_type("ack") for s in class_)
-    await settle(room)
-    # live results are coalesced: far fewer updates than votes, the last one exact
-    assert 1 <= len(teacher.of_type("poll.results")) < 10
+    assert not teacher.of_type("poll.results")  # live results are coalesced: none before the interval ends
+    await results_interval(room, clock, teacher)
+    assert len(teacher.of_type("poll.results")) == 1  # 30 votes in one interval: one update, exact
     expected = [8, 8, 7, 7]
     assert teacher.last("poll.results")["data"]["tally"]["counts"] == expected
     assert class_[0].last("poll.results")["data"]["tally"]["total_voters"] == 30
@@ -276,7 +280,8 @@ async def test_poll_with_30_members_gives_exact_counts(make_room):
 
 
 async def test_poll_multiple_choice_change_vote_and_hidden_results(make_room):
-    room = make_room()
+    clock = FakeClock()
+    room = make_room(clock=clock)
     teacher, a, b = await joined(room, Client("teacher", "instructor"), Client("a"), Client("b"))
     pid = ok(await request(room, teacher, "poll.create",
                            {"question": "Which?", "options": ["x", "y", "z"], "multiple": True,
@@ -284,7 +289,7 @@ async def test_poll_multiple_choice_change_vote_and_hidden_results(make_room):
     assert a.last("poll.opened")["data"]["tally"] is None
     ok(await request(room, a, "poll.vote", {"poll_id": pid, "choices": [0, 1]}))
     ok(await request(room, b, "poll.vote", {"poll_id": pid, "choices": [2]}))
-    await settle(room)
+    await results_interval(room, clock, teacher)
     assert a.of_type("poll.results") == []  # results only after close
     assert teacher.last("poll.results")["data"]["tally"]["counts"] == [1, 1, 1]
     assert "voters" not in teacher.last("poll.results")["data"]  # anonymous poll
@@ -320,15 +325,17 @@ async def test_poll_needs_2_to_10_options(make_room):
 
 
 async def test_poll_duration_closes_itself_and_close_cancels_timers(make_room):
-    room = make_room()
+    clock = FakeClock()
+    room = make_room(clock=clock)
     teacher, a = await joined(room, Client("teacher", "instructor"), Client("a"))
     pid = ok(await request(room, teacher, "poll.create",
                            {"question": "quick", "options": ["x", "y"], "duration_s": 1, "start": True}))["poll_id"]
     ok(await request(room, a, "poll.vote", {"poll_id": pid, "choices": [1]}))
-    for _ in range(100):
-        await asyncio.sleep(0.05)
-        if a.of_type("poll.closed"):
-            break
+    clock.advance(0.9)
+    await room.flush()
+    assert not a.of_type("poll.closed")
+    clock.advance(0.1)  # the poll's minute (here: second) is up on the room's clock
+    await eventually(lambda: a.of_type("poll.closed"), what="poll.closed")
     await room.flush()
     assert a.last("poll.closed")["data"]["tally"]["counts"] == [0, 1]
     stored = {p["id"]: p for p in await room.repo.list_polls(room.session_id)}[pid]
@@ -404,16 +411,15 @@ async def test_quiz_round_spreads_questions(make_room, interactive_store, bank_s
 async def test_quiz_timer_ends_round_and_late_answers_are_refused(make_room, interactive_store):
     store, _ = interactive_store
     name = await new_bank(store, 3)
-    room = make_room()
+    clock = FakeClock()
+    room = make_room(clock=clock)
     teacher, a = await joined(room, Client("teacher", "instructor"), Client("a"))
     refused(await request(room, a, "quiz.start", {"bank": name}), "forbidden")
     rid = ok(await request(room, teacher, "quiz.start", {"bank": name, "duration_s": 1}))["round_id"]
     refused(await request(room, teacher, "quiz.start", {"bank": name}), "conflict")
     assert (await room.state_for(a))["quiz"]["round_id"] == rid
-    for _ in range(100):
-        await asyncio.sleep(0.05)
-        if a.of_type("quiz.ended"):
-            break
+    clock.advance(1)
+    await eventually(lambda: a.of_type("quiz.ended"), what="quiz.ended")
     await room.flush()
     assert a.last("quiz.ended")["data"]["round_id"] == rid
     refused(await request(room, a, "quiz.answer", {"round_id": rid, "choice": 0}), "conflict")
@@ -437,17 +443,27 @@ async def test_quiz_round_without_duration_lasts_30_seconds(make_room, interacti
 
 async def test_quiz_with_empty_bank_or_no_students(make_room, interactive_store):
     store, _ = interactive_store
-    room = make_room()
-    teacher, viewer = await joined(room, Client("teacher", "instructor"), Client("watcher", "viewer"))
-    # A bank with no questions: refused, and nothing starts.
-    refused(await request(room, teacher, "quiz.start", {"bank": f"empty-{uuid.uuid4().hex}"}), "not_found")
-    # A bank with questions but no student to ask (a viewer is not one): refused, nothing stored or sent.
+    room = make_room()  # no quiz_bank option: the bank is every imported question, and there are none yet
+    teacher, viewer, student = await joined(room, Client("teacher", "instructor"), Client("watcher", "viewer"),
+                                            Client("s1"))
+
+    async def nothing_started() -> None:
+        assert (await room.state_for(teacher))["quiz"] is None
+        assert await room.repo.active_quiz_rounds(room.session_id) == []
+        for m in (teacher, viewer, student):
+            assert not m.of_type("quiz.question") and not m.of_type("quiz.progress")
+
+    # An empty bank, with a student there to ask: refused for the bank; nothing stored or sent.
+    for data in ({}, {"bank": f"empty-{uuid.uuid4().hex}"}):
+        assert "bank is empty" in refused(await request(room, teacher, "quiz.start", data), "not_found")
+    await nothing_started()
+    # A bank with questions but no student to ask (a viewer is not one): refused for the students.
     name = await new_bank(store, 2)
-    refused(await request(room, teacher, "quiz.start", {"bank": name}), "conflict")
-    assert (await room.state_for(teacher))["quiz"] is None
-    assert not viewer.of_type("quiz.question") and not teacher.of_type("quiz.progress")
-    # Once a student is here, the same bank starts a round.
-    (student,) = await joined(room, Client("s1"))
+    room.detach(student)
+    assert "no students" in refused(await request(room, teacher, "quiz.start", {"bank": name}), "conflict")
+    await nothing_started()
+    # Once a student is back, the same bank starts a round.
+    await joined(room, student)
     assert ok(await request(room, teacher, "quiz.start", {"bank": name}))["students"] == 1
     assert student.last("quiz.question")["data"]["question_id"]
 
@@ -602,11 +618,9 @@ async def test_a_failing_member_does_not_break_the_room(make_room):
     hanging = Hanging("hanging")
     room.attach(hanging)
     await room.handle(a, a.envelope("chat.send", {"text": "not blocked"}))
-    for _ in range(50):
-        if b.of_type("chat.message")[-1]["data"]["text"] == "not blocked":
-            break
-        await asyncio.sleep(0.01)
-    assert b.of_type("chat.message")[-1]["data"]["text"] == "not blocked"  # before the hanging send gave up
+    # before the hanging send gave up (10 s)
+    await eventually(lambda: b.of_type("chat.message")[-1]["data"]["text"] == "not blocked", timeout=5,
+                     interval=0.01, what="the fan-out past a hanging member")
     await room.flush()  # the hanging member's send times out and counts as a failure
     assert room.outbox_stats(hanging)["failures"] >= 1
     room.detach(hanging)
@@ -760,11 +774,13 @@ async def test_time_is_up_by_the_room_clock(make_room, interactive_store):
     rid = ok(await request(room, teacher, "quiz.start", {"bank": name, "duration_s": 30}))["round_id"]
     pid = ok(await request(room, teacher, "poll.create",
                            {"question": "q", "options": ["x", "y"], "duration_s": 30, "start": True}))["poll_id"]
-    clock.advance(31)  # the timers run on the event loop's clock; answers are judged by the room's
+    clock.now += 31  # time is up, but the timers have not run yet (a busy loop): answers go by the clock
     assert "time is up" in refused(await request(room, a, "quiz.answer", {"round_id": rid, "choice": 0}),
                                    "conflict")
     assert "run out of time" in refused(await request(room, a, "poll.vote", {"poll_id": pid, "choices": [0]}),
                                         "conflict")
+    clock.advance(0)  # now they run: the round and the poll end
+    await eventually(lambda: a.of_type("quiz.ended") and a.of_type("poll.closed"), what="the timers")
 
 
 async def test_poll_results_every_vote_when_not_coalesced(make_room):

@@ -12,7 +12,7 @@ import contextvars
 import logging
 from typing import Any
 
-from classroom.interactive.envelope import PROTOCOL_VERSION, encode, error_message
+from classroom.interactive.envelope import PROTOCOL_VERSION, Decoded, encode, error_message
 
 log = logging.getLogger("stoa.interactive")
 
@@ -32,23 +32,30 @@ class ChannelMember:
         self._reader: asyncio.Task | None = None
 
     async def send(self, message: dict) -> None:
+        """The writer task's path: the channel if it can take the message now, else `fallback`."""
         if not self.send_now(message):
-            state = getattr(self.channel, "readyState", "missing")
-            raise ConnectionError(f"channel to {self.identity} is {state}" if state != "open" else
-                                  f"channel to {self.identity} is {self.channel.bufferedAmount} bytes behind")
+            await self.fallback(message)
 
     def send_now(self, message: dict) -> bool:
-        """Send synchronously if the channel can take it now; False leaves the message to `send`."""
+        """Send synchronously if the channel can take it now; False leaves the message to `send`. The one
+        check of the channel's state: open, and not too far behind."""
         channel = self.channel
         if (channel is None or getattr(channel, "readyState", "open") != "open"
                 or getattr(channel, "bufferedAmount", 0) > MAX_BUFFERED_BYTES):
             return False
-        self.write(encode(message))
+        self.write(message)
         return True
 
-    def write(self, text: str) -> None:
-        """Put one message's text on the channel (a transport may substitute a faster writer)."""
-        self.channel.send(text)
+    async def fallback(self, message: dict) -> None:
+        """Deliver a message the channel cannot take. A member with no other transport fails the send
+        (the room counts it); the classroom bridge's members use the room WebSocket."""
+        state = getattr(self.channel, "readyState", "missing")
+        raise ConnectionError(f"channel to {self.identity} is {state}" if state != "open" else
+                              f"channel to {self.identity} is {self.channel.bufferedAmount} bytes behind")
+
+    def write(self, message: dict) -> None:
+        """Put one message on the open channel (a transport may substitute a faster writer)."""
+        self.channel.send(encode(message))
 
     async def start(self) -> dict:
         """Join the room (the state goes out first) and start reading the channel."""
@@ -63,7 +70,7 @@ class ChannelMember:
         self.channel = channel
         channel.on("message", self.feed)
 
-    def feed(self, raw: str | bytes) -> None:
+    def feed(self, raw: str | bytes | Decoded) -> None:
         try:
             self._inbound.put_nowait(raw)
         except asyncio.QueueFull:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import jsonschema
 
@@ -24,10 +24,11 @@ ERROR_CODES = ("bad_json", "unknown_type", "forbidden", "rate_limited", "too_lar
 
 
 class Outgoing(dict):
-    """A message rendered once and fanned out to many members: its JSON text is built once, on first use.
+    """A message rendered once and fanned out to many members: its wire forms (the JSON text, its UTF-8
+    bytes, a transport's framing of them) are built once, on first use, and shared by every recipient.
     Not to be mutated after delivery starts."""
 
-    __slots__ = ("_text",)
+    __slots__ = ("_text", "_utf8", "_frame", "_framed")
 
     def json(self) -> str:
         try:
@@ -36,12 +37,47 @@ class Outgoing(dict):
             self._text = text = json.dumps(self, ensure_ascii=False, separators=(",", ":"))
             return text
 
+    def utf8(self) -> bytes:
+        try:
+            return self._utf8
+        except AttributeError:
+            self._utf8 = data = self.json().encode("utf-8")
+            return data
+
+    def framed(self, frame: Callable[[bytes], bytes]) -> bytes:
+        """`frame(self.utf8())`, built once for the framing the transport names (one framing is cached)."""
+        try:
+            if self._frame is frame:
+                return self._framed
+        except AttributeError:
+            pass
+        data = frame(self.utf8())
+        self._frame, self._framed = frame, data
+        return data
+
 
 def encode(message: dict) -> str:
     """A message's wire text (compact JSON, UTF-8 kept as is)."""
     if type(message) is Outgoing:
         return message.json()
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_utf8(message: dict) -> bytes:
+    """`encode(message)` as UTF-8 bytes (built once for an Outgoing)."""
+    if type(message) is Outgoing:
+        return message.utf8()
+    return encode(message).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """An inbound message a transport has already decoded from JSON text of at most `size` UTF-8 bytes
+    (e.g. the payload of a room WebSocket frame of that size): validated like any input, not re-encoded
+    to measure it. NaN and Infinity must have been refused by the transport's decoder."""
+
+    obj: Any
+    size: int
 
 
 class ProtocolError(Exception):
@@ -94,14 +130,25 @@ def _recover_id(obj: Any) -> str | None:
     return None
 
 
-def parse_message(raw: str | bytes | bytearray | memoryview | dict) -> Envelope:
+def _encoded_size(obj: Any) -> int:
+    try:
+        return len(json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError("invalid", f"message is not JSON-serializable: {exc}", _recover_id(obj)) from None
+
+
+def parse_message(raw: str | bytes | bytearray | memoryview | dict | Decoded) -> Envelope:
     """Decode and validate one inbound message. Raises ProtocolError naming the problem."""
-    if isinstance(raw, dict):
-        obj: Any = raw
-        try:
-            size = len(json.dumps(raw, ensure_ascii=False, allow_nan=False).encode("utf-8"))
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError("invalid", f"message is not JSON-serializable: {exc}", _recover_id(raw)) from None
+    if isinstance(raw, Decoded):
+        obj: Any = raw.obj
+        # The transport's frame bounds the size; only a frame near the limit is measured exactly.
+        size = raw.size if raw.size <= MAX_ENVELOPE_BYTES else _encoded_size(obj)
+        if size > MAX_ENVELOPE_BYTES:
+            raise ProtocolError("too_large", f"message is {size} bytes; the limit is {MAX_ENVELOPE_BYTES}",
+                                _recover_id(obj))
+    elif isinstance(raw, dict):
+        obj = raw
+        size = _encoded_size(raw)
         if size > MAX_ENVELOPE_BYTES:
             raise ProtocolError("too_large", f"message is {size} bytes; the limit is {MAX_ENVELOPE_BYTES}",
                                 _recover_id(raw))

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any, Callable
+from typing import Any
 
 from classroom.interactive.room import InteractiveRoom, RoomOptions
+from shared.clock import SYSTEM_CLOCK, Clock
 
 
 class RoomRegistry:
-    def __init__(self, store: Any, *, clock: Callable[[], float] = time.time, options: RoomOptions | None = None):
+    def __init__(self, store: Any, *, clock: Clock = SYSTEM_CLOCK, options: RoomOptions | None = None):
         self.store = store
         self.clock = clock
         self.options = options

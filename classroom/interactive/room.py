@@ -12,7 +12,6 @@ import asyncio
 import contextvars
 import logging
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -20,6 +19,7 @@ from classroom.interactive.base import Context, Feature, Spec, is_moderator, may
 from classroom.interactive.envelope import (PROTOCOL_VERSION, Envelope, Outgoing, ProtocolError, error_message,
                                            parse_message)
 from classroom.interactive.limits import DEFAULT_RATES, Rate, RateLimiter
+from shared.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger("stoa.interactive")
 
@@ -58,7 +58,7 @@ def as_repository(store: Any) -> Any:
 
 class InteractiveRoom:
     def __init__(self, store: Any, session_id: Any, room_name: str, features: dict | None = None,
-                 clock: Callable[[], float] = time.time, *, options: RoomOptions | None = None,
+                 clock: Clock = SYSTEM_CLOCK, *, options: RoomOptions | None = None,
                  rng: random.Random | None = None):
         self.repo = as_repository(store)
         self.session_id = session_id
@@ -309,11 +309,12 @@ class InteractiveRoom:
             return result
 
     def schedule(self, key: Any, delay: float, action: Callable[[Context], Awaitable[Any]]) -> None:
-        """Run `action` under the lock after `delay` seconds (replacing a timer with the same key)."""
+        """Run `action` under the lock after `delay` seconds of the room's clock (replacing a timer with the
+        same key): the clock the rules read is the one the timer sleeps on."""
         self.cancel_timer(key)
 
         async def fire() -> None:
-            await asyncio.sleep(max(0.0, delay))
+            await self.clock.sleep(max(0.0, delay))
             self._timers.pop(key, None)
             try:
                 await self.run_server_action(action)

@@ -84,7 +84,7 @@ async def services_ctx(app: web.Application):
 
 async def _expire_loop(tutoring, interval: float) -> None:
     while True:
-        await asyncio.sleep(interval)
+        await tutoring.clock.sleep(interval)  # on the service's clock, the one its TTLs are measured on
         try:
             await tutoring.expire_due()
         except Exception:
