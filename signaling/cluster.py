@@ -221,6 +221,14 @@ class Cluster:
         logger.warning("cluster: Redis answers again after %.1f s; node %s is registered again",
                        outage, self.node_id)
 
+    async def mark_draining(self) -> None:
+        """Placement skips this node from now on, and its rooms lose it as their home."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self.refresh(), ROUTE_TIMEOUT_S)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            logger.warning("cluster: could not mark node %s draining in Redis (%r)", self.node_id, exc)
+
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"node": self.node_id, "redis": "ok" if self.healthy else "down",
                                "draining": self.draining}
@@ -305,34 +313,3 @@ async def cluster_ctx(app):
         yield
     finally:
         await cluster.close()
-
-
-async def drain(app) -> None:
-    """on_shutdown (SIGTERM), before everyone is disconnected: take no new rooms, give each room this node
-    hosts a new home, and send its room-protocol participants there (`redirect`, close 4307). WHEP and WHIP
-    sessions end with the shutdown; their clients POST again and are placed on the other nodes."""
-    from signaling.routing import CLOSE_REDIRECT, Redirected
-    from signaling.room import ROOMS
-    from signaling.routing import CLUSTER
-
-    cluster = app.get(CLUSTER)
-    if cluster is None or not cluster.healthy:
-        return
-    cluster.draining = True
-    moved = 0
-    try:
-        await asyncio.wait_for(cluster.refresh(), ROUTE_TIMEOUT_S)
-        for name, room in list(app[ROOMS].rooms.items()):
-            if cluster.is_edge(name) or not room.participants:
-                continue
-            home = await cluster.home(name)
-            if home is None:
-                continue  # no other node takes rooms: they end here
-            for participant in list(room.participants.values()):
-                if participant.transport == "ws":
-                    await participant.send(Redirected(home, name).message())
-                    await participant.disconnect(f"moved to node {home.id}", code=CLOSE_REDIRECT)
-                    moved += 1
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
-        logger.warning("cluster: draining node %s without Redis (%r): its rooms end here", cluster.node_id, exc)
-    logger.info("cluster: node %s drained: %d participant(s) sent to other nodes", cluster.node_id, moved)

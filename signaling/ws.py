@@ -16,6 +16,7 @@ from shared.auth import TokenError, verify_token
 from shared.ratelimit import TokenBucket
 from signaling.api import roomhooks
 from signaling.classroom_bridge import DATA_HANDLER
+from signaling.drain import draining
 from signaling.room import ROOMS, Participant, RoomFull
 from signaling.routing import CLOSE_REDIRECT, Redirected, remote_home
 from signaling.schemas import MAX_FRAME_BYTES, ProtocolError, parse_client_message
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 10.0
 # A join refused with one of these closes the socket (bad_password keeps it: the page asks and sends again).
-REFUSALS = ("unauthorized", "room_full", "session_full", "banned", "session_not_live", "forbidden")
+REFUSALS = ("unauthorized", "room_full", "session_full", "banned", "session_not_live", "forbidden", "draining")
 # How long a resumable participant whose socket dropped keeps its place, tracks and classroom state.
 RESUME_GRACE = 20.0
 
@@ -169,6 +170,8 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
         if resumed is not None:
             return resumed
         # Not there any more (grace over, server restarted): an ordinary join follows.
+    if draining(app):
+        raise ProtocolError("draining", "this node is draining and takes no new joins; try again in a moment")
     # A session's room: status, bans, password and capacity are checked before anything joins.
     admission = await roomhooks.admit(app, room_name, grants, password)
     session = admission.session if admission is not None else None
