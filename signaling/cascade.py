@@ -133,7 +133,7 @@ class Cascade:
     def is_edge(self, room: str) -> bool:
         return room in self.edges
 
-    def parent_for(self, room: str, node: str):
+    async def parent_for(self, room: str, node: str):
         """On a room's home: None to relay it to `node` from here, or the edge node (a cluster Node) `node`
         gets it from instead, once `relay_fanout` edge nodes take it from here (a tree, one copy per hop).
         The children are taken in turn, so each level fills evenly."""
@@ -142,6 +142,8 @@ class Cascade:
         if not fanout or node in links or len(links) < fanout:
             return None
         cluster = self.app[CLUSTER]
+        if any(n not in cluster.peers for n in links):
+            await cluster.others()  # an edge that registered since the last refresh
         children = [cluster.peers[n] for n in sorted(links) if n in cluster.peers]
         if not children:
             return None
@@ -296,11 +298,12 @@ async def relay_socket(request: web.Request) -> web.StreamResponse:
     home = await remote_home(app, room_name)
     sub = None
     if home is None:  # the room's home: relay it, or send the edge one level down the tree
-        parent = cascade.parent_for(room_name, node)
+        parent = await cascade.parent_for(room_name, node)
         if parent is not None:
             logger.info("relay: room %s has %d edge nodes here; node %s gets it from node %s", room_name,
                         len(cascade.home_links.get(room_name, {})), node, parent.id)
-            raise web.HTTPTemporaryRedirect(f"{ws_base(parent.address)}/cluster/relay/"
+            # An http(s) URL: aiohttp follows a redirect of a WebSocket handshake only to one (the GET repeated).
+            raise web.HTTPTemporaryRedirect(f"{parent.address}/cluster/relay/"
                                             f"{quote(room_name, safe='')}?{request.query_string}")
     else:  # an edge asked to relay onward (a tree): its own relay of the room is the source
         try:

@@ -456,7 +456,6 @@ async def test_a_relay_tree_home_to_edge_to_edge_is_decoded_on_the_third_node(
             assert await metric(http, c, "stoa_relay_edge_rooms") == 1
             assert await metric(http, c, "stoa_relay_rejected_datagrams_total") == 0
             assert await metric(http, b, "stoa_relay_node_repairs_total") > 0, "c's NACK misses were resent by b"
-            assert "gets it from node b" in a.log.read_text()
     finally:
         for pc in peers:
             await pc.close()

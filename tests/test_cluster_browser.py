@@ -22,6 +22,15 @@ JOINED = "window.stoa && window.stoa.state.participants.size > 0"  # the page go
 CHAT_SHOWS = "[...document.querySelectorAll('#chat-list .msg')].some(m => m.textContent.includes('%s'))"
 
 
+async def teacher_on_a(http, a, b, room: str, redis_client, redis_prefix: str) -> WhipPublisher:  # noqa: F811
+    """Both nodes up, a WHIP teacher publishing on a, which is the room's home."""
+    await asyncio.gather(a.wait_up(http), b.wait_up(http))
+    teacher = await WhipPublisher(http, a.base, room, a.token(room, "teacher", "instructor")).publish(
+        CounterVideoTrack(), ToneAudioTrack())
+    assert await redis_client.hget(redis_prefix + "room_node_map", room) == "a"
+    return teacher
+
+
 async def test_the_page_goes_to_the_rooms_home_and_moves_when_it_drains(
         tmp_path, redis_url, redis_prefix, redis_client, chromium, artifacts_dir):  # noqa: F811
     room = "geology"
@@ -29,10 +38,7 @@ async def test_the_page_goes_to_the_rooms_home_and_moves_when_it_drains(
     teacher = None
     try:
         async with aiohttp.ClientSession() as http:
-            await asyncio.gather(a.wait_up(http), b.wait_up(http))
-            teacher = await WhipPublisher(http, a.base, room, a.token(room, "teacher", "instructor")).publish(
-                CounterVideoTrack(), ToneAudioTrack())
-            assert await redis_client.hget(redis_prefix + "room_node_map", room) == "a"
+            teacher = await teacher_on_a(http, a, b, room, redis_client, redis_prefix)
 
             page = await chromium.page(f"{b.base}/rooms/{room}?token={b.token(room, 'ada', 'student')}")
             await wait_js(page, JOINED, timeout=15)
@@ -76,10 +82,7 @@ async def test_a_dead_homes_room_is_placed_again_and_the_page_follows_with_its_c
     teacher = None
     try:
         async with aiohttp.ClientSession() as http:
-            await asyncio.gather(a.wait_up(http), b.wait_up(http))
-            teacher = await WhipPublisher(http, a.base, room, a.token(room, "teacher", "instructor")).publish(
-                CounterVideoTrack(), ToneAudioTrack())
-            assert await redis_client.hget(redis_prefix + "room_node_map", room) == "a"
+            teacher = await teacher_on_a(http, a, b, room, redis_client, redis_prefix)
             page = await chromium.page(f"{a.base}/rooms/{room}?token={a.token(room, 'ada', 'student')}")
             await wait_js(page, JOINED, timeout=15)
             assert await page.evaluate("window.stoa.state.cluster") == {"node": "a", "nodes": [b.base]}
