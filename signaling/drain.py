@@ -29,7 +29,8 @@ MAX_DEADLINE_S = 86400.0
 
 
 class NodeDrain:
-    """app[DRAIN] (shared.appkeys.NodeState): whether this node drains, since when, until when, and what is left on it."""
+    """app[DRAIN] (shared.appkeys.NodeState): whether this node drains, since when, until when, and what is
+    left on it."""
 
     def __init__(self, app: web.Application):
         self.app = app
@@ -65,9 +66,11 @@ class NodeDrain:
     async def move_everyone(self) -> int:
         """Send every participant of a room another node takes to that node; returns how many moved."""
         cluster = self.app.get(CLUSTER)
-        if cluster is None or not cluster.healthy:
-            return 0  # one node, or no Redis to place the rooms with: they go on here
+        if cluster is None:
+            return 0  # one node: its rooms go on here
         await cluster.mark_draining()  # placement skips this node from now on
+        if not cluster.healthy:
+            return 0  # no Redis to place the rooms with: they go on here
         cascade = self.app.get(CASCADE)
         from signaling import whip  # whip imports this module to refuse joins while draining
 

@@ -139,7 +139,8 @@ Examples:
 def _drain_parser(sub) -> None:
     dr = sub.add_parser("drain", help="drain a running node: no new joins, participants moved, exit when empty",
                         description="Drain a running node through its admin API (POST /api/node/drain with an "
-                                    "API key), then follow it until it exits.", epilog=DRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                    "API key), then follow it until it exits.",
+                        epilog=DRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(dr)
     dr.add_argument("--url", help="the node's base URL (default: http://host:port from the settings)")
     dr.add_argument("--deadline", type=float, default=60.0, metavar="S",

@@ -5,7 +5,6 @@ joins, keeps its room until the deadline, then exits."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,8 @@ async def test_stoa_drain_sends_a_nodes_participants_to_another_node_and_it_exit
         tmp_path, redis_url, redis_prefix, redis_client):  # noqa: F811
     async with two_nodes(tmp_path, redis_url, redis_prefix) as (a, b, http, clients):
         for identity, role in (("t", "instructor"), ("s", "student")):
-            client = await RoomClient(a.base.replace("http", "ws"), "drained", a.token("drained", identity, role)).connect()
+            client = await RoomClient(a.base.replace("http", "ws"), "drained",
+                                      a.token("drained", identity, role)).connect()
             clients.append(client)
             assert client.joined["type"] == "joined"
         drain = await stoa_drain(a, "--deadline", "30")
@@ -59,7 +59,8 @@ async def test_stoa_drain_sends_a_nodes_participants_to_another_node_and_it_exit
         assert a.proc.wait(15) == 0
         assert "drain: node a is empty" in a.log.read_text()
         assert await redis_client.hget(redis_prefix + "room_node_map", "drained") == "b"
-        again = await RoomClient(b.base.replace("http", "ws"), "drained", b.token("drained", "t", "instructor")).connect()
+        again = await RoomClient(b.base.replace("http", "ws"), "drained",
+                                 b.token("drained", "t", "instructor")).connect()
         clients.append(again)
         assert again.joined["type"] == "joined"
 
