@@ -56,6 +56,25 @@ async def two_nodes(tmp_path, redis_url: str, prefix: str):
         b.stop()
 
 
+async def teacher_and_student_on(server, room: str, clients: list) -> None:
+    """A teacher and a student joined on `server` over the room protocol (closed by two_nodes)."""
+    from tests.client import RoomClient
+
+    for identity, role in (("t", "instructor"), ("s", "student")):
+        client = await RoomClient(server.base.replace("http", "ws"), room, server.token(room, identity, role)).connect()
+        clients.append(client)
+        assert client.joined["type"] == "joined"
+
+
+async def moved_to(clients: list, node_id: str, server, room: str) -> None:
+    """Each client got `redirect` to `room` on `server`, then its socket closed with 4307."""
+    for client in clients:
+        moved = await client.expect("redirect", timeout=15)
+        assert moved["node"] == node_id and moved["page"] == f"{server.base}/rooms/{room}"
+        await eventually(lambda c=client: c.ws.closed, 5, "the moved socket to close")
+        assert client.ws.close_code == 4307
+
+
 async def records(client, prefix: str) -> dict[str, Node]:
     return {k: Node.from_json(v) for k, v in (await client.hgetall(prefix + "nodes")).items()}
 
@@ -299,17 +318,9 @@ async def test_sigterm_sends_a_nodes_room_participants_to_another_node(tmp_path,
     from tests.client import RoomClient
 
     async with two_nodes(tmp_path, redis_url, redis_prefix) as (a, b, http, clients):
-        for identity, role in (("t", "instructor"), ("s", "student")):
-            client = await RoomClient(a.base.replace("http", "ws"), "history",
-                                      a.token("history", identity, role)).connect()
-            clients.append(client)
-            assert client.joined["type"] == "joined"
+        await teacher_and_student_on(a, "history", clients)
         a.proc.send_signal(signal.SIGTERM)
-        for client in clients:
-            moved = await client.expect("redirect", timeout=10)
-            assert moved["node"] == "b" and moved["page"] == f"{b.base}/rooms/history"
-            await eventually(lambda c=client: c.ws.closed, 5, "the drained socket to close")
-            assert client.ws.close_code == 4307
+        await moved_to(clients, "b", b, "history")
         assert await redis_client.hget(redis_prefix + "room_node_map", "history") == "b"
         assert a.proc.wait(15) == 0
         again = await RoomClient(b.base.replace("http", "ws"), "history",

@@ -14,7 +14,7 @@ import pytest
 
 from tests.client import RoomClient
 from tests.serve import ServeProcess, eventually
-from tests.test_cluster import readiness, redis_client, two_nodes  # noqa: F401 (fixture)
+from tests.test_cluster import moved_to, readiness, redis_client, teacher_and_student_on, two_nodes  # noqa: F401
 
 pytestmark = pytest.mark.slow
 STOA = str(Path(sys.executable).parent / "stoa")
@@ -41,17 +41,9 @@ def test_stoa_drain_help_says_what_it_does():
 async def test_stoa_drain_sends_a_nodes_participants_to_another_node_and_it_exits(
         tmp_path, redis_url, redis_prefix, redis_client):  # noqa: F811
     async with two_nodes(tmp_path, redis_url, redis_prefix) as (a, b, http, clients):
-        for identity, role in (("t", "instructor"), ("s", "student")):
-            client = await RoomClient(a.base.replace("http", "ws"), "drained",
-                                      a.token("drained", identity, role)).connect()
-            clients.append(client)
-            assert client.joined["type"] == "joined"
+        await teacher_and_student_on(a, "drained", clients)
         drain = await stoa_drain(a, "--deadline", "30")
-        for client in clients:
-            moved = await client.expect("redirect", timeout=15)
-            assert moved["node"] == "b" and moved["page"] == f"{b.base}/rooms/drained"
-            await eventually(lambda c=client: c.ws.closed, 5, "the drained socket to close")
-            assert client.ws.close_code == 4307
+        await moved_to(clients, "b", b, "drained")
         out = await output(drain)
         assert drain.returncode == 0, out
         assert out.startswith(f"draining node a at {a.base}\n"), out
