@@ -1,17 +1,18 @@
-"""The relay between nodes, one hop (sfu/noderelay.py): CPU per packet on the home and on the edge, and the
-latency the hop adds, in one process over loopback UDP (no Redis, no server, no WebSocket: the control
-messages are handed over directly, as they would arrive before the media).
+"""The relay between nodes (sfu/noderelay.py): CPU per packet on the home, on an edge, and on an edge that relays
+onward (a tree), and the latency one hop and two hops add, in one process over loopback UDP (no Redis, no
+server, no WebSocket: the control messages are handed over directly, as they would arrive before the media).
 
     .venv/bin/python bench/cascade.py [--packets 100000] [--seconds 10]
 
 - CPU: synthetic VP8-shaped packets (1200-byte payloads, 4 per frame) fed to an UpTrack as fast as the loop
   takes them. `base` is UpTrack.on_rtp alone (what the home pays anyway); `home` adds the relay stream
   (encode once, batch, seal with BLAKE2s, sendto) to a UDP socket nobody reads; `hop` adds the edge's
-  receive (recv, tag check, replay window, decode, MirrorTrack cache) in the same process. Per hop:
-  home = home - base, edge = hop - home.
+  receive (recv, tag check, replay window, decode, MirrorTrack cache) in the same process; `tree` adds a
+  second edge fed by the first (home -> edge -> edge). Per hop: home = home - base, edge = hop - home,
+  onward (what the middle edge pays per next edge) = tree - hop - edge.
 - Latency: packets paced as a 30 fps stream of 4-packet frames for --seconds; each packet's time from
-  UpTrack.on_rtp on the home to MirrorTrack.on_relayed on the edge (batching at the end of the loop turn
-  and loopback UDP included; a network's own delay adds to it).
+  UpTrack.on_rtp on the home to MirrorTrack.on_relayed on the edge, and on the second edge of a tree
+  (batching at the end of the loop turn and loopback UDP included; a network's own delay adds to it).
 
 Not part of the test suite; the figures are in docs/benchmarks.md.
 """
@@ -54,7 +55,8 @@ def uptrack() -> UpTrack:
 
 
 async def setup(target: str):
-    """An UpTrack relayed to `target`: "none" (no relay), "sink" (a socket nobody reads) or "edge"."""
+    """An UpTrack relayed to `target`: "none" (no relay), "sink" (a socket nobody reads), "edge", or "tree"
+    (an edge relaying onward to a second edge, which is returned)."""
     track = uptrack()
     if target == "none":
         return track, None, []
@@ -73,6 +75,14 @@ async def setup(target: str):
     link = HomeLink(home, SECRET, ("127.0.0.1", edge_ep.port), edge.on_control)
     edge.on_control(link.hello)
     link.bind({"video": track})
+    if target == "tree":
+        last_ep = await open_endpoint("127.0.0.1")
+        closers.append(last_ep.close)
+        last = EdgeRelay(last_ep, SECRET, lambda m: None, lambda tracks: None)
+        onward = HomeLink(edge_ep, SECRET, ("127.0.0.1", last_ep.port), last.on_control)
+        last.on_control(onward.hello)
+        onward.bind(edge.broadcast_tracks())
+        return track, last, closers
     return track, edge, closers
 
 
@@ -95,8 +105,8 @@ async def cpu(target: str, count: int) -> float:
     return spent / count * 1e6
 
 
-async def latency(seconds: float) -> list[float]:
-    track, edge, closers = await setup("edge")
+async def latency(seconds: float, target: str = "edge") -> list[float]:
+    track, edge, closers = await setup(target)
     sent: dict[int, float] = {}
     delays: list[float] = []
     mirror = edge.tracks[next(iter(edge.tracks))]
@@ -128,19 +138,21 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    runs = {t: [] for t in ("none", "sink", "edge")}
+    runs = {t: [] for t in ("none", "sink", "edge", "tree")}
     for _ in range(args.repeats):
         for target in runs:
             runs[target].append(await cpu(target, args.packets))
-    base, home, hop = (statistics.median(runs[t]) for t in ("none", "sink", "edge"))
+    base, home, hop, tree = (statistics.median(runs[t]) for t in ("none", "sink", "edge", "tree"))
     print(f"cascade cpu: {args.packets} packets x {args.repeats} runs (median): UpTrack alone {base:.2f} µs, "
-          f"+relay out {home:.2f} µs, +edge in {hop:.2f} µs per packet")
+          f"+relay out {home:.2f} µs, +edge in {hop:.2f} µs, +second edge {tree:.2f} µs per packet")
+    edge = hop - home
     print(f"cascade cpu per hop: home {home - base:.2f} µs/packet (once per edge node), "
-          f"edge {hop - home:.2f} µs/packet")
-    delays = sorted(await latency(args.seconds))
-    q = statistics.quantiles(delays, n=100)
-    print(f"cascade latency: {len(delays)} packets at 30 fps x {PER_FRAME}: p50 {q[49]:.3f} ms, "
-          f"p95 {q[94]:.3f} ms, p99 {q[98]:.3f} ms, max {delays[-1]:.3f} ms")
+          f"edge {edge:.2f} µs/packet, onward {tree - hop - edge:.2f} µs/packet (once per next edge)")
+    for target, name in (("edge", "one hop"), ("tree", "two hops")):
+        delays = sorted(await latency(args.seconds, target))
+        q = statistics.quantiles(delays, n=100)
+        print(f"cascade latency, {name}: {len(delays)} packets at 30 fps x {PER_FRAME}: p50 {q[49]:.3f} ms, "
+              f"p95 {q[94]:.3f} ms, p99 {q[98]:.3f} ms, max {delays[-1]:.3f} ms")
 
 
 if __name__ == "__main__":

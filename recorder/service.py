@@ -140,13 +140,19 @@ class RecordingManager:
     # -- start-up / shutdown ----------------------------------------------------------------
 
     async def recover(self) -> list[RecordingRow]:
-        """Finalize files a crash left unfinished, then settle rows stuck in recording/processing."""
+        """Finalize files a crash left unfinished, then settle rows stuck in recording/processing.
+
+        Only this server's own recordings (their directory under its recordings root): with several nodes on
+        one database, a row of another node's directory is that node's, recording right now or waiting for
+        that node's next start, the only one that has its files (docs/scaling.md)."""
         os.makedirs(self.root, exist_ok=True)
         results = await asyncio.to_thread(finalize_unfinished, self.root)
         for r in results:
             log.info("recovery: %s %s %s", r["path"], r["status"], r.get("error") or "")
         settled = []
         for row in await self.repo.list(status=("recording", "processing"), limit=100000):
+            if row.directory and os.path.dirname(os.path.abspath(row.directory)) != self.root:
+                continue
             settled.append(await self._settle(row, crashed=True))
         return settled
 

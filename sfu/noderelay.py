@@ -34,7 +34,7 @@ from typing import Callable
 from jsonschema import Draft202012Validator
 
 from sfu.pool import RelayStream, WorkerLink
-from sfu.relay import CONTROL_MESSAGES, Batcher, RelayError, check_control, decode_datagram
+from sfu.relay import CONTROL_MESSAGES, Batcher, RelayError, check_control, decode_datagram, encode_entry
 from sfu.uptrack import UpTrack
 from sfu.worker import MirrorTrack
 
@@ -294,6 +294,28 @@ class HomeLink:
                 "datagrams_sent": self.datagrams_sent, "repairs": sum(s.repairs for s in self.streams.values())}
 
 
+class OnwardTrack(MirrorTrack):
+    """An edge's copy of a relayed track. In a tree (docs/scaling.md, "Relay trees") the edge also relays it
+    onward: each next edge's HomeLink adds a RelayStream to `sinks`, and every packet, repairs included, is
+    encoded once per next edge. Their keyframe requests reach this track's request_keyframe (sent up as
+    `pli`), and their NACKs its cache, whose misses go up as `nack`: both flow back to the home hop by hop."""
+
+    def on_relayed(self, packet, arrival: float) -> None:
+        super().on_relayed(packet, arrival)
+        if not self.sinks or self.closed:
+            return
+        for stream in self.sinks:
+            entry = encode_entry(stream.index, packet.seq, packet.timestamp, packet.marker, packet.payload_type,
+                                 packet.ssrc, packet.payload, packet.audio_level, repair=packet.repair)
+            for link in stream.links:
+                link.push(entry)
+
+    def set_sender_clock(self, local_time: float, rtp_timestamp: int) -> None:
+        super().set_sender_clock(local_time, rtp_timestamp)
+        for stream in self.sinks:
+            stream.sender_report(local_time, rtp_timestamp)
+
+
 class EdgeRelay:
     """On an edge node: a room's broadcast relayed from its home, as MirrorTracks its viewers bind to."""
 
@@ -320,7 +342,7 @@ class EdgeRelay:
             old = self.tracks.pop(message["stream"], None)
             if old is not None:
                 old.close()
-            self.tracks[message["stream"]] = MirrorTrack(message["stream"], message, self.send_control)
+            self.tracks[message["stream"]] = OnwardTrack(message["stream"], message, self.send_control)
         elif kind == "untrack":
             track = self.tracks.pop(message["stream"], None)
             if track is not None:

@@ -36,9 +36,20 @@ class Placement(Protocol):
         """The URL of `path` on the room's home node when that is another node, else None (serve here)."""
 
 
+class NodeState(Protocol):
+    """Whether this node drains (signaling.drain.NodeDrain, always present in an app from stoa.app): web/
+    pages read it to answer /readyz."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    def status(self) -> dict: ...
+
+
 SETTINGS = web.AppKey("settings", Settings)
 KEYRING = web.AppKey("keyring", KeySource)
 PLACEMENT = web.AppKey("placement", Placement)
+DRAIN = web.AppKey("drain", NodeState)
 
 
 async def active_api_keys(app: web.Application) -> dict[str, str]:

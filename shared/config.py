@@ -54,6 +54,9 @@ class Settings:
     # derived from api_secret, which the nodes share anyway).
     relay_port: int = 0
     cluster_secret: str = ""
+    # A room's home relays it to at most this many edge nodes; further ones get it from those (a tree,
+    # docs/scaling.md "Relay trees"). 0: every edge node from the home.
+    relay_fanout: int = 0
     max_participants: int = 500
     # Media worker processes for viewers (docs/scaling.md). 0 or 1: everything in this process. None (unset):
     # `stoa serve` starts one per core; an app built by hand (tests) stays in-process.
@@ -128,6 +131,8 @@ class Settings:
             raise ConfigError(f"public_address must be an http:// or https:// base URL, got {self.public_address!r}")
         if not 0 <= self.relay_port < 65536:
             raise ConfigError(f"relay_port {self.relay_port} is out of range 0-65535")
+        if self.relay_fanout < 0:
+            raise ConfigError("relay_fanout must be 0 (every edge node from the home) or a positive number")
         if self.node_capacity < 0:
             raise ConfigError("node_capacity must be 0 (compare participant counts) or a positive number")
         if not self.node_id:

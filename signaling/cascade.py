@@ -27,7 +27,7 @@ from sfu.relay import RelayError
 from signaling.metrics import collecting
 from shared.appkeys import SETTINGS
 from signaling.room import ROOMS
-from signaling.routing import CASCADE
+from signaling.routing import CASCADE, CLUSTER, remote_home
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ def cluster_secret(settings) -> bytes:
     if settings.cluster_secret:
         return settings.cluster_secret.encode()
     return hashlib.sha256(b"stoa cluster secret|" + settings.api_secret.encode()).digest()
+
+
+def ws_base(address: str) -> str:
+    return "ws" + address[4:]  # http -> ws, https -> wss
 
 
 def sign(secret: bytes, room: str, node: str, udp: str, ts: str) -> str:
@@ -109,6 +113,7 @@ class Cascade:
         self.edges: dict[str, "EdgeSubscription"] = {}       # room -> its relay from the home
         self.http = aiohttp.ClientSession()
         self.loss = 0.0  # debug hook: share of relay datagrams dropped on purpose
+        self._turns: dict[str, int] = {}  # room -> how many edges were sent down its tree
         self._janitor = asyncio.ensure_future(self._sweep())
 
     async def close(self) -> None:
@@ -127,6 +132,23 @@ class Cascade:
 
     def is_edge(self, room: str) -> bool:
         return room in self.edges
+
+    async def parent_for(self, room: str, node: str):
+        """On a room's home: None to relay it to `node` from here, or the edge node (a cluster Node) `node`
+        gets it from instead, once `relay_fanout` edge nodes take it from here (a tree, one copy per hop).
+        The children are taken in turn, so each level fills evenly."""
+        fanout = self.app[SETTINGS].relay_fanout
+        links = self.home_links.get(room, {})
+        if not fanout or node in links or len(links) < fanout:
+            return None
+        cluster = self.app[CLUSTER]
+        if any(n not in cluster.peers for n in links):
+            await cluster.others()  # an edge that registered since the last refresh
+        children = [cluster.peers[n] for n in sorted(links) if n in cluster.peers]
+        if not children:
+            return None
+        turn = self._turns[room] = self._turns.get(room, -1) + 1
+        return children[turn % len(children)]
 
     async def edge_for(self, room: str, home) -> EdgeRelay:
         """The relay of `room`'s broadcast from `home` to this node: opened by the first viewer here."""
@@ -150,7 +172,8 @@ class Cascade:
             now = time.monotonic()
             for room, sub in list(self.edges.items()):
                 local = self.app[ROOMS].rooms.get(room)
-                if local is not None and any(p.transport == "whep" for p in local.participants.values()):
+                if sub.onward or (local is not None and any(p.transport == "whep"
+                                                            for p in local.participants.values())):
                     sub.last_used = now
                 elif now - sub.last_used > IDLE_CLOSE_S:
                     await sub.close(end_sessions=False)
@@ -172,6 +195,7 @@ class EdgeSubscription:
         self.ws = None
         self.sender: Sender | None = None
         self.relay = EdgeRelay(cascade.endpoint, cascade.secret, self._send, self._rebind)
+        self.onward: dict = {}  # the next edges' relay sockets (a tree) -> their rebind
         self.last_used = time.monotonic()
         self.closed = False
         self._open = asyncio.ensure_future(self._connect())
@@ -182,6 +206,8 @@ class EdgeSubscription:
             self.sender(message)
 
     def _rebind(self, tracks) -> None:
+        for rebind in list(self.onward.values()):
+            rebind()
         local = self.cascade.app[ROOMS].rooms.get(self.room)
         if local is None:
             return
@@ -197,8 +223,7 @@ class EdgeSubscription:
         ts = str(int(time.time()))
         query = urlencode({"node": c.node_id, "udp": c.advertise, "ts": ts,
                            "sig": sign(c.secret, self.room, c.node_id, c.advertise, ts)})
-        base = "ws" + self.home_address[4:]  # http -> ws, https -> wss
-        url = f"{base}/cluster/relay/{quote(self.room, safe='')}?{query}"
+        url = f"{ws_base(self.home_address)}/cluster/relay/{quote(self.room, safe='')}?{query}"
         try:
             self.ws = await c.http.ws_connect(url, heartbeat=5.0, max_msg_size=MAX_CONTROL,
                                               timeout=aiohttp.ClientWSTimeout(ws_close=2.0))
@@ -231,6 +256,8 @@ class EdgeSubscription:
         if self.cascade.edges.get(self.room) is self:
             del self.cascade.edges[self.room]
         self.relay.close()
+        for child in list(self.onward):  # the next edges lose their source: they end their viewers too
+            await child.close()
         if self.sender is not None:
             await self.sender.close()
         if self.ws is not None:
@@ -268,6 +295,22 @@ async def relay_socket(request: web.Request) -> web.StreamResponse:
     host, _, port = udp.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise web.HTTPBadRequest(text="udp must be host:port\n")
+    home = await remote_home(app, room_name)
+    sub = None
+    if home is None:  # the room's home: relay it, or send the edge one level down the tree
+        parent = await cascade.parent_for(room_name, node)
+        if parent is not None:
+            logger.info("relay: room %s has %d edge nodes here; node %s gets it from node %s", room_name,
+                        len(cascade.home_links.get(room_name, {})), node, parent.id)
+            # An http(s) URL: aiohttp follows a redirect of a WebSocket handshake only to one (the GET repeated).
+            raise web.HTTPTemporaryRedirect(f"{parent.address}/cluster/relay/"
+                                            f"{quote(room_name, safe='')}?{request.query_string}")
+    else:  # an edge asked to relay onward (a tree): its own relay of the room is the source
+        try:
+            await cascade.edge_for(room_name, home)
+        except CascadeError as exc:
+            raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+        sub = cascade.edges[room_name]
     ws = web.WebSocketResponse(heartbeat=5.0, max_msg_size=MAX_CONTROL)
     await ws.prepare(request)
     sender = Sender(ws)
@@ -290,19 +333,30 @@ async def relay_socket(request: web.Request) -> web.StreamResponse:
             attached.append(room)
             rebind()
 
+    def rebind_onward() -> None:
+        link.bind(sub.relay.broadcast_tracks())
+
     sender(link.hello)
-    manager.room_listeners.append(attach)
-    if room_name in manager.rooms:
-        attach(manager.rooms[room_name])
+    if sub is not None:
+        sub.onward[ws] = rebind_onward
+        rebind_onward()
     else:
-        rebind()
-    logger.info("relay: sending room %s to node %s at %s (link %d)", room_name, node, udp, link.link)
+        manager.room_listeners.append(attach)
+        if room_name in manager.rooms:
+            attach(manager.rooms[room_name])
+        else:
+            rebind()
+    logger.info("relay: sending room %s to node %s at %s (link %d%s)", room_name, node, udp, link.link,
+                f", onward from node {sub.home_id}" if sub is not None else "")
     try:
         async for message in read_messages(ws, EDGE_TO_HOME, f"node {node}"):
             link.on_control(message)
     finally:
         link.close()
-        manager.room_listeners.remove(attach)
+        if sub is not None:
+            sub.onward.pop(ws, None)
+        with contextlib.suppress(ValueError):
+            manager.room_listeners.remove(attach)
         for room in attached:
             with contextlib.suppress(ValueError):
                 room.track_listeners.remove(rebind)

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import aiohttp
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -33,10 +34,12 @@ logger = logging.getLogger(__name__)
 
 REFRESH_S = 2.0        # the node record is rewritten this often
 GONE_S = 5.0           # ... and a record this old is a node that is gone
+STALE_S = REFRESH_S + 1.0  # a home whose record is this old missed a refresh: probed before a join goes there
 HEARTBEAT_S = 1.0      # PING this often
 PING_TIMEOUT_S = 1.0   # a PING not answered within this is a failure
 DOWN_AFTER_S = 3.0     # no answer for this long: Redis is down (detected within 3-4 s, under the 5 s asked)
 ROUTE_TIMEOUT_S = 1.0  # a join waits at most this long for Redis before the room is served here
+PROBE_TIMEOUT_S = 0.5  # a node suspected gone must answer its /healthz within this, or it counts as gone
 BUSY_NODE = 0.8        # a node whose event loop is this busy is placed on last
 RELEASE_AFTER_S = 15.0  # a claimed room with nobody in it on its home is given back after this long
 
@@ -53,6 +56,11 @@ if home then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return ARGV[3]
+"""
+# KEYS[1] nodes; ARGV node, record: delete a node's record only if it is still the one read (not refreshed since).
+EVICT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
 """
 # KEYS[1] room_node_map; ARGV room, node: delete the mapping only if it still names this node.
 RELEASE = """
@@ -121,6 +129,8 @@ class Cluster:
         self.claimed: dict[str, float] = {}  # rooms this node was made home of (monotonic time)
         self._place = redis.register_script(PLACE)
         self._release = redis.register_script(RELEASE)
+        self._evict = redis.register_script(EVICT)
+        self.peers: dict[str, Node] = {}  # the other live nodes, as of the last refresh
         self._tasks: list[asyncio.Task] = []
 
     # ---- life ----------------------------------------------------------------------------------------
@@ -166,6 +176,7 @@ class Cluster:
     async def refresh(self) -> None:
         record = self.record()
         await self.redis.hset(self.nodes_key, self.node_id, record.to_json())
+        self.peers = {k: n for k, n in (await self.nodes()).items() if k != self.node_id}
         # Rooms served here stay in the map (a restarted Redis forgot them), unless another node has them.
         for room, participants in record.rooms.items():
             if participants and not self.is_edge(room):
@@ -221,6 +232,14 @@ class Cluster:
         logger.warning("cluster: Redis answers again after %.1f s; node %s is registered again",
                        outage, self.node_id)
 
+    async def mark_draining(self) -> None:
+        """Placement skips this node from now on, and its rooms lose it as their home."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self.refresh(), ROUTE_TIMEOUT_S)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            logger.warning("cluster: could not mark node %s draining in Redis (%r)", self.node_id, exc)
+
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"node": self.node_id, "redis": "ok" if self.healthy else "down",
                                "draining": self.draining}
@@ -274,13 +293,58 @@ class Cluster:
         if node is None:  # placed by another node a moment ago: read its record
             text = await self.redis.hget(self.nodes_key, home)
             node = Node.from_json(text) if text else None
+        elif self.clock() - node.updated_at > STALE_S and await self.forget_if_gone(home):
+            return await self._home(room)  # its record missed a refresh and it does not answer: place again
         return node
+
+    async def others(self) -> list[str]:
+        """The addresses of the other live nodes that take joins (what a page fails over to): read now, or as of
+        the last refresh when Redis is slow or down."""
+        if self.healthy:
+            try:
+                self.peers = {k: n for k, n in (await asyncio.wait_for(self.nodes(), ROUTE_TIMEOUT_S)).items()
+                              if k != self.node_id}
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                logger.debug("cluster: reading the nodes failed: %r", exc)
+        return sorted(n.address for n in self.peers.values() if not n.draining)
+
+    async def forget_if_gone(self, node_id: str) -> bool:
+        """A participant lost `node_id` (its page's socket to it broke): if that node's /healthz does not answer,
+        its record goes now instead of GONE_S after its last refresh, so its rooms are placed again at once.
+        True when the node counts as gone. A record refreshed meanwhile is kept (it was a blip)."""
+        if node_id == self.node_id or not self.healthy:
+            return False
+        try:
+            text = await asyncio.wait_for(self.redis.hget(self.nodes_key, node_id), ROUTE_TIMEOUT_S)
+            if text is None or not Node.from_json(text).alive(self.clock()):
+                return True
+            node = Node.from_json(text)
+            problem = await probe(node.address)
+            if problem is None:
+                return False
+            if await asyncio.wait_for(self._evict(keys=[self.nodes_key], args=[node_id, text]), ROUTE_TIMEOUT_S):
+                logger.warning("cluster: node %s (%s) does not answer (%s) after a participant lost it; it counts "
+                               "as gone and its rooms are placed again", node_id, node.address, problem)
+            return True
+        except (RedisError, OSError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+            logger.warning("cluster: could not check on node %s (%r)", node_id, exc)
+            return False
 
     async def _claim(self, room: str) -> None:
         home = await self._place(keys=[self.map_key, self.nodes_key],
                                  args=[room, self.clock(), self.node_id, GONE_S])
         if home == self.node_id:
             self.claimed[room] = time.monotonic()
+
+
+async def probe(address: str) -> str | None:
+    """None when the node at `address` answers /healthz within PROBE_TIMEOUT_S, else what went wrong."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as http:
+            async with http.get(address + "/healthz") as resp:
+                return None if resp.status == 200 else f"/healthz answered {resp.status}"
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def cluster_ctx(app):
@@ -305,34 +369,3 @@ async def cluster_ctx(app):
         yield
     finally:
         await cluster.close()
-
-
-async def drain(app) -> None:
-    """on_shutdown (SIGTERM), before everyone is disconnected: take no new rooms, give each room this node
-    hosts a new home, and send its room-protocol participants there (`redirect`, close 4307). WHEP and WHIP
-    sessions end with the shutdown; their clients POST again and are placed on the other nodes."""
-    from signaling.routing import CLOSE_REDIRECT, Redirected
-    from signaling.room import ROOMS
-    from signaling.routing import CLUSTER
-
-    cluster = app.get(CLUSTER)
-    if cluster is None or not cluster.healthy:
-        return
-    cluster.draining = True
-    moved = 0
-    try:
-        await asyncio.wait_for(cluster.refresh(), ROUTE_TIMEOUT_S)
-        for name, room in list(app[ROOMS].rooms.items()):
-            if cluster.is_edge(name) or not room.participants:
-                continue
-            home = await cluster.home(name)
-            if home is None:
-                continue  # no other node takes rooms: they end here
-            for participant in list(room.participants.values()):
-                if participant.transport == "ws":
-                    await participant.send(Redirected(home, name).message())
-                    await participant.disconnect(f"moved to node {home.id}", code=CLOSE_REDIRECT)
-                    moved += 1
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
-        logger.warning("cluster: draining node %s without Redis (%r): its rooms end here", cluster.node_id, exc)
-    logger.info("cluster: node %s drained: %d participant(s) sent to other nodes", cluster.node_id, moved)

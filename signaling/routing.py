@@ -30,13 +30,15 @@ CLOSE_REDIRECT = 4307
 
 async def remote_home(app: web.Application, room: str):
     """The room's home node when that is another node (a signaling.cluster.Node), else None: serve here.
-    A room with participants here is served here whatever Redis says (it kept going through an outage)."""
+    A room with participants here is served here whatever Redis says (it kept going through an outage), unless
+    this node drains."""
     cluster = app.get(CLUSTER)
     if cluster is None:
         return None
     local = app[ROOMS].rooms.get(room)
     cascade = app.get(CASCADE)
-    if local is not None and local.participants and not (cascade is not None and cascade.is_edge(room)):
+    relayed = cascade is not None and cascade.is_edge(room)
+    if local is not None and local.participants and not relayed and not cluster.draining:
         return None
     return await cluster.home(room)
 

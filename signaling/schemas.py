@@ -20,7 +20,9 @@ CLIENT_MESSAGES: dict[str, dict] = {
                        # kept for a while after the socket drops, so a new socket can resume it
                        "resumable": {"type": "boolean"},
                        # the "resume" token of an earlier "joined": take that participant back
-                       "resume": {"type": "string", "minLength": 1, "maxLength": 64}},
+                       "resume": {"type": "string", "minLength": 1, "maxLength": 64},
+                       # the node this page was on and can no longer reach (several nodes: docs/scaling.md)
+                       "lost": {"type": "string", "minLength": 1, "maxLength": 128}},
         "required": ["token"],
     },
     "publish": {

@@ -25,6 +25,7 @@ from shared.auth import Grants, TokenError, bearer_token, verify_token
 from signaling import sdpfrag
 from signaling.api import roomhooks
 from signaling.cascade import CASCADE, CascadeError
+from signaling.drain import draining
 from signaling.room import ROOMS, WORKERS, Participant, RoomFull
 from signaling.routing import elsewhere, remote_home
 from signaling.schemas import ProtocolError
@@ -144,7 +145,9 @@ async def _create(request: web.Request, kind: str) -> web.Response:
     home = await remote_home(request.app, room_name)
     edge = None
     cascade = request.app.get(CASCADE)
-    if home is not None and kind == "whep" and cascade is not None:
+    if home is None and draining(request.app):
+        return problem(503, "draining: this node takes no new joins; try again in a moment", **{"Retry-After": "5"})
+    if home is not None and kind == "whep" and cascade is not None and not draining(request.app):
         # A viewer is served where it lands; the broadcast is relayed here from the home (docs/scaling.md).
         try:
             edge = await cascade.edge_for(room_name, home)

@@ -16,15 +16,16 @@ from shared.auth import TokenError, verify_token
 from shared.ratelimit import TokenBucket
 from signaling.api import roomhooks
 from signaling.classroom_bridge import DATA_HANDLER
+from signaling.drain import draining
 from signaling.room import ROOMS, Participant, RoomFull
-from signaling.routing import CLOSE_REDIRECT, Redirected, remote_home
+from signaling.routing import CLOSE_REDIRECT, CLUSTER, Redirected, remote_home
 from signaling.schemas import MAX_FRAME_BYTES, ProtocolError, parse_client_message
 
 logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 10.0
 # A join refused with one of these closes the socket (bad_password keeps it: the page asks and sends again).
-REFUSALS = ("unauthorized", "room_full", "session_full", "banned", "session_not_live", "forbidden")
+REFUSALS = ("unauthorized", "room_full", "session_full", "banned", "session_not_live", "forbidden", "draining")
 # How long a resumable participant whose socket dropped keeps its place, tracks and classroom state.
 RESUME_GRACE = 20.0
 
@@ -105,7 +106,7 @@ async def room_socket(request: web.Request) -> web.StreamResponse:
                     participant, room = await _join(app, room_name, message["token"], send,
                                                     password=message.get("password"), disconnect=disconnect,
                                                     resumable=message.get("resumable", False),
-                                                    resume=message.get("resume"))
+                                                    resume=message.get("resume"), lost=message.get("lost"))
                     continue
                 if participant is None:
                     raise ProtocolError("not_joined", "send a join message with a token first")
@@ -159,11 +160,17 @@ def _ref(raw) -> str | None:
 
 
 async def _join(app: web.Application, room_name: str, token: str, send, password: str | None = None,
-                disconnect=None, resumable: bool = False, resume: str | None = None):
+                disconnect=None, resumable: bool = False, resume: str | None = None, lost: str | None = None):
     try:
         grants = verify_token(token, await active_api_keys(app), room=room_name)
     except TokenError as exc:
         raise ProtocolError("unauthorized", exc.reason, reason=exc.kind) from None
+    cluster = app.get(CLUSTER)
+    if lost is not None and cluster is not None:
+        # A page whose node stopped answering: that node's rooms are placed again if it is gone, and the page
+        # reloads from the room's home (this node too), whose address it then talks to (docs/scaling.md).
+        await cluster.forget_if_gone(lost)
+        raise Redirected(await cluster.home(room_name) or cluster.record(), room_name)
     home = await remote_home(app, room_name)
     if home is not None:
         raise Redirected(home, room_name)
@@ -172,6 +179,8 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
         if resumed is not None:
             return resumed
         # Not there any more (grace over, server restarted): an ordinary join follows.
+    if draining(app):
+        raise ProtocolError("draining", "this node is draining and takes no new joins; try again in a moment")
     # A session's room: status, bans, password and capacity are checked before anything joins.
     admission = await roomhooks.admit(app, room_name, grants, password)
     session = admission.session if admission is not None else None
@@ -194,6 +203,8 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
         "ice_servers": [s.to_json() for s in app[ROOMS].peers.ice.for_identity(grants.identity)],
         **({"session": {"id": session.id, "title": session.title, "type": session.type,
                         "status": session.status}} if session is not None else {}),
+        # Where to go when this node stops answering: the page joins one of these with `lost` (scaling.md).
+        **({"cluster": {"node": cluster.node_id, "nodes": await cluster.others()}} if cluster is not None else {}),
         "recording": recording_state(app, room_name),
     })
     await room.start_subscriber(participant)  # creates the data channel the classroom uses

@@ -15,7 +15,7 @@ from sfu.overload import LoadMonitor, OverloadPolicy
 from sfu.peer import IceSettings, PeerFactory
 from shared.appkeys import SETTINGS
 from shared.config import Settings
-from signaling import api, classroom_bridge, debug, metrics, whip, ws
+from signaling import api, classroom_bridge, debug, drain, metrics, whip, ws
 from signaling.room import LOAD, ROOMS, RoomManager
 from stoa.workers import workers_ctx
 from storage.store import STORE
@@ -39,10 +39,10 @@ def build_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(workers_ctx)  # media worker processes for viewers (docs/scaling.md)
     if settings.redis:  # several nodes as one service (docs/scaling.md); no Redis code otherwise
         from signaling import cascade
-        from signaling.cluster import cluster_ctx, drain
+        from signaling.cluster import cluster_ctx
         app.cleanup_ctx.append(cluster_ctx)
         cascade.setup(app)  # a room's broadcast relayed to the nodes its viewers are on
-        app.on_shutdown.append(drain)  # SIGTERM: the rooms' participants go to other nodes first
+    drain.setup(app)  # `stoa drain` and SIGTERM: no new joins; the rooms' participants go to other nodes first
     app.on_shutdown.append(_disconnect_everyone)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(api.services_ctx)  # sessions, tutoring, webhooks, notifications (needs the store)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import time
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--database", help="postgresql://... (default: embedded SQLite)")
     db.add_argument("--data-dir")
     _recording_parser(sub)
+    _drain_parser(sub)
     _apikey_parser(sub)
     _quiz_parser(sub)
     _loadtest_parser(sub)
@@ -117,6 +119,34 @@ def _loadtest_parser(sub) -> None:
     lt.add_argument("--api-secret", help="the API key's secret")
     lt.add_argument("--per-viewer", action="store_true", help="print one line per viewer (default for N <= 20)")
     lt.add_argument("--json", metavar="FILE", help="also write the whole report as JSON")
+
+
+DRAIN_EPILOG = """\
+The node stops taking new joins (its /readyz answers 503, so a load balancer stops sending it any). With
+Redis, each room it hosts gets a new home on another node: room pages there are sent to it (`redirect`;
+the page moves by itself), WHIP and WHEP sessions end so their clients POST again and land elsewhere. A
+room no other node takes (one node alone) goes on until its participants leave. The node exits when
+nobody is left, or at --deadline; its shutdown finalizes the recordings and disconnects whoever stayed.
+Progress is printed every second. Calling it again only brings the deadline closer.
+Exit status: 0 when the node exited, 1 when it was still up 30 s after the deadline, 2 when the drain was
+refused (wrong key, no such node).
+Examples:
+  stoa drain --dev --url http://127.0.0.1:8080                 drain a development server (60 s deadline)
+  stoa drain --url https://node-a.example.org --api-key K --api-secret S --deadline 600
+"""
+
+
+def _drain_parser(sub) -> None:
+    dr = sub.add_parser("drain", help="drain a running node: no new joins, participants moved, exit when empty",
+                        description="Drain a running node through its admin API (POST /api/node/drain with an "
+                                    "API key), then follow it until it exits.",
+                        epilog=DRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(dr)
+    dr.add_argument("--url", help="the node's base URL (default: http://host:port from the settings)")
+    dr.add_argument("--deadline", type=float, default=60.0, metavar="S",
+                    help="exit at the latest this many seconds from now, whoever is left (default 60)")
+    dr.add_argument("--api-key", help="an API key (admin); default: the settings' (--config, STOA_API_KEY, --dev)")
+    dr.add_argument("--api-secret", help="the API key's secret")
 
 
 def _quiz_parser(sub) -> None:
@@ -205,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             return _quiz(args)
         if args.command == "loadtest":
             return _loadtest(args)
+        if args.command == "drain":
+            return _drain(args)
     except ConfigError as exc:
         print(f"stoa: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -257,6 +289,8 @@ def _serve(args) -> int:
         if settings.redis:
             print(f"  cluster: node {settings.node_id!r} at {settings.public_address}, registered in Redis")
 
+    from shared.appkeys import DRAIN
+    app[DRAIN].exit = lambda: signal.raise_signal(signal.SIGTERM)  # drained: the usual shutdown follows
     app.on_startup.append(freeze_startup_objects)
     app.on_startup.append(announce)
     try:
@@ -413,6 +447,67 @@ def _quiz(args) -> int:
         return 0
 
     return _with_store(args, "quiz import", work, upgrade_sqlite=True)
+
+
+def _drain(args) -> int:
+    import aiohttp
+
+    def fail(message: str, status: int = 2) -> int:
+        print(f"stoa drain: {message}", file=sys.stderr)
+        return status
+
+    if not 0 <= args.deadline <= 86400:
+        return fail("--deadline must be between 0 and 86400 seconds")
+    if bool(args.api_key) != bool(args.api_secret):
+        return fail("--api-key and --api-secret go together")
+    settings = _settings(args)
+    key, secret = (args.api_key, args.api_secret) if args.api_key else (settings.api_key, settings.api_secret)
+    url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        return fail(f"--url must start with http:// or https://, got {url!r}")
+
+    def line(status: dict) -> str:
+        rooms = ", ".join(f"{room} {n}" for room, n in sorted(status["rooms"].items())) or "none"
+        return (f"node {status['node']}: {status['participants']} participant(s) left (rooms: {rooms}), "
+                f"{status['recordings']} recording(s), {status['moved']} moved, "
+                f"{status['deadline_in_s']:.0f} s to the deadline")
+
+    async def run() -> int:
+        started = time.monotonic()
+        auth = aiohttp.BasicAuth(key, secret)
+        async with aiohttp.ClientSession(auth=auth, timeout=aiohttp.ClientTimeout(total=10)) as http:
+            try:
+                async with http.post(f"{url}/api/node/drain", json={"deadline": args.deadline}) as resp:
+                    if resp.status != 200:
+                        body = await resp.text()
+                        return fail(f"{url} refused the drain ({resp.status}): {body.strip()[:300]}")
+                    status = await resp.json()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                return fail(f"cannot reach {url}: {exc or type(exc).__name__}")
+            print(f"draining node {status['node']} at {url}", flush=True)
+            last = None
+            while True:
+                text = line(status)
+                if text != last:
+                    print(text, flush=True)
+                    last = text
+                await asyncio.sleep(1.0)
+                try:
+                    async with http.get(f"{url}/api/node") as resp:
+                        if resp.status != 200:
+                            raise aiohttp.ClientConnectionError(f"status {resp.status}")
+                        status = await resp.json()
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    print(f"node {status['node']} has exited, {time.monotonic() - started:.1f} s after the "
+                          f"drain began", flush=True)
+                    return 0
+                if time.monotonic() - started > args.deadline + 30:
+                    return fail(f"node {status['node']} is still up 30 s after its deadline", 1)
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 130
 
 
 def _loadtest(args) -> int:

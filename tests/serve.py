@@ -50,7 +50,7 @@ class ServeProcess:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / "serve.log"
-        self._out = open(self.log, "wb")
+        self._out = open(self.log, "ab")  # a node started again on the same directory logs on
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "stoa"), "serve", "--dev", "--port", str(self.port),
              "--ice-address", "127.0.0.1", "--data-dir", str(tmp_path / "data"), "--log-level", "warning", *extra],

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -25,11 +26,18 @@ pytestmark = pytest.mark.slow
 SDP = "application/sdp"
 
 
-def node(tmp_path, name: str, redis_url: str, prefix: str) -> ServeProcess:
-    (tmp_path / name).mkdir()
-    return ServeProcess(tmp_path / name, "--workers", "0", "--redis", redis_url, "--node-id", name,
+def node(tmp_path, name: str, redis_url: str, prefix: str, *extra: str, env: dict | None = None) -> ServeProcess:
+    (tmp_path / name).mkdir(exist_ok=True)  # a node started again keeps its data directory
+    return ServeProcess(tmp_path / name, "--workers", "0", "--redis", redis_url, "--node-id", name, *extra,
                         env={"STOA_REDIS_PREFIX": prefix, "STOA_LOG_LEVEL": "info", "STOA_DEBUG_HOOKS": "true",
-                             "STOA_OVERLOAD_CONTROL": "false"})  # a loaded CI box is not a full node
+                             "STOA_OVERLOAD_CONTROL": "false", **(env or {})})  # a loaded CI box is not a full node
+
+
+def upgrade(dsn: str) -> None:
+    """Nodes share one PostgreSQL database (as a cluster must, docs/scaling.md): its schema first."""
+    out = subprocess.run([str(Path(sys.executable).parent / "stoa"), "db", "upgrade", "--database", dsn],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
 
 
 @contextlib.asynccontextmanager
@@ -46,6 +54,25 @@ async def two_nodes(tmp_path, redis_url: str, prefix: str):
             await c.close()
         a.stop()
         b.stop()
+
+
+async def teacher_and_student_on(server, room: str, clients: list) -> None:
+    """A teacher and a student joined on `server` over the room protocol (closed by two_nodes)."""
+    from tests.client import RoomClient
+
+    for identity, role in (("t", "instructor"), ("s", "student")):
+        client = await RoomClient(server.base.replace("http", "ws"), room, server.token(room, identity, role)).connect()
+        clients.append(client)
+        assert client.joined["type"] == "joined"
+
+
+async def moved_to(clients: list, node_id: str, server, room: str) -> None:
+    """Each client got `redirect` to `room` on `server`, then its socket closed with 4307."""
+    for client in clients:
+        moved = await client.expect("redirect", timeout=15)
+        assert moved["node"] == node_id and moved["page"] == f"{server.base}/rooms/{room}"
+        await eventually(lambda c=client: c.ws.closed, 5, "the moved socket to close")
+        assert client.ws.close_code == 4307
 
 
 async def records(client, prefix: str) -> dict[str, Node]:
@@ -291,17 +318,9 @@ async def test_sigterm_sends_a_nodes_room_participants_to_another_node(tmp_path,
     from tests.client import RoomClient
 
     async with two_nodes(tmp_path, redis_url, redis_prefix) as (a, b, http, clients):
-        for identity, role in (("t", "instructor"), ("s", "student")):
-            client = await RoomClient(a.base.replace("http", "ws"), "history",
-                                      a.token("history", identity, role)).connect()
-            clients.append(client)
-            assert client.joined["type"] == "joined"
+        await teacher_and_student_on(a, "history", clients)
         a.proc.send_signal(signal.SIGTERM)
-        for client in clients:
-            moved = await client.expect("redirect", timeout=10)
-            assert moved["node"] == "b" and moved["page"] == f"{b.base}/rooms/history"
-            await eventually(lambda c=client: c.ws.closed, 5, "the drained socket to close")
-            assert client.ws.close_code == 4307
+        await moved_to(clients, "b", b, "history")
         assert await redis_client.hget(redis_prefix + "room_node_map", "history") == "b"
         assert a.proc.wait(15) == 0
         again = await RoomClient(b.base.replace("http", "ws"), "history",
@@ -403,6 +422,51 @@ async def test_a_teachers_broadcast_on_a_is_decoded_by_viewers_on_b_and_c(
             before = len(viewers[0].collectors["video"].counters)
             await eventually(lambda: len(viewers[0].collectors["video"].counters) > before + 20, 10,
                              "the room to go on on a")
+    finally:
+        for pc in peers:
+            await pc.close()
+        for server in nodes.values():
+            server.stop()
+
+
+async def test_a_relay_tree_home_to_edge_to_edge_is_decoded_on_the_third_node(
+        tmp_path, redis_url, redis_prefix, redis_client):
+    """relay_fanout 1: the home a relays the room to one edge node, b; c's relay request is sent down to b,
+    which relays onward, one copy per hop. Keyframe requests and NACK misses flow back up: c's viewer starts
+    on a keyframe and its relay's losses (b drops 5% on purpose) are repaired from b."""
+    from tests.media import CounterVideoTrack, ToneAudioTrack
+    from tests.test_whip_whep import WhepViewer, WhipPublisher, assert_counters_healthy
+
+    room = "tree"
+    nodes = {n: node(tmp_path, n, redis_url, redis_prefix, env={"STOA_RELAY_FANOUT": "1"}) for n in ("a", "b", "c")}
+    a, b, c = nodes.values()
+    peers = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(n.wait_up(http) for n in nodes.values()))
+            teacher = await WhipPublisher(http, a.base, room, a.token(room, "teacher", "instructor")).publish(
+                CounterVideoTrack(), ToneAudioTrack())
+            peers.append(teacher.pc)
+            async with http.post(f"{b.base}/debug/relay-loss?rate=0.05") as resp:
+                assert resp.status == 200  # 5% of what b relays onward to c is lost
+            viewers = {}
+            for name, server in (("b1", b), ("c1", c)):  # b first: it is a's one edge node
+                viewer = viewers[name] = await WhepViewer(http, server.base, room,
+                                                          server.token(room, name, "viewer")).start()
+                peers.append(viewer.pc)
+                await eventually(lambda v=viewer: "video" in v.collectors, 15, f"{name}'s relayed video track")
+            for viewer in viewers.values():
+                await viewer.collectors["video"].wait_frames(30, timeout=20)
+                assert_counters_healthy(viewer.collectors["video"].counters)
+                assert viewer.collectors["audio"].frames > 0
+            # One copy per hop: a sends to b only, b sends on to c.
+            assert await metric(http, a, "stoa_relay_node_links", '{node="b"}') == 1
+            async with http.get(a.base + "/metrics") as resp:
+                assert 'stoa_relay_node_links{node="c"}' not in await resp.text()
+            assert await metric(http, b, "stoa_relay_node_links", '{node="c"}') == 1
+            assert await metric(http, c, "stoa_relay_edge_rooms") == 1
+            assert await metric(http, c, "stoa_relay_rejected_datagrams_total") == 0
+            assert await metric(http, b, "stoa_relay_node_repairs_total") > 0, "c's NACK misses were resent by b"
     finally:
         for pc in peers:
             await pc.close()

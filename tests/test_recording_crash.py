@@ -20,6 +20,7 @@ from shared.config import DEV_API_KEY, DEV_API_SECRET
 from tests.client import RoomClient
 from tests.fixtures.recording import read_audio, read_video
 from tests.media import CounterVideoTrack, ToneAudioTrack
+from tests.serve import eventually
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,3 +120,62 @@ async def test_kill_9_mid_recording_then_restart(tmp_path):
     assert recorded_for - 2.0 <= v["duration"] <= recorded_for + late, (v["duration"], recorded_for)
     assert recorded_for - 2.0 <= a["duration"] <= recorded_for + late, (a["duration"], recorded_for)
     assert abs(row["duration_s"] - v["duration"]) < 0.5
+
+
+async def test_a_dead_nodes_recording_is_finalized_by_its_next_start_and_no_other_node_touches_it(
+        tmp_path, redis_url, redis_prefix, pg_dsn):
+    """Two nodes on one PostgreSQL database (docs/scaling.md, "A node that dies"): a node starting while
+    another records leaves that recording's row alone, as it does once that node is SIGKILLed (the files
+    are on the dead node's disk); the dead node's next start finalizes the files and settles the row."""
+    from tests.test_cluster import node, upgrade
+
+    upgrade(pg_dsn)
+    a = node(tmp_path, "a", redis_url, redis_prefix, "--database", pg_dsn)
+    b = None
+    teacher = None
+    auth = aiohttp.BasicAuth(DEV_API_KEY, DEV_API_SECRET)
+    try:
+        async with aiohttp.ClientSession(auth=auth) as http:
+            await a.wait_up(http)
+            teacher = await RoomClient(a.base.replace("http", "ws"), "crashed",
+                                       a.token("crashed", "teacher", "instructor")).connect()
+            video = CounterVideoTrack()
+            await teacher.publish(video, ToneAudioTrack(), sources=["camera", "microphone"])
+            reply = await teacher.request({"type": "recording", "action": "start"}, "recording_ok", "error")
+            assert reply["type"] == "recording_ok", reply
+            rec_id = reply["recording_id"]
+            b = node(tmp_path, "b", redis_url, redis_prefix, "--database", pg_dsn)
+            await b.wait_up(http)  # its start-up recovery ran: a's live recording is not b's to settle
+
+            async def status(server) -> str:
+                async with http.get(f"{server.base}/api/recordings/{rec_id}") as resp:
+                    assert resp.status == 200, await resp.text()
+                    return (await resp.json())["status"]
+
+            assert await status(b) == "recording"
+            start = video.count
+            await eventually(lambda: video.count > start + 60, 10, "two seconds recorded")
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(10)
+            await teacher.close()
+            teacher = None
+            directory = tmp_path / "a" / "data" / "recordings" / rec_id
+            assert any(name.endswith(MARKER_SUFFIX) for name in os.listdir(directory)), "killed mid-write"
+            assert await status(b) == "recording", "only a has the files"
+
+            a = node(tmp_path, "a", redis_url, redis_prefix, "--database", pg_dsn)  # a's next start
+            await a.wait_up(http)
+            async with http.get(f"{b.base}/api/recordings/{rec_id}") as resp:
+                row = await resp.json()
+            assert row["status"] == "ready", row
+            assert "server stopped unexpectedly" in row["error"]
+            assert not any(name.endswith(MARKER_SUFFIX) for name in os.listdir(directory))
+            files = {f["kind"]: f for f in row["files"]}
+            v = read_video(os.path.join(directory, files["video"]["name"]))
+            assert v["counters"] == sorted(v["counters"]) and v["duration"] > 1.0, v["duration"]
+    finally:
+        if teacher is not None:
+            await teacher.close()
+        a.stop()
+        if b is not None:
+            b.stop()

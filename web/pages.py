@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp_jinja2
 from aiohttp import web
 
-from shared.appkeys import PLACEMENT, SETTINGS, active_api_keys
+from shared.appkeys import DRAIN, PLACEMENT, SETTINGS, active_api_keys
 from shared.auth import TokenError, mint_token, verify_token
 from shared.roles import SELF_JOIN_ROLES
 from classroom.errors import Conflict
@@ -36,7 +36,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready for new joins: 503 while this node's Redis is not answering or it drains (its rooms go on)."""
     placement = request.app.get(PLACEMENT)
+    drain = request.app.get(DRAIN)
     if placement is None:
+        if drain is not None and drain.draining:
+            return web.json_response({"status": "degraded", "draining": True}, status=503)
         return web.json_response({"status": "ready"})
     health = placement.health()
     ready = health["redis"] == "ok" and not health["draining"]

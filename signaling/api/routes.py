@@ -13,12 +13,13 @@ from jsonschema import Draft202012Validator
 from classroom import feedback as feedback_mod, sessions as sessions_mod, tutoring as tutoring_mod
 from classroom.errors import InvalidInput, NotFound, PermissionDenied
 from classroom.webhooks import EVENTS as WEBHOOK_EVENTS
-from shared.appkeys import KEYRING, SETTINGS
+from shared.appkeys import DRAIN, KEYRING, SETTINGS
 from shared.roles import PARTICIPANT_ROLES
 from signaling import classroom_api, recordings_api as rec_api
 from signaling.api import SESSIONS, TUTORING, WEBHOOKS, roomhooks
 from signaling.api.identity import Principal, authenticate, join_link
 from signaling.api.problems import Problem, answered
+from signaling.drain import DEFAULT_DEADLINE_S, MAX_DEADLINE_S
 from signaling.room import ROOMS
 from storage.store import STORE
 
@@ -430,6 +431,16 @@ async def revoke_key(ctx: Ctx):
     return web.Response(status=204)
 
 
+async def node_status(ctx: Ctx):
+    _require_admin(ctx)
+    return ctx.app[DRAIN].status()
+
+
+async def drain_node(ctx: Ctx):
+    _require_admin(ctx)
+    return await ctx.app[DRAIN].start(float((ctx.body or {}).get("deadline", DEFAULT_DEADLINE_S)))
+
+
 async def openapi_document(ctx: Ctx):
     from signaling.api.openapi import document
     return document(ctx.app)
@@ -465,6 +476,18 @@ WEBHOOK_BODY = {
                    "events": {"type": "array", "minItems": 1, "items": {"enum": ["*", *WEBHOOK_EVENTS]}},
                    "secret": {"type": "string", "minLength": 16, "maxLength": 200}},
     "required": ["url"], "additionalProperties": False,
+}
+DRAIN_BODY = {"type": "object", "properties": {"deadline": {"type": "number", "minimum": 0,
+                                                           "maximum": MAX_DEADLINE_S}},
+              "additionalProperties": False}
+NODE_STATUS = {
+    "type": "object",
+    "properties": {"node": {"type": "string"}, "draining": {"type": "boolean"},
+                   "elapsed_s": {"type": ["number", "null"]}, "deadline_in_s": {"type": ["number", "null"]},
+                   "rooms": {"type": "object", "additionalProperties": {"type": "integer"}},
+                   "participants": {"type": "integer"}, "moved": {"type": "integer"},
+                   "recordings": {"type": "integer"}},
+    "required": ["node", "draining", "rooms", "participants", "recordings"],
 }
 KEY_BODY = {"type": "object", "properties": {"key": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{3,128}$"}},
             "additionalProperties": False}
@@ -552,6 +575,11 @@ OPS: list[Op] = [
     Op("POST", "/api/keys", create_key, "Create an API key (the secret is shown once)", "keys", "admin",
        body=KEY_BODY, body_required=False, status=201),
     Op("DELETE", "/api/keys/{key}", revoke_key, "Revoke an API key", "keys", "admin", status=204),
+    Op("GET", "/api/node", node_status, "This node: whether it drains, what is left on it", "node", "admin",
+       response=NODE_STATUS),
+    Op("POST", "/api/node/drain", drain_node, "Drain this node: no new joins, its participants sent to other "
+       "nodes, exit when empty or at `deadline` seconds (default 60); again: only brings the deadline closer",
+       "node", "admin", body=DRAIN_BODY, body_required=False, response=NODE_STATUS),
     # The classroom's data over REST (signaling/classroom_api.py, docs/interactive.md).
     Op("GET", "/api/rooms/{room}/chat", classroom_api.get_chat, "Chat history of a room's classroom, newest first",
        "classroom", classroom_api.READERS, query_token=True, errors=(400, 401, 403), query=[

@@ -29,6 +29,8 @@ const state = {
   resetPub: false,         // the next publish comes from a new connection: the server drops the old one
   offerTimer: null,
   resume: null,            // the server's resume token: a new socket resumes this participant
+  cluster: null,           // several nodes: {node: this page's node, nodes: the others' addresses} (joined)
+  failover: null,          // the other node this page joins through after its own stopped answering
   awaitingResubscribe: false,  // offers of the old subscriber connection are ignored until "resubscribed"
   media: new Set(),        // every <audio>/<video> that plays remote media, for the enable-sound control
   iceRestart: { pub: null, sub: null },  // a restart under way: {timer, ufrag: the remote ufrag before}
@@ -440,6 +442,7 @@ async function handle(msg) {
       state.joined = true;
       state.refused = null;
       state.resume = msg.resume || null;
+      state.cluster = msg.cluster || null;
       state.iceServers = msg.ice_servers || [];
       if (msg.resumed) {
         // Same participant, same server connections: the network may have changed meanwhile, so ICE
@@ -549,7 +552,9 @@ function resetPeers() {
 
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${proto}://${location.host}/ws/rooms/${encodeURIComponent(cfg.room)}`);
+  // After this page's node stopped answering, another node of the cluster (see onclose).
+  const base = state.failover ? state.failover.replace(/^http/, "ws") : `${proto}://${location.host}`;
+  const ws = new WebSocket(`${base}/ws/rooms/${encodeURIComponent(cfg.room)}`);
   state.ws = ws;
   setBanner("connecting", state.retry ? "Reconnecting…" : "Connecting…");
   ws.onopen = () => {
@@ -557,6 +562,7 @@ function connect() {
     const join = { type: "join", token: cfg.token, resumable: true };
     if (state.resume) join.resume = state.resume;
     if (state.password) join.password = state.password;
+    if (state.failover) join.lost = state.cluster.node;  // that node answers with `redirect` to the room's home
     ws.send(JSON.stringify(join));
   };
   let chain = Promise.resolve();
@@ -571,6 +577,16 @@ function connect() {
     if (state.leaving) { resetPeers(); return; }
     state.joined = false;  // a refusal of the next join is final, as a first join's is
     state.retry += 1;
+    // Several nodes (docs/scaling.md, "A node that dies"): when a second try on this page's node fails too,
+    // join through the other nodes in turn, saying which node was lost; the room is placed again if that
+    // node is gone, and the page is sent to the room's home.
+    const others = state.cluster ? state.cluster.nodes : [];
+    if (others.length && state.retry >= 2) {
+      state.failover = others[(state.retry - 2) % others.length];
+      setBanner("bad", "The server stopped answering; moving to another one…");
+      setTimeout(connect, state.retry > 2 + others.length ? 1000 : 250);
+      return;
+    }
     const delay = Math.min(10000, 250 * 2 ** Math.min(state.retry, 5));
     setBanner("bad", `Connection lost; reconnecting in ${Math.round(delay / 1000)} s…`);
     setTimeout(connect, delay);
