@@ -288,13 +288,7 @@ async def add_remote_candidate(pc: RTCPeerConnection, candidate: dict) -> None:
     line = candidate.get("candidate") or ""
     if not line:
         return  # end of candidates
-    if line.startswith("candidate:"):
-        line = line[len("candidate:"):]
-    try:
-        parsed = candidate_from_sdp(line)
-    except Exception as exc:
-        raise SdpError(f"the ICE candidate cannot be parsed: {exc}") from None
-    parsed.sdpMid = candidate.get("sdpMid")
+    parsed = parse_candidate(line, candidate.get("sdpMid"))
     parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
     if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
         parsed.sdpMLineIndex = 0
