@@ -106,7 +106,8 @@ def run_point(n: int, workers: int | None, args, tmp: Path) -> dict:
         report = tmp / f"loadtest-{n}-{workers}.json"
         lt = subprocess.Popen([STOA, "loadtest", "--dev", "--url", f"http://127.0.0.1:{port}", "--room", "lecture",
                                "--viewers", str(n), "--publishers", "1", "--cheap", "--duration", str(args.duration),
-                               "--join-rate", str(args.join_rate), "--json", str(report)],
+                               "--join-rate", str(args.join_rate), "--publisher-video", args.publisher_video,
+                               "--json", str(report)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, text=True,
                               start_new_session=True)
         cpu0 = cpu1 = None
@@ -172,6 +173,8 @@ def main() -> int:
                                                       "(default: not passed)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured per point")
     parser.add_argument("--join-rate", type=float, default=20.0, help="viewers joining per second")
+    parser.add_argument("--publisher-video", choices=("loop", "live"), default="loop",
+                        help="the load client's publisher: VP8 encoded once and looped (default), or live")
     parser.add_argument("--max-seconds", type=float, default=1500, help="bound on the whole run")
     parser.add_argument("--verbose", action="store_true", help="show stoa loadtest's progress lines")
     parser.add_argument("--output", help="also write the table here")

@@ -970,19 +970,38 @@ def consent_answers(pc: RTCPeerConnection) -> int:
 def tap_incoming_rtp(pc: RTCPeerConnection, on_rtp: Callable[[bytes], None]) -> None:
     """Hand every incoming SRTP media datagram of `pc` to `on_rtp` and drop it there, before DTLS: no
     decryption, no jitter buffer (the RTP header is in the clear). STUN, DTLS and RTCP go on as usual.
-    For load-test viewers; call after adding transceivers and before setLocalDescription."""
+    For load-test viewers; call after adding transceivers and before setLocalDescription. The tap sits
+    in each ICE socket's datagram_received, ahead of aioice, which would first try (and fail) to parse
+    every RTP packet as STUN."""
+    def is_rtp(data: bytes) -> bool:
+        return len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224
+
+    def tap(protocol) -> None:
+        if getattr(protocol, "_stoa_rtp_tap", False):
+            return
+        stock = protocol.datagram_received
+
+        def datagram_received(data: bytes, addr) -> None:
+            if is_rtp(data):
+                on_rtp(data)
+            else:
+                stock(data, addr)
+
+        protocol.datagram_received = datagram_received
+        protocol._stoa_rtp_tap = True
+
     for conn in _ice_connections(pc):
         if getattr(conn, "_stoa_rtp_tap", False):
             continue
-        stock = conn.data_received
+        stock_candidates = conn.get_component_candidates
 
-        def data_received(data: bytes, component: int, stock=stock) -> None:
-            if len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
-                on_rtp(data)
-            else:
-                stock(data, component)
+        async def get_component_candidates(*args, conn=conn, stock_candidates=stock_candidates, **kwargs):
+            candidates = await stock_candidates(*args, **kwargs)
+            for protocol in conn._protocols:  # the sockets it just opened
+                tap(protocol)
+            return candidates
 
-        conn.data_received = data_received
+        conn.get_component_candidates = get_component_candidates
         conn._stoa_rtp_tap = True
 
 # --- renegotiation ---------------------------------------------------------------------------

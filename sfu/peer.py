@@ -15,7 +15,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
-from aiortc.sdp import SessionDescription, candidate_from_sdp, parse_h264_profile_level_id
+from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp, parse_h264_profile_level_id
 
 from sfu.aiortc_seam import (allow_large_rtp, begin_ice_restart, finish_ice_restart, harden_consent,
                              ice_credentials, rebundle_orphans, restrict_ice_gathering,
@@ -35,6 +35,15 @@ class SdpError(ValueError):
 class IceRestartRefused(SdpError):
     """An ICE restart on a connection whose ICE is not up (never connected, failed, closed): the client
     builds a new connection instead (room protocol `ice_restart_refused`)."""
+
+
+class OtherIceSession(SdpError):
+    """Trickled candidates name an ICE ufrag that is not the connection's current remote one (WHIP/WHEP 422)."""
+
+
+# The refusals a media worker names in its reply (`code`), so the main process raises what in-process raises.
+REFUSAL_CODES: dict[str, type[SdpError]] = {"ice_restart_refused": IceRestartRefused,
+                                            "other_ice_session": OtherIceSession}
 
 
 class UnsupportedCodec(SdpError):
@@ -279,13 +288,7 @@ async def add_remote_candidate(pc: RTCPeerConnection, candidate: dict) -> None:
     line = candidate.get("candidate") or ""
     if not line:
         return  # end of candidates
-    if line.startswith("candidate:"):
-        line = line[len("candidate:"):]
-    try:
-        parsed = candidate_from_sdp(line)
-    except Exception as exc:
-        raise SdpError(f"the ICE candidate cannot be parsed: {exc}") from None
-    parsed.sdpMid = candidate.get("sdpMid")
+    parsed = parse_candidate(line, candidate.get("sdpMid"))
     parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
     if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
         parsed.sdpMLineIndex = 0
@@ -322,6 +325,31 @@ def codec_preferences(kind: str, mime_type: str, parameters: dict | None = None)
                                f"Stoa forwards {ACCEPTED_TEXT}")
     rtx = [c for c in caps if c.mimeType.lower().endswith("/rtx")]
     return chosen + rtx
+
+
+def parse_candidate(line: str, mid: str | None = None):
+    """An a=candidate value ("candidate:..." or without the prefix) as an aiortc RTCIceCandidate."""
+    if line.startswith("candidate:"):
+        line = line[len("candidate:"):]
+    try:
+        candidate = candidate_from_sdp(line)
+    except Exception as exc:
+        raise SdpError(f"the ICE candidate cannot be parsed: {exc}") from None
+    candidate.sdpMid = mid
+    return candidate
+
+
+async def restart_ice_from(pc: RTCPeerConnection, remote_ufrag: str, remote_pwd: str | None, candidates: list,
+                           end_of_candidates: bool) -> tuple[str, str, list[str]]:
+    """A client-offered ICE restart (WHIP/WHEP PATCH with If-Match: *, RFC 9725 4.3): the client's new
+    credentials and candidates (RTCIceCandidate) start a new ICE session on `pc`; returns the server's
+    new ufrag, pwd and candidate lines. Media stays on the old pair until checks nominate a new one."""
+    current = ice_credentials(pc)
+    if remote_ufrag == current.get("remote_ufrag") and remote_pwd == current.get("remote_pwd"):
+        raise SdpError("an ICE restart needs a new ice-ufrag and ice-pwd; these are the current ones")
+    ufrag, pwd = begin_ice_restart(pc)
+    await finish_ice_restart(pc, remote_ufrag, remote_pwd, candidates, end_of_candidates)
+    return ufrag, pwd, [f"candidate:{candidate_to_sdp(c)}" for c in local_candidates(pc)]
 
 
 def local_candidates(pc: RTCPeerConnection):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from sfu.downtrack import OnQuality
-from sfu.peer import IceSettings, SdpError
+from sfu.peer import REFUSAL_CODES, IceRestartRefused, IceSettings, SdpError
 from sfu.quality import QualityChange
 from sfu.relay import Batcher, ControlDecoder, RelayError, encode_control, encode_entry
 from sfu.uptrack import UpTrack
@@ -47,6 +47,11 @@ _PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 
 class WorkerUnavailable(Exception):
     """The worker a request went to died before it answered (or no worker is running)."""
+
+
+def refused(reply: dict, default: str) -> SdpError:
+    """A worker's refusal as the exception the in-process path raises (by the reply's `code`)."""
+    return REFUSAL_CODES.get(reply.get("code"), SdpError)(reply.get("error") or default)
 
 
 class RelayStream:
@@ -317,10 +322,24 @@ class RemoteSubscriber:
     def remove_track(self, track_id: str) -> bool:
         return False  # a WHEP leg follows the room's broadcast tracks through bind()
 
-    async def trickle(self, candidates: list[dict]) -> None:
-        reply = await self.link.request({"type": "trickle", "session": self.session_id, "candidates": candidates})
+    async def trickle(self, candidates: list[dict], *, ufrag: str | None = None) -> None:
+        """Remote candidates (RTCIceCandidateInit); with `ufrag`, only if it is the current ICE session's."""
+        message = {"type": "trickle", "session": self.session_id, "candidates": candidates}
+        if ufrag is not None:
+            message["ufrag"] = ufrag
+        reply = await self.link.request(message)
         if not reply.get("ok"):
-            raise SdpError(reply.get("error") or "the candidate was refused")
+            raise refused(reply, "the candidate was refused")
+
+    async def restart_ice_from(self, ufrag: str, pwd: str | None, candidates: list[dict],
+                               end_of_candidates: bool) -> tuple[str, str, list[str]]:
+        """The client restarts ICE (WHEP PATCH, If-Match: *): as sfu.peer.restart_ice_from, in the worker."""
+        reply = await self.link.request({"type": "restart_ice", "session": self.session_id, "remote": {
+            "ufrag": ufrag, "pwd": pwd, "candidates": candidates, "end_of_candidates": end_of_candidates}})
+        if not reply.get("ok"):
+            raise refused(reply, "the ICE restart was refused")
+        local = reply["ice"]
+        return local["ufrag"], local["pwd"], local["candidates"]
 
     def _bind_streams(self, tracks: dict[str, UpTrack]) -> bool:
         wanted = {kind: self.pool.stream_for(track) for kind, track in tracks.items()}
@@ -435,6 +454,18 @@ class RemoteRoomSubscriber(RemoteSubscriber):
             raise SdpError(f"{exc}; resubscribe") from None
         if not reply.get("ok"):
             raise SdpError(reply.get("error") or "the media worker refused the answer")
+
+    async def restart_ice(self) -> None:
+        """The client asked for an ICE restart (`restart_ice`): the worker's offer with new credentials
+        follows as an `offer`; IceRestartRefused when ICE is not up there (or the worker is gone)."""
+        if self.lost:
+            raise IceRestartRefused("the subscriber connection's media worker stopped; make a new connection")
+        try:
+            reply = await self.link.request({"type": "restart_ice", "session": self.session_id})
+        except WorkerUnavailable as exc:
+            raise IceRestartRefused(f"{exc}; make a new connection") from None
+        if not reply.get("ok"):
+            raise refused(reply, "the ICE restart was refused")
 
     async def resend_offer(self) -> None:
         if not (self.closed or self.lost):

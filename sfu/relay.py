@@ -196,6 +196,9 @@ _SDP = {"type": "string", "maxLength": 64 * 1024}
 # double it. A longer message from a member is refused by the worker, as the classroom would refuse it.
 MAX_DC_TEXT = 64 * 1024
 _DC_TEXT = {"type": "string", "maxLength": MAX_DC_TEXT}
+_CANDIDATES = {"type": "array", "maxItems": 64, "items": {"type": "object", "properties": {
+    "candidate": {"type": "string", "maxLength": 1024}, "sdpMid": {"type": ["string", "null"]}},
+    "required": ["candidate"]}}
 
 # Main process (the relay's sending side) to worker, then worker to main. Documented in docs/scaling.md.
 CONTROL_MESSAGES: dict[str, dict] = {
@@ -218,11 +221,15 @@ CONTROL_MESSAGES: dict[str, dict] = {
                             "offer": _SDP, "tracks": _TRACKS},
              "required": ["id", "session", "offer", "tracks"]},
     "bind": {"properties": {"session": _SESSION, "tracks": _TRACKS}, "required": ["session", "tracks"]},
-    "trickle": {"properties": {"id": _REQUEST_ID, "session": _SESSION, "candidates": {
-        "type": "array", "maxItems": 64, "items": {"type": "object", "properties": {
-            "candidate": {"type": "string", "maxLength": 1024}, "sdpMid": {"type": ["string", "null"]}},
-            "required": ["candidate"]}}},
+    "trickle": {"properties": {"id": _REQUEST_ID, "session": _SESSION, "candidates": _CANDIDATES,
+                               "ufrag": _TEXT},
         "required": ["id", "session", "candidates"]},
+    # An ICE restart: with `remote` the client's (WHEP PATCH), without it the worker offers (room protocol).
+    "restart_ice": {"properties": {"id": _REQUEST_ID, "session": _SESSION, "remote": {
+        "type": "object", "properties": {"ufrag": _TEXT, "pwd": {"type": ["string", "null"], "maxLength": 256},
+                                         "candidates": _CANDIDATES, "end_of_candidates": {"type": "boolean"}},
+        "required": ["ufrag", "candidates", "end_of_candidates"], "additionalProperties": False}},
+        "required": ["id", "session"]},
     "close": {"properties": {"session": _SESSION}, "required": ["session"]},
     # A room participant's server-offered subscriber connection (docs/scaling.md).
     "subscribe": {"properties": {"session": _SESSION, "identity": _TEXT,
@@ -248,7 +255,11 @@ CONTROL_MESSAGES: dict[str, dict] = {
                 "required": ["session", "stream", "quality", "previous", "loss"]},
     "ready": {"properties": {"index": {"type": "integer"}, "pid": {"type": "integer"}}, "required": ["pid"]},
     "reply": {"properties": {"id": _REQUEST_ID, "ok": {"type": "boolean"}, "sdp": {"type": "string"},
-                             "error": {"type": ["string", "null"]}}, "required": ["id", "ok"]},
+                             "error": {"type": ["string", "null"]},
+                             "code": {"enum": ["ice_restart_refused", "other_ice_session"]},
+                             "ice": {"type": "object", "properties": {"ufrag": _TEXT, "pwd": _TEXT,
+                                                                     "candidates": _STRINGS},
+                                     "required": ["ufrag", "pwd", "candidates"]}}, "required": ["id", "ok"]},
     "pli": {"properties": {"stream": _STREAM}, "required": ["stream"]},
     "nack": {"properties": {"stream": _STREAM, "seqs": {
         "type": "array", "minItems": 1, "maxItems": 1024,

@@ -25,7 +25,9 @@ import time
 
 from sfu.buffer import CachedPacket, PacketCache
 from sfu.overload import LoadMonitor, OverloadPolicy, release_memory
-from sfu.peer import IceSettings, PeerFactory, SdpError, add_remote_candidate
+from sfu.aiortc_seam import ice_credentials
+from sfu.peer import (REFUSAL_CODES, IceSettings, OtherIceSession, PeerFactory, SdpError, add_remote_candidate,
+                      parse_candidate, restart_ice_from)
 from sfu.aiortc_seam import DataChannelSender
 from sfu.relay import MAX_DC_TEXT, ControlDecoder, RelayError, decode_datagram, encode_control
 from sfu.rtp import abs_send_time, is_keyframe, unix_to_ntp
@@ -233,6 +235,8 @@ class Worker:
                 self._dc_send(message["sessions"], message["text"])
             elif kind == "trickle":
                 asyncio.ensure_future(self._trickle(message))
+            elif kind == "restart_ice":
+                asyncio.ensure_future(self._restart_ice(message))
             elif kind == "close":
                 sub = self._forget(message["session"])
                 if sub is not None:
@@ -318,18 +322,21 @@ class Worker:
     async def _session_request(self, message: dict, apply) -> None:
         """Run `apply(session's Subscriber)` for a request about one session; reply ok or the error."""
         sub = self.sessions.get(message["session"])
-        error = None
+        reply: dict = {"type": "reply", "id": message["id"], "ok": False}
         if sub is None:
-            error = "no such session"
+            reply["error"] = "no such session"
         else:
             try:
-                await apply(sub)
+                reply.update(await apply(sub) or {}, ok=True)
             except SdpError as exc:
-                error = str(exc)
+                reply["error"] = str(exc)
+                code = next((c for c, cls in REFUSAL_CODES.items() if type(exc) is cls), None)
+                if code is not None:
+                    reply["code"] = code
             except Exception as exc:  # one session's failure never takes the worker down
                 logger.exception("worker %d: a %s request failed", self.index, message["type"])
-                error = f"internal error: {exc}"
-        self.send({"type": "reply", "id": message["id"], "ok": error is None, "error": error})
+                reply["error"] = f"internal error: {exc}"
+        self.send(reply)
 
     def _quality_sender(self, sid: str):
         def changed(downtrack, change) -> None:
@@ -363,10 +370,29 @@ class Worker:
 
     async def _trickle(self, message: dict) -> None:
         async def add(sub: Subscriber) -> None:
+            ufrag = message.get("ufrag")
+            if ufrag is not None and ufrag != ice_credentials(sub.pc).get("remote_ufrag"):
+                raise OtherIceSession("the candidates are for another ICE session")
             for candidate in message["candidates"]:
                 await add_remote_candidate(sub.pc, candidate)
 
         await self._session_request(message, add)
+
+    async def _restart_ice(self, message: dict) -> None:
+        """The room protocol's `restart_ice` (the worker offers new credentials), or a WHEP PATCH's
+        restart with the client's (`remote`; the reply carries the worker's), as in-process."""
+        async def restart(sub: Subscriber) -> dict | None:
+            remote = message.get("remote")
+            if remote is None:
+                await sub.restart_ice()  # IceRestartRefused when ICE is not up; the offer goes out as `offer`
+                return None
+            candidates = [parse_candidate(c["candidate"], c.get("sdpMid")) for c in remote["candidates"]
+                          if c["candidate"]]
+            ufrag, pwd, local = await restart_ice_from(sub.pc, remote["ufrag"], remote.get("pwd"), candidates,
+                                                       remote["end_of_candidates"])
+            return {"ice": {"ufrag": ufrag, "pwd": pwd, "candidates": local}}
+
+        await self._session_request(message, restart)
 
     # -- media --------------------------------------------------------------------------------
 

@@ -11,13 +11,12 @@ import logging
 import secrets
 
 from aiohttp import web
-from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 from multidict import CIMultiDict
 
-from sfu.aiortc_seam import begin_ice_restart, finish_ice_restart, ice_credentials
+from sfu.aiortc_seam import ice_credentials
 from sfu.iceserver import IceServer
 from sfu.peer import SdpError, UnsupportedCodec, add_remote_candidate, check_forwardable, check_sdp_text
-from sfu.peer import local_candidates, negotiated_codecs
+from sfu.peer import OtherIceSession, negotiated_codecs, parse_candidate, restart_ice_from
 from sfu.pool import RemoteSubscriber, WorkerUnavailable
 from sfu.subscriber import Subscriber
 from shared.appkeys import active_api_keys
@@ -40,6 +39,8 @@ CORS = {
 ENDPOINT_METHODS = "POST, OPTIONS"
 SESSION_METHODS = "PATCH, DELETE, OPTIONS"
 MAX_BODY = 64 * 1024
+OTHER_ICE_SESSION = ("these candidates are for another ICE session (ice-ufrag differs); "
+                     "an ICE restart needs If-Match: *")
 
 
 def _methods(request: web.Request) -> str:
@@ -310,26 +311,34 @@ async def session_patch(request: web.Request) -> web.Response:
     try:
         frag = sdpfrag.parse(raw.decode("utf-8"))
         # Parsed before anything is applied: one bad candidate line refuses the whole fragment.
-        candidates = [_candidate(mid, value) for mid, value in frag.candidates]
+        candidates = [parse_candidate(value, mid) for mid, value in frag.candidates]
     except UnicodeDecodeError:
         return problem(400, "malformed sdpfrag: the body is not UTF-8")
     except (sdpfrag.SdpFragError, SdpError) as exc:
         return problem(400, f"malformed sdpfrag: {exc}")
     if_match = request.headers.get("If-Match")
-    if participant.publisher is None and isinstance(participant.subscriber, RemoteSubscriber):
-        return await _trickle_remote(request, participant,
-                                     [{"candidate": value, "sdpMid": mid} for mid, value in frag.candidates],
-                                     if_match)
-    pc = participant.publisher.pc if participant.publisher else participant.subscriber.pc
-    current = ice_credentials(pc)
+    # A viewer whose connection runs in a media worker: the PATCH is applied there (docs/scaling.md).
+    remote = participant.subscriber if participant.publisher is None and isinstance(
+        participant.subscriber, RemoteSubscriber) else None
     if if_match is not None and if_match.strip() == "*":
-        return await _ice_restart(participant, pc, frag, candidates, current)
+        return await _ice_restart(participant, frag, candidates, remote)
     if if_match is not None and not _if_match(if_match, participant.ice_etag):
         return problem(412, f"precondition failed: If-Match {if_match[:80]} is not this ICE session's "
                             f"entity-tag {participant.ice_etag}")
-    if frag.ice_ufrag is not None and frag.ice_ufrag != current.get("remote_ufrag"):
-        return problem(422, "these candidates are for another ICE session (ice-ufrag differs); "
-                            "an ICE restart needs If-Match: *")
+    if remote is not None:
+        try:
+            await remote.trickle([{"candidate": value, "sdpMid": mid} for mid, value in frag.candidates],
+                                 ufrag=frag.ice_ufrag)
+        except OtherIceSession:
+            return problem(422, OTHER_ICE_SESSION)
+        except SdpError as exc:
+            return problem(400, f"bad candidate: {exc}")
+        except WorkerUnavailable:
+            return problem(404, "no such session (its media worker stopped)")
+        return web.Response(status=204)
+    pc = participant.publisher.pc if participant.publisher else participant.subscriber.pc
+    if frag.ice_ufrag is not None and frag.ice_ufrag != ice_credentials(pc).get("remote_ufrag"):
+        return problem(422, OTHER_ICE_SESSION)
     try:
         for mid, value in frag.candidates:
             await add_remote_candidate(pc, {"candidate": value, "sdpMid": mid})
@@ -338,43 +347,24 @@ async def session_patch(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def _trickle_remote(request: web.Request, participant: Participant, candidates: list[dict],
-                          if_match: str | None) -> web.Response:
-    """A viewer whose connection lives in a media worker: trickle goes there; no ICE restart yet."""
-    if if_match is not None and if_match.strip() == "*":
-        return problem(422, "ICE restart is not available for a viewer on a media worker; "
-                            "end the session and POST again")
-    if if_match is not None and not _if_match(if_match, participant.ice_etag):
-        return problem(412, f"precondition failed: If-Match {if_match[:80]} is not this ICE session's "
-                            f"entity-tag {participant.ice_etag}")
-    try:
-        await participant.subscriber.trickle(candidates)
-    except SdpError as exc:
-        return problem(400, f"bad candidate: {exc}")
-    except WorkerUnavailable:
-        return problem(404, "no such session (its media worker stopped)")
-    return web.Response(status=204)
-
-
-def _candidate(mid: str | None, value: str):
-    try:
-        candidate = candidate_from_sdp(value[len("candidate:"):])
-    except Exception as exc:
-        raise SdpError(f"the ICE candidate cannot be parsed: {exc}") from None
-    candidate.sdpMid = mid
-    return candidate
-
-
-async def _ice_restart(participant: Participant, pc, frag: sdpfrag.SdpFrag, candidates: list,
-                       current: dict) -> web.Response:
+async def _ice_restart(participant: Participant, frag: sdpfrag.SdpFrag, candidates: list,
+                       remote: RemoteSubscriber | None) -> web.Response:
     if frag.ice_ufrag is None:
         return problem(400, "an ICE restart (If-Match: *) needs the client's new a=ice-ufrag and a=ice-pwd")
-    if frag.ice_ufrag == current.get("remote_ufrag") and frag.ice_pwd == current.get("remote_pwd"):
-        return problem(400, "an ICE restart needs a new ice-ufrag and ice-pwd; these are the current ones")
-    ufrag, pwd = begin_ice_restart(pc)
-    await finish_ice_restart(pc, frag.ice_ufrag, frag.ice_pwd, candidates, frag.end_of_candidates)
+    try:
+        if remote is not None:
+            ufrag, pwd, local = await remote.restart_ice_from(
+                frag.ice_ufrag, frag.ice_pwd, [{"candidate": value, "sdpMid": mid} for mid, value in frag.candidates],
+                frag.end_of_candidates)
+        else:
+            pc = participant.publisher.pc if participant.publisher else participant.subscriber.pc
+            ufrag, pwd, local = await restart_ice_from(pc, frag.ice_ufrag, frag.ice_pwd, candidates,
+                                                       frag.end_of_candidates)
+    except SdpError as exc:
+        return problem(400, str(exc))
+    except WorkerUnavailable:
+        return problem(404, "no such session (its media worker stopped)")
     participant.ice_etag = _new_etag()
-    local = [f"candidate:{candidate_to_sdp(c)}" for c in local_candidates(pc)]
     logger.info("%s session %s of %s: ICE restart", participant.transport.upper(), participant.session_id,
                 participant.identity)
     return web.Response(status=200, text=sdpfrag.build(ufrag, pwd, local), content_type=sdpfrag.CONTENT_TYPE,

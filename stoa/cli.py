@@ -105,6 +105,9 @@ def _loadtest_parser(sub) -> None:
     lt.add_argument("--publishers", type=int, default=0, metavar="P",
                     help="WHIP publishers of synthetic 640x480 30 fps VP8 at ~1.5 Mbps + Opus (default 0: "
                          "watch what the room already publishes)")
+    lt.add_argument("--publisher-video", choices=("loop", "live"), default="loop",
+                    help="loop: VP8 encoded once at start and sent as a loop, a keyframe every second (default; "
+                         "no encoding CPU beside the server); live: encoded frame by frame, a PLI gets a keyframe")
     lt.add_argument("--duration", type=float, default=30.0, metavar="S",
                     help="seconds measured once every viewer has joined (default 30)")
     lt.add_argument("--join-rate", type=float, default=20.0, metavar="R",
@@ -547,7 +550,7 @@ def _loadtest(args) -> int:
                                     role="viewer", ttl=3600) for i in range(args.viewers)]
     test = LoadTest(url=args.url.rstrip("/"), room=args.room, viewers=args.viewers, publishers=args.publishers,
                     duration=args.duration, join_rate=args.join_rate, cheap=args.cheap, processes=args.processes,
-                    publisher_tokens=pub_tokens, viewer_tokens=viewer_tokens)
+                    publisher_video=args.publisher_video, publisher_tokens=pub_tokens, viewer_tokens=viewer_tokens)
 
     def say(line: str) -> None:
         print(line, flush=True)

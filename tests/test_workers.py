@@ -554,3 +554,93 @@ async def test_a_resumed_participant_gets_its_pending_offer_again_from_its_worke
     finally:
         await pc.close()
         await ws.close()
+
+
+async def test_a_whep_viewer_on_a_worker_restarts_ice_through_patch(workers_server, http):
+    """RFC 9725 4.3 on a worker: PATCH with If-Match: * and new credentials gets the worker's new fragment
+    and ETag; both sides nominate a pair of the new ICE session and decoded frames go on, same session."""
+    from signaling import sdpfrag
+    from sfu.aiortc_seam import ice_credentials
+    from tests.test_whip_rfc9725 import _restart
+
+    pub, _ = await publish(workers_server, http)
+    v = await viewer(workers_server, http, "v")
+    try:
+        await wait_until(lambda: "video" in v.collectors, 15, "the video track")
+        await v.video.wait_frames(20, timeout=15)
+        kept = participant(workers_server, "v")
+        assert isinstance(kept.subscriber.worker, int)
+        before = ice_credentials(v.pc)
+        etag, creds = await _restart(http, workers_server.base, v.location, v.token, v.etag, v.pc)
+        assert creds["server_ufrag"] != before["remote_ufrag"], "the worker kept its old credentials"
+        await wait_until(lambda: ice_credentials(v.pc)["pair"] not in (None, before["pair"]), 15,
+                         "the viewer to nominate a pair of the new ICE session")
+        await v.video.wait_frames(v.video.frames + 30, timeout=15)
+        assert_counters_healthy(v.video.counters)
+        assert participant(workers_server, "v") is kept
+
+        headers = {"Authorization": f"Bearer {v.token}", "Content-Type": sdpfrag.CONTENT_TYPE}
+        cand = "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"
+        stale = f"a=ice-ufrag:{before['local_ufrag']}\r\na=ice-pwd:{before['local_pwd']}\r\n" + cand
+        same = f"a=ice-ufrag:{creds['client_ufrag']}\r\na=ice-pwd:{ice_credentials(v.pc)['local_pwd']}\r\n" + cand
+        for if_match, body, status, says in ((v.etag, cand, 412, "precondition failed"),
+                                             (etag, stale, 422, "another ICE session"),
+                                             ("*", same, 400, "these are the current ones"),
+                                             (etag, cand, 204, "")):
+            async with http.patch(workers_server.base + v.location, data=body,
+                                  headers={**headers, "If-Match": if_match}) as r:
+                assert r.status == status and says in await r.text(), (if_match, status, await r.text())
+        assert v.pc.connectionState == "connected"
+    finally:
+        assert await v.stop() == 200
+        await pub.stop()
+
+
+async def test_a_room_participant_on_a_worker_restarts_ice_and_keeps_its_media(workers_server, http):
+    """The room protocol's `restart_ice` for a subscriber connection on a worker: the worker offers new ICE
+    credentials on the same connection, the client nominates a pair of the new session, frames go on, and
+    the participant stays; before its ICE is up, the restart is refused by name (ice_restart_refused)."""
+    from aiortc.sdp import SessionDescription
+
+    from sfu.aiortc_seam import ice_credentials
+    from sfu.peer import description_ice
+
+    def ufrag(sdp: str) -> str:
+        return description_ice(SessionDescription.parse(sdp))[0]
+
+    early = RoomClient(workers_server.ws_base, ROOM, workers_server.token(ROOM, "early", "student"))
+    early._answer = lambda event: asyncio.sleep(0)  # never answers: its subscriber ICE never starts
+    teacher = await RoomClient(workers_server.ws_base, ROOM,
+                               workers_server.token(ROOM, "teacher", "instructor")).connect()
+    student = await RoomClient(workers_server.ws_base, ROOM, workers_server.token(ROOM, "stu", "student")).connect()
+    try:
+        await early.connect()
+        assert isinstance(participant(workers_server, "early").subscriber.worker, int)
+        reply = await early.request({"type": "restart_ice"}, "error")
+        assert reply["code"] == "ice_restart_refused" and reply["ref"] == "restart_ice", reply
+        assert "make a new connection" in reply["message"]
+
+        await teacher.publish(CounterVideoTrack(), sources=["camera"])
+        video = await student.wait_track("video", 15)
+        await video.wait_frames(30, timeout=15)
+        kept = participant(workers_server, "stu")
+        remote = kept.subscriber
+        assert isinstance(remote.worker, int)
+        before = ice_credentials(student.sub)
+        old_ufrag = ufrag(student.sub.remoteDescription.sdp)
+        seen = len(student.events)
+        offer = await student.request({"type": "restart_ice"}, "offer", "error")
+        assert offer["type"] == "offer", offer
+        assert ufrag(offer["sdp"]) not in (None, old_ufrag), "the worker kept its old credentials"
+        await wait_until(lambda: ice_credentials(student.sub)["pair"] not in (None, before["pair"])
+                         and ice_credentials(student.sub)["remote_ufrag"] == ufrag(offer["sdp"]), 15,
+                         "the student to nominate a pair of the new ICE session")
+        await video.wait_frames(video.frames + 30, timeout=15)
+        assert_counters_healthy(video.counters)
+        assert participant(workers_server, "stu") is kept and kept.subscriber is remote
+        assert not [e for e in student.events[seen:] if e["type"] in ("participant_left", "participant_joined",
+                                                                      "error")]
+        assert student.sub.connectionState == "connected"
+    finally:
+        for c in (student, teacher, early):
+            await c.close()

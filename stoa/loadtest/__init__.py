@@ -24,6 +24,7 @@ class LoadTest:
     room: str
     viewers: int
     publishers: int = 0
+    publisher_video: str = "loop"   # "loop" (encoded once, LoopedVideo) or "live" (SyntheticVideo)
     duration: float = 30.0          # the measured window, after the last viewer was started
     join_rate: float = 20.0         # viewers started per second, over all processes
     cheap: bool = False
@@ -109,7 +110,7 @@ async def run(test: LoadTest, *, say: Callable[[str], None] = print) -> dict:
             workers.append(w)
             pump = asyncio.ensure_future(w.pump())
             _send(proc, {"url": test.url, "room": test.room, "publishers": test.publisher_tokens,
-                         "viewers": [], "window": [0, 1e12]})
+                         "publisher_video": test.publisher_video, "viewers": [], "window": [0, 1e12]})
             try:
                 await asyncio.wait_for(w.ready.wait(), 60)
             except asyncio.TimeoutError:

@@ -15,7 +15,7 @@ import struct
 import time
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from sfu.aiortc_seam import harden_consent, restrict_ice_gathering, tap_incoming_rtp, tap_receiver
 from sfu.peer import negotiated_codecs
@@ -189,18 +189,23 @@ class Viewer:
 
 
 class Publisher:
-    """One WHIP publisher of SyntheticVideo and Tone."""
+    """One WHIP publisher of synthetic video (`video`: "loop", LoopedVideo, or "live", SyntheticVideo) and Tone."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, room: str, token: str):
-        from stoa.loadtest.media import SyntheticVideo, Tone
+    def __init__(self, http: aiohttp.ClientSession, url: str, room: str, token: str, *, video: str = "loop"):
+        from stoa.loadtest.media import LoopedVideo, SyntheticVideo, Tone
 
         self.http, self.url, self.room, self.token = http, url.rstrip("/"), room, token
         self.pc = client_pc()
-        self.video, self.audio = SyntheticVideo(), Tone()
+        self.video, self.audio = (LoopedVideo() if video == "loop" else SyntheticVideo()), Tone()
         self.location: str | None = None
 
     async def start(self, timeout: float = 20.0) -> None:
-        self.pc.addTransceiver(self.video, direction="sendonly")
+        from stoa.loadtest.media import LoopedVideo
+
+        video = self.pc.addTransceiver(self.video, direction="sendonly")
+        if isinstance(self.video, LoopedVideo):  # its packets are VP8: offer nothing else
+            video.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                                       if c.mimeType.lower() in ("video/vp8", "video/rtx")])
         self.pc.addTransceiver(self.audio, direction="sendonly")
         answer, self.location = await post_sdp(self.http, f"{self.url}/whip/{self.room}", self.token,
                                                await local_offer(self.pc))

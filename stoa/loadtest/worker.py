@@ -44,13 +44,14 @@ async def run(cfg: dict, stop: asyncio.Event) -> None:
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
-        publishers = [Publisher(http, cfg["url"], cfg["room"], token) for token in cfg.get("publishers", [])]
+        publishers = [Publisher(http, cfg["url"], cfg["room"], token, video=cfg.get("publisher_video", "loop"))
+                      for token in cfg.get("publishers", [])]
         viewers: dict[int, Viewer] = {}
         tasks: list[asyncio.Task] = []
         lag_task = asyncio.ensure_future(watch_lag())
         try:
             if publishers:
-                if cfg.get("hold_bitrate", True):
+                if cfg.get("hold_bitrate", True) and cfg.get("publisher_video") == "live":
                     from stoa.loadtest.media import hold_vp8_bitrate
                     hold_vp8_bitrate()
                 await asyncio.gather(*(p.start() for p in publishers))
