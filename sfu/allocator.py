@@ -9,14 +9,17 @@ Inputs, all per viewer:
   than that is never chosen, whatever the link;
 - priority: the screen share gets its share of the estimate first, then the other videos.
 
-The estimate first pays for the legs that are not simulcast (audio, single-stream video), then each
-simulcast leg in priority order gets the highest layer that fits what is left. Hysteresis: a leg goes
-down at once (at most once per DOWN_HOLD), and up only once the higher layer has fitted for UP_HOLD with
-UP_MARGIN to spare. Pure: the caller passes `now`; tests/test_sfu_simulcast.py drives it.
+REMB follows what arrives: it grows to at most 1.5 times the incoming rate while nothing queues, and
+falls to about 0.85 times what the link delivered when delay builds up. So it is read as a congestion
+signal, not as a capacity: a REMB below 90% of what the viewer is being sent means the link is full,
+and the estimate becomes the viewer's cap. The estimate first pays for the legs that are not simulcast
+(audio, single-stream video), then each simulcast leg in priority order gets the highest layer that
+fits what is left. The cap rises with later REMBs and is lifted PROBE_AFTER seconds after the last
+congestion signal: the legs then step up one layer at a time (a probe by switching; Stoa sends no padding
+yet), and a probe that brings congestion back doubles the wait before the next one.
 
-REMB follows what arrives (at most 1.5 times it), so it can say a layer is too much but rarely that the
-next one up would fit: without probing, a leg that stepped down climbs back only as far as the estimate
-grows over its current rate (docs/simulcast.md).
+Hysteresis: a leg goes down at once (at most once per DOWN_HOLD), up one layer at a time once the
+higher layer has fitted for UP_HOLD. Pure: the caller passes `now`; tests/test_sfu_simulcast.py drives it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ UP_MARGIN = 1.15     # a higher layer must fit 15% over its rate
 UP_HOLD = 3.0        # s the higher layer must have fitted before the leg goes up
 DOWN_HOLD = 1.0      # s between two steps down of one leg
 LOSS_HOLD = 2.0      # s between two loss-driven steps down
-ESTIMATE_TTL = 5.0   # s an estimate counts after the last REMB
+CONGESTED = 0.9      # a REMB under 90% of what the viewer is sent: its link is full
+PROBE_AFTER = 10.0   # s after the last congestion signal, the cap is lifted
+PROBE_MAX = 60.0     # s, the longest wait after failed probes
+PROBE_FAILS = 5.0    # s: congestion within this of lifting the cap means the probe failed
 SIZE_SLACK = 0.9     # a layer at 90% of the rendered size counts as big enough
 
 
@@ -47,14 +53,35 @@ class Leg(Protocol):
 class LayerAllocator:
     def __init__(self) -> None:
         self.estimate: float | None = None  # bits/s, the viewer's last REMB
-        self._estimate_at = -math.inf
+        self.cap = math.inf  # bits/s the viewer's link carries, since the last congestion signal
+        self._cap_at = -math.inf
+        self._probe_after = PROBE_AFTER
+        self._lifted_at = -math.inf
+        self.congestion_events = 0
         self.sizes: dict[str, tuple[int, int]] = {}  # track id -> rendered (width, height), device pixels
         self._fits_since: dict[int, float] = {}  # id(leg) -> since when a higher layer has fitted
         self._last_down: dict[int, float] = {}
         self._last_loss_step: dict[int, float] = {}
 
-    def on_estimate(self, bitrate: float, now: float) -> None:
-        self.estimate, self._estimate_at = float(bitrate), now
+    def on_estimate(self, bitrate: float, sent: float, now: float) -> bool:
+        """A REMB of `bitrate` while the viewer is sent `sent` bits/s; True if it signals congestion."""
+        self.estimate = bitrate = float(bitrate)
+        if sent > 0 and bitrate < CONGESTED * sent:
+            self.congestion_events += 1
+            if now - self._lifted_at < PROBE_FAILS:
+                self._probe_after = min(PROBE_MAX, self._probe_after * 2)
+            self.cap, self._cap_at = bitrate, now
+            return True
+        if bitrate > self.cap:
+            self.cap = bitrate
+        return False
+
+    def budget(self, now: float) -> float:
+        if self.cap != math.inf and now - self._cap_at >= self._probe_after:
+            self.cap, self._lifted_at = math.inf, now  # probe: let the legs step up
+        elif self.cap == math.inf and now - self._lifted_at >= PROBE_FAILS + PROBE_AFTER:
+            self._probe_after = PROBE_AFTER  # the last probe held
+        return self.cap
 
     def set_size(self, track_id: str, width: int, height: int) -> None:
         self.sizes[track_id] = (max(0, int(width)), max(0, int(height)))
@@ -83,10 +110,10 @@ class LayerAllocator:
     def allocate(self, legs: Iterable[Leg], now: float) -> dict[Leg, int]:
         """Choose each simulcast leg's layer; returns the legs whose target changed, with the new one."""
         legs = list(legs)
-        budget = math.inf
-        estimated = self.estimate is not None and now - self._estimate_at <= ESTIMATE_TTL
+        budget = self.budget(now)
+        estimated = budget != math.inf
         if estimated:
-            budget = self.estimate - sum(8 * leg.retransmit.media_rate for leg in legs if leg.switcher is None)
+            budget -= sum(8 * leg.retransmit.media_rate for leg in legs if leg.switcher is None)
         simulcast = sorted((leg for leg in legs if leg.switcher is not None),
                            key=lambda leg: 0 if leg.uptrack.source == "screen" else 1)
         changed: dict[Leg, int] = {}
@@ -113,8 +140,11 @@ class LayerAllocator:
                     choice = min(choice, current)
             if choice > current:
                 since = self._fits_since.setdefault(key, now)
-                if estimated and now - since < UP_HOLD:
+                if now - since < UP_HOLD:
                     choice = current
+                else:
+                    choice = current + 1  # one layer at a time
+                    self._fits_since.pop(key, None)
             else:
                 self._fits_since.pop(key, None)
             if choice < current:
@@ -125,7 +155,7 @@ class LayerAllocator:
             if choice != current:
                 leg.switcher.select(choice)
                 changed[leg] = choice
-            if budget != math.inf:
+            if estimated:
                 budget -= rates[choice]
         return changed
 

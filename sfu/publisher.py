@@ -50,7 +50,7 @@ class Publisher:
         answer = with_start_bitrate(await self.peers.answer(self.pc, offer_sdp))
         offered = negotiated_codecs(self.pc.remoteDescription.sdp)
         codecs = negotiated_codecs(answer)
-        simulcast = {mid: rids for mid, rids in offered_layers(self.pc.remoteDescription.sdp).items()
+        simulcast = {mid: rids for mid, rids in offered_layers(offer_sdp).items()
                      if mid in codecs and codecs[mid].mime_type.lower() in SIMULCAST_CODECS}
         answer = with_simulcast(answer, simulcast)
         sources = sources or {}

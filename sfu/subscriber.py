@@ -85,11 +85,10 @@ class Subscriber:
             self._on_quality(downtrack, change)
 
     def _on_remb(self, bitrate: int) -> None:
-        allocator = self.allocator
-        dropped = allocator.estimate is not None and bitrate < 0.8 * allocator.estimate
         now = time.monotonic()
-        allocator.on_estimate(bitrate, now)
-        if dropped or now - self._allocated_at >= REALLOCATE_INTERVAL:
+        sent = sum(8 * d.retransmit.media_rate for _, d in self.legs if d.uptrack is not None)
+        congested = self.allocator.on_estimate(bitrate, sent, now)
+        if congested or now - self._allocated_at >= REALLOCATE_INTERVAL:
             self.allocate(now)
 
     def set_video_size(self, track_id: str, width: int, height: int) -> bool:
@@ -107,9 +106,11 @@ class Subscriber:
         legs = [d for _, d in self.legs if d.uptrack is not None]
         if any(d.switcher is not None for d in legs):
             for leg, layer in self.allocator.allocate(legs, now).items():
-                logger.info("%s: track %s -> layer %s (estimate %s kbps)", self.participant_id, leg.track_id,
+                cap = self.allocator.cap
+                logger.info("%s: track %s -> layer %s (REMB %s kbps, cap %s)", self.participant_id, leg.track_id,
                             leg.uptrack.rids[layer], "?" if self.allocator.estimate is None
-                            else round(self.allocator.estimate / 1000))
+                            else round(self.allocator.estimate / 1000), "none" if cap == float("inf")
+                            else f"{round(cap / 1000)} kbps")
 
     def remove_track(self, track_id: str) -> bool:
         for transceiver, downtrack in self.legs:
