@@ -11,7 +11,8 @@ Inputs, all per viewer:
 
 REMB follows what arrives: it grows to at most 1.5 times the incoming rate while nothing queues, and
 falls to about 0.85 times what the link delivered when delay builds up. So it is read as a congestion
-signal, not as a capacity: a REMB below 90% of what the viewer is being sent means the link is full,
+signal, not as a capacity: a REMB that fell, to below 90% of what the viewer is being sent, means the
+link is full,
 and the estimate becomes the viewer's cap. The estimate first pays for the legs that are not simulcast
 (audio, single-stream video), then each simulcast leg in priority order gets the highest layer that
 fits what is left. The cap rises with later REMBs and is lifted PROBE_AFTER seconds after the last
@@ -33,7 +34,8 @@ UP_MARGIN = 1.15     # a higher layer must fit 15% over its rate
 UP_HOLD = 3.0        # s the higher layer must have fitted before the leg goes up
 DOWN_HOLD = 1.0      # s between two steps down of one leg
 LOSS_HOLD = 2.0      # s between two loss-driven steps down
-CONGESTED = 0.9      # a REMB under 90% of what the viewer is sent: its link is full
+CONGESTED = 0.9      # a REMB under 90% of what the viewer is sent ...
+FELL = 0.97          # ... and 3% under the previous one: its link is full
 PROBE_AFTER = 10.0   # s after the last congestion signal, the cap is lifted
 PROBE_MAX = 60.0     # s, the longest wait after failed probes
 PROBE_FAILS = 5.0    # s: congestion within this of lifting the cap means the probe failed
@@ -65,8 +67,11 @@ class LayerAllocator:
 
     def on_estimate(self, bitrate: float, sent: float, now: float) -> bool:
         """A REMB of `bitrate` while the viewer is sent `sent` bits/s; True if it signals congestion."""
-        self.estimate = bitrate = float(bitrate)
-        if sent > 0 and bitrate < CONGESTED * sent:
+        previous, self.estimate = self.estimate, float(bitrate)
+        bitrate = self.estimate
+        # A REMB that fell, and fell below what is sent: the viewer's estimator saw delay build up. (One
+        # below what is sent but still rising only lags a rate that just went up: a share started.)
+        if previous is not None and bitrate < FELL * previous and sent > 0 and bitrate < CONGESTED * sent:
             self.congestion_events += 1
             if now - self._lifted_at < PROBE_FAILS:
                 self._probe_after = min(PROBE_MAX, self._probe_after * 2)

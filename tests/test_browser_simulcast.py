@@ -36,7 +36,7 @@ async def test_diag(stoa_server, chromium):
         print(await teacher.evaluate(OUTBOUND_JS))
         print([(s.get("mid"), s.get("frameWidth"), s.get("framesDecoded")) for s in await inbound(student)])
         sub = stoa_server.app[ROOMS].rooms[ROOM].participants["stud"].subscriber
-        print("alloc", sub.allocator.estimate, sub.allocator.sizes, [d.stats().get("simulcast") for _, d in sub.legs], [round(d.retransmit.media_rate*8) for _, d in sub.legs], [d.quality.level for _, d in sub.legs])
+        print("alloc", sub.allocator.estimate, sub.allocator.cap, sub.allocator.congestion_events, sub.allocator.sizes, [d.stats().get("simulcast") for _, d in sub.legs], [round(d.retransmit.media_rate*8) for _, d in sub.legs], [d.quality.level for _, d in sub.legs])
     await teacher.click("#btn-screen")
     for i in range(12):
         await asyncio.sleep(1)
@@ -45,5 +45,6 @@ async def test_diag(stoa_server, chromium):
         pub = stoa_server.app[ROOMS].rooms[ROOM].participants["teach"].publisher
         for t in pub.tracks.values():
             print(t.source, t.packets_received, [(l.track_id, l.packets_received, round(l.bitrate())) for l in t.layers or []])
+        print("alloc", sub.allocator.estimate, sub.allocator.cap, sub.allocator.congestion_events, [d.stats().get("simulcast") for _, d in sub.legs], [round(d.retransmit.media_rate*8) for _, d in sub.legs], [d.quality.level for _, d in sub.legs])
         demux = pub.pc.getTransceivers()[0].receiver.transport._stoa_simulcast
         print("demux", len(demux.streams), demux.dropped_probes, demux.dropped_unbound, pub.transport_cc[0].packets_seen, pub.transport_cc[0].feedback_sent)
