@@ -127,7 +127,8 @@ class LayerAllocator:
             layers = leg.uptrack.layers
             current = leg.switcher.target
             cap = self.size_cap(leg)
-            rates = [layer.bitrate() for layer in layers]
+            # a layer paused by dynacast counts at the rate it had when it ran
+            rates = [layer.bitrate() or getattr(layer, "known_bitrate", 0.0) for layer in layers]
             choice = 0
             for i in range(cap + 1):
                 rate = rates[i]

@@ -79,6 +79,7 @@ class UpTrack:
         self.frame_size: tuple[int, int] | None = None  # (width, height) of the last keyframe, simulcast VP8 only
         self._track_size = False
         self.octets_received = 0
+        self.known_bitrate = 0.0  # the last nonzero bitrate(): a paused layer's rate when it ran
         self._rate: tuple[float, int, float] = (monotonic(), 0, 0.0)  # (at, octets then, bits/s)
         self.cache = PacketCache()
         self.gop = GopCache() if kind == "video" else None
@@ -128,6 +129,8 @@ class UpTrack:
         if now - at >= 1.0:
             rate = (self.octets_received - octets) * 8 / (now - at)
             self._rate = (now, self.octets_received, rate)
+            if rate:
+                self.known_bitrate = rate
         return rate
 
     def describe(self) -> dict:

@@ -227,6 +227,22 @@ const CAMERA_LAYERS = [
 ];
 const layered = (t) => t.sender.getParameters().encodings.length > 1;
 
+async function setActiveLayers(active) {
+  if (!state.pub) return;
+  for (const tr of state.pub.getTransceivers()) {
+    if (!tr.sender.track || tr.sender.track.kind !== "video" || !layered(tr)) continue;
+    const params = tr.sender.getParameters();
+    let changed = false;
+    for (const enc of params.encodings) {
+      const on = active.includes(enc.rid);
+      if (enc.active !== on) { enc.active = on; changed = true; }
+    }
+    if (changed) {
+      try { await tr.sender.setParameters(params); } catch (err) { console.warn("layers:", err.message); }
+    }
+  }
+}
+
 async function offerTracks() {
   if (!state.pub) state.pub = newPublisher();
   const pc = state.pub;
@@ -234,7 +250,7 @@ async function offerTracks() {
   const add = async (stream) => {
     for (const track of stream.getTracks()) {
       if (senders.has(track)) continue;
-      const simulcast = track.kind === "video" && stream === state.camera;
+      const simulcast = cfg.simulcast && track.kind === "video" && stream === state.camera;
       // Reuse an idle section of this kind (a stopped source's): the m-lines and the transport stay.
       // A section keeps its encodings, so the camera only takes a layered one and the screen a plain one.
       const idle = pc.getTransceivers().find((t) => !t.sender.track && t.direction === "inactive"
@@ -538,6 +554,10 @@ async function handle(msg) {
       for (const el of stage.querySelectorAll(".tile")) {
         if (el.dataset.trackId === msg.track_id) el.remove();
       }
+      break;
+    case "layers":
+      // Dynacast (docs/simulcast.md): run only the camera layers some viewer needs.
+      setActiveLayers(msg.active);
       break;
     case "connection_quality":
       // The server judged this viewer's link for one track (docs/protocol.md): shown on the tile.
