@@ -25,6 +25,7 @@ NARROW = ("rate", "300kbit", "burst", "16kb", "latency", "400ms")
 
 OUTBOUND_JS = """async () => {
     const out = {};
+    if (!window.stoa.state.pub) return out;
     (await window.stoa.state.pub.getStats()).forEach((s) => {
       if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid)
         out[s.rid] = {width: s.frameWidth || 0, frames: s.framesEncoded || 0, active: s.active}; });
