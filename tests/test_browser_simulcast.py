@@ -12,8 +12,9 @@ import subprocess
 
 import pytest
 
-from shared.config import load_settings
-from tests.browser import inbound, wait_js
+from tests.browser import inbound
+# The server on the namespace's host address, and Chromium taking its http origin as secure: the same as there.
+from tests.test_browser_ice_drop import browser_args, server_settings  # noqa: F401
 from tests.netns import ShapedLink, unavailable
 from tests.serve import eventually
 from tests.test_browser_room import ROOM, teacher_and_student
@@ -39,20 +40,6 @@ def browser_netns():
         pytest.skip(f"needs Chromium in a network namespace: {reason}")
     with ShapedLink(rate=WIDE[1], burst=WIDE[3], latency=WIDE[5]) as link:
         yield link
-
-
-@pytest.fixture
-def server_settings(tmp_path, browser_netns):
-    return load_settings(environ={}, overrides={
-        "dev": True, "host": browser_netns.host_address, "port": 8080, "data_dir": str(tmp_path / "data"),
-        "ice_addresses": ["127.0.0.1", browser_netns.host_address], "overload_control": False,
-    })
-
-
-@pytest.fixture
-def browser_args(stoa_server):
-    # The page is served from a private address over http, not a secure context, and a camera needs one.
-    return [f"--unsafely-treat-insecure-origin-as-secure={stoa_server.base}"]
 
 
 def shape(link: ShapedLink, spec: tuple[str, ...]) -> None:
