@@ -9,6 +9,9 @@ aiortc has no public API for forwarding encoded RTP, so the SFU hooks in here:
   and the nominated ICE pair in one synchronous call (aiortc schedules a task per message);
 - ICE: gathering can be limited to configured local addresses (aioice skips loopback otherwise), and an
   ICE session can be restarted in place (new credentials, fresh checks; aioice has no restart of its own);
+- simulcast: the rid header extensions are negotiated, and a transport with simulcast sections gets a
+  demultiplexer in front of aiortc's RTP routing that maps each layer's SSRC (and its RTX SSRC) to its rid
+  from the first packets, NACKs and reports each layer, and drops probing padding (`SimulcastDemux`);
 - congestion control: transport-cc is negotiated, every parsed RTP packet of a publisher's transport is
   shown to a callback (its transport-wide sequence number), raw RTCP goes out on the transport, and
   aiortc's own REMB is withheld from a transport that carries transport-cc;
@@ -29,6 +32,7 @@ import contextlib
 import logging
 import random
 import time
+from struct import error as struct_error
 import types
 from dataclasses import dataclass, field
 from importlib.metadata import version as _dist_version
@@ -48,6 +52,7 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.rtcsctptransport import RTCSctpTransport
 from aiortc.utils import uint16_add
 from pylibsrtp._binding import ffi as _srtp_ffi
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
@@ -61,6 +66,7 @@ from aiortc.rtp import (
     RtpPacket,
     is_rtcp,
     unpack_remb_fci,
+    unwrap_rtx,
 )
 
 from sfu.twcc import URI_TRANSPORT_CC
@@ -85,9 +91,10 @@ def check_compatibility() -> None:
         if have != wanted:
             problems.append(f"{dist} {have} is installed but sfu/aiortc_seam.py was written for {wanted}")
     expected = {
-        RTCRtpReceiver.__init__: ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_thread"),
+        RTCRtpReceiver.__init__: ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_thread",
+                                  "_RTCRtpReceiver__remote_streams"),
         RTCDtlsTransport.__init__: ("_state", "_tx_srtp", "_ssl", "_RTCDtlsTransport__tx_bytes",
-                                    "_RTCDtlsTransport__tx_packets", "_rtp_router"),
+                                    "_RTCDtlsTransport__tx_packets", "_rtp_router", "_rtp_header_extensions_map"),
         RTCSctpTransport.__init__: (
             "_association_state", "_data_channel_queue", "_outbound_queue", "_sent_queue", "_forward_tsn_chunk",
             "_flight_size", "_cwnd", "_local_tsn", "_outbound_stream_seq", "_local_port", "_remote_port",
@@ -114,7 +121,7 @@ def check_compatibility() -> None:
             problems.append(f"{func.__qualname__} no longer sets {', '.join(missing)}")
     for cls, names in (
         (RTCRtpReceiver, ("_handle_rtp_packet", "_handle_rtcp_packet", "_send_rtcp_pli", "_send_rtcp",
-                          "_RTCRtpReceiver__stop_decoder")),
+                          "_send_rtcp_nack", "_RTCRtpReceiver__stop_decoder")),
         (RTCRtpSender, ("_handle_rtcp_packet", "send")),
         (RTCDtlsTransport, ("_send_rtp", "_handle_rtp_data", "_setup_srtp")),
         (RtpRouter, ("route_rtp",)),
@@ -334,14 +341,18 @@ def watch_transport_rtp(dtls: RTCDtlsTransport, on_packet: Callable[[int, int], 
     router = dtls._rtp_router
     stock_route = router.route_rtp
 
-    def route_rtp(packet: RtpPacket):
+    def seen(packet: RtpPacket) -> None:
         seq = packet.extensions.transport_sequence_number
         if seq is not None:
             if not dtls._stoa_transport_cc:
                 dtls._stoa_transport_cc = True
             on_packet(seq, packet.ssrc)
+
+    def route_rtp(packet: RtpPacket):
+        seen(packet)
         return stock_route(packet)
 
+    dtls._stoa_transport_seen = seen  # SimulcastDemux shows it the packets that bypass routing
     dtls._stoa_transport_cc = False
     dtls._stoa_transport_cc_watched = True
     router.route_rtp = route_rtp
@@ -359,6 +370,182 @@ async def send_raw_rtcp(dtls: RTCDtlsTransport, data: bytes) -> bool:
     except ConnectionError:
         return False
     return True
+
+
+# --- simulcast ------------------------------------------------------------------------------
+
+URI_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+URI_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+RID_EXTENSION_IDS = {URI_RID: 10, URI_REPAIRED_RID: 11}  # free in aiortc's table
+
+
+def enable_simulcast() -> None:
+    """Make aiortc negotiate the rid header extensions on video, so answers carry them when a browser
+    offers simulcast (without them it refuses the answer's a=simulcast) and RtpPacket.parse reads them.
+    Idempotent; applies to descriptions made afterwards."""
+    table = _codecs.HEADER_EXTENSIONS["video"]
+    for uri, ext_id in RID_EXTENSION_IDS.items():
+        if not any(e.uri == uri for e in table):
+            table.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+
+
+OnLayerRtp = Callable[[int, RtpPacket, float], Awaitable[None]]  # (layer index, packet, unix arrival)
+
+
+@dataclass
+class _Binding:
+    receiver: RTCRtpReceiver
+    rids: list[str]
+    payload_type: int
+    on_rtp: OnLayerRtp
+    clock_rate: int
+
+
+class _Stream:
+    """One SSRC of a simulcast section: a layer's media, or its RTX."""
+
+    __slots__ = ("mid", "index", "rtx", "nack", "stats")
+
+    def __init__(self, mid: str, index: int, rtx: bool, clock_rate: int):
+        self.mid, self.index, self.rtx = mid, index, rtx
+        self.nack = None if rtx else NackGenerator()
+        self.stats = StreamStatistics(clock_rate)
+
+
+class SimulcastDemux:
+    """Receives the simulcast sections of one publisher transport (RFC 8853), in front of aiortc's routing.
+
+    Chromium's simulcast offer has no a=ssrc lines: each layer's SSRC, and its RTX SSRC, is named only by
+    the rtp-stream-id / repaired-rtp-stream-id extension (with the mid) in its first packets. Left to
+    aiortc, `RtpRouter.route_rtp` learns every unknown SSRC by payload type into one receiver, whose one
+    jitter buffer and NACK generator then see three interleaved streams. So the transport's RTP dispatch
+    is replaced: a packet of a simulcast section is kept apart by SSRC, NACKed and reported per layer
+    (each SSRC gets its own NackGenerator and a StreamStatistics in the receiver, so aiortc's receiver
+    reports cover every layer), its RTX unwrapped (only packets we NACKed: Chromium's unsolicited RTX
+    padding probes are dropped, as are padding-only packets), and handed to the section's `on_rtp` with
+    the layer's index; anything else takes aiortc's path unchanged.
+
+    The SSRC table outlives a binding: a browser that stops and restarts the camera on the same
+    transceiver keeps its SSRCs and does not repeat the rid extensions, so a new binding of that mid
+    takes the learned streams back. `forget(mid)` drops them, when the mid is offered without simulcast
+    (its SSRCs are then aiortc's again)."""
+
+    def __init__(self, dtls: RTCDtlsTransport):
+        self.dtls = dtls
+        self.bindings: dict[str, _Binding] = {}
+        self.streams: dict[int, _Stream] = {}
+        self.media_ssrcs: dict[tuple[str, int], int] = {}  # (mid, layer) -> media SSRC, for RTX unwrap
+        self.dropped_probes = 0
+        self.dropped_unbound = 0
+        stock = dtls._handle_rtp_data
+        router = dtls._rtp_router
+        ext_map = dtls._rtp_header_extensions_map
+
+        async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+            try:
+                packet = RtpPacket.parse(data, ext_map)
+            except ValueError:
+                return
+            stream = self.streams.get(packet.ssrc)
+            if stream is None:
+                stream = self._learn(packet)
+                if stream is None:
+                    receiver = router.route_rtp(packet)
+                    if receiver is not None:
+                        await receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
+                    return
+            seen = getattr(dtls, "_stoa_transport_seen", None)
+            if seen is not None:
+                seen(packet)
+            await self._handle(stream, packet)
+
+        self._stock = stock
+        dtls._handle_rtp_data = handle_rtp_data
+        dtls._stoa_simulcast = self
+
+    @classmethod
+    def of(cls, dtls: RTCDtlsTransport) -> "SimulcastDemux":
+        """The transport's demultiplexer, installed on first use."""
+        demux = getattr(dtls, "_stoa_simulcast", None)
+        return demux if demux is not None else cls(dtls)
+
+    def bind(self, mid: str, receiver: RTCRtpReceiver, rids: list[str], payload_type: int, clock_rate: int,
+             on_rtp: OnLayerRtp) -> None:
+        """Hand the layers of section `mid` (rids ordered low to high) to `on_rtp`."""
+        self.bindings[mid] = _Binding(receiver, list(rids), payload_type, on_rtp, clock_rate)
+        for ssrc, stream in self.streams.items():
+            if stream.mid == mid:
+                self._register(receiver, ssrc, stream)
+
+    def unbind(self, mid: str) -> None:
+        """Stop handing section `mid`'s packets on (its track ended); learned SSRCs stay for a rebind."""
+        self.bindings.pop(mid, None)
+
+    def forget(self, mid: str) -> None:
+        """Drop what was learned about section `mid` (it is no longer simulcast)."""
+        self.bindings.pop(mid, None)
+        router = self.dtls._rtp_router
+        for ssrc in [s for s, stream in self.streams.items() if stream.mid == mid]:
+            del self.streams[ssrc]
+            router.ssrc_table.pop(ssrc, None)
+        for key in [k for k in self.media_ssrcs if k[0] == mid]:
+            del self.media_ssrcs[key]
+
+    def _learn(self, packet: RtpPacket) -> _Stream | None:
+        ext = packet.extensions
+        binding = self.bindings.get(ext.mid) if ext.mid is not None else None
+        if binding is None:
+            return None
+        rtx = ext.repaired_rtp_stream_id is not None
+        rid = ext.repaired_rtp_stream_id if rtx else ext.rtp_stream_id
+        if rid not in binding.rids:
+            return None
+        stream = _Stream(ext.mid, binding.rids.index(rid), rtx, binding.clock_rate)
+        for ssrc, old in list(self.streams.items()):  # the browser replaced this layer's SSRC
+            if old.mid == stream.mid and old.index == stream.index and old.rtx == rtx:
+                del self.streams[ssrc]
+        self.streams[packet.ssrc] = stream
+        if not rtx:
+            self.media_ssrcs[(stream.mid, stream.index)] = packet.ssrc
+        self._register(binding.receiver, packet.ssrc, stream)
+        logger.info("simulcast: mid %s layer %s is SSRC %d%s", stream.mid, rid, packet.ssrc, " (RTX)" if rtx else "")
+        return stream
+
+    def _register(self, receiver: RTCRtpReceiver, ssrc: int, stream: _Stream) -> None:
+        # Sender reports reach the receiver by SSRC; its receiver reports cover every stream it lists.
+        self.dtls._rtp_router.ssrc_table[ssrc] = receiver
+        receiver._RTCRtpReceiver__remote_streams[ssrc] = stream.stats
+
+    async def _handle(self, stream: _Stream, packet: RtpPacket) -> None:
+        binding = self.bindings.get(stream.mid)
+        if binding is None:
+            self.dropped_unbound += 1
+            return
+        stream.stats.add(packet)
+        if stream.rtx:
+            ssrc = self.media_ssrcs.get((stream.mid, stream.index))
+            media = self.streams.get(ssrc) if ssrc is not None else None
+            if media is None or len(packet.payload) < 2:
+                self.dropped_probes += 1
+                return
+            packet = unwrap_rtx(packet, payload_type=binding.payload_type, ssrc=ssrc)
+            if packet.sequence_number not in media.nack.missing:
+                self.dropped_probes += 1  # a copy sent to probe the link, not a repair we asked for
+                return
+            stream = media
+        elif not packet.payload:
+            self.dropped_probes += 1  # padding only
+            return
+        if stream.nack.add(packet):
+            try:
+                await binding.receiver._send_rtcp_nack(packet.ssrc, sorted(stream.nack.missing))
+            except (ConnectionError, ValueError, struct_error):
+                pass  # aiortc's NACK packer refuses a list across the 65535 -> 0 wrap; the next one goes
+        try:
+            await binding.on_rtp(stream.index, packet, time.time())
+        except Exception:
+            # Raised into RTCDtlsTransport's receive loop, it would close the publisher's transport.
+            logger.exception("forwarding a simulcast packet failed; the publisher's transport stays up")
 
 
 # --- send side ------------------------------------------------------------------------------
@@ -401,7 +588,8 @@ class SenderSeam:
                  "_on_keyframe_request", "_fast")
 
     def __init__(self, sender: RTCRtpSender, on_nack: Callable[[list[int]], Awaitable[None]],
-                 on_keyframe_request: Callable[[], None], on_report: OnReceiverReport | None = None):
+                 on_keyframe_request: Callable[[], None], on_report: OnReceiverReport | None = None,
+                 on_remb: Callable[[int], None] | None = None):
         self.sender = sender
         self.ssrc: int = sender._ssrc
         self.rtx_ssrc: int = sender._rtx_ssrc
@@ -440,7 +628,13 @@ class SenderSeam:
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
                 self._on_keyframe_request()
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-                return  # REMB: there is no encoder to steer on a forwarded leg
+                # REMB: no encoder to steer on a forwarded leg, but the viewer's downlink estimate
+                if on_remb is not None:
+                    try:
+                        on_remb(unpack_remb_fci(packet.fci)[0])
+                    except ValueError:
+                        pass
+                return
             else:
                 await stock_rtcp(packet)  # receiver reports: aiortc updates its RTT estimate
                 if on_report is not None and isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):

@@ -12,6 +12,7 @@ from sfu.aiortc_seam import MAX_RTP_PACKET, SenderSeam
 from sfu.buffer import CachedPacket
 from sfu.forwarder import Forwarder
 from sfu.interfaces import TrackReceiver
+from sfu.layers import LayerSwitcher
 from sfu.pacer import Pacer
 from sfu.peer import same_codec
 from sfu.quality import BAD, GOOD, QualityChange, ViewerQuality
@@ -28,16 +29,21 @@ class DownTrack:
                  "_rtx_seq", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
                  "packets_sent", "retransmits", "nack_misses", "keyframe_requests",
                  "retransmit", "quality", "pacer", "on_quality", "keyframes_for_viewer", "_load", "_shed",
-                 "oversize_drops", "replayed")
+                 "oversize_drops", "replayed", "source", "switcher", "on_remb")
 
     def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str, load=None):
         self.subscriber_id = subscriber_id
         self.kind = kind
         self.uptrack: TrackReceiver | None = None
+        # The track whose packets the leg forwards: the uptrack, or one layer of a simulcast uptrack,
+        # chosen by `switcher` (sfu/layers.py).
+        self.source: TrackReceiver | None = None
+        self.switcher: LayerSwitcher | None = None
+        self.on_remb: Callable[[int], None] | None = None  # the viewer's REMB (bits/s), for layer choice
         self._load = load  # sfu.overload.LoadMonitor of this process, or None
         self._shed = False
         self.seam = SenderSeam(sender, self._nack_unless_overloaded if load is not None else self._on_nack,
-                               self._on_keyframe_request, self._on_report)
+                               self._on_keyframe_request, self._on_report, self._on_remb)
         self.forwarder: Forwarder | None = None
         self._ext_ids: ExtensionIds | None = None
         self._mid = b""
@@ -70,18 +76,32 @@ class DownTrack:
         if self.uptrack is uptrack:
             return
         if self.uptrack is not None:
-            self.uptrack.remove_downtrack(self)
+            self._leave()
         self.uptrack = uptrack
         self._codec_ok = False
         if self.forwarder is not None:
             self.forwarder.switch_source()
             self.forwarder.needs_keyframe = uptrack.kind == "video"
-        uptrack.add_downtrack(self)
+        layers = getattr(uptrack, "layers", None)
+        if layers:
+            # Simulcast: start on the highest layer; the subscriber's allocator steps it down.
+            self.switcher = LayerSwitcher(self, uptrack, len(layers) - 1)
+        else:
+            self.source = uptrack
+            uptrack.add_downtrack(self)
+
+    def _leave(self) -> None:
+        if self.switcher is not None:
+            self.switcher.close()
+            self.switcher = None
+        else:
+            self.uptrack.remove_downtrack(self)
+        self.source = None
 
     def detach(self, uptrack=None) -> None:
-        if uptrack is None or uptrack is self.uptrack:
+        if uptrack is None or uptrack is self.uptrack or (uptrack is not None and uptrack is self.source):
             if self.uptrack is not None:
-                self.uptrack.remove_downtrack(self)
+                self._leave()
             self.uptrack = None
             self.pacer.close()
             if self.forwarder is not None:
@@ -126,7 +146,7 @@ class DownTrack:
         munged = self.forwarder.munge(packet.seq, packet.timestamp, packet.keyframe, packet.arrival)
         if munged is None:
             if not self.forwarder.started:
-                self.uptrack.request_keyframe()
+                self.source.request_keyframe()
             return
         seq, ts = munged
         tail = tails.get(self._key)
@@ -188,7 +208,7 @@ class DownTrack:
                            self.track_id, self.subscriber_id, MAX_RTP_PACKET, size)
 
     async def _on_nack(self, lost: list[int]) -> None:
-        up, fwd, params = self.uptrack, self.forwarder, self.seam.params
+        up, fwd, params = self.source, self.forwarder, self.seam.params
         if up is None or fwd is None or params is None:
             return
         now = time.time()
@@ -204,21 +224,26 @@ class DownTrack:
                 continue
             out_ts = fwd.out_timestamp(src, packet.timestamp)
             ext = build_extensions(self._ext_ids, self._mid, b"\x00\x00\x00", packet.audio_level)
+            payload = packet.payload if self.switcher is None else self.switcher.rewrite_payload(packet.payload)
             if params.rtx_payload_type is not None:
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
                 header = build_header(bool(ext), packet.marker, params.rtx_payload_type,
                                       self._rtx_seq, out_ts, self.seam.rtx_ssrc)
-                data = header + ext + rtx_payload(out_seq, packet.payload)
+                data = header + ext + rtx_payload(out_seq, payload)
             else:
                 header = build_header(bool(ext), packet.marker, params.payload_type, out_seq, out_ts,
                                       self.seam.ssrc)
-                data = header + ext + packet.payload
+                data = header + ext + payload
             if len(data) > MAX_RTP_PACKET:
                 continue  # never forwarded either (counted there); protecting it would raise in RTCP handling
             self.pacer.send(data, now, rtx=True)
             self.retransmits += 1
         if policy.suspended:
             self._keyframe_for_bad_viewer(now)
+
+    def _on_remb(self, bitrate: int) -> None:
+        if self.on_remb is not None:
+            self.on_remb(bitrate)
 
     def _on_report(self, fraction_lost: float, rtt: float | None) -> None:
         if rtt is not None:
@@ -250,9 +275,9 @@ class DownTrack:
                 logger.exception("quality listener failed for %s", self.subscriber_id)
 
     def _keyframe_for_bad_viewer(self, now: float) -> None:
-        if self.uptrack is not None and self.quality.keyframe_due(now):
+        if self.source is not None and self.quality.keyframe_due(now):
             self.keyframes_for_viewer += 1
-            self.uptrack.request_keyframe()
+            self.source.request_keyframe()
 
     async def _nack_unless_overloaded(self, lost: list[int]) -> None:
         # Retransmits are the first work shed when this process's loop is behind.
@@ -273,15 +298,15 @@ class DownTrack:
         if self.forwarder is not None and self.forwarder.started:
             self.forwarder.switch_source()
             self.forwarder.needs_keyframe = self.kind == "video"
-        if self.uptrack is not None:
-            self.uptrack.request_keyframe()
+        if self.source is not None:
+            self.source.request_keyframe()
 
     def _on_keyframe_request(self) -> None:
         self.keyframe_requests += 1
         if self.retransmit.suspended:
             self._keyframe_for_bad_viewer(time.time())  # bounded: one viewer must not flood the publisher
-        elif self.uptrack is not None:
-            self.uptrack.request_keyframe()
+        elif self.source is not None:
+            self.source.request_keyframe()
 
     def stats(self) -> dict:
         return {
@@ -299,4 +324,5 @@ class DownTrack:
             "paced": self.pacer.paced,
             "oversize_drops": self.oversize_drops,
             "replayed": self.replayed,
+            **({"simulcast": self.switcher.describe()} if self.switcher is not None else {}),
         }

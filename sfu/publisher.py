@@ -8,15 +8,18 @@ from typing import Callable
 
 from aiortc import RTCPeerConnection
 
-from sfu.aiortc_seam import send_pli, tap_receiver
+from sfu.aiortc_seam import SimulcastDemux, send_pli, tap_receiver
 from sfu.congestion import TransportCcResponder, with_start_bitrate
 from sfu.jsep import rejected_mids
 from sfu.peer import PeerFactory, SdpError, negotiated_codecs
+from sfu.simulcast import offered_layers, with_simulcast
 from sfu.uptrack import PublisherClock, UpTrack
 
 logger = logging.getLogger(__name__)
 
 SOURCES = ("camera", "microphone", "screen", "screen_audio")
+# Codecs whose layers Stoa switches between (VP8 with picture-id continuity; H.264 by keyframes alone).
+SIMULCAST_CODECS = ("video/vp8", "video/h264")
 
 
 class Publisher:
@@ -47,6 +50,9 @@ class Publisher:
         answer = with_start_bitrate(await self.peers.answer(self.pc, offer_sdp))
         offered = negotiated_codecs(self.pc.remoteDescription.sdp)
         codecs = negotiated_codecs(answer)
+        simulcast = {mid: rids for mid, rids in offered_layers(offer_sdp).items()
+                     if mid in codecs and codecs[mid].mime_type.lower() in SIMULCAST_CODECS}
+        answer = with_simulcast(answer, simulcast)
         sources = sources or {}
         self._answer_transport_cc()
         rejected = rejected_mids(self.pc.remoteDescription.sdp)
@@ -54,10 +60,12 @@ class Publisher:
                    if remote.direction in ("sendonly", "sendrecv") and mid not in rejected}
         for mid in [m for m in self.tracks if m not in sending]:  # stopped, rejected or recycled m-lines
             self._unpublish(mid)
+        for mid in [m for m, t in self.tracks.items() if bool(t.layers) != (m in simulcast)]:
+            self._unpublish(mid)  # the same m-line, now with layers or without: a new track
         for transceiver in self.pc.getTransceivers():
             mid = transceiver.mid
             if mid in sending and mid not in self.tracks and mid in codecs:
-                self._publish(transceiver, codecs[mid], sources.get(mid))
+                self._publish(transceiver, codecs[mid], sources.get(mid), simulcast.get(mid))
         return answer
 
     def _answer_transport_cc(self) -> None:
@@ -68,25 +76,55 @@ class Publisher:
                 if responder.attached:
                     self.transport_cc.append(responder)
 
-    def _publish(self, transceiver, codec, source: str | None) -> None:
+    def _publish(self, transceiver, codec, source: str | None, rids: list[str] | None = None) -> None:
         kind = codec.kind
         if source not in SOURCES:
             source = "camera" if kind == "video" else "microphone"
         receiver = transceiver.receiver
-        uptrack = UpTrack(
-            track_id="TR_" + uuid.uuid4().hex[:12],
-            kind=kind, mime_type=codec.mime_type, clock_rate=codec.clock_rate,
-            payload_type=codec.payload_type, publisher_id=self.participant_id, source=source,
-            clock=self.clock, send_pli=lambda ssrc: send_pli(receiver, ssrc), codec_parameters=codec.parameters,
-            mid=transceiver.mid, receiver=receiver,
-        )
-        tap_receiver(receiver, uptrack.on_rtp, uptrack.on_sender_report)
+        track_id = "TR_" + uuid.uuid4().hex[:12]
+
+        def make(track_id: str) -> UpTrack:
+            return UpTrack(
+                track_id=track_id,
+                kind=kind, mime_type=codec.mime_type, clock_rate=codec.clock_rate,
+                payload_type=codec.payload_type, publisher_id=self.participant_id, source=source,
+                clock=self.clock, send_pli=lambda ssrc: send_pli(receiver, ssrc), codec_parameters=codec.parameters,
+                mid=transceiver.mid, receiver=receiver,
+            )
+
+        uptrack = make(track_id)
+        demux = getattr(receiver.transport, "_stoa_simulcast", None) if receiver.transport else None
+        if rids:
+            # The highest layer is the track the room, the recorder and media workers see.
+            layers = [make(f"{track_id}.{rid}") for rid in rids[:-1]] + [uptrack]
+            uptrack.set_layers(layers, rids)
+
+            async def on_layer(index: int, packet, arrival: float) -> None:
+                await layers[index].on_rtp(packet, arrival)
+
+            def on_sender_report(ssrc: int, ntp: int, rtp_timestamp: int) -> None:
+                for layer in layers:
+                    if layer.media_ssrc == ssrc:
+                        layer.on_sender_report(ssrc, ntp, rtp_timestamp)
+
+            SimulcastDemux.of(receiver.transport).bind(transceiver.mid, receiver, rids, codec.payload_type,
+                                                       codec.clock_rate, on_layer)
+            tap_receiver(receiver, uptrack.on_rtp, on_sender_report)
+        else:
+            if demux is not None:
+                demux.forget(transceiver.mid)
+            tap_receiver(receiver, uptrack.on_rtp, uptrack.on_sender_report)
         self.tracks[transceiver.mid] = uptrack
-        logger.info("%s published %s %s (%s)", self.participant_id, kind, uptrack.track_id, codec.mime_type)
+        logger.info("%s published %s %s (%s%s)", self.participant_id, kind, uptrack.track_id, codec.mime_type,
+                    f", simulcast {'/'.join(rids)}" if rids else "")
         self._on_published(uptrack)
 
     def _unpublish(self, mid: str) -> None:
         uptrack = self.tracks.pop(mid)
+        if uptrack.layers and uptrack.receiver is not None and uptrack.receiver.transport is not None:
+            demux = getattr(uptrack.receiver.transport, "_stoa_simulcast", None)
+            if demux is not None:
+                demux.unbind(mid)
         uptrack.close()
         logger.info("%s unpublished %s", self.participant_id, uptrack.track_id)
         self._on_unpublished(uptrack)

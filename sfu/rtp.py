@@ -122,6 +122,54 @@ def vp8_is_keyframe(payload: bytes) -> bool:
     return len(head) > size and head[size] & 0x01 == 0
 
 
+def vp8_frame_size(payload: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first packet of a VP8 keyframe (RFC 6386 9.1: frame tag, start code
+    9d 01 2a, then 14-bit width and height, little-endian), else None."""
+    try:
+        size = parse_vp8_descriptor(payload[:7]).size
+    except ValueError:
+        return None
+    head = payload[size:size + 10]
+    if len(head) < 10 or head[0] & 0x01 or head[3:6] != b"\x9d\x01\x2a":
+        return None
+    return int.from_bytes(head[6:8], "little") & 0x3FFF, int.from_bytes(head[8:10], "little") & 0x3FFF
+
+
+def vp8_picture_ids(payload: bytes) -> tuple[int, int, int, int] | None:
+    """(picture id, its bit width 7 or 15, its byte offset, TL0PICIDX offset or 0) of a VP8 payload
+    descriptor (RFC 7741 4.2), or None when it carries no picture id."""
+    if len(payload) < 3 or not payload[0] & 0x80:
+        return None
+    x = payload[1]
+    pos = 2
+    if not x & 0x80:
+        return None
+    if payload[pos] & 0x80:
+        if len(payload) < pos + 2:
+            return None
+        pid, bits, at = ((payload[pos] & 0x7F) << 8) | payload[pos + 1], 15, pos
+        pos += 2
+    else:
+        pid, bits, at = payload[pos] & 0x7F, 7, pos
+        pos += 1
+    tl0 = pos if x & 0x40 and len(payload) > pos else 0
+    return pid, bits, at, tl0
+
+
+def vp8_rewrite_picture_ids(payload: bytes, pid: int, bits: int, at: int, tl0_at: int, tl0: int) -> bytes:
+    """The payload with its picture id (at `at`, `bits` wide) set to `pid` and, when `tl0_at`, its
+    TL0PICIDX to `tl0`; the descriptor keeps its length."""
+    out = bytearray(payload)
+    if bits == 15:
+        out[at] = 0x80 | (pid >> 8) & 0x7F
+        out[at + 1] = pid & 0xFF
+    else:
+        out[at] = pid & 0x7F
+    if tl0_at:
+        out[tl0_at] = tl0 & 0xFF
+    return bytes(out)
+
+
 def stap_a_units(payload: bytes) -> list[bytes] | None:
     """The NAL units of an RFC 6184 STAP-A payload (after its header byte: 16-bit size, NAL unit, repeated),
     or None when a size is zero or runs past the end. The one STAP-A reader: forwarding and the recorder."""

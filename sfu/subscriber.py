@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Awaitable, Callable
 
 from aiortc import RTCPeerConnection
 
+from sfu.allocator import LayerAllocator
 from sfu.downtrack import DownTrack, OnQuality
 from sfu.peer import IdleTrack, PeerFactory, SdpError, check_restartable, codec_preferences, same_codec
 from sfu.uptrack import UpTrack
@@ -17,12 +19,16 @@ logger = logging.getLogger(__name__)
 
 SendOffer = Callable[[str, list[dict]], Awaitable[None]]
 
+REALLOCATE_INTERVAL = 0.5  # s between layer choices on REMB, unless the estimate drops
+
 
 class Subscriber:
     def __init__(self, participant_id: str, peers: PeerFactory, send_offer: SendOffer, *,
                  data_channel_label: str | None = "stoa", on_quality: OnQuality | None = None):
         self.participant_id = participant_id
-        self.on_quality = on_quality  # given to every leg: the viewer's connection quality changed
+        self._on_quality = on_quality  # told of every leg's change: the viewer's connection quality changed
+        self.allocator = LayerAllocator()  # simulcast layer choice for this viewer's legs
+        self._allocated_at = 0.0
         self.peers = peers
         self.pc: RTCPeerConnection = peers.create()
         self.legs: list[tuple[object, DownTrack]] = []  # (transceiver, downtrack)
@@ -58,12 +64,53 @@ class Subscriber:
         transceiver = self.pc.addTransceiver(IdleTrack(uptrack.kind), direction="sendonly")
         transceiver.setCodecPreferences(codec_preferences(uptrack.kind, uptrack.mime_type,
                                                           uptrack.codec_parameters))
-        downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=uptrack.kind,
-                              load=self.peers.load)
-        downtrack.on_quality = self.on_quality
+        downtrack = self._new_leg(transceiver, uptrack.kind)
         downtrack.attach(uptrack)
         self.legs.append((transceiver, downtrack))
         return downtrack
+
+    def _new_leg(self, transceiver, kind: str) -> DownTrack:
+        downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=kind, load=self.peers.load)
+        downtrack.on_quality = self._quality_changed
+        if kind == "video":
+            downtrack.on_remb = self._on_remb
+        return downtrack
+
+    # -- simulcast layers ---------------------------------------------------------------------
+
+    def _quality_changed(self, downtrack: DownTrack, change) -> None:
+        if downtrack.switcher is not None:
+            self.allocate()
+        if self._on_quality is not None:
+            self._on_quality(downtrack, change)
+
+    def _on_remb(self, bitrate: int) -> None:
+        now = time.monotonic()
+        sent = sum(8 * d.retransmit.media_rate for _, d in self.legs if d.uptrack is not None)
+        congested = self.allocator.on_estimate(bitrate, sent, now)
+        if congested or now - self._allocated_at >= REALLOCATE_INTERVAL:
+            self.allocate(now)
+
+    def set_video_size(self, track_id: str, width: int, height: int) -> bool:
+        """The viewer's page renders `track_id` at width x height device pixels (0 x 0: not shown)."""
+        if self.downtrack(track_id) is None:
+            return False
+        self.allocator.set_size(track_id, width, height)
+        self.allocate()
+        return True
+
+    def allocate(self, now: float | None = None) -> None:
+        """Choose the layer of each of this viewer's simulcast legs (sfu/allocator.py)."""
+        now = time.monotonic() if now is None else now
+        self._allocated_at = now
+        legs = [d for _, d in self.legs if d.uptrack is not None]
+        if any(d.switcher is not None for d in legs):
+            for leg, layer in self.allocator.allocate(legs, now).items():
+                cap = self.allocator.cap
+                logger.info("%s: track %s -> layer %s (REMB %s kbps, cap %s)", self.participant_id, leg.track_id,
+                            leg.uptrack.rids[layer], "?" if self.allocator.estimate is None
+                            else round(self.allocator.estimate / 1000), "none" if cap == float("inf")
+                            else f"{round(cap / 1000)} kbps")
 
     def remove_track(self, track_id: str) -> bool:
         for transceiver, downtrack in self.legs:
@@ -164,9 +211,7 @@ class Subscriber:
                 check_section_takes(offer_sdp, section.mid, track.mime_type, track.codec_parameters)
                 transceiver.setCodecPreferences(codec_preferences(section.kind, track.mime_type,
                                                                   track.codec_parameters))
-            downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=section.kind,
-                                  load=self.peers.load)
-            downtrack.on_quality = self.on_quality
+            downtrack = self._new_leg(transceiver, section.kind)
             self.legs.append((transceiver, downtrack))
         answer = await self.peers.answer(self.pc, offer_sdp)
         self.bind(tracks)

@@ -12,7 +12,7 @@ from aiortc.rtp import RtpPacket
 from sfu.buffer import CachedPacket, PacketCache
 from sfu.gopcache import GOP_REPLAY_SPEEDUP, GopCache
 from sfu.interfaces import PacketSink, ReplayingSender, ReportSink, TrackSender
-from sfu.rtp import abs_send_time, is_keyframe, ntp_to_unix, unix_to_ntp
+from sfu.rtp import abs_send_time, is_keyframe, ntp_to_unix, unix_to_ntp, vp8_frame_size
 from sfu.seqnum import ts_diff
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,16 @@ class UpTrack:
         self.source = source
         self.mid = mid  # the publisher's m-section
         self.receiver = receiver  # the publisher's aiortc RTCRtpReceiver (None in a media worker)
-        self.muted = False
+        self._muted = False
+        # Simulcast: the track's layers low to high, this one (the highest) last, and their rids; None for
+        # a single stream. Legs pick a layer (sfu/layers.py); sinks (recorder, relay) take this one.
+        self.layers: list[UpTrack] | None = None
+        self.rids: list[str] | None = None
+        self.frame_size: tuple[int, int] | None = None  # (width, height) of the last keyframe, simulcast VP8 only
+        self._track_size = False
+        self.octets_received = 0
+        self.known_bitrate = 0.0  # the last nonzero bitrate(): a paused layer's rate when it ran
+        self._rate: tuple[float, int, float] = (monotonic(), 0, 0.0)  # (at, octets then, bits/s)
         self.cache = PacketCache()
         self.gop = GopCache() if kind == "video" else None
         self._replays: dict[ReplayingSender, asyncio.Task] = {}  # leg -> the task replaying the GOP cache to it
@@ -97,6 +106,32 @@ class UpTrack:
         self.payload_mismatches = 0
         self.forward_errors = 0
         self.replays = 0
+
+    @property
+    def muted(self) -> bool:
+        return self._muted
+
+    @muted.setter
+    def muted(self, value: bool) -> None:
+        for track in self.layers or (self,):
+            track._muted = value
+
+    def set_layers(self, layers: list["UpTrack"], rids: list[str]) -> None:
+        """Make this track (the highest layer) the face of a simulcast track with `layers`, low to high."""
+        self.layers, self.rids = layers, rids
+        for layer in layers:
+            layer._track_size = self.mime_type.lower() == "video/vp8"
+
+    def bitrate(self) -> float:
+        """Bits per second received, over the last second or more (sampled when asked)."""
+        at, octets, rate = self._rate
+        now = self._monotonic()
+        if now - at >= 1.0:
+            rate = (self.octets_received - octets) * 8 / (now - at)
+            self._rate = (now, self.octets_received, rate)
+            if rate:
+                self.known_bitrate = rate
+        return rate
 
     def describe(self) -> dict:
         return {
@@ -136,9 +171,12 @@ class UpTrack:
         self.packets_received += 1
         self.media_ssrc = packet.ssrc
         payload = packet.payload
+        self.octets_received += len(payload)
         keyframe = is_keyframe(self.mime_type, payload) if self._video else True
         if keyframe and self._video:
             self.keyframes_received += 1
+            if self._track_size:
+                self.frame_size = vp8_frame_size(payload) or self.frame_size
         level = packet.extensions.audio_level
         cached = CachedPacket(
             packet.sequence_number, packet.timestamp, packet.marker, payload,
@@ -148,7 +186,7 @@ class UpTrack:
         self.cache.add(cached)
         if self.gop is not None:
             self.gop.add(cached)
-        if self.muted:
+        if self._muted:
             return
         ntp = unix_to_ntp(self.capture_time(packet.timestamp, arrival))
         send_time = abs_send_time()
@@ -279,6 +317,9 @@ class UpTrack:
                 self.downtracks.append(downtrack)
 
     def close(self) -> None:
+        for layer in self.layers or ():
+            if layer is not self:
+                layer.close()
         self.closed = True
         for downtrack in [*self.downtracks, *self._replays]:
             downtrack.detach(self)

@@ -71,6 +71,8 @@ class Settings:
     debug_hooks: bool = False
     # Record every room from its first published track (a server-wide recording flag).
     record_all: bool = False
+    # The room page publishes the camera in three simulcast layers (docs/simulcast.md); off: one stream.
+    simulcast: bool = True
     log_level: str = "info"
     # Outgoing webhooks kept in step with the database at start-up: [{url, secret, events}] (TOML tables).
     webhooks: list[dict] = field(default_factory=list)

@@ -19,6 +19,7 @@ from sfu.publisher import Publisher
 from sfu.quality import LEVELS, QualityChange
 from sfu.speakers import LevelRing, SpeakerDetector
 from sfu.subscriber import Subscriber
+from sfu.dynacast import Dynacast
 from sfu.uptrack import UpTrack
 from shared.auth import Grants
 
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 Send = Callable[[dict | bytes], Awaitable[None]]  # bytes: a message encoded as UTF-8 JSON
 
 SPEAKERS_TICK = 0.2  # s between two looks at the audio levels
+DYNACAST_TICK = 1.0  # s between two looks at which simulcast layers viewers need
 
 
 class RoomFull(Exception):
@@ -375,6 +377,8 @@ class Room:
             self.speakers.add_track(track.track_id, track.publisher_id, ring)
             if self._speakers_task is None or self._speakers_task.done():
                 self._speakers_task = asyncio.ensure_future(self._watch_speakers())
+        if track.layers:
+            self.spawn(self._dynacast(track))
         self.rebind_broadcast_viewers()
         for listener in self.track_listeners:
             listener("published", track)
@@ -390,6 +394,18 @@ class Room:
         self.rebind_broadcast_viewers(exclude=track)
         for listener in self.track_listeners:
             listener("unpublished", track)
+
+    async def _dynacast(self, track: UpTrack) -> None:
+        """Tell the publisher which simulcast layers of `track` to run (sfu/dynacast.py), until it ends."""
+        dynacast = Dynacast(track)
+        loop = asyncio.get_running_loop()
+        while not track.closed:
+            await asyncio.sleep(DYNACAST_TICK)
+            active = dynacast.update(loop.time())
+            owner = self.participants.get(track.publisher_id)
+            if active is not None and owner is not None and not track.closed:
+                logger.info("dynacast: %s runs layers %s of %s", track.publisher_id, active, track.track_id)
+                await owner.send({"type": "layers", "track_id": track.track_id, "active": active})
 
     async def _watch_speakers(self) -> None:
         """Tell the room who speaks, loudest first, whenever that changes (debounced by the detector).

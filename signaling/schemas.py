@@ -66,6 +66,11 @@ CLIENT_MESSAGES: dict[str, dict] = {
     "unpublish": {"properties": {"track_id": _ID}, "required": ["track_id"]},
     # A track the staff muted: ask them to allow unmuting it (they answer with moderate allow_unmute).
     "unmute_request": {"properties": {"track_id": _ID}, "required": ["track_id"]},
+    # The size (device pixels) at which the page shows a video track; 0 x 0: not shown. Caps the
+    # simulcast layer the viewer gets (docs/simulcast.md).
+    "video_size": {"properties": {"track_id": _ID, "width": {"type": "integer", "minimum": 0, "maximum": 16384},
+                                  "height": {"type": "integer", "minimum": 0, "maximum": 16384}},
+                   "required": ["track_id", "width", "height"]},
     "leave": {"properties": {}},
     # The subscriber connection failed: the server replaces it and offers every track again.
     "resubscribe": {"properties": {}},

@@ -10,7 +10,8 @@ import jinja2
 from aiohttp import web
 
 from recorder.service import recordings_ctx
-from sfu.aiortc_seam import check_compatibility, enable_transport_cc, prefer_aes128_gcm, register_h264_profiles
+from sfu.aiortc_seam import (check_compatibility, enable_simulcast, enable_transport_cc, prefer_aes128_gcm,
+                             register_h264_profiles)
 from sfu.overload import LoadMonitor, OverloadPolicy
 from sfu.peer import IceSettings, PeerFactory
 from shared.appkeys import SETTINGS
@@ -29,6 +30,7 @@ def build_app(settings: Settings) -> web.Application:
     check_compatibility()
     prefer_aes128_gcm()
     enable_transport_cc()
+    enable_simulcast()
     register_h264_profiles()
     app = web.Application(client_max_size=1024 * 1024, middlewares=[whip.cors_middleware])
     app[SETTINGS] = settings

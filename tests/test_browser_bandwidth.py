@@ -7,11 +7,23 @@ import asyncio
 
 import pytest
 
+from shared.config import load_settings
 from tests.browser import inbound, wait_js
 from tests.serve import eventually
 from tests.test_browser_room import ROOM, teacher_and_student
 
 pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def server_settings(tmp_path):
+    # The camera as one stream: what is measured here is the publisher's own estimate. With simulcast
+    # the student's camera tile, small beside the share, gets the low layer (tests/test_browser_simulcast.py
+    # checks the publisher keeps its top layer full size while sharing).
+    return load_settings(environ={}, overrides={
+        "dev": True, "host": "127.0.0.1", "port": 8080, "ice_addresses": ["127.0.0.1"],
+        "data_dir": str(tmp_path / "data"), "overload_control": False, "simulcast": False,
+    })
 
 # The student's decoded video, by source: {source: (frameWidth, framesDecoded)}.
 async def decoded_by_source(page) -> dict[str, tuple[int, int]]:

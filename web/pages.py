@@ -106,6 +106,7 @@ async def room_page(request: web.Request) -> web.Response:
     return aiohttp_jinja2.render_template("room.html", request, {
         "room": room, "token": token, "grants": grants, "recorded": await recording_notice(request.app, room),
         "title": session.title if session else room, "session_id": session.id if session else None,
+        "simulcast": request.app[SETTINGS].simulcast,
     })
 
 

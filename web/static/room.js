@@ -93,6 +93,7 @@ function newSubscriber() {
       el.dataset.participant = info.participant || "";
       const video = el.querySelector("video");
       video.srcObject = new MediaStream([e.track]);
+      watchSize(video, el);
       play(video);
     } else {
       let audio = document.getElementById(`audio-${mid}`);
@@ -122,6 +123,39 @@ function newSubscriber() {
   };
   return pc;
 }
+
+// ---- the size each video is shown at (docs/protocol.md, "video_size") ------------------------------
+// The server sends no simulcast layer larger than the element shows it, whatever the link carries.
+const sizeObserver = new ResizeObserver((entries) => {
+  for (const entry of entries) reportSize(entry.target);
+});
+const sizeTimers = new WeakMap();
+
+function watchSize(video, el) {
+  video.dataset.sizeSent = "";
+  sizeObserver.observe(video);
+  reportSize(video, el);
+}
+
+function reportSize(video, el = video.closest(".tile")) {
+  clearTimeout(sizeTimers.get(video));
+  sizeTimers.set(video, setTimeout(() => {
+    const trackId = el && el.dataset.trackId;
+    if (!trackId || !video.isConnected) return;
+    const dpr = window.devicePixelRatio || 1;
+    const hidden = document.visibilityState === "hidden";
+    const width = hidden ? 0 : Math.round(video.clientWidth * dpr);
+    const height = hidden ? 0 : Math.round(video.clientHeight * dpr);
+    const key = `${trackId}:${width}x${height}`;
+    if (video.dataset.sizeSent === key) return;
+    video.dataset.sizeSent = key;
+    send({ type: "video_size", track_id: trackId, width, height });
+  }, 200));
+}
+
+document.addEventListener("visibilitychange", () => {
+  for (const video of stage.querySelectorAll(".tile video")) reportSize(video);
+});
 
 async function onOffer(msg) {
   if (state.awaitingResubscribe) return;  // meant for the connection being replaced
@@ -186,6 +220,31 @@ function sourceOf(track) {
   return null;
 }
 
+// The camera goes out in three layers (docs/simulcast.md): each viewer gets the one its link and its
+// tile's size call for. The screen stays one stream: text needs its full resolution, not a smaller copy.
+const CAMERA_LAYERS = [
+  { rid: "q", scaleResolutionDownBy: 4 },
+  { rid: "h", scaleResolutionDownBy: 2 },
+  { rid: "f", scaleResolutionDownBy: 1 },
+];
+const layered = (t) => t.sender.getParameters().encodings.length > 1;
+
+async function setActiveLayers(active) {
+  if (!state.pub) return;
+  for (const tr of state.pub.getTransceivers()) {
+    if (!tr.sender.track || tr.sender.track.kind !== "video" || !layered(tr)) continue;
+    const params = tr.sender.getParameters();
+    let changed = false;
+    for (const enc of params.encodings) {
+      const on = active.includes(enc.rid);
+      if (enc.active !== on) { enc.active = on; changed = true; }
+    }
+    if (changed) {
+      try { await tr.sender.setParameters(params); } catch (err) { console.warn("layers:", err.message); }
+    }
+  }
+}
+
 async function offerTracks() {
   if (!state.pub) state.pub = newPublisher();
   const pc = state.pub;
@@ -193,13 +252,18 @@ async function offerTracks() {
   const add = async (stream) => {
     for (const track of stream.getTracks()) {
       if (senders.has(track)) continue;
+      const simulcast = cfg.simulcast && track.kind === "video" && stream === state.camera;
       // Reuse an idle section of this kind (a stopped source's): the m-lines and the transport stay.
+      // A section keeps its encodings, so the camera only takes a layered one and the screen a plain one.
       const idle = pc.getTransceivers().find((t) => !t.sender.track && t.direction === "inactive"
-        && t.currentDirection !== "stopped" && t.receiver.track.kind === track.kind);
+        && t.currentDirection !== "stopped" && t.receiver.track.kind === track.kind
+        && (track.kind !== "video" || layered(t) === simulcast));
       if (idle) {
         await idle.sender.replaceTrack(track);
         idle.sender.setStreams(stream);
         idle.direction = "sendonly";
+      } else if (simulcast) {
+        pc.addTransceiver(track, { direction: "sendonly", streams: [stream], sendEncodings: CAMERA_LAYERS });
       } else {
         pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
       }
@@ -493,6 +557,10 @@ async function handle(msg) {
       for (const el of stage.querySelectorAll(".tile")) {
         if (el.dataset.trackId === msg.track_id) el.remove();
       }
+      break;
+    case "layers":
+      // Dynacast (docs/simulcast.md): run only the camera layers some viewer needs.
+      setActiveLayers(msg.active);
       break;
     case "connection_quality":
       // The server judged this viewer's link for one track (docs/protocol.md): shown on the tile.

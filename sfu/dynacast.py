@@ -1,0 +1,51 @@
+"""Dynacast: the layers of a simulcast track that no viewer needs are paused at the publisher.
+
+A layer is needed while a leg forwards it or is switching to it, and the top layer while the track has
+sinks (the recorder, the relay to media workers, which forward that layer). The lowest layer always
+runs, so a new viewer starts at once. A layer no longer needed is paused after PAUSE_AFTER seconds (a
+viewer that steps down and back up does not make the encoder stop and start); a needed one resumes at
+once. The room tells the publishing page (`layers`, docs/protocol.md), which sets that encoding's
+`active` with RTCRtpSender.setParameters. Pure: the caller passes `now`.
+"""
+
+from __future__ import annotations
+
+from sfu.layers import LayerSwitcher
+
+PAUSE_AFTER = 5.0
+
+
+def needed_layers(track) -> set[int]:
+    wanted = {0}
+    if track.sinks:
+        wanted.add(len(track.layers) - 1)
+    for layer in track.layers:
+        for leg in layer.downtracks:
+            switcher = getattr(leg, "switcher", None)
+            if isinstance(switcher, LayerSwitcher):
+                wanted.add(switcher.target)
+    return wanted
+
+
+class Dynacast:
+    __slots__ = ("track", "active", "_unneeded_since")
+
+    def __init__(self, track):
+        self.track = track
+        self.active = [True] * len(track.layers)  # what the publisher was last told (all run at first)
+        self._unneeded_since: dict[int, float] = {}
+
+    def update(self, now: float) -> list[str] | None:
+        """The rids to run, when that changes; else None."""
+        wanted = needed_layers(self.track)
+        active = list(self.active)
+        for i in range(len(active)):
+            if i in wanted:
+                self._unneeded_since.pop(i, None)
+                active[i] = True
+            elif active[i] and now - self._unneeded_since.setdefault(i, now) >= PAUSE_AFTER:
+                active[i] = False
+        if active == self.active:
+            return None
+        self.active = active
+        return [rid for rid, on in zip(self.track.rids, active) if on]

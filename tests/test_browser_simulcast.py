@@ -1,0 +1,115 @@
+"""Simulcast from the room page (docs/simulcast.md): Chromium publishes the camera in three layers, each viewer
+gets the layer its tile's size and its link call for, and layers nobody needs are paused at the publisher.
+
+Teacher and student pages run in one Chromium inside a network namespace; the link toward it is a tbf
+(tests/netns.py) that starts wide and is narrowed with `tc qdisc change`. The teacher's uplink is not shaped.
+Every media assertion reads decoded frames (getStats) at the student, or the publisher's own outbound stats.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.browser import inbound
+# The server on the namespace's host address, and Chromium taking its http origin as secure: the same as there.
+from tests.test_browser_ice_drop import browser_args, server_settings  # noqa: F401
+from tests.netns import ShapedLink, unavailable
+from tests.serve import eventually
+from tests.test_browser_room import ROOM, teacher_and_student
+
+pytestmark = pytest.mark.browser
+
+WIDE = ("rate", "20mbit", "burst", "64kb", "latency", "400ms")
+NARROW = ("rate", "300kbit", "burst", "16kb", "latency", "400ms")
+
+OUTBOUND_JS = """async () => {
+    const out = {};
+    if (!window.stoa.state.pub) return out;
+    (await window.stoa.state.pub.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid)
+        out[s.rid] = {width: s.frameWidth || 0, frames: s.framesEncoded || 0, active: s.active}; });
+    return out; }"""
+
+
+@pytest.fixture
+def browser_netns():
+    reason = unavailable()
+    if reason:
+        pytest.skip(f"needs Chromium in a network namespace: {reason}")
+    with ShapedLink(rate=WIDE[1], burst=WIDE[3], latency=WIDE[5]) as link:
+        yield link
+
+
+def shape(link: ShapedLink, spec: tuple[str, ...]) -> None:
+    subprocess.run(["tc", "qdisc", "change", "dev", link.host_if, "root", "tbf", *spec], check=True,
+                   capture_output=True, timeout=10)
+
+
+def camera_decoding(student, width: int, more_than: int = 0):
+    """The student's camera is decoded `width` wide, with frames still coming: (width, frames) or False."""
+    async def check():
+        for s in await inbound(student):
+            if s.get("frameWidth") == width and s.get("framesDecoded", 0) > more_than:
+                return s["framesDecoded"]
+        return False
+    return check
+
+
+async def decodes(student, width: int, timeout: float, what: str) -> None:
+    first = await eventually(camera_decoding(student, width), timeout, f"the student decodes {what}",
+                             interval=0.25)
+    await eventually(camera_decoding(student, width, first + 5), 10, f"{what}: frames keep coming",
+                     interval=0.25)
+
+
+async def publishing_three_layers(stoa_server, chromium):
+    from signaling.room import ROOMS
+
+    teacher, student = await teacher_and_student(stoa_server, chromium)
+    await teacher.click("#btn-camera")
+
+    async def three_layers():
+        out = await teacher.evaluate(OUTBOUND_JS)
+        return sorted(v["width"] for v in out.values() if v["frames"] > 0) == [320, 640, 1280] and out
+
+    await eventually(three_layers, 15, "the teacher encodes the camera in three layers", interval=0.25)
+    await decodes(student, 1280, 15, "the top layer on a wide link")
+    track = next(t for t in stoa_server.app[ROOMS].rooms[ROOM].tracks() if t.source == "camera")
+    assert track.rids == ["q", "h", "f"] and all(layer.packets_received > 0 for layer in track.layers)
+    return teacher, student, track
+
+
+async def test_a_small_tile_gets_the_low_layer_and_dynacast_pauses_the_others(stoa_server, chromium):
+    teacher, student, track = await publishing_three_layers(stoa_server, chromium)
+    resize = """(size) => { for (const v of document.querySelectorAll('#stage .tile video')) {
+        if (v.closest('.tile').dataset.trackId) v.style.cssText = size ? `width:${size[0]}px !important;`
+          + `height:${size[1]}px !important;max-width:none !important` : ''; } }"""
+    await student.evaluate(resize, [240, 135])
+    await decodes(student, 320, 10, "the low layer in a 240 px tile")
+
+    async def paused():
+        out = await teacher.evaluate(OUTBOUND_JS)
+        return out["q"]["active"] and not out["h"]["active"] and not out["f"]["active"] and out
+
+    await eventually(paused, 15, "the publisher pauses the layers nobody watches", interval=0.5)
+    await student.evaluate(resize, None)
+    await decodes(student, 1280, 15, "the top layer again at full size")
+    out = await teacher.evaluate(OUTBOUND_JS)
+    assert out["f"]["active"], out
+    assert not chromium.errors(), chromium.errors()
+
+
+async def test_a_narrowed_link_steps_down_to_the_low_layer(stoa_server, chromium, browser_netns):
+    from signaling.room import ROOMS
+
+    teacher, student, track = await publishing_three_layers(stoa_server, chromium)
+    shape(browser_netns, NARROW)
+    await decodes(student, 320, 15, "the low layer behind 300 kbit/s")
+    sub = stoa_server.app[ROOMS].rooms[ROOM].participants["stud"].subscriber
+    assert sub.allocator.congestion_events > 0
+    # Only this viewer's leg stepped down: the publisher still encodes its top layer at full size.
+    out = await teacher.evaluate(OUTBOUND_JS)
+    assert out["f"]["width"] >= 960, out
+    assert not chromium.errors(), chromium.errors()

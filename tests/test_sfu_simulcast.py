@@ -1,0 +1,160 @@
+"""Simulcast's pure parts: the SDP lines, VP8 picture-id continuity, the layer switch, the allocator."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from sfu.allocator import PROBE_AFTER, UP_HOLD, LayerAllocator
+from sfu.buffer import CachedPacket
+from sfu.layers import LayerSwitcher
+from sfu.rtp import vp8_picture_ids
+from sfu.simulcast import offered_layers, with_simulcast
+
+pytestmark = pytest.mark.unit
+
+OFFER = "\r\n".join([
+    "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=mid:0", "a=sendonly",
+    "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:1", "a=sendonly",
+    "a=rid:f send", "a=rid:q send", "a=rid:h send", "a=simulcast:send f;q;h",
+    "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:2", "a=sendonly", "",
+])
+
+
+def test_offered_layers_are_ordered_low_to_high_and_plain_sections_left_out():
+    assert offered_layers(OFFER) == {"1": ["q", "h", "f"]}
+    paused = OFFER.replace("a=simulcast:send f;q;h", "a=simulcast:send ~q;h")
+    assert offered_layers(paused) == {"1": ["q", "h"]}
+    assert offered_layers(OFFER.replace("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1", "m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:1")) == {}
+
+
+def test_answer_gets_rid_and_simulcast_lines_in_its_section_only():
+    answer = OFFER.replace("a=sendonly", "a=recvonly")
+    answer = "\r\n".join(line for line in answer.split("\r\n") if not line.startswith(("a=rid", "a=simulcast")))
+    out = with_simulcast(answer, {"1": ["q", "h", "f"]})
+    sections = out.split("m=")
+    assert "a=rid:q recv\r\na=rid:h recv\r\na=rid:f recv\r\na=simulcast:recv q;h;f\r\n" in sections[2]
+    assert "a=rid" not in sections[1] + sections[3]
+    assert out.endswith("\r\n") and with_simulcast(answer, {}) == answer
+
+
+def vp8(pid: int, tl0: int, key: bool = False, start: bool = True) -> bytes:
+    # X=1, S, PID; I=1 L=1; 15-bit picture id; TL0PICIDX; frame tag (bit 0 clear on a keyframe)
+    return bytes([0x90 if start else 0x80, 0xC0, 0x80 | pid >> 8, pid & 0xFF, tl0, 0x00 if key else 0x01, 0, 0])
+
+
+class FakeLayer:
+    def __init__(self):
+        self.downtracks, self.keyframe_requests = [], 0
+
+    def add_downtrack(self, tap):  # as UpTrack does: a new leg asks for a keyframe
+        self.downtracks.append(tap)
+        self.keyframe_requests += 1
+
+    def remove_downtrack(self, tap):
+        self.downtracks.remove(tap)
+
+    def request_keyframe(self):
+        self.keyframe_requests += 1
+
+    def feed(self, packet):
+        for tap in list(self.downtracks):
+            tap.forward(packet, 0, b"\0\0\0", {})
+
+
+class FakeLeg:
+    subscriber_id = "viewer"
+
+    def __init__(self):
+        self.sent: list[CachedPacket] = []
+        self.forwarder = SimpleNamespace(switch_source=lambda: self.sent.append("switch"))
+        self.source = None
+
+    def forward(self, packet, ntp, send_time, tails):
+        self.sent.append(packet)
+
+    def detach(self):
+        pass
+
+
+def packet(seq: int, payload: bytes, key: bool = False) -> CachedPacket:
+    return CachedPacket(seq, seq * 3000, 1, payload, None, 0.0, key)
+
+
+def test_switch_waits_for_a_keyframe_of_the_target_and_continues_the_picture_ids():
+    layers = [FakeLayer(), FakeLayer()]
+    track = SimpleNamespace(layers=layers, rids=["q", "f"], mime_type="video/VP8")
+    leg = FakeLeg()
+    switcher = LayerSwitcher(leg, track, 1)
+    layers[1].feed(packet(1, vp8(500, 7, key=True), key=True))
+    layers[1].feed(packet(2, vp8(501, 8)))
+    assert [vp8_picture_ids(p.payload)[0] for p in leg.sent] == [500, 501]
+    switcher.select(0)
+    assert layers[0].keyframe_requests == 1 and len(layers[0].downtracks) == 1
+    layers[0].feed(packet(10, vp8(20, 3)))           # not a keyframe: dropped
+    layers[1].feed(packet(3, vp8(502, 9)))           # the old layer still goes out meanwhile
+    layers[0].feed(packet(11, vp8(21, 4, key=True), key=True))
+    layers[0].feed(packet(12, vp8(22, 5)))
+    layers[1].feed(packet(4, vp8(503, 10)))          # the old layer's tap is gone
+    assert leg.sent[3] == "switch"
+    sent = [p for p in leg.sent if p != "switch"]
+    ids = [vp8_picture_ids(p.payload) for p in sent]
+    assert [i[0] for i in ids] == [500, 501, 502, 503, 504]
+    assert [p.payload[i[3]] for p, i in zip(sent, ids)] == [7, 8, 9, 10, 11]
+    assert layers[1].downtracks == [] and leg.source is layers[0] and switcher.describe()["layer"] == "q"
+    # a retransmission of the new layer's packet carries the same rewritten ids
+    assert vp8_picture_ids(switcher.rewrite_payload(vp8(22, 5)))[0] == 504
+
+
+class Leg(SimpleNamespace):
+    __hash__ = object.__hash__
+
+
+def legs_of(track, **leg):
+    switcher = SimpleNamespace(target=len(track.layers) - 1)
+    switcher.select = lambda i: setattr(switcher, "target", i)
+    return Leg(kind="video", uptrack=track, switcher=switcher,
+               quality=SimpleNamespace(level=leg.get("quality", "good")), retransmit=SimpleNamespace(media_rate=0.0))
+
+
+def simulcast_track(rates=(150_000, 400_000, 900_000), source="camera"):
+    layers = [SimpleNamespace(bitrate=lambda r=r: r, frame_size=(320 << i, 180 << i)) for i, r in enumerate(rates)]
+    return SimpleNamespace(layers=layers, track_id="TR_cam", source=source, rids=["q", "h", "f"])
+
+
+def test_allocator_steps_down_on_congestion_and_probes_back_up_one_layer_at_a_time():
+    alloc = LayerAllocator()
+    leg = legs_of(simulcast_track())
+    assert alloc.allocate([leg], 0.0) == {}  # no estimate: the top layer
+    assert not alloc.on_estimate(1_400_000, 950_000, 1.0)  # REMB over what is sent: no cap
+    assert alloc.allocate([leg], 1.0) == {}
+    assert not alloc.on_estimate(1_450_000, 2_000_000, 1.5)  # below what is sent, but rising: a lag
+    assert alloc.on_estimate(300_000, 950_000, 2.0)  # the link is full
+    assert alloc.allocate([leg], 2.0) == {leg: 0}
+    assert alloc.allocate([leg], 2.0 + PROBE_AFTER - 1) == {}
+    t = 2.0 + PROBE_AFTER
+    assert alloc.allocate([leg], t) == {}  # the cap is lifted; the higher layer must fit for UP_HOLD
+    assert alloc.allocate([leg], t + UP_HOLD) == {leg: 1}
+    assert not alloc.on_estimate(600_000, 450_000, t + UP_HOLD + 0.5)
+    assert alloc.on_estimate(250_000, 450_000, t + UP_HOLD + 1)  # the probe failed
+    assert alloc.allocate([leg], t + UP_HOLD + 1) == {leg: 0}
+    assert alloc.allocate([leg], t + UP_HOLD + 1 + PROBE_AFTER + 1) == {}  # waits twice as long now
+    assert alloc.cap != math.inf
+
+
+def test_allocator_caps_by_rendered_size_and_serves_the_screen_first():
+    alloc = LayerAllocator()
+    camera, screen = legs_of(simulcast_track()), legs_of(simulcast_track(source="screen"))
+    screen.uptrack.track_id = "TR_screen"
+    alloc.set_size("TR_cam", 300, 170)
+    assert alloc.allocate([camera, screen], 0.0) == {camera: 0}
+    alloc.set_size("TR_cam", 0, 0)  # hidden
+    assert alloc.size_cap(camera) == 0
+    alloc.set_size("TR_cam", 1280, 720)
+    alloc.on_estimate(2_000_000, 2_000_000, 0.5)
+    alloc.on_estimate(1_000_000, 2_000_000, 1.0)  # room for the screen's top layer, not for the camera's
+    alloc.allocate([camera, screen], 1.0)
+    assert (screen.switcher.target, camera.switcher.target) == (2, 0)
