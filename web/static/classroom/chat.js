@@ -1,6 +1,8 @@
 // Chat panel: send, reply, edit/delete own, moderators delete any and pin, typing indicator, older pages
 // through GET /api/rooms/{room}/chat.
-import { $, act, cfg, fmtTime, h, isMod, me, on, readOnly, send } from "./core.js";
+import { cfg } from "../config.js";
+import { $, h } from "../dom.js";
+import { act, fmtTime, isMod, me, on, readOnly, send } from "./core.js";
 
 const TYPING_EVERY_MS = 3000;
 const TYPING_SHOWN_MS = 6000;
