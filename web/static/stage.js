@@ -189,7 +189,7 @@ function renderPeople() {
     const cam = trackOf(id, "camera");
     span.textContent = ` · ${micWords(id)[0]} · ${cam && !cam.muted ? "camera on" : "camera off"}`
       + (trackOf(id, "screen") ? " · sharing" : "");
-    li.append(span);
+    li.firstChild.after(span);   // right after the name, before any controls (controls.js)
   }
 }
 
