@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.browser import screenshot, wait_js
+from tests.client import RoomClient
 
 pytestmark = pytest.mark.browser
 ROOM = "browser-class"
@@ -35,6 +36,73 @@ async def test_student_chat_appears_at_the_instructor(stoa_server, chromium, art
                            "(li) => li.textContent.includes('Sure') && li.querySelector('.reply-quote'))")
     await screenshot(teacher, artifacts_dir, "classroom-chat-instructor")
     assert not chromium.errors(), chromium.errors()
+
+
+# The chat list as the reader sees it: where it is scrolled, how far from the bottom, the lines, the button.
+CHAT_VIEW = """(() => {
+  const l = document.getElementById('chat-list'), jump = document.getElementById('chat-new');
+  return {top: l.scrollTop, gap: l.scrollHeight - l.scrollTop - l.clientHeight, lines: l.querySelectorAll('.msg').length,
+          button: jump.hidden ? null : jump.textContent,
+          anchor: window.__anchor ? window.__anchor.getBoundingClientRect().top - l.getBoundingClientRect().top : null,
+          same: Boolean(window.__first && window.__first.isConnected)};
+})()"""
+
+
+@pytest.mark.timeout(60)
+async def test_chat_keeps_the_readers_place(stoa_server, chromium, artifacts_dir):
+    """Lines are added and removed one by one: scrolled up, new lines leave the view where it is and a button
+    counts them, a line deleted above the view does not move it; at the bottom the list follows new lines."""
+    bob = await RoomClient(stoa_server.ws_base, ROOM, stoa_server.token(ROOM, "bob", "student", name="Bob")).connect()
+    sent = 0
+
+    async def bob_says(n: int) -> None:
+        nonlocal sent
+        for _ in range(n):
+            sent += 1
+            await bob.send({"type": "data", "payload": {"v": 1, "type": "chat.send", "id": f"b{sent}",
+                                                        "data": {"text": f"Bob's line {sent}"}}})
+    try:
+        await bob_says(10)   # the chat bucket's burst
+        page = await open_room(stoa_server, chromium, "stu", "student", "Stu")
+        await wait_js(page, "document.querySelectorAll('#chat-list .msg').length === 10")
+        view = await page.evaluate(CHAT_VIEW)
+        assert view["top"] > 0 and view["gap"] <= 2, view           # it overflows, and opens at the bottom
+
+        # The reader scrolls up to the 4th line (the scroll event handled before anything arrives).
+        await page.evaluate("""new Promise((done) => {
+          const l = document.getElementById('chat-list'), lines = l.querySelectorAll('.msg');
+          window.__first = lines[0];
+          window.__anchor = lines[3];
+          l.addEventListener('scroll', () => done(), { once: true });
+          l.scrollTop += lines[3].getBoundingClientRect().top - l.getBoundingClientRect().top;
+        })""")
+        before = await page.evaluate(CHAT_VIEW)
+        assert before["gap"] > 50 and abs(before["anchor"]) <= 1, before
+        await bob_says(3)
+        await wait_js(page, "document.querySelectorAll('#chat-list .msg').length === 13")
+        after = await page.evaluate(CHAT_VIEW)
+        assert after["top"] == before["top"] and after["anchor"] == before["anchor"], (before, after)
+        assert after["button"] == "3 new messages" and after["same"], after   # appended, nothing redrawn
+
+        # Bob deletes his first line, above the view: the line in view stays where it is on screen.
+        first = await page.evaluate("window.__first.dataset.id")
+        await bob.send({"type": "data", "payload": {"v": 1, "type": "chat.delete", "id": "del",
+                                                    "data": {"message_id": int(first)}}})
+        await wait_js(page, "document.querySelectorAll('#chat-list .msg').length === 12")
+        deleted = await page.evaluate(CHAT_VIEW)
+        assert abs(deleted["anchor"] - before["anchor"]) <= 1 and deleted["top"] < before["top"], (before, deleted)
+        await screenshot(page, artifacts_dir, "classroom-chat-scrolled-up")
+
+        # The button takes the reader down; at the bottom the list follows the next line.
+        await page.click("#chat-new")
+        await wait_js(page, f"(({CHAT_VIEW}).gap <= 2) && document.getElementById('chat-new').hidden")
+        await bob_says(1)
+        await wait_js(page, "document.querySelectorAll('#chat-list .msg').length === 13")
+        followed = await page.evaluate(CHAT_VIEW)
+        assert followed["gap"] <= 2 and followed["button"] is None, followed
+        assert not chromium.errors(), chromium.errors()
+    finally:
+        await bob.close()
 
 
 async def test_poll_vote_moves_the_instructors_bar(stoa_server, chromium, artifacts_dir):

@@ -1,11 +1,12 @@
 // Admission and end screens of the room page (docs/room-page.md, "Admission and ends"): one screen for each
 // refused join (docs/protocol.md, "Refused joins"), the recording notice before joining, and what the page
-// shows after a remove, ban, end or leave. Loaded after room.js (window.stoa); never reconnects by itself
+// shows after a remove, ban, end or leave. Started by room-page.js with the room; never reconnects by itself
 // except to join a scheduled class once a status check (not a join) says it has started.
-import { h } from "./classroom/core.js";
+import { cfg } from "./config.js";
+import { h } from "./dom.js";
 
-const stoa = window.stoa;
-const { state, cfg } = stoa;
+let stoa = null;           // the room (startAdmission)
+let state = null;          // its state
 const STATUS_POLL_MS = 5000;
 let waiting = null;        // the status check of a class that has not started
 let disabled = [];         // controls this page disabled at an end, enabled again on Rejoin
@@ -212,7 +213,12 @@ function enableAgain() {
   if (mic && !state.camera) mic.disabled = true;
 }
 
-stoa.on("error", (msg) => { if (msg === state.refused) refused(msg); });
-stoa.on("left", (msg) => ended(msg));
-stoa.on("joined", () => { stopWaiting(); hide(); });
-if (cfg.recorded && !state.ws) consent();
+// Before the room connects; a room that records asks first, and connects on "Join and agree".
+export function startAdmission(room) {
+  stoa = room;
+  state = room.state;
+  stoa.on("error", (msg) => { if (msg === state.refused) refused(msg); });
+  stoa.on("left", (msg) => ended(msg));
+  stoa.on("joined", () => { stopWaiting(); hide(); });
+  if (cfg.recorded && !state.ws) consent();
+}

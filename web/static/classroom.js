@@ -1,6 +1,7 @@
-// Classroom panels on the room page: chat, Q&A, polls, whiteboard, quiz, raised hands and reactions.
-// Loaded after room.js (window.stoa). Modules in ./classroom/; protocol in docs/interactive.md.
-import { $, h, on, start } from "./classroom/core.js";
+// Classroom panels on the room page: chat, Q&A, polls, whiteboard, quiz, raised hands and reactions, started by
+// the page's entry module (room-page.js) with the room. Modules in ./classroom/; protocol in docs/interactive.md.
+import { $, h } from "./dom.js";
+import { on, start } from "./classroom/core.js";
 import * as chat from "./classroom/chat.js";
 import * as qa from "./classroom/qa.js";
 import * as polls from "./classroom/polls.js";
@@ -45,15 +46,18 @@ function show(id) {
   tabOf(id).classList.remove("unread");
 }
 
-for (const p of PANELS) {
-  tabs.append(h("button", { type: "button", class: "tab", dataset: { tab: p.id }, "aria-pressed": "false",
-                            "aria-controls": `cr-${p.id}`, onclick: () => show(p.id) }, p.label));
-  if (p.module) p.module.mount($(`cr-${p.id}`));
+export function startClassroom(room) {
+  start(room);
+  for (const p of PANELS) {
+    tabs.append(h("button", { type: "button", class: "tab", dataset: { tab: p.id }, "aria-pressed": "false",
+                              "aria-controls": `cr-${p.id}`, onclick: () => show(p.id) }, p.label));
+    if (p.module) p.module.mount($(`cr-${p.id}`));
+  }
+  hands.mount($("cr-hands"));
+  show(narrow.matches ? "chat" : "people");
+  // Chat is docked on wide screens: its tab would show an empty panel there.
+  narrow.addEventListener("change", () => { if (!narrow.matches && root.dataset.tab === "chat") show("people"); });
 }
-hands.mount($("cr-hands"));
-show(narrow.matches ? "chat" : "people");
-// Chat is docked on wide screens: its tab would show an empty panel there.
-narrow.addEventListener("change", () => { if (!narrow.matches && root.dataset.tab === "chat") show("people"); });
 
 const markUnread = (id) => () => {
   const open = id === "board" ? boardIsOpen() : root.dataset.tab === id;
@@ -76,4 +80,3 @@ on("state", (s) => {
   $("cr-chat").classList.toggle("off", features.chat === false);
   root.classList.add("ready");
 });
-start();

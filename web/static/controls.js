@@ -2,10 +2,13 @@
 // mute microphone, stop camera, remove, ban; lower all hands; start and stop recording; the recording
 // indicator; "muted by the teacher" with a request to unmute; mic and camera states of everyone; "the host
 // left". The server enforces every rule (docs/protocol.md, moderate); these are only its buttons.
-import { $, h, notify, send as classroomSend } from "./classroom/core.js";
+// Started by room-page.js with the room.
+import { cfg } from "./config.js";
+import { $, h, notify } from "./dom.js";
+import { send as classroomSend } from "./classroom/core.js";
 
-const stoa = window.stoa;
-const { state, cfg } = stoa;
+let stoa = null;            // the room (startControls)
+let state = null;           // its state
 const staff = cfg.role === "instructor" || cfg.role === "moderator";
 const tracks = new Map();   // track_id -> {track_id, participant, source, kind, muted, by}
 const roles = new Map();    // identity -> role
@@ -23,18 +26,22 @@ const trackOf = (identity, source) => [...tracks.values()].find((t) => t.partici
 
 // -- the header: recording indicator and staff buttons -----------------------------------------------------
 
-const bar = document.querySelector("header.bar .controls") || document.querySelector("header.bar");
 const indicator = h("span", { id: "rec-indicator", class: "rec-indicator", role: "status", hidden: true,
                               title: "Everything said, shown and written is being recorded" }, "Recording");
-bar.prepend(indicator);
 const notices = h("div", { id: "room-notices", class: "room-notices", "aria-live": "polite" });
-document.querySelector("header.bar").after(notices);
-let recordBtn = null;
-if (staff) {
-  recordBtn = h("button", { type: "button", id: "btn-record", class: "secondary", onclick: toggleRecording }, "Start recording");
-  const lower = h("button", { type: "button", id: "btn-lower-hands", class: "secondary", onclick: lowerAll }, "Lower all hands");
-  indicator.after(recordBtn, lower);
-  document.body.append(h("div", { id: "unmute-requests", class: "unmute-requests", "aria-live": "polite" }));
+const recordBtn = staff
+  ? h("button", { type: "button", id: "btn-record", class: "secondary", onclick: toggleRecording }, "Start recording")
+  : null;
+
+function mount() {
+  const bar = document.querySelector("header.bar .controls") || document.querySelector("header.bar");
+  bar.prepend(indicator);
+  document.querySelector("header.bar").after(notices);
+  if (staff) {
+    const lower = h("button", { type: "button", id: "btn-lower-hands", class: "secondary", onclick: lowerAll }, "Lower all hands");
+    indicator.after(recordBtn, lower);
+    document.body.append(h("div", { id: "unmute-requests", class: "unmute-requests", "aria-live": "polite" }));
+  }
 }
 
 function setRecording(on) {
@@ -224,91 +231,95 @@ function unmuteRequest(msg) {
   box.append(item);
 }
 
-// -- room protocol events ----------------------------------------------------------------------------------
-
-stoa.on("joined", (msg) => {
-  if (!msg.resumed) tracks.clear();
-  roles.clear();
-  locked.clear();
-  for (const p of msg.room.participants) {
-    roles.set(p.identity, p.role);
-    locked.set(p.identity, new Set(p.muted_by_staff || []));
-    for (const t of p.tracks || []) learn(t);
-  }
-  for (const t of msg.room.tracks || []) learn(t);
-  setRecording(Boolean(msg.recording));
-  notice("host", hostAway() ? "The host has not joined yet." : null);
-  render();
-});
-stoa.on("participant_joined", (msg) => {
-  roles.set(msg.participant.identity, msg.participant.role);
-  locked.set(msg.participant.identity, new Set(msg.participant.muted_by_staff || []));
-  if (msg.participant.role === "instructor") notice("host", null);
-  render();
-});
-stoa.on("participant_left", (msg) => {
-  for (const [id, t] of tracks) if (t.participant === msg.identity) tracks.delete(id);
-  if (roles.get(msg.identity) === "instructor" && msg.identity !== cfg.identity && hostAway(msg.identity)) {
-    notice("host", "The host left. You can stay: the class goes on when they come back.");
-  }
-  roles.delete(msg.identity);
-  render();
-});
-stoa.on("track_published", (msg) => {
-  learn(msg.track);
-  const t = tracks.get(msg.track.track_id);
-  if (t.participant === cfg.identity && byStaff(t)) {
-    // A new track of a source the teacher muted starts muted (the server keeps the mute, across rejoins too).
-    for (const [id, o] of tracks) if (id !== t.track_id && o.participant === cfg.identity && o.source === t.source) tracks.delete(id);
-    ownMutedByStaff(t);
-  }
-  render();
-});
-stoa.on("track_unpublished", (msg) => {
-  tracks.delete(msg.track_id);
-  render();
-});
-stoa.on("track_muted", (msg) => {
-  const t = tracks.get(msg.track_id) || { track_id: msg.track_id, participant: msg.participant };
-  learn({ ...t, muted: msg.muted, by: msg.muted ? (msg.by || (t.by && t.muted ? t.by : null)) : null });
-  const sources = lockedSet(msg.participant);
-  const source = tracks.get(msg.track_id).source;
-  if (msg.muted && msg.by && source) sources.add(source);
-  else if (!msg.muted && source) sources.delete(source);
-  if (msg.participant === cfg.identity && msg.muted && msg.by) ownMutedByStaff(tracks.get(msg.track_id));
-  if (msg.participant === cfg.identity && !msg.muted) notice(`own-${tracks.get(msg.track_id).source}`, null);
-  render();
-});
-stoa.on("recording", (msg) => {
-  if (msg.state === "started") setRecording(true);
-  else if (msg.state === "stopped") setRecording(false);
-  else if (msg.state === "error") indicator.title = `Recording problem: ${msg.error}`;
-});
-stoa.on("recording_ok", (msg) => setRecording(msg.action === "start"));
-stoa.on("moderated", (msg) => {
-  const name = nameOf(msg.identity);
-  const words = { mute: `${name} is muted`, remove: `${name} was removed`, ban: `${name} was banned`,
-                  allow_unmute: `${name} may unmute again` };
-  notify(words[msg.action] || "Done");
-});
-stoa.on("unmute_request", unmuteRequest);
-stoa.on("unmute_allowed", ownAllowed);
-stoa.on("error", (msg) => {
-  if (msg.code === "muted_by_moderator") notify("The teacher muted this; ask to unmute first", "bad");
-  else if (["moderate", "recording", "unmute_request"].includes(msg.ref)) notify(msg.message, "bad");
-});
-stoa.on("left", () => {
-  tracks.clear();
-  roles.clear();
-  notice("host", null);
-  setRecording(false);
-});
-
 function hostAway(leaving = null) {
   if (cfg.role === "instructor") return false;
   return ![...roles].some(([identity, role]) => role === "instructor" && identity !== leaving);
 }
 
-// The list is rendered again on every join and leave (room.js): put states and controls back each time.
-new MutationObserver(() => render()).observe($("participants"), { childList: true });
-new MutationObserver(() => render()).observe($("stage"), { childList: true });
+// -- room protocol events ----------------------------------------------------------------------------------
+
+export function startControls(room) {
+  stoa = room;
+  state = room.state;
+  mount();
+  stoa.on("joined", (msg) => {
+    if (!msg.resumed) tracks.clear();
+    roles.clear();
+    locked.clear();
+    for (const p of msg.room.participants) {
+      roles.set(p.identity, p.role);
+      locked.set(p.identity, new Set(p.muted_by_staff || []));
+      for (const t of p.tracks || []) learn(t);
+    }
+    for (const t of msg.room.tracks || []) learn(t);
+    setRecording(Boolean(msg.recording));
+    notice("host", hostAway() ? "The host has not joined yet." : null);
+    render();
+  });
+  stoa.on("participant_joined", (msg) => {
+    roles.set(msg.participant.identity, msg.participant.role);
+    locked.set(msg.participant.identity, new Set(msg.participant.muted_by_staff || []));
+    if (msg.participant.role === "instructor") notice("host", null);
+    render();
+  });
+  stoa.on("participant_left", (msg) => {
+    for (const [id, t] of tracks) if (t.participant === msg.identity) tracks.delete(id);
+    if (roles.get(msg.identity) === "instructor" && msg.identity !== cfg.identity && hostAway(msg.identity)) {
+      notice("host", "The host left. You can stay: the class goes on when they come back.");
+    }
+    roles.delete(msg.identity);
+    render();
+  });
+  stoa.on("track_published", (msg) => {
+    learn(msg.track);
+    const t = tracks.get(msg.track.track_id);
+    if (t.participant === cfg.identity && byStaff(t)) {
+      // A new track of a source the teacher muted starts muted (the server keeps the mute, across rejoins too).
+      for (const [id, o] of tracks) if (id !== t.track_id && o.participant === cfg.identity && o.source === t.source) tracks.delete(id);
+      ownMutedByStaff(t);
+    }
+    render();
+  });
+  stoa.on("track_unpublished", (msg) => {
+    tracks.delete(msg.track_id);
+    render();
+  });
+  stoa.on("track_muted", (msg) => {
+    const t = tracks.get(msg.track_id) || { track_id: msg.track_id, participant: msg.participant };
+    learn({ ...t, muted: msg.muted, by: msg.muted ? (msg.by || (t.by && t.muted ? t.by : null)) : null });
+    const sources = lockedSet(msg.participant);
+    const source = tracks.get(msg.track_id).source;
+    if (msg.muted && msg.by && source) sources.add(source);
+    else if (!msg.muted && source) sources.delete(source);
+    if (msg.participant === cfg.identity && msg.muted && msg.by) ownMutedByStaff(tracks.get(msg.track_id));
+    if (msg.participant === cfg.identity && !msg.muted) notice(`own-${tracks.get(msg.track_id).source}`, null);
+    render();
+  });
+  stoa.on("recording", (msg) => {
+    if (msg.state === "started") setRecording(true);
+    else if (msg.state === "stopped") setRecording(false);
+    else if (msg.state === "error") indicator.title = `Recording problem: ${msg.error}`;
+  });
+  stoa.on("recording_ok", (msg) => setRecording(msg.action === "start"));
+  stoa.on("moderated", (msg) => {
+    const name = nameOf(msg.identity);
+    const words = { mute: `${name} is muted`, remove: `${name} was removed`, ban: `${name} was banned`,
+                    allow_unmute: `${name} may unmute again` };
+    notify(words[msg.action] || "Done");
+  });
+  stoa.on("unmute_request", unmuteRequest);
+  stoa.on("unmute_allowed", ownAllowed);
+  stoa.on("error", (msg) => {
+    if (msg.code === "muted_by_moderator") notify("The teacher muted this; ask to unmute first", "bad");
+    else if (["moderate", "recording", "unmute_request"].includes(msg.ref)) notify(msg.message, "bad");
+  });
+  stoa.on("left", () => {
+    tracks.clear();
+    roles.clear();
+    notice("host", null);
+    setRecording(false);
+  });
+  // The list is rendered again on every join and leave (room.js): put states and controls back each time.
+  new MutationObserver(() => render()).observe($("participants"), { childList: true });
+  new MutationObserver(() => render()).observe($("stage"), { childList: true });
+}

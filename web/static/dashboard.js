@@ -1,10 +1,10 @@
 // Tutoring dashboard: renders the view from GET /api/tutoring, then re-renders from every message on
 // /ws/notify (each carries a fresh view). No polling: a dropped socket reconnects with backoff.
 // Instructors also get the quiz bank upload and the feedback on their sessions (GET /api/feedback).
+import { $, h } from "./dom.js";
 import { quizBankForm } from "./quizbank.js";
 
 const cfg = JSON.parse(document.getElementById("dashboard-config").textContent);
-const $ = (id) => document.getElementById(id);
 const state = { view: null, ws: null, retry: 0, joins: new Map() };
 window.stoaDashboard = { state, cfg };
 
@@ -25,17 +25,6 @@ async function api(method, path, body) {
   return data;
 }
 
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === "dataset") Object.assign(node.dataset, v);
-    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else node[k] = v;
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
-
 function when(ts) {
   return ts ? new Date(ts * 1000).toLocaleTimeString() : "";
 }
@@ -43,11 +32,11 @@ function when(ts) {
 function describe(r) {
   const about = [r.course_ref, r.lesson_ref].filter(Boolean).join(" · ") || "general help";
   const who = cfg.role === "instructor" ? `${r.student_name || r.student}: ` : "";
-  return el("span", { className: "what" }, `${who}${about}`, r.note ? el("span", { className: "hint" }, ` — ${r.note}`) : null);
+  return h("span", { class: "what" }, `${who}${about}`, r.note ? h("span", { class: "hint" }, ` — ${r.note}`) : null);
 }
 
 function report(text) {
-  const li = el("li", {}, `${new Date().toLocaleTimeString()} ${text}`);
+  const li = h("li", {}, `${new Date().toLocaleTimeString()} ${text}`);
   $("events").prepend(li);
 }
 
@@ -61,43 +50,43 @@ async function join(r) {
 }
 
 function item(r, actions) {
-  return el("li", { dataset: { id: r.id, status: r.status } }, describe(r), ...actions);
+  return h("li", { dataset: { id: r.id, status: r.status } }, describe(r), ...actions);
 }
 
 function renderList(id, items, actions, emptyText) {
   const ul = $(id);
   if (!ul) return;
-  ul.replaceChildren(...(items.length ? items.map((r) => item(r, actions(r))) : [el("li", { className: "empty" }, emptyText)]));
+  ul.replaceChildren(...(items.length ? items.map((r) => item(r, actions(r))) : [h("li", { class: "empty" }, emptyText)]));
 }
 
 function render(view) {
   state.view = view;
   const c = view.counts || {};
-  $("counts").replaceChildren(...Object.entries(c).map(([k, v]) => el("span", { dataset: { count: k } }, `${k}: ${v}`)));
-  const joinLink = (r) => el("a", { className: "join", href: `/api/tutoring/${r.id}/join`, onclick: (e) => { e.preventDefault(); join(r); } }, "Join room");
-  const endBtn = (r) => el("button", { type: "button", className: "end", onclick: () => act(r, "end") }, "End");
+  $("counts").replaceChildren(...Object.entries(c).map(([k, v]) => h("span", { dataset: { count: k } }, `${k}: ${v}`)));
+  const joinLink = (r) => h("a", { class: "join", href: `/api/tutoring/${r.id}/join`, onclick: (e) => { e.preventDefault(); join(r); } }, "Join room");
+  const endBtn = (r) => h("button", { type: "button", class: "end", onclick: () => act(r, "end") }, "End");
   if (cfg.role === "instructor") {
     renderList("pending", view.pending || [], (r) => {
-      const reason = el("input", { className: "reason", placeholder: "reason (if rejecting)", maxLength: 1000 });
+      const reason = h("input", { class: "reason", placeholder: "reason (if rejecting)", maxlength: 1000 });
       return [
-        el("span", { className: "hint" }, `asked ${when(r.created_at)}`),
-        el("button", { type: "button", className: "accept", onclick: () => accept(r) }, "Accept"),
+        h("span", { class: "hint" }, `asked ${when(r.created_at)}`),
+        h("button", { type: "button", class: "accept", onclick: () => accept(r) }, "Accept"),
         reason,
-        el("button", { type: "button", className: "reject", onclick: () => act(r, "reject", { reason: reason.value }) }, "Reject"),
+        h("button", { type: "button", class: "reject", onclick: () => act(r, "reject", { reason: reason.value }) }, "Reject"),
       ];
     }, "No one is waiting.");
   } else {
     renderList("pending", view.pending || [], (r) => [
-      el("span", { className: "hint" }, `expires ${when(r.expires_at)}`),
-      el("button", { type: "button", className: "cancel", onclick: () => act(r, "cancel") }, "Withdraw"),
+      h("span", { class: "hint" }, `expires ${when(r.expires_at)}`),
+      h("button", { type: "button", class: "cancel", onclick: () => act(r, "cancel") }, "Withdraw"),
     ], "Nothing pending.");
     renderList("closed", view.closed || [], (r) => [
-      el("span", { className: "hint reason" }, r.status === "rejected" ? `rejected: ${r.reason || "no reason given"}` : r.status),
+      h("span", { class: "hint reason" }, r.status === "rejected" ? `rejected: ${r.reason || "no reason given"}` : r.status),
     ], "None.");
   }
   renderList("active", view.active || [], (r) => [joinLink(r), endBtn(r)], "No active session.");
   renderList("completed", view.completed || [], (r) => [
-    el("span", { className: "hint duration" }, r.duration_s != null ? `${Math.round(r.duration_s)} s` : ""),
+    h("span", { class: "hint duration" }, r.duration_s != null ? `${Math.round(r.duration_s)} s` : ""),
   ], "None yet.");
 }
 
@@ -168,13 +157,13 @@ if (form) {
 
 function renderFeedback(report) {
   const sessions = (report.sessions || []).filter((s) => s.summary.count);
-  $("feedback-sessions").replaceChildren(...(sessions.length ? sessions.map((s) => el("li", { dataset: { session: s.session_id } },
-    el("span", { className: "what" }, el("strong", {}, s.title),
+  $("feedback-sessions").replaceChildren(...(sessions.length ? sessions.map((s) => h("li", { dataset: { session: s.session_id } },
+    h("span", { class: "what" }, h("strong", {}, s.title),
       ` ${s.summary.average} / 5 from ${s.summary.count} ${s.summary.count === 1 ? "person" : "people"}`,
-      el("ul", { className: "comments" }, ...s.items.filter((f) => f.comment).map((f) =>
-        el("li", {}, el("span", { title: `${f.rating} of 5`, ariaLabel: `${f.rating} of 5` }, "★".repeat(f.rating)),
+      h("ul", { class: "comments" }, ...s.items.filter((f) => f.comment).map((f) =>
+        h("li", {}, h("span", { title: `${f.rating} of 5`, "aria-label": `${f.rating} of 5` }, "★".repeat(f.rating)),
           ` ${f.name}: ${f.comment}`))))))
-    : [el("li", { className: "empty" }, "No feedback yet.")]));
+    : [h("li", { class: "empty" }, "No feedback yet.")]));
 }
 
 if (cfg.role === "instructor") {

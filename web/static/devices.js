@@ -1,8 +1,8 @@
 // Camera, microphone and speaker choice (docs/room-page.md, "Devices"): the pre-join check on the stage and the
 // Devices dialog share one form. A device changed while publishing swaps the track on the same sender with
 // replaceTrack(): no renegotiation. The speaker is chosen with setSinkId() where the browser has it.
+import { $, h, notify } from "./dom.js";
 
-const $ = (id) => document.getElementById(id);
 const KEY = "stoa.devices";
 const chosen = Object.assign({ camera: "", mic: "", speaker: "" }, safeLoad());
 const canPickSpeaker = typeof HTMLMediaElement !== "undefined" && "setSinkId" in HTMLMediaElement.prototype;
@@ -17,26 +17,19 @@ function save() {
   try { localStorage.setItem(KEY, JSON.stringify(chosen)); } catch { /* private mode: not remembered */ }
 }
 
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  e.append(...children);
-  return e;
-}
-
 function buildForm() {
-  const field = (label, id) => el("label", { for: id }, label, el("select", { id }));
-  const form = el("div", { id: "devices", class: "devices" },
-    el("video", { id: "dev-preview", class: "dev-preview", muted: "", autoplay: "", playsinline: "",
+  const field = (label, id) => h("label", { for: id }, label, h("select", { id }));
+  const form = h("div", { id: "devices", class: "devices" },
+    h("video", { id: "dev-preview", class: "dev-preview", muted: "", autoplay: "", playsinline: "",
                   "aria-label": "Camera preview" }),
-    el("div", { class: "dev-fields" },
+    h("div", { class: "dev-fields" },
       field("Camera", "dev-camera"),
       field("Microphone", "dev-mic"),
-      el("label", { for: "mic-level" }, "Microphone level",
-         el("meter", { id: "mic-level", min: "0", max: "1", low: "0.05", high: "0.8", optimum: "0.3", value: "0" })),
-      canPickSpeaker ? field("Speaker", "dev-speaker") : el("p", { class: "hint" },
+      h("label", { for: "mic-level" }, "Microphone level",
+         h("meter", { id: "mic-level", min: "0", max: "1", low: "0.05", high: "0.8", optimum: "0.3", value: "0" })),
+      canPickSpeaker ? field("Speaker", "dev-speaker") : h("p", { class: "hint" },
         "This browser plays sound on its default speaker."),
-      el("button", { id: "dev-test", type: "button", class: "secondary" }, "Test camera and microphone")));
+      h("button", { id: "dev-test", type: "button", class: "secondary" }, "Test camera and microphone")));
   form.querySelector("video").muted = true;
   form.querySelector("#dev-camera").addEventListener("change", (e) => pick("camera", e.target.value));
   form.querySelector("#dev-mic").addEventListener("change", (e) => pick("mic", e.target.value));
@@ -52,7 +45,7 @@ async function listDevices() {
     if (!select) return;
     const found = all.filter((d) => d.kind === kind && d.deviceId);
     select.replaceChildren(...(found.length ? found : [{ deviceId: "", label: "" }]).map((d, i) => {
-      const o = el("option", { value: d.deviceId }, d.label || (d.deviceId ? `${noun} ${i + 1}` : `Default ${noun.toLowerCase()}`));
+      const o = h("option", { value: d.deviceId }, d.label || (d.deviceId ? `${noun} ${i + 1}` : `Default ${noun.toLowerCase()}`));
       o.selected = d.deviceId === current;
       return o;
     }));
@@ -117,13 +110,7 @@ export async function switchLive(kind) {
   showPreview(stream);
 }
 
-function notifyDevice(text) {
-  const box = $("cr-toasts");
-  if (!box) return;
-  const t = el("div", { class: "cr-toast bad", role: "status" }, text);
-  box.append(t);
-  setTimeout(() => t.remove(), 6000);
-}
+const notifyDevice = (text) => notify(text, "bad", 6000);
 
 async function startPreview() {
   stopPreview();

@@ -1,18 +1,13 @@
 // Upload a quiz question bank (a JSON file, as for `stoa quiz import`) to POST /api/quiz/banks. The server
 // validates it with the CLI's checks and its error names the problem (e.g. "question 2: answer ...").
 // Used by the instructor dashboard and the room page's quiz panel (moderators).
+import { h } from "./dom.js";
+
 export function quizBankForm(token, { id = "quiz-bank-upload" } = {}) {
-  const form = document.createElement("form");
-  form.id = id;
-  form.className = "quiz-bank-form";
-  const label = document.createElement("label");
-  const input = Object.assign(document.createElement("input"),
-                              { type: "file", accept: ".json,application/json", name: "bank", required: true });
-  label.append("Quiz bank (JSON) ", input);
-  const button = Object.assign(document.createElement("button"), { type: "submit", textContent: "Upload bank" });
-  const status = Object.assign(document.createElement("p"), { className: "hint quiz-bank-status" });
-  status.setAttribute("role", "status");
-  form.append(label, button, status);
+  const input = h("input", { type: "file", accept: ".json,application/json", name: "bank", required: true });
+  const button = h("button", { type: "submit" }, "Upload bank");
+  const status = h("p", { class: "hint quiz-bank-status", role: "status" });
+  const form = h("form", { id, class: "quiz-bank-form" }, h("label", {}, "Quiz bank (JSON) ", input), button, status);
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const file = input.files[0];

@@ -1,11 +1,12 @@
 // Room page: joins over the room protocol (docs/protocol.md), publishes on one peer connection and
 // receives on another that the server offers, so renegotiation never glares. Tiles and layout: stage.js;
-// device choice: devices.js.
-import { removeTile, startStage, tileFor } from "./stage.js";
-import { applySink, cameraConstraints, prejoinDone, startDevices } from "./devices.js";
+// device choice: devices.js. The page's entry module (room-page.js) starts the panels with `room` and then
+// connects.
+import { $ } from "./dom.js";
+import { cfg } from "./config.js";
+import { removeTile, tileFor } from "./stage.js";
+import { applySink, cameraConstraints, prejoinDone } from "./devices.js";
 
-const cfg = JSON.parse(document.getElementById("room-config").textContent);
-const $ = (id) => document.getElementById(id);
 const banner = $("banner");
 const stage = $("stage");
 
@@ -43,13 +44,12 @@ export function on(type, fn) {
 export function send(msg) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(msg));
 }
-window.stoa = { state, on, send, cfg, publish, stopCamera, restartMedia, restartIce, connect, rejoin, toggleMic,
-                renderParticipants };
+// What the panels get at start (room-page.js); also window.stoa, the tests' read-only handle.
+export const room = Object.freeze({ state, on, send, cfg, publish, stopCamera, restartMedia, restartIce, connect, rejoin,
+                                    toggleMic, renderParticipants });
 
 // A join refused with one of these is final: the page shows its screen (admission.js), no reconnect.
 const REFUSALS = ["unauthorized", "room_full", "session_full", "banned", "session_not_live", "forbidden", "bad_password"];
-startStage(window.stoa);
-startDevices(window.stoa);
 
 function setBanner(kind, text) {
   banner.className = `banner ${kind}`;
@@ -732,6 +732,3 @@ function rejoin({ password } = {}) {
   connect();
 }
 
-// Joins once every module of the page has run (DOMContentLoaded follows them), so that admission.js and
-// controls.js hear the first messages; a room that records asks first (admission.js calls stoa.connect()).
-document.addEventListener("DOMContentLoaded", () => { if (!cfg.recorded) connect(); });

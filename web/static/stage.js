@@ -1,12 +1,13 @@
 // The stage of the room page (docs/room-page.md, "Layout"): video tiles, the grid and presenter layouts, pinning,
 // fullscreen, what each tile shows (name, mic, camera, speaking, connection quality), the participant count and
-// the keyboard shortcuts. room.js hands it video tiles through tileFor(); it follows the room through
-// window.stoa.on().
+// the keyboard shortcuts. room.js hands it video tiles through tileFor(); it follows the room given to
+// startStage() (room-page.js).
 //
 // Per-participant controls (other modules): onTile(fn) calls fn(tile, controls, info) for every tile, present and
 // future; `controls` is the tile's empty `.tile-controls` element, info is {key, participant, source}. The
 // same is dispatched as a "stoa:tile" DOM event on document (detail {tile, controls, participant, source}).
 
+import { h } from "./dom.js";
 import { prejoinDone } from "./devices.js";
 
 const stage = document.getElementById("stage");
@@ -16,17 +17,12 @@ const tracks = new Map();      // track_id -> {participant, source, kind, muted}
 const tileHooks = [];
 let pinned = null;             // key of the pinned tile
 let boardOpen = false;
+let room = null;               // startStage()
 
 const SOURCE_WORDS = { camera: "", screen: " (screen)" };
 
-function button(cls, label, onclick) {
-  const b = document.createElement("button");
-  b.type = "button";
-  b.className = `tile-btn ${cls}`;
-  b.textContent = label;
-  b.addEventListener("click", (e) => { e.stopPropagation(); onclick(); });
-  return b;
-}
+const button = (cls, label, onclick) =>
+  h("button", { type: "button", class: `tile-btn ${cls}`, onclick: (e) => { e.stopPropagation(); onclick(); } }, label);
 
 export function onTile(fn) {
   tileHooks.push(fn);
@@ -180,8 +176,7 @@ function renderStatus(el) {
 }
 
 function renderPeople() {
-  const s = window.stoa.state;
-  const n = s.participants.size;
+  const n = room.state.participants.size;
   const count = document.getElementById("people-count");
   count.textContent = String(n);
   count.setAttribute("aria-label", `${n} ${n === 1 ? "participant" : "participants"}`);
@@ -194,7 +189,7 @@ function renderPeople() {
     const cam = trackOf(id, "camera");
     span.textContent = ` · ${micWords(id)[0]} · ${cam && !cam.muted ? "camera on" : "camera off"}`
       + (trackOf(id, "screen") ? " · sharing" : "");
-    li.append(span);
+    li.firstChild.after(span);   // right after the name, before any controls (controls.js)
   }
 }
 
@@ -207,8 +202,9 @@ function refresh() {
 const remember = (t) => tracks.set(t.track_id, { participant: t.participant, source: t.source, kind: t.kind,
                                                  muted: Boolean(t.muted) });
 
-// room.js calls this once window.stoa exists (this module is evaluated before room.js's own body).
+// Started by room-page.js before the room connects.
 export function startStage(stoa) {
+  room = stoa;
   const board = document.getElementById("cr-board");
   if (board) main.append(board);   // the whiteboard is shown on the stage, never in the side panel
   stoa.on("joined", (msg) => {

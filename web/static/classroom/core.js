@@ -1,32 +1,26 @@
 // Classroom transport for the panels: one router for server messages arriving over the data channel
 // ("stoa") or over the room WebSocket as {"type":"data","payload":...}, and send() that prefers the
 // channel. Envelopes and types: docs/interactive.md.
+import { cfg } from "../config.js";
+import { notify } from "../dom.js";
 
-const stoa = window.stoa;
-export const cfg = stoa.cfg;
 export const me = { identity: cfg.identity, role: cfg.role };
 export const isMod = () => me.role === "instructor" || me.role === "moderator";
 export const readOnly = () => me.role === "viewer";
 
-const SERVER_TYPES = [
-  "state", "ack", "error",
-  "chat.message", "chat.edited", "chat.deleted", "chat.pinned", "chat.typing",
-  "qa.question",
-  "poll.created", "poll.opened", "poll.closed", "poll.results",
-  "whiteboard.stroke", "whiteboard.undone", "whiteboard.cleared", "whiteboard.permissions",
-  "quiz.question", "quiz.result", "quiz.progress", "quiz.ended",
-  "hand.queue", "hand.state", "reaction",
-];
 const ACK_TIMEOUT_MS = 15000;
 
-const handlers = new Map();
+const handlers = new Map();  // envelope type -> [fn]: the panels' on() calls are the list of types it routes
+const subscribed = new Set();  // types this router receives from the room
 const pending = new Map();   // envelope id -> {resolve, reject, timer}
+let room = null;             // start()
 let seq = 0;
 let clockOffset = 0;         // server_time - local time, seconds
 
 export function on(type, fn) {
   if (!handlers.has(type)) handlers.set(type, []);
   handlers.get(type).push(fn);
+  subscribe(type);
 }
 
 // Seconds on the server's clock (deadlines like ends_at / closes_at are server times).
@@ -52,19 +46,25 @@ function route(msg) {
   }
 }
 
-// Data-channel messages reach stoa.on(<their type>); WebSocket ones reach stoa.on("data"). classroom/early.js
-// registered for both before room.js connected and buffered what came before start().
+// Data-channel messages reach room.on(<their type>); WebSocket ones reach room.on("data").
 const deliver = (m) => route(m && m.type === "data" ? m.payload : m);
 
-export function start() {
-  if (typeof window.stoaClassroomTap === "function") window.stoaClassroomTap(deliver);
-  else for (const t of ["data", ...SERVER_TYPES]) stoa.on(t, deliver);
+function subscribe(type) {
+  if (!room || subscribed.has(type)) return;
+  subscribed.add(type);
+  room.on(type, deliver);
+}
+
+// Called by the page's entry module (room-page.js) before the room connects: nothing is missed.
+export function start(r) {
+  room = r;
+  for (const t of ["data", "ack", "error", ...handlers.keys()]) subscribe(t);
 }
 
 function transmit(env) {
-  const dc = stoa.state.dataChannel;
+  const dc = room.state.dataChannel;
   if (dc && dc.readyState === "open") dc.send(JSON.stringify(env));
-  else stoa.send({ type: "data", payload: env });
+  else room.send({ type: "data", payload: env });
 }
 
 // Send an envelope; resolves with the ack's data, rejects with the server's error (err.code).
@@ -106,31 +106,4 @@ export async function act(type, data = {}) {
   }
 }
 
-export function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else if (k === "class") el.className = v;
-    else if (k === "dataset") Object.assign(el.dataset, v);
-    else if (v === true) { el.setAttribute(k, ""); if (k in el) el[k] = true; }  // also the default (form.reset)
-    else if (k in el && typeof v !== "string") el[k] = v;
-    else el.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) {
-    if (c === null || c === undefined || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return el;
-}
-
-export function notify(text, kind = "info") {
-  const box = document.getElementById("cr-toasts");
-  if (!box) return;
-  const el = h("div", { class: `cr-toast ${kind}`, role: "status" }, text);
-  box.append(el);
-  setTimeout(() => el.remove(), 5000);
-}
-
 export const fmtTime = (t) => new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-export const $ = (id) => document.getElementById(id);

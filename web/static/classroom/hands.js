@@ -1,5 +1,6 @@
 // Raised hands (moderators see the queue in order) and emoji reactions.
-import { $, act, h, isMod, on, readOnly } from "./core.js";
+import { $, h } from "../dom.js";
+import { act, isMod, me, on, readOnly } from "./core.js";
 
 const EMOJI = ["👏", "👍", "❤️", "😂", "😮", "🎉", "❓"];
 let raised = false;
@@ -39,7 +40,7 @@ on("state", (s, msg) => {
   if (hands.queue) renderQueue(hands.queue, s.you?.identity);
   else setMine(Boolean(hands.raised), hands.position, hands.count || 0);
 });
-on("hand.queue", (d) => renderQueue(d.queue || [], window.stoa.cfg.identity));
+on("hand.queue", (d) => renderQueue(d.queue || [], me.identity));
 on("hand.state", (d) => setMine(Boolean(d.raised), d.position, d.count || 0));
 on("reaction", (d) => {
   const box = $("reaction-float");

@@ -1,6 +1,7 @@
 // Polls: instructors create (2-10 options, single/multiple, anonymous, live/after-close results, optional
 // duration), start and close; students vote (and may change it while open) and see live bars.
-import { $, act, h, isMod, on, readOnly, serverNow } from "./core.js";
+import { $, h } from "../dom.js";
+import { act, isMod, on, readOnly, serverNow } from "./core.js";
 
 const polls = new Map();
 

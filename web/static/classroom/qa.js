@@ -1,6 +1,7 @@
 // Q&A panel: ask (optionally anonymous), upvote toggle, instructor answers / answered live / dismiss /
 // feature; ordered by votes, then age.
-import { $, act, h, isMod, on, readOnly } from "./core.js";
+import { $, h } from "../dom.js";
+import { act, isMod, on, readOnly } from "./core.js";
 
 const questions = new Map();
 

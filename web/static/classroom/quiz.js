@@ -1,6 +1,8 @@
 // Quizzes: instructors start a round (each student gets a different question) and watch live results;
 // students answer in a popup with a countdown and see whether they were right.
-import { $, act, cfg, h, isMod, on, serverNow } from "./core.js";
+import { cfg } from "../config.js";
+import { $, h } from "../dom.js";
+import { act, isMod, on, serverNow } from "./core.js";
 import { quizBankForm } from "../quizbank.js";
 
 let question = null;     // the student's current quiz.question (+ choice/correct once answered)

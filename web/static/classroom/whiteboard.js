@@ -1,6 +1,7 @@
 // Whiteboard: pen, line, rectangle, text, eraser; colors and sizes; clear (moderators), undo own; mouse and
 // touch through pointer events. Coordinates are normalized to [0, 1]; width is in pixels of a 1000-wide board.
-import { $, act, h, isMod, me, on } from "./core.js";
+import { $, h } from "../dom.js";
+import { act, isMod, me, on } from "./core.js";
 
 const W = 1000;
 const H = 563;               // 16:9, like the server's PNG
