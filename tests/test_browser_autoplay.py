@@ -31,6 +31,9 @@ BLOCK_LIKE_SAFARI = """(() => {
 })();"""
 
 PLAYING = "[...document.querySelectorAll('audio')].some(a => !a.paused && a.currentTime > 0)"
+AUDIO_STATE = """({button: !!document.getElementById('btn-sound'), active: navigator.userActivation.hasBeenActive,
+  audio: [...document.querySelectorAll('audio')].map(a => ({paused: a.paused, t: a.currentTime, ready: a.readyState,
+    muted: a.muted, tracks: a.srcObject ? a.srcObject.getTracks().map(t => t.readyState + '/' + t.muted) : null}))})"""
 
 
 @pytest.fixture
@@ -43,7 +46,10 @@ async def test_remote_audio_plays_under_chromiums_autoplay_policy(stoa_server, c
     await teacher.click("#btn-camera")
     student = await open_page(stoa_server, chromium, "stud", "student")
     await receives_audio(student)
-    await wait_js(student, PLAYING, timeout=15)
+    try:
+        await wait_js(student, PLAYING, timeout=15)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; the audio elements: {await student.evaluate(AUDIO_STATE)}") from None
     assert await student.evaluate("document.getElementById('btn-sound')") is None
 
 

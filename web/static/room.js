@@ -683,7 +683,13 @@ function play(el, tries = 0) {
   const p = el.play();
   if (p && p.catch) {
     p.catch((err) => {
-      if (err.name === "NotAllowedError") showEnableSound();
+      if (err.name === "NotAllowedError") {
+        // Chromium lets a MediaStream play without a gesture once it has loaded; a refusal before that is
+        // retried once on load, and only a second refusal asks for the click.
+        if (tries === 0 && el.readyState === 0 && el.srcObject) {
+          el.addEventListener("loadedmetadata", () => { if (el.paused) play(el, 5); }, { once: true });
+        } else showEnableSound();
+      }
       // A new srcObject interrupted it: play the new one (a few times at most).
       else if (err.name === "AbortError" && tries < 5) setTimeout(() => { if (el.paused) play(el, tries + 1); }, 200);
       else console.warn("play() failed", err);
