@@ -1,4 +1,4 @@
-"""The app keys every layer reads: the settings and the API key ring (aiohttp `web.AppKey`s, typed).
+"""The app keys every layer reads: the settings, the API key ring and the clock (aiohttp `web.AppKey`s, typed).
 
 Every other key lives in the layer that owns its resource, beside its cleanup context (or, when the
 composition root in stoa/app.py creates it, beside the class it holds), so a layer only ever reads keys
@@ -14,6 +14,7 @@ from typing import Protocol
 from aiohttp import web
 
 from shared.auth import Grants
+from shared.clock import Clock
 from shared.config import Settings
 
 
@@ -50,6 +51,7 @@ SETTINGS = web.AppKey("settings", Settings)
 KEYRING = web.AppKey("keyring", KeySource)
 PLACEMENT = web.AppKey("placement", Placement)
 DRAIN = web.AppKey("drain", NodeState)
+CLOCK = web.AppKey("clock", Clock)  # set by stoa.app.build_app: what the room timers sleep on (SYSTEM_CLOCK)
 
 
 async def active_api_keys(app: web.Application) -> dict[str, str]:

@@ -22,6 +22,7 @@ from sfu.subscriber import Subscriber
 from sfu.dynacast import Dynacast
 from sfu.uptrack import UpTrack
 from shared.auth import Grants
+from shared.clock import SYSTEM_CLOCK, Clock
 
 if TYPE_CHECKING:
     from classroom.interactive.channel import ChannelMember
@@ -71,7 +72,8 @@ class Participant:
         self.replaced = False
         # Resume (docs/protocol.md): a resumable participant whose socket drops stays for a grace period.
         self.resumable = False
-        self.suspended: tuple[asyncio.TimerHandle, Callable[[], Awaitable[None]]] | None = None
+        # (the grace timer, the leave it runs): set while its socket is away (Room.suspend).
+        self.suspended: tuple[asyncio.Task, Callable[[], Awaitable[None]]] | None = None
         # Sources the staff muted (source -> who): the participant cannot unmute them, a new track of
         # that source starts muted, until the staff allow it (moderate allow_unmute). The room keeps it
         # per identity (Room.join), so a reload or a rejoin does not lift it.
@@ -157,8 +159,9 @@ class Room:
     def __init__(self, name: str, peers: PeerFactory, *, max_participants: int = 500,
                  on_empty: Callable[["Room"], None] | None = None,
                  on_leg_quality: Callable[[QualityChange], None] | None = None,
-                 closed: ClosedTotals | None = None, workers=None):
+                 closed: ClosedTotals | None = None, workers=None, clock: Clock = SYSTEM_CLOCK):
         self.name = name
+        self.clock = clock  # the resume grace sleeps on it
         self.closed = closed if closed is not None else ClosedTotals()
         self._on_leg_quality = on_leg_quality
         self.peers = peers
@@ -302,12 +305,13 @@ class Room:
         participant._disconnect = None
         if participant.suspended is not None:
             participant.suspended[0].cancel()
-        def expired() -> None:
-            participant.suspended = None
+
+        async def expired() -> None:
+            await self.clock.sleep(grace)
+            participant.suspended = None  # from here a resume or a leave no longer calls this leave off
             self.spawn(expire())
 
-        handle = asyncio.get_event_loop().call_later(grace, expired)
-        participant.suspended = (handle, expire)
+        participant.suspended = (asyncio.get_running_loop().create_task(expired()), expire)
         logger.info("%s's socket dropped in room %s; kept %.0f s for a resume", participant.identity,
                     self.name, grace)
 
@@ -331,8 +335,8 @@ class Room:
         if participant is None or (session_id is not None and participant.session_id != session_id):
             return
         if participant.suspended is not None:  # replaced or removed while away: its leave runs now
-            handle, expire = participant.suspended
-            handle.cancel()
+            timer, expire = participant.suspended
+            timer.cancel()
             participant.suspended = None
             self.spawn(expire())
         del self.participants[identity]
@@ -471,8 +475,10 @@ class Room:
 class RoomManager:
     """All rooms on this node."""
 
-    def __init__(self, peers: PeerFactory, *, max_participants: int = 500):
+    def __init__(self, peers: PeerFactory, *, max_participants: int = 500, clock: Clock = SYSTEM_CLOCK):
         self.peers = peers
+        self.clock = clock  # the rooms' resume grace and the empty-room drop sleep on it
+        self._drops: set[asyncio.Task] = set()  # pending empty-room drops
         self.max_participants = max_participants
         self.rooms: dict[str, Room] = {}
         self.room_listeners: list[Callable[[Room], None]] = []  # told of every new room
@@ -491,7 +497,7 @@ class RoomManager:
         if room is None:
             room = self.rooms[name] = Room(name, self.peers, max_participants=self.max_participants,
                                            on_empty=self._drop, on_leg_quality=self._count_quality,
-                                           closed=self.closed, workers=self.workers)
+                                           closed=self.closed, workers=self.workers, clock=self.clock)
             for listener in self.room_listeners:
                 listener(room)
         return room
@@ -512,13 +518,18 @@ class RoomManager:
             del self.rooms[room.name]
         elif self.rooms.get(room.name) is room and not room.participants:
             # Let pending broadcasts finish, then drop.
-            asyncio.get_event_loop().call_later(1.0, self._drop_if_empty, room)
+            task = asyncio.get_running_loop().create_task(self._drop_if_empty(room, 1.0))
+            self._drops.add(task)
+            task.add_done_callback(self._drops.discard)
 
-    def _drop_if_empty(self, room: Room) -> None:
+    async def _drop_if_empty(self, room: Room, delay: float) -> None:
+        await self.clock.sleep(delay)
         if self.rooms.get(room.name) is room and not room.participants:
             del self.rooms[room.name]
 
     async def close(self) -> None:
+        for task in list(self._drops):
+            task.cancel()
         for room in list(self.rooms.values()):
             await room.close("the server is shutting down")
         self.rooms.clear()

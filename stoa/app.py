@@ -14,7 +14,8 @@ from sfu.aiortc_seam import (check_compatibility, enable_simulcast, enable_trans
                              register_h264_profiles)
 from sfu.overload import LoadMonitor, OverloadPolicy
 from sfu.peer import IceSettings, PeerFactory
-from shared.appkeys import SETTINGS
+from shared.appkeys import CLOCK, SETTINGS
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.config import Settings
 from signaling import api, classroom_bridge, debug, drain, metrics, whip, ws
 from signaling.room import LOAD, ROOMS, RoomManager
@@ -26,7 +27,8 @@ logger = logging.getLogger(__name__)
 WEB_DIR = Path(pages.__file__).parent
 
 
-def build_app(settings: Settings) -> web.Application:
+def build_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Application:
+    """`clock`: what the rooms' timers sleep on (a test's FakeClock moves them by hand)."""
     check_compatibility()
     prefer_aes128_gcm()
     enable_transport_cc()
@@ -34,6 +36,7 @@ def build_app(settings: Settings) -> web.Application:
     register_h264_profiles()
     app = web.Application(client_max_size=1024 * 1024, middlewares=[whip.cors_middleware])
     app[SETTINGS] = settings
+    app[CLOCK] = clock
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(WEB_DIR / "templates")),
                          autoescape=jinja2.select_autoescape(["html"]))
     app[aiohttp_jinja2.static_root_key] = "/static"
@@ -82,7 +85,8 @@ async def _rooms_ctx(app: web.Application):
                       server_identity=settings.node_id or "stoa")
     load = app[LOAD] = LoadMonitor(OverloadPolicy(max_legs=settings.capacity_legs,
                                                       react=settings.overload_control))
-    manager = app[ROOMS] = RoomManager(PeerFactory(ice, load), max_participants=settings.max_participants)
+    manager = app[ROOMS] = RoomManager(PeerFactory(ice, load), max_participants=settings.max_participants,
+                                           clock=app[CLOCK])
     load.legs, load.leg_count = manager.video_legs, manager.leg_count
     load.peer_count = lambda: len(manager.peers.live)
     load.start()

@@ -8,7 +8,9 @@ import pytest
 
 from sfu.aiortc_seam import decoder_running, simulate_receive_loss
 from tests.client import RoomClient
+from tests.fixtures.clock import FakeClock
 from tests.media import CounterVideoTrack, ToneAudioTrack
+from tests.serve import eventually
 
 ROOM = "physics"
 
@@ -17,9 +19,22 @@ async def join(server, identity, role, room=ROOM, **kw) -> RoomClient:
     return await RoomClient(server.ws_base, room, server.token(room, identity, role, **kw)).connect()
 
 
+@pytest.fixture
+def server_clock():
+    """The room timers (resume grace, empty-room drop) run when a test advances this clock."""
+    return FakeClock()
+
+
 def room_of(server, name=ROOM):
     from signaling.room import ROOMS
     return server.app[ROOMS].rooms.get(name)
+
+
+async def room_dropped(server, clock: FakeClock, name=ROOM) -> None:
+    """The empty room goes at once, or a second later on the server's clock when broadcasts were pending."""
+    await eventually(lambda: room_of(server, name) is None or clock.sleepers, 10, "the room's drop timer")
+    clock.advance(1.0)
+    await eventually(lambda: room_of(server, name) is None, 10, "the room to close")
 
 
 async def test_broadcast_reaches_three_subscribers_with_the_frames_sent(stoa_server):
@@ -105,7 +120,7 @@ async def test_nack_repairs_loss_on_a_subscriber_leg(stoa_server):
     await teacher.close()
 
 
-async def test_publisher_leaving_is_told_and_cleaned_up(stoa_server):
+async def test_publisher_leaving_is_told_and_cleaned_up(stoa_server, server_clock):
     teacher = await join(stoa_server, "teacher", "instructor")
     student = await join(stoa_server, "student", "student")
     await teacher.publish(CounterVideoTrack(), ToneAudioTrack(), sources=["camera", "microphone"])
@@ -124,8 +139,7 @@ async def test_publisher_leaving_is_told_and_cleaned_up(stoa_server):
             break
         await asyncio.sleep(0.05)
     assert not manager.peers.live, "no peer connection is left after everyone leaves"
-    await asyncio.sleep(1.2)
-    assert ROOM not in manager.rooms
+    await room_dropped(stoa_server, server_clock)
 
 
 @pytest.mark.parametrize("raw, code", [
@@ -241,11 +255,9 @@ async def test_metrics_endpoint_reports_forwarding(stoa_server):
     await student.close()
 
 
-async def test_metrics_counters_keep_the_totals_of_closed_tracks_and_viewers(stoa_server):
+async def test_metrics_counters_keep_the_totals_of_closed_tracks_and_viewers(stoa_server, server_clock):
     """Prometheus counters only grow: a track that closes and a viewer that leaves keep their counts."""
     import aiohttp
-
-    from tests.serve import eventually
 
     names = ("stoa_rtp_received_packets_total", "stoa_rtp_forwarded_packets_total",
              "stoa_keyframe_requests_sent_total", "stoa_rtp_retransmitted_packets_total", "stoa_nack_misses_total")
@@ -264,7 +276,7 @@ async def test_metrics_counters_keep_the_totals_of_closed_tracks_and_viewers(sto
     assert before["stoa_rtp_received_packets_total"] > 0 and before["stoa_rtp_forwarded_packets_total"] > 0
     await student.close()
     await teacher.close()
-    await eventually(lambda: room_of(stoa_server) is None, what="the room to close")
+    await room_dropped(stoa_server, server_clock)
     after = await counters()
     for name in names:
         assert after[name] >= before[name], f"{name} went down from {before[name]} to {after[name]}"

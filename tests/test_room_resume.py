@@ -1,6 +1,6 @@
 """Resume over the room protocol (docs/protocol.md, "Resume"): a resumable participant whose socket
 drops is kept for the grace period and taken back by a join with its resume token; after the grace it
-leaves as before. Real server, real WebSockets."""
+leaves as before. Real server, real WebSockets; the grace runs on a FakeClock the tests move."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import json
 import time
 
 import aiohttp
+import pytest
 
+from tests.fixtures.clock import FakeClock
 from tests.serve import eventually
 
 ROOM = "resume"
@@ -24,6 +26,11 @@ async def recv_type(ws, kind: str, timeout: float = 10.0) -> dict:
         data = json.loads(msg.data)
         if data["type"] == kind:
             return data
+
+
+@pytest.fixture
+def server_clock():
+    return FakeClock()
 
 
 def room(server):
@@ -63,10 +70,9 @@ async def test_a_dropped_socket_resumes_the_same_participant(stoa_server):
         await ws.close()
 
 
-async def test_after_the_grace_the_participant_leaves(stoa_server, monkeypatch):
-    import signaling.ws
+async def test_after_the_grace_the_participant_leaves(stoa_server, server_clock):
+    from signaling.ws import RESUME_GRACE
 
-    monkeypatch.setattr(signaling.ws, "RESUME_GRACE", 0.3)
     url = f"{stoa_server.ws_base}/ws/rooms/{ROOM}"
     async with aiohttp.ClientSession() as http:
         watcher = await http.ws_connect(url)
@@ -75,7 +81,14 @@ async def test_after_the_grace_the_participant_leaves(stoa_server, monkeypatch):
         ws = await http.ws_connect(url)
         await ws.send_json({"type": "join", "token": stoa_server.token(ROOM, "bo", "student"), "resumable": True})
         await recv_type(ws, "joined")
+        kept = room(stoa_server).participants["bo"]
         await ws.close()
+        await eventually(lambda: kept.suspended is not None, 10, interval=0.05)
+        server_clock.advance(RESUME_GRACE - 0.5)
+        for _ in range(3):  # turns for a timer that (wrongly) woke: it must not have
+            await asyncio.sleep(0)
+        assert room(stoa_server).participants["bo"] is kept and kept.suspended is not None
+        server_clock.advance(0.5)
         left = await recv_type(watcher, "participant_left")
         assert left["identity"] == "bo"
         assert "bo" not in room(stoa_server).participants
