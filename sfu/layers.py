@@ -43,6 +43,10 @@ class _LayerTap:
             switcher.switched(self.index)
         switcher.send(packet, ntp, send_time, tails)
 
+    @property
+    def leg(self):
+        return self.switcher.leg
+
     def detach(self, uptrack=None) -> None:
         self.switcher.leg.detach()
 

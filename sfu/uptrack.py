@@ -259,6 +259,14 @@ class UpTrack:
 
     # -- subscribers ------------------------------------------------------------------------
 
+    def legs(self) -> list:
+        """The viewers' legs of this track, once each, whichever layer they take: a simulcast leg sits in
+        its layer's `downtracks` through a tap (sfu/layers.py), two while it switches."""
+        if not self.layers:
+            return list(self.downtracks)
+        return list({id(leg): leg for layer in self.layers for tap in layer.downtracks
+                     for leg in (getattr(tap, "leg", tap),)}.values())
+
     def add_downtrack(self, downtrack: TrackSender) -> None:
         """A new leg starts from the cached keyframe when there is one (replayed, then live), else on
         the next keyframe; either way the publisher is asked for one."""

@@ -36,7 +36,7 @@ class RoomCollector:
             for t in room.tracks():
                 by_kind[t.kind] = by_kind.get(t.kind, 0) + 1
                 total.add_track(t)
-                for d in t.downtracks:
+                for d in t.legs():
                     legs += 1
                     by_quality[d.quality.level] += 1
         pool = self.app.get(WORKERS)

@@ -508,10 +508,10 @@ class RoomManager:
     def video_legs(self) -> list:
         """Every video leg forwarded by this process, oldest first (for overload shedding)."""
         return [d for room in self.rooms.values() for t in room.tracks() if t.kind == "video"
-                for d in t.downtracks]
+                for d in t.legs()]
 
     def leg_count(self) -> int:
-        return sum(len(t.downtracks) for room in self.rooms.values() for t in room.tracks())
+        return sum(len(t.legs()) for room in self.rooms.values() for t in room.tracks())
 
     def _drop(self, room: Room) -> None:
         if self.rooms.get(room.name) is room and not room.participants and not room.tasks:

@@ -12,6 +12,7 @@ from sfu.buffer import CachedPacket
 from sfu.layers import LayerSwitcher
 from sfu.rtp import vp8_picture_ids
 from sfu.simulcast import offered_layers, with_simulcast
+from sfu.uptrack import UpTrack
 
 pytestmark = pytest.mark.unit
 
@@ -94,6 +95,7 @@ def test_switch_waits_for_a_keyframe_of_the_target_and_continues_the_picture_ids
     assert [vp8_picture_ids(p.payload)[0] for p in leg.sent] == [500, 501]
     switcher.select(0)
     assert layers[0].keyframe_requests == 1 and len(layers[0].downtracks) == 1
+    assert UpTrack.legs(track) == [leg]  # two taps while it switches, one leg (metrics, overload shedding)
     layers[0].feed(packet(10, vp8(20, 3)))           # not a keyframe: dropped
     layers[1].feed(packet(3, vp8(502, 9)))           # the old layer still goes out meanwhile
     layers[0].feed(packet(11, vp8(21, 4, key=True), key=True))
