@@ -466,8 +466,13 @@ class SimulcastDemux:
     @classmethod
     def of(cls, dtls: RTCDtlsTransport) -> "SimulcastDemux":
         """The transport's demultiplexer, installed on first use."""
-        demux = getattr(dtls, "_stoa_simulcast", None)
+        demux = cls.existing(dtls)
         return demux if demux is not None else cls(dtls)
+
+    @staticmethod
+    def existing(dtls: RTCDtlsTransport | None) -> "SimulcastDemux | None":
+        """The transport's demultiplexer if one was installed, else None (nothing is installed)."""
+        return getattr(dtls, "_stoa_simulcast", None) if dtls is not None else None
 
     def bind(self, mid: str, receiver: RTCRtpReceiver, rids: list[str], payload_type: int, clock_rate: int,
              on_rtp: OnLayerRtp) -> None:

@@ -93,7 +93,7 @@ class Publisher:
             )
 
         uptrack = make(track_id)
-        demux = getattr(receiver.transport, "_stoa_simulcast", None) if receiver.transport else None
+        demux = SimulcastDemux.existing(receiver.transport)
         if rids:
             # The highest layer is the track the room, the recorder and media workers see.
             layers = [make(f"{track_id}.{rid}") for rid in rids[:-1]] + [uptrack]
@@ -121,8 +121,8 @@ class Publisher:
 
     def _unpublish(self, mid: str) -> None:
         uptrack = self.tracks.pop(mid)
-        if uptrack.layers and uptrack.receiver is not None and uptrack.receiver.transport is not None:
-            demux = getattr(uptrack.receiver.transport, "_stoa_simulcast", None)
+        if uptrack.layers and uptrack.receiver is not None:
+            demux = SimulcastDemux.existing(uptrack.receiver.transport)
             if demux is not None:
                 demux.unbind(mid)
         uptrack.close()
