@@ -1,7 +1,8 @@
 """Dynacast: the layers of a simulcast track that no viewer needs are paused at the publisher.
 
-A layer is needed while a leg forwards it or is switching to it, and the top layer while the track has
-sinks (the recorder, the relay to media workers, which forward that layer). The lowest layer always
+A layer is needed while a leg forwards it or is switching to it, the layers the legs on media workers
+need (the relay's `wanted_layers`, from the workers' `wants`), and the top layer while another sink (the
+recorder, a relay to another node) takes the track. The lowest layer always
 runs, so a new viewer starts at once. A layer no longer needed is paused after PAUSE_AFTER seconds (a
 viewer that steps down and back up does not make the encoder stop and start); a needed one resumes at
 once. The room tells the publishing page (`layers`, docs/protocol.md), which sets that encoding's
@@ -17,8 +18,10 @@ PAUSE_AFTER = 5.0
 
 def needed_layers(track) -> set[int]:
     wanted = {0}
-    if track.sinks:
-        wanted.add(len(track.layers) - 1)
+    for sink in track.sinks:
+        # The relay to media workers says which layers their legs need; other sinks take the top one.
+        wants = getattr(sink, "wanted_layers", None)
+        wanted |= wants() if wants is not None else {len(track.layers) - 1}
     for layer in track.layers:
         for leg in layer.downtracks:
             switcher = getattr(leg, "switcher", None)

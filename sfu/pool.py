@@ -26,7 +26,7 @@ from typing import Awaitable, Callable
 from sfu.downtrack import OnQuality
 from sfu.peer import REFUSAL_CODES, IceRestartRefused, IceSettings, SdpError
 from sfu.quality import QualityChange
-from sfu.relay import Batcher, ControlDecoder, RelayError, encode_control, encode_entry
+from sfu.relay import MAX_LAYERS, Batcher, ControlDecoder, RelayError, encode_control, encode_entry
 from sfu.uptrack import UpTrack
 
 logger = logging.getLogger(__name__)
@@ -55,16 +55,47 @@ def refused(reply: dict, default: str) -> SdpError:
 
 
 class RelayStream:
-    """Fans one UpTrack's packets out to the workers that have viewers of it: once per worker."""
+    """Fans one UpTrack's packets out to the workers that have viewers of it: once per worker.
 
-    __slots__ = ("index", "uptrack", "refs", "links", "repairs")
+    A simulcast track is relayed as one stream per layer (as mediasoup's pipeToRouter pipes every
+    encoding of a producer): the track's stream is its top layer's, and `layers` holds all of them, low
+    to high. Each worker says which layers its legs forward or switch to (`wants`), and a layer's
+    packets go only to the workers that need it; its keyframe requests and NACK misses come back on the
+    layer's own stream."""
 
-    def __init__(self, index: int, uptrack: UpTrack) -> None:
+    __slots__ = ("index", "uptrack", "refs", "links", "repairs", "face", "layers", "wants")
+
+    def __init__(self, index: int, uptrack: UpTrack, face: "RelayStream | None" = None) -> None:
         self.index = index
         self.uptrack = uptrack
-        self.refs: dict["WorkerLink", int] = {}  # viewers of this track per worker
-        self.links: list["WorkerLink"] = []
+        self.refs: dict["WorkerLink", int] = {}  # viewers of this track per worker (on the track's stream)
+        self.links: list["WorkerLink"] = []  # the workers this stream's packets go to
         self.repairs = 0
+        self.face = face or self  # a layer's stream: the track's (top layer) stream, which holds the refs
+        self.layers: list[RelayStream] | None = None  # a simulcast track's streams, low to high (self last)
+        self.wants: dict["WorkerLink", frozenset[int]] = {}  # per worker, the layers its legs need
+
+    def relink(self) -> None:
+        """Point each of the track's streams at the running workers that need it."""
+        if self.layers is None:
+            self.links = [x for x in self.refs if x.alive]
+            return
+        for i, stream in enumerate(self.layers):
+            stream.links = [x for x in self.refs if x.alive and i in self.wants.get(x, ())]
+
+    def want(self, link: "WorkerLink", layers: list[int]) -> None:
+        """A worker's legs need these layers now (its `wants`)."""
+        old = self.wants.get(link, frozenset())
+        new = self.wants[link] = frozenset(i for i in layers if i < len(self.layers))
+        self.relink()
+        for i in new - old:
+            self.layers[i].uptrack.request_keyframe()  # the leg switching to it waits for one
+
+    def wanted_layers(self) -> set[int]:
+        """The layers media workers need, for dynacast (sfu/dynacast.py)."""
+        if self.layers is None:
+            return {len(self.uptrack.layers or (None,)) - 1}  # relayed as one stream: the top layer
+        return set().union(*self.wants.values())
 
     def feed(self, packet, arrival_time: float) -> None:
         links = self.links
@@ -84,9 +115,12 @@ class RelayStream:
 
     def describe(self) -> dict:
         up = self.uptrack
-        return {"type": "track", "stream": self.index, "track_id": up.track_id, "kind": up.kind,
-                "mime_type": up.mime_type, "clock_rate": up.clock_rate, "payload_type": up.payload_type,
-                "publisher": up.publisher_id, "source": up.source}
+        out = {"type": "track", "stream": self.index, "track_id": up.track_id, "kind": up.kind,
+               "mime_type": up.mime_type, "clock_rate": up.clock_rate, "payload_type": up.payload_type,
+               "publisher": up.publisher_id, "source": up.source}
+        if self.layers is not None:
+            out.update(layers=[s.index for s in self.layers], rids=list(self.face.uptrack.rids))
+        return out
 
     def repair(self, link: "WorkerLink", seqs: list[int]) -> None:
         """Resend packets a worker's legs NACKed and its cache no longer (or never) had."""
@@ -239,8 +273,12 @@ class WorkerLink:
                 stream.uptrack.request_keyframe()
         elif kind == "nack":
             stream = self.pool.streams.get(message.get("stream"))
-            if stream is not None and self in stream.refs:
+            if stream is not None and self in stream.face.refs:
                 stream.repair(self, message["seqs"])
+        elif kind == "wants":
+            stream = self.pool.streams.get(message["stream"])
+            if stream is not None and stream.layers is not None and self in stream.refs:
+                stream.want(self, message["layers"])
         elif kind == "stats":
             self.stats = message
         elif kind in SESSION_EVENTS:
@@ -416,6 +454,15 @@ class RemoteRoomSubscriber(RemoteSubscriber):
         self.carried: dict[str, RelayStream] = {}  # by track id, in the order added
         self._synced: list[int] | None = None  # the streams the worker was last told
         self.data_channel = RemoteChannel(link, session_id)
+
+    def set_video_size(self, track_id: str, width: int, height: int) -> bool:
+        """The page shows `track_id` at this size: the worker's allocator for this viewer is told."""
+        stream = self.carried.get(track_id)
+        if stream is None or self.closed or self.lost:
+            return False
+        self.link.notify({"type": "video_size", "session": self.session_id, "stream": stream.index,
+                          "width": width, "height": height})
+        return True
 
     def add_track(self, uptrack: UpTrack) -> None:
         if uptrack.track_id in self.carried or self.closed:
@@ -599,9 +646,10 @@ class WorkerPool:
         if self.links[link.index] is link:
             self.links[link.index] = None
         for stream in list(self.streams.values()):
-            if link in stream.refs:
+            if stream.face is stream and link in stream.refs:
                 del stream.refs[link]
-                stream.links = [x for x in stream.links if x is not link]
+                stream.wants.pop(link, None)
+                stream.relink()
                 self._drop_if_unused(stream)
         lost = list(link.sessions.values())
         if self._closing:
@@ -709,10 +757,16 @@ class WorkerPool:
     def stream_for(self, uptrack: UpTrack) -> RelayStream:
         stream = self._by_track.get(id(uptrack))
         if stream is None or stream.uptrack is not uptrack:
-            index = self._free_index()
-            stream = RelayStream(index, uptrack)
-            self.streams[index] = stream
+            stream = self._new_stream(uptrack)
+            layers = uptrack.layers
+            if layers and 2 <= len(layers) <= MAX_LAYERS and uptrack.rids:
+                stream.layers = [self._new_stream(layer, stream) for layer in layers[:-1]] + [stream]
             self._by_track[id(uptrack)] = stream
+        return stream
+
+    def _new_stream(self, uptrack: UpTrack, face: RelayStream | None = None) -> RelayStream:
+        index = self._free_index()
+        stream = self.streams[index] = RelayStream(index, uptrack, face)
         return stream
 
     def _free_index(self) -> int:
@@ -727,13 +781,14 @@ class WorkerPool:
         stream.refs[link] = count + 1
         if count:
             return
-        up = stream.uptrack
-        up.add_sink(stream)
-        link.notify(stream.describe())
-        sr = getattr(up, "_sr", None)  # the last sender report, mapped onto our clock
-        if sr is not None:
-            link.notify({"type": "sr", "stream": stream.index, "time": sr[0], "rtp": sr[1]})
-        stream.links = [x for x in stream.refs if x.alive]
+        for layer in stream.layers or (stream,):  # the lower layers first: the track's message names them
+            up = layer.uptrack
+            up.add_sink(layer)
+            link.notify(layer.describe())
+            sr = getattr(up, "_sr", None)  # the last sender report, mapped onto our clock
+            if sr is not None:
+                link.notify({"type": "sr", "stream": layer.index, "time": sr[0], "rtp": sr[1]})
+        stream.relink()  # a simulcast layer flows once the worker says its legs want it
 
     def unref(self, stream: RelayStream, link: WorkerLink) -> None:
         count = stream.refs.get(link, 0)
@@ -742,16 +797,19 @@ class WorkerPool:
             return
         if count == 1:
             del stream.refs[link]
-            stream.links = [x for x in stream.links if x is not link]
-            link.notify({"type": "untrack", "stream": stream.index})
+            stream.wants.pop(link, None)
+            stream.relink()
+            for layer in reversed(stream.layers or (stream,)):
+                link.notify({"type": "untrack", "stream": layer.index})
         self._drop_if_unused(stream)
 
     def _drop_if_unused(self, stream: RelayStream) -> None:
         if stream.refs:
             return
-        stream.uptrack.remove_sink(stream)
-        if self.streams.get(stream.index) is stream:
-            del self.streams[stream.index]
+        for layer in stream.layers or (stream,):
+            layer.uptrack.remove_sink(layer)
+            if self.streams.get(layer.index) is layer:
+                del self.streams[layer.index]
         if self._by_track.get(id(stream.uptrack)) is stream:
             del self._by_track[id(stream.uptrack)]
 

@@ -192,6 +192,8 @@ _TEXT = {"type": "string", "maxLength": 256}
 _TRACKS = {"type": "object", "propertyNames": {"enum": ["audio", "video"]}, "additionalProperties": _STREAM}
 _STRINGS = {"type": "array", "maxItems": 32, "items": _TEXT}
 _SDP = {"type": "string", "maxLength": 64 * 1024}
+_PIXELS = {"type": "integer", "minimum": 0, "maximum": 16384}
+MAX_LAYERS = 8  # layers of one simulcast track the relay carries separately (more: the top one only)
 # A classroom envelope is at most 16 KiB of UTF-8 (classroom/interactive/envelope.py); JSON escaping may
 # double it. A longer message from a member is refused by the worker, as the classroom would refuse it.
 MAX_DC_TEXT = 64 * 1024
@@ -211,8 +213,12 @@ CONTROL_MESSAGES: dict[str, dict] = {
         "stream": _STREAM, "track_id": _TEXT, "kind": {"enum": ["audio", "video"]}, "mime_type": _TEXT,
         "clock_rate": {"type": "integer", "minimum": 1}, "payload_type": {"type": "integer", "minimum": 0,
                                                                           "maximum": 127},
-        "publisher": _TEXT, "source": _TEXT},
-        "required": ["stream", "track_id", "kind", "mime_type", "clock_rate", "payload_type"]},
+        "publisher": _TEXT, "source": _TEXT,
+        # A simulcast track: its layers' streams low to high (this stream, the top layer, last) and rids.
+        "layers": {"type": "array", "minItems": 2, "maxItems": MAX_LAYERS, "items": _STREAM},
+        "rids": {"type": "array", "minItems": 2, "maxItems": MAX_LAYERS, "items": _TEXT}},
+        "required": ["stream", "track_id", "kind", "mime_type", "clock_rate", "payload_type"],
+        "dependentRequired": {"layers": ["rids"], "rids": ["layers"]}},
     "untrack": {"properties": {"stream": _STREAM}, "required": ["stream"]},
     "sr": {"properties": {"stream": _STREAM, "time": {"type": "number"},
                           "rtp": {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF}},
@@ -238,6 +244,9 @@ CONTROL_MESSAGES: dict[str, dict] = {
     "answer": {"properties": {"id": _REQUEST_ID, "session": _SESSION, "sdp": _SDP},
                "required": ["id", "session", "sdp"]},
     "resend": {"properties": {"session": _SESSION}, "required": ["session"]},
+    # The size the participant's page shows a track at (the room protocol's video_size), for its allocator.
+    "video_size": {"properties": {"session": _SESSION, "stream": _STREAM, "width": _PIXELS, "height": _PIXELS},
+                   "required": ["session", "stream", "width", "height"]},
     "trim": {"properties": {"id": _REQUEST_ID}, "required": ["id"]},
     "dc_send": {"properties": {"sessions": {"type": "array", "minItems": 1, "maxItems": 512, "items": _SESSION},
                                "text": _DC_TEXT}, "required": ["sessions", "text"]},
@@ -261,6 +270,10 @@ CONTROL_MESSAGES: dict[str, dict] = {
                                                                      "candidates": _STRINGS},
                                      "required": ["ufrag", "pwd", "candidates"]}}, "required": ["id", "ok"]},
     "pli": {"properties": {"stream": _STREAM}, "required": ["stream"]},
+    # The layers of a simulcast track (indexes into its `layers`) this worker's legs forward or switch to.
+    "wants": {"properties": {"stream": _STREAM, "layers": {
+        "type": "array", "maxItems": MAX_LAYERS, "uniqueItems": True,
+        "items": {"type": "integer", "minimum": 0, "maximum": MAX_LAYERS - 1}}}, "required": ["stream", "layers"]},
     "nack": {"properties": {"stream": _STREAM, "seqs": {
         "type": "array", "minItems": 1, "maxItems": 1024,
         "items": {"type": "integer", "minimum": 0, "maximum": 0xFFFF}}}, "required": ["stream", "seqs"]},

@@ -30,7 +30,7 @@ from sfu.peer import (REFUSAL_CODES, IceSettings, OtherIceSession, PeerFactory, 
                       parse_candidate, restart_ice_from)
 from sfu.aiortc_seam import DataChannelSender
 from sfu.relay import MAX_DC_TEXT, ControlDecoder, RelayError, decode_datagram, encode_control
-from sfu.rtp import abs_send_time, is_keyframe, unix_to_ntp
+from sfu.rtp import abs_send_time, is_keyframe, unix_to_ntp, vp8_frame_size
 from sfu.subscriber import Subscriber
 from sfu.uptrack import PublisherClock, UpTrack
 
@@ -74,6 +74,34 @@ class MirrorTrack(UpTrack):
         self._pending: list[int] = []
         self.repairs = 0
         self.misses_asked = 0
+        # A simulcast track's layers (each relayed on its own stream) all point at the top one, which
+        # tells the main process which layers this worker's legs need (`wants`) when that changes.
+        self.face: MirrorTrack | None = None
+        self._wanted: list[int] | None = None
+        self._wants_due = False
+
+    def add_downtrack(self, downtrack) -> None:
+        super().add_downtrack(downtrack)
+        self._legs_changed()
+
+    def remove_downtrack(self, downtrack) -> None:
+        super().remove_downtrack(downtrack)
+        self._legs_changed()
+
+    def _legs_changed(self) -> None:
+        face = self.face
+        if face is not None and not face._wants_due:
+            face._wants_due = True
+            asyncio.get_event_loop().call_soon(face._report_wants)  # once per loop turn: a switch adds and removes
+
+    def _report_wants(self) -> None:
+        self._wants_due = False
+        if self.closed:
+            return
+        wanted = [i for i, layer in enumerate(self.layers) if layer.downtracks or layer._replays]
+        if wanted != self._wanted:
+            self._wanted = wanted
+            self._send({"type": "wants", "stream": self.stream, "layers": wanted})
 
     async def _ask_keyframe(self, ssrc: int) -> None:
         self._send({"type": "pli", "stream": self.stream})
@@ -113,8 +141,11 @@ class MirrorTrack(UpTrack):
             self.repairs += 1
         else:
             self.packets_received += 1
+            self.octets_received += len(payload)  # a layer's rate, for the allocator
             if keyframe and self._video:
                 self.keyframes_received += 1
+                if self._track_size:
+                    self.frame_size = vp8_frame_size(payload) or self.frame_size
         ntp = unix_to_ntp(self.capture_time(packet.timestamp, arrival))
         send_time = abs_send_time()
         tails: dict = {}
@@ -131,8 +162,9 @@ class Worker:
         # Each worker sheds its own load (retransmits, then video to its newest legs), as the main process does.
         self.load = LoadMonitor()
         self.peers = PeerFactory(IceSettings(), self.load)
-        self.load.legs = lambda: [d for t in self.streams.values() if t.kind == "video" for d in t.downtracks]
-        self.load.leg_count = lambda: sum(len(t.downtracks) for t in self.streams.values())
+        # Counted on each track once, not on its simulcast layers (whose fan-out lists hold the legs' taps).
+        self.load.legs = lambda: [d for t in self._tracks_once() if t.kind == "video" for d in t.legs()]
+        self.load.leg_count = lambda: sum(len(t.legs()) for t in self._tracks_once())
         self.load.peer_count = lambda: len(self.peers.live)
         self.streams: dict[int, MirrorTrack] = {}
         self.sessions: dict[str, Subscriber] = {}
@@ -146,6 +178,9 @@ class Worker:
         # What closed sessions' legs had counted, so the server's /metrics counters never go down.
         self.closed_legs = dict.fromkeys(LEG_COUNTERS, 0)
         self._task: asyncio.Task | None = None
+
+    def _tracks_once(self) -> list[MirrorTrack]:
+        return [t for t in self.streams.values() if t.face in (None, t)]
 
     # -- control ------------------------------------------------------------------------------
 
@@ -198,7 +233,9 @@ class Worker:
                 old = self.streams.pop(message["stream"], None)
                 if old is not None:
                     old.close()
-                self.streams[message["stream"]] = MirrorTrack(message["stream"], message, self.send)
+                track = self.streams[message["stream"]] = MirrorTrack(message["stream"], message, self.send)
+                if "layers" in message:
+                    self._layer(track, message["layers"], message["rids"])
             elif kind == "untrack":
                 track = self.streams.pop(message["stream"], None)
                 if track is not None:
@@ -223,6 +260,10 @@ class Worker:
                 self._subscribe(message)
             elif kind == "answer":
                 asyncio.ensure_future(self._answer(message))
+            elif kind == "video_size":
+                sub, track = self.sessions.get(message["session"]), self.streams.get(message["stream"])
+                if sub is not None and track is not None:
+                    sub.set_video_size(track.track_id, message["width"], message["height"])
             elif kind == "resend":
                 sub = self.sessions.get(message["session"])
                 if sub is not None:
@@ -245,6 +286,19 @@ class Worker:
                 logger.warning("worker %d: unknown control message %r", self.index, kind)
         except (KeyError, TypeError, ValueError) as exc:
             logger.warning("worker %d: bad %s message: %s", self.index, kind, exc)
+
+    def _layer(self, track: MirrorTrack, streams: list[int], rids: list[str]) -> None:
+        """Make `track` a simulcast track of the layers relayed on `streams` (announced before it)."""
+        layers = [self.streams.get(s) for s in streams[:-1]]
+        if streams[-1] != track.stream or len(rids) != len(streams) or any(
+                layer is None or layer.face is not None for layer in layers):
+            logger.warning("worker %d: track %s names layers %s that were not announced; it is forwarded as "
+                           "one stream", self.index, track.track_id, streams)
+            self.send({"type": "wants", "stream": track.stream, "layers": [len(streams) - 1]})
+            return
+        track.set_layers([*layers, track], rids)
+        for layer in track.layers:
+            layer.face = track
 
     def _forget(self, sid: str) -> Subscriber | None:
         self.bindings.pop(sid, None)

@@ -281,10 +281,10 @@ async def _handle(app, room, participant: Participant, message: dict, send, raw:
         if not await room.set_muted(participant, message["track_id"], message["muted"]):
             raise ProtocolError("not_found", f"you publish no track {message['track_id']!r}")
     elif kind == "video_size":
-        # Simulcast layer choice (sfu/allocator.py). A subscriber on a media worker forwards one fixed
-        # layer, and a track that just ended is no error: both are ignored.
+        # Simulcast layer choice (sfu/allocator.py; on a media worker, the worker's). A track that just
+        # ended is no error: it is ignored.
         sub = participant.subscriber
-        if sub is not None and not isinstance(sub, RemoteSubscriber):
+        if sub is not None:
             sub.set_video_size(message["track_id"], message["width"], message["height"])
     elif kind == "unmute_request":
         await roomhooks.request_unmute(room, participant, message["track_id"])
