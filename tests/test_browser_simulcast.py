@@ -4,6 +4,8 @@ gets the layer its tile's size and its link call for, and layers nobody needs ar
 Teacher and student pages run in one Chromium inside a network namespace; the link toward it is a tbf
 (tests/netns.py) that starts wide and is narrowed with `tc qdisc change`. The teacher's uplink is not shaped.
 Every media assertion reads decoded frames (getStats) at the student, or the publisher's own outbound stats.
+Each test runs in-process and with `workers = 2`, where the student's subscriber connection and its layer
+choice are on a media worker (docs/scaling.md) and each layer is relayed on its own stream.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import subprocess
 import pytest
 
 from tests.browser import inbound
-# The server on the namespace's host address, and Chromium taking its http origin as secure: the same as there.
-from tests.test_browser_ice_drop import browser_args, server_settings  # noqa: F401
+from shared.config import load_settings
+# Chromium taking the server's http origin (the namespace's host address) as secure: the same as there.
+from tests.test_browser_ice_drop import browser_args  # noqa: F401
 from tests.netns import ShapedLink, unavailable
 from tests.serve import eventually
 from tests.test_browser_room import ROOM, teacher_and_student
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.parametrize("server_settings", [0, 2], indirect=True,
+                                                            ids=["in-process", "workers"])]
 
 WIDE = ("rate", "20mbit", "burst", "64kb", "latency", "400ms")
 NARROW = ("rate", "300kbit", "burst", "16kb", "latency", "400ms")
@@ -40,6 +44,27 @@ def browser_netns():
         pytest.skip(f"needs Chromium in a network namespace: {reason}")
     with ShapedLink(rate=WIDE[1], burst=WIDE[3], latency=WIDE[5]) as link:
         yield link
+
+
+@pytest.fixture
+def server_settings(tmp_path, browser_netns, request):
+    """tests/test_browser_ice_drop.py's settings, with `request.param` media workers."""
+    return load_settings(environ={}, overrides={
+        "dev": True, "host": browser_netns.host_address, "port": 8080, "data_dir": str(tmp_path / "data"),
+        "ice_addresses": ["127.0.0.1", browser_netns.host_address], "overload_control": False,
+        "workers": request.param})
+
+
+def on_worker(stoa_server) -> dict | None:
+    """The student's camera leg as its media worker reports it (None: the student is in-process)."""
+    from signaling.room import ROOMS
+    from sfu.pool import RemoteRoomSubscriber
+
+    sub = stoa_server.app[ROOMS].rooms[ROOM].participants["stud"].subscriber
+    if not isinstance(sub, RemoteRoomSubscriber):
+        return None
+    legs = sub.link.stats.get("sessions", {}).get(sub.session_id, {}).get("legs", [])
+    return next((leg for leg in legs if "simulcast" in leg), {})
 
 
 def shape(link: ShapedLink, spec: tuple[str, ...]) -> None:
@@ -78,6 +103,8 @@ async def publishing_three_layers(stoa_server, chromium):
     await decodes(student, 1280, 15, "the top layer on a wide link")
     track = next(t for t in stoa_server.app[ROOMS].rooms[ROOM].tracks() if t.source == "camera")
     assert track.rids == ["q", "h", "f"] and all(layer.packets_received > 0 for layer in track.layers)
+    if stoa_server.settings.workers:
+        assert on_worker(stoa_server) is not None, "the student's subscriber connection is on a media worker"
     return teacher, student, track
 
 
@@ -107,8 +134,12 @@ async def test_a_narrowed_link_steps_down_to_the_low_layer(stoa_server, chromium
     teacher, student, track = await publishing_three_layers(stoa_server, chromium)
     shape(browser_netns, NARROW)
     await decodes(student, 320, 15, "the low layer behind 300 kbit/s")
-    sub = stoa_server.app[ROOMS].rooms[ROOM].participants["stud"].subscriber
-    assert sub.allocator.congestion_events > 0
+    leg = on_worker(stoa_server)
+    if leg is None:
+        assert stoa_server.app[ROOMS].rooms[ROOM].participants["stud"].subscriber.allocator.congestion_events > 0
+    else:
+        await eventually(lambda: (on_worker(stoa_server) or {}).get("simulcast", {}).get("layer") == "q", 5,
+                         "the worker reports the leg on q")
     # Only this viewer's leg stepped down: the publisher still encodes its top layer at full size.
     out = await teacher.evaluate(OUTBOUND_JS)
     assert out["f"]["width"] >= 960, out
