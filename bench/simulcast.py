@@ -1,10 +1,12 @@
 """Simulcast against a single stream: what each viewer receives second by second, and the server's CPU per packet.
 
-  /work/wt/bench-lock .venv/bin/python bench/simulcast.py              # on, off, off, on; 20 s each
-  .venv/bin/python bench/simulcast.py --rounds 1 --seconds 15
+  /work/wt/bench-lock .venv/bin/python bench/simulcast.py              # 4 variants, then reversed; 20 s each
+  .venv/bin/python bench/simulcast.py --rounds 1 --seconds 15 --workers 2 --simulcast on
 
-Each variant is a fresh `stoa serve --dev --workers 0` in its own process (tests/serve.py), with `STOA_SIMULCAST` true
-(the room page publishes the camera in three layers, docs/simulcast.md) or false (one stream). One headless
+Each variant is a fresh `stoa serve --dev --workers N` in its own process (tests/serve.py), with `STOA_SIMULCAST`
+true (the room page publishes the camera in three layers, docs/simulcast.md) or false (one stream), and N 0
+(viewers in the main process) or 2 (viewers on two media workers, each layer relayed on its own stream;
+docs/scaling.md). One headless
 Chromium (tests/browser.py's flags; fake camera) opens the room page as the instructor, who turns the camera
 on, and two students: `small` has the camera's tile forced to 240x135 (as tests/test_browser_simulcast.py
 does; the page reports that size as `video_size`), `full` leaves it at its normal size. Once both decode,
@@ -12,10 +14,8 @@ every --every seconds each student's getStats gives the decoded frameWidth and t
 and the publisher's outbound video bitrate (all layers) is read from the instructor's page. Over the
 measured window, the server's CPU (/proc/<pid>/stat of its process tree, as bench/lecture.py) is divided
 by the RTP packets it forwarded (/metrics `stoa_rtp_forwarded_packets_total`, audio included).
-Variants alternate (on, off, off, on, ...) so drift on a shared machine hits both alike. Everything runs on
-127.0.0.1; nothing is asserted, it only prints. The run is bounded by --max-seconds. --workers 0 is the
-default because `stoa serve` otherwise starts one media worker per CPU, and viewers on workers get the top
-layer with no layer choice (docs/simulcast.md, "Media workers"): --workers 2 shows that.
+Variants alternate (in order, then reversed, ...) so drift on a shared machine hits all alike. Everything runs
+on 127.0.0.1; nothing is asserted, it only prints. The run is bounded by --max-seconds.
 """
 
 from __future__ import annotations
@@ -77,12 +77,12 @@ def kbps(now: dict, before: dict) -> float:
     return (now["bytes"] - before["bytes"]) * 8 / dt / 1000 if dt > 0 else 0.0
 
 
-async def variant(context_of, simulcast: bool, args, tmp: Path) -> dict:
+async def variant(context_of, simulcast: bool, workers: int, tmp: Path, args) -> dict:
     import aiohttp
 
-    where = tmp / f"{'on' if simulcast else 'off'}-{time.monotonic_ns()}"
+    where = tmp / f"{'on' if simulcast else 'off'}-{workers}-{time.monotonic_ns()}"
     where.mkdir()
-    server = ServeProcess(where, "--workers", str(args.workers),
+    server = ServeProcess(where, "--workers", str(workers),
                           env={"STOA_SIMULCAST": "true" if simulcast else "false"})
     contexts = []
     try:
@@ -127,7 +127,7 @@ async def variant(context_of, simulcast: bool, args, tmp: Path) -> dict:
         span, fwd = t1 - t0, fwd1 - fwd0
         received = {name: prev[name]["packets"] - first[name]["packets"] for name in viewers}
         decoded = {name: prev[name]["decoded"] - first[name]["decoded"] for name in viewers}
-        return {"simulcast": simulcast, "timeline": timeline, "sent": sent, "cpu": (cpu1 - cpu0) / span,
+        return {"simulcast": simulcast, "workers": workers, "timeline": timeline, "sent": sent, "cpu": (cpu1 - cpu0) / span,
                 "fwd_pps": fwd / span, "us_per_packet": (cpu1 - cpu0) / fwd * 1e6 if fwd else float("nan"),
                 "video_pkts": received, "decoded": decoded, "span": span}
     except BaseException:
@@ -149,8 +149,12 @@ async def _decoding(page) -> bool:
     return s["decoded"] > 5 and s["width"] > 0
 
 
+def label_of(simulcast: bool, workers: int) -> str:
+    return f"simulcast {'on ' if simulcast else 'off'} workers {workers}"
+
+
 def report(r: dict) -> None:
-    label = "simulcast on " if r["simulcast"] else "simulcast off"
+    label = label_of(r["simulcast"], r["workers"])
     for name, points in r["timeline"].items():
         line = " | ".join(f"t={t:g} {w} {k:.0f}kbps" for t, w, k in points)
         mean = sum(k for _, _, k in points) / max(1, len(points))
@@ -168,9 +172,10 @@ def report(r: dict) -> None:
 async def run(args) -> list[dict]:
     from playwright.async_api import async_playwright
 
+    variants = [(on, n) for on in args.simulcast for n in args.workers]
     order = []
     for i in range(args.rounds):
-        order += [True, False] if i % 2 == 0 else [False, True]
+        order += variants if i % 2 == 0 else variants[::-1]
     rows = []
     with tempfile.TemporaryDirectory(prefix="stoa-bench-simulcast-") as tmpdir:
         tmp = Path(tmpdir)
@@ -185,10 +190,10 @@ async def run(args) -> list[dict]:
                 async def context_of():
                     return await browser.browser.new_context(viewport={"width": 1024, "height": 640})
 
-                for simulcast in order:
-                    print(f"[{time.strftime('%H:%M:%S')}] simulcast {'on' if simulcast else 'off'}: instructor "
+                for simulcast, workers in order:
+                    print(f"[{time.strftime('%H:%M:%S')}] {label_of(simulcast, workers)}: instructor "
                           f"camera, students 'small' ({SMALL[0]}x{SMALL[1]} tile) and 'full'", flush=True)
-                    row = await variant(context_of, simulcast, args, tmp)
+                    row = await variant(context_of, simulcast, workers, tmp, args)
                     report(row)
                     rows.append(row)
             finally:
@@ -201,9 +206,9 @@ async def run(args) -> list[dict]:
 def summary(rows: list[dict], args) -> None:
     print()
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; stoa serve --workers {args.workers}")
-    for simulcast in (True, False):
-        mine = [r for r in rows if r["simulcast"] == simulcast]
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    for simulcast, workers in [(on, n) for on in args.simulcast for n in args.workers]:
+        mine = [r for r in rows if r["simulcast"] == simulcast and r["workers"] == workers]
         if not mine:
             continue
 
@@ -212,7 +217,7 @@ def summary(rows: list[dict], args) -> None:
             return sum(values) / len(values) if values else float("nan")
 
         per = {name: mean(k for r in mine for _, _, k in r["timeline"][name]) for name in mine[0]["timeline"]}
-        print(f"simulcast {'on ' if simulcast else 'off'} ({len(mine)} run(s)): "
+        print(f"{label_of(simulcast, workers)} ({len(mine)} run(s)): "
               + ", ".join(f"{name} {k:.0f} kbps" for name, k in per.items())
               + f"; publisher {mean(k for r in mine for k, _ in r['sent']):.0f} kbps; server "
               f"{mean(r['cpu'] for r in mine):.3f} CPU s/s, {mean(r['us_per_packet'] for r in mine):.1f} µs per "
@@ -223,12 +228,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds measured per variant")
     parser.add_argument("--every", type=float, default=1.0, help="sampling interval")
-    parser.add_argument("--rounds", type=int, default=2, help="pairs of variants (on/off, then off/on, ...)")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="`stoa serve --workers`: 0 keeps viewers in the main process, where the layer "
-                             "allocator runs (viewers on media workers get the top layer, docs/simulcast.md)")
-    parser.add_argument("--max-seconds", type=float, default=180.0, help="bound on the whole run")
+    parser.add_argument("--rounds", type=int, default=2, help="passes over the variants (in order, then reversed)")
+    parser.add_argument("--workers", type=lambda v: [int(n) for n in v.split(",")], default=[0, 2],
+                        help="`stoa serve --workers` values to alternate, comma-separated (0: viewers in the "
+                             "main process)")
+    parser.add_argument("--simulcast", type=lambda v: [{"on": True, "off": False}[x] for x in v.split(",")],
+                        default=[True, False], help="on, off or on,off")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="bound on the whole run (default: 60 s per variant run)")
     args = parser.parse_args()
+    if args.max_seconds is None:
+        args.max_seconds = 60.0 * args.rounds * len(args.workers) * len(args.simulcast)
     rows = asyncio.run(asyncio.wait_for(run(args), args.max_seconds))
     summary(rows, args)
     return 0
