@@ -1,6 +1,6 @@
 """Dynacast: the layers of a simulcast track that no viewer needs are paused at the publisher.
 
-A layer is needed while a leg forwards it or is switching to it, and the top layer while the track has
+A layer is needed while a leg forwards it or is switching to it (a leg Last-N paused needs none), and the top layer while the track has
 sinks (the recorder, the relay to media workers, which forward that layer). The lowest layer always
 runs, so a new viewer starts at once. A layer no longer needed is paused after PAUSE_AFTER seconds (a
 viewer that steps down and back up does not make the encoder stop and start); a needed one resumes at
@@ -22,7 +22,7 @@ def needed_layers(track) -> set[int]:
     for layer in track.layers:
         for leg in layer.downtracks:
             switcher = getattr(leg, "switcher", None)
-            if isinstance(switcher, LayerSwitcher):
+            if isinstance(switcher, LayerSwitcher) and not switcher.leg.unselected:
                 wanted.add(switcher.target)
     return wanted
 
