@@ -166,10 +166,6 @@ async def test_a_viewer_with_n_2_decodes_the_two_recent_speakers_and_a_pinned_on
         assert pinned["pinned"] == ["p4"] and set(pinned["track_ids"]) == {tracks["p4"], tracks["p3"]}
         start = frames_by_publisher(viewer)["p4"]
         await eventually(lambda: frames_by_publisher(viewer)["p4"] > start + 5, 5, "p4's video to decode")
-        import sys
-        from signaling.room import ROOMS
-        for _, d in stoa_server.app[ROOMS].rooms[room].participants["viewer"].subscriber.legs:
-            print(d.kind, d.uptrack.publisher_id, d.paused, d.packets_sent, d.keyframe_requests, d.uptrack.plis_sent, file=sys.stderr)
         tones["p1"].amplitude = LOUD
         await forwarded_becomes(viewer, {"p4", "p1"}, tracks)
         tones["p1"].amplitude = 0
