@@ -238,6 +238,7 @@ async def _resume(app: web.Application, room_name: str, grants, resume: str, sen
     })
     if participant.subscriber is not None:
         await participant.subscriber.resend_offer()  # the first copy may have gone to the dropped socket
+        room.select_videos(participant, tell=True)  # a change of `forwarded` meanwhile went nowhere
     return participant, room
 
 
