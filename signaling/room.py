@@ -15,7 +15,7 @@ from sfu.downtrack import OnQuality
 from sfu.lastn import SpeakerOrder, Video, select_forwarded
 from sfu.overload import LoadMonitor
 from sfu.peer import PeerFactory
-from sfu.pool import WorkerPool
+from sfu.pool import RemoteRoomSubscriber, WorkerPool
 from sfu.publisher import Publisher
 from sfu.quality import LEVELS, QualityChange
 from sfu.speakers import LevelRing, SpeakerDetector
@@ -466,19 +466,27 @@ class Room:
 
     def select_videos(self, only: Participant | None = None, *, tell: bool = False) -> None:
         """Pause the video legs each WebSocket viewer (or `only` that one) is not to get (sfu/lastn.py), and
-        tell it which it gets when that changed (or `tell`). Viewers on media workers get every video."""
+        tell it which it gets when that changed (or `tell`). A media worker pauses the legs it is told to."""
         for p in [only] if only is not None else list(self.participants.values()):
             sub = p.subscriber
-            if p.transport != "ws" or not isinstance(sub, Subscriber):
+            if p.transport != "ws":
                 continue
-            legs = [d for _, d in sub.legs if d.kind == "video" and d.uptrack is not None]
+            if isinstance(sub, Subscriber):
+                videos = [d.uptrack for _, d in sub.legs if d.kind == "video" and d.uptrack is not None]
+            elif isinstance(sub, RemoteRoomSubscriber):
+                videos = [s.uptrack for s in sub.carried.values() if s.uptrack.kind == "video"]
+            else:
+                continue
             n = self.last_n if p.last_n is None else p.last_n
-            chosen = select_forwarded([Video(d.uptrack.track_id, d.uptrack.publisher_id, d.uptrack.source,
-                                             d.uptrack.muted) for d in legs],
+            chosen = select_forwarded([Video(t.track_id, t.publisher_id, t.source, t.muted) for t in videos],
                                       self.speaker_order.order, p.pins, n)
-            changed = [d for d in legs if d.set_selected(d.track_id in chosen)]
-            if any(d.switcher is not None for d in changed):
-                sub.allocate()  # the bandwidth a paused leg had goes to the others
+            if isinstance(sub, RemoteRoomSubscriber):
+                sub.select({t.track_id for t in videos} - chosen)
+            else:
+                legs = [d for _, d in sub.legs if d.kind == "video" and d.uptrack is not None]
+                changed = [d for d in legs if d.set_selected(d.track_id in chosen)]
+                if any(d.switcher is not None for d in changed):
+                    sub.allocate()  # the bandwidth a paused leg had goes to the others
             ids = sorted(chosen)
             if ids != p.forwarded or tell:
                 p.forwarded = ids

@@ -182,3 +182,52 @@ async def test_a_viewer_with_n_2_decodes_the_two_recent_speakers_and_a_pinned_on
         for client in (viewer, *publishers.values()):
             if client is not None:
                 await client.close()
+
+
+@pytest.fixture
+async def workers_server(server_settings):
+    from aiohttp.test_utils import TestServer
+
+    from stoa.app import build_app
+    from tests.fixtures.server import RunningServer
+
+    server_settings.workers = 2
+    server = TestServer(build_app(server_settings), host="127.0.0.1", port=0)
+    await server.start_server(shutdown_timeout=2.0)
+    try:
+        yield RunningServer(server, server_settings)
+    finally:
+        await server.close()
+
+
+@pytest.mark.slow
+async def test_a_viewer_on_a_media_worker_gets_only_its_n_and_its_pin(workers_server):
+    room = "lastn-workers"
+    names = ["p1", "p2", "p3"]
+    publishers, viewer = [], None
+    try:
+        for name in names:
+            client = await RoomClient(workers_server.ws_base, room,
+                                      workers_server.token(room, name, "student", can_publish=True)).connect()
+            publishers.append(client)
+            assert (await client.publish(CounterVideoTrack(fps=10), sources=["camera"]))["type"] == "answer"
+        viewer = await RoomClient(workers_server.ws_base, room, workers_server.token(room, "viewer", "viewer")).connect()
+        from signaling.room import ROOMS
+        from sfu.pool import RemoteRoomSubscriber
+        assert isinstance(workers_server.app[ROOMS].rooms[room].participants["viewer"].subscriber, RemoteRoomSubscriber)
+        tracks = {t["participant"]: t["track_id"] for t in viewer.joined["room"]["tracks"]}
+        await viewer.request({"type": "last_n", "n": 1}, "forwarded")
+        await forwarded_becomes(viewer, {"p1"}, tracks)
+        await eventually(lambda: len(frames_by_publisher(viewer)) == 3, 15, "three video tracks at the viewer")
+        await eventually(lambda: frames_by_publisher(viewer)["p1"] > 0, 15, "p1 decodes")
+        await asyncio.sleep(0.5)
+        await decoding(viewer, {"p1"}, set(names))
+        await viewer.request({"type": "pin", "participant": "p3"}, "forwarded")
+        start = frames_by_publisher(viewer)["p3"]
+        await eventually(lambda: frames_by_publisher(viewer)["p3"] > start + 3, 10, "p3's video to decode")
+        await asyncio.sleep(0.5)
+        await decoding(viewer, {"p3"}, set(names))
+    finally:
+        for client in (viewer, *publishers):
+            if client is not None:
+                await client.close()
