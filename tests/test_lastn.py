@@ -86,6 +86,35 @@ def test_the_last_n_setting(tmp_path):
         load_settings(environ={"STOA_LAST_N": "-2"}, overrides={"dev": True})
 
 
+@pytest.mark.unit
+async def test_a_leg_out_of_the_n_stays_paused_through_an_overload_resume_and_restarts_with_a_keyframe_request():
+    from aiortc import RTCPeerConnection
+
+    from sfu.downtrack import DownTrack
+    from tests.test_sfu_uptrack import make_track
+
+    pc = RTCPeerConnection()
+    try:
+        leg = DownTrack(pc.addTransceiver("video", direction="sendonly").sender, subscriber_id="v", kind="video")
+        up = make_track("video")
+        leg.attach(up)
+        assert leg.set_selected(False) and leg.paused and not leg.set_selected(False)
+        leg.pause()
+        leg.resume()          # overload shedding ends: Last-N still holds the leg
+        assert leg.paused and leg.stats()["selected"] is False
+        asked = up.keyframe_requests
+        assert leg.set_selected(True) and not leg.paused
+        assert up.keyframe_requests == asked + 1  # one PLI: the leg starts on the next keyframe
+        leg.pause()
+        leg.set_selected(False)
+        leg.set_selected(True)
+        assert leg.paused     # shed: it stays so until the shedding ends
+        leg.resume()
+        assert not leg.paused and up.keyframe_requests == asked + 2
+    finally:
+        await pc.close()
+
+
 # -- four cameras, a viewer with N = 2 --------------------------------------------------------------
 
 LOUD = 8000  # ~-15 dBov: a speaker (tests/test_speakers.py)
