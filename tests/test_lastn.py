@@ -9,11 +9,14 @@ import asyncio
 import pytest
 
 from sfu.lastn import SpeakerOrder, Video, select_forwarded
+from sfu.pool import RemoteRoomSubscriber
 from shared.config import ConfigError, load_settings
+from signaling.room import ROOMS
 from signaling.schemas import ProtocolError, parse_client_message
 from tests.client import RoomClient
 from tests.media import CounterVideoTrack, ToneAudioTrack
 from tests.serve import eventually
+from tests.test_workers import workers_server  # noqa: F401  (a fixture: the app with two media workers)
 
 
 def cams(*names: str, screen: tuple[str, ...] = (), muted: tuple[str, ...] = ()) -> list[Video]:
@@ -213,22 +216,6 @@ async def test_a_viewer_with_n_2_decodes_the_two_recent_speakers_and_a_pinned_on
                 await client.close()
 
 
-@pytest.fixture
-async def workers_server(server_settings):
-    from aiohttp.test_utils import TestServer
-
-    from stoa.app import build_app
-    from tests.fixtures.server import RunningServer
-
-    server_settings.workers = 2
-    server = TestServer(build_app(server_settings), host="127.0.0.1", port=0)
-    await server.start_server(shutdown_timeout=2.0)
-    try:
-        yield RunningServer(server, server_settings)
-    finally:
-        await server.close()
-
-
 @pytest.mark.slow
 async def test_a_viewer_on_a_media_worker_gets_only_its_n_and_its_pin(workers_server):
     room = "lastn-workers"
@@ -240,10 +227,10 @@ async def test_a_viewer_on_a_media_worker_gets_only_its_n_and_its_pin(workers_se
                                       workers_server.token(room, name, "student", can_publish=True)).connect()
             publishers.append(client)
             assert (await client.publish(CounterVideoTrack(fps=10), sources=["camera"]))["type"] == "answer"
-        viewer = await RoomClient(workers_server.ws_base, room, workers_server.token(room, "viewer", "viewer")).connect()
-        from signaling.room import ROOMS
-        from sfu.pool import RemoteRoomSubscriber
-        assert isinstance(workers_server.app[ROOMS].rooms[room].participants["viewer"].subscriber, RemoteRoomSubscriber)
+        token = workers_server.token(room, "viewer", "viewer")
+        viewer = await RoomClient(workers_server.ws_base, room, token).connect()
+        sub = workers_server.app[ROOMS].rooms[room].participants["viewer"].subscriber
+        assert isinstance(sub, RemoteRoomSubscriber)  # its connection runs in a media worker
         tracks = {t["participant"]: t["track_id"] for t in viewer.joined["room"]["tracks"]}
         await viewer.request({"type": "last_n", "n": 1}, "forwarded")
         await forwarded_becomes(viewer, {"p1"}, tracks)
