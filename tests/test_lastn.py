@@ -135,7 +135,16 @@ def frames_by_publisher(viewer: RoomClient) -> dict[str, int]:
 
 
 async def decoding(viewer: RoomClient, expect: set[str], everyone: set[str], seconds: float = 3.0) -> dict:
-    """Over `seconds`, the videos of `expect` decode frames and the others none; returns the deltas."""
+    """The videos of `expect` decode frames over `seconds` and the others none, once what the others had in
+    flight when they were paused has played out (at most 10 s); returns the deltas."""
+    others = everyone - expect
+
+    async def others_quiet() -> bool:
+        before = frames_by_publisher(viewer)
+        await asyncio.sleep(1.0)
+        after = frames_by_publisher(viewer)
+        return all(after.get(p, 0) == before.get(p, 0) for p in others)
+    await eventually(others_quiet, 10, f"{sorted(others)} to stop decoding", interval=0)
     before = frames_by_publisher(viewer)
     await asyncio.sleep(seconds)
     after = frames_by_publisher(viewer)
@@ -190,7 +199,6 @@ async def test_a_viewer_with_n_2_decodes_the_two_recent_speakers_and_a_pinned_on
         start = frames_by_publisher(viewer)["p3"]
         await eventually(lambda: frames_by_publisher(viewer)["p3"] > start + 5, 5, "p3's video to decode")
         tones["p3"].amplitude = 0
-        await asyncio.sleep(0.5)  # what p2 had in flight is played out
         await decoding(viewer, {"p3", "p1"}, everyone)
 
         # The viewer pins p4: p4 and the most recent speaker (p3); then p1 speaks and p4 stays.
@@ -201,12 +209,12 @@ async def test_a_viewer_with_n_2_decodes_the_two_recent_speakers_and_a_pinned_on
         tones["p1"].amplitude = LOUD
         await forwarded_becomes(viewer, {"p4", "p1"}, tracks)
         tones["p1"].amplitude = 0
-        await asyncio.sleep(0.5)
         await decoding(viewer, {"p4", "p1"}, everyone)
 
         # Off (0): every video again.
         await viewer.request({"type": "last_n", "n": 0}, "forwarded")
-        await asyncio.sleep(1.0)
+        start = frames_by_publisher(viewer)
+        await eventually(lambda: all(frames_by_publisher(viewer)[p] > start[p] for p in names), 10, "all to decode")
         await decoding(viewer, everyone, everyone)
         refused = await viewer.request({"type": "pin", "participant": "nobody"}, "error")
         assert refused["code"] == "not_found" and "nobody" in refused["message"]
@@ -236,12 +244,10 @@ async def test_a_viewer_on_a_media_worker_gets_only_its_n_and_its_pin(workers_se
         await forwarded_becomes(viewer, {"p1"}, tracks)
         await eventually(lambda: len(frames_by_publisher(viewer)) == 3, 15, "three video tracks at the viewer")
         await eventually(lambda: frames_by_publisher(viewer)["p1"] > 0, 15, "p1 decodes")
-        await asyncio.sleep(0.5)
         await decoding(viewer, {"p1"}, set(names))
         await viewer.request({"type": "pin", "participant": "p3"}, "forwarded")
         start = frames_by_publisher(viewer)["p3"]
         await eventually(lambda: frames_by_publisher(viewer)["p3"] > start + 3, 10, "p3's video to decode")
-        await asyncio.sleep(0.5)
         await decoding(viewer, {"p3"}, set(names))
     finally:
         for client in (viewer, *publishers):
