@@ -28,7 +28,7 @@ class DownTrack:
     __slots__ = ("subscriber_id", "kind", "uptrack", "seam", "forwarder", "_ext_ids", "_mid", "_key",
                  "_rtx_seq", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
                  "packets_sent", "retransmits", "nack_misses", "keyframe_requests",
-                 "retransmit", "quality", "pacer", "on_quality", "keyframes_for_viewer", "_load", "_shed",
+                 "retransmit", "quality", "pacer", "on_quality", "keyframes_for_viewer", "_load", "_shed", "unselected",
                  "oversize_drops", "replayed", "source", "switcher", "on_remb")
 
     def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str, load=None):
@@ -41,7 +41,8 @@ class DownTrack:
         self.switcher: LayerSwitcher | None = None
         self.on_remb: Callable[[int], None] | None = None  # the viewer's REMB (bits/s), for layer choice
         self._load = load  # sfu.overload.LoadMonitor of this process, or None
-        self._shed = False
+        self._shed = False  # paused by overload shedding
+        self.unselected = False  # paused by Last-N (sfu/lastn.py): not among the videos this viewer gets
         self.seam = SenderSeam(sender, self._nack_unless_overloaded if load is not None else self._on_nack,
                                self._on_keyframe_request, self._on_report, self._on_remb)
         self.forwarder: Forwarder | None = None
@@ -294,7 +295,24 @@ class DownTrack:
         """Start again on a keyframe, continuing the leg's sequence as after a source switch."""
         if not self._shed:
             return
-        self.paused = self._shed = False
+        self._shed = False
+        if not self.unselected:
+            self._restart()
+
+    def set_selected(self, selected: bool) -> bool:
+        """Last-N: a leg not selected sends nothing; selected again, it restarts on a keyframe as after a
+        pause. True if that changed."""
+        if selected != self.unselected:
+            return False
+        self.unselected = not selected
+        if not selected:
+            self.paused = True
+        elif not self._shed:
+            self._restart()
+        return True
+
+    def _restart(self) -> None:
+        self.paused = False
         if self.forwarder is not None and self.forwarder.started:
             self.forwarder.switch_source()
             self.forwarder.needs_keyframe = self.kind == "video"
@@ -324,5 +342,6 @@ class DownTrack:
             "paced": self.pacer.paced,
             "oversize_drops": self.oversize_drops,
             "replayed": self.replayed,
+            "selected": not self.unselected,
             **({"simulcast": self.switcher.describe()} if self.switcher is not None else {}),
         }

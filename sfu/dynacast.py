@@ -1,8 +1,8 @@
 """Dynacast: the layers of a simulcast track that no viewer needs are paused at the publisher.
 
-A layer is needed while a leg forwards it or is switching to it, the layers the legs on media workers
-need (the relay's `wanted_layers`, from the workers' `wants`), and the top layer while another sink (the
-recorder, a relay to another node) takes the track. The lowest layer always
+A layer is needed while a leg forwards it or is switching to it (a leg Last-N paused needs none), the
+layers the legs on media workers need (the relay's `wanted_layers`, from the workers' `wants`), and the
+top layer while another sink (the recorder, a relay to another node) takes the track. The lowest layer always
 runs, so a new viewer starts at once. A layer no longer needed is paused after PAUSE_AFTER seconds (a
 viewer that steps down and back up does not make the encoder stop and start); a needed one resumes at
 once. The room tells the publishing page (`layers`, docs/protocol.md), which sets that encoding's
@@ -25,7 +25,7 @@ def needed_layers(track) -> set[int]:
     for layer in track.layers:
         for leg in layer.downtracks:
             switcher = getattr(leg, "switcher", None)
-            if isinstance(switcher, LayerSwitcher):
+            if isinstance(switcher, LayerSwitcher) and not switcher.leg.unselected:
                 wanted.add(switcher.target)
     return wanted
 

@@ -452,7 +452,8 @@ class RemoteRoomSubscriber(RemoteSubscriber):
         self._send_offer = send_offer
         self.answered = True  # a lost worker is reported: the room protocol's resubscribe recovers it
         self.carried: dict[str, RelayStream] = {}  # by track id, in the order added
-        self._synced: list[int] | None = None  # the streams the worker was last told
+        self._synced: tuple | None = None  # the streams (and the paused ones) the worker was last told
+        self.unselected: set[str] = set()  # Last-N: the video track ids whose legs the worker pauses
         self.data_channel = RemoteChannel(link, session_id)
 
     def set_video_size(self, track_id: str, width: int, height: int) -> bool:
@@ -482,15 +483,22 @@ class RemoteRoomSubscriber(RemoteSubscriber):
     async def negotiate(self) -> None:
         self._sync()
 
+    def select(self, unselected: set[str]) -> None:
+        """Last-N (sfu/lastn.py): the worker pauses the legs of these video tracks, and resumes the others."""
+        self.unselected = set(unselected)
+        self._sync()
+
     def _sync(self) -> None:
-        """Tell the worker which streams the connection carries; it renegotiates when they changed."""
+        """Tell the worker which streams the connection carries (it renegotiates when they changed) and
+        which of them it pauses."""
         if self.closed or self.lost:
             return
         streams = [s.index for s in self.carried.values()]
-        if streams != self._synced:
-            self._synced = streams
+        paused = sorted(s.index for t, s in self.carried.items() if t in self.unselected)
+        if (streams, paused) != self._synced:
+            self._synced = (streams, paused)
             self.link.notify({"type": "subscribe", "session": self.session_id, "identity": self.participant_id,
-                              "streams": streams})
+                              "streams": streams, "paused": paused})
 
     async def on_answer(self, sdp: str) -> None:
         if self.lost:

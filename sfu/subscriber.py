@@ -86,7 +86,7 @@ class Subscriber:
 
     def _on_remb(self, bitrate: int) -> None:
         now = time.monotonic()
-        sent = sum(8 * d.retransmit.media_rate for _, d in self.legs if d.uptrack is not None)
+        sent = sum(8 * d.retransmit.media_rate for _, d in self.legs if d.uptrack is not None and not d.paused)
         congested = self.allocator.on_estimate(bitrate, sent, now)
         if congested or now - self._allocated_at >= REALLOCATE_INTERVAL:
             self.allocate(now)
@@ -103,7 +103,7 @@ class Subscriber:
         """Choose the layer of each of this viewer's simulcast legs (sfu/allocator.py)."""
         now = time.monotonic() if now is None else now
         self._allocated_at = now
-        legs = [d for _, d in self.legs if d.uptrack is not None]
+        legs = [d for _, d in self.legs if d.uptrack is not None and not d.unselected]  # Last-N paused: no share
         if any(d.switcher is not None for d in legs):
             for leg, layer in self.allocator.allocate(legs, now).items():
                 cap = self.allocator.cap

@@ -330,6 +330,10 @@ class Worker:
             if track is not None and stream not in carried:
                 sub.add_track(track)
                 changed = True
+        paused = set(message.get("paused", ()))  # Last-N: legs the main process's room does not select
+        for _, downtrack in sub.legs:
+            if downtrack.kind == "video" and downtrack.uptrack is not None:
+                downtrack.set_selected(downtrack.uptrack.stream not in paused)
         if changed:
             asyncio.ensure_future(sub.negotiate())
 

@@ -73,6 +73,10 @@ class Settings:
     record_all: bool = False
     # The room page publishes the camera in three simulcast layers (docs/simulcast.md); off: one stream.
     simulcast: bool = True
+    # Last-N (docs/simulcast.md): each viewer is sent the video of the N most recent speakers, its pinned
+    # participants and every screen share; the others' tiles show an avatar. 9 fills a 3 x 3 grid, what a
+    # laptop shows at a size where faces read, at a downlink a home connection carries. 0: every video.
+    last_n: int = 9
     log_level: str = "info"
     # Outgoing webhooks kept in step with the database at start-up: [{url, secret, events}] (TOML tables).
     webhooks: list[dict] = field(default_factory=list)
@@ -125,6 +129,8 @@ class Settings:
             raise ConfigError(f"workers must be between 0 and 64, got {self.workers}")
         if self.capacity_legs < 0:
             raise ConfigError("capacity_legs must be 0 (measured capacity only) or a positive number of legs")
+        if not 0 <= self.last_n <= 1000:
+            raise ConfigError(f"last_n must be 0 (every video) or a number of videos up to 1000, got {self.last_n}")
         if self.tutoring_ttl <= 0 or self.tutoring_expire_interval <= 0:
             raise ConfigError("tutoring_ttl and tutoring_expire_interval must be positive")
         if self.redis is not None and not self.redis.startswith(("redis://", "rediss://", "unix://")):

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from aiohttp import web
 
 from sfu.downtrack import OnQuality
+from sfu.lastn import SpeakerOrder, Video, select_forwarded
 from sfu.overload import LoadMonitor
 from sfu.peer import PeerFactory
-from sfu.pool import WorkerPool
+from sfu.pool import RemoteRoomSubscriber, WorkerPool
 from sfu.publisher import Publisher
 from sfu.quality import LEVELS, QualityChange
 from sfu.speakers import LevelRing, SpeakerDetector
@@ -78,6 +79,11 @@ class Participant:
         # that source starts muted, until the staff allow it (moderate allow_unmute). The room keeps it
         # per identity (Room.join), so a reload or a rejoin does not lift it.
         self.locked: dict[str, str] = {}
+        # Last-N (sfu/lastn.py): this viewer's own N (None: the room's), whom it pinned, and the video track
+        # ids it was last told are forwarded (`forwarded`).
+        self.last_n: int | None = None
+        self.pins: set[str] = set()
+        self.forwarded: list[str] | None = None
 
     def owned_by(self, send: Send) -> bool:
         """Whether the socket whose sender is `send` still speaks for this participant."""
@@ -159,8 +165,11 @@ class Room:
     def __init__(self, name: str, peers: PeerFactory, *, max_participants: int = 500,
                  on_empty: Callable[["Room"], None] | None = None,
                  on_leg_quality: Callable[[QualityChange], None] | None = None,
-                 closed: ClosedTotals | None = None, workers=None, clock: Clock = SYSTEM_CLOCK):
+                 closed: ClosedTotals | None = None, workers=None, clock: Clock = SYSTEM_CLOCK,
+                 last_n: int = 0):
         self.name = name
+        self.last_n = last_n  # videos each viewer is sent unless it asks otherwise (0: all)
+        self.speaker_order = SpeakerOrder()
         self.clock = clock  # the resume grace sleeps on it
         self.closed = closed if closed is not None else ClosedTotals()
         self._on_leg_quality = on_leg_quality
@@ -284,6 +293,7 @@ class Room:
             for track in self.tracks():
                 if track.publisher_id != participant.identity:
                     sub.add_track(track)
+        self.select_videos(participant)  # before the first packet: a leg out of the N never starts
         await sub.negotiate()
 
     def quality_listener(self, participant: Participant) -> OnQuality:
@@ -347,6 +357,8 @@ class Room:
         identity = participant.identity
         if participant.publisher is not None:
             participant.publisher.unpublish_all()
+        if not participant.replaced:
+            self.speaker_order.remove(identity)
         if notify and participant.transport == "ws":
             await self.broadcast({"type": "participant_left", "identity": identity})
         await participant.close()
@@ -369,6 +381,8 @@ class Room:
         owner = self.participants.get(track.publisher_id)
         if owner is not None and track.source in owner.locked:
             track.muted = True  # muted by the staff: stopping and starting the source does not unmute it
+        if track.kind == "video":
+            self.speaker_order.add(track.publisher_id)
         for p in self.participants.values():
             if (p.transport == "ws" and p.identity != track.publisher_id and p.subscriber is not None
                     and p.grants.can_subscribe):
@@ -383,6 +397,8 @@ class Room:
                 self._speakers_task = asyncio.ensure_future(self._watch_speakers())
         if track.layers:
             self.spawn(self._dynacast(track))
+        if track.kind == "video":
+            self.select_videos()
         self.rebind_broadcast_viewers()
         for listener in self.track_listeners:
             listener("published", track)
@@ -395,6 +411,8 @@ class Room:
         self.spawn(self.broadcast({"type": "track_unpublished", "track_id": track.track_id,
                                    "participant": track.publisher_id}))
         self.speakers.remove_track(track.track_id)
+        if track.kind == "video":
+            self.select_videos()  # a place among the N is free
         self.rebind_broadcast_viewers(exclude=track)
         for listener in self.track_listeners:
             listener("unpublished", track)
@@ -419,6 +437,8 @@ class Room:
                 await asyncio.sleep(SPEAKERS_TICK)
                 ranking = self.speakers.update(time.time())
                 if ranking is not None:
+                    if self.speaker_order.spoke([s.key for s in ranking]):
+                        self.select_videos()
                     await self.broadcast({"type": "speakers", "speakers": [
                         {"identity": s.key, "level": s.level} for s in ranking]})
             if self.speakers.forget():  # the last audio track went while someone was listed
@@ -436,9 +456,49 @@ class Room:
         track.muted = muted
         if not muted:
             track.request_keyframe()
+        if track.kind == "video":
+            self.select_videos()  # a muted camera takes no place among the N
         await self.broadcast({"type": "track_muted", "track_id": track_id, "muted": muted,
                               "participant": participant.identity})
         return True
+
+    # -- Last-N ----------------------------------------------------------------------------
+
+    def select_videos(self, only: Participant | None = None, *, tell: bool = False) -> None:
+        """Pause the video legs each WebSocket viewer (or `only` that one) is not to get (sfu/lastn.py), and
+        tell it which it gets when that changed (or `tell`). A media worker pauses the legs it is told to."""
+        for p in [only] if only is not None else list(self.participants.values()):
+            sub = p.subscriber
+            if p.transport != "ws":
+                continue
+            if isinstance(sub, Subscriber):
+                videos = [d.uptrack for _, d in sub.legs if d.kind == "video" and d.uptrack is not None]
+            elif isinstance(sub, RemoteRoomSubscriber):
+                videos = [s.uptrack for s in sub.carried.values() if s.uptrack.kind == "video"]
+            else:
+                continue
+            n = self.last_n if p.last_n is None else p.last_n
+            chosen = select_forwarded([Video(t.track_id, t.publisher_id, t.source, t.muted) for t in videos],
+                                      self.speaker_order.order, p.pins, n)
+            if isinstance(sub, RemoteRoomSubscriber):
+                sub.select({t.track_id for t in videos} - chosen)
+            else:
+                legs = [d for _, d in sub.legs if d.kind == "video" and d.uptrack is not None]
+                changed = [d for d in legs if d.set_selected(d.track_id in chosen)]
+                if any(d.switcher is not None for d in changed):
+                    sub.allocate()  # the bandwidth a paused leg had goes to the others
+            ids = sorted(chosen)
+            if ids != p.forwarded or tell:
+                p.forwarded = ids
+                self.spawn(p.send({"type": "forwarded", "track_ids": ids, "last_n": n, "pinned": sorted(p.pins)}))
+
+    def set_last_n(self, participant: Participant, n: int | None) -> None:
+        participant.last_n = n
+        self.select_videos(participant, tell=True)
+
+    def pin(self, participant: Participant, identity: str, pinned: bool) -> None:
+        (participant.pins.add if pinned else participant.pins.discard)(identity)
+        self.select_videos(participant, tell=True)
 
     def rebind_broadcast_viewers(self, exclude: UpTrack | None = None) -> None:
         chosen = self.broadcast_tracks(exclude=exclude)
@@ -475,8 +535,10 @@ class Room:
 class RoomManager:
     """All rooms on this node."""
 
-    def __init__(self, peers: PeerFactory, *, max_participants: int = 500, clock: Clock = SYSTEM_CLOCK):
+    def __init__(self, peers: PeerFactory, *, max_participants: int = 500, clock: Clock = SYSTEM_CLOCK,
+                 last_n: int = 0):
         self.peers = peers
+        self.last_n = last_n
         self.clock = clock  # the rooms' resume grace and the empty-room drop sleep on it
         self._drops: set[asyncio.Task] = set()  # pending empty-room drops
         self.max_participants = max_participants
@@ -497,7 +559,8 @@ class RoomManager:
         if room is None:
             room = self.rooms[name] = Room(name, self.peers, max_participants=self.max_participants,
                                            on_empty=self._drop, on_leg_quality=self._count_quality,
-                                           closed=self.closed, workers=self.workers, clock=self.clock)
+                                           closed=self.closed, workers=self.workers, clock=self.clock,
+                                           last_n=self.last_n)
             for listener in self.room_listeners:
                 listener(room)
         return room

@@ -71,6 +71,11 @@ CLIENT_MESSAGES: dict[str, dict] = {
     "video_size": {"properties": {"track_id": _ID, "width": {"type": "integer", "minimum": 0, "maximum": 16384},
                                   "height": {"type": "integer", "minimum": 0, "maximum": 16384}},
                    "required": ["track_id", "width", "height"]},
+    # Last-N (docs/simulcast.md): this viewer's number of speakers' cameras (0: every video; null: the
+    # server's setting), and the participants whose cameras it gets whatever the N.
+    "last_n": {"properties": {"n": {"type": ["integer", "null"], "minimum": 0, "maximum": 1000}}, "required": ["n"]},
+    "pin": {"properties": {"participant": _ID}, "required": ["participant"]},
+    "unpin": {"properties": {"participant": _ID}, "required": ["participant"]},
     "leave": {"properties": {}},
     # The subscriber connection failed: the server replaces it and offers every track again.
     "resubscribe": {"properties": {}},

@@ -28,6 +28,7 @@ JOIN_TIMEOUT = 10.0
 REFUSALS = ("unauthorized", "room_full", "session_full", "banned", "session_not_live", "forbidden", "draining")
 # How long a resumable participant whose socket dropped keeps its place, tracks and classroom state.
 RESUME_GRACE = 20.0
+MAX_PINS = 16  # pinned cameras are sent whatever the N: bounded, so a page cannot pin the whole class
 
 
 class RoomWebSocket(web.WebSocketResponse):
@@ -237,6 +238,7 @@ async def _resume(app: web.Application, room_name: str, grants, resume: str, sen
     })
     if participant.subscriber is not None:
         await participant.subscriber.resend_offer()  # the first copy may have gone to the dropped socket
+        room.select_videos(participant, tell=True)  # a change of `forwarded` meanwhile went nowhere
     return participant, room
 
 
@@ -286,6 +288,15 @@ async def _handle(app, room, participant: Participant, message: dict, send, raw:
         sub = participant.subscriber
         if sub is not None:
             sub.set_video_size(message["track_id"], message["width"], message["height"])
+    elif kind == "last_n":
+        room.set_last_n(participant, message["n"])  # answered with `forwarded`
+    elif kind in ("pin", "unpin"):
+        pinning = kind == "pin"
+        if pinning and message["participant"] not in room.participants:
+            raise ProtocolError("not_found", f"no participant {message['participant']!r} is in the room")
+        if pinning and len(participant.pins) >= MAX_PINS and message["participant"] not in participant.pins:
+            raise ProtocolError("too_many_pins", f"at most {MAX_PINS} participants can be pinned; unpin one first")
+        room.pin(participant, message["participant"], pinning)
     elif kind == "unmute_request":
         await roomhooks.request_unmute(room, participant, message["track_id"])
         await send({"type": "unmute_requested", "track_id": message["track_id"], "ref": message.get("id")})

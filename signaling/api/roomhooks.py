@@ -196,6 +196,8 @@ async def mute(app: web.Application, room_name: str, identity: str, track_id: st
         target.locked[track.source] = by
         await room.broadcast({"type": "track_muted", "track_id": track.track_id, "muted": True,
                               "participant": identity, "by": by})
+    if any(t.kind == "video" for t in tracks):
+        room.select_videos()  # a muted camera gives its place among the N to the next speaker
     return [t.track_id for t in tracks]
 
 

@@ -1,5 +1,6 @@
 // The stage of the room page (docs/room-page.md, "Layout"): video tiles, the grid and presenter layouts, pinning,
-// fullscreen, what each tile shows (name, mic, camera, speaking, connection quality), the participant count and
+// fullscreen, what each tile shows (name, mic, camera, speaking, connection quality, an avatar while the server
+// does not forward the video: Last-N, docs/simulcast.md), the participant count and
 // the keyboard shortcuts. room.js hands it video tiles through tileFor(); it follows the room given to
 // startStage() (room-page.js).
 //
@@ -16,6 +17,8 @@ const strip = document.getElementById("tiles");
 const tracks = new Map();      // track_id -> {participant, source, kind, muted}
 const tileHooks = [];
 let pinned = null;             // key of the pinned tile
+let pinnedWho = null;          // the participant the server was asked to pin (Last-N sends their camera)
+let forwarded = null;          // Set of video track ids the server forwards (`forwarded`); null: all
 let boardOpen = false;
 let room = null;               // startStage()
 
@@ -92,6 +95,14 @@ export function removeTile(key) {
 
 function pin(key) {
   pinned = pinned === key ? null : key;
+  // A remote camera pinned on the page is pinned at the server too: Last-N always forwards it.
+  const el = pinned && document.getElementById(`tile-${pinned}`);
+  const who = el && !pinned.startsWith("self") ? el.dataset.participant || null : null;
+  if (who !== pinnedWho) {
+    if (pinnedWho) room.send({ type: "unpin", participant: pinnedWho });
+    if (who) room.send({ type: "pin", participant: who });
+    pinnedWho = who;
+  }
   layout();
 }
 
@@ -160,11 +171,22 @@ function micWords(participant) {
   return !mic ? ["mic off", "off"] : mic.muted ? ["muted", "muted"] : ["mic on", "on"];
 }
 
+const initials = (name) => name.split(/\s+/).filter(Boolean).slice(0, 2).map((w) => [...w][0].toUpperCase()).join("");
+
 function renderStatus(el) {
   const participant = el.dataset.participant;
   const video = trackOf(participant, el.dataset.source);
-  el.classList.toggle("video-off", Boolean(video && video.muted));
-  el.querySelector(".tile-off").textContent = video && video.muted ? "Camera off" : "";
+  const muted = Boolean(video && video.muted);
+  // Not among the videos the server sends this page (Last-N): an avatar, not the last frame frozen.
+  const away = Boolean(!muted && video && forwarded && !el.dataset.key.startsWith("self")
+                       && !forwarded.has(video.track_id));
+  el.classList.toggle("video-off", muted || away);
+  el.classList.toggle("not-forwarded", away);
+  const off = el.querySelector(".tile-off");
+  if (away) {
+    const name = room.state.participants.get(participant)?.name || participant;
+    off.replaceChildren(h("span", { class: "avatar" }, initials(name) || "?"), h("span", { class: "avatar-name" }, name));
+  } else off.textContent = muted ? "Camera off" : "";
   const status = el.querySelector(".tile-status");
   if (el.dataset.source !== "camera") { status.replaceChildren(); return; }
   const [words, state] = micWords(participant);
@@ -199,8 +221,8 @@ function refresh() {
   layout();
 }
 
-const remember = (t) => tracks.set(t.track_id, { participant: t.participant, source: t.source, kind: t.kind,
-                                                 muted: Boolean(t.muted) });
+const remember = (t) => tracks.set(t.track_id, { track_id: t.track_id, participant: t.participant, source: t.source,
+                                                 kind: t.kind, muted: Boolean(t.muted) });
 
 // Started by room-page.js before the room connects.
 export function startStage(stoa) {
@@ -208,7 +230,7 @@ export function startStage(stoa) {
   const board = document.getElementById("cr-board");
   if (board) main.append(board);   // the whiteboard is shown on the stage, never in the side panel
   stoa.on("joined", (msg) => {
-    if (!msg.resumed) tracks.clear();
+    if (!msg.resumed) { tracks.clear(); forwarded = null; pinnedWho = null; pinned = null; }
     for (const t of msg.room.tracks || []) remember(t);
     refresh();
   });
@@ -220,6 +242,7 @@ export function startStage(stoa) {
     refresh();
   });
   stoa.on("participant_joined", refresh);
+  stoa.on("forwarded", (msg) => { forwarded = new Set(msg.track_ids); refresh(); });
   stoa.on("participant_left", (msg) => {
     for (const [id, t] of tracks) if (t.participant === msg.identity) tracks.delete(id);
     refresh();
