@@ -472,3 +472,61 @@ async def test_a_relay_tree_home_to_edge_to_edge_is_decoded_on_the_third_node(
             await pc.close()
         for server in nodes.values():
             server.stop()
+
+
+async def test_raised_hands_survive_a_dead_home_in_order(tmp_path, redis_url, redis_prefix, redis_client, pg_dsn):
+    """Hands raised on a, one lowered; SIGKILL a. On b, the room's new home, the queue read back from the shared
+    database is the same (who, in raise order, the lowered one not back), for the teacher and the students."""
+    from types import SimpleNamespace
+
+    from tests.fixtures.classroom_e2e import Member
+
+    room = "hands"
+    upgrade(pg_dsn)
+    a, b = (node(tmp_path, n, redis_url, redis_prefix, "--database", pg_dsn) for n in ("a", "b"))
+    members: list[Member] = []
+
+    def on(server, identity: str, role: str = "student") -> Member:
+        at = SimpleNamespace(ws_base=server.base.replace("http", "ws"),
+                             token=lambda r, i, ro, name=None: server.token(r, i, ro))
+        member = Member(at, room, identity, role, channel=False)  # classroom messages over the WebSocket
+        members.append(member)
+        return member
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(a.wait_up(http), b.wait_up(http))
+            teacher = await on(a, "t", "instructor").start()
+            students = {i: await on(a, i).start() for i in ("s2", "s0", "s1")}
+            for identity in ("s2", "s0", "s1"):  # raise order, not name order
+                await students[identity].ok("hand.raise")
+            await students["s0"].ok("hand.lower")
+            await teacher.wait(lambda p: p.get("type") == "hand.queue"
+                               and [h["identity"] for h in p["data"]["queue"]] == ["s2", "s1"])
+            before = [(h["identity"], h["position"]) for h in teacher.of_type("hand.queue")[-1]["data"]["queue"]]
+            assert before == [("s2", 1), ("s1", 2)]
+
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(10)
+            # What the page does: join through b saying a was lost; b finds a gone and takes the room.
+            probe = on(b, "t", "instructor").client
+            await probe.connect(join=False)
+            moved = await probe.request({"type": "join", "token": probe.token, "lost": "a"}, "redirect", "error")
+            assert moved["type"] == "redirect" and moved["node"] == "b", moved
+            assert await redis_client.hget(redis_prefix + "room_node_map", room) == "b"
+
+            teacher_b = await on(b, "t", "instructor").start()
+            after = [(h["identity"], h["position"]) for h in teacher_b.state()["hands"]["queue"]]
+            assert after == before
+            s1 = await on(b, "s1").start()
+            assert s1.state()["hands"] == {"raised": True, "position": 2, "count": 2}
+            s0 = await on(b, "s0").start()
+            assert s0.state()["hands"] == {"raised": False, "position": None, "count": 2}
+            # The queue goes on from there: lowering on b is stored and published as before.
+            await teacher_b.ok("hand.lower", {"identity": "s2"})
+            await s1.wait(lambda p: p.get("type") == "hand.state" and p["data"]["position"] == 1)
+    finally:
+        for m in members:
+            await m.close()
+        a.stop()
+        b.stop()
