@@ -530,3 +530,78 @@ async def test_raised_hands_survive_a_dead_home_in_order(tmp_path, redis_url, re
             await m.close()
         a.stop()
         b.stop()
+
+
+@pytest.mark.parametrize("death", ["SIGKILL", "SIGSTOP"])
+async def test_an_edges_whep_viewers_keep_their_sessions_when_the_home_dies(
+        tmp_path, redis_url, redis_prefix, redis_client, death):
+    """A teacher on a, WHEP viewers on the edge c. a dies (SIGKILL: its relay socket closes; SIGSTOP: a hung
+    home, the socket stays open and the relay goes silent). c probes a, finds it gone, places the room again
+    (on b, the least loaded) and relays from there; the teacher's new WHIP POST lands there, and c's viewers
+    decode the new publisher's frames on the sessions they had."""
+    from tests.media import CounterVideoTrack, ToneAudioTrack
+    from tests.test_whip_whep import WhepViewer, WhipPublisher
+
+    room = "rehome"
+    nodes = {n: node(tmp_path, n, redis_url, redis_prefix) for n in ("a", "b", "c")}
+    a, b, c = nodes.values()
+    peers = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(n.wait_up(http) for n in nodes.values()))
+            teacher = await WhipPublisher(http, a.base, room, a.token(room, "teacher", "instructor")).publish(
+                CounterVideoTrack(), ToneAudioTrack())
+            peers.append(teacher.pc)
+            viewers = []
+            for name in ("c1", "c2"):
+                viewer = await WhepViewer(http, c.base, room, c.token(room, name, "viewer")).start()
+                peers.append(viewer.pc)
+                viewers.append(viewer)
+            for viewer in viewers:
+                await eventually(lambda v=viewer: "video" in v.collectors, 15, "the relayed video track")
+                await viewer.collectors["video"].wait_frames(20, timeout=20)
+            sessions = [v.location for v in viewers]
+
+            a.proc.send_signal(getattr(signal, death))
+            killed = time.monotonic()
+            await teacher.pc.close()
+
+            quick = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))  # a hung a never answers
+
+            async def republish():  # what OBS does: POST again (through any node) until one takes it
+                publisher = WhipPublisher(quick, b.base, room, b.token(room, "teacher", "instructor"))
+                try:
+                    return await publisher.publish(CounterVideoTrack(first=30000), ToneAudioTrack())
+                except (aiohttp.ClientError, asyncio.TimeoutError, AssertionError):
+                    await publisher.pc.close()
+                    return None
+            try:
+                teacher = await eventually(republish, 10, "the teacher's WHIP POST to be taken", interval=0.2)
+            finally:
+                await quick.close()
+            peers.append(teacher.pc)
+            for viewer in viewers:
+                await eventually(lambda v=viewer: sum(n >= 30000 for n in v.collectors["video"].counters) >= 20,
+                                 15, "c's viewer to decode the new publisher's frames")
+            again = time.monotonic() - killed
+            assert await redis_client.hget(redis_prefix + "room_node_map", room) == "b"
+            log = c.log.read_text()
+            assert "comes from node b again" in log
+            if death == "SIGSTOP":
+                assert "no media for" in log, "a hung home is noticed by the relay's silence"
+            assert await metric(http, c, "stoa_relay_edge_rooms") == 1
+            assert await metric(http, b, "stoa_relay_node_links", '{node="c"}') == 1
+            # The same sessions: no new POST; their URLs still answer on c.
+            assert [v.location for v in viewers] == sessions
+            for viewer in viewers:
+                async with http.delete(c.base + viewer.location,
+                                       headers={"Authorization": f"Bearer {viewer.token}"}) as resp:
+                    assert resp.status == 200
+            print(f"{death}: c's viewers decode the new publisher {again:.2f} s after a died")
+    finally:
+        if a.proc.poll() is None:
+            a.proc.send_signal(signal.SIGCONT)
+        for pc in peers:
+            await pc.close()
+        for server in nodes.values():
+            server.stop()
