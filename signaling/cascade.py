@@ -189,7 +189,7 @@ class Cascade:
             await sub.close(end_sessions=False, wait=False)
             cluster = self.app[CLUSTER]
             await cluster.forget_if_gone(sub.home_id)  # a dead home's record goes now, not GONE_S later
-            problem = "no viewer left"
+            problem = "no answer"
             while time.monotonic() - started < REHOME_S and self._has_viewers(room):
                 home = await cluster.home(room)
                 if home is None:
@@ -209,9 +209,10 @@ class Cascade:
                 logger.warning("relay: room %s comes from node %s again %.1f s after its relay from node %s ended",
                                room, home.id, time.monotonic() - started, sub.home_id)
                 return
-            logger.warning("relay: no new home for room %s within %.0f s (%s); its viewers here are ended so "
-                           "they join again", room, REHOME_S, problem)
-            await sub.end_sessions()
+            if self._has_viewers(room):
+                logger.warning("relay: no new home for room %s within %.0f s (%s); its viewers here are ended "
+                               "so they join again", room, REHOME_S, problem)
+                await sub.end_sessions()
         finally:
             self.rehoming.discard(room)
 

@@ -128,6 +128,7 @@ async def test_the_teachers_page_publishes_again_after_its_home_dies(
                                           label="teacher")
             await wait_js(teacher, JOINED, timeout=15)
             await teacher.click("#btn-camera")
+            await wait_js(teacher, "window.stoa.state.ownTracks.size >= 2", timeout=15)  # published on a
             student = await chromium.page(f"{a.base}/rooms/{room}?token={a.token(room, 'ada', 'student')}",
                                           label="student")
             await wait_js(student, JOINED, timeout=15)
