@@ -212,7 +212,7 @@ class Cascade:
             if self._has_viewers(room):
                 logger.warning("relay: no new home for room %s within %.0f s (%s); its viewers here are ended "
                                "so they join again", room, REHOME_S, problem)
-                await sub.end_sessions()
+                await sub._end_sessions()
         finally:
             self.rehoming.discard(room)
 
@@ -341,9 +341,9 @@ class EdgeSubscription:
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         if end_sessions:
-            await self.end_sessions()
+            await self._end_sessions()
 
-    async def end_sessions(self) -> None:
+    async def _end_sessions(self) -> None:
         from signaling import whip  # whip uses this module to place viewers
 
         app = self.cascade.app
