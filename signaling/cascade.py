@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 SIGNATURE_TTL = 60.0    # a signed relay request is good for this long (clock skew between nodes included)
 SYNC_TIMEOUT = 5.0      # an edge waits this long for the home's first `broadcast`
 IDLE_CLOSE_S = 5.0      # an edge link with no viewer left is closed after this long
+SILENT_S = 1.0          # a broadcast with tracks and no packet for this long: the edge probes the home
+REHOME_S = 10.0         # an edge that lost its home looks this long for the room's new one, then ends its viewers
+REHOME_RETRY_S = 0.25   # ... asking again this often (the teacher's new publish places the room meanwhile)
 MAX_CONTROL = 256 * 1024
 
 
@@ -114,6 +117,7 @@ class Cascade:
         self.http = aiohttp.ClientSession()
         self.loss = 0.0  # debug hook: share of relay datagrams dropped on purpose
         self._turns: dict[str, int] = {}  # room -> how many edges were sent down its tree
+        self.rehoming: set[str] = set()   # rooms whose home was lost: still relayed rooms, not served here
         self._janitor = asyncio.ensure_future(self._sweep())
 
     async def close(self) -> None:
@@ -131,7 +135,7 @@ class Cascade:
                 link.impair(rate)
 
     def is_edge(self, room: str) -> bool:
-        return room in self.edges
+        return room in self.edges or room in self.rehoming
 
     async def parent_for(self, room: str, node: str):
         """On a room's home: None to relay it to `node` from here, or the edge node (a cluster Node) `node`
@@ -153,8 +157,8 @@ class Cascade:
     async def edge_for(self, room: str, home) -> EdgeRelay:
         """The relay of `room`'s broadcast from `home` to this node: opened by the first viewer here."""
         sub = self.edges.get(room)
-        if sub is not None and sub.home_id != home.id:
-            await sub.close(end_sessions=True)
+        if sub is not None and sub.home_id != home.id:  # the room moved: its viewers here follow the new relay
+            await sub.close(end_sessions=False, wait=False)
             sub = None
         if sub is None:
             sub = self.edges[room] = EdgeSubscription(self, room, home)
@@ -165,6 +169,52 @@ class Cascade:
                 del self.edges[room]
             raise
         return sub.relay
+
+    def _has_viewers(self, room: str) -> bool:
+        local = self.app[ROOMS].rooms.get(room)
+        return local is not None and any(p.transport == "whep" for p in local.participants.values())
+
+    async def rehome(self, sub: "EdgeSubscription", reason: str) -> None:
+        """`sub`'s home stopped relaying (its socket closed, or its media went silent and /healthz does not
+        answer): find the room's home again (placed again if that node is gone) and relay from there, the
+        WHEP viewers here keeping their sessions. If this node is the home now, they follow the room here."""
+        room = sub.room
+        if room in self.rehoming:
+            return
+        self.rehoming.add(room)
+        started = time.monotonic()
+        logger.warning("relay: room %s lost its relay from node %s (%s); its viewers here keep their sessions "
+                       "while its home is found again", room, sub.home_id, reason)
+        try:
+            await sub.close(end_sessions=False, wait=False)
+            cluster = self.app[CLUSTER]
+            await cluster.forget_if_gone(sub.home_id)  # a dead home's record goes now, not GONE_S later
+            problem = "no answer"
+            while time.monotonic() - started < REHOME_S and self._has_viewers(room):
+                home = await cluster.home(room)
+                if home is None:
+                    local = self.app[ROOMS].rooms.get(room)
+                    if local is not None:
+                        local.rebind_broadcast_viewers()
+                    logger.warning("relay: room %s is served by this node now (%.1f s after its relay from node "
+                                   "%s ended); its viewers here get its broadcast when one starts", room,
+                                   time.monotonic() - started, sub.home_id)
+                    return
+                try:
+                    await self.edge_for(room, home)
+                except CascadeError as exc:
+                    problem = str(exc)
+                    await asyncio.sleep(REHOME_RETRY_S)
+                    continue
+                logger.warning("relay: room %s comes from node %s again %.1f s after its relay from node %s ended",
+                               room, home.id, time.monotonic() - started, sub.home_id)
+                return
+            if self._has_viewers(room):
+                logger.warning("relay: no new home for room %s within %.0f s (%s); its viewers here are ended "
+                               "so they join again", room, REHOME_S, problem)
+                await sub._end_sessions()
+        finally:
+            self.rehoming.discard(room)
 
     async def _sweep(self) -> None:
         while True:
@@ -200,6 +250,7 @@ class EdgeSubscription:
         self.closed = False
         self._open = asyncio.ensure_future(self._connect())
         self._reader: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
 
     def _send(self, message: dict) -> None:
         if self.sender is not None:
@@ -237,22 +288,44 @@ class EdgeSubscription:
             await self.close(end_sessions=False)
             raise CascadeError(f"node {self.home_id} did not start relaying room {self.room} "
                                f"within {SYNC_TIMEOUT:.0f} s") from None
+        self._watcher = asyncio.ensure_future(self._watch())
         logger.info("relay: room %s comes from node %s (link %s)", self.room, self.home_id, self.relay.link)
+
+    def _lost(self, reason: str) -> None:
+        if not self.closed:
+            asyncio.ensure_future(self.cascade.rehome(self, reason))
+
+    async def _watch(self) -> None:
+        """A home that hangs (or a network that drops everything) keeps the socket open for the heartbeat's
+        7.5 s: a broadcast that goes silent for SILENT_S makes the edge probe the home's /healthz, as a page
+        that lost its node does. A home that answers is left alone (a muted or paused source)."""
+        cluster = self.cascade.app[CLUSTER]
+        seen, quiet_since = self.relay.packets, time.monotonic()
+        while not self.closed:
+            await asyncio.sleep(SILENT_S / 4)
+            now = time.monotonic()
+            if self.relay.packets != seen or not self.relay.broadcast_tracks():
+                seen, quiet_since = self.relay.packets, now
+            elif now - quiet_since >= SILENT_S:
+                if await cluster.forget_if_gone(self.home_id):
+                    self._lost(f"no media for {now - quiet_since:.1f} s and node {self.home_id} does not answer")
+                    return
+                seen, quiet_since = self.relay.packets, time.monotonic()
 
     async def _read(self) -> None:
         try:
             async for message in read_messages(self.ws, HOME_TO_EDGE, f"node {self.home_id}"):
                 self.relay.on_control(message)
         finally:
-            if not self.closed:
-                logger.warning("relay: node %s stopped relaying room %s; its viewers here are ended "
-                               "so they join again", self.home_id, self.room)
-                asyncio.ensure_future(self.close(end_sessions=True))
+            self._lost("its relay socket closed")
 
-    async def close(self, *, end_sessions: bool) -> None:
+    async def close(self, *, end_sessions: bool, wait: bool = True) -> None:
+        """`wait` False: the socket's closing handshake is not waited for (a hung home never answers it)."""
         if self.closed:
             return
         self.closed = True
+        if self._watcher is not None and self._watcher is not asyncio.current_task():
+            self._watcher.cancel()
         if self.cascade.edges.get(self.room) is self:
             del self.cascade.edges[self.room]
         self.relay.close()
@@ -261,7 +334,10 @@ class EdgeSubscription:
         if self.sender is not None:
             await self.sender.close()
         if self.ws is not None:
-            await self.ws.close()
+            if wait:
+                await self.ws.close()
+            else:
+                asyncio.ensure_future(self.ws.close())
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         if end_sessions:

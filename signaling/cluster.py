@@ -121,6 +121,7 @@ class Cluster:
         self.nodes_key, self.map_key = prefix + "nodes", prefix + "room_node_map"
         self.census, self.busy, self.clock = census, busy, clock
         self.is_edge: Callable[[str], bool] = lambda room: False  # rooms relayed here from their home
+        self.relaying: Callable[[str], bool] = lambda room: False  # rooms relayed from here to edges
         self.draining = False
         self.healthy = False
         self.last_ok = time.monotonic()
@@ -186,7 +187,7 @@ class Cluster:
     async def _release_empty(self, rooms: dict[str, int]) -> None:
         now = time.monotonic()
         for room, since in list(self.claimed.items()):
-            if rooms.get(room):
+            if rooms.get(room) or self.relaying(room):  # an edge's viewers wait here for the teacher
                 self.claimed[room] = now
             elif now - since > RELEASE_AFTER_S:
                 del self.claimed[room]
@@ -362,6 +363,7 @@ async def cluster_ctx(app):
                       prefix=settings.redis_prefix, capacity=settings.node_capacity, census=census,
                       busy=lambda: app[LOAD].busy)
     cluster.is_edge = lambda room: CASCADE in app and app[CASCADE].is_edge(room)
+    cluster.relaying = lambda room: CASCADE in app and bool(app[CASCADE].home_links.get(room))
     await cluster.start()
     app[CLUSTER] = cluster
     app[PLACEMENT] = ClusterPlacement(app)

@@ -44,16 +44,16 @@ def read_counter(frame: VideoFrame) -> int:
 class CounterVideoTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(self, width: int = 320, height: int = 240, fps: int = 30):
+    def __init__(self, width: int = 320, height: int = 240, fps: int = 30, first: int = 0):
         super().__init__()
         self.width, self.height, self.fps = width, height, fps
-        self.count = 0
+        self.first = self.count = first  # a second publisher's frames told apart from the first one's
         self._start: float | None = None
 
     async def recv(self) -> VideoFrame:
         if self._start is None:
             self._start = time.monotonic()
-        target = self._start + self.count / self.fps
+        target = self._start + (self.count - self.first) / self.fps
         delay = target - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)

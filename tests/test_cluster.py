@@ -472,3 +472,141 @@ async def test_a_relay_tree_home_to_edge_to_edge_is_decoded_on_the_third_node(
             await pc.close()
         for server in nodes.values():
             server.stop()
+
+
+async def test_raised_hands_survive_a_dead_home_in_order(tmp_path, redis_url, redis_prefix, redis_client, pg_dsn):
+    """Hands raised on a, one lowered; SIGKILL a. On b, the room's new home, the queue read back from the shared
+    database is the same (who, in raise order, the lowered one not back), for the teacher and the students."""
+    from types import SimpleNamespace
+
+    from tests.fixtures.classroom_e2e import Member
+
+    room = "hands"
+    upgrade(pg_dsn)
+    a, b = (node(tmp_path, n, redis_url, redis_prefix, "--database", pg_dsn) for n in ("a", "b"))
+    members: list[Member] = []
+
+    def on(server, identity: str, role: str = "student") -> Member:
+        at = SimpleNamespace(ws_base=server.base.replace("http", "ws"),
+                             token=lambda r, i, ro, name=None: server.token(r, i, ro))
+        member = Member(at, room, identity, role, channel=False)  # classroom messages over the WebSocket
+        members.append(member)
+        return member
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(a.wait_up(http), b.wait_up(http))
+            teacher = await on(a, "t", "instructor").start()
+            students = {i: await on(a, i).start() for i in ("s2", "s0", "s1")}
+            for identity in ("s2", "s0", "s1"):  # raise order, not name order
+                await students[identity].ok("hand.raise")
+            await students["s0"].ok("hand.lower")
+            await teacher.wait(lambda p: p.get("type") == "hand.queue"
+                               and [h["identity"] for h in p["data"]["queue"]] == ["s2", "s1"])
+            before = [(h["identity"], h["position"]) for h in teacher.of_type("hand.queue")[-1]["data"]["queue"]]
+            assert before == [("s2", 1), ("s1", 2)]
+
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(10)
+            # What the page does: join through b saying a was lost; b finds a gone and takes the room.
+            probe = on(b, "t", "instructor").client
+            await probe.connect(join=False)
+            moved = await probe.request({"type": "join", "token": probe.token, "lost": "a"}, "redirect", "error")
+            assert moved["type"] == "redirect" and moved["node"] == "b", moved
+            assert await redis_client.hget(redis_prefix + "room_node_map", room) == "b"
+
+            teacher_b = await on(b, "t", "instructor").start()
+            after = [(h["identity"], h["position"]) for h in teacher_b.state()["hands"]["queue"]]
+            assert after == before
+            s1 = await on(b, "s1").start()
+            assert s1.state()["hands"] == {"raised": True, "position": 2, "count": 2}
+            s0 = await on(b, "s0").start()
+            assert s0.state()["hands"] == {"raised": False, "position": None, "count": 2}
+            # The queue goes on from there: lowering on b is stored and published as before.
+            await teacher_b.ok("hand.lower", {"identity": "s2"})
+            await s1.wait(lambda p: p.get("type") == "hand.state" and p["data"]["position"] == 1)
+    finally:
+        for m in members:
+            await m.close()
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.parametrize("death,names", [("SIGKILL", "abc"), ("SIGSTOP", "abc"), ("SIGKILL", "ab")])
+async def test_an_edges_whep_viewers_keep_their_sessions_when_the_home_dies(
+        tmp_path, redis_url, redis_prefix, redis_client, death, names):
+    """A teacher on a, WHEP viewers on the edge c. a dies (SIGKILL: its relay socket closes; SIGSTOP: a hung
+    home, the socket stays open and the relay goes silent). c probes a, finds it gone, places the room again
+    (on b, the least loaded) and relays from there; the teacher's new WHIP POST lands there, and c's viewers
+    decode the new publisher's frames on the sessions they had. With two nodes the edge b is the least loaded
+    one left: it becomes the home, and its viewers follow the teacher publishing there."""
+    from tests.media import CounterVideoTrack, ToneAudioTrack
+    from tests.test_whip_whep import WhepViewer, WhipPublisher
+
+    room = "rehome"
+    nodes = {n: node(tmp_path, n, redis_url, redis_prefix) for n in names}
+    a, b, c = nodes["a"], nodes["b"], nodes[names[-1]]  # c: the edge of the viewers (b with two nodes)
+    peers = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(n.wait_up(http) for n in nodes.values()))
+            teacher = await WhipPublisher(http, a.base, room, a.token(room, "teacher", "instructor")).publish(
+                CounterVideoTrack(), ToneAudioTrack())
+            peers.append(teacher.pc)
+            viewers = []
+            for name in ("c1", "c2"):
+                viewer = await WhepViewer(http, c.base, room, c.token(room, name, "viewer")).start()
+                peers.append(viewer.pc)
+                viewers.append(viewer)
+            for viewer in viewers:
+                await eventually(lambda v=viewer: "video" in v.collectors, 15, "the relayed video track")
+                await viewer.collectors["video"].wait_frames(20, timeout=20)
+            sessions = [v.location for v in viewers]
+
+            a.proc.send_signal(getattr(signal, death))
+            killed = time.monotonic()
+            await teacher.pc.close()
+
+            quick = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))  # a hung a never answers
+
+            async def republish():  # what OBS does: POST again (through any node) until one takes it
+                publisher = WhipPublisher(quick, b.base, room, b.token(room, "teacher", "instructor"))
+                try:
+                    return await publisher.publish(CounterVideoTrack(first=30000), ToneAudioTrack())
+                except (aiohttp.ClientError, asyncio.TimeoutError, AssertionError):
+                    await publisher.pc.close()
+                    return None
+            try:
+                teacher = await eventually(republish, 10, "the teacher's WHIP POST to be taken", interval=0.2)
+            finally:
+                await quick.close()
+            peers.append(teacher.pc)
+            for viewer in viewers:
+                await eventually(lambda v=viewer: sum(n >= 30000 for n in v.collectors["video"].counters) >= 20,
+                                 15, "c's viewer to decode the new publisher's frames")
+            again = time.monotonic() - killed
+            assert await redis_client.hget(redis_prefix + "room_node_map", room) == "b"
+            log = c.log.read_text()
+            if death == "SIGSTOP":
+                assert "no media for" in log, "a hung home is noticed by the relay's silence"
+            if c is b:
+                assert "is served by this node now" in log
+                assert await metric(http, b, "stoa_relay_edge_rooms") == 0
+            else:
+                assert "comes from node b again" in log
+                assert await metric(http, c, "stoa_relay_edge_rooms") == 1
+                assert await metric(http, b, "stoa_relay_node_links", '{node="c"}') == 1
+            # The same sessions: no new POST; their URLs still answer on c.
+            assert [v.location for v in viewers] == sessions
+            for viewer in viewers:
+                async with http.delete(c.base + viewer.location,
+                                       headers={"Authorization": f"Bearer {viewer.token}"}) as resp:
+                    assert resp.status == 200
+            print(f"{death} ({names}): the edge's viewers decode the new publisher {again:.2f} s after a died")
+    finally:
+        if a.proc.poll() is None:
+            a.proc.send_signal(signal.SIGCONT)
+        for pc in peers:
+            await pc.close()
+        for server in nodes.values():
+            server.stop()

@@ -112,3 +112,48 @@ async def test_a_dead_homes_room_is_placed_again_and_the_page_follows_with_its_c
             await teacher.pc.close()
         a.stop()
         b.stop()
+
+
+async def test_the_teachers_page_publishes_again_after_its_home_dies(
+        tmp_path, redis_url, redis_prefix, redis_client, chromium, artifacts_dir):  # noqa: F811
+    """A teacher's page publishing its camera (mic muted) and a student's page, both on a; SIGKILL a. Both
+    pages join through b (`lost`), are sent to b's room page, and the teacher's page starts its camera and
+    publishes again by itself, its mic still muted: the student's page decodes the teacher's video again, with
+    no click, and lists the teacher as muted."""
+    room = "republish"
+    a, b = node(tmp_path, "a", redis_url, redis_prefix), node(tmp_path, "b", redis_url, redis_prefix)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(a.wait_up(http), b.wait_up(http))
+            teacher = await chromium.page(f"{a.base}/rooms/{room}?token={a.token(room, 'prof', 'instructor')}",
+                                          label="teacher")
+            await wait_js(teacher, JOINED, timeout=15)
+            await teacher.click("#btn-camera")
+            await wait_js(teacher, "window.stoa.state.ownTracks.size >= 2", timeout=15)  # published on a
+            await teacher.click("#btn-mic")  # muted: it must come back muted
+            student = await chromium.page(f"{a.base}/rooms/{room}?token={a.token(room, 'ada', 'student')}",
+                                          label="student")
+            await wait_js(student, JOINED, timeout=15)
+            await wait_frames_decoded(student, minimum=10, timeout=20)
+
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(10)
+            killed = time.monotonic()
+            for page in (teacher, student):
+                await page.wait_for_url(f"{b.base}/rooms/{room}?token=*", timeout=10_000)
+                await wait_js(page, JOINED, timeout=10)
+            await wait_js(teacher, "window.stoa.state.camera !== null && window.stoa.state.ownTracks.size >= 2",
+                          timeout=15)  # camera and microphone published on b, from the page itself
+            first = await wait_frames_decoded(student, minimum=5, timeout=15)
+            decoding = time.monotonic() - killed
+            await wait_frames_decoded(student, minimum=10, above=first["framesDecoded"], timeout=10)  # rising
+            assert "moved=" not in teacher.url, "the address bar keeps no `moved` (a copied link starts nothing)"
+            assert await teacher.evaluate("window.stoa.state.camera.getAudioTracks()[0].enabled") is False
+            await wait_js(student, "document.querySelector('#participants li[data-identity=\"prof\"]')"
+                                   ".textContent.includes('muted')", timeout=10)
+            await screenshot(teacher, artifacts_dir, "cluster-teacher-after-failover")
+            await screenshot(student, artifacts_dir, "cluster-student-after-teacher-republished")
+            print(f"failover: the student decodes the teacher's camera again {decoding:.2f} s after SIGKILL of a")
+    finally:
+        a.stop()
+        b.stop()

@@ -37,6 +37,41 @@ const state = {
   iceRestart: { pub: null, sub: null },  // a restart under way: {timer, ufrag: the remote ufrag before}
 };
 
+// Moved to another node (`redirect`, docs/scaling.md): the page reloads there with `moved=<ms>,<sources>` and
+// publishes again what was on, without a click. A capture does not outlive a reload, so a screen share asks
+// again. Honoured for a minute only, and taken out of the address bar, so a copied link starts nothing.
+const MOVED_FOR_MS = 60000;
+let moved = takeMoved();
+
+function takeMoved() {
+  const url = new URL(location.href);
+  const value = url.searchParams.get("moved");
+  if (value === null) return null;
+  url.searchParams.delete("moved");
+  history.replaceState(history.state, "", url);
+  const [at, ...sources] = value.split(",");
+  return Date.now() - Number(at) < MOVED_FOR_MS ? new Set(sources) : null;
+}
+
+function publishing() {
+  const mic = state.camera && state.camera.getAudioTracks()[0];
+  return [state.camera && "camera", mic && !mic.enabled && "muted", state.screen && "screen"].filter(Boolean);
+}
+
+async function publishMoved() {
+  const sources = moved;
+  moved = null;
+  if (sources.has("camera")) {
+    await startCamera();
+    const mic = state.camera && state.camera.getAudioTracks()[0];
+    if (mic && sources.has("muted")) {
+      mic.enabled = false;  // its track_published then tells the room it is muted
+      $("btn-mic").textContent = "Unmute mic";
+    }
+  }
+  if (sources.has("screen")) setBanner("bad", "Moved to another server: share your screen again");
+}
+
 export function on(type, fn) {
   if (!state.handlers.has(type)) state.handlers.set(type, []);
   state.handlers.get(type).push(fn);
@@ -530,6 +565,7 @@ async function handle(msg) {
       renderParticipants();
       setBanner("ok", "Joined");
       if (cfg.canPublish && (state.camera || state.screen)) await publish();
+      else if (cfg.canPublish && moved) await publishMoved();
       break;
     case "offer":
       await onOffer(msg);
@@ -550,7 +586,14 @@ async function handle(msg) {
       renderParticipants();
       break;
     case "track_published":
-      if (msg.track.participant === cfg.identity) state.ownTracks.set(msg.track.track_id, msg.track);
+      if (msg.track.participant === cfg.identity) {
+        state.ownTracks.set(msg.track.track_id, msg.track);
+        // A mic published while muted (after a move) says so, as the mute button does.
+        const mic = state.camera && state.camera.getAudioTracks()[0];
+        if (msg.track.source === "microphone" && mic && !mic.enabled) {
+          send({ type: "mute", track_id: msg.track.track_id, muted: true });
+        }
+      }
       break;
     case "track_unpublished":
       state.ownTracks.delete(msg.track_id);
@@ -584,12 +627,15 @@ async function handle(msg) {
         setBanner("bad", `Not let in: ${msg.message}`);
       }
       break;
-    case "redirect":
+    case "redirect": {
       // The room lives on another node (docs/scaling.md): load the page there, with the same token.
       state.leaving = true;
       setBanner("connecting", "Moving to the room's server…");
-      location.replace(`${msg.page}?token=${encodeURIComponent(cfg.token)}`);
+      const sources = cfg.canPublish ? publishing() : [];
+      const again = sources.length ? `&moved=${Date.now()},${sources.join(",")}` : "";
+      location.replace(`${msg.page}?token=${encodeURIComponent(cfg.token)}${again}`);
       break;
+    }
     case "left":
       state.leaving = true;
       state.joined = false;
