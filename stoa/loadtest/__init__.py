@@ -29,6 +29,7 @@ class LoadTest:
     join_rate: float = 20.0         # viewers started per second, over all processes
     cheap: bool = False
     processes: int = 0              # 0: chosen from the viewer count
+    rx: str = "drain"               # cheap viewers' receive: "drain" (batched, RtpDrain) or "tap" (per datagram)
     settle: float = 3.0             # seconds between the last join and the window's start
     publisher_tokens: list[str] = field(default_factory=list)
     viewer_tokens: list[str] = field(default_factory=list)
@@ -130,7 +131,7 @@ async def run(test: LoadTest, *, say: Callable[[str], None] = print) -> dict:
             w = _Worker(proc)
             viewer_workers.append(w)
             asyncio.ensure_future(w.pump())
-            _send(proc, {"url": test.url, "room": test.room, "cheap": test.cheap, "viewers": share,
+            _send(proc, {"url": test.url, "room": test.room, "cheap": test.cheap, "rx": test.rx, "viewers": share,
                          "window": [start, end]})
         workers.extend(viewer_workers)
         say(f"{test.viewers} {'cheap ' if test.cheap else ''}viewer(s) over {len(viewer_workers)} process(es), "
