@@ -145,6 +145,7 @@ async def test_batched_receive_counts_what_the_per_datagram_tap_counts(stoa_serv
             assert all(v.state == "joined" for v in batched + tapped), [v.error for v in batched + tapped]
             await eventually(lambda: all(v.video.frames >= 30 for v in batched + tapped), 30)
             assert len(drain._socks) == len(batched)  # each bundled viewer has one ICE socket
+            await eventually(lambda: drain.rtcp_dropped > 0, 10)  # the server's sender reports
             start = {id(v): v.video.snap() for v in batched + tapped}
             await asyncio.sleep(2.0)
             for v in batched + tapped:
