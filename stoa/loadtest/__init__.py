@@ -214,6 +214,8 @@ def summarize(test: LoadTest, results: list[dict]) -> dict:
         "viewers": test.viewers, "admitted": len(admitted),
         "refused": sum(r["state"] == "refused" for r in rows),
         "failed": sum(r["state"] == "failed" for r in rows),
+        # POSTed (or not yet started) and still without an answer when the window ended
+        "unanswered": sum(r["state"] in ("waiting", "joining") for r in rows),
         "no_media": sum(1 for r in admitted if not r["packets"]),
         "join_p50": percentile(joins, 0.5), "join_p95": percentile(joins, 0.95),
         "join_max": max(joins) if joins else None, "joins_measured": len(joins),
@@ -247,7 +249,8 @@ def format_report(report: dict, per_viewer: bool = False) -> str:
                        f"{r['retransmits']:5d}" + (f"  {r['error']}" if r["error"] else ""))
         out.append("")
     out.append(f"viewers: {s['viewers']} started, {s['admitted']} admitted, {s['refused']} refused, "
-               f"{s['failed']} failed, {s['no_media']} admitted without media")
+               f"{s['failed']} failed, {s['unanswered']} without an answer by the window's end, "
+               f"{s['no_media']} admitted without media")
     out.append(f"join (WHEP POST -> first RTP): p50 {_fmt(s['join_p50'], ' s', digits=3)}, "
                f"p95 {_fmt(s['join_p95'], ' s', digits=3)}, max {_fmt(s['join_max'], ' s', digits=3)} "
                f"({s['joins_measured']} measured); to the first video packet (a keyframe): "
