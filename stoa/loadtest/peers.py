@@ -2,8 +2,9 @@
 
 A viewer never decodes. A *cheap* viewer (`cheap=True`) does real ICE and DTLS, so the server does all
 its real work (SRTP included), but takes each SRTP media datagram at the ICE socket and reads only its
-clear RTP header (sfu.aiortc_seam.tap_incoming_rtp; with an RtpDrain, every socket of the process is
-read in batches from one 10 ms timer instead of one loop wake-up per datagram, and incoming RTCP is dropped): no decryption, no RTCP feedback from it. A full
+clear RTP header (sfu.aiortc_seam.tap_incoming_rtp): no decryption, no RTCP feedback from it. With an
+RtpDrain, the process reads all its viewers' sockets in batches from one 10 ms timer instead of one loop
+wake-up per datagram, and drops the server's RTCP unread. A full
 viewer lets aiortc decrypt, NACK and send receiver reports, and counts after the RTX unwrap
 (sfu.aiortc_seam.tap_receiver), at a few times the client CPU. A video frame counts as complete when its
 marker-bit packet arrives and no sequence number was missing since the previous marker.

@@ -1,7 +1,8 @@
 """One load-test process (started by `stoa loadtest`, not by hand): `python -m stoa.loadtest.worker`.
 
 Reads one JSON line on stdin:
-  {"url", "room", "cheap", "rx" ("drain" or "tap", for cheap viewers), "t0" (unix time), "window": [start, end] (unix times),
+  {"url", "room", "cheap", "rx" ("drain" or "tap": how cheap viewers read), "t0" (unix time),
+   "window": [start, end] (unix times),
    "viewers": [[index, token, join_at], ...], "publishers": [token, ...]}
 and writes JSON lines on stdout: {"ready": true} once its publishers are up, {"progress": {...}} every
 second, then {"result": {...}} with every viewer's counters at the window's start and end.
@@ -69,7 +70,7 @@ async def run(cfg: dict, stop: asyncio.Event) -> None:
 
             for index, token, at in cfg.get("viewers", []):
                 viewers[index] = Viewer(http, cfg["url"], cfg["room"], token, cheap=cfg.get("cheap", True),
-                                    drain=drain)
+                                        drain=drain)
                 tasks.append(asyncio.ensure_future(join(index, token, at)))
 
             async def progress() -> None:
