@@ -9,7 +9,9 @@ For every (viewers, workers) point, in an order that alternates between worker s
 the next, it prints: the server's CPU s/s per process (the serve process and any child it started),
 µs of server CPU per forwarded packet (all server CPU over the measured window / RTP packets the viewers
 received in it), viewers admitted and refused, loss, fps (complete frames) and join time (WHEP POST to
-first RTP) p50/p95. Viewers join at --join-rate per second. Everything runs on 127.0.0.1; each point is
+first RTP) p50/p95, and the load client's CPU s/s per process with µs of its viewer processes' CPU per
+received packet (`--client-rx drain,tap` alternates the cheap viewers' two ways of reading their
+sockets). Viewers join at --join-rate per second. Everything runs on 127.0.0.1; each point is
 bounded by --duration plus the joins; the whole run by --max-seconds.
 """
 
@@ -92,7 +94,7 @@ def wait_http(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise RuntimeError("stoa serve did not listen in time")
 
 
-def run_point(n: int, workers: int | None, args, tmp: Path) -> dict:
+def run_point(n: int, workers: int | None, args, tmp: Path, rx: str = "drain") -> dict:
     port = free_port()
     argv = [STOA, "serve", "--dev", "--port", str(port), "--ice-address", "127.0.0.1",
             "--data-dir", str(tmp / f"data-{n}-{workers}"), "--log-level", "warning"]
@@ -107,7 +109,7 @@ def run_point(n: int, workers: int | None, args, tmp: Path) -> dict:
         lt = subprocess.Popen([STOA, "loadtest", "--dev", "--url", f"http://127.0.0.1:{port}", "--room", "lecture",
                                "--viewers", str(n), "--publishers", "1", "--cheap", "--duration", str(args.duration),
                                "--join-rate", str(args.join_rate), "--publisher-video", args.publisher_video,
-                               "--json", str(report)],
+                               "--client-rx", rx, "--json", str(report)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, text=True,
                               start_new_session=True)
         cpu0 = cpu1 = None
@@ -116,6 +118,8 @@ def run_point(n: int, workers: int | None, args, tmp: Path) -> dict:
         per1: dict[int, float] = {}
         m0: dict[str, float] = {}
         m1: dict[str, float] = {}
+        c0: dict[int, float] = {}  # the load client's processes (its publisher process is the first child)
+        c1: dict[int, float] = {}
         worker_lag = 0.0
         tail = []
         for line in lt.stdout:
@@ -124,12 +128,14 @@ def run_point(n: int, workers: int | None, args, tmp: Path) -> dict:
                 print("   ", line.rstrip(), flush=True)
             if " measuring " in line and cpu0 is None:
                 per0 = {p: cpu_seconds(p) for p in process_tree(server.pid)}
+                c0 = {p: cpu_seconds(p) for p in process_tree(lt.pid)}
                 cpu0, t0 = sum(per0.values()), time.monotonic()
                 m0 = metrics(port)
             elif " measuring " in line:
                 worker_lag = max(worker_lag, metrics(port).get("worker_lag_max", 0.0))
             elif (" leaving " in line or line.startswith("viewers:")) and cpu0 is not None and cpu1 is None:
                 per1 = {p: cpu_seconds(p) for p in process_tree(server.pid)}
+                c1 = {p: cpu_seconds(p) for p in process_tree(lt.pid)}
                 cpu1, t1 = sum(per1.values()), time.monotonic()
                 m1 = metrics(port)
         rc = lt.wait(timeout=120)
@@ -148,7 +154,21 @@ def run_point(n: int, workers: int | None, args, tmp: Path) -> dict:
                                      + delta.get("stoa_media_worker_shed_video_packets_total", 0.0)),
                   "relay_dropped_pps": delta.get("stoa_relay_dropped_packets_total", 0.0),
                   "worker_lag_max": worker_lag}
-        return {"viewers": n, "workers": workers, "summary": s, "cpu": cpu, "server": media,
+        client = {p: (c1[p] - c0.get(p, 0.0)) / span for p in c1} if span else {}
+        kids = sorted(p for p in client if p != lt.pid)
+        viewer_cpu = sum(client[p] for p in kids[1:]) if len(kids) > 1 else float("nan")
+        media["client_cpu"] = sum(client.values()) if client else float("nan")
+        media["client_procs"] = [round(client[p], 3) for p in [lt.pid] + kids]
+        media["client_viewer_us"] = viewer_cpu / s["packets_per_s"] * 1e6 if s["packets_per_s"] else float("nan")
+        # Viewers neither admitted nor refused: what state they ended in and why (a join must never die silently).
+        lost = [r for r in data["viewers"] if r["state"] not in ("joined", "left", "refused")]
+        s["unanswered"] = {st: sum(1 for r in lost if r["state"] == st) for st in sorted({r["state"] for r in lost})}
+        s["unanswered_errors"] = sorted({r["error"] for r in lost if r["error"]})[:4]
+        if lost:  # what the server said meanwhile
+            log.flush()
+            text = (tmp / f"serve-{n}-{workers}.log").read_text(errors="replace").splitlines()
+            s["server_errors"] = [ln[:200] for ln in text if "ERROR" in ln or "Traceback" in ln][:5]
+        return {"viewers": n, "workers": workers, "rx": rx, "summary": s, "cpu": cpu, "server": media,
                 "procs": [round(c, 3) for _, c in sorted(procs)],
                 "us_per_packet": cpu * span / packets * 1e6 if packets and span else float("nan")}
     finally:
@@ -175,25 +195,31 @@ def main() -> int:
     parser.add_argument("--join-rate", type=float, default=20.0, help="viewers joining per second")
     parser.add_argument("--publisher-video", choices=("loop", "live"), default="loop",
                         help="the load client's publisher: VP8 encoded once and looped (default), or live")
+    parser.add_argument("--client-rx", default="drain",
+                        help="comma-separated `stoa loadtest --client-rx` values to alternate (drain, tap)")
     parser.add_argument("--max-seconds", type=float, default=1500, help="bound on the whole run")
     parser.add_argument("--verbose", action="store_true", help="show stoa loadtest's progress lines")
     parser.add_argument("--output", help="also write the table here")
     args = parser.parse_args()
     counts = [int(x) for x in args.counts.split(",")]
     workers: list[int | None] = [int(x) for x in args.workers.split(",")] if args.workers else [None]
+    variants = [(w, rx) for w in workers for rx in args.client_rx.split(",")]
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("--max-seconds exceeded")))
     signal.alarm(int(args.max_seconds))
     rows = []
     with tempfile.TemporaryDirectory(prefix="stoa-lecture-") as tmpdir:
         for i, n in enumerate(counts):
-            order = workers if i % 2 == 0 else workers[::-1]  # alternate, so drift hits every setting alike
-            for w in order:
-                print(f"[{time.strftime('%H:%M:%S')}] {n} viewers, workers {w or 'default'}", flush=True)
-                row = run_point(n, w, args, Path(tmpdir))
+            order = variants if i % 2 == 0 else variants[::-1]  # alternate, so drift hits every setting alike
+            for w, rx in order:
+                print(f"[{time.strftime('%H:%M:%S')}] {n} viewers, workers {w or 'default'}, client rx {rx}", flush=True)
+                row = run_point(n, w, args, Path(tmpdir), rx)
                 s = row["summary"]
                 print(f"    admitted {s['admitted']}, refused {s['refused']}, server {row['cpu']:.2f} CPU s/s "
                       f"{row['procs']}, {row['us_per_packet']:.1f} µs/packet, loss {fmt(s['loss_overall'], 100, 3, '%')}, "
                       f"fps p50 {fmt(s['fps_p50'], digits=1)}, join p95 {fmt(s['join_p95'], digits=2)} s", flush=True)
+                if s.get("unanswered"):
+                    print(f"    neither admitted nor refused: {s['unanswered']}, errors {s['unanswered_errors']}; "
+                          f"server log errors: {s.get('server_errors')}", flush=True)
                 v = row["server"]
                 per_viewer = (v["forwarded_pps"] / s["admitted"]) if v["forwarded_pps"] and s["admitted"] else None
                 print(f"    where the frames go: the publisher sent {fmt(s.get('publisher_fps'), digits=1)} fps; the "
@@ -204,22 +230,25 @@ def main() -> int:
                       f"{v['shed_video_pps']:.0f} video pkt/s, relay drops {v['relay_dropped_pps']:.0f}/s; worker lag "
                       f"up to {v['worker_lag_max'] * 1000:.0f} ms; load client's loop lag up to "
                       f"{fmt(s.get('client_lag_max'), 1000, 0)} ms", flush=True)
+                print(f"    load client: {v['client_cpu']:.2f} CPU s/s {v['client_procs']} (coordinator, publisher, "
+                      f"viewers), {v['client_viewer_us']:.1f} µs of viewer-process CPU per received packet", flush=True)
                 rows.append(row)
     out = [f"machine: {platform.node()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, "
            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.duration:g} s per point, joins at "
            f"{args.join_rate:g}/s, cheap viewers (`stoa loadtest --cheap`) and the publisher on the same machine",
            "",
-           "| workers | viewers | admitted | refused | server CPU s/s (per process) | µs / forwarded packet | loss "
-           "| fps p50 / p5 | join p50 / p95 | first video p50 / p95 |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| workers | client rx | viewers | admitted | refused | server CPU s/s (per process) | µs / forwarded packet "
+           "| loss | fps p50 / p5 | join p50 / p95 | first video p50 / p95 | client CPU s/s | client µs / packet |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["summary"]
         per = " + ".join(f"{c:.2f}" for c in r["procs"]) if len(r["procs"]) > 1 else ""
-        out.append(f"| {r['workers'] or '-'} | {r['viewers']} | {s['admitted']} | {s['refused']} "
+        out.append(f"| {r['workers'] or '-'} | {r['rx']} | {r['viewers']} | {s['admitted']} | {s['refused']} "
                    f"| {r['cpu']:.2f}{f' ({per})' if per else ''} | {r['us_per_packet']:.1f} "
                    f"| {fmt(s['loss_overall'], 100, 3, '%')} | {fmt(s['fps_p50'], digits=1)} / {fmt(s['fps_p5'], digits=1)} "
                    f"| {fmt(s['join_p50'])} / {fmt(s['join_p95'])} s "
-                   f"| {fmt(s.get('join_video_p50'))} / {fmt(s.get('join_video_p95'))} s |")
+                   f"| {fmt(s.get('join_video_p50'))} / {fmt(s.get('join_video_p95'))} s "
+                   f"| {r['server']['client_cpu']:.2f} | {r['server']['client_viewer_us']:.1f} |")
     text = "\n".join(out)
     print()
     print(text)

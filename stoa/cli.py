@@ -114,6 +114,9 @@ def _loadtest_parser(sub) -> None:
                     help="viewers started per second (default 20; 0: all at once)")
     lt.add_argument("--cheap", action="store_true", help="viewers count RTP headers at the socket, without "
                                                          "decrypting (many more viewers per client process)")
+    lt.add_argument("--client-rx", choices=("drain", "tap"), default="drain",
+                    help="how cheap viewers read their sockets: in batches from one timer (default), or one "
+                         "loop wake-up per datagram (uvloop)")
     lt.add_argument("--processes", type=int, default=0, metavar="K",
                     help="client processes the viewers are spread over (default: from N)")
     lt.add_argument("--token", action="append", default=[], metavar="T",
@@ -550,6 +553,7 @@ def _loadtest(args) -> int:
                                     role="viewer", ttl=3600) for i in range(args.viewers)]
     test = LoadTest(url=args.url.rstrip("/"), room=args.room, viewers=args.viewers, publishers=args.publishers,
                     duration=args.duration, join_rate=args.join_rate, cheap=args.cheap, processes=args.processes,
+                    rx=args.client_rx,
                     publisher_video=args.publisher_video, publisher_tokens=pub_tokens, viewer_tokens=viewer_tokens)
 
     def say(line: str) -> None:

@@ -121,3 +121,41 @@ async def test_churning_viewers_give_back_connections_fds_and_tasks(stoa_server)
         assert max(tasks[1:]) <= tasks[0], f"tasks after each cycle: {tasks}"
         assert rss[-1] <= rss[0] * 1.10, f"RSS after each cycle (kB): {rss}"
         await pub.stop()
+
+
+async def test_batched_receive_counts_what_the_per_datagram_tap_counts(stoa_server):
+    """Cheap viewers read by one RtpDrain (batched, from a timer) and viewers tapped per datagram, side by
+    side in one room: both count the publisher's frames with no loss, the drain takes a socket over at
+    its first RTP packet (so the join time is measured as with the tap), and forgets it once closed."""
+    from sfu.aiortc_seam import RtpDrain
+
+    room_name = "drain"
+    async with aiohttp.ClientSession() as http:
+        pub = await WhipPublisher(http, stoa_server.base, room_name,
+                                  stoa_server.token(room_name, "teacher", "instructor")).publish(
+            CounterVideoTrack(), ToneAudioTrack())
+        await eventually(lambda: len(stoa_server.app[ROOMS].rooms[room_name].tracks()) == 2)
+        drain = RtpDrain()
+        batched = [Viewer(http, stoa_server.base, room_name, stoa_server.token(room_name, f"d{i}", "viewer"),
+                          cheap=True, drain=drain) for i in range(4)]
+        tapped = [Viewer(http, stoa_server.base, room_name, stoa_server.token(room_name, f"t{i}", "viewer"),
+                         cheap=True) for i in range(2)]
+        try:
+            await asyncio.gather(*(v.join() for v in batched + tapped))
+            assert all(v.state == "joined" for v in batched + tapped), [v.error for v in batched + tapped]
+            await eventually(lambda: all(v.video.frames >= 30 for v in batched + tapped), 30)
+            assert len(drain._socks) == len(batched)  # each bundled viewer has one ICE socket
+            await eventually(lambda: drain.rtcp_dropped > 0, 10)  # the server's sender reports
+            start = {id(v): v.video.snap() for v in batched + tapped}
+            await asyncio.sleep(2.0)
+            for v in batched + tapped:
+                packets, _, frames, expected = (b - a for a, b in zip(start[id(v)], v.video.snap()))
+                assert frames >= 15 and packets >= 0.98 * expected, (v.drain, packets, frames, expected)
+                assert v.audio.packets > 0 and v.join_time is not None and v.join_time < 5
+        finally:
+            await asyncio.gather(*(v.leave() for v in batched + tapped))
+            await pub.stop()
+        drain._ticks = 99  # the next drain sweeps out closed sockets now rather than within 100 ticks
+        drain.drain()
+        assert not drain._socks
+        drain.close()

@@ -29,6 +29,7 @@ class LoadTest:
     join_rate: float = 20.0         # viewers started per second, over all processes
     cheap: bool = False
     processes: int = 0              # 0: chosen from the viewer count
+    rx: str = "drain"               # cheap viewers' receive: "drain" (batched, RtpDrain) or "tap" (per datagram)
     settle: float = 3.0             # seconds between the last join and the window's start
     publisher_tokens: list[str] = field(default_factory=list)
     viewer_tokens: list[str] = field(default_factory=list)
@@ -130,7 +131,7 @@ async def run(test: LoadTest, *, say: Callable[[str], None] = print) -> dict:
             w = _Worker(proc)
             viewer_workers.append(w)
             asyncio.ensure_future(w.pump())
-            _send(proc, {"url": test.url, "room": test.room, "cheap": test.cheap, "viewers": share,
+            _send(proc, {"url": test.url, "room": test.room, "cheap": test.cheap, "rx": test.rx, "viewers": share,
                          "window": [start, end]})
         workers.extend(viewer_workers)
         say(f"{test.viewers} {'cheap ' if test.cheap else ''}viewer(s) over {len(viewer_workers)} process(es), "
@@ -213,6 +214,8 @@ def summarize(test: LoadTest, results: list[dict]) -> dict:
         "viewers": test.viewers, "admitted": len(admitted),
         "refused": sum(r["state"] == "refused" for r in rows),
         "failed": sum(r["state"] == "failed" for r in rows),
+        # POSTed (or not yet started) and still without an answer when the window ended
+        "unanswered": sum(r["state"] in ("waiting", "joining") for r in rows),
         "no_media": sum(1 for r in admitted if not r["packets"]),
         "join_p50": percentile(joins, 0.5), "join_p95": percentile(joins, 0.95),
         "join_max": max(joins) if joins else None, "joins_measured": len(joins),
@@ -246,7 +249,8 @@ def format_report(report: dict, per_viewer: bool = False) -> str:
                        f"{r['retransmits']:5d}" + (f"  {r['error']}" if r["error"] else ""))
         out.append("")
     out.append(f"viewers: {s['viewers']} started, {s['admitted']} admitted, {s['refused']} refused, "
-               f"{s['failed']} failed, {s['no_media']} admitted without media")
+               f"{s['failed']} failed, {s['unanswered']} without an answer by the window's end, "
+               f"{s['no_media']} admitted without media")
     out.append(f"join (WHEP POST -> first RTP): p50 {_fmt(s['join_p50'], ' s', digits=3)}, "
                f"p95 {_fmt(s['join_p95'], ' s', digits=3)}, max {_fmt(s['join_max'], ' s', digits=3)} "
                f"({s['joins_measured']} measured); to the first video packet (a keyframe): "

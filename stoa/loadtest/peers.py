@@ -2,7 +2,9 @@
 
 A viewer never decodes. A *cheap* viewer (`cheap=True`) does real ICE and DTLS, so the server does all
 its real work (SRTP included), but takes each SRTP media datagram at the ICE socket and reads only its
-clear RTP header (sfu.aiortc_seam.tap_incoming_rtp): no decryption, no RTCP feedback from it. A full
+clear RTP header (sfu.aiortc_seam.tap_incoming_rtp): no decryption, no RTCP feedback from it. With an
+RtpDrain, the process reads all its viewers' sockets in batches from one 10 ms timer instead of one loop
+wake-up per datagram, and drops the server's RTCP unread. A full
 viewer lets aiortc decrypt, NACK and send receiver reports, and counts after the RTX unwrap
 (sfu.aiortc_seam.tap_receiver), at a few times the client CPU. A video frame counts as complete when its
 marker-bit packet arrives and no sequence number was missing since the previous marker.
@@ -17,7 +19,7 @@ import time
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
-from sfu.aiortc_seam import harden_consent, restrict_ice_gathering, tap_incoming_rtp, tap_receiver
+from sfu.aiortc_seam import RtpDrain, harden_consent, restrict_ice_gathering, tap_incoming_rtp, tap_receiver
 from sfu.peer import negotiated_codecs
 
 LOOPBACK = ["127.0.0.1"]
@@ -110,8 +112,10 @@ class StreamStats:
 class Viewer:
     """One WHEP viewer: POST an offer for one video and one audio section, count what arrives."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, room: str, token: str, *, cheap: bool = True):
+    def __init__(self, http: aiohttp.ClientSession, url: str, room: str, token: str, *, cheap: bool = True,
+                 drain: RtpDrain | None = None):
         self.http, self.url, self.room, self.token, self.cheap = http, url.rstrip("/"), room, token, cheap
+        self.drain = drain  # a cheap viewer's sockets are read in batches by this process's RtpDrain
         self.pc: RTCPeerConnection | None = None
         self.video, self.audio, self.rtx = StreamStats(), StreamStats(), StreamStats()
         self.location: str | None = None
@@ -139,7 +143,7 @@ class Viewer:
         video = pc.addTransceiver("video", direction="recvonly")
         audio = pc.addTransceiver("audio", direction="recvonly")
         if self.cheap:
-            tap_incoming_rtp(pc, self._on_datagram)
+            tap_incoming_rtp(pc, self._on_datagram, self.drain)
         else:
             tap_receiver(video.receiver, self._counter(self.video), lambda *_: None)
             tap_receiver(audio.receiver, self._counter(self.audio), lambda *_: None)

@@ -1,7 +1,8 @@
 """One load-test process (started by `stoa loadtest`, not by hand): `python -m stoa.loadtest.worker`.
 
 Reads one JSON line on stdin:
-  {"url", "room", "cheap", "t0" (unix time), "window": [start, end] (unix times),
+  {"url", "room", "cheap", "rx" ("drain" or "tap": how cheap viewers read), "t0" (unix time),
+   "window": [start, end] (unix times),
    "viewers": [[index, token, join_at], ...], "publishers": [token, ...]}
 and writes JSON lines on stdout: {"ready": true} once its publishers are up, {"progress": {...}} every
 second, then {"result": {...}} with every viewer's counters at the window's start and end.
@@ -19,6 +20,7 @@ import time
 
 import aiohttp
 
+from sfu.aiortc_seam import RtpDrain
 from stoa.loadtest.peers import Publisher, Viewer
 
 
@@ -47,6 +49,7 @@ async def run(cfg: dict, stop: asyncio.Event) -> None:
         publishers = [Publisher(http, cfg["url"], cfg["room"], token, video=cfg.get("publisher_video", "loop"))
                       for token in cfg.get("publishers", [])]
         viewers: dict[int, Viewer] = {}
+        drain = RtpDrain() if cfg.get("cheap") and cfg.get("rx", "drain") == "drain" else None
         tasks: list[asyncio.Task] = []
         lag_task = asyncio.ensure_future(watch_lag())
         try:
@@ -66,7 +69,8 @@ async def run(cfg: dict, stop: asyncio.Event) -> None:
                     viewer.state, viewer.error = "failed", f"{type(exc).__name__}: {exc}"
 
             for index, token, at in cfg.get("viewers", []):
-                viewers[index] = Viewer(http, cfg["url"], cfg["room"], token, cheap=cfg.get("cheap", True))
+                viewers[index] = Viewer(http, cfg["url"], cfg["room"], token, cheap=cfg.get("cheap", True),
+                                        drain=drain)
                 tasks.append(asyncio.ensure_future(join(index, token, at)))
 
             async def progress() -> None:
@@ -112,6 +116,8 @@ async def run(cfg: dict, stop: asyncio.Event) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.gather(*(v.leave() for v in viewers.values()), return_exceptions=True)
             await asyncio.gather(*(p.stop() for p in publishers), return_exceptions=True)
+            if drain is not None:
+                drain.close()
 
 
 def _count(states) -> dict:
@@ -123,11 +129,12 @@ def _count(states) -> dict:
 
 def main() -> None:
     cfg = json.loads(sys.stdin.readline())
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    if not (cfg.get("cheap") and cfg.get("rx", "drain") == "drain"):  # RtpDrain needs asyncio's own loop
+        try:
+            import uvloop
+            uvloop.install()
+        except ImportError:
+            pass
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
