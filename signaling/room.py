@@ -78,6 +78,9 @@ class Participant:
         # that source starts muted, until the staff allow it (moderate allow_unmute). The room keeps it
         # per identity (Room.join), so a reload or a rejoin does not lift it.
         self.locked: dict[str, str] = {}
+        # The room's home node (a cluster Node) when this participant is an edge member here: its media comes
+        # from the room's relay and its classroom messages go to the home (signaling/edge_members.py).
+        self.edge_home = None
 
     def owned_by(self, send: Send) -> bool:
         """Whether the socket whose sender is `send` still speaks for this participant."""
@@ -176,6 +179,8 @@ class Room:
         self._speakers_task: asyncio.Task | None = None
         self.locks: dict[str, dict[str, str]] = {}  # identity -> the sources the staff muted (Participant.locked)
         self.workers = workers  # the WorkerPool when media workers run
+        # On a room's home: its edge members on other nodes, identity -> describe() with `node` (edge_members.py).
+        self.remote_participants: dict[str, dict] = {}
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -223,7 +228,8 @@ class Room:
     def state(self) -> dict:
         return {
             "name": self.name,
-            "participants": [p.describe() for p in self.participants.values()],
+            "participants": [p.describe() for p in self.participants.values()]
+            + [d for i, d in self.remote_participants.items() if i not in self.participants],
             "tracks": [t.describe() for t in self.tracks()],
         }
 
