@@ -11,8 +11,10 @@ import signal
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from shared.auth import mint_token
+from signaling.cluster import Node
 from shared.config import DEV_API_KEY, DEV_API_SECRET
 from tests.client import RoomClient
 from tests.fixtures.classroom_e2e import Member, close_all, start_all
@@ -21,6 +23,12 @@ from tests.serve import eventually
 from tests.test_cluster import PrivateRedis, node, readyz, redis_client, upgrade  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
+
+
+async def a_is_full(client, prefix: str) -> bool:
+    """Whether node a's record says it is full (its participants at its capacity)."""
+    text = await client.hget(prefix + "nodes", "a")
+    return text is not None and Node.from_json(text).participants >= Node.from_json(text).capacity > 0
 SPREAD = {"STOA_SPREAD_MEMBERS": "true"}
 ADMIN = aiohttp.BasicAuth(DEV_API_KEY, DEV_API_SECRET)
 
@@ -164,10 +172,17 @@ async def test_redis_paused_loses_no_accepted_chat_between_home_and_edge(tmp_pat
     redis.start()
     await redis.wait_up()
     try:
-        async with nodes(tmp_path, redis.url, redis_prefix, "ab") as (http, (a, b)):
+        # No spread_members here: the home at its node_capacity (1: the teacher) is what spreads the student.
+        env = {"STOA_SPREAD_MEMBERS": "false", "STOA_NODE_CAPACITY": "1"}
+        async with nodes(tmp_path, redis.url, redis_prefix, "ab", env=env) as (http, (a, b)):
             room = "paused"
             teacher = Member(On(a), room, "prof", "instructor")
             await teacher.start()
+            watcher = aioredis.Redis.from_url(redis.url, decode_responses=True)
+            try:
+                await eventually(lambda: a_is_full(watcher, redis_prefix), 10, "a's record to count the teacher")
+            finally:
+                await watcher.aclose()
             edge = Member(On(b), room, "sb")
             await edge.start()
             assert edge.client.joined["cluster"]["home"] == "a"
