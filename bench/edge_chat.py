@@ -59,7 +59,8 @@ def start_node(name: str, data: str, prefix: str) -> tuple[subprocess.Popen, str
         [os.path.join(os.path.dirname(sys.executable), "stoa"), "serve", "--dev", "--port", str(port),
          "--ice-address", "127.0.0.1", "--data-dir", os.path.join(data, name), "--workers", "0",
          "--redis", "redis://127.0.0.1:6379/0", "--node-id", name, "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        cwd=ROOT, env=env, stdout=open(os.path.join(data, name + ".log"), "ab"), stderr=subprocess.STDOUT,
+        start_new_session=True)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -122,10 +123,11 @@ class Client:
 async def main(args) -> None:
     prefix = f"stoa-bench-{uuid.uuid4().hex[:8]}:"
     data = tempfile.mkdtemp(prefix="stoa-edge-chat-")
+    print(f"node logs: {data}/a.log, {data}/b.log", file=sys.stderr)
     (pa, a), (pb, b) = start_node("a", data, prefix), start_node("b", data, prefix)
     clients: list[Client] = []
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:  # >100 sockets
             await asyncio.gather(wait_up(http, a), wait_up(http, b))
             teacher = Client(http, a, "teacher", "instructor", "a")  # the first join places the room on a
             await teacher.connect()
@@ -137,6 +139,7 @@ async def main(args) -> None:
             clients = [teacher, *senders.values(), *members]
             edge = [c for c in members if c.node == "b"]
             assert all(c.joined["cluster"].get("home") == "a" for c in edge), "b's members are not edge members"
+            await asyncio.sleep(3)  # the joins' work (subscriber connections offered) is done before timing
             for i in range(args.messages * 2):
                 node = "ab"[i % 2]
                 await senders[node].chat(node, i)

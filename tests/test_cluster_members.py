@@ -213,3 +213,39 @@ async def test_redis_paused_loses_no_accepted_chat_between_home_and_edge(tmp_pat
                 await close_all(everyone)
     finally:
         redis.kill()
+
+
+async def test_a_stream_entry_added_twice_is_handled_once_and_a_fanout_is_one_entry(
+        redis_url, redis_prefix, redis_client):  # noqa: F811
+    """The streams' exactly-once rule on the machine's Redis: a retried XADD that had landed (the same writer
+    and sequence number again) is dropped by the reader; one message for several members is one entry."""
+    from signaling.cluster import connect
+    from signaling.edge_members import StreamReader, StreamWriter
+
+    key = redis_prefix + "classroom:out:test"
+    client = connect(redis_url)
+    got: list = []
+
+    async def handle(entry: dict) -> None:
+        got.append((entry["m"]["n"], entry.get("to")))
+
+    reader = StreamReader(client, key, handle)
+    writer = StreamWriter(client, key, "w1")
+    try:
+        await eventually(lambda: reader.last_id is not None, 5, "the reader to start")
+        for n in range(3):
+            writer.add({"n": n})
+        shared = {"n": 3}
+        for member in ("k1", "k2", "k3"):
+            writer.add(shared, to=member)  # a fan-out: the same message object for three members
+        await eventually(lambda: len(got) == 4, 5, "four entries")
+        await client.xadd(key, {"e": '{"w":"w1","s":2,"m":{"n":1}}'})  # what a retry that had landed leaves
+        writer.add({"n": 4})
+        await eventually(lambda: len(got) == 5, 5, "the next entry")
+        assert got == [(0, None), (1, None), (2, None), (3, ["k1", "k2", "k3"]), (4, None)]
+        assert reader.duplicates == 1
+        assert await client.xlen(key) == 6
+    finally:
+        await reader.close()
+        await writer.close()
+        await client.aclose()
