@@ -27,7 +27,7 @@ from sfu.relay import RelayError
 from signaling.metrics import collecting
 from shared.appkeys import SETTINGS
 from signaling.room import ROOMS
-from signaling.routing import CASCADE, CLUSTER, remote_home
+from signaling.routing import CASCADE, CLOSE_REDIRECT, CLUSTER, Redirected, remote_home
 
 logger = logging.getLogger(__name__)
 
@@ -279,8 +279,9 @@ class EdgeSubscription:
         for p in list(local.participants.values()) if local is not None else []:
             if p.transport == "whep":
                 await whip.end_session(app, self.room, p.session_id, reason=f"node {self.home_id} stopped relaying")
-            elif p.edge_home is not None:  # an edge member: its page joins again, and is placed again
-                await p.disconnect(f"node {self.home_id} stopped relaying this room", 1012, kind="closed")
+            elif p.edge_home is not None:  # an edge member: its page reloads from here and is placed again
+                await p.send(Redirected(app[CLUSTER].record(), self.room).message())
+                await p.disconnect(f"node {self.home_id} stopped relaying this room", code=CLOSE_REDIRECT)
 
 
 async def relay_socket(request: web.Request) -> web.StreamResponse:

@@ -183,6 +183,8 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
         try:
             relay = await app[CASCADE].edge_for(room_name, home)
         except CascadeError as exc:
+            if await cluster.forget_if_gone(home.id):  # the home died: the room is placed again, maybe here
+                raise Redirected(await cluster.home(room_name) or cluster.record(), room_name) from None
             logger.warning("room %s: serving %s on its home instead: %s", room_name, grants.identity, exc)
             raise Redirected(home, room_name) from None
     if resume is not None:
