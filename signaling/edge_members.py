@@ -232,13 +232,25 @@ class HomeSide:
         self.members[key] = (member, str(m["room"]))
         await member.start()
         room = self.app[ROOMS].get_or_create(str(m["room"]))
+        if room.to_edges is None:
+            room.to_edges = lambda message, exclude, name=room.name: self.to_edges(name, message, exclude)
+        for present in room.state()["participants"]:  # who is here, as the room protocol says it
+            member.writer.add({"room_protocol": {"type": "participant_joined", "participant": present}}, to=key)
         described = {**m.get("describe", {}), "node": node}
         room.remote_participants[member.identity] = described
-        await room.broadcast({"type": "participant_joined", "participant": described})
+        await room.broadcast({"type": "participant_joined", "participant": described}, exclude=member.identity)
         if member.role != "viewer":
             await iroom.system_message(f"{member.name} joined")
         logger.info("%s (%s) joined room %s as an edge member on node %s", member.identity, member.role,
                     m["room"], node)
+
+    def to_edges(self, room_name: str, message: dict, exclude: str | None) -> None:
+        """A room-protocol broadcast of the home's room (participant_joined, track_published, speakers...): to
+        its edge members too, one entry per edge node."""
+        wrapped = {"room_protocol": message}
+        for key, (member, name) in self.members.items():
+            if name == room_name and member.identity != exclude:
+                member.writer.add(wrapped, to=key)
 
     async def _leave(self, key: str) -> None:
         found = self.members.pop(key, None)
@@ -349,6 +361,9 @@ class ClassroomRelay:
     async def _deliver(self, entry: dict) -> None:
         message = entry["m"]
         members = [self.local[k] for k in entry.get("to") or () if k in self.local]
+        if "room_protocol" in message:  # the home room's own broadcast, on the member's room WebSocket
+            await asyncio.gather(*(m.participant.send(message["room_protocol"]) for m in members))
+            return
         # Each member's ChannelMember.send: its data channel now, else its WebSocket; one slow socket is
         # bounded by the room protocol's own send.
         await asyncio.gather(*(m.send(message) for m in members), return_exceptions=True)

@@ -181,6 +181,7 @@ class Room:
         self.workers = workers  # the WorkerPool when media workers run
         # On a room's home: its edge members on other nodes, identity -> describe() with `node` (edge_members.py).
         self.remote_participants: dict[str, dict] = {}
+        self.to_edges: Callable[[dict, str | None], None] | None = None  # ... and what tells them the broadcasts
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -196,6 +197,8 @@ class Room:
             logger.error("room %s task failed", self.name, exc_info=task.exception())
 
     async def broadcast(self, message: dict, *, exclude: str | None = None) -> None:
+        if self.to_edges is not None:
+            self.to_edges(message, exclude)
         await asyncio.gather(*(p.send(message) for i, p in list(self.participants.items())
                                if i != exclude and p.transport == "ws"))
 

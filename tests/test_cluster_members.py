@@ -97,6 +97,13 @@ async def test_a_chat_on_a_reaches_members_on_b_and_c_once_and_a_poll_is_the_sam
                     # The home's state (its InteractiveRoom: chat history, polls) came over Redis.
                     assert students[identity].state()["room"] == room
 
+            # An edge member hears the home room's presence: the teacher and the classmates on other nodes.
+            for identity in ("sb", "sc"):
+                client = students[identity].client
+                await eventually(lambda c=client: {"prof", "sa", "sb2" if identity == "sc" else "sc"} <= {
+                    e["participant"]["identity"] for e in c.events if e["type"] == "participant_joined"}, 10,
+                    f"{identity} to hear who is in the room")
+
             # An edge member decodes the teacher's video, relayed a -> edge (frame counters read back).
             for identity in ("sb", "sc"):
                 video = await students[identity].client.wait_track("video", timeout=15)
