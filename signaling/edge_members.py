@@ -272,8 +272,10 @@ class HomeSide:
             await asyncio.sleep(SWEEP_S)
             if not cluster.healthy:
                 continue
+            if {m.node for m, _ in self.members.values()} - set(cluster.peers):
+                await cluster.others()  # read now: a node may have registered since the last refresh
             for key, (member, _) in list(self.members.items()):
-                if member.node not in cluster.peers:
+                if member.node not in cluster.peers and cluster.healthy:
                     logger.warning("classroom relay: node %s is gone; its edge member %s leaves", member.node,
                                    member.identity)
                     await self._leave(key)
