@@ -256,3 +256,51 @@ async def test_a_stream_entry_added_twice_is_handled_once_and_a_fanout_is_one_en
         await reader.close()
         await writer.close()
         await client.aclose()
+
+
+async def test_an_edge_that_dies_leaves_the_homes_list_and_a_home_that_dies_reloads_its_edge_members(
+        tmp_path, redis_url, redis_prefix, redis_client):  # noqa: F811
+    async with nodes(tmp_path, redis_url, redis_prefix, "abc") as (http, (a, b, c)):
+        room = "dies"
+        teacher = Member(On(a), room, "prof", "instructor")
+        await teacher.start()
+        sb, sc = Member(On(b), room, "sb"), Member(On(c), room, "sc")
+        everyone = [teacher, sb, sc]
+        try:
+            await start_all([sb, sc])
+            assert sb.client.joined["cluster"]["home"] == sc.client.joined["cluster"]["home"] == "a"
+            c.proc.send_signal(signal.SIGKILL)  # its edge member cannot say it left: the home sees c gone
+            c.proc.wait(10)
+            left = await teacher.client.wait_for("participant_left", timeout=15)
+            assert left["identity"] == "sc"
+            await eventually(lambda: "SC left" in chats(teacher, "system"), 5, "the home to say sc left")
+            assert "SC left" in chats(sb, "system")
+
+            a.proc.send_signal(signal.SIGKILL)  # the home: b's relay from it ends, b reloads its edge member
+            a.proc.wait(10)
+            moved = await sb.client.expect("redirect", timeout=5)
+            assert moved["node"] == "b" and moved["page"] == f"{b.base}/rooms/{room}", moved
+            await eventually(lambda: sb.client.ws.closed, 5, "the socket to close")
+            assert sb.client.ws.close_code == 4307
+            # The page's reload there: a's relay cannot be opened and a does not answer, so it is forgotten and
+            # the room placed again, on b; the join after that is served on b, the room's new home.
+            for _ in range(3):
+                again = Member(On(b), room, "sb")
+                everyone.append(again)
+                await again.client.connect(join=False)
+                reply = await again.client.request({"type": "join", "token": again.client.token}, "joined",
+                                                   "error", "redirect")
+                if reply["type"] == "joined":
+                    again.client.joined = reply
+                    break
+                assert reply["type"] == "redirect" and reply["node"] == "b", reply
+            else:
+                raise AssertionError("sb was not served on b after its home died")
+            assert "home" not in again.client.joined["cluster"], again.client.joined
+            assert await redis_client.hget(redis_prefix + "room_node_map", room) == "b"
+            await again.wait(lambda p: p.get("type") == "state")
+            channel = lambda: again.client.data_channel  # noqa: E731
+            await eventually(lambda: channel() is not None and channel().readyState == "open", 10, "its channel")
+            await again.ok("chat.send", {"text": "line sb after"})
+        finally:
+            await close_all(everyone)
