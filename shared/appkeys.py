@@ -33,8 +33,9 @@ class Placement(Protocol):
 
     def health(self) -> dict: ...
 
-    async def elsewhere(self, room: str, path: str, query: str = "") -> str | None:
-        """The URL of `path` on the room's home node when that is another node, else None (serve here)."""
+    async def elsewhere(self, room: str, path: str, query: str = "", grants=None) -> str | None:
+        """The URL of `path` on the room's home node when that is another node, else None (serve here).
+        With `grants` (a room page's token): None too when this node would serve that join as an edge member."""
 
 
 class NodeState(Protocol):

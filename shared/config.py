@@ -49,6 +49,9 @@ class Settings:
     public_address: str = ""
     redis_prefix: str = "stoa:"
     node_capacity: int = 0
+    # Serve a room's room-protocol students on the node they reach, as edge members (docs/scaling.md), even
+    # before the home is at its node_capacity (when it always happens). Teachers always go to the home.
+    spread_members: bool = False
     # The relay between nodes (docs/scaling.md): the UDP port media arrives on (0: any free port; set one
     # to open it in a firewall), and the key relay requests and datagrams are authenticated with (empty:
     # derived from api_secret, which the nodes share anyway).

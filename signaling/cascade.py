@@ -27,7 +27,7 @@ from sfu.relay import RelayError
 from signaling.metrics import collecting
 from shared.appkeys import SETTINGS
 from signaling.room import ROOMS
-from signaling.routing import CASCADE, CLUSTER, remote_home
+from signaling.routing import CASCADE, CLOSE_REDIRECT, CLUSTER, Redirected, remote_home
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class Cascade:
             now = time.monotonic()
             for room, sub in list(self.edges.items()):
                 local = self.app[ROOMS].rooms.get(room)
-                if sub.onward or (local is not None and any(p.transport == "whep"
+                if sub.onward or (local is not None and any(p.transport == "whep" or p.edge_home is not None
                                                             for p in local.participants.values())):
                     sub.last_used = now
                 elif now - sub.last_used > IDLE_CLOSE_S:
@@ -265,6 +265,10 @@ class EdgeSubscription:
         for p in local.participants.values():
             if p.transport == "whep" and p.subscriber is not None:
                 p.subscriber.bind(tracks)
+        if any(p.edge_home is not None for p in local.participants.values()):
+            from signaling.edge_members import rebind  # redis-py's side of the code
+
+            rebind(local, tracks)
 
     async def opened(self) -> None:
         await asyncio.shield(self._open)
@@ -351,6 +355,9 @@ class EdgeSubscription:
         for p in list(local.participants.values()) if local is not None else []:
             if p.transport == "whep":
                 await whip.end_session(app, self.room, p.session_id, reason=f"node {self.home_id} stopped relaying")
+            elif p.edge_home is not None:  # an edge member: its page reloads from here and is placed again
+                await p.send(Redirected(app[CLUSTER].record(), self.room).message())
+                await p.disconnect(f"node {self.home_id} stopped relaying this room", code=CLOSE_REDIRECT)
 
 
 async def relay_socket(request: web.Request) -> web.StreamResponse:

@@ -63,6 +63,7 @@ class ClassroomBridge:
 
     def __init__(self, registry: RoomRegistry):
         self.registry = registry
+        self.edges = None  # signaling.edge_members.ClassroomRelay with `redis`: edge members' classroom
 
     @staticmethod
     def _session_key(room: Room, participant: Participant) -> tuple[str, dict]:
@@ -71,13 +72,16 @@ class ClassroomBridge:
 
     async def on_join(self, room: Room, participant: Participant) -> None:
         session_id, features = self._session_key(room, participant)
-        iroom = await self.registry.get(session_id, room.name, features)
+        if participant.edge_home is not None and self.edges is not None:
+            iroom = self.edges.proxy(room, participant, session_id, features)  # the home's room, over Redis
+        else:
+            iroom = await self.registry.get(session_id, room.name, features)
         member = RoomMember(participant, iroom)
         participant.classroom_member = member
         self.on_subscriber(participant)
         await member.start()
         if participant.role != "viewer":
-            await iroom.system_message(f"{participant.name} joined")
+            await iroom.system_message(f"{participant.name} joined")  # an edge member's: said by the home
 
     def on_subscriber(self, participant: Participant) -> None:
         """The participant has a new subscriber connection (resubscribe): its member moves to that one's

@@ -84,9 +84,10 @@ class NodeDrain:
                 if home is None and not relayed:
                     continue  # no other node takes rooms: this one goes on here until it ends
                 for participant in list(room.participants.values()):
-                    if participant.transport == "ws" and home is not None:
-                        await participant.send(Redirected(home, name).message())
-                        await participant.disconnect(f"moved to node {home.id}", code=CLOSE_REDIRECT)
+                    to = home or participant.edge_home  # an edge member goes to its room's home
+                    if participant.transport == "ws" and to is not None:
+                        await participant.send(Redirected(to, name).message())
+                        await participant.disconnect(f"moved to node {to.id}", code=CLOSE_REDIRECT)
                     else:  # WHIP and WHEP have no signaling channel: their clients POST again, elsewhere
                         await whip.end_session(self.app, name, participant.session_id,
                                                reason="this node is draining")

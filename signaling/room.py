@@ -84,6 +84,9 @@ class Participant:
         self.last_n: int | None = None
         self.pins: set[str] = set()
         self.forwarded: list[str] | None = None
+        # The room's home node (a cluster Node) when this participant is an edge member here: its media comes
+        # from the room's relay and its classroom messages go to the home (signaling/edge_members.py).
+        self.edge_home = None
 
     def owned_by(self, send: Send) -> bool:
         """Whether the socket whose sender is `send` still speaks for this participant."""
@@ -185,6 +188,9 @@ class Room:
         self._speakers_task: asyncio.Task | None = None
         self.locks: dict[str, dict[str, str]] = {}  # identity -> the sources the staff muted (Participant.locked)
         self.workers = workers  # the WorkerPool when media workers run
+        # On a room's home: its edge members on other nodes, identity -> describe() with `node` (edge_members.py).
+        self.remote_participants: dict[str, dict] = {}
+        self.to_edges: Callable[[dict, str | None], None] | None = None  # ... and what tells them the broadcasts
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -200,6 +206,8 @@ class Room:
             logger.error("room %s task failed", self.name, exc_info=task.exception())
 
     async def broadcast(self, message: dict, *, exclude: str | None = None) -> None:
+        if self.to_edges is not None:
+            self.to_edges(message, exclude)
         await asyncio.gather(*(p.send(message) for i, p in list(self.participants.items())
                                if i != exclude and p.transport == "ws"))
 
@@ -232,7 +240,8 @@ class Room:
     def state(self) -> dict:
         return {
             "name": self.name,
-            "participants": [p.describe() for p in self.participants.values()],
+            "participants": [p.describe() for p in self.participants.values()]
+            + [d for i, d in self.remote_participants.items() if i not in self.participants],
             "tracks": [t.describe() for t in self.tracks()],
         }
 

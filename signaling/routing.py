@@ -75,6 +75,12 @@ class ClusterPlacement(Placement):
     def health(self) -> dict:
         return self.app[CLUSTER].health()
 
-    async def elsewhere(self, room: str, path: str, query: str = "") -> str | None:
+    async def elsewhere(self, room: str, path: str, query: str = "", grants=None) -> str | None:
         home = await remote_home(self.app, room)
-        return None if home is None else elsewhere(home, path, query)
+        if home is None:
+            return None
+        from signaling.edge_members import spread_here  # the same decision as the page's join will get
+
+        if grants is not None and spread_here(self.app, home, grants):
+            return None
+        return elsewhere(home, path, query)

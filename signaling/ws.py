@@ -15,10 +15,11 @@ from shared.appkeys import SETTINGS, active_api_keys
 from shared.auth import TokenError, verify_token
 from shared.ratelimit import TokenBucket
 from signaling.api import roomhooks
+from signaling.cascade import CascadeError
 from signaling.classroom_bridge import DATA_HANDLER
 from signaling.drain import draining
 from signaling.room import ROOMS, Participant, RoomFull
-from signaling.routing import CLOSE_REDIRECT, CLUSTER, Redirected, remote_home
+from signaling.routing import CASCADE, CLOSE_REDIRECT, CLUSTER, Redirected, remote_home
 from signaling.schemas import MAX_FRAME_BYTES, ProtocolError, parse_client_message
 
 logger = logging.getLogger(__name__)
@@ -173,8 +174,20 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
         await cluster.forget_if_gone(lost)
         raise Redirected(await cluster.home(room_name) or cluster.record(), room_name)
     home = await remote_home(app, room_name)
+    relay = None
     if home is not None:
-        raise Redirected(home, room_name)
+        from signaling import edge_members  # with `redis` only (its code needs redis-py)
+
+        if not edge_members.spread_here(app, home, grants) or draining(app):
+            raise Redirected(home, room_name)
+        # An edge member: its media from the room's relay, its classroom over Redis (docs/scaling.md).
+        try:
+            relay = await app[CASCADE].edge_for(room_name, home)
+        except CascadeError as exc:
+            if await cluster.forget_if_gone(home.id):  # the home died: the room is placed again, maybe here
+                raise Redirected(await cluster.home(room_name) or cluster.record(), room_name) from None
+            logger.warning("room %s: serving %s on its home instead: %s", room_name, grants.identity, exc)
+            raise Redirected(home, room_name) from None
     if resume is not None:
         resumed = await _resume(app, room_name, grants, resume, send, disconnect)
         if resumed is not None:
@@ -189,6 +202,7 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
     participant = Participant(grants, transport="ws", send=send, disconnect=disconnect)
     participant.classroom_session = session
     participant.resumable = resumable
+    participant.edge_home = home if relay is not None else None
     try:
         await roomhooks.enter(app, room, participant, admission)  # a refusal gives the seat back
     except RoomFull as exc:
@@ -205,10 +219,16 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
         **({"session": {"id": session.id, "title": session.title, "type": session.type,
                         "status": session.status}} if session is not None else {}),
         # Where to go when this node stops answering: the page joins one of these with `lost` (scaling.md).
-        **({"cluster": {"node": cluster.node_id, "nodes": await cluster.others()}} if cluster is not None else {}),
+        **({"cluster": {"node": cluster.node_id, "nodes": await cluster.others(),
+                        **({"home": home.id} if relay is not None else {})}} if cluster is not None else {}),
         "recording": recording_state(app, room_name),
     })
-    await room.start_subscriber(participant)  # creates the data channel the classroom uses
+    if relay is not None:
+        from signaling import edge_members
+
+        await edge_members.start_subscriber(room, participant, relay.broadcast_tracks())
+    else:
+        await room.start_subscriber(participant)  # creates the data channel the classroom uses
     handler = app.get(DATA_HANDLER)
     if handler is not None:
         await handler.on_join(room, participant)
@@ -249,6 +269,10 @@ async def _handle(app, room, participant: Participant, message: dict, send, raw:
     elif kind == "publish":
         if not participant.grants.can_publish:
             raise ProtocolError("forbidden", "this token is not allowed to publish")
+        if participant.edge_home is not None:  # a publisher's media belongs on the room's home
+            moved = Redirected(participant.edge_home, room.name).message()
+            raise ProtocolError("publish_on_home", f"{room.name} is hosted on node {moved['node']}: join there "
+                                "to publish", page=moved["page"], url=moved["url"], node=moved["node"])
         if message.get("reset"):
             await room.replace_publisher(participant)
         sources = {t["mid"]: t["source"] for t in message.get("tracks", [])}
@@ -256,7 +280,14 @@ async def _handle(app, room, participant: Participant, message: dict, send, raw:
         await send({"type": "answer", "sdp": answer})
     elif kind == "resubscribe":
         await send({"type": "resubscribed"})  # offers before this one belong to the old connection
-        await room.restart_subscriber(participant)
+        if participant.edge_home is not None and room.name in app[CASCADE].edges:  # its media: the relay's
+            from signaling import edge_members
+
+            await participant.subscriber.close()
+            await edge_members.start_subscriber(room, participant, app[CASCADE].edges[room.name].relay
+                                                .broadcast_tracks())
+        else:
+            await room.restart_subscriber(participant)
         handler = app.get(DATA_HANDLER)
         if handler is not None:
             handler.on_subscriber(participant)

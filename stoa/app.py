@@ -64,6 +64,9 @@ def build_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Applica
     metrics.setup(app)
     debug.setup(app)  # only with debug_hooks
     classroom_bridge.setup(app)  # chat, Q&A, polls, ... over data channels and the WebSocket
+    if settings.redis:
+        from signaling import edge_members
+        edge_members.setup(app)  # room-protocol participants on other nodes than their room's home
     api.setup(app)  # REST API under /api/, /ws/notify
     dashboards.setup_routes(app)  # /dashboard (tutoring), reads /api/tutoring
     review.setup(app)  # the recordings' review pages (their REST API is in the OPS table)

@@ -99,8 +99,8 @@ async def room_page(request: web.Request) -> web.Response:
                                               status=401)
     session = await request.app[STORE].sessions.get_by_room(room)
     placement = request.app.get(PLACEMENT)
-    home = await placement.elsewhere(room, request.rel_url.raw_path, request.rel_url.raw_query_string) \
-        if placement is not None else None
+    home = await placement.elsewhere(room, request.rel_url.raw_path, request.rel_url.raw_query_string,
+                                     grants=grants) if placement is not None else None
     if home is not None:  # the room lives on another node: the page and its WebSocket go there
         raise web.HTTPTemporaryRedirect(home)
     return aiohttp_jinja2.render_template("room.html", request, {

@@ -620,6 +620,12 @@ async function handle(msg) {
         await published();
       }
       if (msg.code === "ice_restart_refused") iceRestartFailed(msg.ref === "publish" ? "pub" : "sub");
+      if (msg.code === "publish_on_home") {
+        // An edge member publishes on the room's home (docs/scaling.md): the page moves there, as on `redirect`.
+        state.leaving = true;
+        setBanner("connecting", "Moving to the room's server to publish…");
+        location.replace(`${msg.page}?token=${encodeURIComponent(cfg.token)}`);
+      }
 
       if (REFUSALS.includes(msg.code) && msg.ref !== "moderate" && !state.joined) {
         state.leaving = true;
