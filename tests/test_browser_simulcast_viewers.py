@@ -92,7 +92,7 @@ async def camera_stats(page) -> dict | None:
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "flaky, about half the runs (docs/simulcast.md, Not done): a new leg starts on the top layer and floods a "
+    "fails in most runs (docs/simulcast.md, Tests): a new leg starts on the top layer and floods a "
     "narrow link for seconds; the fake camera's layer rates sit close to these links (the top layer fit "
     "800 kbit/s in one run); Chromium's REMB keeps falling after the flood"))
 async def test_three_viewers_behind_300k_800k_and_a_wide_link_each_decode_the_layer_that_fits(
