@@ -97,6 +97,7 @@ class UpTrack:
         self._last_pli = -KEYFRAME_REQUEST_INTERVAL
         self._pli_task: asyncio.Task | None = None
         self._pli_deferred = None  # the timer that sends a request made inside the interval
+        self._keyframe_wanted = False  # a request stands until a keyframe arrives
         self.closed = False
         # counters
         self.packets_received = 0
@@ -174,9 +175,13 @@ class UpTrack:
         self.octets_received += len(payload)
         keyframe = is_keyframe(self.mime_type, payload) if self._video else True
         if keyframe and self._video:
+            self._keyframe_wanted = False
             self.keyframes_received += 1
             if self._track_size:
                 self.frame_size = vp8_frame_size(payload) or self.frame_size
+        elif self._keyframe_wanted and self._pli_deferred is None \
+                and self._monotonic() - self._last_pli >= KEYFRAME_REQUEST_INTERVAL:
+            self._pli_when_allowed()  # the last request got no keyframe: ask again
         level = packet.extensions.audio_level
         cached = CachedPacket(
             packet.sequence_number, packet.timestamp, packet.marker, payload,
@@ -233,10 +238,13 @@ class UpTrack:
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per KEYFRAME_REQUEST_INTERVAL. A request
         inside the interval is not dropped: it is sent when the interval ends (all requests made
-        meanwhile become that one PLI)."""
+        meanwhile become that one PLI). Until a keyframe arrives, the request is repeated once per
+        interval: libwebrtc ignores a request within 300 ms of the last one it acted on, for all the
+        layers of an encoder, so a PLI for one layer right after one for another is lost."""
         if not self._video or self.closed:
             return
         self.keyframe_requests += 1
+        self._keyframe_wanted = True
         if self.media_ssrc is not None and self._pli_deferred is None:
             self._pli_when_allowed()
 
@@ -249,7 +257,7 @@ class UpTrack:
 
     def _send_deferred_pli(self) -> None:
         self._pli_deferred = None
-        if not self.closed:
+        if not self.closed and self._keyframe_wanted:  # a keyframe came meanwhile: the request is met
             self._pli_when_allowed()
 
     def _send_pli_now(self) -> None:

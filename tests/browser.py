@@ -125,15 +125,14 @@ def _netns_wrapper(home: Path, namespace: str) -> str:
     return str(path)
 
 
-@pytest.fixture
-async def chromium(tmp_path_factory, browser_args, browser_netns, request):
-    """Headless Chromium for one test (Playwright objects belong to one event loop: the test's)."""
+async def launch_chromium(home: Path, browser_args=(), browser_netns=None) -> Chromium:
+    """Start one Chromium with its profile under `home`, inside `browser_netns`'s namespace if given (a test
+    that needs several, one per namespace, calls this; `close_chromium` stops it)."""
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` "
                     "(Playwright's own browser downloads are not used)")
     from playwright.async_api import async_playwright
 
-    home = Path(tempfile.mkdtemp(prefix="stoa-chromium-", dir=tmp_path_factory.getbasetemp()))
     profile = home / "profile"
     executable, hosts = CHROMIUM, ()
     if browser_netns is not None:
@@ -147,17 +146,28 @@ async def chromium(tmp_path_factory, browser_args, browser_netns, request):
     except BaseException:
         await pw.stop()
         raise
-    browser = Chromium(pw, context)
+    return Chromium(pw, context)
+
+
+async def close_chromium(browser: Chromium) -> None:
+    for ctx in browser.contexts:
+        await _quietly(ctx.close())
+    await _quietly(browser.context.close())
+    await _quietly(browser.playwright.stop())
+
+
+@pytest.fixture
+async def chromium(tmp_path_factory, browser_args, browser_netns, request):
+    """Headless Chromium for one test (Playwright objects belong to one event loop: the test's)."""
+    home = Path(tempfile.mkdtemp(prefix="stoa-chromium-", dir=tmp_path_factory.getbasetemp()))
+    browser = await launch_chromium(home, browser_args, browser_netns)
     try:
         yield browser
     finally:
         failed = getattr(request.node, "rep_call", None)
         if browser.logs and (failed is None or failed.failed):
             print("\n--- browser console ---\n" + "\n".join(browser.logs[-200:]))
-        for ctx in browser.contexts:
-            await _quietly(ctx.close())
-        await _quietly(context.close())
-        await _quietly(pw.stop())
+        await close_chromium(browser)
         shutil.rmtree(home, ignore_errors=True)
 
 

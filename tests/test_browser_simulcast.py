@@ -37,6 +37,11 @@ OUTBOUND_JS = """async () => {
     return out; }"""
 
 
+RESIZE_JS = """(size) => { for (const v of document.querySelectorAll('#stage .tile video')) {
+    if (v.closest('.tile').dataset.trackId) v.style.cssText = size ? `width:${size[0]}px !important;`
+      + `height:${size[1]}px !important;max-width:none !important` : ''; } }"""
+
+
 @pytest.fixture
 def browser_netns():
     reason = unavailable()
@@ -110,10 +115,7 @@ async def publishing_three_layers(stoa_server, chromium):
 
 async def test_a_small_tile_gets_the_low_layer_and_dynacast_pauses_the_others(stoa_server, chromium):
     teacher, student, track = await publishing_three_layers(stoa_server, chromium)
-    resize = """(size) => { for (const v of document.querySelectorAll('#stage .tile video')) {
-        if (v.closest('.tile').dataset.trackId) v.style.cssText = size ? `width:${size[0]}px !important;`
-          + `height:${size[1]}px !important;max-width:none !important` : ''; } }"""
-    await student.evaluate(resize, [240, 135])
+    await student.evaluate(RESIZE_JS, [240, 135])
     await decodes(student, 320, 10, "the low layer in a 240 px tile")
 
     async def paused():
@@ -121,10 +123,25 @@ async def test_a_small_tile_gets_the_low_layer_and_dynacast_pauses_the_others(st
         return out["q"]["active"] and not out["h"]["active"] and not out["f"]["active"] and out
 
     await eventually(paused, 15, "the publisher pauses the layers nobody watches", interval=0.5)
-    await student.evaluate(resize, None)
+    await student.evaluate(RESIZE_JS, None)
     await decodes(student, 1280, 15, "the top layer again at full size")
     out = await teacher.evaluate(OUTBOUND_JS)
     assert out["f"]["active"], out
+    assert not chromium.errors(), chromium.errors()
+
+
+async def test_a_tile_shrunk_right_after_the_first_frame_steps_down(stoa_server, chromium):
+    """bench/simulcast.py's lost step down: the leg had just switched (its first size report), and the PLI for
+    the low layer came within libwebrtc's 300 ms of the last one, so it was ignored; the request now stands."""
+    teacher, student = await teacher_and_student(stoa_server, chromium)
+    await teacher.click("#btn-camera")
+
+    async def first_frames():
+        return any(s.get("framesDecoded", 0) > 0 and s.get("frameWidth") for s in await inbound(student))
+
+    await eventually(first_frames, 20, "the student decodes the camera", interval=0.1)
+    await student.evaluate(RESIZE_JS, [240, 135])
+    await decodes(student, 320, 10, "the low layer in a 240 px tile shrunk at once")
     assert not chromium.errors(), chromium.errors()
 
 

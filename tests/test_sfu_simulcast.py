@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from types import SimpleNamespace
 
@@ -160,3 +161,73 @@ def test_allocator_caps_by_rendered_size_and_serves_the_screen_first():
     alloc.on_estimate(1_000_000, 2_000_000, 1.0)  # room for the screen's top layer, not for the camera's
     alloc.allocate([camera, screen], 1.0)
     assert (screen.switcher.target, camera.switcher.target) == (2, 0)
+
+
+class LibwebrtcPublisher:
+    """Real UpTrack layers fed by a fake Chromium: a keyframe request is acted on only 300 ms or more after
+    the last one acted on, for all layers at once (libwebrtc's encoder_rtcp_feedback.cc), else ignored."""
+
+    def __init__(self, timers):
+        from sfu.uptrack import PublisherClock
+
+        self.timers, self.plis, self.acted_at, self.keyframe_due, self.seq = timers, [], -1.0, True, 0
+        names = ["q", "h", "f"]
+        self.layers = []
+        for i, rid in enumerate(names):
+            async def send_pli(ssrc, rid=rid):
+                acted = timers.now - self.acted_at >= 0.3
+                self.plis.append((round(timers.now, 3), rid, acted))
+                if acted:
+                    self.acted_at, self.keyframe_due = timers.now, True
+
+            self.layers.append(UpTrack(
+                track_id=f"TR_cam.{rid}", kind="video", mime_type="video/VP8", clock_rate=90000, payload_type=96,
+                publisher_id="pub", source="camera", clock=PublisherClock(), send_pli=send_pli,
+                monotonic=timers.monotonic, call_later=timers.call_later))
+        self.track = self.layers[-1]
+        self.track.set_layers(self.layers, names)
+
+    async def frame(self, dt: float = 0.05) -> None:
+        """`dt` later, one single-packet frame on every layer (a keyframe when one was asked for)."""
+        from aiortc.rtp import RtpPacket
+
+        self.timers.advance(dt)
+        key, self.keyframe_due = self.keyframe_due, False
+        self.seq += 1
+        for i, layer in enumerate(self.layers):
+            payload = vp8(self.seq & 0x7FFF, self.seq & 0xFF, key=key)
+            await layer.on_rtp(RtpPacket(payload_type=96, sequence_number=self.seq, timestamp=self.seq * 4500,
+                                         ssrc=1000 + i, payload=payload), self.timers.now)
+        for _ in range(3):
+            await asyncio.sleep(0)  # the PLI tasks run
+
+
+async def test_a_step_down_right_after_another_switch_still_happens():
+    """The bench's lost step down: the leg steps f -> h, the keyframe comes, and 36 ms later the tile shrinks
+    to q. libwebrtc ignores q's PLI (300 ms after h's), so the switch waits until the request is repeated."""
+    from tests.test_sfu_uptrack import FakeTimers
+
+    timers = FakeTimers()
+    pub = LibwebrtcPublisher(timers)
+    leg = FakeLeg()
+    switcher = LayerSwitcher(leg, pub.track, 2)
+    await pub.frame()
+    assert switcher.current == 2
+    switcher.select(1)
+    await pub.frame(0.0)  # h's PLI goes out (and is acted on) ...
+    await pub.frame(0.03)  # ... its keyframe: the leg is on h
+    assert switcher.current == 1
+    timers.advance(0.006)
+    switcher.select(0)  # the tile shrinks: q's PLI, 36 ms after h's, is ignored
+    await pub.frame(0.0)
+    assert pub.plis[-1][1:] == ("q", False) and switcher.current == 1
+    for _ in range(20):  # 1 s of frames
+        await pub.frame()
+        if switcher.current == 0:
+            break
+    assert switcher.current == 0, f"still on h after 1 s; PLIs {pub.plis}"
+    assert [p for p in pub.plis if p[1] == "q"][-1][2], "the repeated request was acted on"
+    sent = len(pub.plis)
+    for _ in range(20):
+        await pub.frame()
+    assert len(pub.plis) == sent, "the keyframe came: no more requests"

@@ -190,3 +190,30 @@ async def test_sinks_attach_once_and_only_report_takers_get_sender_reports():
     track.on_sender_report(1, (3_900_000_000 << 32), 5678, arrival=101.0)
     await track.on_rtp(packet(1), 0.0)
     assert reporting.reports == [1234] and reporting.seen == [] and plain.seen == [1]
+
+
+async def test_a_request_stands_until_a_keyframe_comes_and_a_met_one_is_not_sent():
+    timers, plis = FakeTimers(), []
+    track = make_track("video", timers, plis)
+    await track.on_rtp(packet(1), 0.0)
+    track.request_keyframe()
+    await drain()
+    timers.advance(0.2)
+    await track.on_rtp(packet(2, keyframe=False), 0.0)  # inside the interval: not yet
+    assert len(plis) == 1
+    timers.advance(KEYFRAME_REQUEST_INTERVAL)
+    await track.on_rtp(packet(3, keyframe=False), 0.0)  # no keyframe came: the publisher missed it
+    await drain()
+    assert len(plis) == 2 and track.keyframe_requests == 1
+    await track.on_rtp(packet(4), 0.0)  # the keyframe: the request is met
+    timers.advance(KEYFRAME_REQUEST_INTERVAL)
+    await track.on_rtp(packet(5, keyframe=False), 0.0)
+    await drain()
+    assert len(plis) == 2
+    track.request_keyframe()  # goes out at once
+    timers.advance(0.1)
+    track.request_keyframe()  # inside the interval: deferred ...
+    await track.on_rtp(packet(6), 0.0)  # ... and met by a keyframe before it ends: never sent
+    timers.advance(KEYFRAME_REQUEST_INTERVAL)
+    await drain()
+    assert len(plis) == 3 and track.keyframe_requests == 3
