@@ -189,6 +189,7 @@ class Cascade:
             await sub.close(end_sessions=False, wait=False)
             cluster = self.app[CLUSTER]
             await cluster.forget_if_gone(sub.home_id)  # a dead home's record goes now, not GONE_S later
+            await sub.redirect_members()  # their classroom was on that home: they are placed again
             problem = "no answer"
             while time.monotonic() - started < REHOME_S and self._has_viewers(room):
                 home = await cluster.home(room)
@@ -355,7 +356,14 @@ class EdgeSubscription:
         for p in list(local.participants.values()) if local is not None else []:
             if p.transport == "whep":
                 await whip.end_session(app, self.room, p.session_id, reason=f"node {self.home_id} stopped relaying")
-            elif p.edge_home is not None:  # an edge member: its page reloads from here and is placed again
+        await self.redirect_members()
+
+    async def redirect_members(self) -> None:
+        """Edge members (signaling/edge_members.py) reload from here and are placed again."""
+        app = self.cascade.app
+        local = app[ROOMS].rooms.get(self.room)
+        for p in list(local.participants.values()) if local is not None else []:
+            if p.edge_home is not None:
                 await p.send(Redirected(app[CLUSTER].record(), self.room).message())
                 await p.disconnect(f"node {self.home_id} stopped relaying this room", code=CLOSE_REDIRECT)
 
