@@ -8,7 +8,10 @@ Every media assertion reads decoded frames (getStats) at the student, or the pub
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import subprocess
+import time
 
 import pytest
 
@@ -112,4 +115,72 @@ async def test_a_narrowed_link_steps_down_to_the_low_layer(stoa_server, chromium
     # Only this viewer's leg stepped down: the publisher still encodes its top layer at full size.
     out = await teacher.evaluate(OUTBOUND_JS)
     assert out["f"]["width"] >= 960, out
+    assert not chromium.errors(), chromium.errors()
+
+
+class FrameWatch:
+    """Samples the student's decoded camera (width, framesDecoded) until stopped; `freezes` lists the spans
+    longer than FREEZE in which no frame was decoded."""
+
+    FREEZE = 2.0
+
+    def __init__(self, student):
+        self.student = student
+        self.samples: list[tuple[float, int, int]] = []  # (monotonic time, width, frames decoded)
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            video = [s for s in await inbound(self.student) if s.get("framesDecoded")]
+            if video:
+                s = max(video, key=lambda s: s["framesDecoded"])
+                self.samples.append((time.monotonic(), s.get("frameWidth", 0), s["framesDecoded"]))
+            await asyncio.sleep(0.2)
+
+    def width_since(self, since: float, check) -> bool:
+        return any(check(w) for t, w, _ in self.samples if t >= since)
+
+    def freezes(self) -> list[tuple[float, float]]:
+        out, last_t, last_n = [], None, None
+        for t, _, n in self.samples:
+            if last_n is None or n > last_n:
+                if last_t is not None and t - last_t > self.FREEZE:
+                    out.append((last_t, t))
+                last_t, last_n = t, n
+        return out
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def test_a_link_that_narrows_and_widens_steps_down_within_3_s_and_back_up_within_15_s(
+        stoa_server, chromium, browser_netns):
+    from signaling.room import ROOMS
+
+    teacher, student, track = await publishing_three_layers(stoa_server, chromium)
+    sub = stoa_server.app[ROOMS].rooms[ROOM].participants["stud"].subscriber
+    watch = FrameWatch(student)
+    try:
+        narrowed = time.monotonic()
+        shape(browser_netns, NARROW)
+        await eventually(lambda: watch.width_since(narrowed, lambda w: w < 1280), 3,
+                         "the student steps down within 3 s of the link narrowing", interval=0.1)
+        print("STEPDOWN", [(round(t-narrowed,2),w,n) for t,w,n in watch.samples if t>=narrowed][:40])
+        await decodes(student, 320, 10, "the low layer behind 300 kbit/s")
+        # Probes on the narrow link fail, and the leg stays down.
+        await asyncio.sleep(6)
+        print("NARROW", [(round(t-narrowed,2),w,n) for t,w,n in watch.samples if t>=narrowed])
+        assert not watch.width_since(time.monotonic() - 4, lambda w: w > 320), watch.samples[-20:]
+        widened = time.monotonic()
+        shape(browser_netns, WIDE)
+        await eventually(lambda: watch.width_since(widened, lambda w: w == 1280), 15,
+                         "the student is back on the top layer within 15 s of the link widening", interval=0.1)
+        print("STEPUP", [(round(t-widened,2),w,n) for t,w,n in watch.samples if t>=widened])
+        await decodes(student, 1280, 5, "the top layer again")
+    finally:
+        await watch.stop()
+    assert sub.allocator.prober.succeeded >= 1
+    assert not watch.freezes(), watch.freezes()
     assert not chromium.errors(), chromium.errors()
