@@ -14,7 +14,8 @@ REMB follows what arrives: it grows to at most 1.5 times the incoming rate while
 falls to about 0.85 times what the link delivered when delay builds up. So it is read as a congestion
 signal, not as a capacity: a REMB that fell, to below 90% of what the viewer is being sent, means the
 link is full,
-and the estimate becomes the viewer's cap. The estimate first pays for the legs that are not simulcast
+and the estimate becomes the viewer's cap (for DRAIN_FOR seconds, 80% of it: the queue that filled
+must drain, and the target layer's keyframe pass). The estimate first pays for the legs that are not simulcast
 (audio, single-stream video), then each simulcast leg in priority order gets the highest layer that
 fits what is left. The cap rises with later REMBs. A leg that the cap holds below the layer its size
 allows is probed for (sfu/probe.py): padding on its RTX stream brings what the viewer receives to the
@@ -45,6 +46,8 @@ PROBE_AFTER = 10.0   # s after the last congestion signal, the cap is lifted
 PROBE_MAX = 60.0     # s, the longest wait after failed probes
 PROBE_FAILS = 5.0    # s: congestion within this of lifting the cap means the probe failed
 SIZE_SLACK = 0.9     # a layer at 90% of the rendered size counts as big enough
+DRAIN = 0.8          # for DRAIN_FOR s after a congestion signal, layers must fit 80% of the estimate ...
+DRAIN_FOR = 3.0      # ... so the queue built at the viewer's bottleneck drains (and the keyframe passes)
 
 
 class Leg(Protocol):
@@ -104,7 +107,7 @@ class LayerAllocator:
             self.cap, self._lifted_at = math.inf, now  # probe: let the legs step up
         elif self.cap == math.inf and now - self._lifted_at >= PROBE_FAILS + PROBE_AFTER:
             self._probe_after = PROBE_AFTER  # the last probe held
-        return self.cap
+        return self.cap * DRAIN if now - self._cap_at < DRAIN_FOR else self.cap
 
     def set_size(self, track_id: str, width: int, height: int) -> None:
         self.sizes[track_id] = (max(0, int(width)), max(0, int(height)))

@@ -11,7 +11,9 @@ packets arrive without delay building up, but never above 1.5 times the incoming
 that stopped being full it sits at that ceiling. Padding raises the incoming rate and so the
 ceiling. So a probe holds when the REMB rises over where it was (PROBE_RISE) without a congestion
 signal; it fails on a congestion signal, on a REMB that stops rising for PROBE_STALL (the viewer's
-estimator holds while delay builds: the padding queued; a rising one moves every 200-250 ms), or after
+estimator holds while delay builds: the padding queued; a rising one moves every 200-250 ms; it also
+holds for a few seconds after a queue drained, so a probe then fails for nothing and the wait stays
+short), or after
 PROBE_DURATION without the rise. Failing fast matters: on a link that cannot carry the target, the
 padding queues ahead of the media. A failed probe
 doubles the wait before the next one (PROBE_WAIT to PROBE_WAIT_MAX); a held one resets it.
@@ -29,11 +31,11 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-PROBE_DURATION = 1.5   # s a probe may take to show the rise
+PROBE_DURATION = 2.0   # s a probe may take to show the rise
 PROBE_RISE = 1.04      # the REMB must rise 4% over its value when the probe began
-PROBE_STALL = 0.6      # s without a higher REMB: the padding queued
+PROBE_STALL = 1.0      # s without a higher REMB: the padding queued (a flat REMB comes once a second)
 PROBE_WAIT = 2.0       # s after a congestion signal or a failed probe before the next probe
-PROBE_WAIT_MAX = 8.0   # s, the longest wait after failed probes
+PROBE_WAIT_MAX = 4.0   # s, the longest wait after failed probes (a widened link is found within it)
 PROBE_GAP = 1.0        # s after a probe held, before the next (the switch happens meanwhile)
 PADDING_TICK = 0.02    # s between two batches of padding
 PADDING_MAX = 2_000_000  # bits/s of padding at most, whatever the target

@@ -94,6 +94,7 @@ class Subscriber:
             sent += self._probe_padding
         allocator = self.allocator
         congested = allocator.on_estimate(bitrate, sent, now)
+        logger.debug("REMB %d sent %d congested %s", bitrate, sent, congested)
         probe = allocator.prober.probe
         result = None if congested else allocator.prober.on_estimate(bitrate, now)
         if probe is not None and allocator.prober.probe is None:

@@ -164,6 +164,7 @@ async def test_a_link_that_narrows_and_widens_steps_down_within_3_s_and_back_up_
     watch = FrameWatch(student)
     try:
         narrowed = time.monotonic()
+        print("NARROWED AT", time.time())
         shape(browser_netns, NARROW)
         await eventually(lambda: watch.width_since(narrowed, lambda w: w < 1280), 3,
                          "the student steps down within 3 s of the link narrowing", interval=0.1)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sfu.allocator import PROBE_AFTER, UP_HOLD, LayerAllocator
+from sfu.allocator import DRAIN_FOR, PROBE_AFTER, UP_HOLD, LayerAllocator
 from sfu.buffer import CachedPacket
 from sfu.layers import LayerSwitcher
 from sfu.rtp import vp8_picture_ids
@@ -166,5 +166,5 @@ def test_allocator_caps_by_rendered_size_and_serves_the_screen_first():
     alloc.set_size("TR_cam", 1280, 720)
     alloc.on_estimate(2_000_000, 2_000_000, 0.5)
     alloc.on_estimate(1_000_000, 2_000_000, 1.0)  # room for the screen's top layer, not for the camera's
-    alloc.allocate([camera, screen], 1.0)
+    alloc.allocate([camera, screen], 1.0 + DRAIN_FOR)  # once the queue has drained
     assert (screen.switcher.target, camera.switcher.target) == (2, 0)
