@@ -119,8 +119,8 @@ async def test_a_narrowed_link_steps_down_to_the_low_layer(stoa_server, chromium
 
 
 class FrameWatch:
-    """Samples the student's decoded camera (width, framesDecoded) until stopped; `freezes` lists the spans
-    longer than FREEZE in which no frame was decoded."""
+    """Samples the student's decoded camera (width, framesDecoded) every 0.2 s until stopped; `freezes`
+    lists the spans longer than FREEZE in which no frame was decoded."""
 
     FREEZE = 2.0
 
@@ -137,8 +137,16 @@ class FrameWatch:
                 self.samples.append((time.monotonic(), s.get("frameWidth", 0), s["framesDecoded"]))
             await asyncio.sleep(0.2)
 
-    def width_since(self, since: float, check) -> bool:
-        return any(check(w) for t, w, _ in self.samples if t >= since)
+    def timeline(self, since: float) -> list[tuple[float, int, int]]:
+        return [(round(t - since, 1), w, n) for t, w, n in self.samples if t >= since]
+
+    async def width(self, check, since: float, timeout: float, what: str) -> None:
+        """Until a width decoded after `since` passes `check`; fails with the timeline since then."""
+        try:
+            await eventually(lambda: any(check(w) for t, w, _ in self.samples if t >= since), timeout, what,
+                             interval=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; decoded (s, width, frames): {self.timeline(since)}") from None
 
     def freezes(self) -> list[tuple[float, float]]:
         out, last_t, last_n = [], None, None
@@ -164,24 +172,21 @@ async def test_a_link_that_narrows_and_widens_steps_down_within_3_s_and_back_up_
     watch = FrameWatch(student)
     try:
         narrowed = time.monotonic()
-        print("NARROWED AT", time.time())
         shape(browser_netns, NARROW)
-        await eventually(lambda: watch.width_since(narrowed, lambda w: w < 1280), 3,
-                         "the student steps down within 3 s of the link narrowing", interval=0.1)
-        print("STEPDOWN", [(round(t-narrowed,2),w,n) for t,w,n in watch.samples if t>=narrowed][:40])
-        await decodes(student, 320, 10, "the low layer behind 300 kbit/s")
-        # Probes on the narrow link fail, and the leg stays down.
-        await asyncio.sleep(6)
-        print("NARROW", [(round(t-narrowed,2),w,n) for t,w,n in watch.samples if t>=narrowed])
-        assert not watch.width_since(time.monotonic() - 4, lambda w: w > 320), watch.samples[-20:]
+        await watch.width(lambda w: w < 1280, narrowed, 3, "a lower layer within 3 s of the link narrowing")
+        await watch.width(lambda w: w == 320, narrowed, 10, "the low layer behind 300 kbit/s")
+        # Probes on the narrow link fail (padding queues: the REMB stalls), and the leg stays down.
+        await eventually(lambda: sub.allocator.prober.failed > 0, 10, "a probe fails on the narrow link")
+        await asyncio.sleep(3)
+        assert all(w == 320 for _, w, _ in watch.timeline(time.monotonic() - 2)), watch.timeline(narrowed)
         widened = time.monotonic()
         shape(browser_netns, WIDE)
-        await eventually(lambda: watch.width_since(widened, lambda w: w == 1280), 15,
-                         "the student is back on the top layer within 15 s of the link widening", interval=0.1)
-        print("STEPUP", [(round(t-widened,2),w,n) for t,w,n in watch.samples if t>=widened])
+        await watch.width(lambda w: w == 1280, widened, 15, "the top layer within 15 s of the link widening")
         await decodes(student, 1280, 5, "the top layer again")
     finally:
         await watch.stop()
-    assert sub.allocator.prober.succeeded >= 1
-    assert not watch.freezes(), watch.freezes()
+    assert sub.allocator.prober.succeeded >= 1  # it went up after probes held, not blind
+    leg = sub.downtrack(track.track_id)
+    assert leg.padding_sent > 0
+    assert not watch.freezes(), (watch.freezes(), watch.timeline(narrowed))
     assert not chromium.errors(), chromium.errors()
