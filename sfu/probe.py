@@ -6,11 +6,13 @@ up only if the viewer's feedback holds. Padding-only RTP (sfu/rtp.padding_packet
 Chromium's receive-side estimator (it carries abs-send-time) and dropped by its RTX stream before the
 decoder, so it never shows as media.
 
-The feedback is REMB, and REMB is read as Chromium computes it: it grows by 5-8% a second while
-packets arrive without delay building up, but never above 1.5 times the incoming rate, so on a link
-that stopped being full it sits at that ceiling. Padding raises the incoming rate and so the
-ceiling. So a probe holds when the REMB rises over where it was (PROBE_RISE) without a congestion
-signal; it fails on a congestion signal, on a REMB that stops rising for PROBE_STALL (the viewer's
+The feedback is REMB, and REMB is read as Chromium computes it (measured here): while its delay
+detector says "normal" the estimate is in its increase state and every REMB (200 ms to 1 s apart) is
+higher than the last, by 8% a second far from the link's last known capacity and by 1 kbit/s a REMB
+near it, never above 1.5 times the incoming rate; while delay builds it holds or falls. Padding
+raises the incoming rate, so a REMB that keeps rising during the probe means the viewer's link takes
+the target without queueing. So a probe holds when the REMB rises PROBE_RISE over where it was
+without a congestion signal; it fails on a congestion signal, on a REMB that stops rising for PROBE_STALL (the viewer's
 estimator holds while delay builds: the padding queued; a rising one moves every 200-250 ms; it also
 holds for a few seconds after a queue drained, so a probe then fails for nothing and the wait stays
 short), or after
@@ -31,9 +33,9 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-PROBE_DURATION = 2.0   # s a probe may take to show the rise
-PROBE_RISE = 1.04      # the REMB must rise 4% over its value when the probe began
-PROBE_STALL = 1.0      # s without a higher REMB: the padding queued (a flat REMB comes once a second)
+PROBE_DURATION = 2.5   # s a probe may take to show the rise
+PROBE_RISE = 1.015     # the REMB must rise 1.5% over its value when the probe began (3 REMBs near capacity)
+PROBE_STALL = 1.2      # s without a higher REMB: the padding queued (a flat REMB comes once a second)
 PROBE_WAIT = 2.0       # s after a congestion signal or a failed probe before the next probe
 PROBE_WAIT_MAX = 4.0   # s, the longest wait after failed probes (a widened link is found within it)
 PROBE_GAP = 1.0        # s after a probe held, before the next (the switch happens meanwhile)

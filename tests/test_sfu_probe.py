@@ -64,7 +64,7 @@ def test_a_probe_holds_when_the_remb_rises_and_the_next_waits_a_gap():
     probe = probes.start("leg", 450_000, 200_000, 250_000, 10.0)
     assert probe.padding == 250_000 and not probes.ready(10.0)
     assert probes.start("other", 450_000, 200_000, 250_000, 10.0) is None  # one at a time
-    assert probes.on_estimate(255_000, 10.3) is None
+    assert probes.on_estimate(251_000, 10.3) is None
     assert probes.on_estimate(250_000 * pr.PROBE_RISE, 10.6) == "held"
     assert probes.succeeded == 1 and probes.probe is None and "held at 450 kbps" in probes.last_result
     assert not probes.ready(10.6 + pr.PROBE_GAP - 0.1) and probes.ready(10.6 + pr.PROBE_GAP)
@@ -74,10 +74,10 @@ def test_a_probe_fails_on_a_stalled_or_falling_remb_or_congestion_and_backs_off(
     probes = ProbeController()
     t = 0.0
     probes.start("leg", 450_000, 200_000, 250_000, t)
-    assert probes.on_estimate(252_000, t + 0.2) is None
+    assert probes.on_estimate(251_000, t + 0.2) is None
     assert probes.check(t + 0.2 + pr.PROBE_STALL - 0.01) is None
     assert probes.check(t + 0.2 + pr.PROBE_STALL) == "failed"  # the padding queued: the REMB holds
-    assert "stalled at 252 kbps" in probes.last_result
+    assert "stalled at 251 kbps" in probes.last_result
     waits = []
     for reason in ("fell", "congestion", "fell", "congestion"):
         t = probes.not_before
