@@ -11,8 +11,9 @@ detector says "normal" the estimate is in its increase state and every REMB (200
 higher than the last, by 8% a second far from the link's last known capacity and by 1 kbit/s a REMB
 near it, never above 1.5 times the incoming rate; while delay builds it holds or falls. Padding
 raises the incoming rate, so a REMB that keeps rising during the probe means the viewer's link takes
-the target without queueing. So a probe holds when the REMB rises PROBE_RISE over where it was
-without a congestion signal; it fails on a congestion signal, on a REMB that stops rising for PROBE_STALL (the viewer's
+the target without queueing. The detector needs a moment to see a queue build, so the REMB must still be
+rising after PROBE_MIN: a probe holds on a higher REMB that comes PROBE_MIN or later into it, PROBE_RISE
+over where it began, without a congestion signal; it fails on a congestion signal, on a REMB that stops rising for PROBE_STALL (the viewer's
 estimator holds while delay builds: the padding queued; a rising one moves every 200-250 ms; it also
 holds for a few seconds after a queue drained, so a probe then fails for nothing and the wait stays
 short), or after
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 PROBE_DURATION = 2.5   # s a probe may take to show the rise
 PROBE_RISE = 1.015     # the REMB must rise 1.5% over its value when the probe began (3 REMBs near capacity)
 PROBE_STALL = 1.2      # s without a higher REMB: the padding queued (a flat REMB comes once a second)
+PROBE_MIN = 1.2        # s before a rise counts: Chromium sees a queue build within half a second
 PROBE_WAIT = 2.0       # s after a congestion signal or a failed probe before the next probe
 PROBE_WAIT_MAX = 4.0   # s, the longest wait after failed probes (a widened link is found within it)
 PROBE_GAP = 1.0        # s after a probe held, before the next (the switch happens meanwhile)
@@ -87,9 +89,10 @@ class ProbeController:
         probe = self.probe
         if probe is None:
             return None
-        if remb > probe.peak:
+        rising = remb > probe.peak
+        if rising:
             probe.peak, probe.peak_at = remb, now
-        if remb >= probe.remb * PROBE_RISE:
+        if rising and now - probe.started >= PROBE_MIN and remb >= probe.remb * PROBE_RISE:
             return self._end(True, now, f"REMB {probe.remb / 1000:.0f} -> {remb / 1000:.0f} kbps")
         if remb < probe.remb * 0.97:
             return self._end(False, now, f"REMB fell to {remb / 1000:.0f} kbps")

@@ -65,9 +65,12 @@ def test_a_probe_holds_when_the_remb_rises_and_the_next_waits_a_gap():
     assert probe.padding == 250_000 and not probes.ready(10.0)
     assert probes.start("other", 450_000, 200_000, 250_000, 10.0) is None  # one at a time
     assert probes.on_estimate(251_000, 10.3) is None
-    assert probes.on_estimate(250_000 * pr.PROBE_RISE, 10.6) == "held"
+    assert probes.on_estimate(250_000 * pr.PROBE_RISE, 10.6) is None  # too early: a queue shows later
+    assert probes.on_estimate(250_000 * pr.PROBE_RISE, 10.0 + pr.PROBE_MIN) is None  # not higher: no verdict
+    t = 10.0 + pr.PROBE_MIN + 0.1
+    assert probes.on_estimate(250_000 * pr.PROBE_RISE + 1000, t) == "held"  # still rising
     assert probes.succeeded == 1 and probes.probe is None and "held at 450 kbps" in probes.last_result
-    assert not probes.ready(10.6 + pr.PROBE_GAP - 0.1) and probes.ready(10.6 + pr.PROBE_GAP)
+    assert not probes.ready(t + pr.PROBE_GAP - 0.1) and probes.ready(t + pr.PROBE_GAP)
 
 
 def test_a_probe_fails_on_a_stalled_or_falling_remb_or_congestion_and_backs_off():
@@ -91,7 +94,7 @@ def test_a_probe_fails_on_a_stalled_or_falling_remb_or_congestion_and_backs_off(
     assert probes.failed == 5
     t = probes.not_before
     probes.start("leg", 450_000, 200_000, 250_000, t)
-    assert probes.on_estimate(300_000, t + 0.5) == "held"
+    assert probes.on_estimate(300_000, t + pr.PROBE_MIN + 0.1) == "held"
     assert probes.wait == pr.PROBE_WAIT  # a probe that held resets the back-off
 
 
@@ -101,7 +104,7 @@ def test_a_probe_without_a_rise_ends_at_its_duration_and_congestion_delays_the_n
     t = 0.0
     while t < pr.PROBE_DURATION - 0.2:  # rising, but too little
         t += 0.2
-        assert probes.on_estimate(250_000 * (1 + t / 100), t) is None
+        assert probes.on_estimate(250_000 * (1 + t / 1000), t) is None
     assert probes.check(pr.PROBE_DURATION) == "failed" and "no rise" in probes.last_result
     probes = ProbeController()
     assert probes.on_congestion(5.0) is None and not probes.ready(5.0 + pr.PROBE_WAIT - 0.1)
