@@ -46,6 +46,7 @@ PROBE_AFTER = 10.0   # s after the last congestion signal, the cap is lifted
 PROBE_MAX = 60.0     # s, the longest wait after failed probes
 PROBE_FAILS = 5.0    # s: congestion within this of lifting the cap means the probe failed
 SIZE_SLACK = 0.9     # a layer at 90% of the rendered size counts as big enough
+PROBE_SLACK = 1.1    # a probe that held lifts the cap 10% over its target
 DRAIN = 0.8          # for DRAIN_FOR s after a congestion signal, layers must fit 80% of the estimate ...
 DRAIN_FOR = 3.0      # ... so the queue built at the viewer's bottleneck drains (and the keyframe passes)
 
@@ -96,8 +97,9 @@ class LayerAllocator:
         return False
 
     def probe_held(self, leg: Leg, target: float) -> None:
-        """The probe for `leg` held: the link carries `target`, and the leg steps up without UP_HOLD."""
-        self.cap = max(self.cap, target)
+        """The probe for `leg` held: the link carries `target`, and the leg steps up without UP_HOLD.
+        (PROBE_SLACK: the layers' rates, sampled each second, moved since the target was set.)"""
+        self.cap = max(self.cap, target * PROBE_SLACK)
         self._fits_since[id(leg)] = -math.inf
 
     def budget(self, now: float, probing: bool = False) -> float:
