@@ -192,5 +192,7 @@ async def test_a_link_that_narrows_and_widens_steps_down_within_3_s_and_back_up_
     assert sub.allocator.prober.succeeded >= 1  # it went up after probes held, not blind
     leg = sub.downtrack(track.track_id)
     assert leg.padding_sent > 0
-    assert not watch.freezes(), (watch.freezes(), watch.timeline(narrowed))
+    freezes = [(round(a - narrowed, 1), round(b - narrowed, 1)) for a, b in watch.freezes()]
+    assert not freezes, f"no frame decoded over {freezes} s after the narrowing (widened at " \
+        f"{widened - narrowed:.1f} s); probes: {sub.allocator.prober.succeeded} held, {sub.allocator.prober.failed} failed"
     assert not chromium.errors(), chromium.errors()
