@@ -7,17 +7,22 @@ Inputs, all per viewer:
   steps down one layer;
 - the size the viewer's page renders each video at (the room protocol's `video_size`): a layer larger
   than that is never chosen, whatever the link;
-- priority: the screen share gets its share of the estimate first, then the other videos.
+- priority: the screen share gets its share of the estimate first, then the active speaker's camera
+  (the first of sfu/speakers.py's ranking, `speakers`), then the other cameras.
 
 REMB follows what arrives: it grows to at most 1.5 times the incoming rate while nothing queues, and
 falls to about 0.85 times what the link delivered when delay builds up. So it is read as a congestion
 signal, not as a capacity: a REMB that fell, to below 90% of what the viewer is being sent, means the
 link is full,
-and the estimate becomes the viewer's cap. The estimate first pays for the legs that are not simulcast
+and the estimate becomes the viewer's cap (for DRAIN_FOR seconds, 80% of it: the queue that filled
+must drain, and the target layer's keyframe pass). The estimate first pays for the legs that are not simulcast
 (audio, single-stream video), then each simulcast leg in priority order gets the highest layer that
-fits what is left. The cap rises with later REMBs and is lifted PROBE_AFTER seconds after the last
-congestion signal: the legs then step up one layer at a time (a probe by switching; Stoa sends no padding
-yet), and a probe that brings congestion back doubles the wait before the next one.
+fits what is left. The cap rises with later REMBs. A leg that the cap holds below the layer its size
+allows is probed for (sfu/probe.py): padding on its RTX stream brings what the viewer receives to the
+higher layer's rate, and a probe that holds raises the cap to that rate, so the leg steps up at once.
+A viewer whose legs cannot carry padding (no RTX negotiated) gets the older probe by switching: the cap
+is lifted PROBE_AFTER seconds after the last congestion signal, the legs step up one layer at a time,
+and a step that brings congestion back doubles the wait before the next one.
 
 Hysteresis: a leg goes down at once (at most once per DOWN_HOLD), up one layer at a time once the
 higher layer has fitted for UP_HOLD. Pure: the caller passes `now`; tests/test_sfu_simulcast.py drives it.
@@ -28,6 +33,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Protocol
 
+from sfu.probe import ProbeController
 from sfu.quality import GOOD
 
 UP_MARGIN = 1.15     # a higher layer must fit 15% over its rate
@@ -40,6 +46,9 @@ PROBE_AFTER = 10.0   # s after the last congestion signal, the cap is lifted
 PROBE_MAX = 60.0     # s, the longest wait after failed probes
 PROBE_FAILS = 5.0    # s: congestion within this of lifting the cap means the probe failed
 SIZE_SLACK = 0.9     # a layer at 90% of the rendered size counts as big enough
+PROBE_SLACK = 1.1    # a probe that held lifts the cap 10% over its target
+DRAIN = 0.8          # for DRAIN_FOR s after a congestion signal, layers must fit 80% of the estimate ...
+DRAIN_FOR = 3.0      # ... so the queue built at the viewer's bottleneck drains (and the keyframe passes)
 
 
 class Leg(Protocol):
@@ -50,6 +59,8 @@ class Leg(Protocol):
     switcher: object
     quality: object
     retransmit: object
+
+    def can_pad(self) -> bool: ...
 
 
 class LayerAllocator:
@@ -64,6 +75,9 @@ class LayerAllocator:
         self._fits_since: dict[int, float] = {}  # id(leg) -> since when a higher layer has fitted
         self._last_down: dict[int, float] = {}
         self._last_loss_step: dict[int, float] = {}
+        self.prober = ProbeController()
+        self.probe_request: tuple[Leg, float, float] | None = None  # (leg, target, sent): start this probe
+        self.speakers: list[str] = []  # participants, the active speaker first (sfu/speakers.py)
 
     def on_estimate(self, bitrate: float, sent: float, now: float) -> bool:
         """A REMB of `bitrate` while the viewer is sent `sent` bits/s; True if it signals congestion."""
@@ -76,17 +90,26 @@ class LayerAllocator:
             if now - self._lifted_at < PROBE_FAILS:
                 self._probe_after = min(PROBE_MAX, self._probe_after * 2)
             self.cap, self._cap_at = bitrate, now
+            self.prober.on_congestion(now)
             return True
         if bitrate > self.cap:
             self.cap = bitrate
         return False
 
-    def budget(self, now: float) -> float:
-        if self.cap != math.inf and now - self._cap_at >= self._probe_after:
+    def probe_held(self, leg: Leg, target: float) -> None:
+        """The probe for `leg` held: the link carries `target`, and the leg steps up without UP_HOLD.
+        (PROBE_SLACK: the layers' rates, sampled each second, moved since the target was set.)"""
+        self.cap = max(self.cap, target * PROBE_SLACK)
+        self._fits_since[id(leg)] = -math.inf
+
+    def budget(self, now: float, probing: bool = False) -> float:
+        if probing:
+            pass  # padding probes raise the cap; it is never lifted blind
+        elif self.cap != math.inf and now - self._cap_at >= self._probe_after:
             self.cap, self._lifted_at = math.inf, now  # probe: let the legs step up
         elif self.cap == math.inf and now - self._lifted_at >= PROBE_FAILS + PROBE_AFTER:
             self._probe_after = PROBE_AFTER  # the last probe held
-        return self.cap
+        return self.cap * DRAIN if now - self._cap_at < DRAIN_FOR else self.cap
 
     def set_size(self, track_id: str, width: int, height: int) -> None:
         self.sizes[track_id] = (max(0, int(width)), max(0, int(height)))
@@ -115,13 +138,15 @@ class LayerAllocator:
     def allocate(self, legs: Iterable[Leg], now: float) -> dict[Leg, int]:
         """Choose each simulcast leg's layer; returns the legs whose target changed, with the new one."""
         legs = list(legs)
-        budget = self.budget(now)
+        simulcast = sorted((leg for leg in legs if leg.switcher is not None), key=self.priority)
+        probing = any(leg.can_pad() for leg in simulcast)
+        budget = self.budget(now, probing)
         estimated = budget != math.inf
+        spent = sum(8 * leg.retransmit.media_rate for leg in legs if leg.switcher is None)
         if estimated:
-            budget -= sum(8 * leg.retransmit.media_rate for leg in legs if leg.switcher is None)
-        simulcast = sorted((leg for leg in legs if leg.switcher is not None),
-                           key=lambda leg: 0 if leg.uptrack.source == "screen" else 1)
+            budget -= spent
         changed: dict[Leg, int] = {}
+        wants: tuple[Leg, float] | None = None  # the first leg the budget holds down, and what it lacks
         for leg in simulcast:
             key = id(leg)
             layers = leg.uptrack.layers
@@ -153,17 +178,34 @@ class LayerAllocator:
                     self._fits_since.pop(key, None)
             else:
                 self._fits_since.pop(key, None)
+            congested = False
             if choice < current:
                 if now - self._last_down.get(key, -math.inf) < DOWN_HOLD and choice < cap:
                     choice = current  # the estimate still lags the last step down
                 else:
                     self._last_down[key] = now
+                    congested = choice < cap and leg.quality.level == GOOD
             if choice != current:
-                leg.switcher.select(choice)
+                # Down for the link: the current layer stops at its next frame, so that the target's
+                # keyframe is not queued behind it.
+                leg.switcher.select(choice, hold=congested)
                 changed[leg] = choice
+            elif (wants is None and estimated and probing and choice < cap and leg.quality.level == GOOD
+                  and leg.switcher.current == current and rates[current + 1] > 0 and leg.can_pad()):
+                wants = (leg, rates[current + 1] * UP_MARGIN - rates[current])
             if estimated:
                 budget -= rates[choice]
+            spent += rates[choice]
+        self.probe_request = None
+        if wants is not None and self.prober.ready(now):
+            self.probe_request = (wants[0], spent + wants[1], spent)
         return changed
+
+    def priority(self, leg: Leg) -> int:
+        """The screen share first, then the active speaker's camera, then the other cameras."""
+        if leg.uptrack.source == "screen":
+            return 0
+        return 1 if self.speakers and leg.uptrack.publisher_id == self.speakers[0] else 2
 
     def forget(self, leg: Leg) -> None:
         for table in (self._fits_since, self._last_down, self._last_loss_step):

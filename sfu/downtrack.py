@@ -17,7 +17,8 @@ from sfu.pacer import Pacer
 from sfu.peer import same_codec
 from sfu.quality import BAD, GOOD, QualityChange, ViewerQuality
 from sfu.retransmit import SEND, RetransmitPolicy
-from sfu.rtp import ExtensionIds, abs_send_time, build_extensions, build_header, rtx_payload, unix_to_ntp
+from sfu.rtp import (MAX_PADDING, ExtensionIds, abs_send_time, build_extensions, build_header, padding_packet,
+                     rtx_payload, unix_to_ntp)
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class DownTrack:
                  "_rtx_seq", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
                  "packets_sent", "retransmits", "nack_misses", "keyframe_requests",
                  "retransmit", "quality", "pacer", "on_quality", "keyframes_for_viewer", "_load", "_shed", "unselected",
-                 "oversize_drops", "replayed", "source", "switcher", "on_remb")
+                 "oversize_drops", "replayed", "source", "switcher", "on_remb", "padding_sent")
 
     def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str, load=None):
         self.subscriber_id = subscriber_id
@@ -67,6 +68,7 @@ class DownTrack:
         self.keyframe_requests = 0
         self.oversize_drops = 0
         self.replayed = 0  # packets sent from the GOP cache when this leg started
+        self.padding_sent = 0  # padding-only packets (probes, sfu/probe.py)
 
     @property
     def track_id(self) -> str | None:
@@ -201,6 +203,34 @@ class DownTrack:
         if self.forwarder is not None:
             self.forwarder.end_replay()
 
+    def can_pad(self) -> bool:
+        """The leg can carry probe padding: RTX negotiated, and media flowing on it."""
+        params = self.seam.params
+        return (self._codec_ok and params is not None and params.rtx_payload_type is not None
+                and self.forwarder is not None and self.forwarder.started)
+
+    @property
+    def padding_bytes(self) -> int:
+        """The size of one padding packet on this leg (before SRTP)."""
+        return 12 + len(build_extensions(self._ext_ids, self._mid, b"\x00\x00\x00", None)) + MAX_PADDING
+
+    def send_padding(self, count: int) -> int:
+        """Send `count` padding-only packets on the RTX stream (a probe); how many went. None while the
+        pacer holds media back: padding must not delay it."""
+        if self.paused or self.pacer.backlog or not self.can_pad():
+            return 0
+        params, seam = self.seam.params, self.seam
+        ext = build_extensions(self._ext_ids, self._mid, abs_send_time(), None)
+        ts = self.forwarder.last_out_ts
+        sent = 0
+        for _ in range(count):
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            if not seam.send_rtp_now(padding_packet(params.rtx_payload_type, self._rtx_seq, ts, seam.rtx_ssrc, ext)):
+                break
+            sent += 1
+        self.padding_sent += sent
+        return sent
+
     def _drop_oversize(self, size: int) -> None:
         """A packet SRTP cannot carry to a WebRTC receiver: dropped, counted, logged once per leg."""
         self.oversize_drops += 1
@@ -262,7 +292,7 @@ class DownTrack:
         if change is None:
             return
         policy.suspended = change.quality == BAD
-        self.pacer.pacing_media = change.quality != GOOD  # its link drops bursts: smooth them
+        self.pacer.set_pacing_media(change.quality != GOOD)  # its link drops bursts: smooth them
         log = logger.warning if change.quality == BAD else logger.info
         log("viewer %s on track %s: quality %s -> %s (loss %.0f%%, rtt %s, %d retransmitted, %s refused)%s",
             self.subscriber_id, self.track_id, change.previous, change.quality, change.loss * 100,
@@ -343,5 +373,6 @@ class DownTrack:
             "oversize_drops": self.oversize_drops,
             "replayed": self.replayed,
             "selected": not self.unselected,
+            "padding_sent": self.padding_sent,
             **({"simulcast": self.switcher.describe()} if self.switcher is not None else {}),
         }

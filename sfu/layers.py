@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+HOLD_AFTER_FRAME, HOLDING = 1, 2  # LayerSwitcher.holding: stop after this frame; stopped
+BURST_PACING = 0.5  # s a leg's media is paced after a switch up: the target layer's keyframe
+
 
 class _LayerTap:
     """The leg's entry in one layer's fan-out list."""
@@ -41,6 +44,11 @@ class _LayerTap:
             if not packet.keyframe:
                 return
             switcher.switched(self.index)
+        elif switcher.holding:
+            if switcher.holding == HOLDING:
+                return
+            if packet.marker:
+                switcher.holding = HOLDING  # the frame is complete: the next ones wait for the target
         switcher.send(packet, ntp, send_time, tails)
 
     @property
@@ -53,7 +61,7 @@ class _LayerTap:
 
 class LayerSwitcher:
     __slots__ = ("leg", "track", "current", "target", "_taps", "_vp8", "_pid", "_tl0", "_offsets",
-                 "switches")
+                 "switches", "holding")
 
     def __init__(self, leg: "DownTrack", track: "UpTrack", layer: int):
         self.leg = leg
@@ -66,6 +74,7 @@ class LayerSwitcher:
         self._tl0 = 0
         self._offsets: tuple[int, int] | None = None  # (picture id, TL0PICIDX) added to the layer's; None: as is
         self.switches = 0
+        self.holding = 0  # HOLD_AFTER_FRAME / HOLDING: the current layer is not forwarded until the switch
         self._add_tap(layer)
         leg.source = track.layers[layer]
 
@@ -86,11 +95,14 @@ class LayerSwitcher:
         if tap is not None:
             self.layers[index].remove_downtrack(tap)
 
-    def select(self, index: int) -> None:
-        """Forward layer `index` from its next keyframe on (at once if the leg has not started)."""
+    def select(self, index: int, hold: bool = False) -> None:
+        """Forward layer `index` from its next keyframe on (at once if the leg has not started). `hold`:
+        stop forwarding the current layer after its current frame (the viewer's link is full, and the
+        current layer would delay the target's keyframe)."""
         index = max(0, min(index, len(self.layers) - 1))
         if index == self.target:
             return
+        self.holding = HOLD_AFTER_FRAME if hold and index != self.current and self.current is not None else 0
         previous, self.target = self.target, index
         if previous != self.current:
             self._remove_tap(previous)  # a switch that had not happened yet
@@ -101,10 +113,13 @@ class LayerSwitcher:
         """The target layer's keyframe is here: the leg continues on it."""
         old = self.current
         self.current = index
+        self.holding = 0
         if old is not None:
             self._remove_tap(old)
             self.switches += 1
             leg = self.leg
+            if index > old:  # a keyframe larger than the link's burst: through the leg's pacer
+                leg.pacer.pace_burst(BURST_PACING, self.layers[index].bitrate() / 8)
             if leg.forwarder is not None:
                 leg.forwarder.switch_source()
             if self._pid is not None:

@@ -13,6 +13,10 @@ additions); otherwise it waits in the queue, which a timer drains in steps of at
 Retransmissions go ahead of queued media. Nothing is dropped: a long queue drains faster than the
 pacing rate, and a packet that has waited MAX_DELAY goes at the next step whatever the bucket holds,
 so pacing never adds more latency than that.
+
+A switch up to a higher simulcast layer starts on a keyframe several times a frame's size, sent
+while the link carries the lower layer's rate: `pace_burst` paces the leg's media for a moment, at
+the new layer's rate (sfu/layers.py).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ MAX_DELAY = 0.2
 
 class Pacer:
     __slots__ = ("rate", "depth", "tokens", "at", "backlog", "pacing_media", "_media", "_rtx", "_queued_bytes",
-                 "_send", "_clock", "_loop", "_timer", "paced", "bursts")
+                 "_send", "_clock", "_loop", "_timer", "paced", "bursts", "_wanted", "_burst_timer")
 
     def __init__(self, send: Callable[[bytes], bool], *, clock: Callable[[], float] = time.time,
                  loop: asyncio.AbstractEventLoop | None = None):
@@ -43,6 +47,8 @@ class Pacer:
         self.at = clock()
         self.backlog = 0  # packets queued
         self.pacing_media = False  # the leg's media goes through the bucket too, not only retransmissions
+        self._wanted = False  # pacing_media as the leg asked (set_pacing_media); a burst sets it meanwhile
+        self._burst_timer: asyncio.TimerHandle | None = None
         self._media: deque[tuple[float, bytes]] = deque()  # (queued at, packet)
         self._rtx: deque[tuple[float, bytes]] = deque()
         self._queued_bytes = 0
@@ -58,6 +64,26 @@ class Pacer:
         self.depth = max(MIN_BURST, self.rate * BURST)
         if self.tokens > self.depth:
             self.tokens = self.depth
+
+    def set_pacing_media(self, on: bool) -> None:
+        """Pace the leg's media (its viewer shows loss), or stop (unless a burst is being paced)."""
+        self._wanted = on
+        if self._burst_timer is None:
+            self.pacing_media = on
+
+    def pace_burst(self, seconds: float, bytes_per_second: float = 0.0) -> None:
+        """Pace the leg's media for `seconds` (a keyframe that starts a higher layer), at the rate
+        `bytes_per_second` of media calls for if given."""
+        if bytes_per_second > 0:
+            self.set_media_rate(bytes_per_second)
+        self.pacing_media = True
+        if self._burst_timer is not None:
+            self._burst_timer.cancel()
+        self._burst_timer = (self._loop or asyncio.get_event_loop()).call_later(seconds, self.end_burst)
+
+    def end_burst(self) -> None:
+        self._burst_timer = None
+        self.pacing_media = self._wanted
 
     def admit(self, size: int, now: float) -> bool:
         """Spend tokens for a packet sent now, if there are enough (the caller checks `backlog`)."""
@@ -127,6 +153,9 @@ class Pacer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._burst_timer is not None:
+            self._burst_timer.cancel()
+            self._burst_timer = None
         self._media.clear()
         self._rtx.clear()
         self.backlog = self._queued_bytes = 0

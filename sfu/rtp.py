@@ -214,3 +214,16 @@ def is_keyframe(mime_type: str, payload: bytes) -> bool:
 def rtx_payload(original_seq: int, payload: bytes) -> bytes:
     """RFC 4588: the RTX payload is the original sequence number, then the original payload."""
     return original_seq.to_bytes(2, "big") + payload
+
+
+MAX_PADDING = 255  # the padding count is one byte (RFC 3550 5.1)
+
+
+def padding_packet(payload_type: int, seq: int, ts: int, ssrc: int, ext: bytes, size: int = MAX_PADDING) -> bytes:
+    """A padding-only RTP packet (RFC 3550 5.1: P set, no payload; `size` bytes of padding, zeros and then
+    the count), as libwebrtc sends to probe on the RTX stream: the receiver's bandwidth estimator counts it
+    (with abs-send-time in `ext`), and its RTX stream drops it before the decoder (no payload)."""
+    if not 1 <= size <= MAX_PADDING:
+        raise ValueError(f"padding of {size} bytes: one packet carries 1 to {MAX_PADDING}")
+    header = build_header(bool(ext), 0, payload_type, seq, ts, ssrc)
+    return bytes((header[0] | 0x20,)) + header[1:] + ext + b"\x00" * (size - 1) + bytes((size,))

@@ -13,6 +13,7 @@ from aiortc import RTCPeerConnection
 from sfu.allocator import LayerAllocator
 from sfu.downtrack import DownTrack, OnQuality
 from sfu.peer import IdleTrack, PeerFactory, SdpError, check_restartable, codec_preferences, same_codec
+from sfu.probe import PaddingSender
 from sfu.uptrack import UpTrack
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ class Subscriber:
         self._on_quality = on_quality  # told of every leg's change: the viewer's connection quality changed
         self.allocator = LayerAllocator()  # simulcast layer choice for this viewer's legs
         self._allocated_at = 0.0
+        self._padding: PaddingSender | None = None  # the running probe's padding
+        self._probe_padding = 0.0
         self.peers = peers
         self.pc: RTCPeerConnection = peers.create()
         self.legs: list[tuple[object, DownTrack]] = []  # (transceiver, downtrack)
@@ -87,9 +90,59 @@ class Subscriber:
     def _on_remb(self, bitrate: int) -> None:
         now = time.monotonic()
         sent = sum(8 * d.retransmit.media_rate for _, d in self.legs if d.uptrack is not None and not d.paused)
-        congested = self.allocator.on_estimate(bitrate, sent, now)
-        if congested or now - self._allocated_at >= REALLOCATE_INTERVAL:
+        if self._padding is not None:
+            sent += self._probe_padding
+        allocator = self.allocator
+        congested = allocator.on_estimate(bitrate, sent, now)
+        logger.debug("REMB %d sent %d congested %s", bitrate, sent, congested)
+        probe = allocator.prober.probe
+        result = None if congested else allocator.prober.on_estimate(bitrate, now)
+        if probe is not None and allocator.prober.probe is None:
+            self._probe_ended(probe, result == "held", now)
+        if congested or result or now - self._allocated_at >= REALLOCATE_INTERVAL:
             self.allocate(now)
+
+    def _probe_ended(self, probe, held: bool, now: float) -> None:
+        padding, self._padding = self._padding, None
+        if padding is not None:
+            padding.stop()
+        logger.info("%s: probe %s (%d padding packets, %d bytes)", self.participant_id,
+                    self.allocator.prober.last_result, padding.sent if padding else 0, padding.bytes if padding else 0)
+        if held and probe.key in [d for _, d in self.legs]:
+            self.allocator.probe_held(probe.key, probe.target)
+
+    def _start_probe(self, leg: DownTrack, target: float, sent: float, now: float) -> None:
+        probe = self.allocator.prober.start(leg, target, sent, self.allocator.estimate, now)
+        if probe is None:
+            return
+        self._probe_padding = probe.padding
+        self._padding = PaddingSender(leg, probe.padding)
+        self._probe_deadline()
+        logger.info("%s: probing %.0f kbps for track %s (%.0f kbps of padding)", self.participant_id,
+                    target / 1000, leg.track_id, probe.padding / 1000)
+
+    def _probe_deadline(self) -> None:
+        """Ends a probe whose REMBs stopped coming (the timer the REMBs otherwise drive)."""
+        prober = self.allocator.prober
+        probe = prober.probe
+        if probe is None or self.closed:
+            return
+        now = time.monotonic()
+        if probe.key.uptrack is None:
+            prober.cancel()
+        else:
+            prober.check(now)
+        if prober.probe is None:
+            self._probe_ended(probe, False, now)
+            self.allocate(now)
+        else:
+            asyncio.get_event_loop().call_later(0.25, self._probe_deadline)
+
+    def set_speakers(self, participants: list[str]) -> None:
+        """Who speaks, the active speaker first: their cameras come before the others' (sfu/allocator.py)."""
+        if participants != self.allocator.speakers:
+            self.allocator.speakers = list(participants)
+            self.allocate()
 
     def set_video_size(self, track_id: str, width: int, height: int) -> bool:
         """The viewer's page renders `track_id` at width x height device pixels (0 x 0: not shown)."""
@@ -105,10 +158,16 @@ class Subscriber:
         self._allocated_at = now
         legs = [d for _, d in self.legs if d.uptrack is not None and not d.unselected]  # Last-N paused: no share
         if any(d.switcher is not None for d in legs):
-            for leg, layer in self.allocator.allocate(legs, now).items():
+            allocator = self.allocator
+            changed = allocator.allocate(legs, now)
+            if allocator.probe_request is not None and not self.closed:
+                self._start_probe(*allocator.probe_request, now)
+            for leg, layer in changed.items():
                 cap = self.allocator.cap
-                logger.info("%s: track %s -> layer %s (REMB %s kbps, cap %s)", self.participant_id, leg.track_id,
-                            leg.uptrack.rids[layer], "?" if self.allocator.estimate is None
+                logger.info("%s: track %s -> layer %s (layers %s kbps, REMB %s kbps, cap %s)", self.participant_id,
+                            leg.track_id, leg.uptrack.rids[layer],
+                            [round((u.bitrate() or u.known_bitrate) / 1000) for u in leg.uptrack.layers],
+                            "?" if self.allocator.estimate is None
                             else round(self.allocator.estimate / 1000), "none" if cap == float("inf")
                             else f"{round(cap / 1000)} kbps")
 
@@ -230,6 +289,9 @@ class Subscriber:
         if self.closed:
             return
         self.closed = True
+        if self._padding is not None:
+            self._padding.stop()
+            self._padding = None
         for _, downtrack in self.legs:
             downtrack.detach()
         await self.peers.close(self.pc)

@@ -128,10 +128,13 @@ class UpTrack:
         at, octets, rate = self._rate
         now = self._monotonic()
         if now - at >= 1.0:
+            previous = rate
             rate = (self.octets_received - octets) * 8 / (now - at)
             self._rate = (now, self.octets_received, rate)
-            if rate:
-                self.known_bitrate = rate
+            # A window in which the layer paused or resumed is partial: the rate it runs at is the
+            # larger of two windows that both had packets (the allocator prices a paused layer by it).
+            if rate and previous:
+                self.known_bitrate = max(rate, previous)
         return rate
 
     def describe(self) -> dict:

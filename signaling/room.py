@@ -446,12 +446,20 @@ class Room:
                 await asyncio.sleep(SPEAKERS_TICK)
                 ranking = self.speakers.update(time.time())
                 if ranking is not None:
+                    self._speakers_to_allocators([s.key for s in ranking])
                     if self.speaker_order.spoke([s.key for s in ranking]):
                         self.select_videos()
                     await self.broadcast({"type": "speakers", "speakers": [
                         {"identity": s.key, "level": s.level} for s in ranking]})
             if self.speakers.forget():  # the last audio track went while someone was listed
+                self._speakers_to_allocators([])
                 await self.broadcast({"type": "speakers", "speakers": []})
+
+    def _speakers_to_allocators(self, keys: list[str]) -> None:
+        """The active speaker's camera is each viewer's second priority, after the screen share."""
+        for participant in list(self.participants.values()):
+            if participant.subscriber is not None:
+                participant.subscriber.set_speakers(keys)
 
     def locked_by(self, participant: Participant, track_id: str) -> str | None:
         """Who of the staff muted this track's source, if someone did and has not allowed unmuting."""

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sfu.allocator import PROBE_AFTER, UP_HOLD, LayerAllocator
+from sfu.allocator import DRAIN_FOR, PROBE_AFTER, UP_HOLD, LayerAllocator
 from sfu.buffer import CachedPacket
 from sfu.layers import LayerSwitcher
 from sfu.rtp import vp8_picture_ids
@@ -117,15 +117,23 @@ class Leg(SimpleNamespace):
 
 
 def legs_of(track, **leg):
-    switcher = SimpleNamespace(target=len(track.layers) - 1)
-    switcher.select = lambda i: setattr(switcher, "target", i)
-    return Leg(kind="video", uptrack=track, switcher=switcher,
+    """A leg whose switches happen at once; `can_pad`: it carries probe padding (RTX negotiated)."""
+    switcher = SimpleNamespace(target=len(track.layers) - 1, current=len(track.layers) - 1, holds=[])
+
+    def select(i, hold=False):
+        switcher.target = switcher.current = i
+        switcher.holds.append(hold)
+
+    switcher.select = select
+    pad = leg.get("can_pad", False)
+    return Leg(kind="video", uptrack=track, switcher=switcher, can_pad=lambda: pad,
                quality=SimpleNamespace(level=leg.get("quality", "good")), retransmit=SimpleNamespace(media_rate=0.0))
 
 
-def simulcast_track(rates=(150_000, 400_000, 900_000), source="camera"):
+def simulcast_track(rates=(150_000, 400_000, 900_000), source="camera", publisher="teach"):
     layers = [SimpleNamespace(bitrate=lambda r=r: r, frame_size=(320 << i, 180 << i)) for i, r in enumerate(rates)]
-    return SimpleNamespace(layers=layers, track_id="TR_cam", source=source, rids=["q", "h", "f"])
+    return SimpleNamespace(layers=layers, track_id="TR_cam", source=source, rids=["q", "h", "f"],
+                           publisher_id=publisher)
 
 
 def test_allocator_steps_down_on_congestion_and_probes_back_up_one_layer_at_a_time():
@@ -159,7 +167,7 @@ def test_allocator_caps_by_rendered_size_and_serves_the_screen_first():
     alloc.set_size("TR_cam", 1280, 720)
     alloc.on_estimate(2_000_000, 2_000_000, 0.5)
     alloc.on_estimate(1_000_000, 2_000_000, 1.0)  # room for the screen's top layer, not for the camera's
-    alloc.allocate([camera, screen], 1.0)
+    alloc.allocate([camera, screen], 1.0 + DRAIN_FOR)  # once the queue has drained
     assert (screen.switcher.target, camera.switcher.target) == (2, 0)
 
 
