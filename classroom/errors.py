@@ -50,3 +50,8 @@ class Banned(ClassroomError):
 
 class BadPassword(ClassroomError):
     code, status = "bad_password", 401
+
+
+class Unavailable(ClassroomError):
+    """Another part the action needs did not answer (the node serving an edge member)."""
+    code, status = "unavailable", 503

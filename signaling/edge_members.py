@@ -5,9 +5,12 @@ is served on the node it reached, the *edge*, as an *edge member*: its media com
 relay (signaling/cascade.py, one relay per edge), and its classroom messages go to the home, whose
 InteractiveRoom stays the only writer. Two Redis streams per node carry them:
 
-- `{prefix}classroom:in:{home}`: what edges send a home: `join`, `msg` (a validated envelope), `leave`;
+- `{prefix}classroom:in:{home}`: what edges send a home: `join`, `msg` (a validated envelope), `leave`, and
+  `moderated` (the answer to a moderation);
 - `{prefix}classroom:out:{edge}`: what a home sends an edge: one entry per message and edge, `to` the keys of
-  the edge members it is for (a broadcast is one entry, a quiz question or an error one per member).
+  the edge members it is for (a broadcast is one entry, a quiz question or an error one per member), and the
+  staff's `moderate` of an edge member (mute, allow_unmute, disconnect), which the edge does to its
+  Participant as the home does to a local one (signaling/api/roomhooks.py) and answers.
 
 Every entry carries its writer's id and sequence number: a retried XADD (Redis paused mid-command) may land
 twice, and the reader drops what it has seen, so each message is delivered exactly once, in the order its
@@ -22,12 +25,15 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections import deque
 from typing import Any
 
 from aiohttp import web
+from jsonschema import Draft202012Validator, ValidationError
 from redis.exceptions import RedisError
 
+from classroom.errors import ClassroomError, NotFound, Unavailable
 from classroom.interactive.channel import ChannelMember
 from classroom.interactive.envelope import Decoded, ProtocolError, encode, error_message, parse_message
 from sfu.subscriber import Subscriber
@@ -44,6 +50,26 @@ BATCH = 500              # entries per XREAD / per pipelined XADD
 PENDING_LIMIT = 50_000   # entries a writer holds while Redis is away; beyond it the oldest go (logged)
 RETRY_S = 0.25
 SWEEP_S = 2.0            # the home checks this often for edge members of nodes that are gone
+ANSWER_S = 5.0           # the home waits this long for an edge's answer to a moderation
+
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200}
+# A home's `moderate` entry (out stream) and an edge's `moderated` answer (in stream).
+MODERATE = Draft202012Validator({
+    "type": "object",
+    "properties": {"req": _NAME, "home": _NAME, "room": _NAME, "identity": _NAME,
+                   "action": {"enum": ["mute", "allow_unmute", "disconnect"]},
+                   "track_id": {"type": ["string", "null"], "maxLength": 200}, "by": {"type": "string"},
+                   "reason": {"type": "string", "maxLength": 1000}, "kind": _NAME, "extra": {"type": "object"}},
+    "required": ["req", "home", "room", "identity", "action"], "additionalProperties": False})
+MODERATED = Draft202012Validator({
+    "type": "object",
+    "properties": {"op": {"const": "moderated"}, "req": _NAME,
+                   "track_ids": {"type": "array", "items": {"type": "string"}},
+                   "error": {"type": "object", "properties": {"code": _NAME, "message": {"type": "string"}},
+                             "required": ["code", "message"]}},
+    "required": ["op", "req"], "additionalProperties": False})
+# An edge's refusal, raised on the home as the same error (by its code).
+ERRORS = {cls.code: cls for cls in ClassroomError.__subclasses__()}
 
 
 def in_key(prefix: str, node: str) -> str:
@@ -203,6 +229,7 @@ class HomeSide:
     def __init__(self, app: web.Application, relay: "ClassroomRelay"):
         self.app, self.relay = app, relay
         self.members: dict[str, tuple[RemoteMember, str]] = {}  # key -> (member, room name)
+        self.answers: dict[str, asyncio.Future] = {}  # a moderation's request id -> its edge's answer
         self.reader = StreamReader(relay.redis, in_key(relay.prefix, relay.node_id), self._handle)
         self._sweeper = asyncio.ensure_future(self._sweep())
 
@@ -217,6 +244,15 @@ class HomeSide:
                 found[0].feed(Decoded(m["data"], int(m.get("size", 0))))
         elif op == "leave":
             await self._leave(key)
+        elif op == "moderated":
+            try:
+                MODERATED.validate(m)
+            except ValidationError as exc:
+                logger.warning("classroom relay: ignored a malformed moderation answer: %s", exc.message)
+                return
+            waiting = self.answers.get(m["req"])
+            if waiting is not None and not waiting.done():
+                waiting.set_result(m)
         else:
             logger.warning("classroom relay: ignored an entry with op %r", op)
 
@@ -243,6 +279,29 @@ class HomeSide:
             await iroom.system_message(f"{member.name} joined")
         logger.info("%s (%s) joined room %s as an edge member on node %s", member.identity, member.role,
                     m["room"], node)
+
+    async def moderate(self, room_name: str, identity: str, request: dict) -> dict:
+        """The staff's moderation of an edge member (roomhooks.on_edge): sent to its edge node, which does it
+        and answers; its refusal is raised as the same ClassroomError, no answer in ANSWER_S as Unavailable."""
+        found = next(((k, m) for k, (m, name) in self.members.items()
+                      if name == room_name and m.identity == identity), None)
+        if found is None:
+            raise NotFound(f"{identity} is not in room {room_name}")
+        key, member = found
+        req = uuid.uuid4().hex
+        waiting = self.answers[req] = asyncio.get_running_loop().create_future()
+        member.writer.add({"moderate": {"req": req, "home": self.relay.node_id, "room": room_name,
+                                        "identity": identity, **request}}, to=key)
+        try:
+            answer = await asyncio.wait_for(waiting, ANSWER_S)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"node {member.node}, which serves {identity}, did not answer within "
+                              f"{ANSWER_S:g} s; try again") from None
+        finally:
+            self.answers.pop(req, None)
+        if "error" in answer:
+            raise ERRORS.get(answer["error"]["code"], ClassroomError)(answer["error"]["message"])
+        return answer
 
     def to_edges(self, room_name: str, message: dict, exclude: str | None) -> None:
         """A room-protocol broadcast of the home's room (participant_joined, track_published, speakers...): to
@@ -362,6 +421,9 @@ class ClassroomRelay:
 
     async def _deliver(self, entry: dict) -> None:
         message = entry["m"]
+        if "moderate" in message:
+            await self._moderate(message["moderate"], entry.get("to") or [])
+            return
         members = [self.local[k] for k in entry.get("to") or () if k in self.local]
         if "room_protocol" in message:  # the home room's own broadcast, on the member's room WebSocket
             await asyncio.gather(*(m.participant.send(message["room_protocol"]) for m in members))
@@ -369,6 +431,38 @@ class ClassroomRelay:
         # Each member's ChannelMember.send: its data channel now, else its WebSocket; one slow socket is
         # bounded by the room protocol's own send.
         await asyncio.gather(*(m.send(message) for m in members), return_exceptions=True)
+
+    async def _moderate(self, request: dict, keys: list) -> None:
+        """The home's moderation of an edge member here: done to its Participant as the home does to a local
+        one (the same messages and close), answered on the home's stream."""
+        from signaling.api import roomhooks  # the one implementation of mute, allow_unmute, disconnect
+
+        try:
+            MODERATE.validate(request)
+        except ValidationError as exc:
+            logger.warning("classroom relay: ignored a malformed moderation: %s", exc.message)
+            return
+        answer: dict = {"op": "moderated", "req": request["req"]}
+        room_name, identity, action = request["room"], request["identity"], request["action"]
+        try:
+            member = next((self.local[k] for k in keys if k in self.local), None)
+            if member is None or member.participant.identity != identity:
+                raise NotFound(f"{identity} is not in room {room_name}")
+            by = request.get("by", "")
+            if action == "mute":
+                answer["track_ids"] = await roomhooks.mute(self.app, room_name, identity, request.get("track_id"),
+                                                           by=by)
+            elif action == "allow_unmute":
+                answer["track_ids"] = await roomhooks.allow_unmute(self.app, room_name, identity,
+                                                                   request.get("track_id"), by=by)
+            elif not await roomhooks.disconnect(self.app, room_name, identity, request.get("reason", ""),
+                                                kind=request.get("kind", "removed"), **request.get("extra", {})):
+                raise NotFound(f"{identity} is not in room {room_name}")
+        except ClassroomError as exc:
+            answer["error"] = {"code": exc.code, "message": exc.message}
+        logger.info("%s of edge member %s in room %s, from its home %s: %s", action, identity, room_name,
+                    request["home"], answer.get("error", {}).get("message", "done"))
+        self.writer_to_home(request["home"]).add(answer)
 
     def proxy(self, room: Room, participant: Participant, session_id: str, features: dict) -> HomeProxy:
         home = participant.edge_home

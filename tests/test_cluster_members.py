@@ -304,3 +304,78 @@ async def test_an_edge_that_dies_leaves_the_homes_list_and_a_home_that_dies_relo
             await again.ok("chat.send", {"text": "line sb after"})
         finally:
             await close_all(everyone)
+
+
+async def test_the_staff_on_the_home_mute_remove_and_ban_an_edge_member_as_a_local_one(
+        tmp_path, redis_url, redis_prefix, redis_client, pg_dsn):  # noqa: F811
+    """The home forwards a moderation of an edge member to its edge over the classroom streams; the edge does
+    it to its Participant: the student gets the same refusals, `left` and close as a local one."""
+    upgrade(pg_dsn)
+    async with nodes(tmp_path, redis_url, redis_prefix, "ab", "--database", pg_dsn) as (http, (a, b)):
+        async with http.post(a.base + "/api/sessions", auth=ADMIN,
+                             json={"title": "Ethics", "instructor": "prof", "capacity": 20}) as resp:
+            assert resp.status in (200, 201), await resp.text()
+            session = await resp.json()
+        room = session["room"]
+        async with http.post(f"{a.base}/api/sessions/{session['id']}/start", auth=ADMIN) as resp:
+            assert resp.status == 200, await resp.text()
+
+        def client(server, identity: str, role: str = "student") -> RoomClient:
+            on = On(server)
+            made = RoomClient(on.ws_base, room, on.token(room, identity, role))
+            clients.append(made)
+            return made
+
+        clients: list[RoomClient] = []
+        try:
+            teacher = await client(a, "prof", "instructor").connect()
+            assert teacher.joined["type"] == "joined", teacher.joined
+            sa, sb, sb2 = client(a, "sa"), client(b, "sb"), client(b, "sb2")
+            for c in (sa, sb, sb2):
+                await c.connect()
+                assert c.joined["type"] == "joined", c.joined
+            assert sa.joined["cluster"]["node"] == "a" and "home" not in sa.joined["cluster"]
+            assert sb.joined["cluster"]["home"] == sb2.joined["cluster"]["home"] == "a"
+            await eventually(lambda: {"sb", "sb2"} <= {e["participant"]["identity"] for e in teacher.events
+                                                      if e["type"] == "participant_joined"}, 10,
+                             "the home to list its edge members")
+
+            async def moderate(**message) -> dict:
+                return await teacher.request({"type": "moderate", **message}, "moderated", "error")
+
+            # Neither publishes: the same refusals, whether the edge or the home answers.
+            for action in ("mute", "allow_unmute"):
+                local, edge = await moderate(action=action, identity="sa"), await moderate(action=action, identity="sb")
+                assert local["type"] == edge["type"] == "error" and local["code"] == edge["code"] == "not_found", \
+                    (local, edge)
+                assert edge["message"] == local["message"].replace("sa", "sb"), (local, edge)
+
+            # Remove: the same answer to the teacher, the same `left` and close to the student.
+            for target in ("sa", "sb"):
+                out = await moderate(action="remove", identity=target, reason="off topic")
+                assert out == {"type": "moderated", "action": "remove", "identity": target, "ref": None}, out
+            left_a, left_b = await sa.expect("left"), await sb.expect("left")
+            assert left_b == left_a == {"type": "left", "code": "removed", "reason": "off topic", "by": "prof"}, \
+                (left_a, left_b)
+            await eventually(lambda: sa.ws.closed and sb.ws.closed, 5, "both sockets to close")
+            assert sb.ws.close_code == sa.ws.close_code, (sa.ws.close_code, sb.ws.close_code)
+            # The home's participant list has it no more (its edge's `leave` reached the home).
+            await eventually(lambda: any(e["type"] == "participant_left" and e["identity"] == "sb"
+                                         for e in teacher.events), 10, "the home to see sb leave")
+            late = await client(a, "late").connect()
+            listed = {p["identity"] for p in late.joined["room"]["participants"]}
+            assert "sb" not in listed and "sa" not in listed and "sb2" in listed, listed
+
+            # Ban: the edge member is disconnected as banned, and its next join (on its edge) is refused.
+            out = await moderate(action="ban", identity="sb2", reason="spam")
+            assert out["type"] == "moderated", out
+            left = await sb2.expect("left")
+            assert left["code"] == "banned" and left["reason"] == "banned from this session: spam", left
+            again = await client(b, "sb2").connect()
+            assert again.joined["type"] == "error" and again.joined["code"] == "banned", again.joined
+            # A target the home does not know anywhere: the local answer.
+            gone = await moderate(action="remove", identity="sb")
+            assert gone["type"] == "error" and gone["code"] == "not_found", gone
+        finally:
+            for c in clients:
+                await c.close()

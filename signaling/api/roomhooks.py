@@ -11,7 +11,7 @@ import logging
 from aiohttp import web
 
 from classroom.errors import (Banned, BadPassword, ClassroomError, Conflict, InvalidInput, InvalidTransition,
-                              NotFound, PermissionDenied, SessionClosed, SessionFull)
+                              NotFound, PermissionDenied, SessionClosed, SessionFull, Unavailable)
 from classroom.sessions import Admission
 from recorder.service import RECORDINGS
 from shared.roles import PARTICIPANT_ROLES, STAFF_ROLES
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 # (the client is not in the room) or a refused `moderate` gets {"type": "error", "code": ...}.
 ADMISSION_CODES = {SessionFull: "session_full", SessionClosed: "session_not_live", Banned: "banned",
                    BadPassword: "bad_password", PermissionDenied: "forbidden", NotFound: "not_found",
-                   InvalidInput: "invalid", InvalidTransition: "conflict", Conflict: "conflict"}
+                   InvalidInput: "invalid", InvalidTransition: "conflict", Conflict: "conflict",
+                  Unavailable: "node_unavailable"}
 
 
 def room_code(exc: ClassroomError) -> str:
@@ -179,10 +180,25 @@ def live_participant(app: web.Application, room_name: str, identity: str):
     return room, (room.participants.get(identity) if room is not None else None)
 
 
+async def on_edge(app: web.Application, room_name: str, identity: str, request: dict) -> dict | None:
+    """On a room's home, for a target that is an edge member on another node: `request` (a moderation) done
+    there by its edge (signaling/edge_members.py), whose answer this returns; None if it is no edge member.
+    The edge's refusal is raised here as the same ClassroomError; no answer in time is Unavailable."""
+    room = app[ROOMS].rooms.get(room_name)
+    if room is None or identity not in room.remote_participants or identity in room.participants:
+        return None
+    from signaling.edge_members import EDGE  # only rooms with edge members get here (redis-py is present)
+
+    return await app[EDGE].home.moderate(room_name, identity, request)
+
+
 async def mute(app: web.Application, room_name: str, identity: str, track_id: str | None, *, by: str) -> list[str]:
     """Stop forwarding `identity`'s track (or all their tracks) and tell everyone (`track_muted` with `by`)."""
     room, target = live_participant(app, room_name, identity)
     if target is None:
+        answer = await on_edge(app, room_name, identity, {"action": "mute", "track_id": track_id, "by": by})
+        if answer is not None:
+            return answer["track_ids"]
         raise NotFound(f"{identity} is not in room {room_name}")
     tracks = list(target.publisher.tracks.values()) if target.publisher else []
     if track_id is not None:
@@ -207,6 +223,10 @@ async def allow_unmute(app: web.Application, room_name: str, identity: str, trac
     unmute it themselves (nobody's microphone is turned on for them)."""
     room, target = live_participant(app, room_name, identity)
     if target is None:
+        answer = await on_edge(app, room_name, identity, {"action": "allow_unmute", "track_id": track_id,
+                                                          "by": by})
+        if answer is not None:
+            return answer["track_ids"]
         raise NotFound(f"{identity} is not in room {room_name}")
     tracks = list(target.publisher.tracks.values()) if target.publisher else []
     sources = set(target.locked) if track_id is None else {t.source for t in tracks if t.track_id == track_id}
@@ -237,7 +257,8 @@ async def disconnect(app: web.Application, room_name: str, identity: str, reason
     """Close `identity`'s connection to the room; they get {"type": "left", "code": kind, "reason": ...}."""
     room, target = live_participant(app, room_name, identity)
     if target is None:
-        return False
+        return await on_edge(app, room_name, identity, {"action": "disconnect", "reason": reason, "kind": kind,
+                                                        "extra": extra}) is not None
     if target.transport == "ws":
         await target.disconnect(reason, kind=kind, **extra)  # the socket closes; its handler leaves the room
     else:  # WHIP/WHEP: no signaling socket to tell
@@ -303,8 +324,11 @@ def transport_observer(app: web.Application):
                 await manager.session_ended(data["room"])
             room = app[ROOMS].rooms.get(data["room"])
             if room is not None:
-                for identity in list(room.participants):
-                    await disconnect(app, room.name, identity, "the session has ended", kind="ended",
-                                     title=data.get("title"))
+                for identity in [*room.participants, *room.remote_participants]:  # edge members too
+                    try:
+                        await disconnect(app, room.name, identity, "the session has ended", kind="ended",
+                                         title=data.get("title"))
+                    except Unavailable as exc:  # its edge is gone: the home's sweep lets it leave
+                        log.warning("session in room %s ended: %s", room.name, exc.message)
 
     return observe
