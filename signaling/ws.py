@@ -214,7 +214,7 @@ async def _join(app: web.Application, room_name: str, token: str, send, password
         **({"resume": participant.session_id} if resumable else {}),
         "grants": {"can_publish": grants.can_publish, "can_subscribe": grants.can_subscribe,
                    "can_publish_data": grants.can_publish_data},
-        "room": room.state(),
+        "room": room.state() if relay is None else edge_state(room, relay),
         "ice_servers": [s.to_json() for s in app[ROOMS].peers.ice.for_identity(grants.identity)],
         **({"session": {"id": session.id, "title": session.title, "type": session.type,
                         "status": session.status}} if session is not None else {}),
@@ -252,7 +252,7 @@ async def _resume(app: web.Application, room_name: str, grants, resume: str, sen
         "participant": participant.describe(),
         "grants": {"can_publish": participant.grants.can_publish, "can_subscribe": participant.grants.can_subscribe,
                    "can_publish_data": participant.grants.can_publish_data},
-        "room": room.state(),
+        "room": room.state() if relay is None else edge_state(room, relay),
         "ice_servers": [s.to_json() for s in app[ROOMS].peers.ice.for_identity(grants.identity)],
         "recording": recording_state(app, room_name),
     })
@@ -345,6 +345,15 @@ async def _handle(app, room, participant: Participant, message: dict, send, raw:
         # The frame's size bounds the payload's: the classroom need not encode it again to measure it.
         size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
         await handler.on_message(room, participant, message["payload"], size)
+
+
+def edge_state(room, relay) -> dict:
+    """An edge member's `joined.room`: this node's room, with the home's tracks it is offered (the relayed
+    broadcast: the teacher's camera or screen and microphone), so its page lists them as on."""
+    state = room.state()
+    known = {t["track_id"] for t in state["tracks"]}
+    state["tracks"] += [t.describe() for t in relay.broadcast_tracks().values() if t.track_id not in known]
+    return state
 
 
 def recording_state(app, room_name: str) -> dict | None:

@@ -83,6 +83,7 @@ async def test_a_chat_on_a_reaches_members_on_b_and_c_once_and_a_poll_is_the_sam
         await teacher.start()  # the first join places the room on a
         assert await redis_client.hget(redis_prefix + "room_node_map", room) == "a"
         await teacher.client.publish(CounterVideoTrack(), sources=["camera"])
+        camera = (await teacher.client.expect("track_published", timeout=10))["track"]
         students = {"sa": Member(On(a), room, "sa"), "sb": Member(On(b), room, "sb"),
                     "sb2": Member(On(b), room, "sb2"), "sc": Member(On(c), room, "sc")}
         everyone = [teacher, *students.values()]
@@ -96,6 +97,10 @@ async def test_a_chat_on_a_reaches_members_on_b_and_c_once_and_a_poll_is_the_sam
                     assert joined["cluster"]["home"] == "a"
                     # The home's state (its InteractiveRoom: chat history, polls) came over Redis.
                     assert students[identity].state()["room"] == room
+                    # Its `joined` lists the home's relayed tracks: its page shows the teacher's camera on.
+                    assert camera["track_id"] in {t["track_id"] for t in joined["room"]["tracks"]}, joined["room"]
+                    relayed = next(t for t in joined["room"]["tracks"] if t["track_id"] == camera["track_id"])
+                    assert relayed["participant"] == "prof" and relayed["source"] == "camera", relayed
 
             # An edge member hears the home room's presence: the teacher and the classmates on other nodes.
             for identity in ("sb", "sc"):

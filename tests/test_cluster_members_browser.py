@@ -33,6 +33,9 @@ async def test_the_page_on_an_edge_node_decodes_the_teacher_and_chats_through_th
             await wait_frames_decoded(page, minimum=10, timeout=20)
             # The home's participants are listed (the teacher, bo), so the page does not say the host is away.
             await wait_js(page, "['teacher', 'bo'].every(i => window.stoa.state.participants.has(i))", timeout=10)
+            # Its `joined` carried the home's relayed tracks: the list shows the teacher's camera on.
+            await wait_js(page, "document.querySelector('#participants li[data-identity=\"teacher\"]')"
+                                "?.dataset.camera === 'on'", timeout=10)
 
             await classmate.ok("chat.send", {"text": "hello from a"})
             await wait_js(page, CHAT_SHOWS % "hello from a", timeout=10)
