@@ -384,3 +384,63 @@ async def test_the_staff_on_the_home_mute_remove_and_ban_an_edge_member_as_a_loc
         finally:
             for c in clients:
                 await c.close()
+
+
+async def test_a_moderation_sent_to_an_edge_is_answered_on_the_homes_stream_or_fails_clearly(
+        redis_url, redis_prefix, redis_client, monkeypatch):  # noqa: F811
+    """The home's side of a moderation on the machine's Redis: the `moderate` entry goes to the member's edge
+    stream `to` its key; the edge's answer (done, or a refusal) comes back on the home's stream and is
+    returned or raised as the same error; no answer is `Unavailable`, naming the node."""
+    from types import SimpleNamespace
+
+    from classroom.errors import NotFound, Unavailable
+    from signaling import edge_members
+    from signaling.cluster import connect
+    from signaling.routing import CLUSTER
+
+    client = connect(redis_url)
+    relay = SimpleNamespace(redis=client, prefix=redis_prefix, node_id="h")
+    home = edge_members.HomeSide({CLUSTER: SimpleNamespace(healthy=False)}, relay)
+    to_edge = edge_members.StreamWriter(client, edge_members.out_key(redis_prefix, "e"), "home-writer")
+    to_home = edge_members.StreamWriter(client, edge_members.in_key(redis_prefix, "h"), "edge-writer")
+    home.members["e:1"] = (SimpleNamespace(identity="sb", node="e", writer=to_edge), "r")
+    seen: list = []
+
+    async def edge(entry: dict) -> None:
+        request = entry["m"]["moderate"]
+        seen.append((request, entry["to"]))
+        to_home.add({"op": "moderated", "req": "not-this-one"})  # another request's: not taken for this one
+        to_home.add({"op": "moderated"})  # malformed: ignored (logged)
+        if request["action"] == "mute":
+            to_home.add({"op": "moderated", "req": request["req"],
+                         "error": {"code": "not_found", "message": "sb publishes no tracks"}})
+        else:
+            to_home.add({"op": "moderated", "req": request["req"]})
+
+    edge_reader = edge_members.StreamReader(client, edge_members.out_key(redis_prefix, "e"), edge)
+    try:
+        await eventually(lambda: edge_reader.last_id is not None and home.reader.last_id is not None, 5,
+                         "both readers to start")
+        done = await home.moderate("r", "sb", {"action": "disconnect", "reason": "off topic", "kind": "removed",
+                                               "extra": {"by": "prof"}})
+        assert done["op"] == "moderated" and "error" not in done, done
+        request, to = seen[0]
+        assert to == ["e:1"] and edge_members.MODERATE.is_valid(request), request
+        assert request == {"req": done["req"], "home": "h", "room": "r", "identity": "sb", "action": "disconnect",
+                           "reason": "off topic", "kind": "removed", "extra": {"by": "prof"}}
+        with pytest.raises(NotFound, match="sb publishes no tracks"):
+            await home.moderate("r", "sb", {"action": "mute", "track_id": None, "by": "prof"})
+        with pytest.raises(NotFound, match="nobody is not in room r"):
+            await home.moderate("r", "nobody", {"action": "mute", "by": "prof"})
+        await edge_reader.close()  # the edge stops answering
+        monkeypatch.setattr(edge_members, "ANSWER_S", 0.5)
+        with pytest.raises(Unavailable, match="node e, which serves sb, did not answer"):
+            await home.moderate("r", "sb", {"action": "mute", "by": "prof"})
+        assert not home.answers, "a request that timed out is forgotten"
+    finally:
+        await edge_reader.close()
+        home.members.clear()  # no RemoteMember to stop
+        await home.close()
+        await to_edge.close()
+        await to_home.close()
+        await client.aclose()
