@@ -45,11 +45,11 @@ async def test_a_viewer_who_joined_first_decodes_three_cameras_added_by_renegoti
         await publish_three(stoa_server, room, publishers)
         await eventually(lambda: len(frames_by_publisher(viewer)) == 3, 15, "three videos at the viewer")
         await eventually(lambda: all(f > 5 for f in frames_by_publisher(viewer).values()), 15, "all three decode")
-        for _ in range(2):  # and keep decoding
+        for _ in range(2):  # and keep decoding (a stalled video decodes none; a loaded machine, fewer)
             before = frames_by_publisher(viewer)
             await asyncio.sleep(1.5)
             after = frames_by_publisher(viewer)
-            assert all(after[p] >= before[p] + 5 for p in FIRST), (before, after)
+            assert all(after[p] > before[p] for p in FIRST), (before, after)
         for transceiver in viewer.sub.getTransceivers():
             info = viewer.track_info.get(transceiver.mid)
             if info and info["kind"] == "video":
@@ -81,7 +81,7 @@ async def test_a_room_page_viewer_who_joined_first_decodes_every_video(stoa_serv
         before = await eventually(all_decode, 20, "four videos (p1's camera and screen) decoding in the page")
         await asyncio.sleep(2)
         after = await decoded()
-        assert all(after[t] >= before[t] + 5 for t in before), (before, after)
+        assert all(after[t] > before[t] for t in before), (before, after)
         await screenshot(page, artifacts_dir, "viewer-first-every-video")
         assert not chromium.errors(), chromium.errors()
     finally:
