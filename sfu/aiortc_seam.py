@@ -1334,11 +1334,14 @@ async def retire_rejected_transceivers(pc: RTCPeerConnection, offered_mids: set[
 
 
 def rebundle_orphans(pc: RTCPeerConnection) -> int:
-    """After applying a remote answer: move sections left on a stopped transport onto the BUNDLE
+    """After applying a remote description: move sections left on a stopped transport onto the BUNDLE
     group's. With aiortc's balanced policy a second section of a kind starts on the first one's
-    transport marked `_bundled`, so when the answer's BUNDLE moves the sections onto the group's
-    transport and stops the others, that section is skipped and keeps a stopped transport (a late
-    joiner got the camera but never the screen). Runs before aiortc's connect task. Returns how many."""
+    transport marked `_bundled`, so when the description's BUNDLE moves the sections onto the group's
+    transport and stops the others, that section is skipped and keeps a stopped transport: its sender
+    sends nothing (a late joiner got the camera but never the screen), its receiver never starts and
+    its packets, routed by payload type, land in the first section's receiver (an aiortc viewer offered
+    two new videos at once decoded neither: VP8 "Invalid data"). Runs before aiortc's connect task.
+    Returns how many."""
     def stopped(dtls: RTCDtlsTransport) -> bool:  # aiortc stops the ICE transport of a discarded one
         return dtls.transport.state == "closed"
 

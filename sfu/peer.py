@@ -215,8 +215,7 @@ class PeerFactory:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         except Exception as exc:
             raise SdpError(f"the SDP was refused: {exc}") from None
-        if kind == "answer":
-            rebundle_orphans(pc)
+        rebundle_orphans(pc)  # an answer's BUNDLE, or an offer's (a publisher's two audio sections)
         if restart:
             await follow_ice_restart(pc, parsed, kind)
 

@@ -9,7 +9,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
-from sfu.aiortc_seam import allow_large_rtp, restrict_ice_gathering
+from sfu.aiortc_seam import allow_large_rtp, rebundle_orphans, restrict_ice_gathering
 from sfu.peer import follow_ice_restart, ice_restart_in
 from tests.media import read_counter
 
@@ -33,10 +33,14 @@ async def make_offer(pc: RTCPeerConnection) -> str:
 
 
 async def set_remote(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
-    """Like a browser, an ICE restart in the other side's description is followed (the server's way)."""
+    """Like a browser, an ICE restart in the other side's description is followed (the server's way), and
+    every section ends up on the BUNDLE transport: an offer adding two sections of a kind the connection had
+    none of leaves the second on a transport aiortc stopped, whose receiver never starts, and its packets,
+    routed by payload type, land in the first one's jitter buffer (VP8 "Invalid data")."""
     parsed = SessionDescription.parse(sdp)
     restart = ice_restart_in(pc, parsed, kind)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+    rebundle_orphans(pc)
     if restart:
         await follow_ice_restart(pc, parsed, kind)
 

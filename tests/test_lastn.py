@@ -176,8 +176,8 @@ async def test_a_viewer_with_n_2_decodes_the_two_recent_speakers_and_a_pinned_on
             tones[name] = ToneAudioTrack(amplitude=0)  # silence until it speaks
             reply = await client.publish(CounterVideoTrack(fps=10), tones[name], sources=["camera", "microphone"])
             assert reply["type"] == "answer", reply
-        # The viewer comes last, so one offer carries every track (a viewer offered tracks one after another
-        # loses earlier videos at times, with or without Last-N: see the report of branch lastn14).
+        # The viewer comes last, so one offer carries every track (a viewer in the room first is
+        # tests/test_viewer_first.py).
         viewer = await RoomClient(stoa_server.ws_base, room, stoa_server.token(room, "viewer", "viewer")).connect()
         first = await viewer.request({"type": "last_n", "n": 2}, "forwarded")
         assert first["last_n"] == 2 and len(first["track_ids"]) == 2 and first["pinned"] == []

@@ -72,3 +72,49 @@ async def test_a_second_video_section_of_a_first_offer_gets_the_bundle_transport
     finally:
         await client.close()
         await peers.close_all()
+
+
+async def connected_on_one_transport(pc: RTCPeerConnection) -> None:
+    assert len({id(t.receiver.transport) for t in pc.getTransceivers()}) == 1
+    for _ in range(200):
+        if all(t.receiver.transport.state == "connected" for t in pc.getTransceivers()):
+            break
+        await asyncio.sleep(0.05)
+    assert [t.receiver.transport.state for t in pc.getTransceivers()] == ["connected"] * len(pc.getTransceivers())
+
+
+async def test_a_viewer_offered_two_new_videos_at_once_receives_both_on_the_bundle_transport():
+    # The viewer joined an empty room (a data channel only); two cameras come in one renegotiation. The second
+    # video section kept a transport aiortc stopped, so its receiver never started (tests/peers.set_remote).
+    from tests.peers import answer_offer
+
+    peers = PeerFactory(IceSettings(addresses=["127.0.0.1"]))
+    server = peers.create()
+    server.createDataChannel("stoa")
+    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        await peers.set_remote(server, await answer_offer(viewer, await peers.offer(server)), "answer")
+        for kind in ("video", "audio", "video", "audio"):
+            server.addTransceiver(IdleTrack(kind), direction="sendonly")
+        await peers.set_remote(server, await answer_offer(viewer, await peers.offer(server)), "answer")
+        await connected_on_one_transport(viewer)
+    finally:
+        await viewer.close()
+        await peers.close_all()
+
+
+async def test_a_publisher_offer_with_two_sections_of_each_kind_is_received_on_the_bundle_transport():
+    # Camera, microphone, screen, screen audio in one offer: the server's second audio section was orphaned.
+    from tests.peers import apply_answer, make_offer
+
+    peers = PeerFactory(IceSettings(addresses=["127.0.0.1"]))
+    server = peers.create()
+    publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        for kind in ("video", "audio", "video", "audio"):
+            publisher.addTransceiver(IdleTrack(kind), direction="sendonly")
+        await apply_answer(publisher, await peers.answer(server, await make_offer(publisher)))
+        await connected_on_one_transport(server)
+    finally:
+        await publisher.close()
+        await peers.close_all()
