@@ -86,8 +86,10 @@ def server_media(stoa_server) -> list:
     room = stoa_server.app[ROOMS].rooms.get(ROOM)
     if room is None:
         return []
-    return [(t.publisher_id, t.source, t.packets_received, t.keyframes_received,
-             [(d.subscriber_id, d.packets_sent, d.keyframe_requests) for d in t.downtracks]) for t in room.tracks()]
+    # A simulcast track's legs sit in its layers' fan-out lists, as taps (sfu/layers.py): per layer.
+    return [(t.publisher_id, t.source, [(layer.packets_received, layer.keyframes_received,
+             [(getattr(d, "subscriber_id", None), getattr(d, "packets_sent", None)) for d in layer.downtracks])
+             for layer in (t.layers or [t])]) for t in room.tracks()]
 
 
 async def receives_audio(page, timeout: float = 20.0) -> dict:
