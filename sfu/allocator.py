@@ -49,6 +49,8 @@ SIZE_SLACK = 0.9     # a layer at 90% of the rendered size counts as big enough
 PROBE_SLACK = 1.1    # a probe that held lifts the cap 10% over its target
 DRAIN = 0.8          # for DRAIN_FOR s after a congestion signal, layers must fit 80% of the estimate ...
 DRAIN_FOR = 3.0      # ... so the queue built at the viewer's bottleneck drains (and the keyframe passes)
+UNRAN_RATIO = 2.5    # a layer that never ran is taken at 2.5 times the one below (twice the size each way)
+START_BITRATE = 300_000  # bits/s a viewer is assumed to carry before its first REMB (libwebrtc's start rate)
 
 
 class Leg(Protocol):
@@ -66,8 +68,11 @@ class Leg(Protocol):
 class LayerAllocator:
     def __init__(self) -> None:
         self.estimate: float | None = None  # bits/s, the viewer's last REMB
-        self.cap = math.inf  # bits/s the viewer's link carries, since the last congestion signal
-        self._cap_at = -math.inf
+        # bits/s the viewer's link carries, since the last congestion signal; a new viewer's is the start
+        # rate, which later REMBs and probes raise
+        self.cap: float = START_BITRATE
+        self._cap_at = -math.inf  # when the last congestion signal set the cap (-inf: the start rate)
+        self._first: float | None = None  # the first allocation
         self._probe_after = PROBE_AFTER
         self._lifted_at = -math.inf
         self.congestion_events = 0
@@ -103,13 +108,32 @@ class LayerAllocator:
         self._fits_since[id(leg)] = -math.inf
 
     def budget(self, now: float, probing: bool = False) -> float:
+        if self._first is None:
+            self._first = now
         if probing:
             pass  # padding probes raise the cap; it is never lifted blind
+        elif self._cap_at == -math.inf:
+            # The start rate: a viewer whose legs cannot pad (yet: no media on them) waits PROBE_AFTER, then
+            # its legs step up blind. (Not a probe: congestion after it does not lengthen the wait.)
+            if now - self._first >= PROBE_AFTER:
+                self.cap = math.inf
         elif self.cap != math.inf and now - self._cap_at >= self._probe_after:
             self.cap, self._lifted_at = math.inf, now  # probe: let the legs step up
         elif self.cap == math.inf and now - self._lifted_at >= PROBE_FAILS + PROBE_AFTER:
             self._probe_after = PROBE_AFTER  # the last probe held
         return self.cap * DRAIN if now - self._cap_at < DRAIN_FOR else self.cap
+
+    def start_layer(self, uptrack) -> int:
+        """The layer a new leg of `uptrack` starts on: the highest whose rate fits the start rate (or the
+        viewer's estimate, once known), as libwebrtc starts a new stream at its start bitrate; the leg steps
+        up from there through the probes. A layer not measured yet counts only as the lowest."""
+        budget = START_BITRATE if self.estimate is None else max(START_BITRATE, min(self.cap, self.estimate))
+        choice = 0
+        for i, layer in enumerate(uptrack.layers):
+            rate = layer.bitrate() or getattr(layer, "known_bitrate", 0.0)
+            if 0 < rate <= budget:
+                choice = i
+        return choice
 
     def set_size(self, track_id: str, width: int, height: int) -> None:
         self.sizes[track_id] = (max(0, int(width)), max(0, int(height)))
@@ -147,6 +171,7 @@ class LayerAllocator:
             budget -= spent
         changed: dict[Leg, int] = {}
         wants: tuple[Leg, float] | None = None  # the first leg the budget holds down, and what it lacks
+        lost = False  # a leg stepped down for loss
         for leg in simulcast:
             key = id(leg)
             layers = leg.uptrack.layers
@@ -154,6 +179,10 @@ class LayerAllocator:
             cap = self.size_cap(leg)
             # a layer paused by dynacast counts at the rate it had when it ran
             rates = [layer.bitrate() or getattr(layer, "known_bitrate", 0.0) for layer in layers]
+            for i in range(1, len(rates)):
+                if not rates[i] and i > current:
+                    # never ran (a leg starts low, so dynacast paused it at once): guessed from the one below
+                    rates[i] = rates[i - 1] * UNRAN_RATIO
             choice = 0
             for i in range(cap + 1):
                 rate = rates[i]
@@ -167,6 +196,7 @@ class LayerAllocator:
                 if now - self._last_loss_step.get(key, -math.inf) >= LOSS_HOLD:
                     self._last_loss_step[key] = now
                     choice = current - 1
+                    lost = True
                 else:
                     choice = min(choice, current)
             if choice > current:
@@ -196,6 +226,11 @@ class LayerAllocator:
             if estimated:
                 budget -= rates[choice]
             spent += rates[choice]
+        if lost and spent > 0:
+            # The link lost what it was sent: it carries what is left (10% over, as rates move), until a
+            # probe shows more. (Else the leg would step up again blind once the loss clears.)
+            self.cap = min(self.cap, spent * PROBE_SLACK)
+            self.prober.on_congestion(now)
         self.probe_request = None
         if wants is not None and self.prober.ready(now):
             self.probe_request = (wants[0], spent + wants[1], spent)

@@ -74,8 +74,9 @@ class DownTrack:
     def track_id(self) -> str | None:
         return self.uptrack.track_id if self.uptrack is not None else None
 
-    def attach(self, uptrack) -> None:
-        """Forward `uptrack` on this leg; a leg that carried another source continues seamlessly."""
+    def attach(self, uptrack, layer: int | None = None) -> None:
+        """Forward `uptrack` on this leg; a leg that carried another source continues seamlessly. A simulcast
+        track starts on `layer` (the subscriber's allocator chooses it; the highest if None)."""
         if self.uptrack is uptrack:
             return
         if self.uptrack is not None:
@@ -87,8 +88,8 @@ class DownTrack:
             self.forwarder.needs_keyframe = uptrack.kind == "video"
         layers = getattr(uptrack, "layers", None)
         if layers:
-            # Simulcast: start on the highest layer; the subscriber's allocator steps it down.
-            self.switcher = LayerSwitcher(self, uptrack, len(layers) - 1)
+            # Simulcast: the allocator moves it from this layer.
+            self.switcher = LayerSwitcher(self, uptrack, len(layers) - 1 if layer is None else layer)
         else:
             self.source = uptrack
             uptrack.add_downtrack(self)
