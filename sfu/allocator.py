@@ -24,6 +24,10 @@ A viewer whose legs cannot carry padding (no RTX negotiated) gets the older prob
 is lifted PROBE_AFTER seconds after the last congestion signal, the legs step up one layer at a time,
 and a step that brings congestion back doubles the wait before the next one.
 
+A new leg starts low: on the highest layer the start rate (START_BITRATE) carries, and the start rate is
+the viewer's cap until REMBs or probes raise it, so a narrow link is never sent the top layer first. A
+step down for loss caps the viewer at what it is then sent, until a probe holds.
+
 Hysteresis: a leg goes down at once (at most once per DOWN_HOLD), up one layer at a time once the
 higher layer has fitted for UP_HOLD. Pure: the caller passes `now`; tests/test_sfu_simulcast.py drives it.
 """
@@ -71,6 +75,9 @@ class LayerAllocator:
         # bits/s the viewer's link carries, since the last congestion signal; a new viewer's is the start
         # rate, which later REMBs and probes raise
         self.cap: float = START_BITRATE
+        # the cap is only a ceiling (the start rate, a held probe, a loss step): it holds legs below it, and
+        # steps none down; only a congestion signal's cap does
+        self._ceiling = True
         self._cap_at = -math.inf  # when the last congestion signal set the cap (-inf: the start rate)
         self._first: float | None = None  # the first allocation
         self._probe_after = PROBE_AFTER
@@ -94,7 +101,7 @@ class LayerAllocator:
             self.congestion_events += 1
             if now - self._lifted_at < PROBE_FAILS:
                 self._probe_after = min(PROBE_MAX, self._probe_after * 2)
-            self.cap, self._cap_at = bitrate, now
+            self.cap, self._cap_at, self._ceiling = bitrate, now, False
             self.prober.on_congestion(now)
             return True
         if bitrate > self.cap:
@@ -104,7 +111,7 @@ class LayerAllocator:
     def probe_held(self, leg: Leg, target: float) -> None:
         """The probe for `leg` held: the link carries `target`, and the leg steps up without UP_HOLD.
         (PROBE_SLACK: the layers' rates, sampled each second, moved since the target was set.)"""
-        self.cap = max(self.cap, target * PROBE_SLACK)
+        self.cap, self._ceiling = max(self.cap, target * PROBE_SLACK), True
         self._fits_since[id(leg)] = -math.inf
 
     def budget(self, now: float, probing: bool = False) -> float:
@@ -187,7 +194,9 @@ class LayerAllocator:
             for i in range(cap + 1):
                 rate = rates[i]
                 if i <= current:
-                    need = rate  # unknown yet (no packets): a layer the leg has counts as fitting
+                    # unknown yet (no packets): a layer the leg has counts as fitting; under a ceiling, any
+                    # (its rate grew past what a probe measured, as a publisher ramps up: no congestion)
+                    need = 0.0 if self._ceiling else rate
                 else:
                     need = rate * UP_MARGIN if rate > 0 else math.inf
                 if need <= budget:
@@ -229,7 +238,7 @@ class LayerAllocator:
         if lost and spent > 0:
             # The link lost what it was sent: it carries what is left (10% over, as rates move), until a
             # probe shows more. (Else the leg would step up again blind once the loss clears.)
-            self.cap = min(self.cap, spent * PROBE_SLACK)
+            self.cap, self._ceiling = min(self.cap, spent * PROBE_SLACK), True
             self.prober.on_congestion(now)
         self.probe_request = None
         if wants is not None and self.prober.ready(now):

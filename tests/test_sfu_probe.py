@@ -188,6 +188,24 @@ def test_a_step_down_for_loss_caps_the_viewer_until_a_probe_holds():
     assert alloc.probe_request is not None and alloc.probe_request[0] is leg
 
 
+def test_a_layer_whose_rate_grows_past_a_held_probe_is_kept_without_congestion():
+    """A publisher ramping up: the probe measured h at 250k, h then runs at 400k. No congestion: it stays."""
+    rates = [150_000, 250_000, 900_000]
+    track = simulcast_track()
+    for layer, i in zip(track.layers, range(3)):
+        layer.bitrate = lambda i=i: rates[i]
+    leg = legs_of(track, can_pad=True)
+    leg.switcher.target = leg.switcher.current = 0
+    alloc = LayerAllocator()
+    alloc.on_estimate(120_000, 190_000, 0.0)
+    alloc.probe_held(leg, 150_000 + 250_000 * UP_MARGIN - 150_000)
+    assert alloc.allocate([leg], 1.0) == {leg: 1}
+    rates[1] = 400_000
+    assert alloc.allocate([leg], 3.0) == {}  # over the probe's cap, but nothing says the link is full
+    assert alloc.on_estimate(110_000, 450_000, 3.5)  # a congestion signal: now it steps down
+    assert alloc.allocate([leg], 3.5) == {leg: 0}
+
+
 def test_a_drained_budget_steps_down_past_a_layer_that_only_just_fits():
     alloc = LayerAllocator()
     leg = legs_of(simulcast_track())
