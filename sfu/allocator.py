@@ -186,10 +186,12 @@ class LayerAllocator:
             cap = self.size_cap(leg)
             # a layer paused by dynacast counts at the rate it had when it ran
             rates = [layer.bitrate() or getattr(layer, "known_bitrate", 0.0) for layer in layers]
+            guessed = [False] * len(rates)
             for i in range(1, len(rates)):
                 if not rates[i] and i > current:
-                    # never ran (a leg starts low, so dynacast paused it at once): guessed from the one below
-                    rates[i] = rates[i - 1] * UNRAN_RATIO
+                    # never ran (a leg starts low, so dynacast paused it at once): guessed from the one below,
+                    # to probe for; only a held probe steps a leg up to it
+                    rates[i], guessed[i] = rates[i - 1] * UNRAN_RATIO, True
             choice = 0
             for i in range(cap + 1):
                 rate = rates[i]
@@ -210,7 +212,7 @@ class LayerAllocator:
                     choice = min(choice, current)
             if choice > current:
                 since = self._fits_since.setdefault(key, now)
-                if now - since < UP_HOLD:
+                if now - since < UP_HOLD or (guessed[current + 1] and since != -math.inf):
                     choice = current
                 else:
                     choice = current + 1  # one layer at a time

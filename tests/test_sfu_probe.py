@@ -206,6 +206,20 @@ def test_a_layer_whose_rate_grows_past_a_held_probe_is_kept_without_congestion()
     assert alloc.allocate([leg], 3.5) == {leg: 0}
 
 
+def test_a_layer_that_never_ran_is_probed_for_at_a_guessed_rate_and_reached_only_by_a_held_probe():
+    track = simulcast_track((150_000, 0, 0))
+    leg = legs_of(track, can_pad=True)
+    leg.switcher.target = leg.switcher.current = 0
+    alloc = LayerAllocator()
+    alloc.on_estimate(2_000_000, 190_000, 0.0)  # a cap far over any guess
+    assert alloc.allocate([leg], 0.0) == {}
+    assert alloc.allocate([leg], UP_HOLD + 1) == {}  # no blind step to a guess
+    probed, target, sent = alloc.probe_request
+    assert target == pytest.approx(150_000 + 150_000 * 2.5 * UP_MARGIN - 150_000)
+    alloc.probe_held(leg, target)
+    assert alloc.allocate([leg], UP_HOLD + 2) == {leg: 1}
+
+
 def test_a_drained_budget_steps_down_past_a_layer_that_only_just_fits():
     alloc = LayerAllocator()
     leg = legs_of(simulcast_track())
