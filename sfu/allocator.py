@@ -104,8 +104,8 @@ class LayerAllocator:
             self.cap, self._cap_at, self._ceiling = bitrate, now, False
             self.prober.on_congestion(now)
             return True
-        if bitrate > self.cap:
-            self.cap = bitrate
+        if bitrate > self.cap and not self._ceiling:
+            self.cap = bitrate  # (a ceiling rises by probes only: a viewer's first REMBs can be far over its link)
         return False
 
     def probe_held(self, leg: Leg, target: float) -> None:
@@ -132,9 +132,9 @@ class LayerAllocator:
 
     def start_layer(self, uptrack) -> int:
         """The layer a new leg of `uptrack` starts on: the highest whose rate fits the start rate (or the
-        viewer's estimate, once known), as libwebrtc starts a new stream at its start bitrate; the leg steps
+        viewer's cap, once probes raised it), as libwebrtc starts a new stream at its start bitrate; the leg steps
         up from there through the probes. A layer not measured yet counts only as the lowest."""
-        budget = START_BITRATE if self.estimate is None else max(START_BITRATE, min(self.cap, self.estimate))
+        budget = self.cap if self.cap != math.inf else max(START_BITRATE, self.estimate or 0.0)
         choice = 0
         for i, layer in enumerate(uptrack.layers):
             rate = layer.bitrate() or getattr(layer, "known_bitrate", 0.0)

@@ -147,7 +147,9 @@ def test_a_new_leg_starts_on_the_layer_the_start_rate_carries():
     assert alloc.start_layer(simulcast_track()) == 0  # 150k fits 300k, 400k does not
     assert alloc.start_layer(simulcast_track((100_000, 250_000, 900_000))) == 1
     assert alloc.start_layer(simulcast_track((0, 0, 0))) == 0  # nothing measured yet: the lowest
-    alloc.on_estimate(1_400_000, 900_000, 0.0)  # a viewer whose link is known starts on what it carries
+    alloc.on_estimate(2_600_000, 190_000, 0.0)  # a first REMB far over the link (seen): not trusted
+    assert alloc.start_layer(simulcast_track()) == 0
+    alloc.probe_held(object(), 1_300_000)  # a viewer whose link a probe showed starts on what it carries
     assert alloc.start_layer(simulcast_track()) == 2
 
 
