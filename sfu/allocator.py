@@ -24,10 +24,6 @@ A viewer whose legs cannot carry padding (no RTX negotiated) gets the older prob
 is lifted PROBE_AFTER seconds after the last congestion signal, the legs step up one layer at a time,
 and a step that brings congestion back doubles the wait before the next one.
 
-A new leg starts low: on the highest layer the start rate (START_BITRATE) carries, and the start rate is
-the viewer's cap until REMBs or probes raise it, so a narrow link is never sent the top layer first. A
-step down for loss caps the viewer at what it is then sent, until a probe holds.
-
 Hysteresis: a leg goes down at once (at most once per DOWN_HOLD), up one layer at a time once the
 higher layer has fitted for UP_HOLD. Pure: the caller passes `now`; tests/test_sfu_simulcast.py drives it.
 """
@@ -53,8 +49,6 @@ SIZE_SLACK = 0.9     # a layer at 90% of the rendered size counts as big enough
 PROBE_SLACK = 1.1    # a probe that held lifts the cap 10% over its target
 DRAIN = 0.8          # for DRAIN_FOR s after a congestion signal, layers must fit 80% of the estimate ...
 DRAIN_FOR = 3.0      # ... so the queue built at the viewer's bottleneck drains (and the keyframe passes)
-UNRAN_RATIO = 2.5    # a layer that never ran is taken at 2.5 times the one below (twice the size each way)
-START_BITRATE = 300_000  # bits/s a viewer is assumed to carry before its first REMB (libwebrtc's start rate)
 
 
 class Leg(Protocol):
@@ -72,14 +66,8 @@ class Leg(Protocol):
 class LayerAllocator:
     def __init__(self) -> None:
         self.estimate: float | None = None  # bits/s, the viewer's last REMB
-        # bits/s the viewer's link carries, since the last congestion signal; a new viewer's is the start
-        # rate, which later REMBs and probes raise
-        self.cap: float = START_BITRATE
-        # the cap is only a ceiling (the start rate, a held probe, a loss step): it holds legs below it, and
-        # steps none down; only a congestion signal's cap does
-        self._ceiling = True
-        self._cap_at = -math.inf  # when the last congestion signal set the cap (-inf: the start rate)
-        self._first: float | None = None  # the first allocation
+        self.cap = math.inf  # bits/s the viewer's link carries, since the last congestion signal
+        self._cap_at = -math.inf
         self._probe_after = PROBE_AFTER
         self._lifted_at = -math.inf
         self.congestion_events = 0
@@ -101,46 +89,27 @@ class LayerAllocator:
             self.congestion_events += 1
             if now - self._lifted_at < PROBE_FAILS:
                 self._probe_after = min(PROBE_MAX, self._probe_after * 2)
-            self.cap, self._cap_at, self._ceiling = bitrate, now, False
+            self.cap, self._cap_at = bitrate, now
             self.prober.on_congestion(now)
             return True
-        if bitrate > self.cap and not self._ceiling:
-            self.cap = bitrate  # (a ceiling rises by probes only: a viewer's first REMBs can be far over its link)
+        if bitrate > self.cap:
+            self.cap = bitrate
         return False
 
     def probe_held(self, leg: Leg, target: float) -> None:
         """The probe for `leg` held: the link carries `target`, and the leg steps up without UP_HOLD.
         (PROBE_SLACK: the layers' rates, sampled each second, moved since the target was set.)"""
-        self.cap, self._ceiling = max(self.cap, target * PROBE_SLACK), True
+        self.cap = max(self.cap, target * PROBE_SLACK)
         self._fits_since[id(leg)] = -math.inf
 
     def budget(self, now: float, probing: bool = False) -> float:
-        if self._first is None:
-            self._first = now
         if probing:
             pass  # padding probes raise the cap; it is never lifted blind
-        elif self._cap_at == -math.inf:
-            # The start rate: a viewer whose legs cannot pad (yet: no media on them) waits PROBE_AFTER, then
-            # its legs step up blind. (Not a probe: congestion after it does not lengthen the wait.)
-            if now - self._first >= PROBE_AFTER:
-                self.cap = math.inf
         elif self.cap != math.inf and now - self._cap_at >= self._probe_after:
             self.cap, self._lifted_at = math.inf, now  # probe: let the legs step up
         elif self.cap == math.inf and now - self._lifted_at >= PROBE_FAILS + PROBE_AFTER:
             self._probe_after = PROBE_AFTER  # the last probe held
         return self.cap * DRAIN if now - self._cap_at < DRAIN_FOR else self.cap
-
-    def start_layer(self, uptrack) -> int:
-        """The layer a new leg of `uptrack` starts on: the highest whose rate fits the start rate (or the
-        viewer's cap, once probes raised it), as libwebrtc starts a new stream at its start bitrate; the leg steps
-        up from there through the probes. A layer not measured yet counts only as the lowest."""
-        budget = self.cap if self.cap != math.inf else max(START_BITRATE, self.estimate or 0.0)
-        choice = 0
-        for i, layer in enumerate(uptrack.layers):
-            rate = layer.bitrate() or getattr(layer, "known_bitrate", 0.0)
-            if 0 < rate <= budget:
-                choice = i
-        return choice
 
     def set_size(self, track_id: str, width: int, height: int) -> None:
         self.sizes[track_id] = (max(0, int(width)), max(0, int(height)))
@@ -178,7 +147,6 @@ class LayerAllocator:
             budget -= spent
         changed: dict[Leg, int] = {}
         wants: tuple[Leg, float] | None = None  # the first leg the budget holds down, and what it lacks
-        lost = False  # a leg stepped down for loss
         for leg in simulcast:
             key = id(leg)
             layers = leg.uptrack.layers
@@ -186,19 +154,11 @@ class LayerAllocator:
             cap = self.size_cap(leg)
             # a layer paused by dynacast counts at the rate it had when it ran
             rates = [layer.bitrate() or getattr(layer, "known_bitrate", 0.0) for layer in layers]
-            guessed = [False] * len(rates)
-            for i in range(1, len(rates)):
-                if not rates[i] and i > current:
-                    # never ran (a leg starts low, so dynacast paused it at once): guessed from the one below,
-                    # to probe for; only a held probe steps a leg up to it
-                    rates[i], guessed[i] = rates[i - 1] * UNRAN_RATIO, True
             choice = 0
             for i in range(cap + 1):
                 rate = rates[i]
                 if i <= current:
-                    # unknown yet (no packets): a layer the leg has counts as fitting; under a ceiling, any
-                    # (its rate grew past what a probe measured, as a publisher ramps up: no congestion)
-                    need = 0.0 if self._ceiling else rate
+                    need = rate  # unknown yet (no packets): a layer the leg has counts as fitting
                 else:
                     need = rate * UP_MARGIN if rate > 0 else math.inf
                 if need <= budget:
@@ -207,12 +167,11 @@ class LayerAllocator:
                 if now - self._last_loss_step.get(key, -math.inf) >= LOSS_HOLD:
                     self._last_loss_step[key] = now
                     choice = current - 1
-                    lost = True
                 else:
                     choice = min(choice, current)
             if choice > current:
                 since = self._fits_since.setdefault(key, now)
-                if now - since < UP_HOLD or (guessed[current + 1] and since != -math.inf):
+                if now - since < UP_HOLD:
                     choice = current
                 else:
                     choice = current + 1  # one layer at a time
@@ -237,11 +196,6 @@ class LayerAllocator:
             if estimated:
                 budget -= rates[choice]
             spent += rates[choice]
-        if lost and spent > 0:
-            # The link lost what it was sent: it carries what is left (10% over, as rates move), until a
-            # probe shows more. (Else the leg would step up again blind once the loss clears.)
-            self.cap, self._ceiling = min(self.cap, spent * PROBE_SLACK), True
-            self.prober.on_congestion(now)
         self.probe_request = None
         if wants is not None and self.prober.ready(now):
             self.probe_request = (wants[0], spent + wants[1], spent)

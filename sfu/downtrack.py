@@ -74,9 +74,8 @@ class DownTrack:
     def track_id(self) -> str | None:
         return self.uptrack.track_id if self.uptrack is not None else None
 
-    def attach(self, uptrack, layer: int | None = None) -> None:
-        """Forward `uptrack` on this leg; a leg that carried another source continues seamlessly. A simulcast
-        track starts on `layer` (the subscriber's allocator chooses it; the highest if None)."""
+    def attach(self, uptrack) -> None:
+        """Forward `uptrack` on this leg; a leg that carried another source continues seamlessly."""
         if self.uptrack is uptrack:
             return
         if self.uptrack is not None:
@@ -88,8 +87,8 @@ class DownTrack:
             self.forwarder.needs_keyframe = uptrack.kind == "video"
         layers = getattr(uptrack, "layers", None)
         if layers:
-            # Simulcast: the allocator moves it from this layer.
-            self.switcher = LayerSwitcher(self, uptrack, len(layers) - 1 if layer is None else layer)
+            # Simulcast: start on the highest layer; the subscriber's allocator steps it down.
+            self.switcher = LayerSwitcher(self, uptrack, len(layers) - 1)
         else:
             self.source = uptrack
             uptrack.add_downtrack(self)

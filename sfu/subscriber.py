@@ -62,18 +62,15 @@ class Subscriber:
                     and same_codec(params.mime_type, params.parameters, uptrack.mime_type,
                                    uptrack.codec_parameters)):
                 transceiver.direction = "sendonly"
-                downtrack.attach(uptrack, self._start_layer(uptrack))
+                downtrack.attach(uptrack)
                 return downtrack
         transceiver = self.pc.addTransceiver(IdleTrack(uptrack.kind), direction="sendonly")
         transceiver.setCodecPreferences(codec_preferences(uptrack.kind, uptrack.mime_type,
                                                           uptrack.codec_parameters))
         downtrack = self._new_leg(transceiver, uptrack.kind)
-        downtrack.attach(uptrack, self._start_layer(uptrack))
+        downtrack.attach(uptrack)
         self.legs.append((transceiver, downtrack))
         return downtrack
-
-    def _start_layer(self, uptrack: UpTrack) -> int | None:
-        return self.allocator.start_layer(uptrack) if getattr(uptrack, "layers", None) else None
 
     def _new_leg(self, transceiver, kind: str) -> DownTrack:
         downtrack = DownTrack(transceiver.sender, subscriber_id=self.participant_id, kind=kind, load=self.peers.load)
@@ -286,7 +283,7 @@ class Subscriber:
             if track is None:
                 downtrack.detach()
             elif downtrack.uptrack is not track:
-                downtrack.attach(track, self._start_layer(track))
+                downtrack.attach(track)
 
     async def close(self) -> None:
         if self.closed:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from sfu import pacer as pacing, probe as pr
-from sfu.allocator import DRAIN_FOR, PROBE_AFTER, START_BITRATE, UP_HOLD, UP_MARGIN, LayerAllocator
+from sfu.allocator import DRAIN_FOR, UP_MARGIN, LayerAllocator
 from sfu.layers import BURST_PACING, LayerSwitcher
 from sfu.pacer import Pacer
 from sfu.probe import PaddingSender, ProbeController
@@ -116,8 +116,8 @@ def test_a_probe_without_a_rise_ends_at_its_duration_and_congestion_delays_the_n
 def test_allocator_asks_for_a_probe_and_steps_up_at_once_when_it_holds():
     alloc = LayerAllocator()
     leg = legs_of(simulcast_track(), can_pad=True)
-    assert not alloc.on_estimate(1_400_000, 950_000, 0.5)  # over the start rate: the top layer fits
-    assert alloc.allocate([leg], 0.5) == {}
+    alloc.allocate([leg], 0.0)
+    assert not alloc.on_estimate(1_400_000, 950_000, 0.5)
     assert alloc.on_estimate(300_000, 950_000, 1.0)  # the link is full: down, the old layer held
     assert alloc.allocate([leg], 1.0) == {leg: 0} and leg.switcher.holds == [True]
     assert alloc.probe_request is None  # the next probe waits PROBE_WAIT after congestion
@@ -140,86 +140,6 @@ def test_allocator_does_not_probe_for_a_leg_its_size_caps():
     alloc.on_estimate(200_000, 900_000, 0.5)
     alloc.allocate([leg], 10.0)
     assert leg.switcher.target == 0 and alloc.probe_request is None
-
-
-def test_a_new_leg_starts_on_the_layer_the_start_rate_carries():
-    alloc = LayerAllocator()
-    assert alloc.start_layer(simulcast_track()) == 0  # 150k fits 300k, 400k does not
-    assert alloc.start_layer(simulcast_track((100_000, 250_000, 900_000))) == 1
-    assert alloc.start_layer(simulcast_track((0, 0, 0))) == 0  # nothing measured yet: the lowest
-    alloc.on_estimate(2_600_000, 190_000, 0.0)  # a first REMB far over the link (seen): not trusted
-    assert alloc.start_layer(simulcast_track()) == 0
-    alloc.probe_held(object(), 1_300_000)  # a viewer whose link a probe showed starts on what it carries
-    assert alloc.start_layer(simulcast_track()) == 2
-
-
-def test_a_new_leg_probes_up_from_the_start_layer_after_the_first_remb():
-    alloc = LayerAllocator()
-    leg = legs_of(simulcast_track(), can_pad=True)
-    leg.switcher.target = leg.switcher.current = alloc.start_layer(leg.uptrack)
-    assert alloc.allocate([leg], 0.0) == {}
-    assert alloc.prober.start(*alloc.probe_request, alloc.estimate, 0.0) is None  # no REMB to judge a probe by
-    assert alloc.allocate([leg], UP_HOLD + 1) == {}  # the start rate is a cap: no blind step up
-    assert not alloc.on_estimate(120_000, 190_000, 4.5)  # the first REMB (under what is sent: no signal)
-    assert alloc.allocate([leg], 4.5) == {}
-    probed, target, sent = alloc.probe_request  # probes for h at once
-    assert probed is leg and target == pytest.approx(150_000 + 400_000 * UP_MARGIN - 150_000)
-    alloc.probe_held(leg, target)
-    assert alloc.allocate([leg], 6.0) == {leg: 1}
-
-
-def test_the_start_rate_is_lifted_for_a_viewer_that_cannot_pad_after_probe_after():
-    alloc = LayerAllocator()
-    leg = legs_of(simulcast_track())
-    leg.switcher.target = leg.switcher.current = 0
-    assert alloc.allocate([leg], 0.0) == {}
-    assert alloc.allocate([leg], PROBE_AFTER - 1) == {} and alloc.cap == START_BITRATE
-    assert alloc.allocate([leg], PROBE_AFTER) == {}  # lifted; the higher layer must fit for UP_HOLD
-    assert alloc.allocate([leg], PROBE_AFTER + UP_HOLD) == {leg: 1}
-
-
-def test_a_step_down_for_loss_caps_the_viewer_until_a_probe_holds():
-    alloc = LayerAllocator()
-    leg = legs_of(simulcast_track(), can_pad=True, quality="poor")
-    leg.switcher.target = leg.switcher.current = 1
-    alloc.on_estimate(2_000_000, 400_000, 0.0)  # an estimate far over h: only loss says otherwise
-    assert alloc.allocate([leg], 0.0) == {leg: 0}
-    assert alloc.cap == pytest.approx(150_000 * 1.1)  # what it is sent now, 10% over
-    leg.quality.level = "good"
-    assert alloc.allocate([leg], 10.0) == {} and leg.switcher.target == 0  # no blind step up
-    assert alloc.probe_request is not None and alloc.probe_request[0] is leg
-
-
-def test_a_layer_whose_rate_grows_past_a_held_probe_is_kept_without_congestion():
-    """A publisher ramping up: the probe measured h at 250k, h then runs at 400k. No congestion: it stays."""
-    rates = [150_000, 250_000, 900_000]
-    track = simulcast_track()
-    for layer, i in zip(track.layers, range(3)):
-        layer.bitrate = lambda i=i: rates[i]
-    leg = legs_of(track, can_pad=True)
-    leg.switcher.target = leg.switcher.current = 0
-    alloc = LayerAllocator()
-    alloc.on_estimate(120_000, 190_000, 0.0)
-    alloc.probe_held(leg, 150_000 + 250_000 * UP_MARGIN - 150_000)
-    assert alloc.allocate([leg], 1.0) == {leg: 1}
-    rates[1] = 400_000
-    assert alloc.allocate([leg], 3.0) == {}  # over the probe's cap, but nothing says the link is full
-    assert alloc.on_estimate(110_000, 450_000, 3.5)  # a congestion signal: now it steps down
-    assert alloc.allocate([leg], 3.5) == {leg: 0}
-
-
-def test_a_layer_that_never_ran_is_probed_for_at_a_guessed_rate_and_reached_only_by_a_held_probe():
-    track = simulcast_track((150_000, 0, 0))
-    leg = legs_of(track, can_pad=True)
-    leg.switcher.target = leg.switcher.current = 0
-    alloc = LayerAllocator()
-    alloc.on_estimate(2_000_000, 190_000, 0.0)  # a cap far over any guess
-    assert alloc.allocate([leg], 0.0) == {}
-    assert alloc.allocate([leg], UP_HOLD + 1) == {}  # no blind step to a guess
-    probed, target, sent = alloc.probe_request
-    assert target == pytest.approx(150_000 + 150_000 * 2.5 * UP_MARGIN - 150_000)
-    alloc.probe_held(leg, target)
-    assert alloc.allocate([leg], UP_HOLD + 2) == {leg: 1}
 
 
 def test_a_drained_budget_steps_down_past_a_layer_that_only_just_fits():

@@ -139,7 +139,8 @@ def simulcast_track(rates=(150_000, 400_000, 900_000), source="camera", publishe
 def test_allocator_steps_down_on_congestion_and_probes_back_up_one_layer_at_a_time():
     alloc = LayerAllocator()
     leg = legs_of(simulcast_track())
-    assert not alloc.on_estimate(1_400_000, 950_000, 1.0)  # REMB over the start rate and what is sent: no cap
+    assert alloc.allocate([leg], 0.0) == {}  # no estimate: the top layer
+    assert not alloc.on_estimate(1_400_000, 950_000, 1.0)  # REMB over what is sent: no cap
     assert alloc.allocate([leg], 1.0) == {}
     assert not alloc.on_estimate(1_450_000, 2_000_000, 1.5)  # below what is sent, but rising: a lag
     assert alloc.on_estimate(300_000, 950_000, 2.0)  # the link is full
@@ -160,7 +161,6 @@ def test_allocator_caps_by_rendered_size_and_serves_the_screen_first():
     camera, screen = legs_of(simulcast_track()), legs_of(simulcast_track(source="screen"))
     screen.uptrack.track_id = "TR_screen"
     alloc.set_size("TR_cam", 300, 170)
-    alloc.on_estimate(2_000_000, 2_000_000, 0.0)
     assert alloc.allocate([camera, screen], 0.0) == {camera: 0}
     alloc.set_size("TR_cam", 0, 0)  # hidden
     assert alloc.size_cap(camera) == 0
