@@ -337,6 +337,13 @@ class RemoteSubscriber:
     def worker(self) -> int:
         return self.link.index
 
+    def set_speakers(self, participants: list[str]) -> None:
+        """Who speaks, the active speaker first: the worker's allocator for this viewer ranks their cameras."""
+        if self.closed or self.lost or participants == getattr(self, "_speakers", None):
+            return
+        self._speakers = list(participants)
+        self.link.notify({"type": "speakers", "session": self.session_id, "participants": self._speakers[:64]})
+
     async def answer(self, offer_sdp: str, tracks: dict[str, UpTrack]) -> str:
         self._bind_streams(tracks)
         try:

@@ -247,6 +247,10 @@ CONTROL_MESSAGES: dict[str, dict] = {
     # The size the participant's page shows a track at (the room protocol's video_size), for its allocator.
     "video_size": {"properties": {"session": _SESSION, "stream": _STREAM, "width": _PIXELS, "height": _PIXELS},
                    "required": ["session", "stream", "width", "height"]},
+    # Who speaks, the active speaker first (the room's speaker detector), for the viewer's allocator.
+    "speakers": {"properties": {"session": _SESSION, "participants": {"type": "array", "maxItems": 64,
+                                                                       "items": _TEXT}},
+                 "required": ["session", "participants"]},
     "trim": {"properties": {"id": _REQUEST_ID}, "required": ["id"]},
     "dc_send": {"properties": {"sessions": {"type": "array", "minItems": 1, "maxItems": 512, "items": _SESSION},
                                "text": _DC_TEXT}, "required": ["sessions", "text"]},

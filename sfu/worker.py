@@ -264,6 +264,10 @@ class Worker:
                 sub, track = self.sessions.get(message["session"]), self.streams.get(message["stream"])
                 if sub is not None and track is not None:
                     sub.set_video_size(track.track_id, message["width"], message["height"])
+            elif kind == "speakers":
+                sub = self.sessions.get(message["session"])
+                if sub is not None:
+                    sub.set_speakers(message["participants"])
             elif kind == "resend":
                 sub = self.sessions.get(message["session"])
                 if sub is not None:

@@ -27,6 +27,10 @@ def test_layer_messages_byte_for_byte():
         b"\x00\x00\x00\x2a" + b'{"type":"wants","stream":7,"layers":[0,2]}'
     assert encode_control({"type": "video_size", "session": "s1", "stream": 7, "width": 240, "height": 135}) == \
         b"\x00\x00\x00\x48" + b'{"type":"video_size","session":"s1","stream":7,"width":240,"height":135}'
+    speakers = {"type": "speakers", "session": "s1", "participants": ["teacher", "ana"]}
+    assert encode_control(speakers) == \
+        b"\x00\x00\x00\x43" + b'{"type":"speakers","session":"s1","participants":["teacher","ana"]}'
+    assert ControlDecoder().feed(encode_control(speakers)) == [speakers]
     track = {"type": "track", "stream": 7, "track_id": "TR_a", "kind": "video", "mime_type": "video/VP8",
              "clock_rate": 90000, "payload_type": 96, "layers": [5, 6, 7], "rids": ["q", "h", "f"]}
     assert ControlDecoder().feed(encode_control(track)) == [track]
@@ -37,6 +41,8 @@ def test_layer_messages_byte_for_byte():
     ({"type": "wants", "stream": 7, "layers": [8]}, "'wants': layers/0: 8 is greater than the maximum of 7"),
     ({"type": "video_size", "session": "s", "stream": 7, "width": -1, "height": 0},
      "'video_size': width: -1 is less than the minimum of 0"),
+    ({"type": "speakers", "session": "s", "participants": "teacher"},
+     "'speakers': participants: 'teacher' is not of type 'array'"),
     ({"type": "track", "stream": 7, "track_id": "TR_a", "kind": "video", "mime_type": "video/VP8",
       "clock_rate": 90000, "payload_type": 96, "layers": [5, 7]}, "'track': message: 'rids' is a dependency"),
 ])
