@@ -245,6 +245,8 @@ async def _resume(app: web.Application, room_name: str, grants, resume: str, sen
     participant.rebind(send, disconnect)
     participant.resumable = True
     logger.info("%s resumed in room %s", participant.identity, room_name)
+    edge = app[CASCADE].edges.get(room_name) if participant.edge_home is not None else None
+    relay = edge.relay if edge is not None else None  # an edge member's tracks come from the room's relay
     await send({
         "type": "joined",
         "resumed": True,
