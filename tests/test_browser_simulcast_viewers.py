@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from shared.config import load_settings
 from tests.browser import close_chromium, inbound, launch_chromium
@@ -50,9 +51,9 @@ def links():
 
 @pytest.fixture
 def server_settings(tmp_path, links):
-    # Listening on every address: each namespace reaches the server at its own link's host end.
+    # Loopback here; namespaced_chromiums adds a listener on each link's host end (never every address).
     return load_settings(environ={}, overrides={
-        "dev": True, "host": "0.0.0.0", "port": 8080, "data_dir": str(tmp_path / "data"),
+        "dev": True, "host": "127.0.0.1", "port": 8080, "data_dir": str(tmp_path / "data"),
         "ice_addresses": ["127.0.0.1", *(link.host_address for link in links.values())],
         "overload_control": False,
     })
@@ -62,6 +63,8 @@ def server_settings(tmp_path, links):
 async def namespaced_chromiums(links, stoa_server):
     """A Chromium inside each constrained viewer's namespace, its origin (the link's host end) taken as secure."""
     started, homes = {}, []
+    for link in links.values():  # each namespace reaches the server at its own link's host end
+        await web.TCPSite(stoa_server.server.runner, link.host_address, stoa_server.server.port).start()
     try:
         for name, link in links.items():
             home = Path(tempfile.mkdtemp(prefix=f"stoa-cr-{name}-"))  # short: Chromium's socket path has a limit
