@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,21 +32,11 @@ import aiohttp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.chat_fanout import free_port, percentile  # noqa: E402  (one copy of the bench helpers)
 from shared.auth import mint_token  # noqa: E402
 from shared.config import DEV_API_KEY, DEV_API_SECRET  # noqa: E402
 
 ROOM = "bench-edge"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def start_node(name: str, data: str, prefix: str) -> tuple[subprocess.Popen, str]:
