@@ -406,14 +406,12 @@ class ClassroomRelay:
         self.edge_reader = StreamReader(redis, out_key(prefix, node_id), self._deliver)
 
     def writer_to(self, node: str) -> StreamWriter:
-        key = out_key(self.prefix, node)
-        writer = self.writers.get(key)
-        if writer is None:
-            writer = self.writers[key] = StreamWriter(self.redis, key, self.writer_id)
-        return writer
+        return self._writer(out_key(self.prefix, node))
 
     def writer_to_home(self, node: str) -> StreamWriter:
-        key = in_key(self.prefix, node)
+        return self._writer(in_key(self.prefix, node))
+
+    def _writer(self, key: str) -> StreamWriter:
         writer = self.writers.get(key)
         if writer is None:
             writer = self.writers[key] = StreamWriter(self.redis, key, self.writer_id)
