@@ -105,6 +105,9 @@ def unseal(key: bytes, data: bytes) -> bytes:
     return body[_HEAD.size:]
 
 
+REJECT_REASONS = ("unknown_link", "bad_tag", "replay", "malformed")
+
+
 class ReplayWindow:
     """Accepts each counter once, within REPLAY_WINDOW of the highest seen (reordering is fine)."""
 
@@ -135,7 +138,9 @@ class RelayEndpoint:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.inbound: dict[int, "EdgeRelay"] = {}
-        self.rejected = 0
+        # By reason. "unknown_link" is also the benign race of a link's first datagrams against its hello
+        # (UDP against the control WebSocket); the others mean a forged, replayed or broken datagram.
+        self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
         self.send_failures = 0
         self._rejected_logged = 0.0
         self._loop = asyncio.get_running_loop()
@@ -165,22 +170,27 @@ class RelayEndpoint:
             self.datagram_received(data, addr, arrival)
 
     def datagram_received(self, data: bytes, addr, arrival: float) -> None:
+        reason = "malformed"
         try:
             link, counter = unseal_head(data)
             edge = self.inbound.get(link)
             if edge is None:
+                reason = "unknown_link"
                 raise RelayError(f"unknown link {link}")
+            reason = "bad_tag"
             inner = unseal(edge.key, data)
             if not edge.window.accept(counter):
+                reason = "replay"
                 raise RelayError("a replayed or too old datagram")
+            reason = "malformed"
             packets = decode_datagram(inner)
         except RelayError as exc:
-            self.rejected += 1
+            self.rejected[reason] += 1
             now = time.monotonic()
             if now - self._rejected_logged > 10:
                 self._rejected_logged = now
                 logger.warning("relay: dropped a datagram from %s:%s: %s (%d dropped so far)",
-                               addr[0], addr[1], exc, self.rejected)
+                               addr[0], addr[1], exc, sum(self.rejected.values()))
             return
         edge.on_packets(packets, arrival)
 

@@ -234,7 +234,7 @@ class Cascade:
                                for room, links in self.home_links.items()},
                 "edge_rooms": {room: {"home": sub.home_id, "packets": sub.relay.packets}
                                for room, sub in self.edges.items()},
-                "rejected_datagrams": self.endpoint.rejected}
+                "rejected_datagrams": dict(self.endpoint.rejected)}
 
 
 class EdgeSubscription:
@@ -500,9 +500,13 @@ class CascadeCollector:
                                                             for link in links.values()))
         yield GaugeMetricFamily("stoa_relay_edge_rooms", "Rooms relayed to this node from their home",
                                 value=len(self.cascade.edges))
-        yield CounterMetricFamily("stoa_relay_rejected_datagrams",
-                                  "Relay datagrams dropped: bad tag, replayed, unknown link, malformed",
-                                  value=self.cascade.endpoint.rejected)
+        rejected = CounterMetricFamily("stoa_relay_rejected_datagrams",
+                                       "Relay datagrams dropped, by reason: unknown_link (also a link's first "
+                                       "datagrams racing its hello), bad_tag, replay, malformed",
+                                       labels=["reason"])
+        for reason, count in self.cascade.endpoint.rejected.items():
+            rejected.add_metric([reason], count)
+        yield rejected
 
 
 def setup(app: web.Application) -> None:

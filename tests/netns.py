@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import subprocess
+import time
 
 
 def unavailable() -> str | None:
@@ -74,15 +75,32 @@ class ShapedLink:
         _run("ip", "netns", "add", self.namespace)
         _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if)
         _run("ip", "link", "set", self.peer_if, "netns", self.namespace)
+        # No IPv6 on the link: a link-local address finishing duplicate detection a second after the link
+        # comes up is a network change to Chromium, which then fails a page load (ERR_NETWORK_CHANGED).
+        _run("sysctl", "-qw", f"net.ipv6.conf.{self.host_if}.disable_ipv6=1")
+        _run("ip", "netns", "exec", self.namespace, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        _run("ip", "netns", "exec", self.namespace, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
         _run("ip", "addr", "add", f"{self.host_address}/30", "dev", self.host_if)
         _run("ip", "link", "set", self.host_if, "up")
         ns = ("ip", "-n", self.namespace)
         _run(*ns, "addr", "add", f"{self.peer_address}/30", "dev", self.peer_if)
         _run(*ns, "link", "set", self.peer_if, "up")
         _run(*ns, "link", "set", "lo", "up")
+        self._wait_carrier()
         if self.rate:
             _run("tc", "qdisc", "add", "dev", self.host_if, "root", "tbf", "rate", self.rate,
                  "burst", self.burst, "latency", self.latency)
+
+    def _wait_carrier(self, timeout: float = 5.0) -> None:
+        """Until both ends have carrier, so that no link event reaches a browser started right after."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = (_run("ip", "-o", "link", "show", self.host_if),
+                      _run("ip", "-n", self.namespace, "-o", "link", "show", self.peer_if))
+            if all("LOWER_UP" in state for state in states):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.host_if} and {self.peer_if} did not come up in {timeout} s")
 
     def _ends(self) -> list[tuple[tuple[str, ...], str]]:
         return [(("tc",), self.host_if), (("tc", "-n", self.namespace), self.peer_if)]

@@ -22,7 +22,8 @@ async def teacher_and_student(stoa_server, chromium):
     student = await chromium.page(
         f"{stoa_server.base}/rooms/{ROOM}?token={stoa_server.token(ROOM, 'stud', 'student', name='Student')}",
         label="student")
-    await wait_js(teacher, "window.stoa && window.stoa.state.ws && window.stoa.state.ws.readyState === 1")
+    await wait_js(teacher, "window.stoa && window.stoa.state.ws && window.stoa.state.ws.readyState === 1",
+                  timeout=20)
     return teacher, student
 
 

@@ -46,3 +46,29 @@ def test_control_messages_between_nodes_are_checked_by_direction():
         check_node_message({"type": "hello", "link": 1, "nonce": "short"}, HOME_TO_EDGE)
     with pytest.raises(RelayError, match="tracks"):
         check_node_message({"type": "broadcast", "tracks": {"screen": 2}}, HOME_TO_EDGE)
+
+
+async def test_the_endpoint_counts_each_dropped_datagram_under_its_reason():
+    from sfu.noderelay import open_endpoint
+
+    class Edge:
+        key, window, packets = KEY, ReplayWindow(), []
+
+        def on_packets(self, packets, arrival):
+            self.packets.extend(packets)
+
+    endpoint = await open_endpoint("127.0.0.1")
+    try:
+        edge = endpoint.inbound[7] = Edge()
+        inner = encode_datagram([encode_entry(3, 100, 9000, 1, 96, 0x1234, b"payload")])
+        good = seal(KEY, 7, 1, inner)
+        endpoint.datagram_received(good, ("127.0.0.1", 1), 0.0)
+        endpoint.datagram_received(good, ("127.0.0.1", 1), 0.0)  # again: a replay
+        endpoint.datagram_received(seal(KEY, 8, 1, inner), ("127.0.0.1", 1), 0.0)  # before its hello
+        endpoint.datagram_received(seal(link_key(b"other", "0" * 32), 7, 2, inner), ("127.0.0.1", 1), 0.0)
+        endpoint.datagram_received(seal(KEY, 7, 3, b"\x01"), ("127.0.0.1", 1), 0.0)
+        endpoint.datagram_received(b"\x80junk", ("127.0.0.1", 1), 0.0)
+        assert [p.payload for p in edge.packets] == [b"payload"]
+        assert endpoint.rejected == {"unknown_link": 1, "bad_tag": 1, "replay": 1, "malformed": 2}
+    finally:
+        endpoint.close()
