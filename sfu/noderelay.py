@@ -51,8 +51,10 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 _STREAM = CONTROL_MESSAGES["pli"]["properties"]["stream"]
 NODE_MESSAGES: dict[str, dict] = {
     # home -> edge, first: the link's id and the nonce its key is derived from.
+    # `node`: the sender's node id (in a relay tree, the parent edge rather than the room's home).
     "hello": {"properties": {"link": {"type": "integer", "minimum": 1, "maximum": 0xFFFFFFFF},
-                             "nonce": {"type": "string", "pattern": "^[0-9a-f]{32}$"}},
+                             "nonce": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                             "node": {"type": "string", "minLength": 1, "maxLength": 200}},
               "required": ["link", "nonce"]},
     # home -> edge: the room's broadcast now is these streams (announced with `track` before).
     "broadcast": {"properties": {"tracks": {"type": "object", "propertyNames": {"enum": ["audio", "video"]},
@@ -256,6 +258,8 @@ class HomeLink:
 
     def bind(self, tracks: dict[str, UpTrack]) -> None:
         """Carry these tracks (the room's broadcast, by kind); announce new ones, retire the others."""
+        if not self.alive:
+            return  # closed: its socket may linger until the heartbeat gives up on it
         for kind, stream in list(self.streams.items()):
             if tracks.get(kind) is not stream.uptrack:
                 self._retire(kind)
@@ -334,6 +338,7 @@ class EdgeRelay:
         self.endpoint, self.secret = endpoint, secret
         self.send_control, self.on_change = send_control, on_change
         self.link: int | None = None
+        self.source: str | None = None  # the node the relay comes from (its hello's `node`)
         self.key = b""
         self.window = ReplayWindow()
         self.tracks: dict[int, MirrorTrack] = {}
@@ -347,6 +352,7 @@ class EdgeRelay:
             if self.link is not None:
                 self.endpoint.inbound.pop(self.link, None)
             self.link, self.key = message["link"], link_key(self.secret, message["nonce"])
+            self.source = message.get("node")
             self.endpoint.inbound[self.link] = self
         elif kind == "track":
             old = self.tracks.pop(message["stream"], None)

@@ -137,31 +137,39 @@ class Cascade:
     def is_edge(self, room: str) -> bool:
         return room in self.edges or room in self.rehoming
 
-    async def parent_for(self, room: str, node: str):
+    async def parent_for(self, room: str, node: str, lost: str = ""):
         """On a room's home: None to relay it to `node` from here, or the edge node (a cluster Node) `node`
         gets it from instead, once `relay_fanout` edge nodes take it from here (a tree, one copy per hop).
-        The children are taken in turn, so each level fills evenly."""
+        The children are taken in turn, so each level fills evenly. `lost`: the parent `node` lost (it
+        stopped relaying and does not answer): it is not chosen again, and its link here is closed."""
         fanout = self.app[SETTINGS].relay_fanout
         links = self.home_links.get(room, {})
+        cluster = self.app[CLUSTER]
+        if lost in links and lost != node and await cluster.forget_if_gone(lost):
+            links.pop(lost).close()  # its socket may take the heartbeat's 7.5 s to say so
+            if not links:
+                self.home_links.pop(room, None)
+        else:
+            lost = ""  # it answers here: it stays a parent
         if not fanout or node in links or len(links) < fanout:
             return None
-        cluster = self.app[CLUSTER]
         if any(n not in cluster.peers for n in links):
             await cluster.others()  # an edge that registered since the last refresh
-        children = [cluster.peers[n] for n in sorted(links) if n in cluster.peers]
+        children = [cluster.peers[n] for n in sorted(links) if n in cluster.peers and n != lost]
         if not children:
             return None
         turn = self._turns[room] = self._turns.get(room, -1) + 1
         return children[turn % len(children)]
 
-    async def edge_for(self, room: str, home) -> EdgeRelay:
-        """The relay of `room`'s broadcast from `home` to this node: opened by the first viewer here."""
+    async def edge_for(self, room: str, home, lost: str = "") -> EdgeRelay:
+        """The relay of `room`'s broadcast from `home` to this node: opened by the first viewer here.
+        `lost`: a parent edge this node's last relay of the room came from, gone (see parent_for)."""
         sub = self.edges.get(room)
         if sub is not None and sub.home_id != home.id:  # the room moved: its viewers here follow the new relay
             await sub.close(end_sessions=False, wait=False)
             sub = None
         if sub is None:
-            sub = self.edges[room] = EdgeSubscription(self, room, home)
+            sub = self.edges[room] = EdgeSubscription(self, room, home, lost)
         try:
             await sub.opened()
         except CascadeError:
@@ -183,13 +191,17 @@ class Cascade:
             return
         self.rehoming.add(room)
         started = time.monotonic()
+        source = sub.source
         logger.warning("relay: room %s lost its relay from node %s (%s); its viewers here keep their sessions "
-                       "while its home is found again", room, sub.home_id, reason)
+                       "while its home is found again", room, source, reason)
         try:
             await sub.close(end_sessions=False, wait=False)
             cluster = self.app[CLUSTER]
-            await cluster.forget_if_gone(sub.home_id)  # a dead home's record goes now, not GONE_S later
-            await sub.redirect_members()  # their classroom was on that home: they are placed again
+            gone = await cluster.forget_if_gone(source)  # a dead node's record goes now, not GONE_S later
+            if source == sub.home_id:
+                await sub.redirect_members()  # their classroom was on that home: they are placed again
+            # A parent edge that is gone: the home must not send this node back to it.
+            lost = source if gone and source != sub.home_id else ""
             problem = "no answer"
             while time.monotonic() - started < REHOME_S and self._has_viewers(room):
                 home = await cluster.home(room)
@@ -202,13 +214,13 @@ class Cascade:
                                    time.monotonic() - started, sub.home_id)
                     return
                 try:
-                    await self.edge_for(room, home)
+                    await self.edge_for(room, home, lost)
                 except CascadeError as exc:
                     problem = str(exc)
                     await asyncio.sleep(REHOME_RETRY_S)
                     continue
                 logger.warning("relay: room %s comes from node %s again %.1f s after its relay from node %s ended",
-                               room, home.id, time.monotonic() - started, sub.home_id)
+                               room, self.edges[room].source, time.monotonic() - started, source)
                 return
             if self._has_viewers(room):
                 logger.warning("relay: no new home for room %s within %.0f s (%s); its viewers here are ended "
@@ -240,8 +252,9 @@ class Cascade:
 class EdgeSubscription:
     """On an edge: the WebSocket to the room's home and the EdgeRelay its messages drive."""
 
-    def __init__(self, cascade: Cascade, room: str, home) -> None:
+    def __init__(self, cascade: Cascade, room: str, home, lost: str = "") -> None:
         self.cascade, self.room, self.home_id = cascade, room, home.id
+        self.lost = lost  # the parent the last relay of this room came from, if it was lost
         self.home_address = home.address
         self.ws = None
         self.sender: Sender | None = None
@@ -277,8 +290,11 @@ class EdgeSubscription:
     async def _connect(self) -> None:
         c = self.cascade
         ts = str(int(time.time()))
-        query = urlencode({"node": c.node_id, "udp": c.advertise, "ts": ts,
-                           "sig": sign(c.secret, self.room, c.node_id, c.advertise, ts)})
+        fields = {"node": c.node_id, "udp": c.advertise, "ts": ts,
+                  "sig": sign(c.secret, self.room, c.node_id, c.advertise, ts)}
+        if self.lost:
+            fields["lost"] = self.lost  # unsigned: at worst it makes the home probe that node
+        query = urlencode(fields)
         url = f"{ws_base(self.home_address)}/cluster/relay/{quote(self.room, safe='')}?{query}"
         try:
             self.ws = await c.http.ws_connect(url, heartbeat=5.0, max_msg_size=MAX_CONTROL,
@@ -296,6 +312,11 @@ class EdgeSubscription:
         self._watcher = asyncio.ensure_future(self._watch())
         logger.info("relay: room %s comes from node %s (link %s)", self.room, self.home_id, self.relay.link)
 
+    @property
+    def source(self) -> str:
+        """The node this room's relay comes from: its home, or a parent edge in a relay tree."""
+        return self.relay.source or self.home_id
+
     def _lost(self, reason: str) -> None:
         if not self.closed:
             asyncio.ensure_future(self.cascade.rehome(self, reason))
@@ -306,14 +327,17 @@ class EdgeSubscription:
         that lost its node does. A home that answers is left alone (a muted or paused source)."""
         cluster = self.cascade.app[CLUSTER]
         seen, quiet_since = self.relay.packets, time.monotonic()
+        # In a tree the relay comes from a parent edge: that is the node to probe. (A hung home behind a
+        # healthy parent is the parent's to notice; it then closes its children's sockets.)
         while not self.closed:
             await asyncio.sleep(SILENT_S / 4)
             now = time.monotonic()
             if self.relay.packets != seen or not self.relay.broadcast_tracks():
                 seen, quiet_since = self.relay.packets, now
             elif now - quiet_since >= SILENT_S:
-                if await cluster.forget_if_gone(self.home_id):
-                    self._lost(f"no media for {now - quiet_since:.1f} s and node {self.home_id} does not answer")
+                source = self.source
+                if await cluster.forget_if_gone(source):
+                    self._lost(f"no media for {now - quiet_since:.1f} s and node {source} does not answer")
                     return
                 seen, quiet_since = self.relay.packets, time.monotonic()
 
@@ -389,7 +413,7 @@ async def relay_socket(request: web.Request) -> web.StreamResponse:
     home = await remote_home(app, room_name)
     sub = None
     if home is None:  # the room's home: relay it, or send the edge one level down the tree
-        parent = await cascade.parent_for(room_name, node)
+        parent = await cascade.parent_for(room_name, node, request.query.get("lost", ""))
         if parent is not None:
             logger.info("relay: room %s has %d edge nodes here; node %s gets it from node %s", room_name,
                         len(cascade.home_links.get(room_name, {})), node, parent.id)
@@ -427,7 +451,7 @@ async def relay_socket(request: web.Request) -> web.StreamResponse:
     def rebind_onward() -> None:
         link.bind(sub.relay.broadcast_tracks())
 
-    sender(link.hello)
+    sender({**link.hello, "node": cascade.node_id})
     if sub is not None:
         sub.onward[ws] = rebind_onward
         rebind_onward()

@@ -476,6 +476,55 @@ async def test_a_relay_tree_home_to_edge_to_edge_is_decoded_on_the_third_node(
             server.stop()
 
 
+async def test_a_relay_trees_edge_whose_parent_hangs_relays_from_the_home_again(
+        tmp_path, redis_url, redis_prefix, redis_client):
+    """relay_fanout 1: a relays to b, b onward to c. b hangs (SIGSTOP: its sockets stay open, its relay goes
+    silent). c probes b, its parent (not the room's home a, which answers), finds it gone, and asks a again
+    naming b as lost: a drops b and relays to c itself. c's WHEP viewer decodes on the session it had."""
+    from tests.media import CounterVideoTrack, ToneAudioTrack
+    from tests.test_whip_whep import WhepViewer, WhipPublisher
+
+    room = "tree-hang"
+    nodes = {n: node(tmp_path, n, redis_url, redis_prefix, env={"STOA_RELAY_FANOUT": "1"}) for n in ("a", "b", "c")}
+    a, b, c = nodes.values()
+    peers = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(n.wait_up(http) for n in nodes.values()))
+            teacher = await WhipPublisher(http, a.base, room, a.token(room, "teacher", "instructor")).publish(
+                CounterVideoTrack(), ToneAudioTrack())
+            peers.append(teacher.pc)
+            viewers = {}
+            for name, server in (("b1", b), ("c1", c)):  # b first: it is a's one edge node
+                viewer = viewers[name] = await WhepViewer(http, server.base, room,
+                                                          server.token(room, name, "viewer")).start()
+                peers.append(viewer.pc)
+                await eventually(lambda v=viewer: "video" in v.collectors, 15, f"{name}'s relayed video track")
+                await viewer.collectors["video"].wait_frames(20, timeout=20)
+            assert await metric(http, b, "stoa_relay_node_links", '{node="c"}') == 1
+            session = viewers["c1"].location
+
+            b.proc.send_signal(signal.SIGSTOP)
+            hung = time.monotonic()
+            video = viewers["c1"].collectors["video"]
+            before = len(video.counters)
+            await eventually(lambda: len(video.counters) > before + 20, 20, "c's viewer to decode again")
+            again = time.monotonic() - hung
+            log = c.log.read_text()
+            assert "no media for" in log and "node b does not answer" in log, "c probed its parent b"
+            assert "comes from node a again" in log
+            assert await metric(http, a, "stoa_relay_node_links", '{node="c"}') == 1
+            assert viewers["c1"].location == session
+            print(f"c's viewer decodes again {again:.2f} s after its parent b hung")
+    finally:
+        if b.proc.poll() is None:
+            b.proc.send_signal(signal.SIGCONT)
+        for pc in peers:
+            await pc.close()
+        for server in nodes.values():
+            server.stop()
+
+
 async def test_raised_hands_survive_a_dead_home_in_order(tmp_path, redis_url, redis_prefix, redis_client, pg_dsn):
     """Hands raised on a, one lowered; SIGKILL a. On b, the room's new home, the queue read back from the shared
     database is the same (who, in raise order, the lowered one not back), for the teacher and the students."""
