@@ -430,13 +430,31 @@ async def test_a_teachers_broadcast_on_a_is_decoded_by_viewers_on_b_and_c(
             server.stop()
 
 
+async def tree_viewers(http, nodes: dict, room: str, peers: list) -> dict:
+    """A teacher publishing on a, then a WHEP viewer on b (a's one edge node with relay_fanout 1) and one on
+    c (sent down to b): {"b1": viewer, "c1": viewer}, both with their relayed video track."""
+    from tests.media import CounterVideoTrack, ToneAudioTrack
+    from tests.test_whip_whep import WhepViewer, WhipPublisher
+
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    await asyncio.gather(*(n.wait_up(http) for n in nodes.values()))
+    teacher = await WhipPublisher(http, a.base, room, a.token(room, "teacher", "instructor")).publish(
+        CounterVideoTrack(), ToneAudioTrack())
+    peers.append(teacher.pc)
+    viewers = {}
+    for name, server in (("b1", b), ("c1", c)):  # b first: it is a's one edge node
+        viewer = viewers[name] = await WhepViewer(http, server.base, room, server.token(room, name, "viewer")).start()
+        peers.append(viewer.pc)
+        await eventually(lambda v=viewer: "video" in v.collectors, 15, f"{name}'s relayed video track")
+    return viewers
+
+
 async def test_a_relay_tree_home_to_edge_to_edge_is_decoded_on_the_third_node(
         tmp_path, redis_url, redis_prefix, redis_client):
     """relay_fanout 1: the home a relays the room to one edge node, b; c's relay request is sent down to b,
     which relays onward, one copy per hop. Keyframe requests and NACK misses flow back up: c's viewer starts
     on a keyframe and its relay's losses (b drops 5% on purpose) are repaired from b."""
-    from tests.media import CounterVideoTrack, ToneAudioTrack
-    from tests.test_whip_whep import WhepViewer, WhipPublisher, assert_counters_healthy
+    from tests.test_whip_whep import assert_counters_healthy
 
     room = "tree"
     nodes = {n: node(tmp_path, n, redis_url, redis_prefix, env={"STOA_RELAY_FANOUT": "1"}) for n in ("a", "b", "c")}
@@ -445,17 +463,9 @@ async def test_a_relay_tree_home_to_edge_to_edge_is_decoded_on_the_third_node(
     try:
         async with aiohttp.ClientSession() as http:
             await asyncio.gather(*(n.wait_up(http) for n in nodes.values()))
-            teacher = await WhipPublisher(http, a.base, room, a.token(room, "teacher", "instructor")).publish(
-                CounterVideoTrack(), ToneAudioTrack())
-            peers.append(teacher.pc)
             async with http.post(f"{b.base}/debug/relay-loss?rate=0.05") as resp:
                 assert resp.status == 200  # 5% of what b relays onward to c is lost
-            viewers = {}
-            for name, server in (("b1", b), ("c1", c)):  # b first: it is a's one edge node
-                viewer = viewers[name] = await WhepViewer(http, server.base, room,
-                                                          server.token(room, name, "viewer")).start()
-                peers.append(viewer.pc)
-                await eventually(lambda v=viewer: "video" in v.collectors, 15, f"{name}'s relayed video track")
+            viewers = await tree_viewers(http, nodes, room, peers)
             for viewer in viewers.values():
                 await viewer.collectors["video"].wait_frames(30, timeout=20)
                 assert_counters_healthy(viewer.collectors["video"].counters)
@@ -481,25 +491,14 @@ async def test_a_relay_trees_edge_whose_parent_hangs_relays_from_the_home_again(
     """relay_fanout 1: a relays to b, b onward to c. b hangs (SIGSTOP: its sockets stay open, its relay goes
     silent). c probes b, its parent (not the room's home a, which answers), finds it gone, and asks a again
     naming b as lost: a drops b and relays to c itself. c's WHEP viewer decodes on the session it had."""
-    from tests.media import CounterVideoTrack, ToneAudioTrack
-    from tests.test_whip_whep import WhepViewer, WhipPublisher
-
     room = "tree-hang"
     nodes = {n: node(tmp_path, n, redis_url, redis_prefix, env={"STOA_RELAY_FANOUT": "1"}) for n in ("a", "b", "c")}
     a, b, c = nodes.values()
     peers = []
     try:
         async with aiohttp.ClientSession() as http:
-            await asyncio.gather(*(n.wait_up(http) for n in nodes.values()))
-            teacher = await WhipPublisher(http, a.base, room, a.token(room, "teacher", "instructor")).publish(
-                CounterVideoTrack(), ToneAudioTrack())
-            peers.append(teacher.pc)
-            viewers = {}
-            for name, server in (("b1", b), ("c1", c)):  # b first: it is a's one edge node
-                viewer = viewers[name] = await WhepViewer(http, server.base, room,
-                                                          server.token(room, name, "viewer")).start()
-                peers.append(viewer.pc)
-                await eventually(lambda v=viewer: "video" in v.collectors, 15, f"{name}'s relayed video track")
+            viewers = await tree_viewers(http, nodes, room, peers)
+            for viewer in viewers.values():
                 await viewer.collectors["video"].wait_frames(20, timeout=20)
             assert await metric(http, b, "stoa_relay_node_links", '{node="c"}') == 1
             session = viewers["c1"].location
