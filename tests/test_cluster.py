@@ -430,6 +430,16 @@ async def test_a_teachers_broadcast_on_a_is_decoded_by_viewers_on_b_and_c(
             server.stop()
 
 
+async def shut_down(nodes: dict, peers: list, stopped=None) -> None:
+    """The end of a multi-node test: `stopped` (a SIGSTOPped node) continued, peers closed, nodes stopped."""
+    if stopped is not None and stopped.proc.poll() is None:
+        stopped.proc.send_signal(signal.SIGCONT)
+    for pc in peers:
+        await pc.close()
+    for server in nodes.values():
+        server.stop()
+
+
 async def tree_viewers(http, nodes: dict, room: str, peers: list) -> dict:
     """A teacher publishing on a, then a WHEP viewer on b (a's one edge node with relay_fanout 1) and one on
     c (sent down to b): {"b1": viewer, "c1": viewer}, both with their relayed video track."""
@@ -516,12 +526,7 @@ async def test_a_relay_trees_edge_whose_parent_hangs_relays_from_the_home_again(
             assert viewers["c1"].location == session
             print(f"c's viewer decodes again {again:.2f} s after its parent b hung")
     finally:
-        if b.proc.poll() is None:
-            b.proc.send_signal(signal.SIGCONT)
-        for pc in peers:
-            await pc.close()
-        for server in nodes.values():
-            server.stop()
+        await shut_down(nodes, peers, stopped=b)
 
 
 async def test_raised_hands_survive_a_dead_home_in_order(tmp_path, redis_url, redis_prefix, redis_client, pg_dsn):
@@ -654,9 +659,4 @@ async def test_an_edges_whep_viewers_keep_their_sessions_when_the_home_dies(
                     assert resp.status == 200
             print(f"{death} ({names}): the edge's viewers decode the new publisher {again:.2f} s after a died")
     finally:
-        if a.proc.poll() is None:
-            a.proc.send_signal(signal.SIGCONT)
-        for pc in peers:
-            await pc.close()
-        for server in nodes.values():
-            server.stop()
+        await shut_down(nodes, peers, stopped=a)
