@@ -11,6 +11,7 @@ packets; `build_feedback` is the wire format. Pure: bytes and ints, tested byte 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Sequence
 
 URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -29,6 +30,16 @@ MAX_GAP_US = 8_000_000
 MAX_SEQ_JUMP = 0x4000
 
 _HEAD = struct.Struct("!BBHIIHHI")
+
+
+@dataclass(frozen=True, slots=True)
+class PacketResult:
+    """What one viewer's feedback says about one packet Stoa sent it (the sender half's output)."""
+    seq: int                 # unwrapped transport-wide sequence number (monotonic, no 16-bit wrap)
+    sent: float              # s, the server's time.monotonic() when the packet was sent
+    size: int                # bytes of the RTP packet before SRTP
+    arrival: float | None    # s, on the viewer's clock (feedback reference time + deltas); None: reported lost
+    probe: bool              # True for probe padding
 
 
 def encode_chunks(symbols: Sequence[int]) -> bytes:
