@@ -1,0 +1,78 @@
+"""Transport-cc feedback from a Chromium viewer (setting downlink_transport_cc, docs/simulcast.md): the probe
+padding Stoa sends the student carries the transport-wide sequence number, Chromium reports each packet's
+arrival, and the server pairs the reports with what it sent, while the student keeps decoding the camera.
+
+The setup is tests/test_browser_simulcast.py's: the teacher publishes three layers, the student is in a network
+namespace whose link is narrowed to 300 kbit/s, so its leg steps down and the allocator probes for the layer
+above. In-process and with `workers = 2` (the student's subscriber and its allocator on a media worker).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shared.config import load_settings
+from tests.browser import inbound
+from tests.test_browser_ice_drop import browser_args  # noqa: F401
+from tests.test_browser_room import ROOM
+from tests.test_browser_simulcast import NARROW, browser_netns, on_worker, publishing_three_layers, shape  # noqa: F401
+from tests.serve import eventually
+
+pytestmark = [pytest.mark.browser, pytest.mark.parametrize("server_settings", [0, 2], indirect=True,
+                                                            ids=["in-process", "workers"])]
+
+
+@pytest.fixture
+def server_settings(tmp_path, browser_netns, request):
+    return load_settings(environ={}, overrides={
+        "dev": True, "host": browser_netns.host_address, "port": 8080, "data_dir": str(tmp_path / "data"),
+        "ice_addresses": ["127.0.0.1", browser_netns.host_address], "overload_control": False,
+        "workers": request.param, "downlink_transport_cc": True})
+
+
+def twcc_stats(stoa_server) -> dict:
+    """The student's transport-cc counters (sfu/subscriber.py), from its worker when it is on one."""
+    from signaling.room import ROOMS
+    from sfu.pool import RemoteRoomSubscriber
+
+    sub = stoa_server.app[ROOMS].rooms[ROOM].participants["stud"].subscriber
+    if isinstance(sub, RemoteRoomSubscriber):
+        return sub.link.stats.get("sessions", {}).get(sub.session_id, {}).get("twcc", {})
+    return sub.twcc_stats
+
+
+async def frames_decoded(student) -> int:
+    return max((s.get("framesDecoded", 0) for s in await inbound(student)), default=0)
+
+
+async def decoded_more(student, than: int) -> bool:
+    return await frames_decoded(student) > than
+
+
+async def test_a_chromium_viewers_feedback_on_probe_padding_reaches_the_server(stoa_server, chromium, browser_netns):
+    from signaling.room import ROOMS
+
+    teacher, student, track = await publishing_three_layers(stoa_server, chromium)
+    assert twcc_stats(stoa_server).get("feedback", 0) == 0  # nothing numbered before the first probe
+    shape(browser_netns, NARROW)
+    # Behind 300 kbit/s the leg steps down and is capped; the allocator then probes with numbered padding.
+    started = time.monotonic()
+    stats = await eventually(lambda: (s := twcc_stats(stoa_server)).get("probe_received", 0) >= 20 and s, 45,
+                             "feedback from the student on 20 probe padding packets", interval=0.5)
+    assert stats["bad_feedback"] == 0 and stats["feedback"] > 0 and stats["results"] >= stats["received"]
+    if on_worker(stoa_server) is None:
+        sub = stoa_server.app[ROOMS].rooms[ROOM].participants["stud"].subscriber
+        assert sub.allocator.transport_cc
+        assert sub.twcc.packets_sent >= stats["probe_received"]
+    else:
+        leg = on_worker(stoa_server)
+        assert leg.get("padding_sent", 0) >= stats["probe_received"]
+    # The student still decodes the camera (on whichever layer the link allows).
+    first = await frames_decoded(student)
+    await eventually(lambda: decoded_more(student, first + 20), 15, "the student keeps decoding the camera",
+                     interval=0.5)
+    print(f"feedback on {stats['probe_received']} padding packets {time.monotonic() - started:.1f} s after "
+          f"the narrowing: {stats}")
+    assert not chromium.errors(), chromium.errors()
