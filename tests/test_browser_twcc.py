@@ -9,6 +9,7 @@ above. In-process and with `workers = 2` (the student's subscriber and its alloc
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -17,11 +18,13 @@ from shared.config import load_settings
 from tests.browser import inbound
 from tests.test_browser_ice_drop import browser_args  # noqa: F401
 from tests.test_browser_room import ROOM
-from tests.test_browser_simulcast import NARROW, browser_netns, on_worker, publishing_three_layers, shape  # noqa: F401
+from tests.test_browser_simulcast import (NARROW, RESIZE_JS, browser_netns, decodes, on_worker,  # noqa: F401
+                                          publishing_three_layers, shape)
 from tests.serve import eventually
 
-pytestmark = [pytest.mark.browser, pytest.mark.parametrize("server_settings", [0, 2], indirect=True,
-                                                            ids=["in-process", "workers"])]
+pytestmark = pytest.mark.browser
+IN_PROCESS_AND_WORKERS = pytest.mark.parametrize("server_settings", [0, 2], indirect=True,
+                                                 ids=["in-process", "workers"])
 
 
 @pytest.fixture
@@ -29,7 +32,7 @@ def server_settings(tmp_path, browser_netns, request):
     return load_settings(environ={}, overrides={
         "dev": True, "host": browser_netns.host_address, "port": 8080, "data_dir": str(tmp_path / "data"),
         "ice_addresses": ["127.0.0.1", browser_netns.host_address], "overload_control": False,
-        "workers": request.param, "downlink_transport_cc": True})
+        "workers": getattr(request, "param", 0), "downlink_transport_cc": True})
 
 
 def twcc_stats(stoa_server) -> dict:
@@ -51,6 +54,7 @@ async def decoded_more(student, than: int) -> bool:
     return await frames_decoded(student) > than
 
 
+@IN_PROCESS_AND_WORKERS
 async def test_a_chromium_viewers_feedback_on_probe_padding_reaches_the_server(stoa_server, chromium, browser_netns):
     from signaling.room import ROOMS
 
@@ -75,4 +79,51 @@ async def test_a_chromium_viewers_feedback_on_probe_padding_reaches_the_server(s
                      interval=0.5)
     print(f"feedback on {stats['probe_received']} padding packets {time.monotonic() - started:.1f} s after "
           f"the narrowing: {stats}")
+    assert not chromium.errors(), chromium.errors()
+
+
+async def probe_delays(leg, results: list, rate: float, seconds: float = 1.5) -> tuple[list[float], int]:
+    """Padding at `rate` on `leg` by hand for `seconds`; from the feedback on it: each received packet's
+    extra delay in ms (arrival - sent, less the smallest: the two clocks are unrelated), and the number lost."""
+    from sfu.probe import PaddingSender
+
+    results.clear()
+    padding = PaddingSender(leg, rate)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        padding.stop()
+    await eventually(lambda: results, 5, "feedback on the padding", interval=0.1)
+    await asyncio.sleep(1.0)  # the last packets out of the tbf's queue (400 ms at most), and their feedback
+    unique = {r.seq: r for r in results if r.arrival is not None}
+    lost = len({r.seq for r in results}) - len(unique)
+    delays = [r.arrival - r.sent for r in sorted(unique.values(), key=lambda r: r.seq)]
+    return [(d - min(delays)) * 1000 for d in delays], lost
+
+
+async def test_the_feedback_shows_the_queue_of_a_probe_the_link_cannot_carry(stoa_server, chromium, browser_netns):
+    """What the allocator's probe verdict reads (in-process: the padding is started by hand): on a 600 kbit/s
+    link with the low layer (~150 kbit/s) flowing, padding at 300 kbit/s arrives without queueing, padding at
+    1.2 Mbit/s builds a queue of a few hundred ms. Measured: within 7 ms, and 240-620 ms (docs/simulcast.md)."""
+    from signaling.room import ROOMS
+
+    teacher, student, track = await publishing_three_layers(stoa_server, chromium)
+    await student.evaluate(RESIZE_JS, [240, 135])  # the tile, not the link, holds the leg on q: no probes of its own
+    await decodes(student, 320, 10, "the low layer in a 240 px tile")
+    sub = stoa_server.app[ROOMS].rooms[ROOM].participants["stud"].subscriber
+    leg = sub.downtrack(track.track_id)
+    results: list = []
+    sub.allocator.on_transport_feedback = lambda batch, now: results.extend(batch)
+    shape(browser_netns, ("rate", "600kbit", "burst", "16kb", "latency", "400ms"))
+    await asyncio.sleep(2)
+    fits, fits_lost = await probe_delays(leg, results, 300_000)
+    await asyncio.sleep(3)  # the queue drains
+    too_much, _ = await probe_delays(leg, results, 1_200_000)
+    print(f"extra delay: {len(fits)} packets at 300 kbit/s, max {max(fits):.0f} ms, {fits_lost} lost; "
+          f"{len(too_much)} at 1.2 Mbit/s, max {max(too_much):.0f} ms")
+    assert len(fits) > 100 and fits_lost <= 2 and max(fits) < 50, (len(fits), fits_lost, max(fits))
+    assert max(too_much) > 150, max(too_much)
+    first = await frames_decoded(student)
+    await eventually(lambda: decoded_more(student, first + 20), 15, "the student keeps decoding the camera",
+                     interval=0.5)
     assert not chromium.errors(), chromium.errors()
