@@ -61,8 +61,9 @@ async def test_a_chromium_viewers_feedback_on_probe_padding_reaches_the_server(s
     teacher, student, track = await publishing_three_layers(stoa_server, chromium)
     assert twcc_stats(stoa_server).get("feedback", 0) == 0  # nothing numbered before the first probe
     shape(browser_netns, NARROW)
-    # Behind 300 kbit/s the leg steps down and is capped; the allocator then probes with numbered padding.
     started = time.monotonic()
+    # Behind 300 kbit/s the leg steps down and is capped; the allocator then probes with numbered padding.
+    await decodes(student, 320, 15, "the low layer behind 300 kbit/s")
     stats = await eventually(lambda: (s := twcc_stats(stoa_server)).get("probe_received", 0) >= 20 and s, 45,
                              "feedback from the student on 20 probe padding packets", interval=0.5)
     assert stats["bad_feedback"] == 0 and stats["feedback"] > 0 and stats["results"] >= stats["received"]
@@ -103,8 +104,8 @@ async def probe_delays(leg, results: list, rate: float, seconds: float = 1.5) ->
 
 async def test_the_feedback_shows_the_queue_of_a_probe_the_link_cannot_carry(stoa_server, chromium, browser_netns):
     """What the allocator's probe verdict reads (in-process: the padding is started by hand): on a 600 kbit/s
-    link with the low layer (~150 kbit/s) flowing, padding at 300 kbit/s arrives without queueing, padding at
-    1.2 Mbit/s builds a queue of a few hundred ms. Measured: within 7 ms, and 240-620 ms (docs/simulcast.md)."""
+    link with the low layer (~150 kbit/s) flowing, padding at 200 kbit/s arrives without queueing, padding at
+    1.2 Mbit/s builds a queue of a few hundred ms (measured: 620 ms, the tbf's 400 ms and more; docs/simulcast.md)."""
     from signaling.room import ROOMS
 
     teacher, student, track = await publishing_three_layers(stoa_server, chromium)
@@ -116,13 +117,13 @@ async def test_the_feedback_shows_the_queue_of_a_probe_the_link_cannot_carry(sto
     sub.allocator.on_transport_feedback = lambda batch, now: results.extend(batch)
     shape(browser_netns, ("rate", "600kbit", "burst", "16kb", "latency", "400ms"))
     await asyncio.sleep(2)
-    fits, fits_lost = await probe_delays(leg, results, 300_000)
+    fits, fits_lost = await probe_delays(leg, results, 200_000)
     await asyncio.sleep(3)  # the queue drains
     too_much, _ = await probe_delays(leg, results, 1_200_000)
-    print(f"extra delay: {len(fits)} packets at 300 kbit/s, max {max(fits):.0f} ms, {fits_lost} lost; "
+    print(f"extra delay: {len(fits)} packets at 200 kbit/s, max {max(fits):.0f} ms, {fits_lost} lost; "
           f"{len(too_much)} at 1.2 Mbit/s, max {max(too_much):.0f} ms")
-    assert len(fits) > 100 and fits_lost <= 2 and max(fits) < 50, (len(fits), fits_lost, max(fits))
-    assert max(too_much) > 150, max(too_much)
+    assert len(fits) > 70 and fits_lost <= 2 and max(fits) < 50, (len(fits), fits_lost, max(fits))
+    assert max(too_much) > 200, max(too_much)
     first = await frames_decoded(student)
     await eventually(lambda: decoded_more(student, first + 20), 15, "the student keeps decoding the camera",
                      interval=0.5)
