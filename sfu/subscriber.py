@@ -127,9 +127,10 @@ class Subscriber:
         if self._padding is not None:
             sent += self._probe_padding
         allocator = self.allocator
+        # Before on_estimate: a congestion signal ends the running probe in there, and its padding must stop.
+        probe = allocator.prober.probe
         congested = allocator.on_estimate(bitrate, sent, now)
         logger.debug("REMB %d sent %d congested %s", bitrate, sent, congested)
-        probe = allocator.prober.probe
         result = None if congested else allocator.prober.on_estimate(bitrate, now)
         if probe is not None and allocator.prober.probe is None:
             self._probe_ended(probe, result == "held", now)
@@ -149,6 +150,8 @@ class Subscriber:
         probe = self.allocator.prober.start(leg, target, sent, self.allocator.estimate, now)
         if probe is None:
             return
+        if self._padding is not None:  # never two at once: an orphaned sender would pad until the viewer left
+            self._padding.stop()
         self._probe_padding = probe.padding
         self._padding = PaddingSender(leg, probe.padding)
         self._probe_deadline()

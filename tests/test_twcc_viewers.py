@@ -53,3 +53,35 @@ async def test_an_aiortc_viewer_gets_numbered_padding_and_keeps_decoding(stoa_se
         for client in (viewer, publisher):
             if client is not None:
                 await client.close()
+
+
+@pytest.mark.unit
+async def test_a_probe_ended_by_a_congestion_signal_stops_its_padding():
+    """A REMB that signals congestion ends the running probe inside the allocator; the subscriber must still
+    stop that probe's padding (it read the probe after the allocator had ended it, and the padding ran on
+    until the viewer left: 248 kbit/s of it on a 300 kbit/s link, in tests/test_browser_twcc.py)."""
+    from sfu.peer import IceSettings, PeerFactory
+    from sfu.subscriber import Subscriber
+
+    class Padding:
+        sent = bytes = 0
+        stopped = False
+
+        def stop(self):
+            self.stopped = True
+
+    async def no_offer(sdp, tracks):
+        pass
+
+    sub = Subscriber("v", PeerFactory(IceSettings()), no_offer, data_channel_label=None)
+    try:
+        sub._on_remb(1_000_000)
+        probe = sub.allocator.prober.start(object(), 1_500_000, 1_000_000, 1_000_000, 0.0)
+        assert probe is not None
+        padding = sub._padding = Padding()
+        sub._probe_padding = 1_000_000
+        sub._on_remb(500_000)  # fell, and under what is sent (the padding): congestion
+        assert sub.allocator.congestion_events == 1 and sub.allocator.prober.probe is None
+        assert padding.stopped and sub._padding is None
+    finally:
+        await sub.close()
