@@ -1,16 +1,22 @@
-"""Transport-wide congestion control feedback, the receiver's half
-(draft-holmer-rmcat-transport-wide-cc-extensions-01, section 3.1).
+"""Transport-wide congestion control feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01,
+section 3.1), both halves.
 
-A browser numbers every RTP packet of a transport with the transport-wide sequence number extension;
-the receiver reports when each arrived, and the browser's own estimator (GCC) turns delay and loss into
-its send rate. `FeedbackRecorder` keeps (sequence number, arrival) pairs and turns them into feedback
-packets; `build_feedback` is the wire format. Pure: bytes and ints, tested byte for byte
-(tests/test_sfu_twcc.py).
+Receiver half (toward publishers): a browser numbers every RTP packet of a transport with the
+transport-wide sequence number extension; the receiver reports when each arrived, and the browser's own
+estimator (GCC) turns delay and loss into its send rate. `FeedbackRecorder` keeps (sequence number,
+arrival) pairs and turns them into feedback packets; `build_feedback` is the wire format.
+
+Sender half (toward viewers): Stoa numbers the packets it sends a viewer (`SendHistory`, one per viewer
+transport), the viewer's browser reports their arrivals, `parse_feedback` reads the report and
+`SendHistory.results` pairs it with what was sent (`PacketResult`, for sfu/allocator.py).
+
+Pure: bytes and ints, tested byte for byte (tests/test_sfu_twcc.py).
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Sequence
 
 URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -29,6 +35,17 @@ MAX_GAP_US = 8_000_000
 MAX_SEQ_JUMP = 0x4000
 
 _HEAD = struct.Struct("!BBHIIHHI")
+REFERENCE_WRAP = 1 << 24       # the reference time is 24 bits
+
+
+@dataclass(frozen=True, slots=True)
+class PacketResult:
+    """What one viewer's feedback says about one packet Stoa sent it (the sender half's output)."""
+    seq: int                 # unwrapped transport-wide sequence number (monotonic, no 16-bit wrap)
+    sent: float              # s, the server's time.monotonic() when the packet was sent
+    size: int                # bytes of the RTP packet before SRTP
+    arrival: float | None    # s, on the viewer's clock (feedback reference time + deltas); None: reported lost
+    probe: bool              # True for probe padding
 
 
 def encode_chunks(symbols: Sequence[int]) -> bytes:
@@ -183,3 +200,197 @@ class FeedbackRecorder:
             start = seq
         self._next = end + 1
         return packets
+
+
+# --- the sender half ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TransportFeedback:
+    """One parsed feedback packet. `deltas[i]` is the receive delta (250 µs ticks, from the previous
+    received packet, the first from the reference time) of packet `base_seq + i`, None if not received."""
+    sender_ssrc: int
+    media_ssrc: int
+    base_seq: int
+    reference_time: int            # signed, 64 ms ticks
+    fb_count: int
+    deltas: tuple[int | None, ...]
+
+    def arrivals_us(self) -> list[int | None]:
+        """Arrival of each packet in µs on the receiver's clock (reference time + cumulative deltas)."""
+        clock = self.reference_time * REFERENCE_TICK_US
+        out: list[int | None] = []
+        for d in self.deltas:
+            if d is None:
+                out.append(None)
+            else:
+                clock += d * DELTA_TICK_US
+                out.append(clock)
+        return out
+
+
+def parse_feedback(data: bytes) -> TransportFeedback:
+    """Read one transport-cc feedback packet (RTPFB, FMT 15, the whole RTCP packet from its first byte);
+    the inverse of build_feedback. ValueError names what is wrong."""
+    if len(data) < _HEAD.size:
+        raise ValueError(f"transport-cc feedback of {len(data)} bytes is shorter than its {_HEAD.size}-byte header")
+    b0, pt, length_words, sender_ssrc, media_ssrc, base_seq, count, ref_fb = _HEAD.unpack_from(data)
+    if b0 >> 6 != 2:
+        raise ValueError("transport-cc feedback: RTCP version is not 2")
+    if pt != RTCP_RTPFB or b0 & 0x1F != FMT_TRANSPORT_CC:
+        raise ValueError(f"not transport-cc feedback: packet type {pt}, FMT {b0 & 0x1F}")
+    end = (length_words + 1) * 4
+    if end != len(data):
+        raise ValueError(f"transport-cc feedback: length field says {end} bytes, packet has {len(data)}")
+    if b0 & 0x20:
+        pad = data[-1]
+        if pad == 0 or end - pad < _HEAD.size:
+            raise ValueError(f"transport-cc feedback: padding count {pad} is invalid")
+        end -= pad
+    if count == 0:
+        raise ValueError("transport-cc feedback: packet status count is 0")
+    reference = ref_fb >> 8
+    if reference & 0x800000:
+        reference -= REFERENCE_WRAP
+    pos = _HEAD.size
+    symbols: list[int] = []
+    while len(symbols) < count:
+        if pos + 2 > end:
+            raise ValueError(f"transport-cc feedback: status chunks end after {len(symbols)} of {count} statuses")
+        chunk = (data[pos] << 8) | data[pos + 1]
+        pos += 2
+        if not chunk & 0x8000:                      # run length: T=0, symbol, 13-bit run
+            symbols += [(chunk >> 13) & 3] * min(chunk & MAX_RUN_LENGTH, count - len(symbols))
+        elif not chunk & 0x4000:                    # status vector of 14 one-bit symbols
+            symbols += [(chunk >> (13 - k)) & 1 for k in range(14)]
+        else:                                       # status vector of 7 two-bit symbols
+            symbols += [(chunk >> (12 - 2 * k)) & 3 for k in range(7)]
+    del symbols[count:]
+    deltas: list[int | None] = []
+    for i, symbol in enumerate(symbols):
+        if symbol == NOT_RECEIVED:
+            deltas.append(None)
+        elif symbol == SMALL_DELTA:
+            if pos + 1 > end:
+                raise ValueError(f"transport-cc feedback: receive deltas end at status {i} of {count}")
+            deltas.append(data[pos])
+            pos += 1
+        elif symbol == LARGE_DELTA:
+            if pos + 2 > end:
+                raise ValueError(f"transport-cc feedback: receive deltas end at status {i} of {count}")
+            deltas.append(int.from_bytes(data[pos:pos + 2], "big", signed=True))
+            pos += 2
+        else:
+            raise ValueError(f"transport-cc feedback: reserved status symbol 3 at status {i}")
+    return TransportFeedback(sender_ssrc, media_ssrc, base_seq, reference, ref_fb & 0xFF, tuple(deltas))
+
+
+# What SendHistory keeps: enough for the feedback a browser sends every 50-250 ms, with margin.
+HISTORY_PACKETS = 4096
+HISTORY_SECONDS = 5.0
+_UNREPORTED, _LOST, _RECEIVED = 0, 1, 2
+
+
+class SendHistory:
+    """The packets sent to one viewer transport (all its legs: BUNDLE), numbered with the transport-wide
+    sequence number, and what the viewer's feedback says of them.
+
+    `sent` is the per-packet part: it assigns the next number (unwrapped here, 16 bits on the wire) and
+    stores (send time, size, probe) in a ring of HISTORY_PACKETS. `results` turns a parsed feedback into
+    PacketResults: numbers no longer (or never) in the ring, or sent over HISTORY_SECONDS before the
+    feedback, are ignored, as are repeated reports; a packet reported lost and later received gets a
+    second result, with its arrival. Arrivals are in seconds on the viewer's clock: the reference time
+    (unwrapped across feedback packets) plus the cumulative deltas."""
+
+    __slots__ = ("_next", "_sent", "_size", "_probe", "_state", "_seq", "_reference", "_reference_base",
+                 "capacity", "max_age", "unknown", "feedbacks")
+
+    def __init__(self, capacity: int = HISTORY_PACKETS, max_age: float = HISTORY_SECONDS):
+        self.capacity = capacity
+        self.max_age = max_age
+        self._next = 0                       # the next unwrapped number
+        self._sent = [0.0] * capacity
+        self._size = [0] * capacity
+        self._probe = [False] * capacity
+        self._state = [_UNREPORTED] * capacity
+        self._seq = [-1] * capacity          # which unwrapped number a slot holds
+        self._reference: int | None = None   # the last feedback's reference time (24-bit signed)
+        self._reference_base = 0             # its unwrapped value
+        self.unknown = 0                     # statuses ignored: not in the ring
+        self.feedbacks = 0
+
+    def sent(self, size: int, probe: bool, now: float) -> int:
+        """Record a packet sent at `now` (time.monotonic()); returns its 16-bit wire number."""
+        seq = self._next
+        self._next = seq + 1
+        i = seq % self.capacity
+        self._seq[i] = seq
+        self._sent[i] = now
+        self._size[i] = size
+        self._probe[i] = probe
+        self._state[i] = _UNREPORTED
+        return seq & 0xFFFF
+
+    @property
+    def packets_sent(self) -> int:
+        return self._next
+
+    def _unwrap_reference(self, reference: int) -> int:
+        last = self._reference
+        if last is None:
+            self._reference_base = reference
+        else:
+            step = ((reference - last + (REFERENCE_WRAP >> 1)) % REFERENCE_WRAP) - (REFERENCE_WRAP >> 1)
+            self._reference_base += step
+        self._reference = reference
+        return self._reference_base
+
+    def results(self, feedback: TransportFeedback, now: float) -> list[PacketResult]:
+        highest = self._next - 1
+        if highest < 0:
+            self.unknown += len(feedback.deltas)
+            return []
+        self.feedbacks += 1
+        # The base number closest to the highest sent (a report is never far ahead of what was sent).
+        seq = highest + ((feedback.base_seq - highest + 0x8000) & 0xFFFF) - 0x8000
+        clock = self._unwrap_reference(feedback.reference_time) * REFERENCE_TICK_US
+        oldest = now - self.max_age
+        capacity = self.capacity
+        out: list[PacketResult] = []
+        for delta in feedback.deltas:
+            if delta is not None:
+                clock += delta * DELTA_TICK_US
+            i = seq % capacity
+            if seq < 0 or seq > highest or self._seq[i] != seq or self._sent[i] < oldest:
+                self.unknown += 1
+            else:
+                state = self._state[i]
+                if delta is not None and state != _RECEIVED:
+                    self._state[i] = _RECEIVED
+                    out.append(PacketResult(seq, self._sent[i], self._size[i], clock / 1e6, self._probe[i]))
+                elif delta is None and state == _UNREPORTED:
+                    self._state[i] = _LOST
+                    out.append(PacketResult(seq, self._sent[i], self._size[i], None, self._probe[i]))
+            seq += 1
+        return out
+
+
+def split_transport_feedback(data: bytes) -> tuple[list[bytes], bytes]:
+    """The transport-cc feedback packets of a compound RTCP packet, and the compound without them (what
+    aiortc gets: it reads FMT 15 as a NACK, and one whose padding is stripped fails its length check,
+    which drops the whole compound). A malformed compound comes back whole, with no feedback."""
+    found: list[bytes] = []
+    rest: list[bytes] = []
+    pos, n = 0, len(data)
+    while pos < n:
+        if pos + 4 > n or data[pos] >> 6 != 2:
+            return [], data
+        end = pos + ((data[pos + 2] << 8 | data[pos + 3]) + 1) * 4
+        if end > n:
+            return [], data
+        packet = data[pos:end]
+        if data[pos + 1] == RTCP_RTPFB and data[pos] & 0x1F == FMT_TRANSPORT_CC:
+            found.append(packet)
+        else:
+            rest.append(packet)
+        pos = end
+    return found, (data if not found else b"".join(rest))
