@@ -69,7 +69,7 @@ from aiortc.rtp import (
     unwrap_rtx,
 )
 
-from sfu.twcc import URI_TRANSPORT_CC
+from sfu.twcc import URI_TRANSPORT_CC, split_transport_feedback
 
 logger = logging.getLogger(__name__)
 
@@ -359,6 +359,32 @@ def watch_transport_rtp(dtls: RTCDtlsTransport, on_packet: Callable[[int, int], 
     return True
 
 
+def watch_transport_feedback(dtls: RTCDtlsTransport, on_feedback: Callable[[bytes], None]) -> bool:
+    """Toward a viewer: hand every transport-cc feedback packet (RTPFB FMT 15) that arrives on `dtls` to
+    `on_feedback` as raw bytes, and the rest of its compound RTCP packet to aiortc, which has no class for
+    FMT 15 (it reads one as a NACK, and drops the whole compound when the feedback is padded). Once per
+    transport; False if it was already watched."""
+    if getattr(dtls, "_stoa_feedback_watched", False):
+        return False
+    stock = dtls._handle_rtcp_data
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        if b"\xcd" in data:  # RTPFB somewhere (cheap test first: most RTCP is RR, REMB and SDES)
+            found, data = split_transport_feedback(data)
+            for packet in found:
+                try:
+                    on_feedback(packet)
+                except Exception:  # raised into the receive loop, it would close the viewer's transport
+                    logger.exception("handling a viewer's transport-cc feedback failed")
+            if not data:
+                return
+        await stock(data)
+
+    dtls._handle_rtcp_data = handle_rtcp_data
+    dtls._stoa_feedback_watched = True
+    return True
+
+
 def transport_connected(dtls: RTCDtlsTransport) -> bool:
     return dtls._state is _DTLS_CONNECTED
 
@@ -590,7 +616,7 @@ class SenderSeam:
     """Raw RTP injection into a stock RTCRtpSender's transport, with its RTCP redirected."""
 
     __slots__ = ("sender", "ssrc", "rtx_ssrc", "params", "ready", "_dtls", "_on_nack",
-                 "_on_keyframe_request", "_fast")
+                 "_on_keyframe_request", "_fast", "on_transport_feedback")
 
     def __init__(self, sender: RTCRtpSender, on_nack: Callable[[list[int]], Awaitable[None]],
                  on_keyframe_request: Callable[[], None], on_report: OnReceiverReport | None = None,
@@ -604,6 +630,9 @@ class SenderSeam:
         self._on_nack = on_nack
         self._on_keyframe_request = on_keyframe_request
         self._fast: tuple | None = None
+        # The viewer's transport-cc feedback (raw RTPFB FMT 15), watched on the leg's transport once it is
+        # known; set before negotiation completes (sfu/subscriber.py). With BUNDLE one transport serves all legs.
+        self.on_transport_feedback: Callable[[bytes], None] | None = None
         stock_send = sender.send
         stock_rtcp = sender._handle_rtcp_packet
 
@@ -624,6 +653,8 @@ class SenderSeam:
                          for c in parameters.codecs if not c.mimeType.lower().endswith("/rtx")],
             )
             self._dtls = sender.transport
+            if self.on_transport_feedback is not None and self._dtls is not None:
+                watch_transport_feedback(self._dtls, self.on_transport_feedback)
             await stock_send(parameters)
             self.ready.set()
 

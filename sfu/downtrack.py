@@ -30,7 +30,7 @@ class DownTrack:
                  "_rtx_seq", "paused", "_codec_ok", "_sr_packets", "_sr_octets",
                  "packets_sent", "retransmits", "nack_misses", "keyframe_requests",
                  "retransmit", "quality", "pacer", "on_quality", "keyframes_for_viewer", "_load", "_shed", "unselected",
-                 "oversize_drops", "replayed", "source", "switcher", "on_remb", "padding_sent")
+                 "oversize_drops", "replayed", "source", "switcher", "on_remb", "padding_sent", "twcc")
 
     def __init__(self, sender: RTCRtpSender, *, subscriber_id: str, kind: str, load=None):
         self.subscriber_id = subscriber_id
@@ -41,6 +41,9 @@ class DownTrack:
         self.source: TrackReceiver | None = None
         self.switcher: LayerSwitcher | None = None
         self.on_remb: Callable[[int], None] | None = None  # the viewer's REMB (bits/s), for layer choice
+        # The viewer transport's transport-wide numbering (sfu/twcc.py SendHistory), shared by its legs;
+        # None: transport-cc toward this viewer is off (setting downlink_transport_cc).
+        self.twcc = None
         self._load = load  # sfu.overload.LoadMonitor of this process, or None
         self._shed = False  # paused by overload shedding
         self.unselected = False  # paused by Last-N (sfu/lastn.py): not among the videos this viewer gets
@@ -212,7 +215,8 @@ class DownTrack:
     @property
     def padding_bytes(self) -> int:
         """The size of one padding packet on this leg (before SRTP)."""
-        return 12 + len(build_extensions(self._ext_ids, self._mid, b"\x00\x00\x00", None)) + MAX_PADDING
+        seq = 0 if self.twcc is not None else None
+        return 12 + len(build_extensions(self._ext_ids, self._mid, b"\x00\x00\x00", None, seq)) + MAX_PADDING
 
     def send_padding(self, count: int) -> int:
         """Send `count` padding-only packets on the RTX stream (a probe); how many went. None while the
@@ -220,11 +224,17 @@ class DownTrack:
         if self.paused or self.pacer.backlog or not self.can_pad():
             return 0
         params, seam = self.seam.params, self.seam
-        ext = build_extensions(self._ext_ids, self._mid, abs_send_time(), None)
+        ids, mid = self._ext_ids, self._mid
+        send_time = abs_send_time()
+        twcc = self.twcc if ids.transport_cc else None
+        ext = build_extensions(ids, mid, send_time, None)
+        size = self.padding_bytes
         ts = self.forwarder.last_out_ts
         sent = 0
         for _ in range(count):
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            if twcc is not None:  # numbered as it goes out: its send time is the one the feedback is read against
+                ext = build_extensions(ids, mid, send_time, None, twcc.sent(size, True, time.monotonic()))
             if not seam.send_rtp_now(padding_packet(params.rtx_payload_type, self._rtx_seq, ts, seam.rtx_ssrc, ext)):
                 break
             sent += 1

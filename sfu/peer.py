@@ -175,9 +175,11 @@ def check_sdp_text(sdp: str) -> None:
 
 
 class PeerFactory:
-    def __init__(self, ice: IceSettings, load=None):
+    def __init__(self, ice: IceSettings, load=None, *, downlink_transport_cc: bool = False):
         self.ice = ice
         self.load = load  # sfu.overload.LoadMonitor of this process, or None
+        # Subscribers number their packets for transport-cc feedback from viewers (setting downlink_transport_cc).
+        self.downlink_transport_cc = downlink_transport_cc
         self.live: set[RTCPeerConnection] = set()
 
     def create(self) -> RTCPeerConnection:

@@ -566,8 +566,10 @@ class WorkerPool:
     """Starts `count` worker processes, places viewers on them, and restarts any that dies."""
 
     def __init__(self, count: int, ice: IceSettings, *, log_level: str = "info",
-                 on_session_lost: SessionLost | None = None, policy: dict | None = None):
+                 on_session_lost: SessionLost | None = None, policy: dict | None = None,
+                 downlink_transport_cc: bool = False):
         self.count = count
+        self.downlink_transport_cc = downlink_transport_cc  # the workers' viewers get transport-cc (sfu/twcc.py)
         self.ice = ice
         self.policy = policy or {}  # each worker's overload policy: {"max_legs", "react"}
         self.log_level = log_level
@@ -627,7 +629,8 @@ class WorkerPool:
         link.notify({"type": "configure", "ice": {"servers": self.ice.servers, "username": self.ice.username,
                                                   "credential": self.ice.credential,
                                                   "addresses": self.ice.addresses},
-                     **({"policy": self.policy} if self.policy else {})})
+                     **({"policy": self.policy} if self.policy else {}),
+                     **({"downlink_transport_cc": True} if self.downlink_transport_cc else {})})
         self.links[index] = link
         self._spawn(self._watch(link))
         logger.info("media worker %d running (pid %d)", index, proc.pid)

@@ -12,6 +12,8 @@ from typing import Optional
 
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
+from sfu.twcc import URI_TRANSPORT_CC
+
 RTP_VERSION_BITS = 0x80
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 
@@ -47,6 +49,7 @@ class ExtensionIds:
     mid: int = 0
     abs_send_time: int = 0
     audio_level: int = 0
+    transport_cc: int = 0  # the transport-wide sequence number (sfu/twcc.py)
 
     @classmethod
     def from_uris(cls, pairs) -> "ExtensionIds":
@@ -55,12 +58,17 @@ class ExtensionIds:
             mid=ids.get(URI_MID, 0),
             abs_send_time=ids.get(URI_ABS_SEND_TIME, 0),
             audio_level=ids.get(URI_AUDIO_LEVEL, 0),
+            transport_cc=ids.get(URI_TRANSPORT_CC, 0),
         )
 
 
-def build_extensions(ids: ExtensionIds, mid: bytes, send_time: bytes, audio_level: int | None) -> bytes:
-    """An RFC 8285 one-byte-header extension block (profile 0xBEDE), padded to 32 bits."""
+def build_extensions(ids: ExtensionIds, mid: bytes, send_time: bytes, audio_level: int | None,
+                     transport_seq: int | None = None) -> bytes:
+    """An RFC 8285 one-byte-header extension block (profile 0xBEDE), padded to 32 bits. The transport-wide
+    sequence number, when given, comes first (bytes 5 and 6 of the block: `TRANSPORT_SEQ_AT`)."""
     body = b""
+    if ids.transport_cc and transport_seq is not None:
+        body += bytes(((ids.transport_cc << 4) | 1,)) + (transport_seq & 0xFFFF).to_bytes(2, "big")
     if ids.mid and mid:
         body += bytes(((ids.mid << 4) | (len(mid) - 1),)) + mid
     if ids.abs_send_time:
@@ -71,6 +79,9 @@ def build_extensions(ids: ExtensionIds, mid: bytes, send_time: bytes, audio_leve
         return b""
     body += b"\x00" * (-len(body) % 4)
     return b"\xbe\xde" + (len(body) // 4).to_bytes(2, "big") + body
+
+
+TRANSPORT_SEQ_AT = 5  # where build_extensions puts the transport-wide sequence number's two bytes
 
 
 def build_header(has_ext: bool, marker: int, payload_type: int, seq: int, ts: int, ssrc: int) -> bytes:

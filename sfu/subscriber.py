@@ -14,6 +14,7 @@ from sfu.allocator import LayerAllocator
 from sfu.downtrack import DownTrack, OnQuality
 from sfu.peer import IdleTrack, PeerFactory, SdpError, check_restartable, codec_preferences, same_codec
 from sfu.probe import PaddingSender
+from sfu.twcc import SendHistory, parse_feedback
 from sfu.uptrack import UpTrack
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ class Subscriber:
         self.participant_id = participant_id
         self._on_quality = on_quality  # told of every leg's change: the viewer's connection quality changed
         self.allocator = LayerAllocator()  # simulcast layer choice for this viewer's legs
+        # Transport-cc toward this viewer (docs/simulcast.md): the packets' transport-wide numbers, and what
+        # its feedback said. One history for all legs: they share one transport (BUNDLE).
+        self.twcc: SendHistory | None = SendHistory() if getattr(peers, "downlink_transport_cc", False) else None
+        self.twcc_stats = {"feedback": 0, "bad_feedback": 0, "results": 0, "received": 0, "probe_received": 0}
         self._allocated_at = 0.0
         self._padding: PaddingSender | None = None  # the running probe's padding
         self._probe_padding = 0.0
@@ -77,7 +82,36 @@ class Subscriber:
         downtrack.on_quality = self._quality_changed
         if kind == "video":
             downtrack.on_remb = self._on_remb
+        if self.twcc is not None:
+            downtrack.twcc = self.twcc
+            downtrack.seam.on_transport_feedback = self._on_transport_feedback
         return downtrack
+
+    def _on_transport_feedback(self, data: bytes) -> None:
+        """A transport-cc feedback packet from the viewer (raw RTCP, from the seam): to the allocator."""
+        stats = self.twcc_stats
+        try:
+            feedback = parse_feedback(data)
+        except ValueError as exc:
+            stats["bad_feedback"] += 1
+            if stats["bad_feedback"] == 1:
+                logger.warning("%s: transport-cc feedback ignored: %s", self.participant_id, exc)
+            return
+        now = time.monotonic()
+        results = self.twcc.results(feedback, now)
+        stats["feedback"] += 1
+        stats["results"] += len(results)
+        for r in results:
+            if r.arrival is not None:
+                stats["received"] += 1
+                stats["probe_received"] += r.probe
+        allocator = self.allocator
+        if not getattr(allocator, "transport_cc", False):
+            allocator.transport_cc = True  # from now on the allocator may judge by feedback (sfu/allocator.py)
+            logger.info("%s: transport-cc feedback from the viewer", self.participant_id)
+        handler = getattr(allocator, "on_transport_feedback", None)  # bwe14's; absent before it is merged
+        if handler is not None and results:
+            handler(results, now)
 
     # -- simulcast layers ---------------------------------------------------------------------
 

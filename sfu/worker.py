@@ -25,7 +25,7 @@ import time
 
 from sfu.buffer import CachedPacket, PacketCache
 from sfu.overload import LoadMonitor, OverloadPolicy, release_memory
-from sfu.aiortc_seam import ice_credentials
+from sfu.aiortc_seam import enable_transport_cc, ice_credentials
 from sfu.peer import (REFUSAL_CODES, IceSettings, OtherIceSession, PeerFactory, SdpError, add_remote_candidate,
                       parse_candidate, restart_ice_from)
 from sfu.aiortc_seam import DataChannelSender
@@ -229,6 +229,9 @@ class Worker:
                 self.peers.ice = IceSettings(**message["ice"])
                 if "policy" in message:  # the server's capacity_legs and overload_control
                     self.load.policy = OverloadPolicy(**message["policy"])
+                if message.get("downlink_transport_cc"):  # the server's setting: offers carry the extension
+                    enable_transport_cc()
+                    self.peers.downlink_transport_cc = True
             elif kind == "track":
                 old = self.streams.pop(message["stream"], None)
                 if old is not None:

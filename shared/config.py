@@ -80,6 +80,10 @@ class Settings:
     # participants and every screen share; the others' tiles show an avatar. 9 fills a 3 x 3 grid, what a
     # laptop shows at a size where faces read, at a downlink a home connection carries. 0: every video.
     last_n: int = 9
+    # Number the packets sent to viewers with the transport-wide sequence number and read the viewers'
+    # transport-cc feedback (docs/simulcast.md): per-packet delay for the layer allocator's probes. Off
+    # until the allocator judges by it; off, viewers get what they got before.
+    downlink_transport_cc: bool = False
     log_level: str = "info"
     # Outgoing webhooks kept in step with the database at start-up: [{url, secret, events}] (TOML tables).
     webhooks: list[dict] = field(default_factory=list)

@@ -88,7 +88,7 @@ async def _rooms_ctx(app: web.Application):
                       server_identity=settings.node_id or "stoa")
     load = app[LOAD] = LoadMonitor(OverloadPolicy(max_legs=settings.capacity_legs,
                                                       react=settings.overload_control))
-    manager = app[ROOMS] = RoomManager(PeerFactory(ice, load), max_participants=settings.max_participants,
+    manager = app[ROOMS] = RoomManager(PeerFactory(ice, load, downlink_transport_cc=settings.downlink_transport_cc), max_participants=settings.max_participants,
                                            clock=app[CLOCK], last_n=settings.last_n)
     load.legs, load.leg_count = manager.video_legs, manager.leg_count
     load.peer_count = lambda: len(manager.peers.live)

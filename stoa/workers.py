@@ -32,7 +32,8 @@ async def workers_ctx(app: web.Application):
         await whip.end_session(app, sub.room, sub.session_id, reason=f"media worker {sub.worker} died")
 
     pool = WorkerPool(count, ice, log_level=settings.log_level, on_session_lost=session_lost,
-                      policy={"max_legs": settings.capacity_legs, "react": settings.overload_control})
+                      policy={"max_legs": settings.capacity_legs, "react": settings.overload_control},
+                      downlink_transport_cc=settings.downlink_transport_cc)
     await pool.start()
     app[WORKERS] = pool
     app[ROOMS].workers = pool  # room participants' subscriber connections go to the workers too
