@@ -64,6 +64,8 @@ DRAIN = 0.8          # for DRAIN_FOR s after a congestion signal, layers must fi
 DRAIN_FOR = 3.0      # ... so the queue built at the viewer's bottleneck drains (and the keyframe passes)
 # transport-cc (the viewer's per-packet feedback)
 START_BITRATE = 300_000  # bits/s, the estimate before any probe (libwebrtc's start bitrate)
+START_PROBE = 1_200_000  # bits/s, the first probe at least (4 times the start; libwebrtc probes 3 and 6 times)
+LAYER_STEP = 2.5     # with transport-cc, a layer counts as costing at least 2.5 times the one below
 PROBE_OVER = 1.25    # a feedback probe sends this much over what the layer needs
 TCC_CONGESTED = 0.05  # s of queueing delay (and growing) on media: the link is full
 TCC_GROWING = 0.01   # s the queueing delay must have grown over TCC_TREND
@@ -247,7 +249,7 @@ class LayerAllocator:
         self._fits_since[id(leg)] = -math.inf
 
     def budget(self, now: float, probing: bool = False) -> float:
-        if probing:
+        if probing or self._transport_cc:
             pass  # padding probes raise the cap; it is never lifted blind
         elif self.cap != math.inf and now - self._cap_at >= self._probe_after:
             self.cap, self._lifted_at = math.inf, now  # probe: let the legs step up
@@ -304,6 +306,12 @@ class LayerAllocator:
             cap = self.size_cap(leg)
             # a layer paused by dynacast counts at the rate it had when it ran
             rates = [layer.bitrate() or getattr(layer, "known_bitrate", 0.0) for layer in layers]
+            if self._transport_cc:
+                # the publisher's layers ramp up for seconds from its start: a higher layer costs at least
+                # LAYER_STEP times the one below, whatever it sends yet (else a ramping `h` fits anything)
+                for i in range(1, len(rates)):
+                    if rates[i] > 0 and rates[i - 1] > 0:  # (one that stopped stays at 0: it does not fit)
+                        rates[i] = max(rates[i], LAYER_STEP * rates[i - 1])
             choice = 0
             for i in range(cap + 1):
                 rate = rates[i]
@@ -322,6 +330,8 @@ class LayerAllocator:
             if choice > current and now - self._jump.get(key, -math.inf) < JUMP_FOR:
                 self._jump.pop(key, None)  # a feedback probe measured the link: to the layer that fits
                 self._fits_since.pop(key, None)
+            elif choice > current and self._transport_cc and leg.can_pad():
+                choice = current  # up only on a probe's verdict (the start estimate is no measurement)
             elif choice > current:
                 since = self._fits_since.setdefault(key, now)
                 if now - since < UP_HOLD:
@@ -355,6 +365,8 @@ class LayerAllocator:
         self.probe_request = None
         if wants is not None and self.prober.ready(now):
             lacks = wants[1] * PROBE_OVER + spent * (PROBE_OVER - 1) if self._transport_cc else wants[1]
+            if self._start_probe:
+                lacks = max(lacks, START_PROBE - spent)  # the link is unknown: enough to see its capacity
             self.probe_request = (wants[0], spent + lacks, spent)
             if self._probing is None:
                 self._probing = wants[0].switcher

@@ -73,6 +73,11 @@ QUEUED = 0.004         # s over the base delay: the packet waited in the bottlen
 MIN_WINDOW = 0.03      # s, the minimum filter over a probe's queueing delays (over a padding tick)
 BASE_FOR = 10.0        # s the base (queue-free) one-way delay is the minimum over
 HISTORY = 2.0          # s of PacketResults kept
+QUEUE_SPAN = 0.06      # s of sending the queue's growth is read over, at least (three padding ticks) ...
+QUEUE_FIT = 0.2        # ... and at most (the last of it: before, the link's token bucket may have hidden it)
+TCC_SURE = 0.08        # s of growth that fails a probe whatever the slope says
+TCC_UNDER = 0.8        # a probe whose link delivered less than this of its target failed (nearer, the
+                       # growth may be the viewer's own stall: its arrival times bunch up again)
 UTILIZATION = 0.95     # of a measured capacity, the estimate (libwebrtc's kTargetUtilizationFraction)
 
 
@@ -132,6 +137,29 @@ def queued_run(received: Sequence[PacketResult], base: float) -> list[PacketResu
 def bottleneck_rate(received: Sequence[PacketResult], base: float) -> float | None:
     """The rate the last queued run arrived at (the link's, when every packet is numbered)."""
     return arrival_rate(queued_run(received, base))
+
+
+def queue_slope(received: Sequence[PacketResult], base: float) -> float | None:
+    """How fast the queueing delay grew per second of sending (least squares over the last run of packets
+    that waited QUEUED, at most QUEUE_FIT of sending); None over less than QUEUE_SPAN. Into a FIFO link of rate C
+    at a rate R the delay grows (R - C) / C a second, so C = R / (1 + slope), whatever the packets that
+    are not numbered (they wait in the same queue) and however the viewer batches its arrival times."""
+    points = sorted((r.sent, r.arrival - r.sent - base) for r in received)
+    if not points:
+        return None
+    last, run = points[-1][0], 0
+    for sent, q in reversed(points):  # the packets that met the queue, up to the last one
+        if q <= QUEUED or sent < last - QUEUE_FIT:
+            break
+        run += 1
+    points = points[len(points) - run - 1:] if run < len(points) else points  # and the one before it
+    if run < 3 or last - points[0][0] < QUEUE_SPAN:
+        return None
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_q = sum(q for _, q in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    return sum((t - mean_t) * (q - mean_q) for t, q in points) / var if var > 0 else None
 
 
 class FeedbackHistory:
@@ -242,7 +270,7 @@ class ProbeController:
         count, lost = history.lost_share(probe.started)
         if count >= TCC_MIN_PACKETS and lost > TCC_LOSS:
             # the queue overflowed: its last run left at the link's rate
-            probe.capacity = self._link_rate(probe, got, base, history.media) if base is not None else None
+            probe.capacity = self._link_rate(probe, got, base) if base is not None else None
             return self._end(False, now, f"{lost:.0%} lost{self._capacity(probe)}")
         if base is None or len(got) < 5:
             return self.check(now)
@@ -250,8 +278,12 @@ class ProbeController:
         first, last = queued[0][0], queued[-1][0]
         growth = min_queue(queued, last - MIN_WINDOW, last) - min_queue(queued, first, first + MIN_WINDOW)
         if growth > TCC_GROWTH:
-            probe.capacity = self._link_rate(probe, got, base, history.media)
-            return self._end(False, now, f"delay +{growth * 1000:.0f} ms{self._capacity(probe)}")
+            # a queue grew, unless the viewer's own stall (a loaded machine) delayed its arrival times:
+            # then they bunch up again and the delay did not grow over the probe as a whole
+            capacity = self._link_rate(probe, got, base)
+            if growth > TCC_SURE or (capacity is not None and capacity < TCC_UNDER * probe.target):
+                probe.capacity = capacity
+                return self._end(False, now, f"delay +{growth * 1000:.0f} ms{self._capacity(probe)}")
         if last - first >= TCC_HOLD_SPAN:
             received, sent = arrival_rate(got), send_rate(got)
             probe.received = received or 0.0
@@ -263,16 +295,10 @@ class ProbeController:
         return self.check(now)
 
     @staticmethod
-    def _link_rate(probe: Probe, got: list[PacketResult], base: float, media: bool) -> float | None:
-        """What the overfilled link delivered. With only the padding numbered, the queue let the padding
-        out at the link's rate times its share of what entered: the rate it arrived at over the rate it
-        was sent at, times all that was sent (`target`)."""
-        run = queued_run(got, base)
-        received = arrival_rate(run)
-        if received is None or media:
-            return received
-        sent = send_rate(run)
-        return None if not sent else probe.target * min(1.0, received / sent)
+    def _link_rate(probe: Probe, got: list[PacketResult], base: float) -> float | None:
+        """What the overfilled link delivered: all that was sent (`target`) over 1 + the queue's growth."""
+        slope = queue_slope(got, base)
+        return None if slope is None or slope <= 0 else probe.target / (1 + slope)
 
     @staticmethod
     def _capacity(probe: Probe) -> str:
@@ -300,15 +326,21 @@ class PaddingSender:
 
     def __init__(self, leg, bits_per_second: float, loop: asyncio.AbstractEventLoop | None = None):
         self.leg = leg
-        self.per_tick = bits_per_second / 8 * PADDING_TICK / leg.padding_bytes
+        self.per_second = bits_per_second / 8 / leg.padding_bytes
+        self.per_tick = self.per_second * PADDING_TICK
         self._owed = 0.0
         self.sent = 0
         self.bytes = 0
         self._loop = loop or asyncio.get_event_loop()
+        self._last: float | None = None
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(0, self._tick)
 
     def _tick(self) -> None:
-        self._owed += self.per_tick
+        # what the time since the last tick owes (a loaded loop runs the timer late), at most 3 ticks' worth
+        now = self._loop.time()
+        elapsed = PADDING_TICK if self._last is None else min(3 * PADDING_TICK, now - self._last)
+        self._last = now
+        self._owed += self.per_second * elapsed
         count = int(self._owed)
         if count:
             self._owed -= count

@@ -14,7 +14,7 @@ from sfu.allocator import LayerAllocator
 from sfu.downtrack import DownTrack, OnQuality
 from sfu.peer import IdleTrack, PeerFactory, SdpError, check_restartable, codec_preferences, same_codec
 from sfu.probe import PaddingSender
-from sfu.twcc import SendHistory, parse_feedback
+from sfu.twcc import URI_TRANSPORT_CC, SendHistory, parse_feedback
 from sfu.uptrack import UpTrack
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ class Subscriber:
         downtrack = self._new_leg(transceiver, uptrack.kind)
         downtrack.attach(uptrack)
         self.legs.append((transceiver, downtrack))
+        if downtrack.switcher is not None and self.allocator.transport_cc:
+            self.allocate()  # start on the layer the start estimate fits, not the top one
         return downtrack
 
     def _new_leg(self, transceiver, kind: str) -> DownTrack:
@@ -109,9 +111,15 @@ class Subscriber:
         if not getattr(allocator, "transport_cc", False):
             allocator.transport_cc = True  # from now on the allocator may judge by feedback (sfu/allocator.py)
             logger.info("%s: transport-cc feedback from the viewer", self.participant_id)
-        handler = getattr(allocator, "on_transport_feedback", None)  # bwe14's; absent before it is merged
-        if handler is not None and results:
-            handler(results, now)
+        if not results:
+            return
+        probe, congestion = allocator.prober.probe, allocator.congestion_events
+        allocator.on_transport_feedback(results, now)
+        if probe is not None and allocator.prober.probe is None:  # the feedback decided it: padding off now
+            self._probe_ended(probe, (allocator.prober.last_result or "").startswith("held"), now)
+            self.allocate(now)
+        elif allocator.congestion_events != congestion or now - self._allocated_at >= REALLOCATE_INTERVAL:
+            self.allocate(now)
 
     # -- simulcast layers ---------------------------------------------------------------------
 
@@ -279,6 +287,11 @@ class Subscriber:
             await self.peers.set_remote(self.pc, sdp, "answer")
             self._awaiting_answer = False
             again = self._dirty
+        if self.twcc is not None and not self.allocator.transport_cc and URI_TRANSPORT_CC in sdp:
+            # The viewer takes transport-cc: its legs start low and are probed up (sfu/allocator.py), before
+            # any feedback (it only comes for numbered packets: a probe's padding).
+            self.allocator.transport_cc = True
+            self.allocate()
         if again:
             await self.negotiate()
 

@@ -234,7 +234,7 @@ async def test_pacer_paces_media_during_a_burst_and_returns_to_what_the_leg_aske
 # -- transport-cc: verdicts from per-packet feedback on a simulated link --------------------------
 
 from sfu import allocator as al  # noqa: E402
-from sfu.probe import FeedbackHistory, arrival_rate, bottleneck_rate  # noqa: E402
+from sfu.probe import FeedbackHistory, arrival_rate, bottleneck_rate, queue_slope  # noqa: E402
 from sfu.twcc import PacketResult  # noqa: E402
 
 
@@ -337,6 +337,8 @@ def test_results_rates_and_the_bottleneck_run():
     assert arrival_rate(got) == pytest.approx(10 * 8000 / 0.2)
     assert bottleneck_rate(got, 500.0) == pytest.approx(400_000)  # each waited longer: they queued
     assert bottleneck_rate(got[:1], 500.0) is None
+    assert queue_slope(got, 500.0) == pytest.approx(1.0)  # sent at 800 kbit/s into 400: 1 s more a second
+    assert queue_slope(got[:3], 500.0) is None  # too short to tell
     history = FeedbackHistory()
     history.add(got + [PacketResult(11, 0.11, 1000, None, True)], 0.2)
     assert history.base == pytest.approx(500.0) and history.media
