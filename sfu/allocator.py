@@ -46,7 +46,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Protocol
 
-from sfu.probe import UTILIZATION, FeedbackHistory, Probe, ProbeController, arrival_rate, min_queue
+from sfu.probe import (UTILIZATION, FeedbackHistory, Probe, ProbeController, arrival_rate, min_queue,
+                       queue_slope)
 from sfu.quality import GOOD
 
 UP_MARGIN = 1.15     # a higher layer must fit 15% over its rate
@@ -68,7 +69,8 @@ START_PROBE = 1_200_000  # bits/s, the first probe at least (4 times the start; 
 LAYER_STEP = 2.5     # with transport-cc, a layer counts as costing at least 2.5 times the one below
 PROBE_OVER = 1.25    # a feedback probe sends this much over what the layer needs
 TCC_CONGESTED = 0.05  # s of queueing delay (and growing) on media: the link is full
-TCC_GROWING = 0.01   # s the queueing delay must have grown over TCC_TREND
+TCC_GROWING = 0.01   # s the queueing delay must have grown over TCC_TREND (or be over TCC_FULL)
+TCC_FULL = 0.15
 TCC_TREND = 0.3      # s
 TCC_LOSS_CAP = 0.1   # lost share of the last TCC_LOSS_WINDOW s of packets: the link is full
 TCC_LOSS_WINDOW = 1.0
@@ -114,6 +116,7 @@ class LayerAllocator:
         self._probe_over_at = -math.inf  # when the last probe ended (inf: one runs)
         self._remb_grace_until = -math.inf  # REMB's congestion signals are the last failed probe's queue until then
         self._feedback_seen = False
+        self._sent = 0.0  # bits/s the last allocation sends the viewer
         self._jump: dict[int, float] = {}  # id(leg) -> when a probe's verdict let it go to any layer that fits
         self._start_probe = False  # the first feedback probe goes for the top layer the size allows
         self._probing: object | None = None  # the switcher whose `probing` layer is marked
@@ -193,8 +196,6 @@ class LayerAllocator:
             return
         if self._probe_over_at == math.inf:
             self._probe_over_at = now  # (about when its padding stopped)
-        if not history.media:
-            return
         if now - self._tcc_congested_at < TCC_HOLD:
             return
         # packets sent while a probe ran queued behind its padding: that queue is the probe's verdict
@@ -203,18 +204,26 @@ class LayerAllocator:
         base = history.base
         count, lost = history.lost_share(max(now - TCC_LOSS_WINDOW, self._probe_over_at))
         full = None
-        if count >= 20 and lost > TCC_LOSS_CAP:
+        if count >= 10 and lost > TCC_LOSS_CAP:
             full = f"{lost:.0%} lost"
         elif base is not None and len(got) >= 5:
             queued = [(r.arrival, r.arrival - r.sent - base) for r in got]
             last = queued[-1][0]
             q_now = min_queue(queued, last - MIN_FILTER, last)
             q_before = min_queue(queued, last - TCC_TREND - MIN_FILTER, last - TCC_TREND)
-            if q_now > TCC_CONGESTED and q_before is not None and q_now - q_before > TCC_GROWING:
+            # growing, or long and not draining (a queue at its limit stops growing: it drops)
+            if q_now > TCC_CONGESTED and q_before is not None and (
+                    q_now - q_before > TCC_GROWING or (q_now > TCC_FULL and q_now >= q_before - 0.005)):
                 full = f"queueing delay {q_now * 1000:.0f} ms"
         if full is None:
             return
-        rate = arrival_rate(got)
+        if history.media:
+            rate = arrival_rate(got)
+        else:
+            # Only the padding's trickle is numbered: what the link delivers is what is sent (the last
+            # allocation's layers) over 1 + the queue's growth.
+            slope = queue_slope(got, base) if base is not None else None
+            rate = self._sent / (1 + max(0.0, slope or 0.0)) if self._sent else None
         if rate is None or BACKOFF * rate >= self.cap:
             return
         self._tcc_congested_at = now
@@ -309,8 +318,9 @@ class LayerAllocator:
             if self._transport_cc:
                 # the publisher's layers ramp up for seconds from its start: a higher layer costs at least
                 # LAYER_STEP times the one below, whatever it sends yet (else a ramping `h` fits anything)
+                # (and one never measured here, as on a media worker the relay has not carried it to yet)
                 for i in range(1, len(rates)):
-                    if rates[i] > 0 and rates[i - 1] > 0:  # (one that stopped stays at 0: it does not fit)
+                    if rates[i - 1] > 0:
                         rates[i] = max(rates[i], LAYER_STEP * rates[i - 1])
             choice = 0
             for i in range(cap + 1):
@@ -363,6 +373,7 @@ class LayerAllocator:
                 budget -= rates[choice]
             spent += rates[choice]
         self.probe_request = None
+        self._sent = spent
         if wants is not None and self.prober.ready(now):
             lacks = wants[1] * PROBE_OVER + spent * (PROBE_OVER - 1) if self._transport_cc else wants[1]
             if self._start_probe:

@@ -60,6 +60,7 @@ PROBE_WAIT_MAX = 4.0   # s, the longest wait after failed probes (a widened link
 PROBE_GAP = 1.0        # s after a probe held, before the next (the switch happens meanwhile)
 PADDING_TICK = 0.02    # s between two batches of padding
 PADDING_MAX = 2_000_000  # bits/s of padding at most, whatever the target
+MONITOR_RATE = 40_000  # bits/s of numbered padding between transport-cc probes (the queue's samples)
 
 # Transport-cc verdicts (libwebrtc's probe_bitrate_estimator.cc and delay-based detector, much reduced)
 TCC_GROWTH = 0.025     # s of queueing delay growth over a probe: the link cannot carry it

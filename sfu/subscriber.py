@@ -13,7 +13,7 @@ from aiortc import RTCPeerConnection
 from sfu.allocator import LayerAllocator
 from sfu.downtrack import DownTrack, OnQuality
 from sfu.peer import IdleTrack, PeerFactory, SdpError, check_restartable, codec_preferences, same_codec
-from sfu.probe import PaddingSender
+from sfu.probe import MONITOR_RATE, PaddingSender
 from sfu.twcc import URI_TRANSPORT_CC, SendHistory, parse_feedback
 from sfu.uptrack import UpTrack
 
@@ -36,6 +36,7 @@ class Subscriber:
         self.twcc_stats = {"feedback": 0, "bad_feedback": 0, "results": 0, "received": 0, "probe_received": 0}
         self._allocated_at = 0.0
         self._padding: PaddingSender | None = None  # the running probe's padding
+        self._monitor: PaddingSender | None = None  # transport-cc: the trickle of padding between probes
         self._probe_padding = 0.0
         self.peers = peers
         self.pc: RTCPeerConnection = peers.create()
@@ -153,10 +154,26 @@ class Subscriber:
         if held and probe.key in [d for _, d in self.legs]:
             self.allocator.probe_held(probe.key, probe.target)
 
+    def _keep_monitor(self, legs: list[DownTrack]) -> None:
+        """With transport-cc, a trickle of numbered padding between probes (MONITOR_RATE): the viewer's
+        feedback on it shows the queue the media meets, so a link that narrows is seen (sfu/allocator.py)."""
+        want = None
+        if self.allocator.transport_cc and self._padding is None and not self.closed:
+            want = next((d for d in legs if d.switcher is not None and d.can_pad()), None)
+        monitor = self._monitor
+        if monitor is not None and (want is None or monitor.leg is not want):
+            monitor.stop()
+            self._monitor = monitor = None
+        if want is not None and monitor is None:
+            self._monitor = PaddingSender(want, MONITOR_RATE)
+
     def _start_probe(self, leg: DownTrack, target: float, sent: float, now: float) -> None:
         probe = self.allocator.prober.start(leg, target, sent, self.allocator.estimate, now)
         if probe is None:
             return
+        if self._monitor is not None:  # the probe's padding samples the queue meanwhile
+            self._monitor.stop()
+            self._monitor = None
         self._probe_padding = probe.padding
         self._padding = PaddingSender(leg, probe.padding)
         self._probe_deadline()
@@ -204,6 +221,7 @@ class Subscriber:
             changed = allocator.allocate(legs, now)
             if allocator.probe_request is not None and not self.closed:
                 self._start_probe(*allocator.probe_request, now)
+            self._keep_monitor(legs)
             for leg, layer in changed.items():
                 cap = self.allocator.cap
                 logger.info("%s: track %s -> layer %s (layers %s kbps, REMB %s kbps, cap %s)", self.participant_id,
@@ -336,9 +354,10 @@ class Subscriber:
         if self.closed:
             return
         self.closed = True
-        if self._padding is not None:
-            self._padding.stop()
-            self._padding = None
+        for sender in (self._padding, self._monitor):
+            if sender is not None:
+                sender.stop()
+        self._padding = self._monitor = None
         for _, downtrack in self.legs:
             downtrack.detach()
         await self.peers.close(self.pc)

@@ -54,8 +54,8 @@ async def test_padding_sender_spreads_the_probe_rate_over_its_ticks():
     sender = PaddingSender(leg, 280 * 8 * 100)  # 100 packets a second: 2 per 20 ms tick
     await asyncio.sleep(0.25)
     sender.stop()
-    assert set(leg.asked) == {2} and 8 <= len(leg.asked) <= 14
-    assert sender.bytes == sender.sent * 280
+    assert set(leg.asked) <= {1, 2, 3, 4, 5, 6} and 8 <= len(leg.asked) <= 14  # what the time since the last tick owes
+    assert 16 <= sender.sent <= 30 and sender.bytes == sender.sent * 280
 
 
 # -- the probe controller ----------------------------------------------------------------------
@@ -278,7 +278,7 @@ class Viewer:
         self.alloc.transport_cc = True  # the first feedback came (the leg is on the top layer until then)
         self.alloc.allocate([self.leg], 0.0)
         self.pending, self.seq, self.t = [], 0, 0.0
-        self.padding = 0.0
+        self.padding, self.owed = 0.0, 0.0
         self.layers: list[tuple[float, int]] = [(0.0, self.leg.switcher.target)]
         self.keyframe = True
         self.dropped = 0
@@ -303,9 +303,10 @@ class Viewer:
                     size -= 1200
             if ms % 20 == 0:
                 self._send(120)  # audio
-                if self.padding:
-                    for _ in range(max(1, round(self.padding / 8 * 0.02 / 280))):
-                        self._send(280, probe=True)
+                self.owed += self.padding / 8 * 0.02 / 280
+                while self.owed >= 1:
+                    self.owed -= 1
+                    self._send(280, probe=True)
             if ms % 50 == 0:
                 self._feedback()
 
@@ -317,7 +318,7 @@ class Viewer:
         alloc.on_transport_feedback(ready, now)
         prober.check(now)
         if prober.probe is None:
-            self.padding = 0.0
+            self.padding = pr.MONITOR_RATE  # the trickle between probes (sfu/subscriber.py)
         before = self.leg.switcher.target
         alloc.allocate([self.leg], now)
         if self.leg.switcher.target != before:
@@ -382,10 +383,11 @@ def test_loss_on_numbered_media_caps_the_viewer():
     assert "lost" in viewer.alloc.last_congestion
 
 
-def test_a_link_that_narrows_and_widens_steps_down_within_3_s_and_back_up_within_15_s():
-    """With the media numbered its own delay says the link narrowed (with the padding only, REMB does)."""
+@pytest.mark.parametrize("numbered", ["padding", "all"])
+def test_a_link_that_narrows_and_widens_steps_down_within_3_s_and_back_up_within_15_s(numbered):
+    """The queue the media meets shows in the feedback on the padding's trickle (or on the media)."""
     link = Link(None)
-    viewer = Viewer(link, numbered="all")
+    viewer = Viewer(link, numbered=numbered)
     viewer.run(5.0)
     assert viewer.leg.switcher.target == 2
     link.rate, link.tokens, link.at, link.free = 300_000, link.burst, viewer.t, viewer.t
