@@ -64,19 +64,21 @@ MONITOR_RATE = 40_000  # bits/s of numbered padding between transport-cc probes 
 
 # Transport-cc verdicts (libwebrtc's probe_bitrate_estimator.cc and delay-based detector, much reduced)
 TCC_GROWTH = 0.025     # s of queueing delay growth over a probe: the link cannot carry it
-TCC_HOLD_SPAN = 0.6    # s of arrivals without that growth before a probe holds (a link's token bucket hides
+TCC_HOLD_SPAN = 0.8    # s of arrivals without that growth before a probe holds (a link's token bucket hides
                        # the first bytes over its rate: the probe must outlast it)
 TCC_HOLD_RATIO = 0.85  # of what the probe sent (by send time), received (by arrival time)
 TCC_LOSS = 0.05        # lost share of a probe's packets that fails it
 TCC_MIN_PACKETS = 20   # packets a loss share is judged on
 TCC_PROBE_MAX = 1.5    # s without a verdict: failed
+TCC_FAR = 0.6          # a link measured under this share of the probe's target ...
+TCC_WAIT_MAX = 8.0     # ... makes the next probe wait up to this
 QUEUED = 0.004         # s over the base delay: the packet waited in the bottleneck's queue
 MIN_WINDOW = 0.03      # s, the minimum filter over a probe's queueing delays (over a padding tick)
 BASE_FOR = 10.0        # s the base (queue-free) one-way delay is the minimum over
 HISTORY = 2.0          # s of PacketResults kept
 QUEUE_SPAN = 0.06      # s of sending the queue's growth is read over, at least (three padding ticks) ...
 QUEUE_FIT = 0.2        # ... and at most (the last of it: before, the link's token bucket may have hidden it)
-TCC_SURE = 0.08        # s of growth that fails a probe whatever the slope says
+TCC_SURE = 0.05        # s of growth that fails a probe whatever the slope says
 TCC_UNDER = 0.8        # a probe whose link delivered less than this of its target failed (nearer, the
                        # growth may be the viewer's own stall: its arrival times bunch up again)
 UTILIZATION = 0.95     # of a measured capacity, the estimate (libwebrtc's kTargetUtilizationFraction)
@@ -318,7 +320,10 @@ class ProbeController:
             return "held"
         self.failed += 1
         self.not_before = now + self.wait
-        self.wait = min(PROBE_WAIT_MAX, self.wait * 2)
+        # a feedback probe that measured a link far under its target waits longer (each floods a narrow
+        # link's queue for a moment); TCC_WAIT_MAX still finds a widened link within the 15 s
+        far = probe.feedback and probe.capacity is not None and probe.capacity < TCC_FAR * probe.target
+        self.wait = min(TCC_WAIT_MAX if far else PROBE_WAIT_MAX, self.wait * 2)
         return "failed"
 
 
