@@ -32,10 +32,12 @@ are judged from the per-packet feedback (sfu/probe.py): one that held raises the
 and one that overfilled the link sets the estimate to UTILIZATION of the rate the link delivered; either
 way the leg goes to the layer that fits at once (no UP_HOLD, not one layer at a time). Every probe is
 PROBE_OVER over what the layer needs, so that a link barely under the layer's rate shows its queue within
-the probe. Congestion is read from the media packets' feedback when they are numbered (a queueing delay
-over TCC_CONGESTED and growing, or TCC_LOSS_CAP lost: the estimate becomes BACKOFF times the rate that
-arrived, libwebrtc's AIMD decrease); when only padding is numbered, REMB stays the congestion signal.
-REMB never raises a transport-cc estimate: it rises whatever arrives.
+the probe. Congestion is read from the feedback between probes (on the media when it is numbered, else
+on a trickle of padding the subscriber keeps up, MONITOR_RATE): a queueing delay over TCC_CONGESTED and
+growing (or over TCC_FULL and not draining), or TCC_LOSS_CAP lost, and the estimate becomes BACKOFF times
+what the link delivers (libwebrtc's AIMD decrease). With only padding numbered a REMB fall still caps the
+viewer too (not for REMB_GRACE after a failed probe: that is the probe's queue). REMB never raises a
+transport-cc estimate: it rises whatever arrives.
 
 Hysteresis: a leg goes down at once (at most once per DOWN_HOLD), up one layer at a time once the
 higher layer has fitted for UP_HOLD. Pure: the caller passes `now`; tests/test_sfu_simulcast.py drives it.
