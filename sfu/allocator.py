@@ -24,8 +24,8 @@ A viewer whose legs cannot carry padding (no RTX negotiated) gets the older prob
 is lifted PROBE_AFTER seconds after the last congestion signal, the legs step up one layer at a time,
 and a step that brings congestion back doubles the wait before the next one.
 
-With transport-cc feedback from the viewer (`transport_cc`, set once its first feedback arrives;
-on_transport_feedback) the estimate is the allocator's own, as in libwebrtc's send-side estimator: it
+With transport-cc feedback from the viewer (`expect_transport_cc` when its answer takes it,
+`transport_cc` once its first feedback arrives; on_transport_feedback) the estimate is the allocator's own, as in libwebrtc's send-side estimator: it
 starts at START_BITRATE, so a new leg starts on the layer that fits that, and the leg is probed for at
 once, for the highest layer its size allows (libwebrtc probes 3 and 6 times its start at once). Probes
 are judged from the per-packet feedback (sfu/probe.py): one that held raises the estimate to its target,
@@ -125,21 +125,35 @@ class LayerAllocator:
 
     @property
     def transport_cc(self) -> bool:
-        return self._transport_cc
+        """The viewer sends transport-cc feedback (set on its first one, sfu/subscriber.py)."""
+        return self._feedback_seen
 
     @transport_cc.setter
     def transport_cc(self, on: bool) -> None:
-        """The viewer sends transport-cc feedback: the estimate is the allocator's own from now on."""
+        self._feedback_seen = bool(on)
+        self._feedback_mode(bool(on))
+
+    @property
+    def feedback_mode(self) -> bool:
+        """The estimate is the allocator's own, from feedback (the viewer sends it, or its answer says it will)."""
+        return self._transport_cc
+
+    def expect_transport_cc(self) -> None:
+        """The viewer's answer takes transport-cc: start low now, before any feedback (it only comes for
+        numbered packets, a probe's padding); two probes without any go back to REMB."""
+        self._feedback_mode(True)
+
+    def _feedback_mode(self, on: bool) -> None:
         if on and not self._transport_cc:
             if self.cap == math.inf:
                 self.cap = START_BITRATE  # start low; the first probe goes at once
                 self._start_probe = True
             self.estimate = self.cap
             self.prober.feedback = True
-        elif not on:
+        elif not on and self._transport_cc:
             self.prober.feedback = False
             self.estimate = self.remb
-        self._transport_cc = bool(on)
+        self._transport_cc = on
 
     def on_estimate(self, bitrate: float, sent: float, now: float) -> bool:
         """A REMB of `bitrate` while the viewer is sent `sent` bits/s; True if it signals congestion."""
@@ -182,9 +196,8 @@ class LayerAllocator:
         probe, and on numbered media, congestion. The caller reallocates (`allocate`) after it."""
         if not results:
             return
-        if not self._transport_cc:
+        if not self._feedback_seen:
             self.transport_cc = True
-        self._feedback_seen = True
         history = self.history
         history.add(results, now)
         prober = self.prober
@@ -296,7 +309,7 @@ class LayerAllocator:
         """Choose each simulcast leg's layer; returns the legs whose target changed, with the new one."""
         legs = list(legs)
         if self._transport_cc and not self._feedback_seen and self.prober.failed >= 2:
-            self.transport_cc = False  # two feedback probes and no feedback: the viewer sends none (REMB then)
+            self._feedback_mode(False)  # two feedback probes and no feedback: the viewer sends none (REMB then)
         simulcast = sorted((leg for leg in legs if leg.switcher is not None), key=self.priority)
         probing = any(leg.can_pad() for leg in simulcast)
         budget = self.budget(now, probing)

@@ -76,7 +76,7 @@ class Subscriber:
         downtrack = self._new_leg(transceiver, uptrack.kind)
         downtrack.attach(uptrack)
         self.legs.append((transceiver, downtrack))
-        if downtrack.switcher is not None and self.allocator.transport_cc:
+        if downtrack.switcher is not None and self.allocator.feedback_mode:
             self.allocate()  # start on the layer the start estimate fits, not the top one
         return downtrack
 
@@ -136,9 +136,10 @@ class Subscriber:
         if self._padding is not None:
             sent += self._probe_padding
         allocator = self.allocator
+        # Before on_estimate: a congestion signal ends the running probe in there, and its padding must stop.
+        probe = allocator.prober.probe
         congested = allocator.on_estimate(bitrate, sent, now)
         logger.debug("REMB %d sent %d congested %s", bitrate, sent, congested)
-        probe = allocator.prober.probe
         result = None if congested else allocator.prober.on_estimate(bitrate, now)
         if probe is not None and allocator.prober.probe is None:
             self._probe_ended(probe, result == "held", now)
@@ -158,7 +159,7 @@ class Subscriber:
         """With transport-cc, a trickle of numbered padding between probes (MONITOR_RATE): the viewer's
         feedback on it shows the queue the media meets, so a link that narrows is seen (sfu/allocator.py)."""
         want = None
-        if self.allocator.transport_cc and self._padding is None and not self.closed:
+        if self.allocator.feedback_mode and self._padding is None and not self.closed:
             want = next((d for d in legs if d.switcher is not None and d.can_pad()), None)
         monitor = self._monitor
         if monitor is not None and (want is None or monitor.leg is not want):
@@ -174,6 +175,8 @@ class Subscriber:
         if self._monitor is not None:  # the probe's padding samples the queue meanwhile
             self._monitor.stop()
             self._monitor = None
+        if self._padding is not None:  # never two at once: an orphaned sender would pad until the viewer left
+            self._padding.stop()
         self._probe_padding = probe.padding
         self._padding = PaddingSender(leg, probe.padding)
         self._probe_deadline()
@@ -305,10 +308,10 @@ class Subscriber:
             await self.peers.set_remote(self.pc, sdp, "answer")
             self._awaiting_answer = False
             again = self._dirty
-        if self.twcc is not None and not self.allocator.transport_cc and URI_TRANSPORT_CC in sdp:
+        if self.twcc is not None and not self.allocator.feedback_mode and URI_TRANSPORT_CC in sdp:
             # The viewer takes transport-cc: its legs start low and are probed up (sfu/allocator.py), before
             # any feedback (it only comes for numbered packets: a probe's padding).
-            self.allocator.transport_cc = True
+            self.allocator.expect_transport_cc()
             self.allocate()
         if again:
             await self.negotiate()

@@ -508,7 +508,8 @@ class Worker:
             "data": {"sent": self.dc_sent, "dropped": self.dc_dropped, "refused": self.dc_refused},
             "closed_legs": dict(self.closed_legs),
             "sessions": {sid: {"state": sub.pc.connectionState,
-                               "legs": [d.stats() for _, d in sub.legs]}
+                               "legs": [d.stats() for _, d in sub.legs],
+                               **({"twcc": dict(sub.twcc_stats)} if sub.twcc is not None else {})}
                          for sid, sub in self.sessions.items()},
         }
 

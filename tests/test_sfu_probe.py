@@ -433,3 +433,23 @@ def test_a_probe_marks_the_layer_it_is_for_so_dynacast_runs_it():
     assert needed_layers(track) == {0}
     switcher.probing = 2
     assert needed_layers(track) == {0, 2}
+
+
+def test_an_answer_with_transport_cc_starts_low_and_two_probes_without_feedback_go_back_to_remb():
+    alloc = LayerAllocator()
+    leg = legs_of(simulcast_track(), can_pad=True)
+    alloc.expect_transport_cc()  # the answer takes it; no feedback yet
+    assert alloc.feedback_mode and not alloc.transport_cc
+    assert alloc.allocate([leg], 0.0) == {leg: 0}
+    t = 0.1
+    alloc.allocate([leg], t)  # on the low layer: the first probe, at once
+    assert alloc.probe_request is not None and alloc.probe_request[1] >= 1_200_000
+    for _ in range(2):  # an aiortc viewer answers with the extension and sends no feedback
+        probe = alloc.prober.start(*alloc.probe_request, alloc.estimate, t)
+        assert probe.feedback
+        t += pr.TCC_PROBE_MAX + 0.01
+        assert alloc.prober.check(t) == "failed"
+        t = alloc.prober.not_before
+        alloc.allocate([leg], t)
+    assert not alloc.feedback_mode and not alloc.prober.feedback  # REMB from now on
+    assert not alloc.on_estimate(1_400_000, 200_000, t + 0.5) and alloc.cap == 1_400_000

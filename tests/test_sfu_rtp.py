@@ -169,3 +169,27 @@ def test_the_one_stap_a_reader_byte_for_byte():
     for broken in ("78" "0000", "78" "0005" "6742", "78" "0002" "6742" "00"):
         assert stap_a_units(bytes.fromhex(broken)) is None, broken
         assert not h264_is_keyframe(bytes.fromhex(broken))
+
+
+def test_the_transport_wide_sequence_number_comes_first_and_aiortc_reads_it():
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap
+
+    from sfu.rtp import TRANSPORT_SEQ_AT, URI_ABS_SEND_TIME, URI_MID, URI_TRANSPORT_CC
+
+    ids = ExtensionIds.from_uris([(URI_MID, 1), (URI_ABS_SEND_TIME, 3),
+                                  (URI_TRANSPORT_CC, 5)])
+    assert ids.transport_cc == 5
+    ext = build_extensions(ids, b"0", b"\x01\x02\x03", None, 0xABCD)
+    # transport-wide seq (id 5, len 2), mid "0", abs-send-time, padded to 3 words
+    assert ext == bytes.fromhex("bede0003" "51abcd" "1030" "32010203" "000000")
+    assert ext[TRANSPORT_SEQ_AT:TRANSPORT_SEQ_AT + 2] == b"\xab\xcd"
+    # not numbered unless a number is given, and only where it was negotiated
+    assert build_extensions(ids, b"0", b"\x01\x02\x03", None) == bytes.fromhex("bede0002" "1030" "32010203" "0000")
+    assert build_extensions(ExtensionIds(mid=1), b"0", b"\0\0\0", None, 7) == bytes.fromhex("bede0001" "10300000")
+    extensions = HeaderExtensionsMap()
+    extensions.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=5, uri=URI_TRANSPORT_CC),
+        RTCRtpHeaderExtensionParameters(id=1, uri=URI_MID)]))
+    packet = RtpPacket.parse(build_header(True, 0, 96, 1, 2, 3) + ext + b"x", extensions)
+    assert packet.extensions.transport_sequence_number == 0xABCD and packet.extensions.mid == "0"

@@ -185,3 +185,34 @@ async def test_an_ice_restart_the_other_side_never_completes_closes_the_connecti
     finally:
         await a.close()
         await b.close()
+
+
+async def test_transport_feedback_is_taken_out_of_the_viewers_rtcp():
+    """watch_transport_feedback: FMT 15 packets go to the callback as raw bytes, the rest to aiortc."""
+    import types
+
+    from sfu.twcc import build_feedback
+
+    given: list[bytes] = []
+
+    async def stock(data: bytes) -> None:
+        given.append(data)
+
+    dtls = types.SimpleNamespace(_handle_rtcp_data=stock)
+    seen: list[bytes] = []
+    assert seam.watch_transport_feedback(dtls, seen.append)
+    assert not seam.watch_transport_feedback(dtls, seen.append)  # once per transport
+    rr = bytes.fromhex("81c90007") + b"\x00" * 28
+    fb = build_feedback(1, 2, 0, 10, [1000, 2000, None, 3000])
+    await dtls._handle_rtcp_data(rr + fb)
+    await dtls._handle_rtcp_data(fb)
+    await dtls._handle_rtcp_data(rr)
+    assert seen == [fb, fb] and given == [rr, rr]
+
+    def broken(data: bytes) -> None:
+        raise RuntimeError("a bug in the handler")
+
+    other = types.SimpleNamespace(_handle_rtcp_data=stock)
+    seam.watch_transport_feedback(other, broken)
+    await other._handle_rtcp_data(fb + rr)  # logged; the receive loop goes on
+    assert given == [rr, rr, rr]

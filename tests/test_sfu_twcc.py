@@ -5,6 +5,7 @@ hint (sfu/congestion.py)."""
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 
@@ -316,3 +317,47 @@ def test_history_forgets_old_and_overwritten_packets():
     out = h.results(parse_feedback(build_feedback(1, 2, 0, 0, [1000 * i for i in range(10)])), 8.5)
     assert [r.seq for r in out] == [8, 9]
     assert h.unknown == 8
+
+
+async def test_a_legs_probe_padding_is_numbered_as_it_goes_out():
+    """DownTrack.send_padding with a SendHistory: each padding packet carries the next transport-wide number
+    (first in its extension block), recorded as a probe of its own size; without one, nothing changes."""
+    import types
+
+    from aiortc import RTCConfiguration, RTCPeerConnection
+    from aiortc.rtcdtlstransport import State
+
+    from sfu.aiortc_seam import SendParameters
+    from sfu.downtrack import DownTrack
+    from sfu.rtp import URI_ABS_SEND_TIME, URI_MID, URI_TRANSPORT_CC
+    from tests.test_sfu_uptrack import make_track
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        for numbered in (True, False):
+            leg = DownTrack(pc.addTransceiver("video", direction="sendonly").sender, subscriber_id="v", kind="video")
+            history = SendHistory()
+            if numbered:
+                leg.twcc = history
+            leg.seam.params = SendParameters("video/VP8", 90000, 96, 97, "0", header_extensions=[
+                (URI_MID, 1), (URI_ABS_SEND_TIME, 3), (URI_TRANSPORT_CC, 5)])
+            wire: list[bytes] = []
+            pair = object()
+            leg.seam._fast = (types.SimpleNamespace(_state=State.CONNECTED), lambda data, addr: wire.append(data),
+                              lambda data: data, None, {1: pair}, pair)
+            leg.attach(make_track("video"))
+            assert leg._configure()
+            leg.forwarder.munge(1, 3000, True, 0.0)  # media has started on the leg
+            assert leg.send_padding(3) == 3
+            assert all(len(p) == leg.padding_bytes for p in wire)
+            if numbered:
+                assert [p[12 + 5:12 + 7] for p in wire] == [b"\x00\x00", b"\x00\x01", b"\x00\x02"]
+                assert wire[0][12:17] == bytes.fromhex("bede0003" "51")
+                t = 1_000_000
+                feedback = parse_feedback(build_feedback(1, 2, 0, 0, [t, t + 1000, t + 2000]))
+                results = history.results(feedback, time.monotonic())
+                assert [(r.seq, r.size, r.probe) for r in results] == [(i, len(wire[i]), True) for i in range(3)]
+            else:
+                assert history.packets_sent == 0 and wire[0][12:16] == bytes.fromhex("bede0002")
+    finally:
+        await pc.close()
