@@ -24,6 +24,21 @@ A viewer whose legs cannot carry padding (no RTX negotiated) gets the older prob
 is lifted PROBE_AFTER seconds after the last congestion signal, the legs step up one layer at a time,
 and a step that brings congestion back doubles the wait before the next one.
 
+With transport-cc feedback from the viewer (`expect_transport_cc` when its answer takes it,
+`transport_cc` once its first feedback arrives; on_transport_feedback) the estimate is the allocator's own, as in libwebrtc's send-side estimator: it
+starts at START_BITRATE, so a new leg starts on the layer that fits that, and the leg is probed for at
+once, for the highest layer its size allows (libwebrtc probes 3 and 6 times its start at once). Probes
+are judged from the per-packet feedback (sfu/probe.py): one that held raises the estimate to its target,
+and one that overfilled the link sets the estimate to UTILIZATION of the rate the link delivered; either
+way the leg goes to the layer that fits at once (no UP_HOLD, not one layer at a time). Every probe is
+PROBE_OVER over what the layer needs, so that a link barely under the layer's rate shows its queue within
+the probe. Congestion is read from the feedback between probes (on the media when it is numbered, else
+on a trickle of padding the subscriber keeps up, MONITOR_RATE): a queueing delay over TCC_CONGESTED and
+growing (or over TCC_FULL and not draining), or TCC_LOSS_CAP lost, and the estimate becomes BACKOFF times
+what the link delivers (libwebrtc's AIMD decrease). With only padding numbered a REMB fall still caps the
+viewer too (not for REMB_GRACE after a failed probe: that is the probe's queue). REMB never raises a
+transport-cc estimate: it rises whatever arrives.
+
 Hysteresis: a leg goes down at once (at most once per DOWN_HOLD), up one layer at a time once the
 higher layer has fitted for UP_HOLD. Pure: the caller passes `now`; tests/test_sfu_simulcast.py drives it.
 """
@@ -33,7 +48,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Protocol
 
-from sfu.probe import ProbeController
+from sfu.probe import (UTILIZATION, FeedbackHistory, Probe, ProbeController, arrival_rate, min_queue,
+                       queue_slope)
 from sfu.quality import GOOD
 
 UP_MARGIN = 1.15     # a higher layer must fit 15% over its rate
@@ -49,6 +65,23 @@ SIZE_SLACK = 0.9     # a layer at 90% of the rendered size counts as big enough
 PROBE_SLACK = 1.1    # a probe that held lifts the cap 10% over its target
 DRAIN = 0.8          # for DRAIN_FOR s after a congestion signal, layers must fit 80% of the estimate ...
 DRAIN_FOR = 3.0      # ... so the queue built at the viewer's bottleneck drains (and the keyframe passes)
+# transport-cc (the viewer's per-packet feedback)
+START_BITRATE = 300_000  # bits/s, the estimate before any probe (libwebrtc's start bitrate)
+START_PROBE = 1_200_000  # bits/s, the first probe at least (4 times the start; libwebrtc probes 3 and 6 times)
+LAYER_STEP = 2.5     # with transport-cc, a layer counts as costing at least 2.5 times the one below
+PROBE_OVER = 1.25    # a feedback probe sends this much over what the layer needs
+TCC_CONGESTED = 0.05  # s of queueing delay (and growing) on media: the link is full
+TCC_GROWING = 0.01   # s the queueing delay must have grown over TCC_TREND (or be over TCC_FULL)
+TCC_FULL = 0.15
+TCC_TREND = 0.3      # s
+TCC_LOSS_CAP = 0.1   # lost share of the last TCC_LOSS_WINDOW s of packets: the link is full
+TCC_LOSS_WINDOW = 1.0
+TCC_HOLD = 1.0       # s between two congestion signals from feedback (the queue drains meanwhile)
+HISTORY_WINDOW = 0.5  # s of arrivals whose rate a congestion signal backs off from
+MIN_FILTER = 0.1     # s, the minimum filter over media's queueing delays
+BACKOFF = 0.85       # the estimate after congestion, of the rate that arrived (libwebrtc's AIMD)
+REMB_GRACE = 2.5     # s after a failed feedback probe, REMB's fall is that probe's queue (REMB lags it)
+JUMP_FOR = 2.0       # s after a probe's verdict during which the leg may go to any layer that fits
 
 
 class Leg(Protocol):
@@ -78,11 +111,66 @@ class LayerAllocator:
         self.prober = ProbeController()
         self.probe_request: tuple[Leg, float, float] | None = None  # (leg, target, sent): start this probe
         self.speakers: list[str] = []  # participants, the active speaker first (sfu/speakers.py)
+        self.remb: float | None = None  # the viewer's last REMB
+        self._transport_cc = False
+        self.history = FeedbackHistory()
+        self._tcc_congested_at = -math.inf
+        self._probe_over_at = -math.inf  # when the last probe ended (inf: one runs)
+        self._remb_grace_until = -math.inf  # REMB's congestion signals are the last failed probe's queue until then
+        self._feedback_seen = False
+        self._sent = 0.0  # bits/s the last allocation sends the viewer
+        self._jump: dict[int, float] = {}  # id(leg) -> when a probe's verdict let it go to any layer that fits
+        self._start_probe = False  # the first feedback probe goes for the top layer the size allows
+        self._probing: object | None = None  # the switcher whose `probing` layer is marked
+
+    @property
+    def transport_cc(self) -> bool:
+        """The viewer sends transport-cc feedback (set on its first one, sfu/subscriber.py)."""
+        return self._feedback_seen
+
+    @transport_cc.setter
+    def transport_cc(self, on: bool) -> None:
+        self._feedback_seen = bool(on)
+        self._feedback_mode(bool(on))
+
+    @property
+    def feedback_mode(self) -> bool:
+        """The estimate is the allocator's own, from feedback (the viewer sends it, or its answer says it will)."""
+        return self._transport_cc
+
+    def expect_transport_cc(self) -> None:
+        """The viewer's answer takes transport-cc: start low now, before any feedback (it only comes for
+        numbered packets, a probe's padding); two probes without any go back to REMB."""
+        self._feedback_mode(True)
+
+    def _feedback_mode(self, on: bool) -> None:
+        if on and not self._transport_cc:
+            if self.cap == math.inf:
+                self.cap = START_BITRATE  # start low; the first probe goes at once
+                self._start_probe = True
+            self.estimate = self.cap
+            self.prober.feedback = True
+        elif not on and self._transport_cc:
+            self.prober.feedback = False
+            self.estimate = self.remb
+        self._transport_cc = on
 
     def on_estimate(self, bitrate: float, sent: float, now: float) -> bool:
         """A REMB of `bitrate` while the viewer is sent `sent` bits/s; True if it signals congestion."""
-        previous, self.estimate = self.estimate, float(bitrate)
-        bitrate = self.estimate
+        previous, self.remb = self.remb, float(bitrate)
+        bitrate = self.remb
+        if self._transport_cc:
+            if self.history.media:
+                return False  # the media's own feedback tells congestion (on_transport_feedback)
+            running = self.prober.probe
+            if (running is not None and running.feedback) or now < self._remb_grace_until:
+                return False  # the queue a feedback probe built (the probe's verdict says what it means)
+            # Only padding is numbered: REMB still says when the link is full, but never raises the cap.
+            if previous is not None and bitrate < FELL * previous and sent > 0 and bitrate < CONGESTED * sent:
+                self._congested(min(self.cap, bitrate), now)
+                return True
+            return False
+        self.estimate = bitrate
         # A REMB that fell, and fell below what is sent: the viewer's estimator saw delay build up. (One
         # below what is sent but still rising only lags a rate that just went up: a share started.)
         if previous is not None and bitrate < FELL * previous and sent > 0 and bitrate < CONGESTED * sent:
@@ -96,14 +184,96 @@ class LayerAllocator:
             self.cap = bitrate
         return False
 
+    def _congested(self, cap: float, now: float) -> None:
+        """Transport-cc mode: the link is full; the estimate becomes `cap`."""
+        self.congestion_events += 1
+        self.cap, self._cap_at = cap, now
+        self.estimate = self.cap
+        self.prober.on_congestion(now)
+
+    def on_transport_feedback(self, results: list, now: float) -> None:
+        """PacketResults (sfu/twcc.py) of one transport-cc feedback from the viewer: judge a running
+        probe, and on numbered media, congestion. The caller reallocates (`allocate`) after it."""
+        if not results:
+            return
+        if not self._feedback_seen:
+            self.transport_cc = True
+        history = self.history
+        history.add(results, now)
+        prober = self.prober
+        probe = prober.probe
+        if probe is not None:
+            self._probe_over_at = math.inf
+            if probe.feedback:
+                verdict = prober.on_feedback(history, now)
+                if verdict is not None:
+                    self.probe_verdict(probe, verdict == "held", now)
+            return
+        if self._probe_over_at == math.inf:
+            self._probe_over_at = now  # (about when its padding stopped)
+        if now - self._tcc_congested_at < TCC_HOLD:
+            return
+        # packets sent while a probe ran queued behind its padding: that queue is the probe's verdict
+        since = max(now - HISTORY_WINDOW, self._probe_over_at)
+        got = history.received(since)
+        base = history.base
+        count, lost = history.lost_share(max(now - TCC_LOSS_WINDOW, self._probe_over_at))
+        full = None
+        if count >= 10 and lost > TCC_LOSS_CAP:
+            full = f"{lost:.0%} lost"
+        elif base is not None and len(got) >= 5:
+            queued = [(r.arrival, r.arrival - r.sent - base) for r in got]
+            last = queued[-1][0]
+            q_now = min_queue(queued, last - MIN_FILTER, last)
+            q_before = min_queue(queued, last - TCC_TREND - MIN_FILTER, last - TCC_TREND)
+            # growing, or long and not draining (a queue at its limit stops growing: it drops)
+            if q_now > TCC_CONGESTED and q_before is not None and (
+                    q_now - q_before > TCC_GROWING or (q_now > TCC_FULL and q_now >= q_before - 0.005)):
+                full = f"queueing delay {q_now * 1000:.0f} ms"
+        if full is None:
+            return
+        if history.media:
+            rate = arrival_rate(got)
+        else:
+            # Only the padding's trickle is numbered: what the link delivers is what is sent (the last
+            # allocation's layers) over 1 + the queue's growth.
+            slope = queue_slope(got, base) if base is not None else None
+            rate = self._sent / (1 + max(0.0, slope or 0.0)) if self._sent else None
+        if rate is None or BACKOFF * rate >= self.cap:
+            return
+        self._tcc_congested_at = now
+        self._congested(BACKOFF * rate, now)
+        self.last_congestion = f"{full}, {rate / 1000:.0f} kbps arrived"
+
+    def probe_verdict(self, probe: Probe, held: bool, now: float) -> None:
+        """A feedback probe ended: held, the estimate rises to its target; failed with the rate the
+        overfilled link delivered, the estimate is that (less UTILIZATION's margin). Either way the leg
+        may go to the layer that fits at once."""
+        self._start_probe = False
+        if not held:
+            self._remb_grace_until = now + REMB_GRACE
+        if held:
+            self.cap = max(self.cap, probe.target)
+        elif probe.capacity is not None:
+            # (no DRAIN: the probe's padding built the queue, and it stopped.) What was sent before the
+            # probe went through without a queue: the estimate is never under it.
+            self.cap = max(UTILIZATION * probe.capacity, probe.target - probe.padding)
+        else:
+            return
+        self.estimate = self.cap
+        self._jump[id(probe.key)] = now
+        self._fits_since[id(probe.key)] = -math.inf
+
     def probe_held(self, leg: Leg, target: float) -> None:
         """The probe for `leg` held: the link carries `target`, and the leg steps up without UP_HOLD.
         (PROBE_SLACK: the layers' rates, sampled each second, moved since the target was set.)"""
+        if self._transport_cc:
+            return  # the feedback verdict raised the cap already (probe_verdict)
         self.cap = max(self.cap, target * PROBE_SLACK)
         self._fits_since[id(leg)] = -math.inf
 
     def budget(self, now: float, probing: bool = False) -> float:
-        if probing:
+        if probing or self._transport_cc:
             pass  # padding probes raise the cap; it is never lifted blind
         elif self.cap != math.inf and now - self._cap_at >= self._probe_after:
             self.cap, self._lifted_at = math.inf, now  # probe: let the legs step up
@@ -138,6 +308,8 @@ class LayerAllocator:
     def allocate(self, legs: Iterable[Leg], now: float) -> dict[Leg, int]:
         """Choose each simulcast leg's layer; returns the legs whose target changed, with the new one."""
         legs = list(legs)
+        if self._transport_cc and not self._feedback_seen and self.prober.failed >= 2:
+            self._feedback_mode(False)  # two feedback probes and no feedback: the viewer sends none (REMB then)
         simulcast = sorted((leg for leg in legs if leg.switcher is not None), key=self.priority)
         probing = any(leg.can_pad() for leg in simulcast)
         budget = self.budget(now, probing)
@@ -146,7 +318,11 @@ class LayerAllocator:
         if estimated:
             budget -= spent
         changed: dict[Leg, int] = {}
-        wants: tuple[Leg, float] | None = None  # the first leg the budget holds down, and what it lacks
+        wants: tuple[Leg, float, int] | None = None  # the first leg the budget holds down, what it lacks, the layer
+        running = self.prober.probe
+        if self._probing is not None and (running is None or running.key.switcher is not self._probing):
+            self._probing.probing = None  # dynacast: the probe for that layer is over
+            self._probing = None
         for leg in simulcast:
             key = id(leg)
             layers = leg.uptrack.layers
@@ -154,10 +330,17 @@ class LayerAllocator:
             cap = self.size_cap(leg)
             # a layer paused by dynacast counts at the rate it had when it ran
             rates = [layer.bitrate() or getattr(layer, "known_bitrate", 0.0) for layer in layers]
+            if self._transport_cc:
+                # the publisher's layers ramp up for seconds from its start: a higher layer costs at least
+                # LAYER_STEP times the one below, whatever it sends yet (else a ramping `h` fits anything)
+                # (and one never measured here, as on a media worker the relay has not carried it to yet)
+                for i in range(1, len(rates)):
+                    if rates[i - 1] > 0:
+                        rates[i] = max(rates[i], LAYER_STEP * rates[i - 1])
             choice = 0
             for i in range(cap + 1):
                 rate = rates[i]
-                if i <= current:
+                if i <= current and (rate > 0 or i == 0 or not self._transport_cc):
                     need = rate  # unknown yet (no packets): a layer the leg has counts as fitting
                 else:
                     need = rate * UP_MARGIN if rate > 0 else math.inf
@@ -169,7 +352,12 @@ class LayerAllocator:
                     choice = current - 1
                 else:
                     choice = min(choice, current)
-            if choice > current:
+            if choice > current and now - self._jump.get(key, -math.inf) < JUMP_FOR:
+                self._jump.pop(key, None)  # a feedback probe measured the link: to the layer that fits
+                self._fits_since.pop(key, None)
+            elif choice > current and self._transport_cc and leg.can_pad():
+                choice = current  # up only on a probe's verdict (the start estimate is no measurement)
+            elif choice > current:
                 since = self._fits_since.setdefault(key, now)
                 if now - since < UP_HOLD:
                     choice = current
@@ -192,13 +380,23 @@ class LayerAllocator:
                 changed[leg] = choice
             elif (wants is None and estimated and probing and choice < cap and leg.quality.level == GOOD
                   and leg.switcher.current == current and rates[current + 1] > 0 and leg.can_pad()):
-                wants = (leg, rates[current + 1] * UP_MARGIN - rates[current])
+                up = current + 1
+                if self._start_probe:  # the first feedback probe: the top layer the size allows
+                    up = max(i for i in range(current + 1, cap + 1) if rates[i] > 0)
+                wants = (leg, rates[up] * UP_MARGIN - rates[current], up)
             if estimated:
                 budget -= rates[choice]
             spent += rates[choice]
         self.probe_request = None
+        self._sent = spent
         if wants is not None and self.prober.ready(now):
-            self.probe_request = (wants[0], spent + wants[1], spent)
+            lacks = wants[1] * PROBE_OVER + spent * (PROBE_OVER - 1) if self._transport_cc else wants[1]
+            if self._start_probe:
+                lacks = max(lacks, START_PROBE - spent)  # the link is unknown: enough to see its capacity
+            self.probe_request = (wants[0], spent + lacks, spent)
+            if self._probing is None:
+                self._probing = wants[0].switcher
+                self._probing.probing = wants[2]  # dynacast keeps the layer running
         return changed
 
     def priority(self, leg: Leg) -> int:
@@ -208,5 +406,5 @@ class LayerAllocator:
         return 1 if self.speakers and leg.uptrack.publisher_id == self.speakers[0] else 2
 
     def forget(self, leg: Leg) -> None:
-        for table in (self._fits_since, self._last_down, self._last_loss_step):
+        for table in (self._fits_since, self._last_down, self._last_loss_step, self._jump):
             table.pop(id(leg), None)

@@ -1,6 +1,7 @@
 """Dynacast: the layers of a simulcast track that no viewer needs are paused at the publisher.
 
-A layer is needed while a leg forwards it or is switching to it (a leg Last-N paused needs none), the
+A layer is needed while a leg forwards it, is switching to it or is probing for it (a leg Last-N paused
+needs none), the
 layers the legs on media workers need (the relay's `wanted_layers`, from the workers' `wants`), and the
 top layer while another sink (the recorder, a relay to another node) takes the track. The lowest layer always
 runs, so a new viewer starts at once. A layer no longer needed is paused after PAUSE_AFTER seconds (a
@@ -27,6 +28,8 @@ def needed_layers(track) -> set[int]:
             switcher = getattr(leg, "switcher", None)
             if isinstance(switcher, LayerSwitcher) and not switcher.leg.unselected:
                 wanted.add(switcher.target)
+                if switcher.probing is not None:
+                    wanted.add(switcher.probing)  # a probe for it is running: its rate is the probe's target
     return wanted
 
 

@@ -61,7 +61,7 @@ class _LayerTap:
 
 class LayerSwitcher:
     __slots__ = ("leg", "track", "current", "target", "_taps", "_vp8", "_pid", "_tl0", "_offsets",
-                 "switches", "holding")
+                 "switches", "holding", "probing")
 
     def __init__(self, leg: "DownTrack", track: "UpTrack", layer: int):
         self.leg = leg
@@ -75,6 +75,7 @@ class LayerSwitcher:
         self._offsets: tuple[int, int] | None = None  # (picture id, TL0PICIDX) added to the layer's; None: as is
         self.switches = 0
         self.holding = 0  # HOLD_AFTER_FRAME / HOLDING: the current layer is not forwarded until the switch
+        self.probing: int | None = None  # the layer a probe is for (the allocator sets it): dynacast runs it
         self._add_tap(layer)
         leg.source = track.layers[layer]
 

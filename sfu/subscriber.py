@@ -13,8 +13,8 @@ from aiortc import RTCPeerConnection
 from sfu.allocator import LayerAllocator
 from sfu.downtrack import DownTrack, OnQuality
 from sfu.peer import IdleTrack, PeerFactory, SdpError, check_restartable, codec_preferences, same_codec
-from sfu.probe import PaddingSender
-from sfu.twcc import SendHistory, parse_feedback
+from sfu.probe import MONITOR_RATE, PaddingSender
+from sfu.twcc import URI_TRANSPORT_CC, SendHistory, parse_feedback
 from sfu.uptrack import UpTrack
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Subscriber:
         self.twcc_stats = {"feedback": 0, "bad_feedback": 0, "results": 0, "received": 0, "probe_received": 0}
         self._allocated_at = 0.0
         self._padding: PaddingSender | None = None  # the running probe's padding
+        self._monitor: PaddingSender | None = None  # transport-cc: the trickle of padding between probes
         self._probe_padding = 0.0
         self.peers = peers
         self.pc: RTCPeerConnection = peers.create()
@@ -75,6 +76,8 @@ class Subscriber:
         downtrack = self._new_leg(transceiver, uptrack.kind)
         downtrack.attach(uptrack)
         self.legs.append((transceiver, downtrack))
+        if downtrack.switcher is not None and self.allocator.feedback_mode:
+            self.allocate()  # start on the layer the start estimate fits, not the top one
         return downtrack
 
     def _new_leg(self, transceiver, kind: str) -> DownTrack:
@@ -109,9 +112,15 @@ class Subscriber:
         if not getattr(allocator, "transport_cc", False):
             allocator.transport_cc = True  # from now on the allocator may judge by feedback (sfu/allocator.py)
             logger.info("%s: transport-cc feedback from the viewer", self.participant_id)
-        handler = getattr(allocator, "on_transport_feedback", None)  # bwe14's; absent before it is merged
-        if handler is not None and results:
-            handler(results, now)
+        if not results:
+            return
+        probe, congestion = allocator.prober.probe, allocator.congestion_events
+        allocator.on_transport_feedback(results, now)
+        if probe is not None and allocator.prober.probe is None:  # the feedback decided it: padding off now
+            self._probe_ended(probe, (allocator.prober.last_result or "").startswith("held"), now)
+            self.allocate(now)
+        elif allocator.congestion_events != congestion or now - self._allocated_at >= REALLOCATE_INTERVAL:
+            self.allocate(now)
 
     # -- simulcast layers ---------------------------------------------------------------------
 
@@ -146,10 +155,26 @@ class Subscriber:
         if held and probe.key in [d for _, d in self.legs]:
             self.allocator.probe_held(probe.key, probe.target)
 
+    def _keep_monitor(self, legs: list[DownTrack]) -> None:
+        """With transport-cc, a trickle of numbered padding between probes (MONITOR_RATE): the viewer's
+        feedback on it shows the queue the media meets, so a link that narrows is seen (sfu/allocator.py)."""
+        want = None
+        if self.allocator.feedback_mode and self._padding is None and not self.closed:
+            want = next((d for d in legs if d.switcher is not None and d.can_pad()), None)
+        monitor = self._monitor
+        if monitor is not None and (want is None or monitor.leg is not want):
+            monitor.stop()
+            self._monitor = monitor = None
+        if want is not None and monitor is None:
+            self._monitor = PaddingSender(want, MONITOR_RATE)
+
     def _start_probe(self, leg: DownTrack, target: float, sent: float, now: float) -> None:
         probe = self.allocator.prober.start(leg, target, sent, self.allocator.estimate, now)
         if probe is None:
             return
+        if self._monitor is not None:  # the probe's padding samples the queue meanwhile
+            self._monitor.stop()
+            self._monitor = None
         if self._padding is not None:  # never two at once: an orphaned sender would pad until the viewer left
             self._padding.stop()
         self._probe_padding = probe.padding
@@ -199,6 +224,7 @@ class Subscriber:
             changed = allocator.allocate(legs, now)
             if allocator.probe_request is not None and not self.closed:
                 self._start_probe(*allocator.probe_request, now)
+            self._keep_monitor(legs)
             for leg, layer in changed.items():
                 cap = self.allocator.cap
                 logger.info("%s: track %s -> layer %s (layers %s kbps, REMB %s kbps, cap %s)", self.participant_id,
@@ -282,6 +308,11 @@ class Subscriber:
             await self.peers.set_remote(self.pc, sdp, "answer")
             self._awaiting_answer = False
             again = self._dirty
+        if self.twcc is not None and not self.allocator.feedback_mode and URI_TRANSPORT_CC in sdp:
+            # The viewer takes transport-cc: its legs start low and are probed up (sfu/allocator.py), before
+            # any feedback (it only comes for numbered packets: a probe's padding).
+            self.allocator.expect_transport_cc()
+            self.allocate()
         if again:
             await self.negotiate()
 
@@ -326,9 +357,10 @@ class Subscriber:
         if self.closed:
             return
         self.closed = True
-        if self._padding is not None:
-            self._padding.stop()
-            self._padding = None
+        for sender in (self._padding, self._monitor):
+            if sender is not None:
+                sender.stop()
+        self._padding = self._monitor = None
         for _, downtrack in self.legs:
             downtrack.detach()
         await self.peers.close(self.pc)

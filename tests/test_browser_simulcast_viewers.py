@@ -12,6 +12,7 @@ page's decoder asks with a PLI after a decode error).
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -55,7 +56,7 @@ def server_settings(tmp_path, links):
     return load_settings(environ={}, overrides={
         "dev": True, "host": "127.0.0.1", "port": 8080, "data_dir": str(tmp_path / "data"),
         "ice_addresses": ["127.0.0.1", *(link.host_address for link in links.values())],
-        "overload_control": False,
+        "overload_control": False, "downlink_transport_cc": os.environ.get("STOA_TEST_TCC") == "1",
     })
 
 

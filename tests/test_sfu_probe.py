@@ -5,6 +5,7 @@ fake clock (the browser test is tests/test_browser_simulcast.py)."""
 from __future__ import annotations
 
 import asyncio
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -53,8 +54,8 @@ async def test_padding_sender_spreads_the_probe_rate_over_its_ticks():
     sender = PaddingSender(leg, 280 * 8 * 100)  # 100 packets a second: 2 per 20 ms tick
     await asyncio.sleep(0.25)
     sender.stop()
-    assert set(leg.asked) == {2} and 8 <= len(leg.asked) <= 14
-    assert sender.bytes == sender.sent * 280
+    assert set(leg.asked) <= {1, 2, 3, 4, 5, 6} and 8 <= len(leg.asked) <= 14  # what the time since the last tick owes
+    assert 16 <= sender.sent <= 30 and sender.bytes == sender.sent * 280
 
 
 # -- the probe controller ----------------------------------------------------------------------
@@ -228,3 +229,227 @@ async def test_pacer_paces_media_during_a_burst_and_returns_to_what_the_leg_aske
     await asyncio.sleep(0.05)  # the burst ends on its own timer
     assert pacer.pacing_media and pacer._burst_timer is None  # the leg still wants it (its viewer shows loss)
     pacer.close()
+
+
+# -- transport-cc: verdicts from per-packet feedback on a simulated link --------------------------
+
+from sfu import allocator as al  # noqa: E402
+from sfu.probe import FeedbackHistory, arrival_rate, bottleneck_rate, queue_slope  # noqa: E402
+from sfu.twcc import PacketResult  # noqa: E402
+
+
+class Link:
+    """A tbf as tests/netns.py sets one (rate, burst, latency), or no limit (rate None); arrival on the
+    viewer's clock (an offset of its own), 10 ms of propagation. `loss`: every n-th packet is lost."""
+
+    def __init__(self, rate=None, burst=16_000, latency=0.4, loss=0):
+        self.rate, self.burst, self.latency, self.loss = rate, burst, latency, loss
+        self.tokens, self.at, self.free = burst, 0.0, 0.0
+        self.count = 0
+
+    def send(self, sent, size):
+        self.count += 1
+        if self.loss and self.count % self.loss == 0:
+            return None
+        if self.rate is None:
+            return sent + 0.01 + 500.0
+        rate = self.rate / 8
+        t = max(sent, self.free)
+        tokens = min(self.burst, self.tokens + rate * (t - self.at))
+        leave = t if tokens >= size else t + (size - tokens) / rate
+        if leave - sent > self.latency:
+            return None  # the queue is full: dropped
+        self.tokens = min(self.burst, tokens + rate * (leave - t)) - size
+        self.at = self.free = leave
+        return leave + 0.01 + 500.0
+
+
+class Viewer:
+    """One viewer's camera leg through `link`: media at its layer's rate (a keyframe of 10 frames on each
+    switch), 40 kbit/s of audio, a probe's padding every 20 ms, transport-cc feedback every 50 ms for the
+    numbered packets (the padding only, as Stoa sends them, or all), and the allocator driven as
+    sfu/subscriber.py drives it."""
+
+    def __init__(self, link, rates=(150_000, 400_000, 900_000), numbered="padding"):
+        self.link, self.rates, self.numbered = link, rates, numbered  # which packets carry the transport-wide seq
+        self.alloc = LayerAllocator()
+        self.leg = legs_of(simulcast_track(rates), can_pad=True)
+        self.leg.switcher.probing = None
+        self.alloc.transport_cc = True  # the first feedback came (the leg is on the top layer until then)
+        self.alloc.allocate([self.leg], 0.0)
+        self.pending, self.seq, self.t = [], 0, 0.0
+        self.padding, self.owed = 0.0, 0.0
+        self.layers: list[tuple[float, int]] = [(0.0, self.leg.switcher.target)]
+        self.keyframe = True
+        self.dropped = 0
+
+    def _send(self, size, probe=False):
+        arrival = self.link.send(self.t, size)
+        self.dropped += arrival is None
+        if probe or self.numbered == "all":
+            self.pending.append(PacketResult(self.seq, self.t, size, arrival, probe))
+            self.seq += 1
+
+    def run(self, seconds):
+        end = self.t + seconds
+        while self.t < end - 1e-9:
+            self.t = round(self.t + 0.005, 3)
+            ms = round(self.t * 1000)
+            if ms % 50 == 0:  # a video frame
+                size = self.rates[self.leg.switcher.target] / 8 / 20 * (10 if self.keyframe else 1)
+                self.keyframe = False
+                while size > 0:
+                    self._send(min(1200, size) + 40)
+                    size -= 1200
+            if ms % 20 == 0:
+                self._send(120)  # audio
+                self.owed += self.padding / 8 * 0.02 / 280
+                while self.owed >= 1:
+                    self.owed -= 1
+                    self._send(280, probe=True)
+            if ms % 50 == 0:
+                self._feedback()
+
+    def _feedback(self):
+        now = self.t + 0.015
+        ready = [r for r in self.pending if r.arrival is None or r.arrival - 500.0 <= self.t]
+        self.pending = [r for r in self.pending if r not in ready]
+        alloc, prober = self.alloc, self.alloc.prober
+        alloc.on_transport_feedback(ready, now)
+        prober.check(now)
+        if prober.probe is None:
+            self.padding = pr.MONITOR_RATE  # the trickle between probes (sfu/subscriber.py)
+        before = self.leg.switcher.target
+        alloc.allocate([self.leg], now)
+        if self.leg.switcher.target != before:
+            self.layers.append((round(self.t, 2), self.leg.switcher.target))
+            self.keyframe = True
+        if alloc.probe_request is not None:
+            probe = prober.start(*alloc.probe_request, alloc.estimate, now)
+            if probe is not None:
+                self.padding = probe.padding
+
+    def layer_at(self, t):
+        return [layer for at, layer in self.layers if at <= t][-1]
+
+
+def test_results_rates_and_the_bottleneck_run():
+    got = [PacketResult(i, i * 0.01, 1000, 500.0 + i * 0.02, False) for i in range(11)]
+    assert arrival_rate(got) == pytest.approx(10 * 8000 / 0.2)
+    assert bottleneck_rate(got, 500.0) == pytest.approx(400_000)  # each waited longer: they queued
+    assert bottleneck_rate(got[:1], 500.0) is None
+    assert queue_slope(got, 500.0) == pytest.approx(1.0)  # sent at 800 kbit/s into 400: 1 s more a second
+    assert queue_slope(got[:3], 500.0) is None  # too short to tell
+    history = FeedbackHistory()
+    history.add(got + [PacketResult(11, 0.11, 1000, None, True)], 0.2)
+    assert history.base == pytest.approx(500.0) and history.media
+    assert history.lost_share(0.0) == (12, pytest.approx(1 / 12))
+
+
+@pytest.mark.parametrize("numbered", ["padding", "all"])
+@pytest.mark.parametrize("rate, layer", [(300_000, 0), (800_000, 1), (None, 2)])
+def test_a_new_leg_starts_low_and_is_on_the_layer_its_link_carries_within_2_s(rate, layer, numbered):
+    viewer = Viewer(Link(rate), numbered=numbered)
+    assert viewer.leg.switcher.target == 0  # the start estimate fits the low layer only
+    viewer.run(2.0)
+    assert viewer.leg.switcher.target == layer, (viewer.layers, viewer.alloc.prober.last_result)
+    viewer.run(18.0)  # and stays there: later probes fail without moving it
+    assert viewer.leg.switcher.target == layer, (viewer.layers, viewer.alloc.prober.last_result)
+    assert len(viewer.layers) <= 3, viewer.layers  # the start, at most one step past, no flapping
+    assert viewer.alloc.prober.started >= 1
+
+
+@pytest.mark.parametrize("numbered", ["padding", "all"])
+def test_a_probe_over_the_link_fails_fast_and_reports_what_the_link_delivered(numbered):
+    viewer = Viewer(Link(800_000), numbered=numbered)
+    viewer.run(0.1)
+    probe = viewer.alloc.prober.probe
+    assert probe is not None and probe.feedback and probe.target > 1_000_000  # for the top layer at once
+    while viewer.alloc.prober.probe is probe:
+        viewer.run(0.05)
+    assert viewer.t - probe.started < 0.8 and viewer.alloc.prober.failed == 1
+    assert "delay +" in viewer.alloc.prober.last_result
+    assert probe.capacity == pytest.approx(800_000, rel=0.1)  # the bottleneck's rate
+    assert viewer.alloc.cap == pytest.approx(max(pr.UTILIZATION * probe.capacity, probe.target - probe.padding))
+
+
+def test_loss_on_numbered_media_caps_the_viewer():
+    viewer = Viewer(Link(None), numbered="all")
+    viewer.run(3.0)
+    assert viewer.leg.switcher.target == 2
+    viewer.link.loss = 5  # a fifth of the packets lost
+    viewer.run(1.5)
+    assert viewer.leg.switcher.target < 2 and viewer.alloc.congestion_events >= 1
+    assert "lost" in viewer.alloc.last_congestion
+
+
+@pytest.mark.parametrize("numbered", ["padding", "all"])
+def test_a_link_that_narrows_and_widens_steps_down_within_3_s_and_back_up_within_15_s(numbered):
+    """The queue the media meets shows in the feedback on the padding's trickle (or on the media)."""
+    link = Link(None)
+    viewer = Viewer(link, numbered=numbered)
+    viewer.run(5.0)
+    assert viewer.leg.switcher.target == 2
+    link.rate, link.tokens, link.at, link.free = 300_000, link.burst, viewer.t, viewer.t
+    narrowed = viewer.t
+    viewer.run(3.0)
+    assert viewer.layer_at(narrowed + 3.0) == 0, viewer.layers
+    viewer.run(7.0)
+    assert viewer.leg.switcher.target == 0, viewer.layers  # probes fail meanwhile
+    link.rate = None
+    widened = viewer.t
+    viewer.run(15.0)
+    assert viewer.leg.switcher.target == 2, viewer.layers
+    ups = [at for at, layer in viewer.layers if at > widened]
+    assert ups and ups[-1] - widened < 15.0
+
+
+def test_without_transport_cc_the_allocator_reads_remb_as_before():
+    alloc = LayerAllocator()
+    leg = legs_of(simulcast_track(), can_pad=True)
+    assert alloc.allocate([leg], 0.0) == {} and leg.switcher.target == 2  # no start estimate: the top layer
+    assert not alloc.transport_cc and alloc.cap == math.inf
+    alloc.on_estimate(1_400_000, 950_000, 0.5)
+    assert alloc.estimate == 1_400_000 and alloc.cap == math.inf  # REMB caps only when it falls
+
+
+def test_a_probe_marks_the_layer_it_is_for_so_dynacast_runs_it():
+    from sfu.dynacast import needed_layers
+
+    viewer = Viewer(Link(300_000))
+    viewer.run(0.1)
+    assert viewer.alloc.prober.probe is not None and viewer.leg.switcher.probing == 2
+    while viewer.alloc.prober.probe is not None:
+        viewer.run(0.05)
+    viewer.run(0.05)
+    assert viewer.leg.switcher.probing is None
+    # needed_layers counts it (a real LayerSwitcher, as dynacast sees it)
+    layers = [FakeLayer(), FakeLayer(), FakeLayer()]
+    track = SimpleNamespace(layers=layers, rids=["q", "h", "f"], mime_type="video/VP8", sinks=[])
+    leg = FakeLeg()
+    leg.unselected = False
+    switcher = LayerSwitcher(leg, track, 0)
+    leg.switcher = switcher
+    assert needed_layers(track) == {0}
+    switcher.probing = 2
+    assert needed_layers(track) == {0, 2}
+
+
+def test_an_answer_with_transport_cc_starts_low_and_two_probes_without_feedback_go_back_to_remb():
+    alloc = LayerAllocator()
+    leg = legs_of(simulcast_track(), can_pad=True)
+    alloc.expect_transport_cc()  # the answer takes it; no feedback yet
+    assert alloc.feedback_mode and not alloc.transport_cc
+    assert alloc.allocate([leg], 0.0) == {leg: 0}
+    t = 0.1
+    alloc.allocate([leg], t)  # on the low layer: the first probe, at once
+    assert alloc.probe_request is not None and alloc.probe_request[1] >= 1_200_000
+    for _ in range(2):  # an aiortc viewer answers with the extension and sends no feedback
+        probe = alloc.prober.start(*alloc.probe_request, alloc.estimate, t)
+        assert probe.feedback
+        t += pr.TCC_PROBE_MAX + 0.01
+        assert alloc.prober.check(t) == "failed"
+        t = alloc.prober.not_before
+        alloc.allocate([leg], t)
+    assert not alloc.feedback_mode and not alloc.prober.feedback  # REMB from now on
+    assert not alloc.on_estimate(1_400_000, 200_000, t + 0.5) and alloc.cap == 1_400_000
