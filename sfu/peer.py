@@ -18,7 +18,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp, candidate_to_sdp, parse_h264_profile_level_id
 
 from sfu.aiortc_seam import (allow_large_rtp, begin_ice_restart, finish_ice_restart, harden_consent,
-                             ice_credentials, rebundle_orphans, restrict_ice_gathering,
+                             ice_credentials, read_in_batches, rebundle_orphans, restrict_ice_gathering,
                              retire_rejected_transceivers, use_dtls_certificate)
 from sfu.iceserver import IceServer, ice_servers
 from sfu.jsep import conform_answer, rejected_mids
@@ -225,6 +225,7 @@ class PeerFactory:
         restrict_ice_gathering(pc, self.ice.addresses)
         harden_consent(pc)  # a loop that falls behind must not expire its own peers' consent
         allow_large_rtp(pc)
+        read_in_batches(pc)  # on the stock asyncio loop, as uvloop reads: until the socket is empty
         await pc.setLocalDescription(description)
         return pc.localDescription.sdp
 

@@ -39,6 +39,8 @@ REQUEST_TIMEOUT = 20.0
 # A worker that dies this soon after starting is restarted after a growing pause (up to RESTART_MAX).
 RESTART_MIN, RESTART_MAX = 0.2, 10.0
 SOCKET_BUFFER = 4 * 1024 * 1024
+# How often a layer not relayed to a worker that has its track tells that worker its rate (`rate`).
+RATE_INTERVAL = 1.0
 # A worker that sends nothing (its stats come every second) for this long is hung: it is killed and
 # replaced. Its viewers' ICE consent would have expired by then anyway.
 HUNG_AFTER = 30.0
@@ -63,7 +65,7 @@ class RelayStream:
     packets go only to the workers that need it; its keyframe requests and NACK misses come back on the
     layer's own stream."""
 
-    __slots__ = ("index", "uptrack", "refs", "links", "repairs", "face", "layers", "wants")
+    __slots__ = ("index", "uptrack", "refs", "links", "repairs", "face", "layers", "wants", "_rate_at")
 
     def __init__(self, index: int, uptrack: UpTrack, face: "RelayStream | None" = None) -> None:
         self.index = index
@@ -74,6 +76,7 @@ class RelayStream:
         self.face = face or self  # a layer's stream: the track's (top layer) stream, which holds the refs
         self.layers: list[RelayStream] | None = None  # a simulcast track's streams, low to high (self last)
         self.wants: dict["WorkerLink", frozenset[int]] = {}  # per worker, the layers its legs need
+        self._rate_at = 0.0  # arrival time of the last `rate` sent for this layer
 
     def relink(self) -> None:
         """Point each of the track's streams at the running workers that need it."""
@@ -99,6 +102,8 @@ class RelayStream:
 
     def feed(self, packet, arrival_time: float) -> None:
         links = self.links
+        if self.face.layers is not None and arrival_time - self._rate_at >= RATE_INTERVAL:
+            self._send_rate(arrival_time)
         if not links:
             return
         level = packet.extensions.audio_level
@@ -107,6 +112,19 @@ class RelayStream:
                              (level[1] | (0x80 if level[0] else 0)) if level is not None else None)
         for link in links:
             link.push(entry)
+
+    def _send_rate(self, now: float) -> None:
+        """A simulcast layer's rate to the workers that have the track but are not sent this layer: their
+        allocator prices a step up to it by that rate, having measured none (sfu/allocator.py)."""
+        self._rate_at = now
+        up = self.uptrack
+        bitrate = up.bitrate() or up.known_bitrate
+        if not bitrate:
+            return
+        message = {"type": "rate", "stream": self.index, "bitrate": round(bitrate)}
+        for link in self.face.refs:
+            if link.alive and link not in self.links:
+                link.notify(message)
 
     def sender_report(self, local_time: float, rtp_timestamp: int) -> None:
         message = {"type": "sr", "stream": self.index, "time": local_time, "rtp": rtp_timestamp}

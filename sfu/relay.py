@@ -220,6 +220,9 @@ CONTROL_MESSAGES: dict[str, dict] = {
         "required": ["stream", "track_id", "kind", "mime_type", "clock_rate", "payload_type"],
         "dependentRequired": {"layers": ["rids"], "rids": ["layers"]}},
     "untrack": {"properties": {"stream": _STREAM}, "required": ["stream"]},
+    # A simulcast layer's measured rate (bits/s), for a worker that has its track but is not sent this layer.
+    "rate": {"properties": {"stream": _STREAM, "bitrate": {"type": "integer", "minimum": 0, "maximum": 10**10}},
+             "required": ["stream", "bitrate"]},
     "sr": {"properties": {"stream": _STREAM, "time": {"type": "number"},
                           "rtp": {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF}},
            "required": ["stream", "time", "rtp"]},

@@ -243,6 +243,10 @@ class Worker:
                 track = self.streams.pop(message["stream"], None)
                 if track is not None:
                     track.close()
+            elif kind == "rate":  # a layer not relayed here: its rate in the main process
+                track = self.streams.get(message["stream"])
+                if track is not None and not track.bitrate():
+                    track.known_bitrate = float(message["bitrate"])
             elif kind == "sr":
                 track = self.streams.get(message["stream"])
                 if track is not None:

@@ -9,7 +9,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
-from sfu.aiortc_seam import allow_large_rtp, rebundle_orphans, restrict_ice_gathering
+from sfu.aiortc_seam import allow_large_rtp, read_in_batches, rebundle_orphans, restrict_ice_gathering
 from sfu.peer import follow_ice_restart, ice_restart_in
 from tests.media import read_counter
 
@@ -24,6 +24,7 @@ def client_pc() -> RTCPeerConnection:
 async def set_local(pc: RTCPeerConnection, description) -> str:
     restrict_ice_gathering(pc, LOOPBACK)
     allow_large_rtp(pc)  # like a browser: takes and sends SRTP up to 2048 bytes
+    read_in_batches(pc, rcvbuf=1 << 20)  # like a browser: drains its socket per wakeup (the loop also runs the server)
     await pc.setLocalDescription(description)
     return pc.localDescription.sdp
 

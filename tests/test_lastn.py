@@ -163,9 +163,6 @@ async def forwarded_becomes(viewer: RoomClient, publishers: set[str], tracks: di
     return await eventually(last, timeout, f"forwarded to become {sorted(publishers)}")
 
 
-@pytest.mark.xfail(strict=False, reason="in 2 of 3 whole-suite runs (never alone: 9 of 9) a video that stays "
-                   "selected stopped decoding at the aiortc viewer when another one resumed; not yet placed "
-                   "(docs/simulcast.md, Last-N)")
 async def test_a_viewer_with_n_2_decodes_the_two_recent_speakers_and_a_pinned_one(stoa_server):
     room = "lastn"
     names = ["p1", "p2", "p3", "p4"]

@@ -275,6 +275,10 @@ async def test_consent_under_a_starved_loop_needs_the_hardening(stoa_server, mon
     import sfu.peer
 
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.5)
+    # The server reads one datagram per socket and loop turn, as before read_in_batches: a consent answer
+    # then waits behind media and loses to aioice's 0.5 s timer. Read in batches on the stock loop, it is
+    # read in the turn before that timer runs; uvloop (stoa serve) runs due timers first, so there it loses.
+    monkeypatch.setattr(sfu.peer, "read_in_batches", lambda pc: None)
     monkeypatch.setattr(sfu.peer, "harden_consent",
                         functools.partial(harden_consent, interval=0.5, expiry=3.0) if hardened else lambda pc: None)
     caplog.set_level(logging.INFO, logger="aioice.ice")

@@ -163,3 +163,45 @@ async def test_a_worker_counts_legs_once_per_track_not_per_layer():
     LayerSwitcher(leg, worker.streams[2], 1).select(0)  # two taps while it switches
     assert isinstance(worker.streams[1], MirrorTrack) and worker.load.leg_count() == 1
     assert worker.load.legs() == [leg]
+
+
+async def test_a_layer_not_relayed_to_a_worker_tells_it_its_rate():
+    """A worker that was never sent a layer has no rate for it, and its allocator would never step up to it
+    under a cap (docs/simulcast.md): the main process sends it the layer's rate (`rate`) once a second."""
+    now = [0.0]
+
+    async def send_pli(ssrc):
+        pass
+
+    layers = [UpTrack(track_id=f"TR_cam{rid}", kind="video", mime_type="video/VP8", clock_rate=90000,
+                      payload_type=96, publisher_id="teacher", source="camera", clock=PublisherClock(),
+                      send_pli=send_pli, monotonic=lambda: now[0]) for rid in (".q", ".h", "")]
+    face = layers[-1]
+    face.set_layers(layers, ["q", "h", "f"])
+    pool = WorkerPool(2, IceSettings())
+    link, other = FakeLink(), FakeLink()
+    stream = pool.stream_for(face)
+    pool.ref(stream, link)
+    pool.ref(stream, other)
+    stream.want(link, [0])           # `link` gets q only
+    stream.want(other, [0, 1, 2])    # `other` gets every layer: it measures them itself
+    for seq in range(1, 11):
+        now[0] = seq * 0.15
+        for i, layer in enumerate(layers):
+            await layer.on_rtp(rtp(seq, 100 + i), now[0])
+    rates = [m for m in link.messages if m["type"] == "rate"]
+    assert {m["stream"] for m in rates} == {stream.layers[1].index, stream.layers[2].index}
+    assert all(m["bitrate"] > 0 for m in rates) and not [m for m in other.messages if m["type"] == "rate"]
+    assert ControlDecoder().feed(encode_control(rates[0])) == [rates[0]]
+    bad = ControlDecoder()
+    assert bad.feed(encode_control({"type": "rate", "stream": 7, "bitrate": -1})) == [] and bad.rejected
+
+    # The worker keeps it as the layer's rate, which its allocator reads (sfu/allocator.py); a rate it
+    # measures itself wins.
+    worker = Worker(0, None, None)
+    worker.send = lambda message: None
+    for message in [m for m in link.messages if m["type"] == "track"]:
+        await worker._handle(message)
+    await worker._handle(rates[-1])
+    h = worker.streams[rates[-1]["stream"]]
+    assert h.known_bitrate == rates[-1]["bitrate"] and not h.bitrate()

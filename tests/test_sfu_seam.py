@@ -50,6 +50,33 @@ def test_no_ice_servers_by_default():
     assert servers[0].urls == "turn:turn.example.org" and servers[0].username == "u"
 
 
+async def test_a_client_reads_its_socket_in_batches():
+    """tests/peers.py's peers drain their ICE socket per wakeup (seam.read_in_batches): asyncio's one datagram
+    per socket and loop iteration overflowed a viewer's socket when its loop also ran the server and four
+    encoding publishers (tests/test_lastn.py)."""
+    import socket
+
+    a, b, channel, received = await _channel_pair()  # ICE, DTLS and SCTP through the batched reader
+    try:
+        channel.send("hello")
+        await _wait_for(lambda: received == ["hello"])
+        port = next(int(line.split()[5]) for line in b.localDescription.sdp.splitlines()
+                    if line.startswith("a=candidate") and " 127.0.0.1 " in line)
+        wakeups, datagrams = seam.batched_reads(b)
+        assert datagrams > 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(20):  # queued at once: no loop iteration runs between them
+                sender.sendto(b"\x00" * 40, ("127.0.0.1", port))  # neither STUN, DTLS nor RTP: ignored
+            await _wait_for(lambda: seam.batched_reads(b)[1] >= datagrams + 20)
+        more_wakeups, more = (n - m for n, m in zip(seam.batched_reads(b), (wakeups, datagrams)))
+        assert more >= 20 and more_wakeups <= 2  # stock asyncio: 20 (an SCTP packet may add one)
+        channel.send("still open")
+        await _wait_for(lambda: received == ["hello", "still open"])
+    finally:
+        await a.close()
+        await b.close()
+
+
 # --- DataChannelSender: the synchronous data-channel path -------------------------------------------
 
 async def _channel_pair(**options):
