@@ -24,6 +24,10 @@ A viewer whose legs cannot carry padding (no RTX negotiated) gets the older prob
 is lifted PROBE_AFTER seconds after the last congestion signal, the legs step up one layer at a time,
 and a step that brings congestion back doubles the wait before the next one.
 
+Liveness: a layer that stopped delivering (sfu/liveness.py: the publisher's encoder dropped it, without
+a word) is never chosen; a leg on it or waiting for it moves to the nearest one that delivers, lower
+first (`deliverable`).
+
 Hysteresis: a leg goes down at once (at most once per DOWN_HOLD), up one layer at a time once the
 higher layer has fitted for UP_HOLD. Pure: the caller passes `now`; tests/test_sfu_simulcast.py drives it.
 """
@@ -163,6 +167,7 @@ class LayerAllocator:
                     need = rate * UP_MARGIN if rate > 0 else math.inf
                 if need <= budget:
                     choice = i
+            choice = self.deliverable(leg, choice, now)
             if leg.quality.level != GOOD and choice >= current > 0:
                 if now - self._last_loss_step.get(key, -math.inf) >= LOSS_HOLD:
                     self._last_loss_step[key] = now
@@ -180,18 +185,21 @@ class LayerAllocator:
                 self._fits_since.pop(key, None)
             congested = False
             if choice < current:
-                if now - self._last_down.get(key, -math.inf) < DOWN_HOLD and choice < cap:
+                flowing = self.deliverable(leg, current, now) == current  # else not a step for the link
+                if now - self._last_down.get(key, -math.inf) < DOWN_HOLD and choice < cap and flowing:
                     choice = current  # the estimate still lags the last step down
                 else:
                     self._last_down[key] = now
-                    congested = choice < cap and leg.quality.level == GOOD
+                    congested = choice < cap and leg.quality.level == GOOD and flowing
+            choice = self.deliverable(leg, choice, now)  # a hold above kept a layer that stopped
             if choice != current:
                 # Down for the link: the current layer stops at its next frame, so that the target's
                 # keyframe is not queued behind it.
                 leg.switcher.select(choice, hold=congested)
                 changed[leg] = choice
             elif (wants is None and estimated and probing and choice < cap and leg.quality.level == GOOD
-                  and leg.switcher.current == current and rates[current + 1] > 0 and leg.can_pad()):
+                  and leg.switcher.current == current and rates[current + 1] > 0 and leg.can_pad()
+                  and self.deliverable(leg, current + 1, now) == current + 1):
                 wants = (leg, rates[current + 1] * UP_MARGIN - rates[current])
             if estimated:
                 budget -= rates[choice]
@@ -200,6 +208,24 @@ class LayerAllocator:
         if wants is not None and self.prober.ready(now):
             self.probe_request = (wants[0], spent + wants[1], spent)
         return changed
+
+    @staticmethod
+    def deliverable(leg: Leg, choice: int, now: float) -> int:
+        """`choice`, or when that layer stopped delivering, the nearest one that does (lower first). A
+        layer without liveness counts as delivering; when none delivers (the publisher stopped sending
+        altogether), `choice` stands."""
+        layers = leg.uptrack.layers
+
+        def usable(i: int) -> bool:
+            liveness = getattr(layers[i], "liveness", None)
+            return liveness is None or liveness.usable(now)
+
+        if usable(choice):
+            return choice
+        for i in (*range(choice - 1, -1, -1), *range(choice + 1, len(layers))):
+            if usable(i):
+                return i
+        return choice
 
     def priority(self, leg: Leg) -> int:
         """The screen share first, then the active speaker's camera, then the other cameras."""
