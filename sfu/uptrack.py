@@ -178,7 +178,10 @@ class UpTrack:
         self.packets_received += 1
         self.media_ssrc = packet.ssrc
         if self.liveness is not None:
-            self.liveness.last_packet = self._monotonic()
+            now = self._monotonic()
+            if now - self.liveness.last_packet > 1.0 and self.liveness.last_packet > 0:
+                logger.info("layer %s: packets again after %.1f s", self.track_id, now - self.liveness.last_packet)
+            self.liveness.last_packet = now
         payload = packet.payload
         self.octets_received += len(payload)
         keyframe = is_keyframe(self.mime_type, payload) if self._video else True
