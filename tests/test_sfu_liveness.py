@@ -129,11 +129,9 @@ async def test_a_layer_the_encoder_stopped_sending_costs_the_leg_a_switch_not_it
     await pub.frame()
     assert leg.switcher.current == 2
     sending = pub.layers[:2]  # f stops
-    frames = 0
     for _ in range(int((LIVE_WINDOW + 1.0) / 0.05)):
         await frame_on(pub, sending)
         alloc.allocate([leg], timers.now)
-        frames += 1
     assert leg.switcher.target == 1 and leg.switcher.current == 1, pub.plis
     before = len(leg.sent)
     for _ in range(10):
