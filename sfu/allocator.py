@@ -39,6 +39,10 @@ what the link delivers (libwebrtc's AIMD decrease). With only padding numbered a
 viewer too (not for REMB_GRACE after a failed probe: that is the probe's queue). REMB never raises a
 transport-cc estimate: it rises whatever arrives.
 
+Liveness: a layer that stopped delivering (sfu/liveness.py: the publisher's encoder dropped it, without
+a word) is never chosen; a leg on it or waiting for it moves to the nearest one that delivers, lower
+first (`deliverable`).
+
 Hysteresis: a leg goes down at once (at most once per DOWN_HOLD), up one layer at a time once the
 higher layer has fitted for UP_HOLD. Pure: the caller passes `now`; tests/test_sfu_simulcast.py drives it.
 """
@@ -346,6 +350,7 @@ class LayerAllocator:
                     need = rate * UP_MARGIN if rate > 0 else math.inf
                 if need <= budget:
                     choice = i
+            choice = self.deliverable(leg, choice, now)
             if leg.quality.level != GOOD and choice >= current > 0:
                 if now - self._last_loss_step.get(key, -math.inf) >= LOSS_HOLD:
                     self._last_loss_step[key] = now
@@ -368,21 +373,25 @@ class LayerAllocator:
                 self._fits_since.pop(key, None)
             congested = False
             if choice < current:
-                if now - self._last_down.get(key, -math.inf) < DOWN_HOLD and choice < cap:
+                flowing = self.deliverable(leg, current, now) == current  # else not a step for the link
+                if now - self._last_down.get(key, -math.inf) < DOWN_HOLD and choice < cap and flowing:
                     choice = current  # the estimate still lags the last step down
                 else:
                     self._last_down[key] = now
-                    congested = choice < cap and leg.quality.level == GOOD
+                    congested = choice < cap and leg.quality.level == GOOD and flowing
+            choice = self.deliverable(leg, choice, now)  # a hold above kept a layer that stopped
             if choice != current:
                 # Down for the link: the current layer stops at its next frame, so that the target's
                 # keyframe is not queued behind it.
                 leg.switcher.select(choice, hold=congested)
                 changed[leg] = choice
             elif (wants is None and estimated and probing and choice < cap and leg.quality.level == GOOD
-                  and leg.switcher.current == current and rates[current + 1] > 0 and leg.can_pad()):
+                  and leg.switcher.current == current and rates[current + 1] > 0 and leg.can_pad()
+                  and self.deliverable(leg, current + 1, now) == current + 1):
                 up = current + 1
                 if self._start_probe:  # the first feedback probe: the top layer the size allows
-                    up = max(i for i in range(current + 1, cap + 1) if rates[i] > 0)
+                    up = max(i for i in range(current + 1, cap + 1)
+                             if rates[i] > 0 and self.deliverable(leg, i, now) == i)
                 wants = (leg, rates[up] * UP_MARGIN - rates[current], up)
             if estimated:
                 budget -= rates[choice]
@@ -398,6 +407,24 @@ class LayerAllocator:
                 self._probing = wants[0].switcher
                 self._probing.probing = wants[2]  # dynacast keeps the layer running
         return changed
+
+    @staticmethod
+    def deliverable(leg: Leg, choice: int, now: float) -> int:
+        """`choice`, or when that layer stopped delivering, the nearest one that does (lower first). A
+        layer without liveness counts as delivering; when none delivers (the publisher stopped sending
+        altogether), `choice` stands."""
+        layers = leg.uptrack.layers
+
+        def usable(i: int) -> bool:
+            liveness = getattr(layers[i], "liveness", None)
+            return liveness is None or liveness.usable(now)
+
+        if usable(choice):
+            return choice
+        for i in (*range(choice - 1, -1, -1), *range(choice + 1, len(layers))):
+            if usable(i):
+                return i
+        return choice
 
     def priority(self, leg: Leg) -> int:
         """The screen share first, then the active speaker's camera, then the other cameras."""

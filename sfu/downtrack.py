@@ -90,8 +90,12 @@ class DownTrack:
             self.forwarder.needs_keyframe = uptrack.kind == "video"
         layers = getattr(uptrack, "layers", None)
         if layers:
-            # Simulcast: start on the highest layer; the subscriber's allocator steps it down.
-            self.switcher = LayerSwitcher(self, uptrack, len(layers) - 1)
+            # Simulcast: start on the highest layer that delivers (sfu/liveness.py); the subscriber's
+            # allocator steps it down.
+            now = time.monotonic()
+            start = next((i for i in range(len(layers) - 1, 0, -1)
+                          if getattr(layers[i], "liveness", None) is None or layers[i].liveness.usable(now)), 0)
+            self.switcher = LayerSwitcher(self, uptrack, start)
         else:
             self.source = uptrack
             uptrack.add_downtrack(self)

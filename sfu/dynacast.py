@@ -6,7 +6,8 @@ layers the legs on media workers need (the relay's `wanted_layers`, from the wor
 top layer while another sink (the recorder, a relay to another node) takes the track. The lowest layer always
 runs, so a new viewer starts at once. A layer no longer needed is paused after PAUSE_AFTER seconds (a
 viewer that steps down and back up does not make the encoder stop and start); a needed one resumes at
-once. The room tells the publishing page (`layers`, docs/protocol.md), which sets that encoding's
+once. Each layer's liveness (sfu/liveness.py) records the pause, and a resume starts its grace for the
+first packets. The room tells the publishing page (`layers`, docs/protocol.md), which sets that encoding's
 `active` with RTCRtpSender.setParameters. Pure: the caller passes `now`.
 """
 
@@ -34,12 +35,22 @@ def needed_layers(track) -> set[int]:
 
 
 class Dynacast:
-    __slots__ = ("track", "active", "_unneeded_since")
+    __slots__ = ("track", "active", "_unneeded_since", "_states")
 
     def __init__(self, track):
         self.track = track
         self.active = [True] * len(track.layers)  # what the publisher was last told (all run at first)
         self._unneeded_since: dict[int, float] = {}
+        self._states: list[str] | None = None
+
+    def states(self, now: float) -> list[str] | None:
+        """Each layer's liveness state (sfu/liveness.py), low to high, when that changed; else None."""
+        states = [liveness.state(now) if liveness is not None else "live"
+                  for liveness in (getattr(layer, "liveness", None) for layer in self.track.layers)]
+        if states == self._states:
+            return None
+        self._states = states
+        return states
 
     def update(self, now: float) -> list[str] | None:
         """The rids to run, when that changes; else None."""
@@ -54,4 +65,8 @@ class Dynacast:
         if active == self.active:
             return None
         self.active = active
+        for layer, on in zip(self.track.layers, active):
+            liveness = getattr(layer, "liveness", None)
+            if liveness is not None:
+                liveness.set_paused(not on, now)
         return [rid for rid, on in zip(self.track.rids, active) if on]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from sfu.downtrack import OnQuality
+from sfu.liveness import LIVE
 from sfu.peer import REFUSAL_CODES, IceRestartRefused, IceSettings, SdpError
 from sfu.quality import QualityChange
 from sfu.relay import MAX_LAYERS, Batcher, ControlDecoder, RelayError, encode_control, encode_entry
@@ -100,6 +101,16 @@ class RelayStream:
             return {len(self.uptrack.layers or (None,)) - 1}  # relayed as one stream: the top layer
         return set().union(*self.wants.values())
 
+    def layer_states(self, states: list[str]) -> None:
+        """The layers' liveness changed (sfu/liveness.py): the workers' allocators take it as is, as they
+        receive only the layers their legs forward."""
+        if self.layers is None:
+            return
+        message = {"type": "layer_states", "stream": self.index, "states": list(states)}
+        for link in self.refs:
+            if link.alive:
+                link.notify(message)
+
     def feed(self, packet, arrival_time: float) -> None:
         links = self.links
         if self.face.layers is not None and arrival_time - self._rate_at >= RATE_INTERVAL:
@@ -138,6 +149,9 @@ class RelayStream:
                "publisher": up.publisher_id, "source": up.source}
         if self.layers is not None:
             out.update(layers=[s.index for s in self.layers], rids=list(self.face.uptrack.rids))
+            now = time.monotonic()
+            out["states"] = [s.uptrack.liveness.state(now) if s.uptrack.liveness is not None else LIVE
+                             for s in self.layers]
         return out
 
     def repair(self, link: "WorkerLink", seqs: list[int]) -> None:

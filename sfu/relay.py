@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from jsonschema import Draft202012Validator
 
+from sfu.liveness import STATES
 from sfu.rtp import build_header, parse_header
 
 VERSION = 1
@@ -202,6 +203,8 @@ _CANDIDATES = {"type": "array", "maxItems": 64, "items": {"type": "object", "pro
     "candidate": {"type": "string", "maxLength": 1024}, "sdpMid": {"type": ["string", "null"]}},
     "required": ["candidate"]}}
 
+_LAYER_STATES = {"type": "array", "minItems": 2, "maxItems": MAX_LAYERS, "items": {"enum": list(STATES)}}
+
 # Main process (the relay's sending side) to worker, then worker to main. Documented in docs/scaling.md.
 CONTROL_MESSAGES: dict[str, dict] = {
     "configure": {"properties": {"ice": {"type": "object", "properties": {
@@ -216,13 +219,16 @@ CONTROL_MESSAGES: dict[str, dict] = {
         "publisher": _TEXT, "source": _TEXT,
         # A simulcast track: its layers' streams low to high (this stream, the top layer, last) and rids.
         "layers": {"type": "array", "minItems": 2, "maxItems": MAX_LAYERS, "items": _STREAM},
-        "rids": {"type": "array", "minItems": 2, "maxItems": MAX_LAYERS, "items": _TEXT}},
+        "rids": {"type": "array", "minItems": 2, "maxItems": MAX_LAYERS, "items": _TEXT},
+        "states": _LAYER_STATES},
         "required": ["stream", "track_id", "kind", "mime_type", "clock_rate", "payload_type"],
         "dependentRequired": {"layers": ["rids"], "rids": ["layers"]}},
     "untrack": {"properties": {"stream": _STREAM}, "required": ["stream"]},
     # A simulcast layer's measured rate (bits/s), for a worker that has its track but is not sent this layer.
     "rate": {"properties": {"stream": _STREAM, "bitrate": {"type": "integer", "minimum": 0, "maximum": 10**10}},
              "required": ["stream", "bitrate"]},
+    # A simulcast track's layers' liveness (sfu/liveness.py), low to high, whenever one changes.
+    "layer_states": {"properties": {"stream": _STREAM, "states": _LAYER_STATES}, "required": ["stream", "states"]},
     "sr": {"properties": {"stream": _STREAM, "time": {"type": "number"},
                           "rtp": {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF}},
            "required": ["stream", "time", "rtp"]},

@@ -12,6 +12,7 @@ from aiortc.rtp import RtpPacket
 from sfu.buffer import CachedPacket, PacketCache
 from sfu.gopcache import GOP_REPLAY_SPEEDUP, GopCache
 from sfu.interfaces import PacketSink, ReplayingSender, ReportSink, TrackSender
+from sfu.liveness import LayerLiveness
 from sfu.rtp import abs_send_time, is_keyframe, ntp_to_unix, unix_to_ntp, vp8_frame_size
 from sfu.seqnum import ts_diff
 
@@ -78,6 +79,7 @@ class UpTrack:
         self.rids: list[str] | None = None
         self.frame_size: tuple[int, int] | None = None  # (width, height) of the last keyframe, simulcast VP8 only
         self._track_size = False
+        self.liveness: LayerLiveness | None = None  # a simulcast layer: does it deliver (sfu/liveness.py)
         self.octets_received = 0
         self.known_bitrate = 0.0  # the last nonzero bitrate(): a paused layer's rate when it ran
         self._rate: tuple[float, int, float] = (monotonic(), 0, 0.0)  # (at, octets then, bits/s)
@@ -122,6 +124,7 @@ class UpTrack:
         self.layers, self.rids = layers, rids
         for layer in layers:
             layer._track_size = self.mime_type.lower() == "video/vp8"
+            layer.liveness = LayerLiveness(self._monotonic())
 
     def bitrate(self) -> float:
         """Bits per second received, over the last second or more (sampled when asked)."""
@@ -174,6 +177,11 @@ class UpTrack:
             return
         self.packets_received += 1
         self.media_ssrc = packet.ssrc
+        if self.liveness is not None:
+            now = self._monotonic()
+            if now - self.liveness.last_packet > 1.0 and self.liveness.last_packet > 0:
+                logger.info("layer %s: packets again after %.1f s", self.track_id, now - self.liveness.last_packet)
+            self.liveness.last_packet = now
         payload = packet.payload
         self.octets_received += len(payload)
         keyframe = is_keyframe(self.mime_type, payload) if self._video else True

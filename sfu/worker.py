@@ -24,6 +24,7 @@ import sys
 import time
 
 from sfu.buffer import CachedPacket, PacketCache
+from sfu.liveness import LIVE
 from sfu.overload import LoadMonitor, OverloadPolicy, release_memory
 from sfu.aiortc_seam import enable_transport_cc, ice_credentials
 from sfu.peer import (REFUSAL_CODES, IceSettings, OtherIceSession, PeerFactory, SdpError, add_remote_candidate,
@@ -238,7 +239,9 @@ class Worker:
                     old.close()
                 track = self.streams[message["stream"]] = MirrorTrack(message["stream"], message, self.send)
                 if "layers" in message:
-                    self._layer(track, message["layers"], message["rids"])
+                    self._layer(track, message["layers"], message["rids"], message.get("states"))
+            elif kind == "layer_states":
+                self._layer_states(message["stream"], message["states"])
             elif kind == "untrack":
                 track = self.streams.pop(message["stream"], None)
                 if track is not None:
@@ -298,7 +301,19 @@ class Worker:
         except (KeyError, TypeError, ValueError) as exc:
             logger.warning("worker %d: bad %s message: %s", self.index, kind, exc)
 
-    def _layer(self, track: MirrorTrack, streams: list[int], rids: list[str]) -> None:
+    def _layer_states(self, stream: int, states: list[str]) -> None:
+        """The main process's view of a simulcast track's layers (sfu/liveness.py): this worker receives
+        only the layers its legs forward, so its own packet times say nothing of the others."""
+        track = self.streams.get(stream)
+        if track is None or not track.layers or len(states) != len(track.layers):
+            return
+        for layer, state in zip(track.layers, states):
+            layer.liveness.reported = state
+        for sub in self.sessions.values():
+            if sub.downtrack(track.track_id) is not None:
+                sub.allocate()
+
+    def _layer(self, track: MirrorTrack, streams: list[int], rids: list[str], states: list[str] | None = None) -> None:
         """Make `track` a simulcast track of the layers relayed on `streams` (announced before it)."""
         layers = [self.streams.get(s) for s in streams[:-1]]
         if streams[-1] != track.stream or len(rids) != len(streams) or any(
@@ -308,8 +323,11 @@ class Worker:
             self.send({"type": "wants", "stream": track.stream, "layers": [len(streams) - 1]})
             return
         track.set_layers([*layers, track], rids)
-        for layer in track.layers:
+        if states is None or len(states) != len(track.layers):
+            states = [LIVE] * len(track.layers)  # an older main process: every layer counts as delivering
+        for layer, state in zip(track.layers, states):
             layer.face = track
+            layer.liveness.reported = state
 
     def _forget(self, sid: str) -> Subscriber | None:
         self.bindings.pop(sid, None)

@@ -76,6 +76,9 @@ class Settings:
     record_all: bool = False
     # The room page publishes the camera in three simulcast layers (docs/simulcast.md); off: one stream.
     simulcast: bool = True
+    # The room page publishes a screen share in three layers too (full size at 5 fps for large tiles, 1/2 and
+    # 1/4 at 15 fps for small ones; docs/simulcast.md). Off: the screen is one stream. Needs `simulcast`.
+    screen_simulcast: bool = False
     # Last-N (docs/simulcast.md): each viewer is sent the video of the N most recent speakers, its pinned
     # participants and every screen share; the others' tiles show an avatar. 9 fills a 3 x 3 grid, what a
     # laptop shows at a size where faces read, at a downlink a home connection carries. 0: every video.

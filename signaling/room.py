@@ -433,10 +433,26 @@ class Room:
         while not track.closed:
             await asyncio.sleep(DYNACAST_TICK)
             active = dynacast.update(loop.time())
+            states = dynacast.states(loop.time())
+            if states is not None and not track.closed:
+                self._layer_states(track, states)
             owner = self.participants.get(track.publisher_id)
             if active is not None and owner is not None and not track.closed:
                 logger.info("dynacast: %s runs layers %s of %s", track.publisher_id, active, track.track_id)
                 await owner.send({"type": "layers", "track_id": track.track_id, "active": active})
+
+    def _layer_states(self, track: UpTrack, states: list[str]) -> None:
+        """A layer of `track` started or stopped delivering (sfu/liveness.py): its viewers' allocators
+        choose again, here and on media workers."""
+        logger.info("layers of %s: %s", track.track_id, " ".join(f"{r}:{s}" for r, s in zip(track.rids, states)))
+        for sink in track.sinks:
+            tell = getattr(sink, "layer_states", None)
+            if tell is not None:
+                tell(states)
+        for p in self.participants.values():
+            sub = p.subscriber
+            if sub is not None and not isinstance(sub, RemoteRoomSubscriber) and sub.downtrack(track.track_id) is not None:
+                sub.allocate()
 
     async def _watch_speakers(self) -> None:
         """Tell the room who speaks, loudest first, whenever that changes (debounced by the detector).

@@ -107,6 +107,7 @@ async def room_page(request: web.Request) -> web.Response:
         "room": room, "token": token, "grants": grants, "recorded": await recording_notice(request.app, room),
         "title": session.title if session else room, "session_id": session.id if session else None,
         "simulcast": request.app[SETTINGS].simulcast,
+        "screen_simulcast": request.app[SETTINGS].simulcast and request.app[SETTINGS].screen_simulcast,
     })
 
 

@@ -22,6 +22,7 @@ const state = {
   retry: 0,
   leaving: false,
   handlers: new Map(),     // message type -> [fn], for the classroom panels
+  goneTracks: new Set(),   // track_ids unpublished while this page ran
   ownTracks: new Map(),    // track_id -> description, for this participant's published tracks
   offering: false,         // a publish offer awaits its answer
   republish: false,        // tracks were added meanwhile: offer again after that answer
@@ -118,18 +119,8 @@ function newSubscriber() {
   };
   pc.ontrack = (e) => {
     const mid = e.transceiver.mid;
-    const info = state.trackInfo.get(mid) || {};
-    const participant = state.participants.get(info.participant) || {};
-    const key = `${info.participant || "remote"}-${info.source || e.track.kind}`;
     if (e.track.kind === "video") {
-      const el = tile(key, { participant: info.participant || "", source: info.source || "camera",
-                             name: participant.name || info.participant || "" });
-      el.dataset.trackId = info.track_id || "";
-      el.dataset.participant = info.participant || "";
-      const video = el.querySelector("video");
-      video.srcObject = new MediaStream([e.track]);
-      watchSize(video, el);
-      play(video);
+      showVideo(mid, e.track);
     } else {
       let audio = document.getElementById(`audio-${mid}`);
       if (!audio) {
@@ -157,6 +148,20 @@ function newSubscriber() {
     e.channel.onmessage = (m) => dispatch(JSON.parse(m.data));
   };
   return pc;
+}
+
+function showVideo(mid, track) {
+  const info = state.trackInfo.get(mid) || {};
+  const participant = state.participants.get(info.participant) || {};
+  const key = `${info.participant || "remote"}-${info.source || track.kind}`;
+  const el = tile(key, { participant: info.participant || "", source: info.source || "camera",
+                         name: participant.name || info.participant || "" });
+  el.dataset.trackId = info.track_id || "";
+  el.dataset.participant = info.participant || "";
+  const video = el.querySelector("video");
+  video.srcObject = new MediaStream([track]);
+  watchSize(video, el);
+  play(video);
 }
 
 // ---- the size each video is shown at (docs/protocol.md, "video_size") ------------------------------
@@ -197,6 +202,14 @@ async function onOffer(msg) {
   for (const t of msg.tracks || []) state.trackInfo.set(t.mid, t);
   if (!state.sub) state.sub = newSubscriber();
   await state.sub.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+  // A section that went from one track to the next within one offer (a source stopped and started again
+  // before the server offered the stop) fires no track event; its tile went with the old track.
+  for (const t of msg.tracks || []) {
+    if (t.kind !== "video" || state.goneTracks.has(t.track_id) || !state.participants.has(t.participant)
+        || [...stage.querySelectorAll(".tile")].some((el) => el.dataset.trackId === t.track_id)) continue;
+    const tr = state.sub.getTransceivers().find((x) => x.mid === t.mid);
+    if (tr && tr.receiver.track && tr.receiver.track.readyState === "live") showVideo(t.mid, tr.receiver.track);
+  }
   const answer = await state.sub.createAnswer();
   await state.sub.setLocalDescription(answer);
   send({ type: "answer", sdp: state.sub.localDescription.sdp });
@@ -256,18 +269,32 @@ function sourceOf(track) {
 }
 
 // The camera goes out in three layers (docs/simulcast.md): each viewer gets the one its link and its
-// tile's size call for. The screen stays one stream: text needs its full resolution, not a smaller copy.
+// tile's size call for. The screen, with `screen_simulcast`, too, with layers suited to text (as LiveKit's
+// screen-share presets): the top one at full size and a low frame rate, for a large tile that must read;
+// the smaller ones at 15 fps for small tiles. Off, it is one stream: text needs its full resolution.
 const CAMERA_LAYERS = [
   { rid: "q", scaleResolutionDownBy: 4 },
   { rid: "h", scaleResolutionDownBy: 2 },
   { rid: "f", scaleResolutionDownBy: 1 },
 ];
+const SCREEN_LAYERS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxFramerate: 15, maxBitrate: 150000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxFramerate: 15, maxBitrate: 300000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxFramerate: 5, maxBitrate: 800000 },
+];
 const layered = (t) => t.sender.getParameters().encodings.length > 1;
+// Which source each section was made for: a section keeps its encodings, so an idle one is reused only
+// by the same source (the camera's layers are no screen's, and the reverse).
+const sectionSource = new WeakMap();
 
-async function setActiveLayers(active) {
-  if (!state.pub) return;
+// Dynacast names one track: only the section now sending that track's source is changed (the camera's
+// and the screen's layers are paused separately).
+async function setActiveLayers(trackId, active) {
+  const own = state.ownTracks.get(trackId);
+  if (!state.pub || !own) return;
   for (const tr of state.pub.getTransceivers()) {
     if (!tr.sender.track || tr.sender.track.kind !== "video" || !layered(tr)) continue;
+    if (sourceOf(tr.sender.track) !== own.source) continue;
     const params = tr.sender.getParameters();
     let changed = false;
     for (const enc of params.encodings) {
@@ -287,20 +314,23 @@ async function offerTracks() {
   const add = async (stream) => {
     for (const track of stream.getTracks()) {
       if (senders.has(track)) continue;
-      const simulcast = cfg.simulcast && track.kind === "video" && stream === state.camera;
+      const source = sourceOf(track);
+      const encodings = track.kind !== "video" ? null
+        : stream === state.camera ? (cfg.simulcast ? CAMERA_LAYERS : null)
+        : (cfg.screenSimulcast ? SCREEN_LAYERS : null);
       // Reuse an idle section of this kind (a stopped source's): the m-lines and the transport stay.
-      // A section keeps its encodings, so the camera only takes a layered one and the screen a plain one.
+      // A video section only by the source it was made for, with the same layering.
       const idle = pc.getTransceivers().find((t) => !t.sender.track && t.direction === "inactive"
         && t.currentDirection !== "stopped" && t.receiver.track.kind === track.kind
-        && (track.kind !== "video" || layered(t) === simulcast));
+        && (track.kind !== "video" || (sectionSource.get(t) === source && layered(t) === !!encodings)));
       if (idle) {
         await idle.sender.replaceTrack(track);
         idle.sender.setStreams(stream);
         idle.direction = "sendonly";
-      } else if (simulcast) {
-        pc.addTransceiver(track, { direction: "sendonly", streams: [stream], sendEncodings: CAMERA_LAYERS });
       } else {
-        pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+        const init = { direction: "sendonly", streams: [stream] };
+        if (encodings) init.sendEncodings = encodings;
+        sectionSource.set(pc.addTransceiver(track, init), source);
       }
     }
   };
@@ -597,13 +627,14 @@ async function handle(msg) {
       break;
     case "track_unpublished":
       state.ownTracks.delete(msg.track_id);
+      state.goneTracks.add(msg.track_id);  // an offer sent before it must not show it again
       for (const el of stage.querySelectorAll(".tile")) {
         if (el.dataset.trackId === msg.track_id) el.remove();
       }
       break;
     case "layers":
-      // Dynacast (docs/simulcast.md): run only the camera layers some viewer needs.
-      setActiveLayers(msg.active);
+      // Dynacast (docs/simulcast.md): run only the layers of that track some viewer needs.
+      setActiveLayers(msg.track_id, msg.active);
       break;
     case "connection_quality":
       // The server judged this viewer's link for one track (docs/protocol.md): shown on the tile.
