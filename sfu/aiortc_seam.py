@@ -1326,19 +1326,26 @@ def tap_incoming_rtp(pc: RTCPeerConnection, on_rtp: Callable[[bytes], None],
 
         protocol.datagram_received = datagram_received
 
+    _on_gathered_sockets(pc, "_stoa_rtp_tap", tap)
+
+
+def _on_gathered_sockets(pc: RTCPeerConnection, mark: str, apply: Callable) -> None:
+    """Call `apply(protocol)` on each socket `pc`'s ICE connections open as they gather candidates (once per
+    connection: `mark` is set on it)."""
     for conn in _ice_connections(pc):
-        if getattr(conn, "_stoa_rtp_tap", False):
+        if getattr(conn, mark, False):
             continue
         stock_candidates = conn.get_component_candidates
 
         async def get_component_candidates(*args, conn=conn, stock_candidates=stock_candidates, **kwargs):
             candidates = await stock_candidates(*args, **kwargs)
             for protocol in conn._protocols:  # the sockets it just opened
-                tap(protocol)
+                apply(protocol)
             return candidates
 
         conn.get_component_candidates = get_component_candidates
-        conn._stoa_rtp_tap = True
+        setattr(conn, mark, True)
+
 
 def read_in_batches(pc: RTCPeerConnection, limit: int = 32, rcvbuf: int | None = None) -> None:
     """Read each ICE socket of `pc` until it is empty (at most `limit` datagrams) every time the loop finds
@@ -1384,19 +1391,7 @@ def read_in_batches(pc: RTCPeerConnection, limit: int = 32, rcvbuf: int | None =
         # The transport's close() removes whatever reader its fd has: this one too.
         loop._add_reader(sock.fileno(), read_ready)
 
-    for conn in _ice_connections(pc):
-        if getattr(conn, "_stoa_batched", False):
-            continue
-        stock_candidates = conn.get_component_candidates
-
-        async def get_component_candidates(*args, conn=conn, stock_candidates=stock_candidates, **kwargs):
-            candidates = await stock_candidates(*args, **kwargs)
-            for protocol in conn._protocols:  # the sockets it just opened
-                batch(protocol)
-            return candidates
-
-        conn.get_component_candidates = get_component_candidates
-        conn._stoa_batched = True
+    _on_gathered_sockets(pc, "_stoa_batched", batch)
 
 
 def batched_reads(pc: RTCPeerConnection) -> tuple[int, int]:
