@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Protocol
 
+from sfu.liveness import usable
 from sfu.probe import (UTILIZATION, FeedbackHistory, Probe, ProbeController, arrival_rate, min_queue,
                        queue_slope)
 from sfu.quality import GOOD
@@ -414,15 +415,10 @@ class LayerAllocator:
         layer without liveness counts as delivering; when none delivers (the publisher stopped sending
         altogether), `choice` stands."""
         layers = leg.uptrack.layers
-
-        def usable(i: int) -> bool:
-            liveness = getattr(layers[i], "liveness", None)
-            return liveness is None or liveness.usable(now)
-
-        if usable(choice):
+        if usable(layers[choice], now):
             return choice
         for i in (*range(choice - 1, -1, -1), *range(choice + 1, len(layers))):
-            if usable(i):
+            if usable(layers[i], now):
                 return i
         return choice
 

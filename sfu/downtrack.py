@@ -13,6 +13,7 @@ from sfu.buffer import CachedPacket
 from sfu.forwarder import Forwarder
 from sfu.interfaces import TrackReceiver
 from sfu.layers import LayerSwitcher
+from sfu.liveness import usable
 from sfu.pacer import Pacer
 from sfu.peer import same_codec
 from sfu.quality import BAD, GOOD, QualityChange, ViewerQuality
@@ -93,8 +94,7 @@ class DownTrack:
             # Simulcast: start on the highest layer that delivers (sfu/liveness.py); the subscriber's
             # allocator steps it down.
             now = time.monotonic()
-            start = next((i for i in range(len(layers) - 1, 0, -1)
-                          if getattr(layers[i], "liveness", None) is None or layers[i].liveness.usable(now)), 0)
+            start = next((i for i in range(len(layers) - 1, 0, -1) if usable(layers[i], now)), 0)
             self.switcher = LayerSwitcher(self, uptrack, start)
         else:
             self.source = uptrack
@@ -231,8 +231,10 @@ class DownTrack:
         ids, mid = self._ext_ids, self._mid
         send_time = abs_send_time()
         twcc = self.twcc if ids.transport_cc else None
-        ext = build_extensions(ids, mid, send_time, None)
-        size = self.padding_bytes
+        if twcc is None:
+            ext = build_extensions(ids, mid, send_time, None)
+        else:
+            size = self.padding_bytes
         ts = self.forwarder.last_out_ts
         sent = 0
         for _ in range(count):

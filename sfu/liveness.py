@@ -52,3 +52,9 @@ class LayerLiveness:
         if self.paused and not paused:
             self.started_at = now
         self.paused = paused
+
+
+def usable(layer, now: float) -> bool:
+    """A leg may be sent to `layer` (an UpTrack): it has no liveness (not simulcast), or it is usable."""
+    liveness = getattr(layer, "liveness", None)
+    return liveness is None or liveness.usable(now)
